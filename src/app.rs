@@ -1,0 +1,102 @@
+//! The one place that wires the store, the token service and the pingora services together.
+
+use crate::admin::AdminApp;
+use crate::callback::ComponentReceiver;
+use crate::config::{Config, StoreConfig};
+use crate::crypto::{CryptoError, MsgCrypt};
+use crate::metrics;
+use crate::proxy::Gateway;
+use crate::store::{MemoryStore, SharedStore, SqliteStore, StoreError};
+use crate::tokens::{TokenError, TokenService};
+use pingora::apps::http_app::HttpServer;
+use pingora::server::configuration::ServerConf;
+use pingora::server::{RunArgs, Server};
+use pingora::services::listening::Service;
+use std::sync::Arc;
+
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Tokens(#[from] TokenError),
+    #[error("component crypto: {0}")]
+    Crypto(#[from] CryptoError),
+    #[error("the redis store backend is not available in this version; use \"sqlite\"")]
+    RedisUnavailable,
+    #[error("start-up runtime: {0}")]
+    Runtime(#[from] std::io::Error),
+}
+
+/// Opens the configured store; the SQLite file is created if missing.
+pub fn open_store(config: &StoreConfig) -> Result<SharedStore, AppError> {
+    match config {
+        StoreConfig::Sqlite { path } => Ok(Arc::new(SqliteStore::open(path)?)),
+        StoreConfig::Memory => Ok(Arc::new(MemoryStore::new())),
+        StoreConfig::Redis { .. } => Err(AppError::RedisUnavailable),
+    }
+}
+
+/// Builds the server with both listeners, ready to run.
+pub fn build(config: &Config) -> Result<Server, AppError> {
+    metrics::init();
+    let store = open_store(&config.store)?;
+    let tokens = Arc::new(load_tokens(config, store)?);
+    let crypt = MsgCrypt::new(&config.component.token, &config.component.encoding_aes_key, config.component.appid.as_str())?;
+    let callback = Arc::new(ComponentReceiver::new(crypt, Arc::clone(&tokens)));
+
+    let mut server = Server::new_with_opt_and_conf(None, server_conf(config));
+    server.bootstrap();
+
+    let mut proxy = pingora::proxy::http_proxy_service_with_name(&server.configuration, Gateway::new(callback), "wxgate proxy");
+    proxy.add_tcp(&config.listen.proxy.to_string());
+    server.add_service(proxy);
+
+    let mut admin = Service::new("wxgate admin".to_owned(), HttpServer::new_app(AdminApp::new(tokens, config.admin.token.clone())));
+    admin.add_tcp(&config.listen.admin.to_string());
+    server.add_service(admin);
+    Ok(server)
+}
+
+/// Runs until SIGTERM (graceful, `server.shutdown_grace_secs`) or SIGINT (at once).
+pub fn run(config: &Config) -> Result<(), AppError> {
+    let server = build(config)?;
+    tracing::info!(
+        proxy = %config.listen.proxy,
+        admin = %config.listen.admin,
+        store = store_name(&config.store),
+        component = %config.component.appid,
+        "wxgate starting"
+    );
+    server.run(RunArgs::default());
+    Ok(())
+}
+
+/// Loads the token service's state before the server starts, on a runtime of its own: pingora
+/// creates its runtimes only in `run`.
+fn load_tokens(config: &Config, store: SharedStore) -> Result<TokenService, AppError> {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    Ok(rt.block_on(TokenService::load(config.component.appid.clone(), store))?)
+}
+
+fn server_conf(config: &Config) -> ServerConf {
+    let grace = config.server.shutdown_grace.as_secs();
+    ServerConf {
+        threads: config.server.threads,
+        grace_period_seconds: Some(grace),
+        graceful_shutdown_timeout_seconds: Some(grace.max(1)),
+        // pingora's defaults live in /tmp and would collide between instances on one machine;
+        // wxgate does not use pingora's zero-downtime upgrade.
+        pid_file: String::new(),
+        upgrade_sock: String::new(),
+        ..ServerConf::default()
+    }
+}
+
+fn store_name(config: &StoreConfig) -> &'static str {
+    match config {
+        StoreConfig::Sqlite { .. } => "sqlite",
+        StoreConfig::Redis { .. } => "redis",
+        StoreConfig::Memory => "memory",
+    }
+}

@@ -1,0 +1,437 @@
+//! The config file's schema (serde, `deny_unknown_fields`), read key by key so that every unknown
+//! key and ill-typed value is reported in one run, never with a value that could be a secret.
+//!
+//! serde stops at the first error, and its messages quote the offending value. So each key is
+//! first checked alone against its section's struct ([`probe`]); the ones that fail become
+//! [`Problem`](super::Problem)s with the value left out, and only the good ones are deserialized.
+
+use serde::{Deserialize, Serialize};
+use toml::{Table, Value};
+
+use super::{Config, Problems, StoreConfig};
+
+/// The top-level tables of the file, in the order they are documented.
+pub(super) const SECTIONS: [&str; 8] =
+    ["component", "upstream", "listen", "store", "refresh", "admin", "server", "clients"];
+
+/// What the file (with the environment applied) said, before any value is checked. Absent keys
+/// are `None`, so that `validate` can tell "not set" (take the default) from "set".
+#[derive(Debug, Default, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub(super) struct FileConfig {
+    pub component: ComponentFile,
+    pub upstream: UpstreamFile,
+    pub listen: ListenFile,
+    pub store: StoreFile,
+    pub refresh: RefreshFile,
+    pub admin: AdminFile,
+    pub server: ServerFile,
+    pub clients: Vec<ClientFile>,
+}
+
+#[derive(Debug, Default, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub(super) struct ComponentFile {
+    pub appid: Option<String>,
+    pub appsecret: Option<String>,
+    pub token: Option<String>,
+    pub encoding_aes_key: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub(super) struct UpstreamFile {
+    pub base_url: Option<String>,
+    pub timeout_ms: Option<i64>,
+}
+
+#[derive(Debug, Default, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub(super) struct ListenFile {
+    pub proxy: Option<String>,
+    pub admin: Option<String>,
+    pub public_base_url: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub(super) struct StoreFile {
+    pub backend: Option<String>,
+    pub path: Option<String>,
+    pub redis_url: Option<String>,
+    pub key_prefix: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub(super) struct RefreshFile {
+    pub ahead_secs: Option<i64>,
+}
+
+#[derive(Debug, Default, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub(super) struct AdminFile {
+    pub token: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub(super) struct ServerFile {
+    pub threads: Option<i64>,
+    pub shutdown_grace_secs: Option<i64>,
+}
+
+#[derive(Debug, Default, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub(super) struct ClientFile {
+    pub name: Option<String>,
+    pub key: Option<String>,
+    pub authorizers: Option<Vec<String>>,
+    pub component: Option<bool>,
+    pub reveal_tokens: Option<bool>,
+}
+
+/// Why one key was refused by its section's struct.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) enum KeyError {
+    UnknownSection,
+    UnknownKey { known: Vec<String> },
+    /// `expected` and `found` are type names ("an integer"), never values.
+    WrongType { expected: String, found: String },
+}
+
+impl KeyError {
+    pub fn message(&self, value: &Value) -> String {
+        match self {
+            Self::UnknownSection => "unknown section".to_owned(),
+            Self::UnknownKey { known } => format!("unknown key (known keys: {})", known.join(", ")),
+            Self::WrongType { expected, found } if value.is_array() && expected != "an array" => {
+                format!("every entry must be {expected}, not {found}")
+            }
+            Self::WrongType { expected, found } => format!("must be {expected}, not {found}"),
+        }
+    }
+
+    /// Reads serde's message, whose wording is serde's own (`Error::unknown_field` and
+    /// `Error::invalid_type`), keeping only key and type names.
+    fn from_serde(message: &str) -> Self {
+        if let Some(rest) = message.strip_prefix("unknown field `") {
+            // "..., expected `a`", "expected `a` or `b`", "expected one of `a`, `b`, `c`".
+            let names = rest.split_once(", expected ").map_or("", |(_, names)| names);
+            let known = names.split('`').skip(1).step_by(2).map(str::to_owned).collect();
+            return Self::UnknownKey { known };
+        }
+        let (found, expected) = message
+            .strip_prefix("invalid type: ")
+            .and_then(|rest| rest.rsplit_once(", expected "))
+            .unwrap_or(("another type", "a different type"));
+        Self::WrongType { expected: type_name(expected), found: type_name(found) }
+    }
+}
+
+/// serde's name of a type (or of an unexpected value, "integer `5`") as the TOML user knows it.
+fn type_name(serde_name: &str) -> String {
+    let word = serde_name.trim_start_matches("a ").split([' ', '`', '"']).next().unwrap_or("");
+    let name = match word {
+        "i64" | "u64" | "integer" => "an integer",
+        "string" => "a string",
+        "boolean" => "a boolean (true or false)",
+        "floating" => "a float",
+        "sequence" => "an array",
+        "map" => "a table",
+        _ => "another type",
+    };
+    name.to_owned()
+}
+
+/// Checks one key against its section's struct, by deserializing a table that holds only it.
+pub(super) fn probe(section: &str, key: &str, value: &Value) -> Result<(), KeyError> {
+    let one = Value::Table(Table::from_iter([(key.to_owned(), value.clone())]));
+    let result = match section {
+        "component" => ComponentFile::deserialize(one).map(drop),
+        "upstream" => UpstreamFile::deserialize(one).map(drop),
+        "listen" => ListenFile::deserialize(one).map(drop),
+        "store" => StoreFile::deserialize(one).map(drop),
+        "refresh" => RefreshFile::deserialize(one).map(drop),
+        "admin" => AdminFile::deserialize(one).map(drop),
+        "server" => ServerFile::deserialize(one).map(drop),
+        "clients" => ClientFile::deserialize(one).map(drop),
+        _ => return Err(KeyError::UnknownSection),
+    };
+    result.map_err(|e| KeyError::from_serde(e.message()))
+}
+
+/// Parses the text as TOML. A syntax error is reported by position and message only: toml's own
+/// `Display` quotes the offending line, which may hold a secret.
+pub(super) fn parse(text: &str, problems: &mut Problems) -> Option<Table> {
+    let error = match text.parse::<Table>() {
+        Ok(table) => return Some(table),
+        Err(error) => error,
+    };
+    let offset = error.span().map_or(0, |span| span.start);
+    let (line, column, key) = locate(text, offset);
+    let message = error.message().trim().replace('\n', "; ");
+    problems.push(key, format!("TOML syntax error at line {line}, column {column}: {message}"));
+    None
+}
+
+/// The line and column of byte `offset`, and the key written on that line (`section.key`), or
+/// "file" when the line holds none.
+fn locate(text: &str, offset: usize) -> (usize, usize, String) {
+    let before = text.get(..offset).unwrap_or(text);
+    let line = before.matches('\n').count() + 1;
+    let column = before.rsplit('\n').next().unwrap_or("").chars().count() + 1;
+    let mut section = String::new();
+    let mut clients = 0;
+    let headers = text.lines().take(line).map(|l| l.split('#').next().unwrap_or("").trim());
+    for header in headers.filter(|l| l.starts_with('[')) {
+        let name = header.trim_matches(|c| c == '[' || c == ']').trim();
+        if header.starts_with("[[") && name == "clients" {
+            clients += 1;
+            section = format!("clients[{}]", clients - 1);
+        } else {
+            section = name.to_owned();
+        }
+    }
+    let key = text.lines().nth(line - 1).and_then(|l| l.split_once('=')).map(|(k, _)| k.trim());
+    let key = match key.filter(|k| !k.is_empty() && !k.contains(['"', '\'', '[', ' '])) {
+        Some(key) if !section.is_empty() => format!("{section}.{key}"),
+        Some(key) => key.to_owned(),
+        None => "file".to_owned(),
+    };
+    (line, column, key)
+}
+
+/// Turns the table into the schema, reporting and setting aside every unknown section, unknown
+/// key and ill-typed value.
+pub(super) fn read(table: Table, problems: &mut Problems) -> FileConfig {
+    let mut kept = Table::new();
+    for (name, value) in table {
+        if let Some(value) = read_section(&name, value, problems) {
+            kept.insert(name, value);
+        }
+    }
+    FileConfig::deserialize(Value::Table(kept)).unwrap_or_else(|e| {
+        // Unreachable: every key left was accepted by `probe`. Report rather than panic.
+        problems.push("file", KeyError::from_serde(e.message()).message(&Value::Boolean(false)));
+        FileConfig::default()
+    })
+}
+
+fn read_section(name: &str, value: Value, problems: &mut Problems) -> Option<Value> {
+    match (name, value) {
+        ("clients", Value::Array(items)) => Some(Value::Array(read_clients(items, problems))),
+        ("clients", _) => {
+            problems.push(name, "must be an array of tables: write each client as [[clients]]");
+            None
+        }
+        (_, Value::Table(table)) if SECTIONS.contains(&name) => {
+            Some(Value::Table(read_keys(name, name, table, problems)))
+        }
+        (_, Value::Table(_)) => {
+            problems.push(name, format!("unknown section (known: {})", SECTIONS.join(", ")));
+            None
+        }
+        (_, _) if SECTIONS.contains(&name) => {
+            problems.push(name, format!("must be a table: write it as [{name}]"));
+            None
+        }
+        (_, _) => {
+            problems.push(name, "unknown key: every key belongs in a [section]");
+            None
+        }
+    }
+}
+
+/// Keeps every item, so that `clients[i]` in a message is the file's i-th client; an item that
+/// is not a table is reported and kept as an empty one.
+fn read_clients(items: Vec<Value>, problems: &mut Problems) -> Vec<Value> {
+    let read = |(i, item): (usize, Value)| {
+        let at = format!("clients[{i}]");
+        let table = match item {
+            Value::Table(table) => read_keys(&at, "clients", table, problems),
+            _ => {
+                problems.push(&at, "must be a table");
+                Table::new()
+            }
+        };
+        Value::Table(table)
+    };
+    items.into_iter().enumerate().map(read).collect()
+}
+
+fn read_keys(at: &str, section: &str, table: Table, problems: &mut Problems) -> Table {
+    let mut kept = Table::new();
+    for (key, value) in table {
+        match probe(section, &key, &value) {
+            Ok(()) => {
+                kept.insert(key, value);
+            }
+            Err(e) => problems.push(format!("{at}.{key}"), e.message(&value)),
+        }
+    }
+    kept
+}
+
+/// The effective configuration in the file's own schema, every secret as `"..."`.
+pub(super) fn masked(config: &Config) -> String {
+    let file = FileConfig {
+        component: ComponentFile {
+            appid: Some(config.component.appid.to_string()),
+            appsecret: Some(MASK.to_owned()),
+            token: Some(MASK.to_owned()),
+            encoding_aes_key: Some(MASK.to_owned()),
+        },
+        upstream: UpstreamFile {
+            base_url: Some(config.upstream.base_url.to_string()),
+            timeout_ms: int(config.upstream.timeout.as_millis()),
+        },
+        listen: ListenFile {
+            proxy: Some(config.listen.proxy.to_string()),
+            admin: Some(config.listen.admin.to_string()),
+            public_base_url: Some(config.listen.public_base_url.to_string()),
+        },
+        store: masked_store(&config.store),
+        refresh: RefreshFile { ahead_secs: int(config.refresh.ahead.as_secs().into()) },
+        admin: AdminFile { token: Some(MASK.to_owned()) },
+        server: ServerFile {
+            threads: int(config.server.threads as u128),
+            shutdown_grace_secs: int(config.server.shutdown_grace.as_secs().into()),
+        },
+        clients: config.clients.iter().map(masked_client).collect(),
+    };
+    toml::to_string(&file).unwrap_or_else(|e| format!("# cannot print the configuration: {e}\n"))
+}
+
+const MASK: &str = "...";
+
+fn int(n: u128) -> Option<i64> {
+    i64::try_from(n).ok()
+}
+
+fn masked_store(store: &StoreConfig) -> StoreFile {
+    let backend = |name: &str| Some(name.to_owned());
+    match store {
+        StoreConfig::Sqlite { path } => StoreFile {
+            backend: backend("sqlite"),
+            path: Some(path.display().to_string()),
+            ..StoreFile::default()
+        },
+        StoreConfig::Redis { url, key_prefix } => StoreFile {
+            backend: backend("redis"),
+            redis_url: Some(masked_redis_url(url.expose())),
+            key_prefix: Some(key_prefix.clone()),
+            ..StoreFile::default()
+        },
+        StoreConfig::Memory => StoreFile { backend: backend("memory"), ..StoreFile::default() },
+    }
+}
+
+/// The URL with its password, if any, replaced by `...`; the rest helps to spot a wrong host.
+fn masked_redis_url(url: &str) -> String {
+    let Ok(mut url) = url::Url::parse(url) else { return MASK.to_owned() };
+    if url.password().is_some() && url.set_password(Some(MASK)).is_err() {
+        return MASK.to_owned();
+    }
+    url.to_string()
+}
+
+fn masked_client(client: &super::ClientConfig) -> ClientFile {
+    let authorizers = match &client.authorizers {
+        super::AuthorizerScope::All => vec!["*".to_owned()],
+        super::AuthorizerScope::Only(appids) => appids.iter().map(ToString::to_string).collect(),
+    };
+    ClientFile {
+        name: Some(client.name.clone()),
+        key: Some(MASK.to_owned()),
+        authorizers: Some(authorizers),
+        component: Some(client.component),
+        reveal_tokens: Some(client.reveal_tokens),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn table(text: &str) -> Table {
+        text.parse().unwrap()
+    }
+
+    #[test]
+    fn probe_names_unknown_keys_and_types_without_values() {
+        let unknown = probe("component", "app_id", &Value::from("wx")).unwrap_err();
+        assert_eq!(
+            unknown.message(&Value::from("wx")),
+            "unknown key (known keys: appid, appsecret, token, encoding_aes_key)"
+        );
+        let secret = Value::Integer(987654321);
+        let wrong = probe("component", "appsecret", &secret).unwrap_err();
+        assert_eq!(wrong.message(&secret), "must be a string, not an integer");
+        let wrong = probe("upstream", "timeout_ms", &Value::from("soon")).unwrap_err();
+        assert_eq!(wrong.message(&Value::from("soon")), "must be an integer, not a string");
+        let list = Value::Array(vec![Value::from("*"), Value::Integer(1)]);
+        let wrong = probe("clients", "authorizers", &list).unwrap_err();
+        assert_eq!(wrong.message(&list), "every entry must be a string, not an integer");
+        let wrong = probe("clients", "component", &Value::from("yes")).unwrap_err();
+        assert_eq!(wrong.message(&Value::from("yes")), "must be a boolean (true or false), not a string");
+        assert_eq!(probe("nope", "x", &Value::Integer(1)), Err(KeyError::UnknownSection));
+        assert_eq!(probe("server", "threads", &Value::Integer(4)), Ok(()));
+    }
+
+    #[test]
+    fn read_reports_every_bad_key_and_keeps_the_good_ones() {
+        let text = "top = 1\n[component]\nappid = 'wx0123456789abcdef'\napp_id = 1\ntoken = 5\n\
+                    [nope]\nx = 1\n[[clients]]\nname = 'a'\nkey = 7\n[[clients]]\nnom = 'b'\n";
+        let mut problems = Problems::default();
+        let file = read(table(text), &mut problems);
+        // Sorted: the table keeps the file's order only when toml's `preserve_order` is on.
+        let mut keys: Vec<&str> = problems.0.iter().map(|p| p.key.as_str()).collect();
+        keys.sort();
+        assert_eq!(
+            keys,
+            ["clients[0].key", "clients[1].nom", "component.app_id", "component.token", "nope", "top"]
+        );
+        assert_eq!(file.component.appid.as_deref(), Some("wx0123456789abcdef"));
+        assert_eq!(file.clients.len(), 2);
+        assert_eq!(file.clients[0].name.as_deref(), Some("a"));
+    }
+
+    #[test]
+    fn read_rejects_sections_of_the_wrong_shape() {
+        let mut problems = Problems::default();
+        read(table("component = 1\n[clients]\nname = 'a'\n"), &mut problems);
+        let mut text: Vec<String> = problems.0.iter().map(ToString::to_string).collect();
+        text.sort();
+        assert_eq!(
+            text,
+            [
+                "clients: must be an array of tables: write each client as [[clients]]",
+                "component: must be a table: write it as [component]",
+            ]
+        );
+    }
+
+    #[test]
+    fn syntax_errors_give_position_and_key_but_not_the_line() {
+        let text = "[admin]\ntoken = \"0123456789abcdefSECRET\n";
+        let mut problems = Problems::default();
+        assert!(parse(text, &mut problems).is_none());
+        let problem = &problems.0[0];
+        assert_eq!(problem.key, "admin.token");
+        assert!(problem.message.starts_with("TOML syntax error at line 2, column"), "{problem}");
+        assert!(!problem.to_string().contains("SECRET"), "{problem}");
+
+        let mut problems = Problems::default();
+        parse("[[clients]]\nname = 'a'\n[[clients]]\nkey = verysecretbare\n", &mut problems);
+        assert_eq!(problems.0[0].key, "clients[1].key");
+        assert!(!problems.0[0].to_string().contains("verysecretbare"));
+    }
+
+    #[test]
+    fn redis_password_is_masked() {
+        assert_eq!(masked_redis_url("redis://:hunter2@redis:6379/0"), "redis://:...@redis:6379/0");
+        assert_eq!(masked_redis_url("rediss://u:hunter2@redis/1"), "rediss://u:...@redis/1");
+        assert_eq!(masked_redis_url("redis://127.0.0.1:6379/0"), "redis://127.0.0.1:6379/0");
+    }
+}

@@ -1,0 +1,267 @@
+//! Configuration: the TOML file and `WXGATE_*` environment, validated once into [`Config`].
+//!
+//! The pipeline is `text → toml::Table` (syntax) `→ env overrides applied` ([`env`]) `→ file
+//! schema` ([`file`], every unknown key and ill-typed value reported, not just the first) `→
+//! Config` ([`validate`], every bad value reported). Whatever passes is a `Config` whose fields
+//! cannot be wrong later: appids are [`AppId`]s, addresses are parsed, secrets are [`Secret`]s.
+
+mod env;
+mod file;
+mod validate;
+
+use std::fmt;
+use std::io;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crate::appid::AppId;
+use crate::secret::Secret;
+
+pub const DEFAULT_UPSTREAM_BASE_URL: &str = "https://api.weixin.qq.com";
+pub const DEFAULT_UPSTREAM_TIMEOUT_MS: u64 = 10_000;
+pub const DEFAULT_LISTEN_PROXY: &str = "0.0.0.0:8080";
+pub const DEFAULT_LISTEN_ADMIN: &str = "127.0.0.1:9090";
+pub const DEFAULT_STORE_BACKEND: &str = "sqlite";
+pub const DEFAULT_STORE_PATH: &str = "data/wxgate.sqlite3";
+pub const DEFAULT_STORE_REDIS_URL: &str = "redis://127.0.0.1:6379/0";
+pub const DEFAULT_STORE_KEY_PREFIX: &str = "wxgate:";
+pub const DEFAULT_REFRESH_AHEAD_SECS: u64 = 600;
+pub const DEFAULT_SERVER_SHUTDOWN_GRACE_SECS: u64 = 5;
+/// Environment variables that start with `WXGATE_` but are not config keys.
+pub const NON_KEY_ENV_VARS: [&str; 2] = ["WXGATE_CONFIG", "WXGATE_LOG"];
+
+/// The validated configuration. Built only by [`Config::load`] or [`Config::from_sources`].
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub component: ComponentConfig,
+    pub upstream: UpstreamConfig,
+    pub listen: ListenConfig,
+    pub store: StoreConfig,
+    pub refresh: RefreshConfig,
+    pub admin: AdminConfig,
+    pub server: ServerConfig,
+    pub clients: Vec<ClientConfig>,
+}
+
+/// The third-party platform itself. `encoding_aes_key` is known to decode to 32 bytes.
+#[derive(Debug, Clone)]
+pub struct ComponentConfig {
+    pub appid: AppId,
+    pub appsecret: Secret,
+    pub token: Secret,
+    pub encoding_aes_key: Secret,
+}
+
+/// Where WeChat's API is. `base_url` is http(s), has a host, no query or fragment, and its path
+/// ends with `/`, so `base_url.join("cgi-bin/...")` keeps any path prefix.
+#[derive(Debug, Clone)]
+pub struct UpstreamConfig {
+    pub base_url: url::Url,
+    pub timeout: Duration,
+}
+
+/// The two listeners. `public_base_url` is how browsers and WeChat reach `proxy`; like
+/// `upstream.base_url`, its path ends with `/`.
+#[derive(Debug, Clone)]
+pub struct ListenConfig {
+    pub proxy: SocketAddr,
+    pub admin: SocketAddr,
+    pub public_base_url: url::Url,
+}
+
+/// The durable store, with only the settings of the chosen backend.
+#[derive(Debug, Clone)]
+pub enum StoreConfig {
+    Sqlite { path: PathBuf },
+    /// `url` is `redis://` or `rediss://` and may carry a password.
+    Redis { url: Secret, key_prefix: String },
+    Memory,
+}
+
+#[derive(Debug, Clone)]
+pub struct RefreshConfig {
+    /// Refresh a token this long before it expires (60 s ..= 1 h).
+    pub ahead: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct AdminConfig {
+    /// Bearer token for `/admin/*`; at least 16 characters.
+    pub token: Secret,
+}
+
+/// Process settings beyond the contract.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// Worker threads, 1 ..= 256; defaults to the available parallelism.
+    pub threads: usize,
+    /// How long SIGTERM waits for in-flight requests.
+    pub shutdown_grace: Duration,
+}
+
+/// An app allowed to send API calls through the gateway. Names and keys are unique.
+#[derive(Debug, Clone)]
+pub struct ClientConfig {
+    pub name: String,
+    pub key: Secret,
+    pub authorizers: AuthorizerScope,
+    pub component: bool,
+    pub reveal_tokens: bool,
+}
+
+/// Which authorizers a client may act for: `["*"]` in the file is `All`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AuthorizerScope {
+    All,
+    /// Sorted and without duplicates; may be empty.
+    Only(Vec<AppId>),
+}
+
+impl AuthorizerScope {
+    pub fn allows(&self, appid: &AppId) -> bool {
+        match self {
+            Self::All => true,
+            Self::Only(appids) => appids.binary_search(appid).is_ok(),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {}: {source}", path.display())]
+    Read { path: PathBuf, source: io::Error },
+    #[error("{}", display_lines(.0))]
+    Invalid(Vec<Problem>),
+}
+
+/// One thing wrong with the configuration. `key` is `section.key` (`clients[1].key` for a
+/// client), or the environment variable's name when the variable itself is unknown. Neither
+/// part ever holds a secret's value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    pub key: String,
+    pub message: String,
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.key, self.message)
+    }
+}
+
+fn display_lines(problems: &[Problem]) -> String {
+    let lines: Vec<String> = problems.iter().map(Problem::to_string).collect();
+    lines.join("\n")
+}
+
+impl Config {
+    /// Reads the file at `path` and the process environment.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+        Self::from_sources(&text, env::process_vars())
+    }
+
+    /// Builds the configuration from the file's text and `(name, value)` environment pairs;
+    /// environment values win. Reports every problem found, not just the first.
+    pub fn from_sources(
+        toml_text: &str,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Config, ConfigError> {
+        let mut problems = Problems::default();
+        let Some(mut table) = file::parse(toml_text, &mut problems) else {
+            return Err(problems.into_error(&env::Origins::new()));
+        };
+        let from_env = env::apply(&mut table, env, &mut problems);
+        let schema = file::read(table, &mut problems);
+        match validate::config(&schema, &mut problems) {
+            Some(config) if problems.is_empty() => Ok(config),
+            _ => Err(problems.into_error(&from_env)),
+        }
+    }
+
+    /// The effective configuration as TOML, with every secret printed as `"..."`.
+    pub fn masked(&self) -> String {
+        file::masked(self)
+    }
+}
+
+/// Collects problems, one per key: the first found for a key (say, a wrong type) explains the
+/// later ones (say, "is required" once the ill-typed value was set aside), and a problem with a
+/// whole section (`component: must be a table`) explains those of its keys.
+#[derive(Debug, Default)]
+struct Problems(Vec<Problem>);
+
+impl Problems {
+    fn push(&mut self, key: impl Into<String>, message: impl Into<String>) {
+        let key = key.into();
+        if !self.0.iter().any(|p| covers(&p.key, &key)) {
+            self.0.push(Problem { key, message: message.into() });
+        }
+    }
+
+    /// Records `result`'s error under `key` and turns the result into an `Option`.
+    fn check<T>(&mut self, key: &str, result: Result<T, String>) -> Option<T> {
+        result.map_err(|message| self.push(key, message)).ok()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// Names the variable behind each problem whose value came from the environment.
+    fn into_error(self, from_env: &env::Origins) -> ConfigError {
+        let problems = self.0.into_iter().map(|mut p| {
+            if let Some(var) = from_env.get(&p.key) {
+                p.message = format!("{} (set by {var})", p.message);
+            }
+            p
+        });
+        ConfigError::Invalid(problems.collect())
+    }
+}
+
+/// True when a problem with `earlier` makes one with `key` redundant: the same key, or a key
+/// inside it (`component` covers `component.appid`, `clients[1]` covers `clients[1].key`).
+fn covers(earlier: &str, key: &str) -> bool {
+    key.strip_prefix(earlier).is_some_and(|rest| rest.is_empty() || rest.starts_with('.'))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn appid(s: &str) -> AppId {
+        AppId::parse(s).unwrap()
+    }
+
+    #[test]
+    fn scope_allows_listed_or_all() {
+        let only = AuthorizerScope::Only(vec![appid("wx1111111111111111"), appid("wx2222222222222222")]);
+        assert!(only.allows(&appid("wx2222222222222222")));
+        assert!(!only.allows(&appid("wx3333333333333333")));
+        assert!(AuthorizerScope::All.allows(&appid("wx3333333333333333")));
+        assert!(!AuthorizerScope::Only(vec![]).allows(&appid("wx1111111111111111")));
+    }
+
+    #[test]
+    fn keeps_one_problem_per_key_and_names_env_origin() {
+        let mut problems = Problems::default();
+        problems.push("admin.token", "must be at least 16 characters");
+        problems.push("admin.token", "is required");
+        problems.push("server.threads", "must be between 1 and 256");
+        problems.push("clients[1]", "must be a table");
+        problems.push("clients[1].name", "is required");
+        problems.push("clients[10].name", "is required");
+        let origins = env::Origins::from([("server.threads".to_owned(), "WXGATE_SERVER_THREADS".to_owned())]);
+        let text = problems.into_error(&origins).to_string();
+        assert_eq!(
+            text,
+            "admin.token: must be at least 16 characters\n\
+             server.threads: must be between 1 and 256 (set by WXGATE_SERVER_THREADS)\n\
+             clients[1]: must be a table\n\
+             clients[10].name: is required"
+        );
+    }
+}

@@ -1,0 +1,316 @@
+//! Checks every value of the file schema once, turning it into [`Config`] and reporting every
+//! bad value under its key, without ever quoting a secret.
+
+use std::net::SocketAddr;
+use std::ops::RangeInclusive;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use url::Url;
+
+use super::file::{ClientFile, ComponentFile, FileConfig, ListenFile, StoreFile};
+use super::*;
+use crate::crypto::decode_aes_key;
+
+/// The whole configuration, or `None` when any part is bad (every problem is in `p`).
+pub(super) fn config(f: &FileConfig, p: &mut Problems) -> Option<Config> {
+    let component = component(&f.component, p);
+    let upstream = upstream(f, p);
+    let listen = listen(&f.listen, p);
+    let store = store(&f.store, p);
+    let refresh = p.check("refresh.ahead_secs", int_in(f.refresh.ahead_secs, DEFAULT_REFRESH_AHEAD_SECS, 60..=3600));
+    let admin = p.check("admin.token", required(&f.admin.token).and_then(secret_of_length(16)));
+    let server = server(f, p);
+    let clients = clients(&f.clients, p);
+    Some(Config {
+        component: component?,
+        upstream: upstream?,
+        listen: listen?,
+        store: store?,
+        refresh: RefreshConfig { ahead: Duration::from_secs(refresh?) },
+        admin: AdminConfig { token: admin? },
+        server: server?,
+        clients: clients?,
+    })
+}
+
+fn component(f: &ComponentFile, p: &mut Problems) -> Option<ComponentConfig> {
+    let appid = p.check("component.appid", required(&f.appid).and_then(appid));
+    let appsecret = p.check("component.appsecret", required(&f.appsecret).and_then(secret_of_length(1)));
+    let token = p.check("component.token", required(&f.token).and_then(message_token));
+    let aes_key = p.check("component.encoding_aes_key", required(&f.encoding_aes_key).and_then(aes_key));
+    Some(ComponentConfig { appid: appid?, appsecret: appsecret?, token: token?, encoding_aes_key: aes_key? })
+}
+
+fn upstream(f: &FileConfig, p: &mut Problems) -> Option<UpstreamConfig> {
+    let base_url = or(&f.upstream.base_url, DEFAULT_UPSTREAM_BASE_URL);
+    let base_url = p.check("upstream.base_url", http_url(base_url));
+    let timeout = int_in(f.upstream.timeout_ms, DEFAULT_UPSTREAM_TIMEOUT_MS, 1..=120_000);
+    let timeout = p.check("upstream.timeout_ms", timeout);
+    Some(UpstreamConfig { base_url: base_url?, timeout: Duration::from_millis(timeout?) })
+}
+
+fn listen(f: &ListenFile, p: &mut Problems) -> Option<ListenConfig> {
+    let proxy = p.check("listen.proxy", socket_addr(or(&f.proxy, DEFAULT_LISTEN_PROXY)));
+    let admin = p.check("listen.admin", socket_addr(or(&f.admin, DEFAULT_LISTEN_ADMIN)));
+    if let (Some(proxy), Some(admin)) = (proxy, admin) {
+        // Port 0 asks the OS for a free port, so two of them never clash.
+        if proxy == admin && proxy.port() != 0 {
+            p.push("listen.admin", "must differ from listen.proxy: they are two listeners");
+        }
+    }
+    let public = p.check("listen.public_base_url", required(&f.public_base_url).and_then(http_url));
+    Some(ListenConfig { proxy: proxy?, admin: admin?, public_base_url: public? })
+}
+
+/// Checks every store key that is set, not only the chosen backend's: a typo in `redis_url`
+/// should not wait for the day someone switches to Redis.
+fn store(f: &StoreFile, p: &mut Problems) -> Option<StoreConfig> {
+    let path = p.check("store.path", non_blank(or(&f.path, DEFAULT_STORE_PATH)).map(PathBuf::from));
+    let url = p.check("store.redis_url", redis_url(or(&f.redis_url, DEFAULT_STORE_REDIS_URL)));
+    let prefix = p.check("store.key_prefix", non_blank(or(&f.key_prefix, DEFAULT_STORE_KEY_PREFIX)));
+    match or(&f.backend, DEFAULT_STORE_BACKEND) {
+        "sqlite" => Some(StoreConfig::Sqlite { path: path? }),
+        "redis" => Some(StoreConfig::Redis { url: url?, key_prefix: prefix?.to_owned() }),
+        "memory" => Some(StoreConfig::Memory),
+        _ => {
+            p.push("store.backend", "must be \"sqlite\", \"redis\" or \"memory\"");
+            None
+        }
+    }
+}
+
+fn server(f: &FileConfig, p: &mut Problems) -> Option<ServerConfig> {
+    let threads = p.check("server.threads", int_in(f.server.threads, default_threads(), 1..=256));
+    let grace = int_in(f.server.shutdown_grace_secs, DEFAULT_SERVER_SHUTDOWN_GRACE_SECS, 0..=300);
+    let grace = p.check("server.shutdown_grace_secs", grace);
+    Some(ServerConfig {
+        threads: usize::try_from(threads?).ok()?,
+        shutdown_grace: Duration::from_secs(grace?),
+    })
+}
+
+/// One worker thread per core, as the OS reports them, within the allowed 1 ..= 256.
+pub(super) fn default_threads() -> u64 {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    u64::try_from(cores).unwrap_or(1).clamp(1, 256)
+}
+
+fn clients(files: &[ClientFile], p: &mut Problems) -> Option<Vec<ClientConfig>> {
+    let built: Vec<Option<ClientConfig>> = files.iter().enumerate().map(|(i, f)| client(i, f, p)).collect();
+    duplicates(files, p);
+    built.into_iter().collect()
+}
+
+fn client(i: usize, f: &ClientFile, p: &mut Problems) -> Option<ClientConfig> {
+    let at = |key: &str| format!("clients[{i}].{key}");
+    let name = p.check(&at("name"), required(&f.name).and_then(non_blank));
+    let key = p.check(&at("key"), required(&f.key).and_then(secret_of_length(16)));
+    let scope = p.check(&at("authorizers"), scope(f.authorizers.as_deref().unwrap_or_default()));
+    Some(ClientConfig {
+        name: name?.to_owned(),
+        key: key?,
+        authorizers: scope?,
+        component: f.component.unwrap_or(false),
+        reveal_tokens: f.reveal_tokens.unwrap_or(false),
+    })
+}
+
+/// Names and keys must be unique: a key identifies its client, and a name its log lines.
+fn duplicates(files: &[ClientFile], p: &mut Problems) {
+    for (i, f) in files.iter().enumerate() {
+        let earlier = |field: fn(&ClientFile) -> &Option<String>| {
+            let this = field(f).as_ref()?;
+            files[..i].iter().position(|e| field(e).as_ref() == Some(this))
+        };
+        if let Some(j) = earlier(|c| &c.name) {
+            p.push(format!("clients[{i}].name"), format!("same name as clients[{j}]"));
+        }
+        if let Some(j) = earlier(|c| &c.key) {
+            p.push(format!("clients[{i}].key"), format!("same key as clients[{j}]: each client needs its own"));
+        }
+    }
+}
+
+/// `["*"]` is every authorizer; otherwise each entry is an appid. Duplicates are dropped.
+fn scope(entries: &[String]) -> Result<AuthorizerScope, String> {
+    if entries.iter().any(|e| e == "*") {
+        return match entries.len() {
+            1 => Ok(AuthorizerScope::All),
+            _ => Err("\"*\" must stand alone: it already allows every authorizer".to_owned()),
+        };
+    }
+    let bad: Vec<String> = entries.iter().filter(|e| !AppId::is_valid(e)).map(|e| format!("{e:?}")).collect();
+    if !bad.is_empty() {
+        let rule = "each entry must be \"*\" or an appid (\"wx\" + 16 lowercase hex digits)";
+        return Err(format!("{rule}, unlike {}", bad.join(", ")));
+    }
+    let mut appids: Vec<AppId> = entries.iter().filter_map(|e| AppId::parse(e).ok()).collect();
+    appids.sort();
+    appids.dedup();
+    Ok(AuthorizerScope::Only(appids))
+}
+
+fn or<'a>(value: &'a Option<String>, default: &'a str) -> &'a str {
+    value.as_deref().unwrap_or(default)
+}
+
+fn required(value: &Option<String>) -> Result<&str, String> {
+    value.as_deref().ok_or_else(|| "is required".to_owned())
+}
+
+fn non_blank(value: &str) -> Result<&str, String> {
+    match value.trim() {
+        "" => Err("must not be empty".to_owned()),
+        _ => Ok(value),
+    }
+}
+
+/// An integer in `range`, or `default` when unset.
+fn int_in(value: Option<i64>, default: u64, range: RangeInclusive<u64>) -> Result<u64, String> {
+    let Some(value) = value else { return Ok(default) };
+    u64::try_from(value)
+        .ok()
+        .filter(|v| range.contains(v))
+        .ok_or_else(|| format!("must be between {} and {}", range.start(), range.end()))
+}
+
+fn appid(value: &str) -> Result<AppId, String> {
+    AppId::parse(value).map_err(|_| "must be \"wx\" followed by 16 lowercase hex digits".to_owned())
+}
+
+/// A secret of at least `min` characters. Surrounding whitespace is refused: it is almost always
+/// a paste accident, and would make every comparison with the real value fail.
+fn secret_of_length(min: usize) -> impl Fn(&str) -> Result<Secret, String> {
+    move |value| {
+        if value.chars().count() < min {
+            return Err(match min {
+                1 => "must not be empty".to_owned(),
+                _ => format!("must be at least {min} characters"),
+            });
+        }
+        if value.trim() != value {
+            return Err("must not start or end with whitespace".to_owned());
+        }
+        Ok(Secret::new(value))
+    }
+}
+
+/// WeChat's rule for the message-verification token: 3 to 32 letters or digits.
+fn message_token(value: &str) -> Result<Secret, String> {
+    let ok = (3..=32).contains(&value.len()) && value.bytes().all(|b| b.is_ascii_alphanumeric());
+    match ok {
+        true => Ok(Secret::new(value)),
+        false => Err("must be 3 to 32 letters or digits (WeChat's rule for the token)".to_owned()),
+    }
+}
+
+fn aes_key(value: &str) -> Result<Secret, String> {
+    match decode_aes_key(value) {
+        Ok(_) => Ok(Secret::new(value)),
+        Err(_) => Err("must be 43 characters of A-Z, a-z, 0-9, + and / (WeChat's EncodingAESKey)".to_owned()),
+    }
+}
+
+fn socket_addr(value: &str) -> Result<SocketAddr, String> {
+    value.parse().map_err(|_| format!("must be IP:PORT, such as {DEFAULT_LISTEN_PROXY} or [::1]:8080"))
+}
+
+/// An http(s) URL with a host, no credentials, query or fragment; its path is made to end with
+/// `/` so that `Url::join` appends to it instead of replacing its last segment.
+fn http_url(value: &str) -> Result<Url, String> {
+    let mut url = Url::parse(value).map_err(|e| format!("is not a URL: {e}"))?;
+    let problem = if !matches!(url.scheme(), "http" | "https") {
+        Some("must start with http:// or https://")
+    } else if url.host_str().is_none_or(str::is_empty) {
+        Some("must have a host")
+    } else if !url.username().is_empty() || url.password().is_some() {
+        Some("must not carry a user name or password")
+    } else if url.query().is_some() || url.fragment().is_some() {
+        Some("must not have a query (?) or fragment (#)")
+    } else {
+        None
+    };
+    if let Some(problem) = problem {
+        return Err(problem.to_owned());
+    }
+    if !url.path().ends_with('/') {
+        let path = format!("{}/", url.path());
+        url.set_path(&path);
+    }
+    Ok(url)
+}
+
+/// A `redis://` or `rediss://` URL with a host. It may hold a password, so it stays a `Secret`
+/// and no message quotes it (url's own errors name the fault, not the text).
+fn redis_url(value: &str) -> Result<Secret, String> {
+    let url = Url::parse(value).map_err(|e| format!("is not a URL: {e}"))?;
+    if !matches!(url.scheme(), "redis" | "rediss") {
+        return Err("must start with redis:// or rediss://".to_owned());
+    }
+    if url.host_str().is_none_or(str::is_empty) {
+        return Err("must have a host".to_owned());
+    }
+    Ok(Secret::new(value))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid() {
+        assert!(http_url(DEFAULT_UPSTREAM_BASE_URL).is_ok());
+        assert!(socket_addr(DEFAULT_LISTEN_PROXY).is_ok());
+        assert!(socket_addr(DEFAULT_LISTEN_ADMIN).is_ok());
+        assert!(redis_url(DEFAULT_STORE_REDIS_URL).is_ok());
+        assert!((1..=256).contains(&default_threads()));
+    }
+
+    #[test]
+    fn urls() {
+        assert_eq!(http_url("https://wx.example.com").unwrap().as_str(), "https://wx.example.com/");
+        assert_eq!(http_url("http://127.0.0.1:8080/gw").unwrap().as_str(), "http://127.0.0.1:8080/gw/");
+        for bad in ["wx.example.com", "ftp://x.com", "https://x.com/?a=1", "https://x.com/#f", "https://u:p@x.com", "file:///etc"] {
+            assert!(http_url(bad).is_err(), "{bad}");
+        }
+        assert!(redis_url("rediss://:pw@redis.internal:6380/2").is_ok());
+        for bad in ["http://redis", "redis://", "127.0.0.1:6379"] {
+            assert!(redis_url(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn numbers_in_range() {
+        assert_eq!(int_in(None, 7, 1..=10), Ok(7));
+        assert_eq!(int_in(Some(10), 7, 1..=10), Ok(10));
+        assert_eq!(int_in(Some(0), 7, 1..=10), Err("must be between 1 and 10".to_owned()));
+        assert!(int_in(Some(-1), 7, 0..=10).is_err());
+    }
+
+    #[test]
+    fn tokens_and_secrets() {
+        assert!(message_token("abc").is_ok());
+        assert!(message_token(&"a".repeat(32)).is_ok());
+        for bad in ["ab", "has space", "dash-ed", &"a".repeat(33)] {
+            assert!(message_token(bad).is_err(), "{bad}");
+        }
+        let sixteen = secret_of_length(16);
+        assert!(sixteen("0123456789abcdef").is_ok());
+        assert_eq!(sixteen("short").unwrap_err(), "must be at least 16 characters");
+        assert!(sixteen(" 0123456789abcdef").is_err());
+        assert_eq!(secret_of_length(1)("").unwrap_err(), "must not be empty");
+    }
+
+    #[test]
+    fn scopes() {
+        let star = ["*".to_owned()];
+        assert_eq!(scope(&star), Ok(AuthorizerScope::All));
+        assert_eq!(scope(&[]), Ok(AuthorizerScope::Only(vec![])));
+        let two = ["wx2222222222222222".to_owned(), "wx1111111111111111".to_owned(), "wx2222222222222222".to_owned()];
+        let AuthorizerScope::Only(appids) = scope(&two).unwrap() else { panic!() };
+        assert_eq!(appids.iter().map(AppId::as_str).collect::<Vec<_>>(), ["wx1111111111111111", "wx2222222222222222"]);
+        assert!(scope(&["*".to_owned(), "wx1111111111111111".to_owned()]).unwrap_err().contains("stand alone"));
+        assert!(scope(&["wx1".to_owned()]).unwrap_err().ends_with("unlike \"wx1\""));
+    }
+}

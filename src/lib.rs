@@ -1,0 +1,34 @@
+//! wxgate: a reverse-proxy gateway for WeChat Open Platform third-party platforms.
+//!
+//! # Layout
+//!
+//! - [`appid`]: the `AppId` type, checked once where an appid enters.
+//! - [`secret`]: the `Secret` type, which never prints its value.
+//! - [`crypto`]: WeChat message crypto (WXBizMsgCrypt); pure, no I/O.
+//! - [`config`]: the TOML file and `WXGATE_*` environment, validated once into `Config`.
+//! - [`metrics`]: every metric name and registration.
+//! - [`store`]: the durable store trait and its SQLite and in-memory backends.
+//! - [`tokens`]: the token service, the only writer of ticket, token and authorizer state.
+//! - [`callback`]: WeChat's authorization-event receiver: verify, decrypt, parse, hand to tokens.
+//! - [`admin`]: the admin listener: metrics, health, readiness, admin API.
+//! - [`proxy`]: the proxy listener: `/wxgate/*` routes and, later, the API proxy.
+//! - [`app`]: the one place that wires stores, services and pingora together.
+//!
+//! Data flows one way: callbacks and the scheduler write into `tokens`; `proxy` and `admin`
+//! read from it.
+
+pub mod appid;
+pub mod config;
+pub mod crypto;
+pub mod callback;
+pub mod secret;
+pub mod metrics;
+pub mod store;
+pub mod tokens;
+pub mod reply;
+pub mod admin;
+pub mod proxy;
+pub mod app;
+
+pub use appid::AppId;
+pub use secret::Secret;

@@ -1,0 +1,87 @@
+//! Every metric name and registration, in the process-wide registry that `/metrics` serves.
+//!
+//! Labels never carry an appid: per-authorizer detail is on the admin API, and a label per
+//! authorizer would grow without bound.
+
+use prometheus::{
+    register_gauge, register_histogram, register_int_counter, register_int_counter_vec,
+    register_int_gauge_vec, Gauge, Histogram, IntCounter, IntCounterVec, IntGaugeVec,
+};
+use std::sync::LazyLock;
+
+// `register_*` fails only on a duplicate name or a malformed definition, both programming
+// errors caught by the first test that touches the metric.
+
+pub static REQUESTS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!("wxgate_requests_total", "API calls through the proxy, by scope and status", &["scope", "status"]).expect("metric")
+});
+
+pub static UPSTREAM_DURATION: LazyLock<Histogram> = LazyLock::new(|| {
+    register_histogram!("wxgate_upstream_duration_seconds", "Time WeChat took to answer a proxied call").expect("metric")
+});
+
+pub static TOKEN_REFRESH: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!("wxgate_token_refresh_total", "Token refreshes, by kind (component|authorizer) and result", &["kind", "result"]).expect("metric")
+});
+
+pub static TOKEN_RETRY: LazyLock<IntCounter> = LazyLock::new(|| {
+    register_int_counter!("wxgate_token_retry_total", "Proxied calls replayed after WeChat reported a token error").expect("metric")
+});
+
+pub static TICKET_AGE: LazyLock<Gauge> = LazyLock::new(|| {
+    register_gauge!("wxgate_ticket_age_seconds", "Age of the component_verify_ticket held (+Inf when none is held)").expect("metric")
+});
+
+pub static CALLBACK_EVENTS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!("wxgate_callback_events_total", "Verified authorization events, by info type", &["info_type"]).expect("metric")
+});
+
+pub static CALLBACK_REJECTED: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!("wxgate_callback_rejected_total", "Callbacks refused, by reason", &["reason"]).expect("metric")
+});
+
+pub static AUTHORIZERS: LazyLock<IntGaugeVec> = LazyLock::new(|| {
+    register_int_gauge_vec!("wxgate_authorizers", "Authorizers held, by state", &["state"]).expect("metric")
+});
+
+/// The info types WeChat documents for the authorization-event URL; any other is counted as
+/// `other`, so that the label set stays bounded whatever arrives.
+const KNOWN_INFO_TYPES: &[&str] = &[
+    "component_verify_ticket",
+    "authorized",
+    "updateauthorized",
+    "unauthorized",
+    "notify_third_fasteregister",
+];
+
+pub fn info_type_label(info_type: &str) -> &str {
+    KNOWN_INFO_TYPES.iter().find(|k| **k == info_type).copied().unwrap_or("other")
+}
+
+/// Registers every family, so that `/metrics` lists them all from the first scrape on.
+pub fn init() {
+    LazyLock::force(&REQUESTS);
+    LazyLock::force(&UPSTREAM_DURATION);
+    LazyLock::force(&TOKEN_REFRESH);
+    LazyLock::force(&TOKEN_RETRY);
+    LazyLock::force(&TICKET_AGE);
+    LazyLock::force(&CALLBACK_EVENTS);
+    LazyLock::force(&CALLBACK_REJECTED);
+    LazyLock::force(&AUTHORIZERS);
+    TICKET_AGE.set(f64::INFINITY);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_family_is_registered_once() {
+        init();
+        init();
+        let names: Vec<String> = prometheus::gather().iter().map(|f| f.name().to_owned()).collect();
+        assert!(names.iter().any(|n| n == "wxgate_ticket_age_seconds"));
+        assert_eq!(info_type_label("authorized"), "authorized");
+        assert_eq!(info_type_label("<script>"), "other");
+    }
+}

@@ -1,0 +1,109 @@
+//! The in-memory store, for tests and throwaway runs: nothing survives the process.
+
+use super::{AuthEvent, Store, StoreError, StoredEvent, Ticket};
+use crate::AppId;
+use async_trait::async_trait;
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+#[derive(Default)]
+pub struct MemoryStore {
+    state: Mutex<State>,
+}
+
+#[derive(Default)]
+struct State {
+    tickets: HashMap<AppId, Ticket>,
+    events: Vec<(AppId, StoredEvent, bool)>,
+    next_event_id: i64,
+}
+
+impl MemoryStore {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        // A panic while holding the lock cannot leave the maps half-written (every update is
+        // one insert), so a poisoned lock is still safe to use.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+#[async_trait]
+impl Store for MemoryStore {
+    fn backend(&self) -> &'static str {
+        "memory"
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
+
+    async fn load_ticket(&self, component: &AppId) -> Result<Option<Ticket>, StoreError> {
+        Ok(self.state().tickets.get(component).cloned())
+    }
+
+    async fn save_ticket(&self, component: &AppId, ticket: &Ticket) -> Result<bool, StoreError> {
+        let mut state = self.state();
+        if let Some(held) = state.tickets.get(component) {
+            if held.create_time > ticket.create_time {
+                return Ok(false);
+            }
+        }
+        state.tickets.insert(component.clone(), ticket.clone());
+        Ok(true)
+    }
+
+    async fn record_event(&self, component: &AppId, event: &AuthEvent) -> Result<bool, StoreError> {
+        let mut state = self.state();
+        let duplicate = state.events.iter().any(|(c, e, _)| {
+            c == component
+                && e.event.info_type == event.info_type
+                && e.event.authorizer_appid == event.authorizer_appid
+                && e.event.create_time == event.create_time
+        });
+        if duplicate {
+            return Ok(false);
+        }
+        state.next_event_id += 1;
+        let id = state.next_event_id;
+        state.events.push((component.clone(), StoredEvent { id, event: event.clone() }, false));
+        Ok(true)
+    }
+
+    async fn pending_events(&self, component: &AppId) -> Result<Vec<StoredEvent>, StoreError> {
+        Ok(self
+            .state()
+            .events
+            .iter()
+            .filter(|(c, _, done)| c == component && !done)
+            .map(|(_, e, _)| e.clone())
+            .collect())
+    }
+
+    async fn finish_event(&self, component: &AppId, id: i64) -> Result<(), StoreError> {
+        for (c, e, done) in self.state().events.iter_mut() {
+            if c == component && e.id == id {
+                *done = true;
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::contract_tests;
+    use super::*;
+
+    #[tokio::test]
+    async fn newer_ticket_wins() {
+        contract_tests::newer_ticket_wins(&MemoryStore::new()).await;
+    }
+
+    #[tokio::test]
+    async fn events_are_recorded_once() {
+        contract_tests::events_are_recorded_once(&MemoryStore::new()).await;
+    }
+}

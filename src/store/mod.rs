@@ -1,0 +1,140 @@
+//! The durable store: what must survive a restart (the ticket, the events WeChat pushed, and
+//! later every token and refresh token), behind one trait with SQLite and in-memory backends.
+//!
+//! Every write returns only once it is durable for its backend, so that a caller may answer
+//! WeChat `success` (or use a rotated token) as soon as the call returns.
+
+mod memory;
+mod sqlite;
+
+pub use memory::MemoryStore;
+pub use sqlite::SqliteStore;
+
+use crate::{AppId, Secret};
+use async_trait::async_trait;
+use std::sync::Arc;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
+    #[error("store file {path}: {reason}")]
+    Open { path: String, reason: String },
+    #[error("store schema version {found} is newer than this wxgate understands ({supported})")]
+    SchemaTooNew { found: i64, supported: i64 },
+    #[error("store holds a malformed record: {0}")]
+    Corrupt(String),
+}
+
+/// The component_verify_ticket WeChat pushes every 10 minutes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ticket {
+    pub value: Secret,
+    /// WeChat's CreateTime (unix seconds): which of two pushes is newer.
+    pub create_time: i64,
+    /// When wxgate received it (unix seconds).
+    pub received_at: i64,
+}
+
+/// An authorization event other than a ticket, kept until the token service has acted on it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuthEvent {
+    pub info_type: String,
+    /// Empty for events that concern no authorizer.
+    pub authorizer_appid: String,
+    pub create_time: i64,
+    /// The decrypted XML as WeChat sent it: it can carry an authorization code, so it is secret.
+    pub payload: Secret,
+    pub received_at: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredEvent {
+    pub id: i64,
+    pub event: AuthEvent,
+}
+
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// A short name for logs and `/readyz`: "sqlite", "redis", "memory".
+    fn backend(&self) -> &'static str;
+
+    /// Answers once the backend can serve reads and writes.
+    async fn ping(&self) -> Result<(), StoreError>;
+
+    async fn load_ticket(&self, component: &AppId) -> Result<Option<Ticket>, StoreError>;
+
+    /// Keeps `ticket` unless the one held has a later CreateTime, so that a delayed push never
+    /// replaces a newer ticket. Returns whether it was kept.
+    async fn save_ticket(&self, component: &AppId, ticket: &Ticket) -> Result<bool, StoreError>;
+
+    /// Records an event once: a repeat of the same (info type, authorizer, CreateTime), as
+    /// WeChat sends when it retries, is ignored. Returns whether it was new.
+    async fn record_event(&self, component: &AppId, event: &AuthEvent) -> Result<bool, StoreError>;
+
+    /// Events not yet marked done, oldest first.
+    async fn pending_events(&self, component: &AppId) -> Result<Vec<StoredEvent>, StoreError>;
+
+    async fn finish_event(&self, component: &AppId, id: i64) -> Result<(), StoreError>;
+}
+
+pub type SharedStore = Arc<dyn Store>;
+
+/// Seconds since the Unix epoch, the time unit of every record.
+pub fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+pub(crate) mod contract_tests {
+    //! The behaviour every backend must share; each backend's tests run these.
+    use super::*;
+
+    pub fn component() -> AppId {
+        AppId::parse("wx0123456789abcdef").unwrap()
+    }
+
+    pub fn ticket(value: &str, create_time: i64) -> Ticket {
+        Ticket { value: Secret::new(value), create_time, received_at: create_time + 1 }
+    }
+
+    pub fn event(info_type: &str, appid: &str, create_time: i64) -> AuthEvent {
+        AuthEvent {
+            info_type: info_type.into(),
+            authorizer_appid: appid.into(),
+            create_time,
+            payload: Secret::new(format!("<xml><InfoType>{info_type}</InfoType></xml>")),
+            received_at: create_time,
+        }
+    }
+
+    pub async fn newer_ticket_wins(store: &dyn Store) {
+        let c = component();
+        assert_eq!(store.load_ticket(&c).await.unwrap(), None);
+        assert!(store.save_ticket(&c, &ticket("t-200", 200)).await.unwrap());
+        assert!(!store.save_ticket(&c, &ticket("t-100", 100)).await.unwrap(), "an older push must not win");
+        assert_eq!(store.load_ticket(&c).await.unwrap().unwrap().value.expose(), "t-200");
+        assert!(store.save_ticket(&c, &ticket("t-300", 300)).await.unwrap());
+        assert_eq!(store.load_ticket(&c).await.unwrap().unwrap(), ticket("t-300", 300));
+        let other = AppId::parse("wxfedcba9876543210").unwrap();
+        assert_eq!(store.load_ticket(&other).await.unwrap(), None, "tickets are kept per component");
+    }
+
+    pub async fn events_are_recorded_once(store: &dyn Store) {
+        let c = component();
+        let e = event("authorized", "wx1111111111111111", 10);
+        assert!(store.record_event(&c, &e).await.unwrap());
+        assert!(!store.record_event(&c, &e).await.unwrap(), "a retried push is a duplicate");
+        assert!(store.record_event(&c, &event("unauthorized", "wx1111111111111111", 11)).await.unwrap());
+        let pending = store.pending_events(&c).await.unwrap();
+        assert_eq!(pending.len(), 2);
+        assert_eq!(pending[0].event, e);
+        store.finish_event(&c, pending[0].id).await.unwrap();
+        let pending = store.pending_events(&c).await.unwrap();
+        assert_eq!(pending.len(), 1);
+        assert_eq!(pending[0].event.info_type, "unauthorized");
+    }
+}

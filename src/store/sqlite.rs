@@ -1,0 +1,262 @@
+//! The embedded SQLite store: one file, WAL, `synchronous=FULL`, readable by its owner only.
+//!
+//! rusqlite is blocking, so each call runs on tokio's blocking pool; one connection behind a
+//! mutex is enough for the gateway's write rate (a ticket every 10 minutes, a token refresh per
+//! authorizer every ~2 hours) and keeps every write serialised.
+
+use super::{AuthEvent, Store, StoreError, StoredEvent, Ticket};
+use crate::{AppId, Secret};
+use async_trait::async_trait;
+use rusqlite::{params, Connection, OptionalExtension};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+/// Each entry brings the schema from its index to the next version; `PRAGMA user_version`
+/// records how many have run. Append, never edit: released files depend on them.
+const MIGRATIONS: &[&str] = &[
+    // 0 → 1: the ticket and the events WeChat pushed.
+    "CREATE TABLE tickets (
+         component_appid TEXT PRIMARY KEY,
+         ticket          TEXT NOT NULL,
+         create_time     INTEGER NOT NULL,
+         received_at     INTEGER NOT NULL
+     );
+     CREATE TABLE events (
+         id               INTEGER PRIMARY KEY AUTOINCREMENT,
+         component_appid  TEXT NOT NULL,
+         info_type        TEXT NOT NULL,
+         authorizer_appid TEXT NOT NULL,
+         create_time      INTEGER NOT NULL,
+         payload          TEXT NOT NULL,
+         received_at      INTEGER NOT NULL,
+         done_at          INTEGER,
+         UNIQUE (component_appid, info_type, authorizer_appid, create_time)
+     );",
+];
+
+#[derive(Clone)]
+pub struct SqliteStore {
+    conn: Arc<Mutex<Connection>>,
+    path: PathBuf,
+}
+
+impl SqliteStore {
+    /// Opens (or creates) the store at `path` and brings its schema up to date.
+    pub fn open(path: &Path) -> Result<Self, StoreError> {
+        let open_err = |reason: String| StoreError::Open { path: path.display().to_string(), reason };
+        create_private_file(path).map_err(|e| open_err(e.to_string()))?;
+        let mut conn = Connection::open(path).map_err(|e| open_err(e.to_string()))?;
+        conn.execute_batch(
+            "PRAGMA journal_mode = WAL;
+             PRAGMA synchronous = FULL;
+             PRAGMA busy_timeout = 5000;",
+        )
+        .map_err(|e| open_err(e.to_string()))?;
+        migrate(&mut conn).map_err(|e| match e {
+            StoreError::Unavailable(reason) => open_err(reason),
+            other => other,
+        })?;
+        Ok(Self { conn: Arc::new(Mutex::new(conn)), path: path.to_owned() })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Runs `f` on the connection in tokio's blocking pool.
+    async fn with_conn<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Connection) -> rusqlite::Result<T> + Send + 'static,
+    {
+        let conn = Arc::clone(&self.conn);
+        tokio::task::spawn_blocking(move || {
+            let mut conn = conn.lock().unwrap_or_else(|p| p.into_inner());
+            f(&mut conn).map_err(unavailable)
+        })
+        .await
+        .map_err(|e| StoreError::Unavailable(format!("store task failed: {e}")))?
+    }
+}
+
+fn unavailable(e: rusqlite::Error) -> StoreError {
+    StoreError::Unavailable(e.to_string())
+}
+
+/// Creates the file, and its directory, so that only the owner can read them: the file holds
+/// refresh tokens. An existing file with looser permissions is tightened.
+fn create_private_file(path: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty() && !d.exists()) {
+        std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)?;
+    }
+    let file = std::fs::OpenOptions::new().create(true).append(true).mode(0o600).open(path)?;
+    let mode = file.metadata()?.permissions().mode();
+    if mode & 0o077 != 0 {
+        tracing::warn!(path = %path.display(), "store file was readable by others; restricting it to its owner");
+        file.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+    }
+    Ok(())
+}
+
+fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
+    let supported = MIGRATIONS.len() as i64;
+    let found: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0)).map_err(unavailable)?;
+    if found > supported {
+        return Err(StoreError::SchemaTooNew { found, supported });
+    }
+    for (version, sql) in MIGRATIONS.iter().enumerate().skip(found as usize) {
+        let tx = conn.transaction().map_err(unavailable)?;
+        tx.execute_batch(sql).map_err(unavailable)?;
+        tx.pragma_update(None, "user_version", version as i64 + 1).map_err(unavailable)?;
+        tx.commit().map_err(unavailable)?;
+    }
+    Ok(())
+}
+
+fn row_to_event(row: &rusqlite::Row<'_>) -> rusqlite::Result<StoredEvent> {
+    Ok(StoredEvent {
+        id: row.get(0)?,
+        event: AuthEvent {
+            info_type: row.get(1)?,
+            authorizer_appid: row.get(2)?,
+            create_time: row.get(3)?,
+            payload: Secret::new(row.get::<_, String>(4)?),
+            received_at: row.get(5)?,
+        },
+    })
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    fn backend(&self) -> &'static str {
+        "sqlite"
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        self.with_conn(|c| c.query_row("SELECT 1", [], |_| Ok(()))).await
+    }
+
+    async fn load_ticket(&self, component: &AppId) -> Result<Option<Ticket>, StoreError> {
+        let component = component.to_string();
+        self.with_conn(move |c| {
+            c.query_row(
+                "SELECT ticket, create_time, received_at FROM tickets WHERE component_appid = ?1",
+                [component],
+                |r| {
+                    Ok(Ticket {
+                        value: Secret::new(r.get::<_, String>(0)?),
+                        create_time: r.get(1)?,
+                        received_at: r.get(2)?,
+                    })
+                },
+            )
+            .optional()
+        })
+        .await
+    }
+
+    async fn save_ticket(&self, component: &AppId, ticket: &Ticket) -> Result<bool, StoreError> {
+        let (component, ticket) = (component.to_string(), ticket.clone());
+        self.with_conn(move |c| {
+            let changed = c.execute(
+                "INSERT INTO tickets (component_appid, ticket, create_time, received_at)
+                 VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT (component_appid) DO UPDATE SET
+                     ticket = excluded.ticket,
+                     create_time = excluded.create_time,
+                     received_at = excluded.received_at
+                 WHERE excluded.create_time >= tickets.create_time",
+                params![component, ticket.value.expose(), ticket.create_time, ticket.received_at],
+            )?;
+            Ok(changed > 0)
+        })
+        .await
+    }
+
+    async fn record_event(&self, component: &AppId, event: &AuthEvent) -> Result<bool, StoreError> {
+        let (component, e) = (component.to_string(), event.clone());
+        self.with_conn(move |c| {
+            let inserted = c.execute(
+                "INSERT OR IGNORE INTO events
+                     (component_appid, info_type, authorizer_appid, create_time, payload, received_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                params![component, e.info_type, e.authorizer_appid, e.create_time, e.payload.expose(), e.received_at],
+            )?;
+            Ok(inserted > 0)
+        })
+        .await
+    }
+
+    async fn pending_events(&self, component: &AppId) -> Result<Vec<StoredEvent>, StoreError> {
+        let component = component.to_string();
+        self.with_conn(move |c| {
+            let mut stmt = c.prepare(
+                "SELECT id, info_type, authorizer_appid, create_time, payload, received_at
+                 FROM events WHERE component_appid = ?1 AND done_at IS NULL ORDER BY id",
+            )?;
+            let rows = stmt.query_map([component], row_to_event)?;
+            rows.collect()
+        })
+        .await
+    }
+
+    async fn finish_event(&self, component: &AppId, id: i64) -> Result<(), StoreError> {
+        let component = component.to_string();
+        self.with_conn(move |c| {
+            c.execute(
+                "UPDATE events SET done_at = ?3 WHERE component_appid = ?1 AND id = ?2",
+                params![component, id, super::unix_now()],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::contract_tests;
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    fn temp_store() -> (tempfile::TempDir, SqliteStore) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("sub/wxgate.sqlite3")).unwrap();
+        (dir, store)
+    }
+
+    #[tokio::test]
+    async fn newer_ticket_wins() {
+        let (_dir, store) = temp_store();
+        contract_tests::newer_ticket_wins(&store).await;
+    }
+
+    #[tokio::test]
+    async fn events_are_recorded_once() {
+        let (_dir, store) = temp_store();
+        contract_tests::events_are_recorded_once(&store).await;
+    }
+
+    #[tokio::test]
+    async fn survives_reopening_and_is_private() {
+        let (dir, store) = temp_store();
+        let c = contract_tests::component();
+        store.save_ticket(&c, &contract_tests::ticket("kept", 5)).await.unwrap();
+        let path = store.path().to_owned();
+        drop(store);
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        let reopened = SqliteStore::open(&path).unwrap();
+        assert_eq!(reopened.load_ticket(&c).await.unwrap().unwrap().value.expose(), "kept");
+        drop(dir);
+    }
+
+    #[test]
+    fn refuses_a_schema_from_the_future() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("future.sqlite3");
+        Connection::open(&path).unwrap().pragma_update(None, "user_version", 99).unwrap();
+        assert!(matches!(SqliteStore::open(&path), Err(StoreError::SchemaTooNew { found: 99, .. })));
+    }
+}

@@ -1,0 +1,262 @@
+//! Test support: the real `wxgate` binary on loopback ports, with its log captured, and
+//! WeChat-style pushes encrypted with the crate's own crypto.
+#![allow(dead_code)]
+
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+use wxgate::crypto::MsgCrypt;
+use wxgate::Secret;
+
+pub const COMPONENT_APPID: &str = "wx0123456789abcdef";
+pub const MSG_TOKEN: &str = "pamtest";
+pub const AES_KEY: &str = "abcdefghijklmnopqrstuvwxyz0123456789ABCDEFG";
+pub const APPSECRET: &str = "appsecret-0123456789abcdef0123456";
+pub const ADMIN_TOKEN: &str = "admin-token-0123456789";
+pub const CLIENT_KEY: &str = "client-key-0123456789abcdef";
+
+/// Every secret a test configures: none may appear in the gateway's log.
+pub const SECRETS: &[&str] = &[MSG_TOKEN, AES_KEY, APPSECRET, ADMIN_TOKEN, CLIENT_KEY];
+
+/// A port that was free a moment ago. pingora binds by address, so tests pick the port.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+pub fn crypt() -> MsgCrypt {
+    MsgCrypt::new(&Secret::new(MSG_TOKEN), &Secret::new(AES_KEY), COMPONENT_APPID).unwrap()
+}
+
+/// A working directory with a config file, the SQLite file and the log.
+pub struct Setup {
+    pub dir: tempfile::TempDir,
+    pub proxy: SocketAddr,
+    pub admin: SocketAddr,
+    pub extra_toml: String,
+}
+
+impl Setup {
+    pub fn new() -> Self {
+        Self {
+            dir: tempfile::tempdir().unwrap(),
+            proxy: SocketAddr::from(([127, 0, 0, 1], free_port())),
+            admin: SocketAddr::from(([127, 0, 0, 1], free_port())),
+            extra_toml: String::new(),
+        }
+    }
+
+    pub fn db_path(&self) -> PathBuf {
+        self.dir.path().join("data/wxgate.sqlite3")
+    }
+
+    pub fn log_path(&self) -> PathBuf {
+        self.dir.path().join("wxgate.log")
+    }
+
+    pub fn config_toml(&self) -> String {
+        format!(
+            r#"
+[component]
+appid = "{COMPONENT_APPID}"
+appsecret = "{APPSECRET}"
+token = "{MSG_TOKEN}"
+encoding_aes_key = "{AES_KEY}"
+
+[upstream]
+base_url = "http://127.0.0.1:9"
+
+[listen]
+proxy = "{proxy}"
+admin = "{admin}"
+public_base_url = "http://{proxy}"
+
+[store]
+backend = "sqlite"
+path = "{db}"
+
+[admin]
+token = "{ADMIN_TOKEN}"
+
+[server]
+threads = 1
+shutdown_grace_secs = 0
+
+[[clients]]
+name = "shop-backend"
+key = "{CLIENT_KEY}"
+authorizers = ["*"]
+{extra}
+"#,
+            proxy = self.proxy,
+            admin = self.admin,
+            db = self.db_path().display(),
+            extra = self.extra_toml,
+        )
+    }
+
+    pub fn write_config(&self) -> PathBuf {
+        let path = self.dir.path().join("wxgate.toml");
+        std::fs::write(&path, self.config_toml()).unwrap();
+        path
+    }
+
+    /// Starts the gateway and waits until its admin listener answers.
+    pub async fn start(&self) -> Gateway {
+        let config = self.write_config();
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.log_path()).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_wxgate"))
+            .arg("--config")
+            .arg(&config)
+            .env("WXGATE_LOG", "trace")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        let gateway = Gateway { child: Some(child), proxy: self.proxy, admin: self.admin, http: client() };
+        gateway.wait_healthy(self.log_path()).await;
+        gateway
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.log_path()).unwrap_or_default()
+    }
+}
+
+pub fn client() -> reqwest::Client {
+    reqwest::Client::builder().timeout(Duration::from_secs(10)).no_proxy().build().unwrap()
+}
+
+/// A running `wxgate` process; killed when dropped.
+pub struct Gateway {
+    child: Option<Child>,
+    pub proxy: SocketAddr,
+    pub admin: SocketAddr,
+    pub http: reqwest::Client,
+}
+
+impl Gateway {
+    async fn wait_healthy(&self, log: PathBuf) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if let Ok(r) = self.http.get(self.admin_url("/healthz")).send().await {
+                if r.status() == 200 {
+                    return;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("wxgate did not become healthy; log:\n{}", std::fs::read_to_string(log).unwrap_or_default());
+    }
+
+    pub fn proxy_url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.proxy)
+    }
+
+    pub fn admin_url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.admin)
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().unwrap().id()
+    }
+
+    /// Sends a signal and waits, at most `within`, for the process to exit.
+    pub fn signal_and_wait(&mut self, signal: &str, within: Duration) -> Option<std::process::ExitStatus> {
+        Command::new("kill").arg(format!("-{signal}")).arg(self.pid().to_string()).status().unwrap();
+        let mut child = self.child.take().unwrap();
+        let deadline = Instant::now() + within;
+        while Instant::now() < deadline {
+            if let Some(status) = child.try_wait().unwrap() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        None
+    }
+
+    /// Kills the process outright, as a crash would.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    pub async fn admin_get(&self, path: &str) -> reqwest::Response {
+        self.http.get(self.admin_url(path)).bearer_auth(ADMIN_TOKEN).send().await.unwrap()
+    }
+
+    pub async fn metrics(&self) -> String {
+        self.http.get(self.admin_url("/metrics")).send().await.unwrap().text().await.unwrap()
+    }
+
+    /// The value of one sample in `/metrics`, e.g. `wxgate_callback_rejected_total{reason="xml"}`.
+    pub async fn metric(&self, sample: &str) -> Option<f64> {
+        self.metrics().await.lines().find_map(|l| l.strip_prefix(sample).and_then(|v| v.trim().parse().ok()))
+    }
+
+    /// Posts a push to the authorization-event URL as WeChat would: encrypted, signed.
+    pub async fn push(&self, crypt: &MsgCrypt, message: &str) -> reqwest::Response {
+        let (timestamp, nonce) = ("1700000000", "nonce123");
+        let sealed = crypt.seal(message, timestamp, nonce);
+        let body = envelope(&sealed.encrypt);
+        let query = format!("timestamp={timestamp}&nonce={nonce}&encrypt_type=aes&msg_signature={}", sealed.msg_signature);
+        self.post_callback(&query, body).await
+    }
+
+    pub async fn post_callback(&self, query: &str, body: impl Into<reqwest::Body>) -> reqwest::Response {
+        self.http
+            .post(self.proxy_url(&format!("/wxgate/callback/component?{query}")))
+            .body(body)
+            .send()
+            .await
+            .unwrap()
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+pub fn envelope(encrypt: &str) -> String {
+    format!("<xml><AppId><![CDATA[{COMPONENT_APPID}]]></AppId><Encrypt><![CDATA[{encrypt}]]></Encrypt></xml>")
+}
+
+pub fn ticket_xml(ticket: &str, create_time: i64) -> String {
+    format!(
+        "<xml><AppId><![CDATA[{COMPONENT_APPID}]]></AppId><CreateTime>{create_time}</CreateTime>\
+         <InfoType><![CDATA[component_verify_ticket]]></InfoType>\
+         <ComponentVerifyTicket><![CDATA[{ticket}]]></ComponentVerifyTicket></xml>"
+    )
+}
+
+pub fn authorized_xml(info_type: &str, authorizer: &str, code: &str, create_time: i64) -> String {
+    format!(
+        "<xml><AppId><![CDATA[{COMPONENT_APPID}]]></AppId><CreateTime>{create_time}</CreateTime>\
+         <InfoType><![CDATA[{info_type}]]></InfoType><AuthorizerAppid><![CDATA[{authorizer}]]></AuthorizerAppid>\
+         <AuthorizationCode><![CDATA[{code}]]></AuthorizationCode>\
+         <AuthorizationCodeExpiredTime>{}</AuthorizationCodeExpiredTime>\
+         <PreAuthCode><![CDATA[preauthcode@@@xyz]]></PreAuthCode></xml>",
+        create_time + 3600
+    )
+}
+
+pub fn unix_now() -> i64 {
+    wxgate::store::unix_now()
+}
+
+pub fn assert_no_secrets(log: &str, extra: &[&str]) {
+    for s in SECRETS.iter().chain(extra) {
+        assert!(!log.contains(s), "the log contains a secret ({} chars); log:\n{log}", s.len());
+    }
+}
+
+pub fn exists(p: &Path) -> bool {
+    p.exists()
+}
