@@ -11,8 +11,16 @@ use toml::{Table, Value};
 use super::{Config, Problems, StoreConfig};
 
 /// The top-level tables of the file, in the order they are documented.
-pub(super) const SECTIONS: [&str; 8] =
-    ["component", "upstream", "listen", "store", "refresh", "admin", "server", "clients"];
+pub(super) const SECTIONS: [&str; 8] = [
+    "component",
+    "upstream",
+    "listen",
+    "store",
+    "refresh",
+    "admin",
+    "server",
+    "clients",
+];
 
 /// What the file (with the environment applied) said, before any value is checked. Absent keys
 /// are `None`, so that `validate` can tell "not set" (take the default) from "set".
@@ -95,9 +103,14 @@ pub(super) struct ClientFile {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) enum KeyError {
     UnknownSection,
-    UnknownKey { known: Vec<String> },
+    UnknownKey {
+        known: Vec<String>,
+    },
     /// `expected` and `found` are type names ("an integer"), never values.
-    WrongType { expected: String, found: String },
+    WrongType {
+        expected: String,
+        found: String,
+    },
 }
 
 impl KeyError {
@@ -117,21 +130,35 @@ impl KeyError {
     fn from_serde(message: &str) -> Self {
         if let Some(rest) = message.strip_prefix("unknown field `") {
             // "..., expected `a`", "expected `a` or `b`", "expected one of `a`, `b`, `c`".
-            let names = rest.split_once(", expected ").map_or("", |(_, names)| names);
-            let known = names.split('`').skip(1).step_by(2).map(str::to_owned).collect();
+            let names = rest
+                .split_once(", expected ")
+                .map_or("", |(_, names)| names);
+            let known = names
+                .split('`')
+                .skip(1)
+                .step_by(2)
+                .map(str::to_owned)
+                .collect();
             return Self::UnknownKey { known };
         }
         let (found, expected) = message
             .strip_prefix("invalid type: ")
             .and_then(|rest| rest.rsplit_once(", expected "))
             .unwrap_or(("another type", "a different type"));
-        Self::WrongType { expected: type_name(expected), found: type_name(found) }
+        Self::WrongType {
+            expected: type_name(expected),
+            found: type_name(found),
+        }
     }
 }
 
 /// serde's name of a type (or of an unexpected value, "integer `5`") as the TOML user knows it.
 fn type_name(serde_name: &str) -> String {
-    let word = serde_name.trim_start_matches("a ").split([' ', '`', '"']).next().unwrap_or("");
+    let word = serde_name
+        .trim_start_matches("a ")
+        .split([' ', '`', '"'])
+        .next()
+        .unwrap_or("");
     let name = match word {
         "i64" | "u64" | "integer" => "an integer",
         "string" => "a string",
@@ -171,7 +198,10 @@ pub(super) fn parse(text: &str, problems: &mut Problems) -> Option<Table> {
     let offset = error.span().map_or(0, |span| span.start);
     let (line, column, key) = locate(text, offset);
     let message = error.message().trim().replace('\n', "; ");
-    problems.push(key, format!("TOML syntax error at line {line}, column {column}: {message}"));
+    problems.push(
+        key,
+        format!("TOML syntax error at line {line}, column {column}: {message}"),
+    );
     None
 }
 
@@ -183,7 +213,10 @@ fn locate(text: &str, offset: usize) -> (usize, usize, String) {
     let column = before.rsplit('\n').next().unwrap_or("").chars().count() + 1;
     let mut section = String::new();
     let mut clients = 0;
-    let headers = text.lines().take(line).map(|l| l.split('#').next().unwrap_or("").trim());
+    let headers = text
+        .lines()
+        .take(line)
+        .map(|l| l.split('#').next().unwrap_or("").trim());
     for header in headers.filter(|l| l.starts_with('[')) {
         let name = header.trim_matches(|c| c == '[' || c == ']').trim();
         if header.starts_with("[[") && name == "clients" {
@@ -193,7 +226,11 @@ fn locate(text: &str, offset: usize) -> (usize, usize, String) {
             section = name.to_owned();
         }
     }
-    let key = text.lines().nth(line - 1).and_then(|l| l.split_once('=')).map(|(k, _)| k.trim());
+    let key = text
+        .lines()
+        .nth(line - 1)
+        .and_then(|l| l.split_once('='))
+        .map(|(k, _)| k.trim());
     let key = match key.filter(|k| !k.is_empty() && !k.contains(['"', '\'', '[', ' '])) {
         Some(key) if !section.is_empty() => format!("{section}.{key}"),
         Some(key) => key.to_owned(),
@@ -213,7 +250,10 @@ pub(super) fn read(table: Table, problems: &mut Problems) -> FileConfig {
     }
     FileConfig::deserialize(Value::Table(kept)).unwrap_or_else(|e| {
         // Unreachable: every key left was accepted by `probe`. Report rather than panic.
-        problems.push("file", KeyError::from_serde(e.message()).message(&Value::Boolean(false)));
+        problems.push(
+            "file",
+            KeyError::from_serde(e.message()).message(&Value::Boolean(false)),
+        );
         FileConfig::default()
     })
 }
@@ -222,14 +262,20 @@ fn read_section(name: &str, value: Value, problems: &mut Problems) -> Option<Val
     match (name, value) {
         ("clients", Value::Array(items)) => Some(Value::Array(read_clients(items, problems))),
         ("clients", _) => {
-            problems.push(name, "must be an array of tables: write each client as [[clients]]");
+            problems.push(
+                name,
+                "must be an array of tables: write each client as [[clients]]",
+            );
             None
         }
         (_, Value::Table(table)) if SECTIONS.contains(&name) => {
             Some(Value::Table(read_keys(name, name, table, problems)))
         }
         (_, Value::Table(_)) => {
-            problems.push(name, format!("unknown section (known: {})", SECTIONS.join(", ")));
+            problems.push(
+                name,
+                format!("unknown section (known: {})", SECTIONS.join(", ")),
+            );
             None
         }
         (_, _) if SECTIONS.contains(&name) => {
@@ -292,8 +338,12 @@ pub(super) fn masked(config: &Config) -> String {
             public_base_url: Some(config.listen.public_base_url.to_string()),
         },
         store: masked_store(&config.store),
-        refresh: RefreshFile { ahead_secs: int(config.refresh.ahead.as_secs().into()) },
-        admin: AdminFile { token: Some(MASK.to_owned()) },
+        refresh: RefreshFile {
+            ahead_secs: int(config.refresh.ahead.as_secs().into()),
+        },
+        admin: AdminFile {
+            token: Some(MASK.to_owned()),
+        },
         server: ServerFile {
             threads: int(config.server.threads as u128),
             shutdown_grace_secs: int(config.server.shutdown_grace.as_secs().into()),
@@ -323,13 +373,18 @@ fn masked_store(store: &StoreConfig) -> StoreFile {
             key_prefix: Some(key_prefix.clone()),
             ..StoreFile::default()
         },
-        StoreConfig::Memory => StoreFile { backend: backend("memory"), ..StoreFile::default() },
+        StoreConfig::Memory => StoreFile {
+            backend: backend("memory"),
+            ..StoreFile::default()
+        },
     }
 }
 
 /// The URL with its password, if any, replaced by `...`; the rest helps to spot a wrong host.
 fn masked_redis_url(url: &str) -> String {
-    let Ok(mut url) = url::Url::parse(url) else { return MASK.to_owned() };
+    let Ok(mut url) = url::Url::parse(url) else {
+        return MASK.to_owned();
+    };
     if url.password().is_some() && url.set_password(Some(MASK)).is_err() {
         return MASK.to_owned();
     }
@@ -369,13 +424,25 @@ mod tests {
         let wrong = probe("component", "appsecret", &secret).unwrap_err();
         assert_eq!(wrong.message(&secret), "must be a string, not an integer");
         let wrong = probe("upstream", "timeout_ms", &Value::from("soon")).unwrap_err();
-        assert_eq!(wrong.message(&Value::from("soon")), "must be an integer, not a string");
+        assert_eq!(
+            wrong.message(&Value::from("soon")),
+            "must be an integer, not a string"
+        );
         let list = Value::Array(vec![Value::from("*"), Value::Integer(1)]);
         let wrong = probe("clients", "authorizers", &list).unwrap_err();
-        assert_eq!(wrong.message(&list), "every entry must be a string, not an integer");
+        assert_eq!(
+            wrong.message(&list),
+            "every entry must be a string, not an integer"
+        );
         let wrong = probe("clients", "component", &Value::from("yes")).unwrap_err();
-        assert_eq!(wrong.message(&Value::from("yes")), "must be a boolean (true or false), not a string");
-        assert_eq!(probe("nope", "x", &Value::Integer(1)), Err(KeyError::UnknownSection));
+        assert_eq!(
+            wrong.message(&Value::from("yes")),
+            "must be a boolean (true or false), not a string"
+        );
+        assert_eq!(
+            probe("nope", "x", &Value::Integer(1)),
+            Err(KeyError::UnknownSection)
+        );
         assert_eq!(probe("server", "threads", &Value::Integer(4)), Ok(()));
     }
 
@@ -390,7 +457,14 @@ mod tests {
         keys.sort();
         assert_eq!(
             keys,
-            ["clients[0].key", "clients[1].nom", "component.app_id", "component.token", "nope", "top"]
+            [
+                "clients[0].key",
+                "clients[1].nom",
+                "component.app_id",
+                "component.token",
+                "nope",
+                "top"
+            ]
         );
         assert_eq!(file.component.appid.as_deref(), Some("wx0123456789abcdef"));
         assert_eq!(file.clients.len(), 2);
@@ -400,7 +474,10 @@ mod tests {
     #[test]
     fn read_rejects_sections_of_the_wrong_shape() {
         let mut problems = Problems::default();
-        read(table("component = 1\n[clients]\nname = 'a'\n"), &mut problems);
+        read(
+            table("component = 1\n[clients]\nname = 'a'\n"),
+            &mut problems,
+        );
         let mut text: Vec<String> = problems.0.iter().map(ToString::to_string).collect();
         text.sort();
         assert_eq!(
@@ -419,19 +496,36 @@ mod tests {
         assert!(parse(text, &mut problems).is_none());
         let problem = &problems.0[0];
         assert_eq!(problem.key, "admin.token");
-        assert!(problem.message.starts_with("TOML syntax error at line 2, column"), "{problem}");
+        assert!(
+            problem
+                .message
+                .starts_with("TOML syntax error at line 2, column"),
+            "{problem}"
+        );
         assert!(!problem.to_string().contains("SECRET"), "{problem}");
 
         let mut problems = Problems::default();
-        parse("[[clients]]\nname = 'a'\n[[clients]]\nkey = verysecretbare\n", &mut problems);
+        parse(
+            "[[clients]]\nname = 'a'\n[[clients]]\nkey = verysecretbare\n",
+            &mut problems,
+        );
         assert_eq!(problems.0[0].key, "clients[1].key");
         assert!(!problems.0[0].to_string().contains("verysecretbare"));
     }
 
     #[test]
     fn redis_password_is_masked() {
-        assert_eq!(masked_redis_url("redis://:hunter2@redis:6379/0"), "redis://:...@redis:6379/0");
-        assert_eq!(masked_redis_url("rediss://u:hunter2@redis/1"), "rediss://u:...@redis/1");
-        assert_eq!(masked_redis_url("redis://127.0.0.1:6379/0"), "redis://127.0.0.1:6379/0");
+        assert_eq!(
+            masked_redis_url("redis://:hunter2@redis:6379/0"),
+            "redis://:...@redis:6379/0"
+        );
+        assert_eq!(
+            masked_redis_url("rediss://u:hunter2@redis/1"),
+            "rediss://u:...@redis/1"
+        );
+        assert_eq!(
+            masked_redis_url("redis://127.0.0.1:6379/0"),
+            "redis://127.0.0.1:6379/0"
+        );
     }
 }

@@ -73,9 +73,14 @@ pub struct ListenConfig {
 /// The durable store, with only the settings of the chosen backend.
 #[derive(Debug, Clone)]
 pub enum StoreConfig {
-    Sqlite { path: PathBuf },
+    Sqlite {
+        path: PathBuf,
+    },
     /// `url` is `redis://` or `rediss://` and may carry a password.
-    Redis { url: Secret, key_prefix: String },
+    Redis {
+        url: Secret,
+        key_prefix: String,
+    },
     Memory,
 }
 
@@ -158,8 +163,10 @@ fn display_lines(problems: &[Problem]) -> String {
 impl Config {
     /// Reads the file at `path` and the process environment.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
         Self::from_sources(&text, env::process_vars())
     }
 
@@ -197,7 +204,10 @@ impl Problems {
     fn push(&mut self, key: impl Into<String>, message: impl Into<String>) {
         let key = key.into();
         if !self.0.iter().any(|p| covers(&p.key, &key)) {
-            self.0.push(Problem { key, message: message.into() });
+            self.0.push(Problem {
+                key,
+                message: message.into(),
+            });
         }
     }
 
@@ -210,22 +220,38 @@ impl Problems {
         self.0.is_empty()
     }
 
-    /// Names the variable behind each problem whose value came from the environment.
-    fn into_error(self, from_env: &env::Origins) -> ConfigError {
-        let problems = self.0.into_iter().map(|mut p| {
+    /// Groups the problems by section, in the file's order, and names the variable behind each
+    /// one whose value came from the environment.
+    fn into_error(mut self, from_env: &env::Origins) -> ConfigError {
+        self.0.sort_by_key(|p| order(&p.key));
+        for p in &mut self.0 {
             if let Some(var) = from_env.get(&p.key) {
                 p.message = format!("{} (set by {var})", p.message);
             }
-            p
-        });
-        ConfigError::Invalid(problems.collect())
+        }
+        ConfigError::Invalid(self.0)
     }
+}
+
+/// Where a key's problem is listed: by section as documented, then by client; anything else
+/// (unknown sections and variables) last, in the order found.
+fn order(key: &str) -> (usize, usize) {
+    let head = key.split(['.', '[']).next().unwrap_or(key);
+    let section = file::SECTIONS
+        .iter()
+        .position(|s| *s == head)
+        .unwrap_or(file::SECTIONS.len());
+    let client = key
+        .strip_prefix("clients[")
+        .and_then(|rest| rest.split(']').next()?.parse().ok());
+    (section, client.unwrap_or(0))
 }
 
 /// True when a problem with `earlier` makes one with `key` redundant: the same key, or a key
 /// inside it (`component` covers `component.appid`, `clients[1]` covers `clients[1].key`).
 fn covers(earlier: &str, key: &str) -> bool {
-    key.strip_prefix(earlier).is_some_and(|rest| rest.is_empty() || rest.starts_with('.'))
+    key.strip_prefix(earlier)
+        .is_some_and(|rest| rest.is_empty() || rest.starts_with('.'))
 }
 
 #[cfg(test)]
@@ -238,7 +264,10 @@ mod tests {
 
     #[test]
     fn scope_allows_listed_or_all() {
-        let only = AuthorizerScope::Only(vec![appid("wx1111111111111111"), appid("wx2222222222222222")]);
+        let only = AuthorizerScope::Only(vec![
+            appid("wx1111111111111111"),
+            appid("wx2222222222222222"),
+        ]);
         assert!(only.allows(&appid("wx2222222222222222")));
         assert!(!only.allows(&appid("wx3333333333333333")));
         assert!(AuthorizerScope::All.allows(&appid("wx3333333333333333")));
@@ -254,7 +283,10 @@ mod tests {
         problems.push("clients[1]", "must be a table");
         problems.push("clients[1].name", "is required");
         problems.push("clients[10].name", "is required");
-        let origins = env::Origins::from([("server.threads".to_owned(), "WXGATE_SERVER_THREADS".to_owned())]);
+        let origins = env::Origins::from([(
+            "server.threads".to_owned(),
+            "WXGATE_SERVER_THREADS".to_owned(),
+        )]);
         let text = problems.into_error(&origins).to_string();
         assert_eq!(
             text,
