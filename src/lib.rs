@@ -24,6 +24,7 @@ pub mod callback;
 pub mod secret;
 pub mod metrics;
 pub mod store;
+pub mod wechat;
 pub mod tokens;
 pub mod reply;
 pub mod admin;

@@ -7,6 +7,7 @@
 
 mod env;
 mod file;
+mod masked;
 mod validate;
 
 use std::fmt;
@@ -141,8 +142,8 @@ pub enum ConfigError {
 }
 
 /// One thing wrong with the configuration. `key` is `section.key` (`clients[1].key` for a
-/// client), or the environment variable's name when the variable itself is unknown. Neither
-/// part ever holds a secret's value.
+/// client), a section, the variable's name when a `WXGATE_*` variable names no key, or `file`
+/// for a syntax error on a line without a key. Neither part ever holds a secret's value.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Problem {
     pub key: String,
@@ -190,7 +191,7 @@ impl Config {
 
     /// The effective configuration as TOML, with every secret printed as `"..."`.
     pub fn masked(&self) -> String {
-        file::masked(self)
+        masked::masked(self)
     }
 }
 

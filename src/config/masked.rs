@@ -1,0 +1,114 @@
+//! `Config::masked`: the effective configuration as TOML, every secret printed as `"..."`.
+
+use super::file::{
+    AdminFile, ClientFile, ComponentFile, FileConfig, ListenFile, RefreshFile, ServerFile,
+    StoreFile, UpstreamFile,
+};
+use super::{AuthorizerScope, ClientConfig, Config, StoreConfig};
+
+/// The effective configuration in the file's own schema, every secret as `"..."`.
+pub(super) fn masked(config: &Config) -> String {
+    let file = FileConfig {
+        component: ComponentFile {
+            appid: Some(config.component.appid.to_string()),
+            appsecret: Some(MASK.to_owned()),
+            token: Some(MASK.to_owned()),
+            encoding_aes_key: Some(MASK.to_owned()),
+        },
+        upstream: UpstreamFile {
+            base_url: Some(config.upstream.base_url.to_string()),
+            timeout_ms: int(config.upstream.timeout.as_millis()),
+        },
+        listen: ListenFile {
+            proxy: Some(config.listen.proxy.to_string()),
+            admin: Some(config.listen.admin.to_string()),
+            public_base_url: Some(config.listen.public_base_url.to_string()),
+        },
+        store: masked_store(&config.store),
+        refresh: RefreshFile {
+            ahead_secs: int(config.refresh.ahead.as_secs().into()),
+        },
+        admin: AdminFile {
+            token: Some(MASK.to_owned()),
+        },
+        server: ServerFile {
+            threads: int(config.server.threads as u128),
+            shutdown_grace_secs: int(config.server.shutdown_grace.as_secs().into()),
+        },
+        clients: config.clients.iter().map(masked_client).collect(),
+    };
+    toml::to_string(&file).unwrap_or_else(|e| format!("# cannot print the configuration: {e}\n"))
+}
+
+const MASK: &str = "...";
+
+fn int(n: u128) -> Option<i64> {
+    i64::try_from(n).ok()
+}
+
+fn masked_store(store: &StoreConfig) -> StoreFile {
+    let backend = |name: &str| Some(name.to_owned());
+    match store {
+        StoreConfig::Sqlite { path } => StoreFile {
+            backend: backend("sqlite"),
+            path: Some(path.display().to_string()),
+            ..StoreFile::default()
+        },
+        StoreConfig::Redis { url, key_prefix } => StoreFile {
+            backend: backend("redis"),
+            redis_url: Some(masked_redis_url(url.expose())),
+            key_prefix: Some(key_prefix.clone()),
+            ..StoreFile::default()
+        },
+        StoreConfig::Memory => StoreFile {
+            backend: backend("memory"),
+            ..StoreFile::default()
+        },
+    }
+}
+
+/// The URL with its password, if any, replaced by `...`; the rest helps to spot a wrong host.
+fn masked_redis_url(url: &str) -> String {
+    let Ok(mut url) = url::Url::parse(url) else {
+        return MASK.to_owned();
+    };
+    if url.password().is_some() && url.set_password(Some(MASK)).is_err() {
+        return MASK.to_owned();
+    }
+    url.to_string()
+}
+
+fn masked_client(client: &ClientConfig) -> ClientFile {
+    let authorizers = match &client.authorizers {
+        AuthorizerScope::All => vec!["*".to_owned()],
+        AuthorizerScope::Only(appids) => appids.iter().map(ToString::to_string).collect(),
+    };
+    ClientFile {
+        name: Some(client.name.clone()),
+        key: Some(MASK.to_owned()),
+        authorizers: Some(authorizers),
+        component: Some(client.component),
+        reveal_tokens: Some(client.reveal_tokens),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redis_password_is_masked() {
+        assert_eq!(
+            masked_redis_url("redis://:hunter2@redis:6379/0"),
+            "redis://:...@redis:6379/0"
+        );
+        assert_eq!(
+            masked_redis_url("rediss://u:hunter2@redis/1"),
+            "rediss://u:...@redis/1"
+        );
+        assert_eq!(
+            masked_redis_url("redis://127.0.0.1:6379/0"),
+            "redis://127.0.0.1:6379/0"
+        );
+    }
+}

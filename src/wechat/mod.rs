@@ -1,0 +1,276 @@
+//! The HTTP client for WeChat's component endpoints (PROTOCOL.md §2): typed answers, typed
+//! errors, no caching — caching and retries belong to the token service.
+
+mod error;
+
+pub use error::{ApiErrorKind, WechatError};
+
+use crate::{AppId, Secret};
+use async_trait::async_trait;
+use serde::de::DeserializeOwned;
+use serde::Deserialize;
+use serde_json::{json, Value};
+use std::time::Duration;
+
+/// A credential WeChat issued, with the lifetime it announced.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Issued {
+    pub value: Secret,
+    pub expires_in: u64,
+}
+
+/// What `api_query_auth` gives for a new authorization.
+#[derive(Debug, Clone)]
+pub struct Authorization {
+    pub authorizer_appid: AppId,
+    pub access_token: Issued,
+    pub refresh_token: Secret,
+    pub func_info: Vec<i64>,
+}
+
+/// What `api_authorizer_token` gives: a new access token and the refresh token to use next.
+#[derive(Debug, Clone)]
+pub struct AuthorizerTokens {
+    pub access_token: Issued,
+    pub refresh_token: Secret,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct AuthorizerInfo {
+    pub nick_name: Option<String>,
+    pub refresh_token: Option<Secret>,
+}
+
+#[derive(Debug, Clone)]
+pub struct ListedAuthorizer {
+    pub appid: AppId,
+    /// Empty when the authorization code was never exchanged.
+    pub refresh_token: Option<Secret>,
+    pub auth_time: i64,
+}
+
+/// WeChat's component API as the token service uses it; a trait so that the service's logic
+/// can be tested with paused time and a scripted WeChat.
+#[async_trait]
+pub trait ComponentApi: Send + Sync + 'static {
+    async fn component_token(&self, ticket: &Secret) -> Result<Issued, WechatError>;
+    async fn create_preauthcode(&self, component_token: &Secret) -> Result<Issued, WechatError>;
+    async fn query_auth(&self, component_token: &Secret, auth_code: &str) -> Result<Authorization, WechatError>;
+    async fn authorizer_token(&self, component_token: &Secret, authorizer: &AppId, refresh_token: &Secret) -> Result<AuthorizerTokens, WechatError>;
+    async fn authorizer_info(&self, component_token: &Secret, authorizer: &AppId) -> Result<AuthorizerInfo, WechatError>;
+    async fn authorizer_list(&self, component_token: &Secret, offset: u32, count: u32) -> Result<(u64, Vec<ListedAuthorizer>), WechatError>;
+    async fn start_push_ticket(&self) -> Result<(), WechatError>;
+}
+
+/// The real client, against `upstream.base_url`.
+pub struct WechatClient {
+    http: reqwest::Client,
+    base_url: url::Url,
+    appid: AppId,
+    appsecret: Secret,
+}
+
+impl WechatClient {
+    pub fn new(base_url: url::Url, timeout: Duration, appid: AppId, appsecret: Secret) -> Result<Self, WechatError> {
+        let http = reqwest::Client::builder()
+            .timeout(timeout)
+            .connect_timeout(timeout.min(Duration::from_secs(5)))
+            .user_agent(concat!("wxgate/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| WechatError::from_reqwest("client", e))?;
+        Ok(Self { http, base_url, appid, appsecret })
+    }
+
+    /// POSTs `body` to a component endpoint and decodes the answer, turning a non-zero
+    /// errcode into `WechatError::Api`.
+    async fn post<T: DeserializeOwned>(&self, endpoint: &'static str, token: Option<&Secret>, body: Value) -> Result<T, WechatError> {
+        let mut url = self.base_url.join(&format!("cgi-bin/component/{endpoint}")).map_err(|e| WechatError::Decode { endpoint, reason: e.to_string() })?;
+        if let Some(token) = token {
+            url.query_pairs_mut().append_pair("component_access_token", token.expose());
+        }
+        let response = self.http.post(url).json(&body).send().await.map_err(|e| WechatError::from_reqwest(endpoint, e))?;
+        let status = response.status();
+        if !status.is_success() {
+            return Err(WechatError::Status { endpoint, status: status.as_u16() });
+        }
+        let bytes = response.bytes().await.map_err(|e| WechatError::from_reqwest(endpoint, e))?;
+        decode(endpoint, &bytes)
+    }
+}
+
+/// Decodes WeChat's answer. serde's messages can quote a value, so only the field path is kept.
+fn decode<T: DeserializeOwned>(endpoint: &'static str, bytes: &[u8]) -> Result<T, WechatError> {
+    let value: Value = serde_json::from_slice(bytes).map_err(|_| WechatError::Decode { endpoint, reason: "not JSON".into() })?;
+    let errcode = value.get("errcode").and_then(Value::as_i64).unwrap_or(0);
+    if errcode != 0 {
+        let errmsg = value.get("errmsg").and_then(Value::as_str).unwrap_or_default().chars().take(200).collect();
+        return Err(WechatError::Api { endpoint, errcode, errmsg, kind: ApiErrorKind::of(errcode) });
+    }
+    serde_json::from_value(value).map_err(|e| {
+        let text = e.to_string();
+        let reason = if text.starts_with("missing field") { text } else { "a field has an unexpected type".into() };
+        WechatError::Decode { endpoint, reason }
+    })
+}
+
+#[derive(Deserialize)]
+struct ComponentTokenAnswer {
+    component_access_token: String,
+    expires_in: u64,
+}
+
+#[derive(Deserialize)]
+struct PreAuthCodeAnswer {
+    pre_auth_code: String,
+    expires_in: u64,
+}
+
+#[derive(Deserialize)]
+struct QueryAuthAnswer {
+    authorization_info: AuthorizationInfo,
+}
+
+#[derive(Deserialize)]
+struct AuthorizationInfo {
+    authorizer_appid: String,
+    authorizer_access_token: Option<String>,
+    expires_in: Option<u64>,
+    authorizer_refresh_token: Option<String>,
+    #[serde(default)]
+    func_info: Vec<Value>,
+}
+
+#[derive(Deserialize)]
+struct AuthorizerTokenAnswer {
+    authorizer_access_token: String,
+    expires_in: u64,
+    authorizer_refresh_token: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct AuthorizerInfoAnswer {
+    #[serde(default)]
+    authorizer_info: Value,
+    #[serde(default)]
+    authorization_info: Value,
+}
+
+#[derive(Deserialize)]
+struct AuthorizerListAnswer {
+    total_count: u64,
+    #[serde(default)]
+    list: Vec<AuthorizerListItem>,
+}
+
+#[derive(Deserialize)]
+struct AuthorizerListItem {
+    authorizer_appid: String,
+    #[serde(default)]
+    refresh_token: String,
+    #[serde(default)]
+    auth_time: i64,
+}
+
+fn appid(endpoint: &'static str, s: &str) -> Result<AppId, WechatError> {
+    AppId::parse(s).map_err(|_| WechatError::Decode { endpoint, reason: "authorizer_appid is not an appid".into() })
+}
+
+fn non_empty(s: Option<String>) -> Option<Secret> {
+    s.filter(|s| !s.is_empty()).map(Secret::new)
+}
+
+#[async_trait]
+impl ComponentApi for WechatClient {
+    async fn component_token(&self, ticket: &Secret) -> Result<Issued, WechatError> {
+        let body = json!({
+            "component_appid": self.appid.as_str(),
+            "component_appsecret": self.appsecret.expose(),
+            "component_verify_ticket": ticket.expose(),
+        });
+        let a: ComponentTokenAnswer = self.post("api_component_token", None, body).await?;
+        Ok(Issued { value: Secret::new(a.component_access_token), expires_in: a.expires_in })
+    }
+
+    async fn create_preauthcode(&self, token: &Secret) -> Result<Issued, WechatError> {
+        let body = json!({ "component_appid": self.appid.as_str() });
+        let a: PreAuthCodeAnswer = self.post("api_create_preauthcode", Some(token), body).await?;
+        Ok(Issued { value: Secret::new(a.pre_auth_code), expires_in: a.expires_in })
+    }
+
+    async fn query_auth(&self, token: &Secret, auth_code: &str) -> Result<Authorization, WechatError> {
+        const EP: &str = "api_query_auth";
+        let body = json!({ "component_appid": self.appid.as_str(), "authorization_code": auth_code });
+        let a: QueryAuthAnswer = self.post(EP, Some(token), body).await?;
+        let info = a.authorization_info;
+        let no_tokens = || WechatError::Decode { endpoint: EP, reason: "no tokens: the account granted no API permission".into() };
+        let access = non_empty(info.authorizer_access_token).ok_or_else(no_tokens)?;
+        let refresh = non_empty(info.authorizer_refresh_token).ok_or_else(no_tokens)?;
+        Ok(Authorization {
+            authorizer_appid: appid(EP, &info.authorizer_appid)?,
+            access_token: Issued { value: access, expires_in: info.expires_in.unwrap_or(0) },
+            refresh_token: refresh,
+            func_info: info.func_info.iter().filter_map(|f| f.pointer("/funcscope_category/id").and_then(Value::as_i64)).collect(),
+        })
+    }
+
+    async fn authorizer_token(&self, token: &Secret, authorizer: &AppId, refresh_token: &Secret) -> Result<AuthorizerTokens, WechatError> {
+        let body = json!({
+            "component_appid": self.appid.as_str(),
+            "authorizer_appid": authorizer.as_str(),
+            "authorizer_refresh_token": refresh_token.expose(),
+        });
+        let a: AuthorizerTokenAnswer = self.post("api_authorizer_token", Some(token), body).await?;
+        Ok(AuthorizerTokens {
+            access_token: Issued { value: Secret::new(a.authorizer_access_token), expires_in: a.expires_in },
+            // WeChat usually repeats the refresh token; when it leaves it out, the old one stands.
+            refresh_token: non_empty(a.authorizer_refresh_token).unwrap_or_else(|| refresh_token.clone()),
+        })
+    }
+
+    async fn authorizer_info(&self, token: &Secret, authorizer: &AppId) -> Result<AuthorizerInfo, WechatError> {
+        let body = json!({ "component_appid": self.appid.as_str(), "authorizer_appid": authorizer.as_str() });
+        let a: AuthorizerInfoAnswer = self.post("api_get_authorizer_info", Some(token), body).await?;
+        let text = |v: &Value, k: &str| v.get(k).and_then(Value::as_str).map(str::to_owned);
+        Ok(AuthorizerInfo {
+            nick_name: text(&a.authorizer_info, "nick_name"),
+            refresh_token: non_empty(text(&a.authorization_info, "authorizer_refresh_token")),
+        })
+    }
+
+    async fn authorizer_list(&self, token: &Secret, offset: u32, count: u32) -> Result<(u64, Vec<ListedAuthorizer>), WechatError> {
+        const EP: &str = "api_get_authorizer_list";
+        let body = json!({ "component_appid": self.appid.as_str(), "offset": offset, "count": count.min(500) });
+        let a: AuthorizerListAnswer = self.post(EP, Some(token), body).await?;
+        let list = a
+            .list
+            .into_iter()
+            .map(|i| Ok(ListedAuthorizer { appid: appid(EP, &i.authorizer_appid)?, refresh_token: non_empty(Some(i.refresh_token)), auth_time: i.auth_time }))
+            .collect::<Result<_, WechatError>>()?;
+        Ok((a.total_count, list))
+    }
+
+    async fn start_push_ticket(&self) -> Result<(), WechatError> {
+        let body = json!({ "component_appid": self.appid.as_str(), "component_secret": self.appsecret.expose() });
+        let _: Value = self.post("api_start_push_ticket", None, body).await?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn errcodes_become_typed_errors_without_echoing_values() {
+        let e = decode::<ComponentTokenAnswer>("api_component_token", br#"{"errcode":61006,"errmsg":"component ticket is invalid"}"#).unwrap_err();
+        assert_eq!(e.kind(), Some(ApiErrorKind::Ticket));
+        assert_eq!(e.label(), "ticket");
+        let e = decode::<ComponentTokenAnswer>("x", br#"{"component_access_token": 5, "expires_in": "SECRET-VALUE"}"#).unwrap_err();
+        assert!(!e.to_string().contains("SECRET-VALUE"), "{e}");
+        let ok = decode::<ComponentTokenAnswer>("x", br#"{"component_access_token":"t","expires_in":7200}"#).unwrap();
+        assert_eq!(ok.expires_in, 7200);
+        for (code, kind) in [(40001, ApiErrorKind::TokenInvalid), (42001, ApiErrorKind::TokenInvalid), (61023, ApiErrorKind::RefreshTokenInvalid), (-1, ApiErrorKind::Busy), (45009, ApiErrorKind::Quota), (40164, ApiErrorKind::IpNotWhitelisted), (12345, ApiErrorKind::Other)] {
+            assert_eq!(ApiErrorKind::of(code), kind);
+        }
+    }
+}
