@@ -4,10 +4,12 @@
 //!
 //! - [`appid`]: the `AppId` type, checked once where an appid enters.
 //! - [`secret`]: the `Secret` type, which never prints its value.
+//! - [`xml`]: the flat `<xml>` documents WeChat pushes, parsed with DOCTYPE and entities refused.
 //! - [`crypto`]: WeChat message crypto (WXBizMsgCrypt); pure, no I/O.
 //! - [`config`]: the TOML file and `WXGATE_*` environment, validated once into `Config`.
 //! - [`metrics`]: every metric name and registration.
 //! - [`store`]: the durable store trait and its SQLite and in-memory backends.
+//! - [`wechat`]: the HTTP client for WeChat's component endpoints; errcodes become typed errors.
 //! - [`tokens`]: the token service, the only writer of ticket, token and authorizer state.
 //! - [`callback`]: WeChat's authorization-event receiver: verify, decrypt, parse, hand to tokens.
 //! - [`admin`]: the admin listener: metrics, health, readiness, admin API.
@@ -22,6 +24,7 @@ pub mod config;
 pub mod crypto;
 pub mod callback;
 pub mod secret;
+pub mod xml;
 pub mod metrics;
 pub mod store;
 pub mod wechat;

@@ -5,9 +5,7 @@
 //! changes nothing and is refused with a 4xx. See PROTOCOL.md §3 and
 //! <https://developers.weixin.qq.com/doc/oplatform/Third-party_Platforms/2.0/api/Before_Develop/component_verify_ticket.html>.
 
-mod xml;
-
-pub use xml::XmlError;
+use crate::xml::{self, XmlError};
 
 use crate::crypto::{CryptoError, MsgCrypt};
 use crate::metrics;

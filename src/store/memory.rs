@@ -1,6 +1,6 @@
 //! The in-memory store, for tests and throwaway runs: nothing survives the process.
 
-use super::{AuthEvent, Store, StoreError, StoredEvent, Ticket};
+use super::{AuthEvent, AuthorizerRecord, ComponentToken, Store, StoreError, StoredEvent, Ticket};
 use crate::AppId;
 use async_trait::async_trait;
 use std::collections::HashMap;
@@ -16,6 +16,8 @@ struct State {
     tickets: HashMap<AppId, Ticket>,
     events: Vec<(AppId, StoredEvent, bool)>,
     next_event_id: i64,
+    component_tokens: HashMap<AppId, ComponentToken>,
+    authorizers: HashMap<(AppId, AppId), AuthorizerRecord>,
 }
 
 impl MemoryStore {
@@ -90,6 +92,33 @@ impl Store for MemoryStore {
         }
         Ok(())
     }
+
+    async fn load_component_token(&self, component: &AppId) -> Result<Option<ComponentToken>, StoreError> {
+        Ok(self.state().component_tokens.get(component).cloned())
+    }
+
+    async fn save_component_token(&self, component: &AppId, token: &ComponentToken) -> Result<(), StoreError> {
+        self.state().component_tokens.insert(component.clone(), token.clone());
+        Ok(())
+    }
+
+    async fn load_authorizers(&self, component: &AppId) -> Result<Vec<AuthorizerRecord>, StoreError> {
+        let state = self.state();
+        Ok(state.authorizers.iter().filter(|((c, _), _)| c == component).map(|(_, r)| r.clone()).collect())
+    }
+
+    async fn load_authorizer(&self, component: &AppId, appid: &AppId) -> Result<Option<AuthorizerRecord>, StoreError> {
+        Ok(self.state().authorizers.get(&(component.clone(), appid.clone())).cloned())
+    }
+
+    async fn save_authorizer(&self, component: &AppId, record: &AuthorizerRecord) -> Result<(), StoreError> {
+        self.state().authorizers.insert((component.clone(), record.appid.clone()), record.clone());
+        Ok(())
+    }
+
+    async fn delete_authorizer(&self, component: &AppId, appid: &AppId) -> Result<bool, StoreError> {
+        Ok(self.state().authorizers.remove(&(component.clone(), appid.clone())).is_some())
+    }
 }
 
 #[cfg(test)]
@@ -105,5 +134,10 @@ mod tests {
     #[tokio::test]
     async fn events_are_recorded_once() {
         contract_tests::events_are_recorded_once(&MemoryStore::new()).await;
+    }
+
+    #[tokio::test]
+    async fn tokens_and_authorizers_round_trip() {
+        contract_tests::tokens_and_authorizers_round_trip(&MemoryStore::new()).await;
     }
 }

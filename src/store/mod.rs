@@ -48,6 +48,58 @@ pub struct AuthEvent {
     pub received_at: i64,
 }
 
+/// The component_access_token, kept so that a restart does not need a new one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ComponentToken {
+    pub value: Secret,
+    /// Unix milliseconds, from the `expires_in` WeChat announced.
+    pub expires_at: i64,
+    pub obtained_at: i64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum AuthorizerState {
+    /// Authorized, with a refresh token that works.
+    Active,
+    /// The refresh token stopped working and could not be recovered: the owner must authorize again.
+    NeedsReauth,
+    /// The owner revoked the authorization; its tokens are dropped.
+    Revoked,
+}
+
+impl AuthorizerState {
+    pub const ALL: [AuthorizerState; 3] = [Self::Active, Self::NeedsReauth, Self::Revoked];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Active => "active",
+            Self::NeedsReauth => "needs_reauth",
+            Self::Revoked => "revoked",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|st| st.as_str() == s)
+    }
+}
+
+/// One authorizer as the store keeps it. Times are unix milliseconds, 0 for never.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuthorizerRecord {
+    pub appid: AppId,
+    pub state: AuthorizerState,
+    /// The credential that must never be lost: without it the owner must authorize again.
+    pub refresh_token: Option<Secret>,
+    pub access_token: Option<Secret>,
+    pub access_expires_at: i64,
+    pub authorized_at: i64,
+    pub last_refresh_at: i64,
+    pub last_error: Option<String>,
+    /// SHA-1 of the last authorization code exchanged, so that the redirect and the
+    /// `authorized` push carrying the same code exchange it once.
+    pub auth_code_sha1: Option<String>,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StoredEvent {
     pub id: i64,
@@ -76,6 +128,21 @@ pub trait Store: Send + Sync + 'static {
     async fn pending_events(&self, component: &AppId) -> Result<Vec<StoredEvent>, StoreError>;
 
     async fn finish_event(&self, component: &AppId, id: i64) -> Result<(), StoreError>;
+
+    async fn load_component_token(&self, component: &AppId) -> Result<Option<ComponentToken>, StoreError>;
+
+    async fn save_component_token(&self, component: &AppId, token: &ComponentToken) -> Result<(), StoreError>;
+
+    /// Every authorizer, whatever its state.
+    async fn load_authorizers(&self, component: &AppId) -> Result<Vec<AuthorizerRecord>, StoreError>;
+
+    async fn load_authorizer(&self, component: &AppId, appid: &AppId) -> Result<Option<AuthorizerRecord>, StoreError>;
+
+    /// Inserts or replaces the whole record, durably, before it returns.
+    async fn save_authorizer(&self, component: &AppId, record: &AuthorizerRecord) -> Result<(), StoreError>;
+
+    /// Returns whether there was one.
+    async fn delete_authorizer(&self, component: &AppId, appid: &AppId) -> Result<bool, StoreError>;
 }
 
 pub type SharedStore = Arc<dyn Store>;
@@ -121,6 +188,52 @@ pub(crate) mod contract_tests {
         assert_eq!(store.load_ticket(&c).await.unwrap().unwrap(), ticket("t-300", 300));
         let other = AppId::parse("wxfedcba9876543210").unwrap();
         assert_eq!(store.load_ticket(&other).await.unwrap(), None, "tickets are kept per component");
+    }
+
+    pub fn authorizer(appid: &str, refresh: &str) -> AuthorizerRecord {
+        AuthorizerRecord {
+            appid: AppId::parse(appid).unwrap(),
+            state: AuthorizerState::Active,
+            refresh_token: Some(Secret::new(refresh)),
+            access_token: Some(Secret::new(format!("access-of-{appid}"))),
+            access_expires_at: 1_700_000_000_000,
+            authorized_at: 1_690_000_000_000,
+            last_refresh_at: 0,
+            last_error: None,
+            auth_code_sha1: None,
+        }
+    }
+
+    pub async fn tokens_and_authorizers_round_trip(store: &dyn Store) {
+        let c = component();
+        assert_eq!(store.load_component_token(&c).await.unwrap(), None);
+        let token = ComponentToken { value: Secret::new("ct"), expires_at: 2, obtained_at: 1 };
+        store.save_component_token(&c, &token).await.unwrap();
+        store.save_component_token(&c, &ComponentToken { value: Secret::new("ct2"), ..token.clone() }).await.unwrap();
+        assert_eq!(store.load_component_token(&c).await.unwrap().unwrap().value.expose(), "ct2");
+
+        let a = authorizer("wx1111111111111111", "refresh-1");
+        store.save_authorizer(&c, &a).await.unwrap();
+        let mut b = authorizer("wx2222222222222222", "refresh-2");
+        b.state = AuthorizerState::NeedsReauth;
+        b.access_token = None;
+        b.last_error = Some("api_authorizer_token: errcode 61023".into());
+        store.save_authorizer(&c, &b).await.unwrap();
+        let rotated = AuthorizerRecord { refresh_token: Some(Secret::new("refresh-1b")), last_refresh_at: 5, ..a.clone() };
+        store.save_authorizer(&c, &rotated).await.unwrap();
+
+        let all = store.load_authorizers(&c).await.unwrap();
+        assert_eq!(all.len(), 2);
+        assert_eq!(store.load_authorizer(&c, &a.appid).await.unwrap().unwrap(), rotated);
+        assert_eq!(store.load_authorizer(&c, &b.appid).await.unwrap().unwrap(), b);
+        assert!(store.delete_authorizer(&c, &a.appid).await.unwrap());
+        assert!(!store.delete_authorizer(&c, &a.appid).await.unwrap());
+        assert_eq!(store.load_authorizer(&c, &a.appid).await.unwrap(), None);
+        assert!(store.load_authorizers(&component_b()).await.unwrap().is_empty(), "kept per component");
+    }
+
+    pub fn component_b() -> AppId {
+        AppId::parse("wxfedcba9876543210").unwrap()
     }
 
     pub async fn events_are_recorded_once(store: &dyn Store) {

@@ -4,7 +4,7 @@
 //! mutex is enough for the gateway's write rate (a ticket every 10 minutes, a token refresh per
 //! authorizer every ~2 hours) and keeps every write serialised.
 
-use super::{AuthEvent, Store, StoreError, StoredEvent, Ticket};
+use super::{AuthEvent, AuthorizerRecord, AuthorizerState, ComponentToken, Store, StoreError, StoredEvent, Ticket};
 use crate::{AppId, Secret};
 use async_trait::async_trait;
 use rusqlite::{params, Connection, OptionalExtension};
@@ -32,7 +32,30 @@ const MIGRATIONS: &[&str] = &[
          done_at          INTEGER,
          UNIQUE (component_appid, info_type, authorizer_appid, create_time)
      );",
+    // 1 → 2: the component token and every authorizer's tokens.
+    "CREATE TABLE component_tokens (
+         component_appid TEXT PRIMARY KEY,
+         token           TEXT NOT NULL,
+         expires_at      INTEGER NOT NULL,
+         obtained_at     INTEGER NOT NULL
+     );
+     CREATE TABLE authorizers (
+         component_appid   TEXT NOT NULL,
+         authorizer_appid  TEXT NOT NULL,
+         state             TEXT NOT NULL,
+         refresh_token     TEXT,
+         access_token      TEXT,
+         access_expires_at INTEGER NOT NULL,
+         authorized_at     INTEGER NOT NULL,
+         last_refresh_at   INTEGER NOT NULL,
+         last_error        TEXT,
+         auth_code_sha1    TEXT,
+         PRIMARY KEY (component_appid, authorizer_appid)
+     ) WITHOUT ROWID;",
 ];
+
+const AUTHORIZER_COLUMNS: &str = "authorizer_appid, state, refresh_token, access_token, access_expires_at, \
+     authorized_at, last_refresh_at, last_error, auth_code_sha1";
 
 #[derive(Clone)]
 pub struct SqliteStore {
@@ -127,6 +150,25 @@ fn row_to_event(row: &rusqlite::Row<'_>) -> rusqlite::Result<StoredEvent> {
     })
 }
 
+fn row_to_authorizer(row: &rusqlite::Row<'_>) -> rusqlite::Result<AuthorizerRecord> {
+    let corrupt = |i: usize, what: &str| {
+        rusqlite::Error::FromSqlConversionFailure(i, rusqlite::types::Type::Text, format!("not {what}").into())
+    };
+    let appid: String = row.get(0)?;
+    let state: String = row.get(1)?;
+    Ok(AuthorizerRecord {
+        appid: AppId::parse(&appid).map_err(|_| corrupt(0, "an appid"))?,
+        state: AuthorizerState::parse(&state).ok_or_else(|| corrupt(1, "a state"))?,
+        refresh_token: row.get::<_, Option<String>>(2)?.map(Secret::new),
+        access_token: row.get::<_, Option<String>>(3)?.map(Secret::new),
+        access_expires_at: row.get(4)?,
+        authorized_at: row.get(5)?,
+        last_refresh_at: row.get(6)?,
+        last_error: row.get(7)?,
+        auth_code_sha1: row.get(8)?,
+    })
+}
+
 #[async_trait]
 impl Store for SqliteStore {
     fn backend(&self) -> &'static str {
@@ -212,6 +254,83 @@ impl Store for SqliteStore {
         })
         .await
     }
+
+    async fn load_component_token(&self, component: &AppId) -> Result<Option<ComponentToken>, StoreError> {
+        let component = component.to_string();
+        self.with_conn(move |c| {
+            c.query_row(
+                "SELECT token, expires_at, obtained_at FROM component_tokens WHERE component_appid = ?1",
+                [component],
+                |r| Ok(ComponentToken { value: Secret::new(r.get::<_, String>(0)?), expires_at: r.get(1)?, obtained_at: r.get(2)? }),
+            )
+            .optional()
+        })
+        .await
+    }
+
+    async fn save_component_token(&self, component: &AppId, token: &ComponentToken) -> Result<(), StoreError> {
+        let (component, t) = (component.to_string(), token.clone());
+        self.with_conn(move |c| {
+            c.execute(
+                "INSERT OR REPLACE INTO component_tokens (component_appid, token, expires_at, obtained_at) VALUES (?1, ?2, ?3, ?4)",
+                params![component, t.value.expose(), t.expires_at, t.obtained_at],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn load_authorizers(&self, component: &AppId) -> Result<Vec<AuthorizerRecord>, StoreError> {
+        let component = component.to_string();
+        self.with_conn(move |c| {
+            let sql = format!("SELECT {AUTHORIZER_COLUMNS} FROM authorizers WHERE component_appid = ?1");
+            let mut stmt = c.prepare(&sql)?;
+            let rows = stmt.query_map([component], row_to_authorizer)?;
+            rows.collect()
+        })
+        .await
+    }
+
+    async fn load_authorizer(&self, component: &AppId, appid: &AppId) -> Result<Option<AuthorizerRecord>, StoreError> {
+        let (component, appid) = (component.to_string(), appid.to_string());
+        self.with_conn(move |c| {
+            let sql = format!("SELECT {AUTHORIZER_COLUMNS} FROM authorizers WHERE component_appid = ?1 AND authorizer_appid = ?2");
+            c.query_row(&sql, [component, appid], row_to_authorizer).optional()
+        })
+        .await
+    }
+
+    async fn save_authorizer(&self, component: &AppId, record: &AuthorizerRecord) -> Result<(), StoreError> {
+        let (component, r) = (component.to_string(), record.clone());
+        self.with_conn(move |c| {
+            c.execute(
+                &format!("INSERT OR REPLACE INTO authorizers (component_appid, {AUTHORIZER_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)"),
+                params![
+                    component,
+                    r.appid.as_str(),
+                    r.state.as_str(),
+                    r.refresh_token.as_ref().map(Secret::expose),
+                    r.access_token.as_ref().map(Secret::expose),
+                    r.access_expires_at,
+                    r.authorized_at,
+                    r.last_refresh_at,
+                    r.last_error,
+                    r.auth_code_sha1,
+                ],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn delete_authorizer(&self, component: &AppId, appid: &AppId) -> Result<bool, StoreError> {
+        let (component, appid) = (component.to_string(), appid.to_string());
+        self.with_conn(move |c| {
+            let n = c.execute("DELETE FROM authorizers WHERE component_appid = ?1 AND authorizer_appid = ?2", [component, appid])?;
+            Ok(n > 0)
+        })
+        .await
+    }
 }
 
 #[cfg(test)]
@@ -236,6 +355,12 @@ mod tests {
     async fn events_are_recorded_once() {
         let (_dir, store) = temp_store();
         contract_tests::events_are_recorded_once(&store).await;
+    }
+
+    #[tokio::test]
+    async fn tokens_and_authorizers_round_trip() {
+        let (_dir, store) = temp_store();
+        contract_tests::tokens_and_authorizers_round_trip(&store).await;
     }
 
     #[tokio::test]

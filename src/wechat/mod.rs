@@ -262,10 +262,10 @@ mod tests {
 
     #[test]
     fn errcodes_become_typed_errors_without_echoing_values() {
-        let e = decode::<ComponentTokenAnswer>("api_component_token", br#"{"errcode":61006,"errmsg":"component ticket is invalid"}"#).unwrap_err();
+        let e = decode::<ComponentTokenAnswer>("api_component_token", br#"{"errcode":61006,"errmsg":"component ticket is invalid"}"#).err().unwrap();
         assert_eq!(e.kind(), Some(ApiErrorKind::Ticket));
         assert_eq!(e.label(), "ticket");
-        let e = decode::<ComponentTokenAnswer>("x", br#"{"component_access_token": 5, "expires_in": "SECRET-VALUE"}"#).unwrap_err();
+        let e = decode::<ComponentTokenAnswer>("x", br#"{"component_access_token": 5, "expires_in": "SECRET-VALUE"}"#).err().unwrap();
         assert!(!e.to_string().contains("SECRET-VALUE"), "{e}");
         let ok = decode::<ComponentTokenAnswer>("x", br#"{"component_access_token":"t","expires_in":7200}"#).unwrap();
         assert_eq!(ok.expires_in, 7200);

@@ -1,0 +1,132 @@
+//! The sandbox's settings, its demo credentials, and the faults it can be told to inject.
+
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::appid::AppId;
+use crate::secret::Secret;
+
+/// The component appid of [`SandboxConfig::demo`].
+pub const DEMO_COMPONENT_APPID: &str = "wx0000000000000001";
+/// The account the consent page authorizes when none is named.
+pub const DEMO_AUTHORIZER_APPID: &str = "wx1111111111111111";
+const DEMO_APPSECRET: &str = "0123456789abcdef0123456789abcdef";
+const DEMO_TOKEN: &str = "wxgatedemotoken";
+const DEMO_AES_KEY: &str = "wxgateDemoEncodingAesKey0123456789abcdefghi";
+
+/// Who the sandbox's one component is, where it pushes, and how fast its credentials age.
+#[derive(Debug, Clone)]
+pub struct SandboxConfig {
+    pub component_appid: AppId,
+    pub component_appsecret: Secret,
+    pub token: Secret,
+    pub encoding_aes_key: Secret,
+    /// The gateway's `http://.../wxgate/callback/component`; tickets and events are pushed here.
+    pub callback_url: Option<String>,
+    /// A ticket is pushed at start and then every interval (WeChat: 10 minutes).
+    pub ticket_interval: Duration,
+    /// `expires_in` of component and authorizer access tokens (WeChat: 7200 s).
+    pub token_lifetime: Duration,
+    /// How long a superseded access token keeps working (WeChat: about 5 minutes).
+    pub grace: Duration,
+    /// Each `api_authorizer_token` returns a new refresh token and the old one fails at once (61023).
+    /// Stricter than WeChat usually is, so that a gateway that drops a rotated token is caught.
+    pub rotate_refresh_tokens: bool,
+}
+
+impl SandboxConfig {
+    /// Fixed demo credentials, the same ones `wxgate demo` configures the gateway with.
+    pub fn demo() -> Self {
+        Self {
+            component_appid: AppId::parse(DEMO_COMPONENT_APPID).expect("valid demo appid"),
+            component_appsecret: Secret::new(DEMO_APPSECRET),
+            token: Secret::new(DEMO_TOKEN),
+            encoding_aes_key: Secret::new(DEMO_AES_KEY),
+            callback_url: None,
+            ticket_interval: Duration::from_secs(600),
+            token_lifetime: Duration::from_secs(7200),
+            grace: Duration::from_secs(300),
+            rotate_refresh_tokens: true,
+        }
+    }
+}
+
+impl Default for SandboxConfig {
+    fn default() -> Self {
+        Self::demo()
+    }
+}
+
+/// Failures to inject into the token endpoints and API calls (never the control routes or pages).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Faults {
+    /// 0..1: this share of calls answers `{"errcode":-1,"errmsg":"system error"}`.
+    pub error_rate: f64,
+    /// Every affected call waits this long before anything else.
+    pub delay: Duration,
+    /// Answer with this HTTP status.
+    pub http_status: Option<u16>,
+    /// Always answer this errcode.
+    pub errcode: Option<i64>,
+    /// Limit the faults to paths that contain this.
+    pub path_contains: Option<String>,
+}
+
+/// The JSON body of `POST /sandbox/faults`; missing keys mean "no such fault".
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct FaultsBody {
+    #[serde(default)]
+    error_rate: f64,
+    #[serde(default)]
+    delay_ms: u64,
+    http_status: Option<u16>,
+    errcode: Option<i64>,
+    path_contains: Option<String>,
+}
+
+impl FaultsBody {
+    /// Checks the values once, so that a typo in a test fails loudly instead of injecting nothing.
+    pub fn into_faults(self) -> Result<Faults, String> {
+        if !(0.0..=1.0).contains(&self.error_rate) {
+            return Err("error_rate must be between 0 and 1".into());
+        }
+        if let Some(status) = self.http_status {
+            if !(100..=599).contains(&status) {
+                return Err("http_status must be between 100 and 599".into());
+            }
+        }
+        Ok(Faults {
+            error_rate: self.error_rate,
+            delay: Duration::from_millis(self.delay_ms),
+            http_status: self.http_status,
+            errcode: self.errcode,
+            path_contains: self.path_contains.filter(|p| !p.is_empty()),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crypto::decode_aes_key;
+
+    #[test]
+    fn demo_credentials_are_valid() {
+        let c = SandboxConfig::demo();
+        assert!(decode_aes_key(c.encoding_aes_key.expose()).is_ok());
+        assert!(AppId::is_valid(DEMO_AUTHORIZER_APPID));
+        assert_eq!(c.component_appid.as_str(), DEMO_COMPONENT_APPID);
+    }
+
+    #[test]
+    fn faults_body_is_checked() {
+        let ok: FaultsBody = serde_json::from_str(r#"{"error_rate":0.5,"delay_ms":20,"path_contains":""}"#).unwrap();
+        let f = ok.into_faults().unwrap();
+        assert_eq!((f.error_rate, f.delay, f.path_contains), (0.5, Duration::from_millis(20), None));
+        let bad: FaultsBody = serde_json::from_str(r#"{"error_rate":2}"#).unwrap();
+        assert!(bad.into_faults().is_err());
+        assert!(serde_json::from_str::<FaultsBody>(r#"{"eror_rate":1}"#).is_err());
+    }
+}

@@ -1,0 +1,87 @@
+//! What the sandbox saw: counters by endpoint and the last API calls, for tests to assert on.
+
+use std::collections::{HashMap, VecDeque};
+
+use serde::Serialize;
+
+/// How many API calls [`super::Sandbox::requests`] keeps.
+pub const MAX_SEEN: usize = 10_000;
+
+/// Counters since start. Every call that arrived counts, including the ones a fault answered.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Stats {
+    pub component_token_calls: u64,
+    /// `api_authorizer_token` calls, by the `authorizer_appid` in their body.
+    pub authorizer_token_calls: HashMap<String, u64>,
+    /// Calls to any path that is not one of the component endpoints.
+    pub api_calls: u64,
+    pub start_push_ticket_calls: u64,
+    /// Tickets issued and sent (or attempted: a failed push still replaces the ticket).
+    pub tickets_pushed: u64,
+    /// Pushes (tickets and events) that did not get HTTP 200 with the body `success`.
+    pub pushes_failed: u64,
+    pub query_auth_calls: u64,
+    pub preauthcode_calls: u64,
+    pub authorizer_info_calls: u64,
+    pub authorizer_list_calls: u64,
+}
+
+/// One API call as the sandbox received it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct SeenRequest {
+    pub method: String,
+    pub path: String,
+    /// The query string as received, undecoded.
+    pub query: String,
+    /// Which parameter carried the token: `access_token` or `component_access_token`.
+    pub token_param: Option<String>,
+    /// Whose token it was (an appid, or `component`), whether or not it still worked.
+    pub authorizer: Option<String>,
+    pub body_len: usize,
+    pub headers: Vec<(String, String)>,
+}
+
+/// The counters and a bounded log of API calls.
+#[derive(Default)]
+pub(crate) struct Record {
+    pub stats: Stats,
+    seen: VecDeque<SeenRequest>,
+}
+
+impl Record {
+    pub fn push(&mut self, seen: SeenRequest) {
+        if self.seen.len() == MAX_SEEN {
+            self.seen.pop_front();
+        }
+        self.seen.push_back(seen);
+    }
+
+    pub fn seen(&self) -> Vec<SeenRequest> {
+        self.seen.iter().cloned().collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keeps_the_newest() {
+        let mut r = Record::default();
+        for i in 0..MAX_SEEN + 5 {
+            r.push(SeenRequest {
+                method: "POST".into(),
+                path: format!("/{i}"),
+                query: String::new(),
+                token_param: None,
+                authorizer: None,
+                body_len: 0,
+                headers: vec![],
+            });
+        }
+        let seen = r.seen();
+        assert_eq!(seen.len(), MAX_SEEN);
+        assert_eq!(seen[0].path, "/5");
+        assert_eq!(seen.last().unwrap().path, format!("/{}", MAX_SEEN + 4));
+    }
+}
