@@ -23,9 +23,9 @@ fn authorized_push() -> String {
          <AuthorizationCode><![CDATA[queryauthcode@@@{code}]]></AuthorizationCode>\
          <AuthorizationCodeExpiredTime>{expiry}</AuthorizationCodeExpiredTime>\
          <PreAuthCode><![CDATA[preauthcode@@@{pre}]]></PreAuthCode></xml>",
-        code = "x".repeat(400),
+        code = "x".repeat(330),
         expiry = 1716210000,
-        pre = "y".repeat(380),
+        pre = "y".repeat(300),
     );
     assert!(
         (1000..1100).contains(&xml.len()),

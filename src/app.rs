@@ -7,7 +7,11 @@ use crate::crypto::{CryptoError, MsgCrypt};
 use crate::metrics;
 use crate::proxy::Gateway;
 use crate::store::{MemoryStore, SharedStore, SqliteStore, StoreError};
-use crate::tokens::{TokenError, TokenService};
+use crate::tokens::{Settings, TokenError, TokenService};
+use crate::wechat::{ComponentApi, WechatClient, WechatError};
+use async_trait::async_trait;
+use pingora::server::ShutdownWatch;
+use pingora::services::background::{background_service, BackgroundService};
 use pingora::apps::http_app::HttpServer;
 use pingora::server::configuration::ServerConf;
 use pingora::server::{RunArgs, Server};
@@ -24,6 +28,8 @@ pub enum AppError {
     Crypto(#[from] CryptoError),
     #[error("the redis store backend is not available in this version; use \"sqlite\"")]
     RedisUnavailable,
+    #[error("WeChat client: {0}")]
+    Wechat(#[from] WechatError),
     #[error("start-up runtime: {0}")]
     Runtime(#[from] std::io::Error),
 }
@@ -41,7 +47,13 @@ pub fn open_store(config: &StoreConfig) -> Result<SharedStore, AppError> {
 pub fn build(config: &Config) -> Result<Server, AppError> {
     metrics::init();
     let store = open_store(&config.store)?;
-    let tokens = Arc::new(load_tokens(config, store)?);
+    let api: Arc<dyn ComponentApi> = Arc::new(WechatClient::new(
+        config.upstream.base_url.clone(),
+        config.upstream.timeout,
+        config.component.appid.clone(),
+        config.component.appsecret.clone(),
+    )?);
+    let tokens = load_tokens(config, store, api)?;
     let crypt = MsgCrypt::new(&config.component.token, &config.component.encoding_aes_key, config.component.appid.as_str())?;
     let callback = Arc::new(ComponentReceiver::new(crypt, Arc::clone(&tokens)));
 
@@ -52,9 +64,11 @@ pub fn build(config: &Config) -> Result<Server, AppError> {
     proxy.add_tcp(&config.listen.proxy.to_string());
     server.add_service(proxy);
 
-    let mut admin = Service::new("wxgate admin".to_owned(), HttpServer::new_app(AdminApp::new(tokens, config.admin.token.clone())));
+    let mut admin = Service::new("wxgate admin".to_owned(), HttpServer::new_app(AdminApp::new(Arc::clone(&tokens), config.admin.token.clone())));
     admin.add_tcp(&config.listen.admin.to_string());
     server.add_service(admin);
+
+    server.add_service(background_service("wxgate token scheduler", Scheduler(tokens)));
     Ok(server)
 }
 
@@ -74,9 +88,23 @@ pub fn run(config: &Config) -> Result<(), AppError> {
 
 /// Loads the token service's state before the server starts, on a runtime of its own: pingora
 /// creates its runtimes only in `run`.
-fn load_tokens(config: &Config, store: SharedStore) -> Result<TokenService, AppError> {
+fn load_tokens(config: &Config, store: SharedStore, api: Arc<dyn ComponentApi>) -> Result<Arc<TokenService>, AppError> {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    Ok(rt.block_on(TokenService::load(config.component.appid.clone(), store))?)
+    let settings = Settings::new(config.refresh.ahead);
+    let tokens = rt.block_on(TokenService::load(config.component.appid.clone(), store, api, settings))?;
+    tracing::info!(authorizers = tokens.authorizer_count(), "token state loaded from the store");
+    Ok(tokens)
+}
+
+/// The token service's refresh scheduler, run by pingora as a background service so that it
+/// shares the server's shutdown.
+struct Scheduler(Arc<TokenService>);
+
+#[async_trait]
+impl BackgroundService for Scheduler {
+    async fn start(&self, shutdown: ShutdownWatch) {
+        Arc::clone(&self.0).run_scheduler(shutdown).await;
+    }
 }
 
 fn server_conf(config: &Config) -> ServerConf {

@@ -14,6 +14,7 @@
 //! - [`callback`]: WeChat's authorization-event receiver: verify, decrypt, parse, hand to tokens.
 //! - [`admin`]: the admin listener: metrics, health, readiness, admin API.
 //! - [`proxy`]: the proxy listener: `/wxgate/*` routes and, later, the API proxy.
+//! - [`sandbox`]: a local stand-in for api.weixin.qq.com, for tests, `wxgate demo` and users' own tests.
 //! - [`app`]: the one place that wires stores, services and pingora together.
 //!
 //! Data flows one way: callbacks and the scheduler write into `tokens`; `proxy` and `admin`
@@ -33,6 +34,7 @@ pub mod reply;
 pub mod admin;
 pub mod proxy;
 pub mod app;
+pub mod sandbox;
 
 pub use appid::AppId;
 pub use secret::Secret;

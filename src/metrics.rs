@@ -32,6 +32,10 @@ pub static TICKET_AGE: LazyLock<Gauge> = LazyLock::new(|| {
     register_gauge!("wxgate_ticket_age_seconds", "Age of the component_verify_ticket held (+Inf when none is held)").expect("metric")
 });
 
+pub static TICKET_STALE: LazyLock<IntCounter> = LazyLock::new(|| {
+    register_int_counter!("wxgate_ticket_stale_total", "Checks that found no component_verify_ticket pushed for 20 minutes").expect("metric")
+});
+
 pub static CALLBACK_EVENTS: LazyLock<IntCounterVec> = LazyLock::new(|| {
     register_int_counter_vec!("wxgate_callback_events_total", "Verified authorization events, by info type", &["info_type"]).expect("metric")
 });
@@ -65,6 +69,7 @@ pub fn init() {
     LazyLock::force(&TOKEN_REFRESH);
     LazyLock::force(&TOKEN_RETRY);
     LazyLock::force(&TICKET_AGE);
+    LazyLock::force(&TICKET_STALE);
     LazyLock::force(&CALLBACK_EVENTS);
     LazyLock::force(&CALLBACK_REJECTED);
     LazyLock::force(&AUTHORIZERS);

@@ -1,40 +1,199 @@
 //! The token service: the only writer of ticket, token and authorizer state.
 //!
-//! WeChat's events (through `callback`) and, later, the refresh scheduler write here; the proxy
-//! and the admin API only read. Every write goes to the durable store first and to memory after,
-//! so that what memory holds is always something the store also holds.
+//! WeChat's events (through `callback`) and the refresh scheduler write here; the proxy and
+//! the admin API read, and may ask for a refresh. Every write goes to the durable store first
+//! and to memory after, so that no token is used before the store holds it — above all a
+//! rotated refresh token, whose loss would force the account's owner to authorize again.
+//!
+//! Refreshes are single-flight per token (a `tokio::sync::Mutex` per slot, checked again once
+//! held), and a refresh asked for because a token failed is compare-and-swap: it replaces only
+//! the token that failed.
+
+/// Calls WeChat with the component token; if WeChat refuses the token, replaces it once
+/// (compare-and-swap) and calls again. A macro rather than a function taking a closure, so that
+/// the futures stay `Send`.
+macro_rules! with_component_token {
+    ($service:ident, |$token:ident| $call:expr) => {
+        async {
+            let held = $service.component_token().await?;
+            let $token = &held.value;
+            match $call.await {
+                Err(e) if e.kind() == Some($crate::wechat::ApiErrorKind::TokenInvalid) => {
+                    let fresh = $service.replace_component_token(&held.value).await?;
+                    let $token = &fresh.value;
+                    $call.await.map_err(TokenError::from)
+                }
+                other => other.map_err(TokenError::from),
+            }
+        }
+        .await
+    };
+}
+
+mod authorizer;
+mod clock;
+mod component;
+mod events;
+mod schedule;
+mod scheduler;
+mod slot;
+
+pub use clock::Clock;
+pub use schedule::{backoff_ms, lead_ms, spread_due, steady_due, Job, Schedule};
+pub use slot::AccessToken;
 
 use crate::metrics;
-use crate::store::{unix_now, AuthEvent, SharedStore, StoreError, Ticket};
+use crate::store::{unix_now, AuthEvent, AuthorizerState, SharedStore, StoreError, Ticket};
+use crate::wechat::{ComponentApi, WechatError};
 use crate::AppId;
-use std::sync::RwLock;
+use serde::Serialize;
+use slot::{AuthorizerSlot, ComponentSlot};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+use tokio::sync::Notify;
 
 #[derive(Debug, thiserror::Error)]
 pub enum TokenError {
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error(transparent)]
+    Wechat(#[from] WechatError),
+    #[error("no component_verify_ticket has been received yet")]
+    NoTicket,
+    #[error("unknown authorizer")]
+    UnknownAuthorizer,
+    #[error("the authorizer has revoked its authorization")]
+    Revoked,
+    #[error("the authorizer's refresh token stopped working: its owner must authorize again")]
+    NeedsReauth,
+}
+
+/// Timing of the service. `ahead` comes from the config; the rest are WeChat-informed defaults
+/// that tests shorten.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub ahead: Duration,
+    pub retry_base: Duration,
+    pub retry_max: Duration,
+    /// No ticket for this long means WeChat stopped pushing (it pushes every 10 minutes).
+    pub ticket_stale_after: Duration,
+    /// The least time between two api_start_push_ticket calls.
+    pub push_ticket_every: Duration,
+    /// Refreshes under way at once, so that a crowd due together does not flood WeChat.
+    pub concurrency: usize,
+}
+
+impl Settings {
+    pub fn new(ahead: Duration) -> Self {
+        Self {
+            ahead,
+            retry_base: Duration::from_secs(2),
+            retry_max: Duration::from_secs(300),
+            ticket_stale_after: Duration::from_secs(20 * 60),
+            push_ticket_every: Duration::from_secs(5 * 60),
+            concurrency: 16,
+        }
+    }
 }
 
 /// What is known of the ticket without its value, for status pages and metrics.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub struct TicketStatus {
     pub create_time: i64,
     pub received_at: i64,
 }
 
+#[derive(Debug, Clone, Serialize)]
+pub struct ComponentStatus {
+    pub component_appid: String,
+    pub ticket: Option<TicketStatus>,
+    pub ticket_age_secs: Option<i64>,
+    pub token_expires_at_ms: Option<i64>,
+    pub token_expires_in_secs: Option<i64>,
+    pub last_refresh_at_ms: i64,
+    pub next_refresh_at_ms: Option<i64>,
+    pub last_error: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct AuthorizerStatus {
+    pub appid: String,
+    pub state: &'static str,
+    pub access_expires_at_ms: Option<i64>,
+    pub access_expires_in_secs: Option<i64>,
+    pub authorized_at_ms: i64,
+    pub last_refresh_at_ms: i64,
+    pub next_refresh_at_ms: Option<i64>,
+    pub last_error: Option<String>,
+}
+
 pub struct TokenService {
     component: AppId,
     store: SharedStore,
+    api: Arc<dyn ComponentApi>,
+    settings: Settings,
+    clock: Clock,
     ticket: RwLock<Option<Ticket>>,
+    component_token: ComponentSlot,
+    authorizers: moka::sync::Cache<AppId, Arc<AuthorizerSlot>>,
+    schedule: Mutex<Schedule>,
+    /// Wakes the scheduler when the schedule changes.
+    wake: Notify,
+    /// Codes exchanged lately (SHA-1 → appid): the redirect and the push bring the same code.
+    used_codes: moka::sync::Cache<String, AppId>,
+    last_push_request_ms: Mutex<i64>,
+    event_failures: Mutex<u32>,
+    started_ms: i64,
 }
 
 impl TokenService {
-    /// Starts from what the store holds, so that a restart picks up where the last run stopped.
-    pub async fn load(component: AppId, store: SharedStore) -> Result<Self, TokenError> {
+    /// Starts from what the store holds, so that a restart picks up where the last run
+    /// stopped, and plans every refresh.
+    pub async fn load(
+        component: AppId,
+        store: SharedStore,
+        api: Arc<dyn ComponentApi>,
+        settings: Settings,
+    ) -> Result<Arc<Self>, TokenError> {
+        let clock = Clock::new();
         let ticket = store.load_ticket(&component).await?;
-        let service = Self { component, store, ticket: RwLock::new(ticket) };
-        service.update_ticket_age();
+        let component_token = store.load_component_token(&component).await?;
+        let records = store.load_authorizers(&component).await?;
+        let service = Arc::new(Self {
+            component_token: ComponentSlot::new(component_token),
+            component,
+            store,
+            api,
+            settings,
+            ticket: RwLock::new(ticket),
+            authorizers: moka::sync::Cache::builder().build(),
+            schedule: Mutex::new(Schedule::default()),
+            wake: Notify::new(),
+            used_codes: moka::sync::Cache::builder().max_capacity(10_000).time_to_live(Duration::from_secs(3600)).build(),
+            last_push_request_ms: Mutex::new(0),
+            event_failures: Mutex::new(0),
+            started_ms: clock.now_ms(),
+            clock,
+        });
+        service.plan_after_load(records);
+        service.update_gauges();
         Ok(service)
+    }
+
+    fn plan_after_load(&self, records: Vec<crate::store::AuthorizerRecord>) {
+        let now = self.clock.now_ms();
+        let mut rng = rand::thread_rng();
+        let mut schedule = self.lock_schedule();
+        schedule.set(Job::ComponentToken, self.component_token.due_after_load(now, &self.settings));
+        schedule.set(Job::Events, now);
+        schedule.set(Job::TicketWatch, now + 60_000);
+        for record in records {
+            let slot = Arc::new(AuthorizerSlot::from_record(record));
+            if let Some(due) = slot.due_after_load(now, &self.settings, &mut rng) {
+                schedule.set(Job::Authorizer(slot.appid.clone()), due);
+            }
+            self.authorizers.insert(slot.appid.clone(), slot);
+        }
     }
 
     pub fn component(&self) -> &AppId {
@@ -43,6 +202,28 @@ impl TokenService {
 
     pub fn store_backend(&self) -> &'static str {
         self.store.backend()
+    }
+
+    pub fn clock(&self) -> Clock {
+        self.clock
+    }
+
+    fn lock_schedule(&self) -> std::sync::MutexGuard<'_, Schedule> {
+        self.schedule.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Plans `job` at `at_ms` and wakes the scheduler.
+    fn plan(&self, job: Job, at_ms: i64) {
+        self.lock_schedule().set(job, at_ms);
+        self.wake.notify_one();
+    }
+
+    fn unplan(&self, job: &Job) {
+        self.lock_schedule().remove(job);
+    }
+
+    fn planned(&self, job: &Job) -> Option<i64> {
+        self.lock_schedule().due_at(job)
     }
 
     /// Stores a pushed ticket unless a newer one is held; returns whether it was kept.
@@ -56,12 +237,24 @@ impl TokenService {
             }
         }
         self.update_ticket_age();
+        if !self.component_token.is_valid(self.clock.now_ms()) {
+            self.lock_schedule().set_earlier(Job::ComponentToken, self.clock.now_ms());
+            self.wake.notify_one();
+        }
         Ok(kept)
     }
 
-    /// Records an authorization event durably, once; the token service acts on it from there.
+    /// Records an authorization event durably, once, and has the scheduler act on it.
     pub async fn accept_event(&self, event: AuthEvent) -> Result<bool, TokenError> {
-        Ok(self.store.record_event(&self.component, &event).await?)
+        let new = self.store.record_event(&self.component, &event).await?;
+        if new {
+            self.plan(Job::Events, self.clock.now_ms());
+        }
+        Ok(new)
+    }
+
+    fn held_ticket(&self) -> Option<Ticket> {
+        self.ticket.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     pub fn ticket_status(&self) -> Option<TicketStatus> {
@@ -80,39 +273,86 @@ impl TokenService {
         metrics::TICKET_AGE.set(age);
     }
 
+    /// Sets `wxgate_authorizers` by state; called on changes of state and before every scrape.
+    pub fn update_gauges(&self) {
+        let mut counts = [0i64; 3];
+        for (_, slot) in self.authorizers.iter() {
+            counts[slot.state() as usize] += 1;
+        }
+        for state in AuthorizerState::ALL {
+            metrics::AUTHORIZERS.with_label_values(&[state.as_str()]).set(counts[state as usize]);
+        }
+        self.update_ticket_age();
+    }
+
     /// Why the gateway cannot serve API calls yet, or `None` when it can.
     pub async fn not_ready_reason(&self) -> Option<String> {
         if let Err(e) = self.store.ping().await {
             return Some(format!("store ({}) does not answer: {e}", self.store.backend()));
         }
+        if self.component_token.is_valid(self.clock.now_ms()) {
+            return None;
+        }
         if self.ticket_status().is_none() {
             return Some("no component_verify_ticket received yet".into());
         }
-        Some("no component_access_token held yet".into())
+        let error = self.component_token.last_error();
+        Some(format!("no component_access_token held yet{}", error.map(|e| format!(" (last error: {e})")).unwrap_or_default()))
     }
+
+    pub fn component_status(&self) -> ComponentStatus {
+        let now = self.clock.now_ms();
+        let token = self.component_token.current();
+        ComponentStatus {
+            component_appid: self.component.to_string(),
+            ticket: self.ticket_status(),
+            ticket_age_secs: self.ticket_age_secs(),
+            token_expires_at_ms: token.as_ref().map(|t| t.expires_at),
+            token_expires_in_secs: token.as_ref().map(|t| (t.expires_at - now) / 1000),
+            last_refresh_at_ms: self.component_token.last_refresh_at(),
+            next_refresh_at_ms: self.planned(&Job::ComponentToken),
+            last_error: self.component_token.last_error(),
+        }
+    }
+
+    pub fn authorizer_status(&self, appid: &AppId) -> Option<AuthorizerStatus> {
+        let slot = self.authorizers.get(appid)?;
+        Some(slot.status(self.clock.now_ms(), self.planned(&Job::Authorizer(appid.clone()))))
+    }
+
+    /// Every authorizer, by appid; `offset` and `limit` page through large fleets.
+    pub fn authorizer_statuses(&self, offset: usize, limit: usize) -> (usize, Vec<AuthorizerStatus>) {
+        let mut appids: Vec<AppId> = self.authorizers.iter().map(|(k, _)| (*k).clone()).collect();
+        appids.sort();
+        let total = appids.len();
+        let page = appids.iter().skip(offset).take(limit).filter_map(|a| self.authorizer_status(a)).collect();
+        (total, page)
+    }
+
+    pub fn authorizer_count(&self) -> u64 {
+        self.authorizers.run_pending_tasks();
+        self.authorizers.entry_count()
+    }
+
+    /// Waits out a failed refresh's backoff: the next attempt `attempt` from now.
+    fn retry_at(&self, attempt: u32) -> i64 {
+        let wait = backoff_ms(attempt, self.settings.retry_base, self.settings.retry_max, &mut rand::thread_rng());
+        self.clock.now_ms() + wait
+    }
+}
+
+/// Which token a refresh should leave in place.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Want<'a> {
+    /// Any token that has not expired will do (a caller that needs one now).
+    Valid,
+    /// Replace this token, which WeChat refused, unless it was replaced meanwhile.
+    Replace(&'a crate::Secret),
+    /// The scheduler's planned refresh: skip it if the token was refreshed since it was planned.
+    Planned,
+    /// An operator asked: refresh whatever is held.
+    Now,
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::store::MemoryStore;
-    use crate::Secret;
-    use std::sync::Arc;
-
-    fn ticket(v: &str, t: i64) -> Ticket {
-        Ticket { value: Secret::new(v), create_time: t, received_at: t }
-    }
-
-    #[tokio::test]
-    async fn memory_follows_the_store_and_keeps_the_newest() {
-        let store: SharedStore = Arc::new(MemoryStore::new());
-        let component = AppId::parse("wx0123456789abcdef").unwrap();
-        let tokens = TokenService::load(component.clone(), store.clone()).await.unwrap();
-        assert_eq!(tokens.ticket_status(), None);
-        assert!(tokens.accept_ticket(ticket("new", 200)).await.unwrap());
-        assert!(!tokens.accept_ticket(ticket("old", 100)).await.unwrap());
-        assert_eq!(tokens.ticket_status().unwrap().create_time, 200);
-        let reloaded = TokenService::load(component, store).await.unwrap();
-        assert_eq!(reloaded.ticket_status().unwrap().create_time, 200);
-    }
-}
+mod tests;

@@ -1,0 +1,147 @@
+//! Apps' API calls (any other path): token checked, body streamed and hashed, media downloads served.
+
+use std::convert::Infallible;
+
+use axum::body::{Body, Bytes};
+use axum::extract::Request;
+use axum::http::{header, request::Parts, StatusCode};
+use axum::response::{IntoResponse, Response};
+use futures_util::StreamExt;
+use serde_json::json;
+use sha1::{Digest, Sha1};
+use tokio::time::Instant;
+
+use super::record::SeenRequest;
+use super::server::query_param;
+use super::tokens::Owner;
+use super::wx::{ok_json, WxError};
+use super::{faults, Sandbox};
+
+/// The largest `media_id` (a byte count) `/cgi-bin/media/get` serves.
+pub const MAX_MEDIA_BYTES: u64 = 50 * 1024 * 1024;
+const MEDIA_CHUNK: usize = 64 * 1024;
+const MEDIA_PATH: &str = "/cgi-bin/media/get";
+
+/// The bytes `GET /cgi-bin/media/get?media_id=N` serves, for tests to compare a download with.
+pub fn media_content(len: usize) -> Vec<u8> {
+    media_chunk(0, len)
+}
+
+/// Each byte depends on its offset, so that a dropped, repeated or reordered chunk is caught.
+fn media_chunk(offset: usize, len: usize) -> Vec<u8> {
+    (offset..offset + len)
+        .map(|i| ((i ^ (i >> 8) ^ (i >> 16)) as u8).wrapping_mul(31).wrapping_add(7))
+        .collect()
+}
+
+pub(super) async fn handle(sandbox: &Sandbox, req: Request) -> Response {
+    let (parts, body) = req.into_parts();
+    let query = parts.uri.query().unwrap_or_default().to_owned();
+    let token = find_token(&query);
+    let (body_len, body_sha1) = match digest(body).await {
+        Ok(d) => d,
+        Err(_) => return (StatusCode::BAD_REQUEST, "the request body could not be read\n").into_response(),
+    };
+    record(sandbox, &parts, token.as_ref(), body_len);
+    let path = parts.uri.path();
+    if let Some(fault) = faults::apply(&sandbox.faults(), path).await {
+        return fault;
+    }
+    if let Err(e) = check(sandbox, token) {
+        return e.into_response();
+    }
+    if path == MEDIA_PATH {
+        return media(&query);
+    }
+    ok_json(json!({ "errcode": 0, "errmsg": "ok", "path": path, "body_bytes": body_len, "body_sha1": body_sha1 }))
+}
+
+/// Which parameter carries the token, and its value; `access_token` wins when both are there.
+fn find_token(query: &str) -> Option<(&'static str, String)> {
+    ["access_token", "component_access_token"]
+        .into_iter()
+        .find_map(|name| query_param(query, name).filter(|v| !v.is_empty()).map(|v| (name, v)))
+}
+
+/// 41001 without a token; `component_access_token` must carry the component's own token.
+fn check(sandbox: &Sandbox, token: Option<(&'static str, String)>) -> Result<(), WxError> {
+    let (param, token) = token.ok_or_else(WxError::token_missing)?;
+    let ledger = sandbox.ledger();
+    let owner = ledger.tokens.check(&token, Instant::now())?;
+    if param == "component_access_token" && *owner != Owner::Component {
+        return Err(WxError::invalid_credential());
+    }
+    Ok(())
+}
+
+fn record(sandbox: &Sandbox, parts: &Parts, token: Option<&(&'static str, String)>, body_len: usize) {
+    let headers = parts
+        .headers
+        .iter()
+        .map(|(k, v)| (k.as_str().to_owned(), String::from_utf8_lossy(v.as_bytes()).into_owned()))
+        .collect();
+    let mut ledger = sandbox.ledger();
+    let authorizer = token.and_then(|(_, t)| ledger.tokens.owner_of(t)).map(Owner::label);
+    ledger.record.stats.api_calls += 1;
+    ledger.record.push(SeenRequest {
+        method: parts.method.to_string(),
+        path: parts.uri.path().to_owned(),
+        query: parts.uri.query().unwrap_or_default().to_owned(),
+        token_param: token.map(|(p, _)| (*p).to_owned()),
+        authorizer,
+        body_len,
+        headers,
+    });
+}
+
+/// Length and SHA-1 of the body, read as a stream: uploads can be tens of megabytes.
+async fn digest(body: Body) -> Result<(usize, String), axum::Error> {
+    let mut stream = body.into_data_stream();
+    let mut hasher = Sha1::new();
+    let mut len = 0;
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk?;
+        len += chunk.len();
+        hasher.update(&chunk);
+    }
+    Ok((len, hex::encode(hasher.finalize())))
+}
+
+/// `media_id` is the size wanted; the body is generated chunk by chunk, never held whole.
+fn media(query: &str) -> Response {
+    let size = query_param(query, "media_id").and_then(|m| m.parse::<u64>().ok());
+    let Some(size) = size.filter(|n| *n <= MAX_MEDIA_BYTES) else {
+        return WxError::new(40007, "invalid media_id").into_response();
+    };
+    let size = size as usize;
+    let chunks = (0..size)
+        .step_by(MEDIA_CHUNK)
+        .map(move |off| Ok::<_, Infallible>(Bytes::from(media_chunk(off, MEDIA_CHUNK.min(size - off)))));
+    let headers = [
+        (header::CONTENT_TYPE, "application/octet-stream".to_owned()),
+        (header::CONTENT_LENGTH, size.to_string()),
+        (header::CONTENT_DISPOSITION, format!("attachment; filename=\"{size}.bin\"")),
+    ];
+    (headers, Body::from_stream(futures_util::stream::iter(chunks))).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn media_chunks_join_to_the_whole() {
+        let whole = media_content(200_000);
+        let mut joined = media_chunk(0, MEDIA_CHUNK);
+        joined.extend(media_chunk(MEDIA_CHUNK, 200_000 - MEDIA_CHUNK));
+        assert_eq!(whole, joined);
+        assert_ne!(whole[..256], whole[256..512]);
+    }
+
+    #[test]
+    fn access_token_wins() {
+        assert_eq!(find_token("component_access_token=a&access_token=b"), Some(("access_token", "b".into())));
+        assert_eq!(find_token("access_token=&component_access_token=c"), Some(("component_access_token", "c".into())));
+        assert_eq!(find_token("x=1"), None);
+    }
+}

@@ -1,0 +1,107 @@
+//! `/sandbox/*` control routes, so that `wxgate sandbox` can be driven with curl. No faults apply here.
+
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use serde_json::{json, Value};
+
+use super::config::FaultsBody;
+use super::server::query_param;
+use super::Sandbox;
+use crate::appid::AppId;
+
+/// `POST /sandbox/authorize?appid=wx...`: `{"auth_code", "info_type", "pushed"[, "push_error"]}`.
+/// The code is returned even when the push failed, so that it can be exchanged by hand.
+pub(super) async fn authorize(State(sandbox): State<Sandbox>, uri: Uri) -> Response {
+    let appid = match appid_param(&uri) {
+        Ok(Some(appid)) => appid,
+        Ok(None) => return error(StatusCode::BAD_REQUEST, "appid is required"),
+        Err(e) => return e,
+    };
+    let event = sandbox.authorize_event(&appid, None);
+    let pushed = sandbox.push_event(&appid, &event).await;
+    let mut body = json!({ "auth_code": event.code, "info_type": event.info_type, "pushed": pushed.is_ok() });
+    if let Err(e) = pushed {
+        body["push_error"] = Value::String(e.to_string());
+    }
+    ok(body)
+}
+
+/// `POST /sandbox/unauthorize?appid=wx...`: 404 if that account has not authorized.
+pub(super) async fn unauthorize(State(sandbox): State<Sandbox>, uri: Uri) -> Response {
+    let appid = match appid_param(&uri) {
+        Ok(Some(appid)) => appid,
+        Ok(None) => return error(StatusCode::BAD_REQUEST, "appid is required"),
+        Err(e) => return e,
+    };
+    match sandbox.unauthorize(&appid).await {
+        Ok(()) => ok(json!({ "pushed": true })),
+        Err(e @ super::SandboxError::NotAuthorized(_)) => error(StatusCode::NOT_FOUND, &e.to_string()),
+        Err(e) => ok(json!({ "pushed": false, "push_error": e.to_string() })),
+    }
+}
+
+/// `POST /sandbox/revoke[?appid=wx...]`: that authorizer's (or the component's) current token dies.
+pub(super) async fn revoke(State(sandbox): State<Sandbox>, uri: Uri) -> Response {
+    match appid_param(&uri) {
+        Ok(appid) => {
+            sandbox.revoke_access_token(appid.as_ref());
+            ok(json!({ "revoked": appid.map_or("component".to_owned(), |a| a.to_string()) }))
+        }
+        Err(e) => e,
+    }
+}
+
+/// `POST /sandbox/faults` `{error_rate, delay_ms, http_status, errcode, path_contains}`; `{}` clears.
+pub(super) async fn faults(State(sandbox): State<Sandbox>, body: Bytes) -> Response {
+    let text = if body.iter().all(u8::is_ascii_whitespace) { &b"{}"[..] } else { &body[..] };
+    let parsed: Result<FaultsBody, String> = serde_json::from_slice(text).map_err(|e| e.to_string());
+    match parsed.and_then(FaultsBody::into_faults) {
+        Ok(faults) => {
+            tracing::info!(?faults, "sandbox: faults set");
+            sandbox.set_faults(faults);
+            ok(json!({ "ok": true }))
+        }
+        Err(why) => error(StatusCode::BAD_REQUEST, &why),
+    }
+}
+
+/// `GET /sandbox/stats`: the counters as JSON.
+pub(super) async fn stats(State(sandbox): State<Sandbox>) -> Response {
+    ok(serde_json::to_value(sandbox.stats()).unwrap_or_default())
+}
+
+/// `POST /sandbox/ticket`: pushes a new ticket now.
+pub(super) async fn ticket(State(sandbox): State<Sandbox>) -> Response {
+    match sandbox.push_ticket().await {
+        Ok(()) => ok(json!({ "pushed": true })),
+        Err(e) => ok(json!({ "pushed": false, "push_error": e.to_string() })),
+    }
+}
+
+/// `POST /sandbox/pushes?paused=true|false`: stops or resumes the periodic ticket pushes.
+pub(super) async fn pushes(State(sandbox): State<Sandbox>, uri: Uri) -> Response {
+    match query_param(uri.query().unwrap_or_default(), "paused").as_deref() {
+        Some("true") => sandbox.pushes_paused(true),
+        Some("false") => sandbox.pushes_paused(false),
+        _ => return error(StatusCode::BAD_REQUEST, "paused must be true or false"),
+    }
+    ok(json!({ "paused": sandbox.ledger().paused }))
+}
+
+fn appid_param(uri: &Uri) -> Result<Option<AppId>, Response> {
+    match query_param(uri.query().unwrap_or_default(), "appid") {
+        None => Ok(None),
+        Some(s) => AppId::parse(&s).map(Some).map_err(|e| error(StatusCode::BAD_REQUEST, &e.to_string())),
+    }
+}
+
+fn ok(body: Value) -> Response {
+    super::wx::ok_json(body)
+}
+
+fn error(status: StatusCode, why: &str) -> Response {
+    let body = json!({ "error": why }).to_string();
+    (status, [(axum::http::header::CONTENT_TYPE, "application/json")], body).into_response()
+}

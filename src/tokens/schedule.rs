@@ -1,0 +1,171 @@
+//! When each token is refreshed: the due queue, and the timing rules with their jitter and
+//! backoff. Pure: no I/O, no clock of its own.
+
+use crate::AppId;
+use rand::Rng;
+use std::collections::{BTreeSet, HashMap};
+use std::time::Duration;
+
+/// Work the scheduler does at a given time.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Job {
+    ComponentToken,
+    Authorizer(AppId),
+    /// Act on the authorization events the store holds.
+    Events,
+    /// Check that tickets still arrive.
+    TicketWatch,
+}
+
+/// One due time per job, ordered by time.
+#[derive(Debug, Default)]
+pub struct Schedule {
+    queue: BTreeSet<(i64, Job)>,
+    due: HashMap<Job, i64>,
+}
+
+impl Schedule {
+    /// Sets when `job` is due, replacing any earlier plan for it.
+    pub fn set(&mut self, job: Job, at_ms: i64) {
+        if let Some(old) = self.due.insert(job.clone(), at_ms) {
+            self.queue.remove(&(old, job.clone()));
+        }
+        self.queue.insert((at_ms, job));
+    }
+
+    /// Sets `job` due at `at_ms` unless it is already due sooner.
+    pub fn set_earlier(&mut self, job: Job, at_ms: i64) {
+        if self.due.get(&job).is_none_or(|&t| t > at_ms) {
+            self.set(job, at_ms);
+        }
+    }
+
+    pub fn remove(&mut self, job: &Job) {
+        if let Some(at) = self.due.remove(job) {
+            self.queue.remove(&(at, job.clone()));
+        }
+    }
+
+    pub fn due_at(&self, job: &Job) -> Option<i64> {
+        self.due.get(job).copied()
+    }
+
+    /// Takes the earliest job due at or before `now_ms`.
+    pub fn pop_due(&mut self, now_ms: i64) -> Option<Job> {
+        let (at, _) = self.queue.first()?;
+        if *at > now_ms {
+            return None;
+        }
+        let (_, job) = self.queue.pop_first()?;
+        self.due.remove(&job);
+        Some(job)
+    }
+
+    pub fn next_due(&self) -> Option<i64> {
+        self.queue.first().map(|(at, _)| *at)
+    }
+
+    pub fn len(&self) -> usize {
+        self.due.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.due.is_empty()
+    }
+}
+
+/// How far ahead of expiry a token is refreshed: `refresh.ahead_secs`, but never more than a
+/// quarter of the token's lifetime, so that short-lived tokens (the sandbox's) are not
+/// refreshed in a loop.
+pub fn lead_ms(ahead: Duration, lifetime_ms: i64) -> i64 {
+    (ahead.as_millis() as i64).min(lifetime_ms / 4).max(0)
+}
+
+/// After a refresh: due `lead` before expiry, less up to a quarter of `lead` of jitter, so that
+/// tokens issued in the same second drift apart.
+pub fn steady_due(now_ms: i64, expires_at: i64, ahead: Duration, rng: &mut impl Rng) -> i64 {
+    let lead = lead_ms(ahead, expires_at - now_ms);
+    let jitter = rng.gen_range(0..=lead / 4);
+    (expires_at - lead - jitter).max(now_ms)
+}
+
+/// At start-up, or when many authorizers arrive together: due anywhere in the second half of
+/// what is left before `lead`, which spreads a crowd with equal expiries over half a lifetime.
+pub fn spread_due(now_ms: i64, expires_at: i64, ahead: Duration, lifetime_ms: i64, rng: &mut impl Rng) -> i64 {
+    let latest = expires_at - lead_ms(ahead, lifetime_ms);
+    let room = latest - now_ms;
+    if room <= 0 {
+        return now_ms;
+    }
+    latest - rng.gen_range(0..=room / 2)
+}
+
+/// The wait before retry `attempt` (1, 2, …) of a failed refresh: doubling from `base` up to
+/// `max`, each drawn from 50%–150% so that failures do not retry in step.
+pub fn backoff_ms(attempt: u32, base: Duration, max: Duration, rng: &mut impl Rng) -> i64 {
+    let base = base.as_millis() as i64;
+    let capped = base.saturating_mul(1i64 << attempt.saturating_sub(1).min(20)).min(max.as_millis() as i64);
+    let factor = rng.gen_range(0.5..1.5);
+    ((capped as f64) * factor) as i64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::rngs::StdRng;
+    use rand::SeedableRng;
+
+    const HOUR: i64 = 3_600_000;
+
+    #[test]
+    fn jobs_come_out_in_time_order_and_replans_replace() {
+        let mut s = Schedule::default();
+        let a = Job::Authorizer(AppId::parse("wx1111111111111111").unwrap());
+        s.set(a.clone(), 50);
+        s.set(Job::ComponentToken, 20);
+        s.set(a.clone(), 10);
+        s.set_earlier(Job::ComponentToken, 30);
+        assert_eq!(s.len(), 2);
+        assert_eq!(s.next_due(), Some(10));
+        assert_eq!(s.pop_due(5), None);
+        assert_eq!(s.pop_due(100), Some(a));
+        assert_eq!(s.pop_due(100), Some(Job::ComponentToken));
+        assert!(s.is_empty());
+    }
+
+    #[test]
+    fn steady_refresh_lands_before_expiry_with_bounded_jitter() {
+        let mut rng = StdRng::seed_from_u64(1);
+        let ahead = Duration::from_secs(600);
+        for _ in 0..1000 {
+            let due = steady_due(0, 2 * HOUR, ahead, &mut rng);
+            assert!((2 * HOUR - 750_000..=2 * HOUR - 600_000).contains(&due), "{due}");
+        }
+        // A token of 8 s is refreshed 2 s before it expires, not 600 s (at once, forever).
+        let due = steady_due(0, 8_000, ahead, &mut rng);
+        assert!((5_500..=6_000).contains(&due), "{due}");
+    }
+
+    #[test]
+    fn a_crowd_with_one_expiry_spreads_over_half_its_lifetime() {
+        let mut rng = StdRng::seed_from_u64(2);
+        let ahead = Duration::from_secs(600);
+        let dues: Vec<i64> = (0..10_000).map(|_| spread_due(0, 2 * HOUR, ahead, 2 * HOUR, &mut rng)).collect();
+        let (min, max) = (*dues.iter().min().unwrap(), *dues.iter().max().unwrap());
+        assert!(min >= 3_300_000 && max <= 6_600_000, "{min}..{max}");
+        assert!(max - min > 3_000_000);
+        assert_eq!(spread_due(5 * HOUR, 2 * HOUR, ahead, 2 * HOUR, &mut rng), 5 * HOUR, "expired: due now");
+    }
+
+    #[test]
+    fn backoff_doubles_to_a_cap() {
+        let mut rng = StdRng::seed_from_u64(3);
+        let (base, max) = (Duration::from_secs(2), Duration::from_secs(300));
+        let first = backoff_ms(1, base, max, &mut rng);
+        assert!((1_000..3_000).contains(&first));
+        let fifth = backoff_ms(5, base, max, &mut rng);
+        assert!((16_000..48_000).contains(&fifth));
+        let late = backoff_ms(40, base, max, &mut rng);
+        assert!((150_000..450_000).contains(&late));
+    }
+}

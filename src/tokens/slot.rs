@@ -1,0 +1,202 @@
+//! What memory holds per token: the current value, its bookkeeping, and the lock that makes
+//! its refresh single-flight.
+
+use super::{lead_ms, spread_due, steady_due, AuthorizerStatus, Settings};
+use crate::store::{AuthorizerRecord, AuthorizerState, ComponentToken};
+use crate::{AppId, Secret};
+use rand::Rng;
+use std::sync::{Arc, RwLock};
+
+/// A token in service, shared with the requests that use it.
+#[derive(Debug, PartialEq, Eq)]
+pub struct AccessToken {
+    pub value: Secret,
+    /// Unix milliseconds.
+    pub expires_at: i64,
+    /// How long WeChat said it would live, in milliseconds: refresh timing scales with it.
+    pub lifetime_ms: i64,
+}
+
+impl AccessToken {
+    pub fn is_valid(&self, now_ms: i64) -> bool {
+        now_ms < self.expires_at
+    }
+}
+
+fn read<T>(lock: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
+    lock.read().unwrap_or_else(|p| p.into_inner())
+}
+
+fn write<T>(lock: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
+    lock.write().unwrap_or_else(|p| p.into_inner())
+}
+
+/// The component_access_token.
+pub(super) struct ComponentSlot {
+    current: RwLock<Option<Arc<AccessToken>>>,
+    meta: RwLock<Meta>,
+    /// Held while a refresh is under way; whoever waits for it checks again once it has it.
+    pub refresh: tokio::sync::Mutex<()>,
+}
+
+#[derive(Debug, Default, Clone)]
+pub(super) struct Meta {
+    pub last_refresh_at: i64,
+    pub last_error: Option<String>,
+    pub failures: u32,
+}
+
+impl ComponentSlot {
+    pub fn new(stored: Option<ComponentToken>) -> Self {
+        let current = stored.map(|t| {
+            let lifetime_ms = (t.expires_at - t.obtained_at).max(0);
+            Arc::new(AccessToken { value: t.value, expires_at: t.expires_at, lifetime_ms })
+        });
+        let last_refresh_at = current.as_ref().map_or(0, |t| t.expires_at - t.lifetime_ms);
+        Self { current: RwLock::new(current), meta: RwLock::new(Meta { last_refresh_at, ..Meta::default() }), refresh: Default::default() }
+    }
+
+    pub fn current(&self) -> Option<Arc<AccessToken>> {
+        read(&self.current).clone()
+    }
+
+    pub fn is_valid(&self, now_ms: i64) -> bool {
+        read(&self.current).as_ref().is_some_and(|t| t.is_valid(now_ms))
+    }
+
+    pub fn set(&self, token: Arc<AccessToken>, now_ms: i64) {
+        *write(&self.current) = Some(token);
+        *write(&self.meta) = Meta { last_refresh_at: now_ms, last_error: None, failures: 0 };
+    }
+
+    /// Records a failure; returns how many in a row.
+    pub fn failed(&self, error: String) -> u32 {
+        let mut meta = write(&self.meta);
+        meta.last_error = Some(error);
+        meta.failures += 1;
+        meta.failures
+    }
+
+    pub fn last_error(&self) -> Option<String> {
+        read(&self.meta).last_error.clone()
+    }
+
+    pub fn last_refresh_at(&self) -> i64 {
+        read(&self.meta).last_refresh_at
+    }
+
+    pub fn due_after_load(&self, now_ms: i64, settings: &Settings) -> i64 {
+        match self.current() {
+            Some(t) => (t.expires_at - lead_ms(settings.ahead, t.lifetime_ms)).max(now_ms),
+            None => now_ms,
+        }
+    }
+}
+
+/// One authorizer.
+pub(super) struct AuthorizerSlot {
+    pub appid: AppId,
+    mem: RwLock<AuthorizerMem>,
+    pub refresh: tokio::sync::Mutex<()>,
+}
+
+/// An authorizer as memory holds it: the store's record, with the access token shared.
+#[derive(Debug, Clone)]
+pub(super) struct AuthorizerMem {
+    pub state: AuthorizerState,
+    pub refresh_token: Option<Secret>,
+    pub access: Option<Arc<AccessToken>>,
+    pub authorized_at: i64,
+    pub last_refresh_at: i64,
+    pub last_error: Option<String>,
+    pub auth_code_sha1: Option<String>,
+    pub failures: u32,
+}
+
+impl AuthorizerMem {
+    pub fn from_record(r: AuthorizerRecord) -> Self {
+        let lifetime_ms = if r.last_refresh_at > 0 { (r.access_expires_at - r.last_refresh_at).max(0) } else { 7_200_000 };
+        let access = r.access_token.map(|value| Arc::new(AccessToken { value, expires_at: r.access_expires_at, lifetime_ms }));
+        Self {
+            state: r.state,
+            refresh_token: r.refresh_token,
+            access,
+            authorized_at: r.authorized_at,
+            last_refresh_at: r.last_refresh_at,
+            last_error: r.last_error,
+            auth_code_sha1: r.auth_code_sha1,
+            failures: 0,
+        }
+    }
+
+    pub fn to_record(&self, appid: &AppId) -> AuthorizerRecord {
+        AuthorizerRecord {
+            appid: appid.clone(),
+            state: self.state,
+            refresh_token: self.refresh_token.clone(),
+            access_token: self.access.as_ref().map(|a| a.value.clone()),
+            access_expires_at: self.access.as_ref().map_or(0, |a| a.expires_at),
+            authorized_at: self.authorized_at,
+            last_refresh_at: self.last_refresh_at,
+            last_error: self.last_error.clone(),
+            auth_code_sha1: self.auth_code_sha1.clone(),
+        }
+    }
+}
+
+impl AuthorizerSlot {
+    pub fn from_record(record: AuthorizerRecord) -> Self {
+        Self { appid: record.appid.clone(), mem: RwLock::new(AuthorizerMem::from_record(record)), refresh: Default::default() }
+    }
+
+    pub fn mem(&self) -> AuthorizerMem {
+        read(&self.mem).clone()
+    }
+
+    pub fn set_mem(&self, mem: AuthorizerMem) {
+        *write(&self.mem) = mem;
+    }
+
+    pub fn state(&self) -> AuthorizerState {
+        read(&self.mem).state
+    }
+
+    /// The access token, without cloning the rest: the proxy's path.
+    pub fn access(&self) -> (AuthorizerState, Option<Arc<AccessToken>>) {
+        let mem = read(&self.mem);
+        (mem.state, mem.access.clone())
+    }
+
+    /// Spread over half the remaining lifetime, so that a fleet loaded with equal expiries
+    /// does not refresh in the same second. `None` for authorizers that are not refreshed.
+    pub fn due_after_load(&self, now_ms: i64, settings: &Settings, rng: &mut impl Rng) -> Option<i64> {
+        let mem = read(&self.mem);
+        if mem.state != AuthorizerState::Active {
+            return None;
+        }
+        Some(match &mem.access {
+            Some(a) => spread_due(now_ms, a.expires_at, settings.ahead, a.lifetime_ms, rng),
+            None => now_ms,
+        })
+    }
+
+    pub fn steady_due(&self, now_ms: i64, settings: &Settings) -> Option<i64> {
+        let mem = read(&self.mem);
+        let access = mem.access.as_ref().filter(|_| mem.state == AuthorizerState::Active)?;
+        Some(steady_due(now_ms, access.expires_at, settings.ahead, &mut rand::thread_rng()))
+    }
+
+    pub fn status(&self, now_ms: i64, next_refresh_at_ms: Option<i64>) -> AuthorizerStatus {
+        let mem = read(&self.mem);
+        AuthorizerStatus {
+            appid: self.appid.to_string(),
+            state: mem.state.as_str(),
+            access_expires_at_ms: mem.access.as_ref().map(|a| a.expires_at),
+            access_expires_in_secs: mem.access.as_ref().map(|a| (a.expires_at - now_ms) / 1000),
+            authorized_at_ms: mem.authorized_at,
+            last_refresh_at_ms: mem.last_refresh_at,
+            next_refresh_at_ms,
+            last_error: mem.last_error.clone(),
+        }
+    }
+}
