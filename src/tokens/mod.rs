@@ -48,6 +48,7 @@ use crate::wechat::{ComponentApi, WechatError};
 use crate::AppId;
 use serde::Serialize;
 use slot::{AuthorizerSlot, ComponentSlot};
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 use tokio::sync::Notify;
@@ -143,7 +144,8 @@ pub struct TokenService {
     used_codes: moka::sync::Cache<String, AppId>,
     last_push_request_ms: Mutex<i64>,
     event_failures: Mutex<u32>,
-    started_ms: i64,
+    /// When the last ticket arrived, by `clock`; the start time until one does.
+    last_ticket_ms: AtomicI64,
 }
 
 impl TokenService {
@@ -172,7 +174,7 @@ impl TokenService {
             used_codes: moka::sync::Cache::builder().max_capacity(10_000).time_to_live(Duration::from_secs(3600)).build(),
             last_push_request_ms: Mutex::new(0),
             event_failures: Mutex::new(0),
-            started_ms: clock.now_ms(),
+            last_ticket_ms: AtomicI64::new(clock.now_ms()),
             clock,
         });
         service.plan_after_load(records);
@@ -236,6 +238,7 @@ impl TokenService {
                 *held = Some(ticket);
             }
         }
+        self.last_ticket_ms.store(self.clock.now_ms(), Ordering::Relaxed);
         self.update_ticket_age();
         if !self.component_token.is_valid(self.clock.now_ms()) {
             self.lock_schedule().set_earlier(Job::ComponentToken, self.clock.now_ms());

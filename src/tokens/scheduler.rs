@@ -53,8 +53,7 @@ impl TokenService {
         let now = self.clock.now_ms();
         let stale_after = self.settings.ticket_stale_after.as_millis() as i64;
         self.plan(Job::TicketWatch, now + (stale_after / 4).clamp(100, 60_000));
-        let last = self.ticket_status().map_or(self.started_ms, |t| t.received_at * 1000);
-        let silent_ms = now - last.max(self.started_ms);
+        let silent_ms = now - self.last_ticket_ms.load(std::sync::atomic::Ordering::Relaxed);
         if silent_ms < stale_after {
             return;
         }

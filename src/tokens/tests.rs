@@ -1,0 +1,372 @@
+//! The token service's logic against a scripted WeChat, with tokio's clock paused so that
+//! lifetimes of hours pass in milliseconds.
+
+use super::*;
+use crate::store::{AuthorizerRecord, ComponentToken, MemoryStore, Store, StoredEvent};
+use crate::wechat::{ApiErrorKind, Authorization, AuthorizerInfo, AuthorizerTokens, Issued, ListedAuthorizer};
+use crate::Secret;
+use async_trait::async_trait;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+const LIFETIME: u64 = 7200;
+
+fn component() -> AppId {
+    AppId::parse("wx0123456789abcdef").unwrap()
+}
+
+fn appid(n: u32) -> AppId {
+    AppId::parse(&format!("wx{n:016x}")).unwrap()
+}
+
+/// A WeChat that answers like the real one where the token service cares: the last ticket,
+/// the latest refresh token, tokens that expire.
+#[derive(Default)]
+struct Fake {
+    issued: u64,
+    ticket: Option<String>,
+    component_calls: u32,
+    authorizer_calls: HashMap<AppId, u32>,
+    refresh: HashMap<AppId, String>,
+    rotate: bool,
+    fail_errcode: Option<i64>,
+    /// What api_get_authorizer_info reports as the refresh token.
+    info_knows_refresh: bool,
+    codes: HashMap<String, AppId>,
+    query_auth_calls: u32,
+    push_requests: u32,
+}
+
+struct FakeApi {
+    state: std::sync::Mutex<Fake>,
+    delay: Duration,
+}
+
+impl FakeApi {
+    fn new() -> Arc<Self> {
+        Arc::new(Self { state: Default::default(), delay: Duration::from_millis(50) })
+    }
+
+    fn with<T>(&self, f: impl FnOnce(&mut Fake) -> T) -> T {
+        f(&mut self.state.lock().unwrap())
+    }
+}
+
+fn api_error(errcode: i64) -> WechatError {
+    WechatError::Api { endpoint: "fake", errcode, errmsg: "scripted".into(), kind: ApiErrorKind::of(errcode) }
+}
+
+impl Fake {
+    fn token(&mut self, what: &str) -> Issued {
+        self.issued += 1;
+        Issued { value: Secret::new(format!("{what}-{}", self.issued)), expires_in: LIFETIME }
+    }
+}
+
+#[async_trait]
+impl ComponentApi for FakeApi {
+    async fn component_token(&self, ticket: &Secret) -> Result<Issued, WechatError> {
+        tokio::time::sleep(self.delay).await;
+        self.with(|f| {
+            f.component_calls += 1;
+            if f.ticket.as_deref() != Some(ticket.expose()) {
+                return Err(api_error(61006));
+            }
+            Ok(f.token("component"))
+        })
+    }
+
+    async fn create_preauthcode(&self, _: &Secret) -> Result<Issued, WechatError> {
+        Ok(self.with(|f| f.token("preauthcode")))
+    }
+
+    async fn query_auth(&self, _: &Secret, code: &str) -> Result<Authorization, WechatError> {
+        tokio::time::sleep(self.delay).await;
+        self.with(|f| {
+            f.query_auth_calls += 1;
+            let appid = f.codes.remove(code).ok_or_else(|| api_error(61009))?;
+            let refresh = format!("refresh-{}", f.issued);
+            f.refresh.insert(appid.clone(), refresh.clone());
+            Ok(Authorization { authorizer_appid: appid, access_token: f.token("access"), refresh_token: Secret::new(refresh), func_info: vec![] })
+        })
+    }
+
+    async fn authorizer_token(&self, _: &Secret, authorizer: &AppId, refresh_token: &Secret) -> Result<AuthorizerTokens, WechatError> {
+        tokio::time::sleep(self.delay).await;
+        self.with(|f| {
+            *f.authorizer_calls.entry(authorizer.clone()).or_default() += 1;
+            if let Some(code) = f.fail_errcode {
+                return Err(api_error(code));
+            }
+            if f.refresh.get(authorizer).map(String::as_str) != Some(refresh_token.expose()) {
+                return Err(api_error(61023));
+            }
+            let access_token = f.token("access");
+            if f.rotate {
+                f.refresh.insert(authorizer.clone(), format!("refresh-{}", f.issued));
+            }
+            Ok(AuthorizerTokens { access_token, refresh_token: Secret::new(f.refresh[authorizer].clone()) })
+        })
+    }
+
+    async fn authorizer_info(&self, _: &Secret, authorizer: &AppId) -> Result<AuthorizerInfo, WechatError> {
+        self.with(|f| {
+            let refresh_token = f.refresh.get(authorizer).filter(|_| f.info_knows_refresh).cloned().map(Secret::new);
+            Ok(AuthorizerInfo { nick_name: None, refresh_token })
+        })
+    }
+
+    async fn authorizer_list(&self, _: &Secret, _: u32, _: u32) -> Result<(u64, Vec<ListedAuthorizer>), WechatError> {
+        Ok((0, vec![]))
+    }
+
+    async fn start_push_ticket(&self) -> Result<(), WechatError> {
+        self.with(|f| f.push_requests += 1);
+        Ok(())
+    }
+}
+
+/// A store whose writes of authorizers can be made to fail, as a full disk would.
+#[derive(Default)]
+struct FlakyStore {
+    inner: MemoryStore,
+    fail_authorizer_saves: AtomicBool,
+}
+
+#[async_trait]
+impl Store for FlakyStore {
+    fn backend(&self) -> &'static str {
+        "flaky"
+    }
+    async fn ping(&self) -> Result<(), StoreError> {
+        self.inner.ping().await
+    }
+    async fn load_ticket(&self, c: &AppId) -> Result<Option<Ticket>, StoreError> {
+        self.inner.load_ticket(c).await
+    }
+    async fn save_ticket(&self, c: &AppId, t: &Ticket) -> Result<bool, StoreError> {
+        self.inner.save_ticket(c, t).await
+    }
+    async fn record_event(&self, c: &AppId, e: &AuthEvent) -> Result<bool, StoreError> {
+        self.inner.record_event(c, e).await
+    }
+    async fn pending_events(&self, c: &AppId) -> Result<Vec<StoredEvent>, StoreError> {
+        self.inner.pending_events(c).await
+    }
+    async fn finish_event(&self, c: &AppId, id: i64) -> Result<(), StoreError> {
+        self.inner.finish_event(c, id).await
+    }
+    async fn load_component_token(&self, c: &AppId) -> Result<Option<ComponentToken>, StoreError> {
+        self.inner.load_component_token(c).await
+    }
+    async fn save_component_token(&self, c: &AppId, t: &ComponentToken) -> Result<(), StoreError> {
+        self.inner.save_component_token(c, t).await
+    }
+    async fn load_authorizers(&self, c: &AppId) -> Result<Vec<AuthorizerRecord>, StoreError> {
+        self.inner.load_authorizers(c).await
+    }
+    async fn load_authorizer(&self, c: &AppId, a: &AppId) -> Result<Option<AuthorizerRecord>, StoreError> {
+        self.inner.load_authorizer(c, a).await
+    }
+    async fn save_authorizer(&self, c: &AppId, r: &AuthorizerRecord) -> Result<(), StoreError> {
+        if self.fail_authorizer_saves.load(Ordering::SeqCst) {
+            return Err(StoreError::Unavailable("disk full".into()));
+        }
+        self.inner.save_authorizer(c, r).await
+    }
+    async fn delete_authorizer(&self, c: &AppId, a: &AppId) -> Result<bool, StoreError> {
+        self.inner.delete_authorizer(c, a).await
+    }
+}
+
+struct Harness {
+    api: Arc<FakeApi>,
+    store: Arc<FlakyStore>,
+    tokens: Arc<TokenService>,
+    _shutdown: tokio::sync::watch::Sender<bool>,
+}
+
+async fn start(api: Arc<FakeApi>, store: Arc<FlakyStore>) -> Harness {
+    let tokens = TokenService::load(component(), store.clone(), api.clone(), Settings::new(Duration::from_secs(600))).await.unwrap();
+    let (tx, rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(Arc::clone(&tokens).run_scheduler(rx));
+    Harness { api, store, tokens, _shutdown: tx }
+}
+
+/// A harness whose component token is held and with `n` authorizers imported.
+async fn started_with(n: u32) -> Harness {
+    let h = start(FakeApi::new(), Arc::default()).await;
+    push_ticket(&h, "ticket-1").await;
+    for i in 1..=n {
+        h.api.with(|f| f.refresh.insert(appid(i), format!("initial-{i}")));
+        h.tokens.import_authorizer(&appid(i), Secret::new(format!("initial-{i}"))).await.unwrap();
+    }
+    h
+}
+
+async fn push_ticket(h: &Harness, value: &str) {
+    h.api.with(|f| f.ticket = Some(value.into()));
+    let now = unix_now();
+    h.tokens.accept_ticket(Ticket { value: Secret::new(value), create_time: now, received_at: now }).await.unwrap();
+}
+
+#[tokio::test(start_paused = true)]
+async fn many_concurrent_waiters_cause_one_refresh() {
+    let h = started_with(1).await;
+    assert_eq!(h.api.with(|f| f.component_calls), 1);
+    let old = h.tokens.authorizer_token(&appid(1)).await.unwrap();
+    let waiters: Vec<_> = (0..200)
+        .map(|_| {
+            let (tokens, old) = (Arc::clone(&h.tokens), old.value.clone());
+            tokio::spawn(async move { tokens.replace_authorizer_token(&appid(1), &old).await.unwrap() })
+        })
+        .collect();
+    let mut seen = std::collections::HashSet::new();
+    for w in waiters {
+        seen.insert(w.await.unwrap().value.expose().to_owned());
+    }
+    assert_eq!(seen.len(), 1, "every waiter got the one new token");
+    assert!(!seen.contains(old.value.expose()));
+    assert_eq!(h.api.with(|f| f.authorizer_calls[&appid(1)]), 2, "the import, then one refresh for 200 waiters");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_failing_endpoint_keeps_the_current_token_until_it_expires() {
+    let h = started_with(1).await;
+    let held = h.tokens.authorizer_token(&appid(1)).await.unwrap();
+    h.api.with(|f| f.fail_errcode = Some(-1));
+    // Past the planned refresh, short of expiry: refreshes fail, the held token still serves.
+    tokio::time::sleep(Duration::from_secs(LIFETIME - 30)).await;
+    assert_eq!(h.tokens.authorizer_token(&appid(1)).await.unwrap(), held);
+    let calls = h.api.with(|f| f.authorizer_calls[&appid(1)]);
+    assert!(calls >= 3, "retried with backoff, {calls} calls");
+    let status = h.tokens.authorizer_status(&appid(1)).unwrap();
+    assert!(status.last_error.unwrap().contains("-1"));
+    // Once it has expired there is nothing to serve.
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    assert!(matches!(h.tokens.authorizer_token(&appid(1)).await, Err(TokenError::Wechat(_))));
+    // WeChat recovers: so does the token, without anyone asking.
+    h.api.with(|f| f.fail_errcode = None);
+    tokio::time::sleep(Duration::from_secs(600)).await;
+    let fresh = h.tokens.authorizer_token(&appid(1)).await.unwrap();
+    assert_ne!(fresh, held);
+    assert!(h.tokens.authorizer_status(&appid(1)).unwrap().last_error.is_none());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_rotated_refresh_token_is_stored_before_the_new_access_token_is_used() {
+    let h = started_with(1).await;
+    h.api.with(|f| f.rotate = true);
+    let before = h.tokens.authorizer_token(&appid(1)).await.unwrap();
+
+    // The store cannot take the rotated token: the new access token must not be used.
+    h.store.fail_authorizer_saves.store(true, Ordering::SeqCst);
+    assert!(h.tokens.refresh_now(&appid(1)).await.is_err());
+    assert_eq!(h.tokens.authorizer_token(&appid(1)).await.unwrap(), before);
+    h.store.fail_authorizer_saves.store(false, Ordering::SeqCst);
+
+    // WeChat rotated the refresh token in that failed attempt; the store still has the old one,
+    // which WeChat now refuses (61023). Recovery finds the current one.
+    h.api.with(|f| f.info_knows_refresh = true);
+    h.tokens.refresh_now(&appid(1)).await.unwrap();
+    let stored = h.store.load_authorizer(&component(), &appid(1)).await.unwrap().unwrap();
+    assert_eq!(stored.refresh_token.unwrap().expose(), h.api.with(|f| f.refresh[&appid(1)].clone()));
+
+    // A crash now: a new process loads the store and refreshes with what it finds there.
+    let api = Arc::clone(&h.api);
+    drop(h.tokens);
+    let again = start(api, h.store.clone()).await;
+    again.tokens.refresh_now(&appid(1)).await.unwrap();
+    assert_eq!(again.tokens.authorizer_status(&appid(1)).unwrap().state, "active");
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_unrecoverable_refresh_token_needs_reauthorization() {
+    let h = started_with(1).await;
+    h.api.with(|f| f.refresh.insert(appid(1), "changed-elsewhere".into()));
+    assert!(matches!(h.tokens.refresh_now(&appid(1)).await, Err(TokenError::NeedsReauth)));
+    let status = h.tokens.authorizer_status(&appid(1)).unwrap();
+    assert_eq!(status.state, "needs_reauth");
+    assert!(status.last_error.unwrap().contains("61023"));
+    let stored = h.store.load_authorizer(&component(), &appid(1)).await.unwrap().unwrap();
+    assert_eq!(stored.state, AuthorizerState::NeedsReauth);
+    assert!(stored.refresh_token.is_some(), "the refresh token is kept: it may still be recovered");
+}
+
+#[tokio::test(start_paused = true)]
+async fn unauthorized_revokes_unless_the_owner_came_back_later() {
+    let h = started_with(0).await;
+    h.api.with(|f| f.codes.insert("code-1".into(), appid(7)));
+    assert_eq!(h.tokens.authorize_with_code("code-1").await.unwrap(), appid(7));
+    // The same code again (the push after the redirect) is harmless, and not sent to WeChat.
+    assert_eq!(h.tokens.authorize_with_code("code-1").await.unwrap(), appid(7));
+    assert_eq!(h.api.with(|f| f.query_auth_calls), 1);
+
+    let push = |info: &str, at: i64| AuthEvent {
+        info_type: info.into(),
+        authorizer_appid: appid(7).to_string(),
+        create_time: at,
+        payload: Secret::new(format!("<xml><InfoType>{info}</InfoType></xml>")),
+        received_at: at,
+    };
+    let now_secs = h.tokens.clock().now_ms() / 1000;
+    h.tokens.accept_event(push("unauthorized", now_secs - 3600)).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(h.tokens.authorizer_token(&appid(7)).await.is_ok(), "an old unauthorized push changes nothing");
+
+    h.tokens.accept_event(push("unauthorized", now_secs + 5)).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(matches!(h.tokens.authorizer_token(&appid(7)).await, Err(TokenError::Revoked)));
+    let stored = h.store.load_authorizer(&component(), &appid(7)).await.unwrap().unwrap();
+    assert_eq!((stored.state, stored.refresh_token), (AuthorizerState::Revoked, None));
+    assert!(h.store.pending_events(&component()).await.unwrap().is_empty());
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_scheduler_refreshes_about_once_per_lifetime_and_never_lets_a_token_expire() {
+    let n = 40;
+    let h = started_with(n).await;
+    let lifetimes = 10;
+    for _ in 0..lifetimes * 12 {
+        tokio::time::sleep(Duration::from_secs(LIFETIME / 12)).await;
+        let now = h.tokens.clock().now_ms();
+        for i in 1..=n {
+            let (_, token) = h.tokens.authorizers.get(&appid(i)).unwrap().access();
+            assert!(token.unwrap().is_valid(now), "authorizer {i} expired");
+        }
+        assert!(h.tokens.component_token.is_valid(now));
+    }
+    for i in 1..=n {
+        let calls = h.api.with(|f| f.authorizer_calls[&appid(i)]) - 1;
+        assert!((lifetimes as u32..=lifetimes as u32 * 13 / 10).contains(&calls), "authorizer {i}: {calls} refreshes in {lifetimes} lifetimes");
+    }
+    let component_calls = h.api.with(|f| f.component_calls) - 1;
+    assert!((lifetimes..=lifetimes * 13 / 10).contains(&(component_calls as u64)), "{component_calls}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_silent_ticket_pusher_is_asked_to_resume_every_few_minutes() {
+    let h = started_with(0).await;
+    tokio::time::sleep(Duration::from_secs(19 * 60)).await;
+    assert_eq!(h.api.with(|f| f.push_requests), 0);
+    tokio::time::sleep(Duration::from_secs(3 * 60)).await;
+    assert_eq!(h.api.with(|f| f.push_requests), 1);
+    tokio::time::sleep(Duration::from_secs(3 * 60)).await;
+    assert_eq!(h.api.with(|f| f.push_requests), 1, "not more often than every 5 minutes");
+    tokio::time::sleep(Duration::from_secs(3 * 60)).await;
+    assert_eq!(h.api.with(|f| f.push_requests), 2);
+    push_ticket(&h, "ticket-2").await;
+    tokio::time::sleep(Duration::from_secs(10 * 60)).await;
+    assert_eq!(h.api.with(|f| f.push_requests), 2, "pushes resumed");
+}
+
+#[tokio::test(start_paused = true)]
+async fn without_a_ticket_there_is_no_component_token_and_readiness_says_why() {
+    let h = start(FakeApi::new(), Arc::default()).await;
+    assert!(matches!(h.tokens.component_token().await, Err(TokenError::NoTicket)));
+    assert!(h.tokens.not_ready_reason().await.unwrap().contains("ticket"));
+    push_ticket(&h, "ticket-1").await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(h.tokens.not_ready_reason().await, None);
+    assert_eq!(h.api.with(|f| f.component_calls), 1, "the ticket led to a token at once");
+}
