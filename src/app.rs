@@ -5,7 +5,8 @@ use crate::callback::ComponentReceiver;
 use crate::config::{Config, StoreConfig};
 use crate::crypto::{CryptoError, MsgCrypt};
 use crate::metrics;
-use crate::proxy::Gateway;
+use crate::authorize::AuthorizeLinks;
+use crate::proxy::{Gateway, OwnRoutes};
 use crate::store::{MemoryStore, SharedStore, SqliteStore, StoreError};
 use crate::tokens::{Settings, TokenError, TokenService};
 use crate::wechat::{ComponentApi, WechatClient, WechatError};
@@ -55,16 +56,25 @@ pub fn build(config: &Config) -> Result<Server, AppError> {
     )?);
     let tokens = load_tokens(config, store, api)?;
     let crypt = MsgCrypt::new(&config.component.token, &config.component.encoding_aes_key, config.component.appid.as_str())?;
-    let callback = Arc::new(ComponentReceiver::new(crypt, Arc::clone(&tokens)));
+    let links = AuthorizeLinks::new(
+        config.component.appid.clone(),
+        config.upstream.mp_base_url.clone(),
+        config.listen.public_base_url.clone(),
+    );
+    let routes = Arc::new(OwnRoutes {
+        callback: ComponentReceiver::new(crypt, Arc::clone(&tokens)),
+        tokens: Arc::clone(&tokens),
+        links: links.clone(),
+    });
 
     let mut server = Server::new_with_opt_and_conf(None, server_conf(config));
     server.bootstrap();
 
-    let mut proxy = pingora::proxy::http_proxy_service_with_name(&server.configuration, Gateway::new(callback), "wxgate proxy");
+    let mut proxy = pingora::proxy::http_proxy_service_with_name(&server.configuration, Gateway::new(routes), "wxgate proxy");
     proxy.add_tcp(&config.listen.proxy.to_string());
     server.add_service(proxy);
 
-    let mut admin = Service::new("wxgate admin".to_owned(), HttpServer::new_app(AdminApp::new(Arc::clone(&tokens), config.admin.token.clone())));
+    let mut admin = Service::new("wxgate admin".to_owned(), HttpServer::new_app(AdminApp::new(Arc::clone(&tokens), links, config.admin.token.clone())));
     admin.add_tcp(&config.listen.admin.to_string());
     server.add_service(admin);
 

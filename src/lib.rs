@@ -11,6 +11,7 @@
 //! - [`store`]: the durable store trait and its SQLite and in-memory backends.
 //! - [`wechat`]: the HTTP client for WeChat's component endpoints; errcodes become typed errors.
 //! - [`tokens`]: the token service, the only writer of ticket, token and authorizer state.
+//! - [`authorize`]: the authorization flow's links (PC and mobile) and pages.
 //! - [`callback`]: WeChat's authorization-event receiver: verify, decrypt, parse, hand to tokens.
 //! - [`admin`]: the admin listener: metrics, health, readiness, admin API.
 //! - [`proxy`]: the proxy listener: `/wxgate/*` routes and, later, the API proxy.
@@ -30,6 +31,7 @@ pub mod metrics;
 pub mod store;
 pub mod wechat;
 pub mod tokens;
+pub mod authorize;
 pub mod reply;
 pub mod admin;
 pub mod proxy;

@@ -117,6 +117,19 @@ pub async fn read_body(session: &mut ServerSession, limit: usize) -> Result<Byte
     Ok(body.freeze())
 }
 
+/// The contract's error for a token service failure.
+pub fn token_error(e: &crate::tokens::TokenError) -> Reply {
+    use crate::tokens::TokenError;
+    use crate::wechat::WechatError;
+    let status = match e {
+        TokenError::UnknownAuthorizer | TokenError::Revoked => 404,
+        TokenError::Store(_) | TokenError::NoTicket | TokenError::NeedsReauth => 503,
+        TokenError::Wechat(WechatError::Timeout { .. }) => 504,
+        TokenError::Wechat(_) => 502,
+    };
+    Reply::error(status, e)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -51,6 +51,7 @@ pub(super) struct ComponentFile {
 pub(super) struct UpstreamFile {
     pub base_url: Option<String>,
     pub timeout_ms: Option<i64>,
+    pub mp_base_url: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize, Serialize)]

@@ -18,6 +18,7 @@ pub(super) fn masked(config: &Config) -> String {
         upstream: UpstreamFile {
             base_url: Some(config.upstream.base_url.to_string()),
             timeout_ms: int(config.upstream.timeout.as_millis()),
+            mp_base_url: Some(config.upstream.mp_base_url.to_string()),
         },
         listen: ListenFile {
             proxy: Some(config.listen.proxy.to_string()),

@@ -20,6 +20,7 @@ use crate::appid::AppId;
 use crate::secret::Secret;
 
 pub const DEFAULT_UPSTREAM_BASE_URL: &str = "https://api.weixin.qq.com";
+pub const DEFAULT_UPSTREAM_MP_BASE_URL: &str = "https://mp.weixin.qq.com";
 pub const DEFAULT_UPSTREAM_TIMEOUT_MS: u64 = 10_000;
 pub const DEFAULT_LISTEN_PROXY: &str = "0.0.0.0:8080";
 pub const DEFAULT_LISTEN_ADMIN: &str = "127.0.0.1:9090";
@@ -59,6 +60,8 @@ pub struct ComponentConfig {
 #[derive(Debug, Clone)]
 pub struct UpstreamConfig {
     pub base_url: url::Url,
+    /// Where the authorization pages are (`mp.weixin.qq.com`); the sandbox serves its own.
+    pub mp_base_url: url::Url,
     pub timeout: Duration,
 }
 

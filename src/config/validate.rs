@@ -73,9 +73,12 @@ fn upstream(f: &FileConfig, p: &mut Problems) -> Option<UpstreamConfig> {
         1..=120_000,
     );
     let timeout = p.check("upstream.timeout_ms", timeout);
+    let mp_base_url = or(&f.upstream.mp_base_url, DEFAULT_UPSTREAM_MP_BASE_URL);
+    let mp_base_url = p.check("upstream.mp_base_url", http_url(mp_base_url));
     Some(UpstreamConfig {
         base_url: base_url?,
         timeout: Duration::from_millis(timeout?),
+        mp_base_url: mp_base_url?,
     })
 }
 

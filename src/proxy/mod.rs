@@ -9,23 +9,22 @@
 
 mod routes;
 
-use crate::callback::ComponentReceiver;
 use crate::reply::Reply;
 use async_trait::async_trait;
 use pingora::prelude::*;
 use pingora::proxy::{ProxyHttp, Session};
 use std::sync::Arc;
 
-pub use routes::ROUTE_PREFIX;
+pub use routes::{OwnRoutes, ROUTE_PREFIX};
 
 /// The `ProxyHttp` of the proxy listener.
 pub struct Gateway {
-    callback: Arc<ComponentReceiver>,
+    routes: Arc<OwnRoutes>,
 }
 
 impl Gateway {
-    pub fn new(callback: Arc<ComponentReceiver>) -> Self {
-        Self { callback }
+    pub fn new(routes: Arc<OwnRoutes>) -> Self {
+        Self { routes }
     }
 }
 
@@ -37,7 +36,7 @@ impl ProxyHttp for Gateway {
 
     async fn request_filter(&self, session: &mut Session, _ctx: &mut Self::CTX) -> Result<bool> {
         let reply = if session.req_header().uri.path().starts_with(ROUTE_PREFIX) {
-            routes::handle(&self.callback, session).await
+            self.routes.handle(session).await
         } else {
             Reply::error(404, "API proxying is not enabled in this version")
         };

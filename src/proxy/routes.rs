@@ -1,46 +1,102 @@
-//! The gateway's own routes on the proxy listener, under `/wxgate/`.
+//! The gateway's own routes on the proxy listener, under `/wxgate/`: WeChat's callback and the
+//! authorization pages.
 
+use crate::authorize::{done_page, done_redirect, error_page, parse_redirect, start_page, AuthorizeLinks};
 use crate::callback::{ComponentReceiver, MAX_BODY_BYTES};
 use crate::metrics;
 use crate::reply::{read_body, BodyError, Reply};
+use crate::tokens::TokenService;
+use http::Method;
 use pingora::proxy::Session;
+use std::sync::Arc;
 
 pub const ROUTE_PREFIX: &str = "/wxgate/";
 
-pub async fn handle(callback: &ComponentReceiver, session: &mut Session) -> Reply {
-    let req = session.req_header();
-    let (method, path) = (req.method.clone(), req.uri.path().to_owned());
-    match path.strip_prefix(ROUTE_PREFIX).unwrap_or_default() {
-        "callback/component" if method == http::Method::POST => component_callback(callback, session).await,
-        "callback/component" => Reply::error(405, "the authorization-event URL takes POST"),
-        _ => Reply::error(404, "no such route"),
+pub struct OwnRoutes {
+    pub callback: ComponentReceiver,
+    pub tokens: Arc<TokenService>,
+    pub links: AuthorizeLinks,
+}
+
+impl OwnRoutes {
+    pub async fn handle(&self, session: &mut Session) -> Reply {
+        let req = session.req_header();
+        let (method, path) = (req.method.clone(), req.uri.path().to_owned());
+        let query = req.uri.query().unwrap_or_default().to_owned();
+        match (&method, path.strip_prefix(ROUTE_PREFIX).unwrap_or_default()) {
+            (&Method::POST, "callback/component") => self.component_callback(session, &query).await,
+            (_, "callback/component") => Reply::error(405, "the authorization-event URL takes POST"),
+            (&Method::GET, "authorize") => self.authorize_page(&query).await,
+            (&Method::GET, "authorize/done") => self.authorize_done(&query).await,
+            _ => Reply::error(404, "no such route"),
+        }
+    }
+
+    /// WeChat's authorization-event push: `success` once it is verified and durable.
+    async fn component_callback(&self, session: &mut Session, query: &str) -> Reply {
+        let body = match read_body(session.as_downstream_mut(), MAX_BODY_BYTES).await {
+            Ok(body) => body,
+            Err(e) => {
+                let reason = if matches!(e, BodyError::TooLarge(_)) { "too_large" } else { "read" };
+                metrics::CALLBACK_REJECTED.with_label_values(&[reason]).inc();
+                tracing::warn!(reason, "authorization event refused");
+                return e.reply();
+            }
+        };
+        match self.callback.receive(query, &body).await {
+            Ok(received) => {
+                tracing::info!(info_type = %received.info_type, new = received.new, "authorization event accepted");
+                Reply::text(200, "success")
+            }
+            Err(e) if e.status() >= 500 => {
+                tracing::error!(error = %e, "authorization event could not be recorded; WeChat will retry");
+                Reply::error(e.status(), "the event could not be recorded")
+            }
+            Err(e) => {
+                tracing::warn!(reason = e.reason(), error = %e, "authorization event refused");
+                Reply::error(e.status(), format!("callback refused: {e}"))
+            }
+        }
+    }
+
+    /// The start page, with fresh links each time it is shown.
+    async fn authorize_page(&self, query: &str) -> Reply {
+        let redirect = match parse_redirect(param(query, "redirect").as_deref()) {
+            Ok(r) => r,
+            Err(e) => return Reply::html(400, error_page(e)),
+        };
+        match self.links.fresh(&self.tokens, redirect.as_ref()).await {
+            Ok(links) => Reply::html(200, start_page(&links)),
+            Err(e) => {
+                tracing::warn!(error = %e, "could not make authorization links");
+                Reply::html(503, error_page("The gateway cannot reach WeChat right now; try again in a minute."))
+            }
+        }
+    }
+
+    /// WeChat's `redirect_uri`: exchange the code, then show success or go back to the app.
+    async fn authorize_done(&self, query: &str) -> Reply {
+        let Some(code) = param(query, "auth_code").filter(|c| !c.is_empty()) else {
+            return Reply::html(400, error_page("The link has no auth_code: start the authorization again."));
+        };
+        let redirect = match parse_redirect(param(query, "redirect").as_deref()) {
+            Ok(r) => r,
+            Err(e) => return Reply::html(400, error_page(e)),
+        };
+        match self.tokens.authorize_with_code(&code).await {
+            Ok(appid) => match redirect {
+                Some(app) => Reply::redirect(done_redirect(&app, &appid)),
+                None => Reply::html(200, done_page(&appid)),
+            },
+            Err(e) => {
+                tracing::warn!(error = %e, "authorization code exchange failed");
+                let status = crate::reply::token_error(&e).status;
+                Reply::html(status, error_page(&format!("WeChat did not accept the authorization: {e}")))
+            }
+        }
     }
 }
 
-/// WeChat's authorization-event push: `success` once it is verified and durable.
-async fn component_callback(callback: &ComponentReceiver, session: &mut Session) -> Reply {
-    let query = session.req_header().uri.query().unwrap_or_default().to_owned();
-    let body = match read_body(session.as_downstream_mut(), MAX_BODY_BYTES).await {
-        Ok(body) => body,
-        Err(e) => {
-            let reason = if matches!(e, BodyError::TooLarge(_)) { "too_large" } else { "read" };
-            metrics::CALLBACK_REJECTED.with_label_values(&[reason]).inc();
-            tracing::warn!(reason, "authorization event refused");
-            return e.reply();
-        }
-    };
-    match callback.receive(&query, &body).await {
-        Ok(received) => {
-            tracing::info!(info_type = %received.info_type, new = received.new, "authorization event accepted");
-            Reply::text(200, "success")
-        }
-        Err(e) if e.status() >= 500 => {
-            tracing::error!(error = %e, "authorization event could not be recorded; WeChat will retry");
-            Reply::error(e.status(), "the event could not be recorded")
-        }
-        Err(e) => {
-            tracing::warn!(reason = e.reason(), error = %e, "authorization event refused");
-            Reply::error(e.status(), format!("callback refused: {e}"))
-        }
-    }
+fn param(query: &str, name: &str) -> Option<String> {
+    url::form_urlencoded::parse(query.as_bytes()).find(|(k, _)| k == name).map(|(_, v)| v.into_owned())
 }

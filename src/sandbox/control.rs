@@ -14,14 +14,14 @@ use crate::appid::AppId;
 /// `POST /sandbox/authorize?appid=wx...`: `{"auth_code", "info_type", "pushed"[, "push_error"]}`.
 /// The code is returned even when the push failed, so that it can be exchanged by hand.
 pub(super) async fn authorize(State(sandbox): State<Sandbox>, uri: Uri) -> Response {
-    let appid = match appid_param(&uri) {
-        Ok(Some(appid)) => appid,
-        Ok(None) => return error(StatusCode::BAD_REQUEST, "appid is required"),
-        Err(e) => return e,
+    let appid = match required_appid(&uri) {
+        Ok(appid) => appid,
+        Err(why) => return error(StatusCode::BAD_REQUEST, &why),
     };
     let event = sandbox.authorize_event(&appid, None);
     let pushed = sandbox.push_event(&appid, &event).await;
-    let mut body = json!({ "auth_code": event.code, "info_type": event.info_type, "pushed": pushed.is_ok() });
+    let mut body =
+        json!({ "auth_code": event.code, "info_type": event.info_type, "pushed": pushed.is_ok() });
     if let Err(e) = pushed {
         body["push_error"] = Value::String(e.to_string());
     }
@@ -30,14 +30,15 @@ pub(super) async fn authorize(State(sandbox): State<Sandbox>, uri: Uri) -> Respo
 
 /// `POST /sandbox/unauthorize?appid=wx...`: 404 if that account has not authorized.
 pub(super) async fn unauthorize(State(sandbox): State<Sandbox>, uri: Uri) -> Response {
-    let appid = match appid_param(&uri) {
-        Ok(Some(appid)) => appid,
-        Ok(None) => return error(StatusCode::BAD_REQUEST, "appid is required"),
-        Err(e) => return e,
+    let appid = match required_appid(&uri) {
+        Ok(appid) => appid,
+        Err(why) => return error(StatusCode::BAD_REQUEST, &why),
     };
     match sandbox.unauthorize(&appid).await {
         Ok(()) => ok(json!({ "pushed": true })),
-        Err(e @ super::SandboxError::NotAuthorized(_)) => error(StatusCode::NOT_FOUND, &e.to_string()),
+        Err(e @ super::SandboxError::NotAuthorized(_)) => {
+            error(StatusCode::NOT_FOUND, &e.to_string())
+        }
         Err(e) => ok(json!({ "pushed": false, "push_error": e.to_string() })),
     }
 }
@@ -49,14 +50,19 @@ pub(super) async fn revoke(State(sandbox): State<Sandbox>, uri: Uri) -> Response
             sandbox.revoke_access_token(appid.as_ref());
             ok(json!({ "revoked": appid.map_or("component".to_owned(), |a| a.to_string()) }))
         }
-        Err(e) => e,
+        Err(why) => error(StatusCode::BAD_REQUEST, &why),
     }
 }
 
 /// `POST /sandbox/faults` `{error_rate, delay_ms, http_status, errcode, path_contains}`; `{}` clears.
 pub(super) async fn faults(State(sandbox): State<Sandbox>, body: Bytes) -> Response {
-    let text = if body.iter().all(u8::is_ascii_whitespace) { &b"{}"[..] } else { &body[..] };
-    let parsed: Result<FaultsBody, String> = serde_json::from_slice(text).map_err(|e| e.to_string());
+    let text = if body.iter().all(u8::is_ascii_whitespace) {
+        &b"{}"[..]
+    } else {
+        &body[..]
+    };
+    let parsed: Result<FaultsBody, String> =
+        serde_json::from_slice(text).map_err(|e| e.to_string());
     match parsed.and_then(FaultsBody::into_faults) {
         Ok(faults) => {
             tracing::info!(?faults, "sandbox: faults set");
@@ -90,11 +96,17 @@ pub(super) async fn pushes(State(sandbox): State<Sandbox>, uri: Uri) -> Response
     ok(json!({ "paused": sandbox.ledger().paused }))
 }
 
-fn appid_param(uri: &Uri) -> Result<Option<AppId>, Response> {
+/// The `appid` parameter, if any; a malformed one is refused rather than ignored.
+fn appid_param(uri: &Uri) -> Result<Option<AppId>, String> {
     match query_param(uri.query().unwrap_or_default(), "appid") {
         None => Ok(None),
-        Some(s) => AppId::parse(&s).map(Some).map_err(|e| error(StatusCode::BAD_REQUEST, &e.to_string())),
+        Some(s) => AppId::parse(&s).map(Some).map_err(|e| e.to_string()),
     }
+}
+
+/// The appid a route cannot do without.
+fn required_appid(uri: &Uri) -> Result<AppId, String> {
+    appid_param(uri)?.ok_or_else(|| "appid is required".to_owned())
 }
 
 fn ok(body: Value) -> Response {
@@ -103,5 +115,10 @@ fn ok(body: Value) -> Response {
 
 fn error(status: StatusCode, why: &str) -> Response {
     let body = json!({ "error": why }).to_string();
-    (status, [(axum::http::header::CONTENT_TYPE, "application/json")], body).into_response()
+    (
+        status,
+        [(axum::http::header::CONTENT_TYPE, "application/json")],
+        body,
+    )
+        .into_response()
 }
