@@ -16,6 +16,7 @@
 //! - [`admin`]: the admin listener: metrics, health, readiness, admin API.
 //! - [`proxy`]: the proxy listener: `/wxgate/*` routes and, later, the API proxy.
 //! - [`sandbox`]: a local stand-in for api.weixin.qq.com, for tests, `wxgate demo` and users' own tests.
+//! - [`demo`]: `wxgate demo`, the sandbox and the gateway together, with the lines to try.
 //! - [`app`]: the one place that wires stores, services and pingora together.
 //!
 //! Data flows one way: callbacks and the scheduler write into `tokens`; `proxy` and `admin`
@@ -36,6 +37,7 @@ pub mod reply;
 pub mod admin;
 pub mod proxy;
 pub mod app;
+pub mod demo;
 pub mod sandbox;
 
 pub use appid::AppId;

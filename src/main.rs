@@ -2,9 +2,14 @@
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 use wxgate::config::Config;
+use wxgate::demo::DemoOptions;
+use wxgate::sandbox::{Sandbox, SandboxConfig};
+use wxgate::{AppId, Secret};
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -26,33 +31,108 @@ struct Cli {
 enum Command {
     /// Validate the config and print it with secrets masked.
     Check,
+    /// The no-credentials tour: the sandbox plays WeChat, the gateway runs on SQLite.
+    Demo {
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        proxy: SocketAddr,
+        #[arg(long, default_value = "127.0.0.1:9090")]
+        admin: SocketAddr,
+        #[arg(long, default_value = "127.0.0.1:9801")]
+        sandbox: SocketAddr,
+        /// Where the demo's SQLite file goes (reset at every start).
+        #[arg(long, default_value = "data/demo")]
+        data_dir: PathBuf,
+    },
+    /// The WeChat sandbox alone: a local stand-in for api.weixin.qq.com.
+    Sandbox(SandboxArgs),
+}
+
+/// The sandbox's credentials default to the demo ones (`wxgate demo` uses the same).
+#[derive(clap::Args)]
+struct SandboxArgs {
+    #[arg(long, default_value = "127.0.0.1:9801")]
+    listen: SocketAddr,
+    /// The gateway's authorization-event URL, e.g. http://127.0.0.1:8080/wxgate/callback/component.
+    #[arg(long)]
+    callback: Option<String>,
+    #[arg(long)]
+    appid: Option<AppId>,
+    #[arg(long)]
+    appsecret: Option<String>,
+    /// The message-verification token.
+    #[arg(long)]
+    token: Option<String>,
+    #[arg(long)]
+    encoding_aes_key: Option<String>,
+    #[arg(long, default_value_t = 600)]
+    ticket_interval_secs: u64,
+    #[arg(long, default_value_t = 7200)]
+    token_lifetime_secs: u64,
+    /// How long a superseded token keeps working.
+    #[arg(long, default_value_t = 300)]
+    grace_secs: u64,
+    /// Keep refresh tokens unchanged on refresh (WeChat's usual behaviour; the default rotates them).
+    #[arg(long)]
+    no_rotate: bool,
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging();
-    let config = match Config::load(&cli.config) {
-        Ok(config) => config,
-        Err(e) => {
-            eprintln!("wxgate: invalid configuration ({}):\n{e}", cli.config.display());
-            return ExitCode::from(EXIT_CONFIG);
-        }
-    };
     let result = match cli.command {
-        Some(Command::Check) => {
+        Some(Command::Demo { proxy, admin, sandbox, data_dir }) => {
+            wxgate::demo::run(&DemoOptions { proxy, admin, sandbox, data_dir }).context("demo").map(|()| ExitCode::SUCCESS)
+        }
+        Some(Command::Sandbox(args)) => run_sandbox(args),
+        Some(Command::Check) => with_config(&cli.config, |config| {
             println!("{}", config.masked());
             eprintln!("wxgate: {} is valid", cli.config.display());
             Ok(())
-        }
-        None => run(&config),
+        }),
+        None => with_config(&cli.config, run),
     };
     match result {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(e) => {
             eprintln!("wxgate: {e:#}");
             ExitCode::FAILURE
         }
     }
+}
+
+/// Loads the config, or exits 64 naming every problem.
+fn with_config(path: &std::path::Path, f: impl FnOnce(&Config) -> anyhow::Result<()>) -> anyhow::Result<ExitCode> {
+    match Config::load(path) {
+        Ok(config) => f(&config).map(|()| ExitCode::SUCCESS),
+        Err(e) => {
+            eprintln!("wxgate: invalid configuration ({}):\n{e}", path.display());
+            Ok(ExitCode::from(EXIT_CONFIG))
+        }
+    }
+}
+
+fn run_sandbox(args: SandboxArgs) -> anyhow::Result<ExitCode> {
+    let demo = SandboxConfig::demo();
+    let config = SandboxConfig {
+        component_appid: args.appid.unwrap_or(demo.component_appid),
+        component_appsecret: args.appsecret.map(Secret::new).unwrap_or(demo.component_appsecret),
+        token: args.token.map(Secret::new).unwrap_or(demo.token),
+        encoding_aes_key: args.encoding_aes_key.map(Secret::new).unwrap_or(demo.encoding_aes_key),
+        callback_url: args.callback,
+        ticket_interval: Duration::from_secs(args.ticket_interval_secs.max(1)),
+        token_lifetime: Duration::from_secs(args.token_lifetime_secs.max(1)),
+        grace: Duration::from_secs(args.grace_secs),
+        rotate_refresh_tokens: !args.no_rotate,
+    };
+    let rt = tokio::runtime::Runtime::new().context("runtime")?;
+    rt.block_on(async {
+        let listener = tokio::net::TcpListener::bind(args.listen).await.with_context(|| format!("cannot listen on {}", args.listen))?;
+        let sandbox = Sandbox::start(config, listener).await.context("sandbox")?;
+        eprintln!("wxgate sandbox: listening on {} (control routes under /sandbox/); Ctrl-C stops it", sandbox.base_url());
+        tokio::signal::ctrl_c().await.context("signal")?;
+        sandbox.shutdown();
+        Ok(ExitCode::SUCCESS)
+    })
 }
 
 fn run(config: &Config) -> anyhow::Result<()> {
@@ -74,6 +154,7 @@ fn init_logging() {
     let no_pingora_detail = tracing_subscriber::filter::filter_fn(|meta| {
         !meta.target().starts_with("pingora") || *meta.level() <= tracing::Level::INFO
     });
-    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    use std::io::IsTerminal;
+    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_ansi(std::io::stderr().is_terminal());
     tracing_subscriber::registry().with(fmt.with_filter(filter).with_filter(no_pingora_detail)).init();
 }

@@ -177,6 +177,7 @@ impl TokenService {
     /// the authorizer. The same code twice is harmless: the second returns the first's answer.
     pub async fn authorize_with_code(&self, code: &str) -> Result<AppId, TokenError> {
         let hash = hex::encode(Sha1::digest(code.as_bytes()));
+        let _one_at_a_time = self.authorize_turn.lock().await;
         if let Some(appid) = self.used_codes.get(&hash) {
             return Ok(appid);
         }
@@ -220,12 +221,13 @@ impl TokenService {
     }
 
     /// The `unauthorized` push: tokens dropped, later calls answered 404. A push older than the
-    /// latest authorization (the owner came back) changes nothing.
-    pub async fn revoke(&self, appid: &AppId, at_ms: i64) -> Result<(), TokenError> {
+    /// latest authorization (the owner came back) changes nothing. WeChat's CreateTime counts
+    /// seconds, so a push in the same second as the authorization counts as later.
+    pub async fn revoke(&self, appid: &AppId, at_secs: i64) -> Result<(), TokenError> {
         let Ok(slot) = self.slot(appid) else { return Ok(()) };
         let _single_flight = slot.refresh.lock().await;
         let mem = slot.mem();
-        if mem.authorized_at > at_ms || mem.state == AuthorizerState::Revoked {
+        if mem.authorized_at / 1000 > at_secs || mem.state == AuthorizerState::Revoked {
             return Ok(());
         }
         tracing::info!(authorizer = %appid, "authorizer revoked its authorization");

@@ -47,7 +47,7 @@ impl TokenService {
         };
         match event.info_type.as_str() {
             "authorized" | "updateauthorized" => self.apply_authorized(&appid, event).await,
-            "unauthorized" => self.revoke(&appid, event.create_time * 1000).await,
+            "unauthorized" => self.revoke(&appid, event.create_time).await,
             _ => Ok(()),
         }
     }

@@ -142,6 +142,9 @@ pub struct TokenService {
     wake: Notify,
     /// Codes exchanged lately (SHA-1 → appid): the redirect and the push bring the same code.
     used_codes: moka::sync::Cache<String, AppId>,
+    /// Code exchanges run one at a time: the redirect and the push often arrive together with
+    /// the same single-use code, and the second must find the first's answer, not a 61009.
+    authorize_turn: tokio::sync::Mutex<()>,
     last_push_request_ms: Mutex<i64>,
     event_failures: Mutex<u32>,
     /// When the last ticket arrived, by `clock`; the start time until one does.
@@ -172,6 +175,7 @@ impl TokenService {
             schedule: Mutex::new(Schedule::default()),
             wake: Notify::new(),
             used_codes: moka::sync::Cache::builder().max_capacity(10_000).time_to_live(Duration::from_secs(3600)).build(),
+            authorize_turn: tokio::sync::Mutex::new(()),
             last_push_request_ms: Mutex::new(0),
             event_failures: Mutex::new(0),
             last_ticket_ms: AtomicI64::new(clock.now_ms()),

@@ -33,6 +33,9 @@ pub struct Setup {
     pub dir: tempfile::TempDir,
     pub proxy: SocketAddr,
     pub admin: SocketAddr,
+    /// WeChat's address: a closed port unless a test runs the sandbox.
+    pub upstream: String,
+    /// `[refresh]`, `[[clients]]` and the like, appended to the config.
     pub extra_toml: String,
 }
 
@@ -42,6 +45,7 @@ impl Setup {
             dir: tempfile::tempdir().unwrap(),
             proxy: SocketAddr::from(([127, 0, 0, 1], free_port())),
             admin: SocketAddr::from(([127, 0, 0, 1], free_port())),
+            upstream: "http://127.0.0.1:9".into(),
             extra_toml: String::new(),
         }
     }
@@ -64,7 +68,9 @@ token = "{MSG_TOKEN}"
 encoding_aes_key = "{AES_KEY}"
 
 [upstream]
-base_url = "http://127.0.0.1:9"
+base_url = "{upstream}"
+mp_base_url = "{upstream}"
+timeout_ms = 3000
 
 [listen]
 proxy = "{proxy}"
@@ -91,6 +97,7 @@ authorizers = ["*"]
             proxy = self.proxy,
             admin = self.admin,
             db = self.db_path().display(),
+            upstream = self.upstream,
             extra = self.extra_toml,
         )
     }
@@ -222,6 +229,43 @@ impl Drop for Gateway {
     fn drop(&mut self) {
         self.kill();
     }
+}
+
+impl Setup {
+    /// A sandbox with this setup's credentials, pushing to its callback; lifetimes in seconds.
+    pub async fn sandbox(&mut self, token_lifetime_secs: u64) -> wxgate::sandbox::Sandbox {
+        let config = wxgate::sandbox::SandboxConfig {
+            component_appid: wxgate::AppId::parse(COMPONENT_APPID).unwrap(),
+            component_appsecret: Secret::new(APPSECRET),
+            token: Secret::new(MSG_TOKEN),
+            encoding_aes_key: Secret::new(AES_KEY),
+            callback_url: Some(format!("http://{}/wxgate/callback/component", self.proxy)),
+            ticket_interval: Duration::from_secs(600),
+            token_lifetime: Duration::from_secs(token_lifetime_secs),
+            grace: Duration::from_secs(1),
+            rotate_refresh_tokens: true,
+        };
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let sandbox = wxgate::sandbox::Sandbox::start(config, listener).await.unwrap();
+        self.upstream = sandbox.base_url();
+        sandbox
+    }
+}
+
+/// Polls `check` every 50 ms until it holds, for at most `within`.
+pub async fn eventually<F, Fut>(within: Duration, what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + within;
+    while Instant::now() < deadline {
+        if check().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("timed out waiting for: {what}");
 }
 
 pub fn envelope(encrypt: &str) -> String {
