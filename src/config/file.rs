@@ -11,13 +11,14 @@ use toml::{Table, Value};
 use super::Problems;
 
 /// The top-level tables of the file, in the order they are documented.
-pub(super) const SECTIONS: [&str; 8] = [
+pub(super) const SECTIONS: [&str; 9] = [
     "component",
     "upstream",
     "listen",
     "store",
     "refresh",
     "admin",
+    "proxy",
     "server",
     "clients",
 ];
@@ -33,6 +34,7 @@ pub(super) struct FileConfig {
     pub store: StoreFile,
     pub refresh: RefreshFile,
     pub admin: AdminFile,
+    pub proxy: ProxyFile,
     pub server: ServerFile,
     pub clients: Vec<ClientFile>,
 }
@@ -52,6 +54,7 @@ pub(super) struct UpstreamFile {
     pub base_url: Option<String>,
     pub timeout_ms: Option<i64>,
     pub mp_base_url: Option<String>,
+    pub fallback_urls: Option<Vec<String>>,
 }
 
 #[derive(Debug, Default, Deserialize, Serialize)]
@@ -81,6 +84,14 @@ pub(super) struct RefreshFile {
 #[serde(default, deny_unknown_fields)]
 pub(super) struct AdminFile {
     pub token: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub(super) struct ProxyFile {
+    pub max_body_bytes: Option<i64>,
+    pub replay_body_bytes: Option<i64>,
+    pub access_log: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize, Serialize)]
@@ -182,6 +193,7 @@ pub(super) fn probe(section: &str, key: &str, value: &Value) -> Result<(), KeyEr
         "store" => StoreFile::deserialize(one).map(drop),
         "refresh" => RefreshFile::deserialize(one).map(drop),
         "admin" => AdminFile::deserialize(one).map(drop),
+        "proxy" => ProxyFile::deserialize(one).map(drop),
         "server" => ServerFile::deserialize(one).map(drop),
         "clients" => ClientFile::deserialize(one).map(drop),
         _ => return Err(KeyError::UnknownSection),

@@ -1,7 +1,7 @@
 //! `Config::masked`: the effective configuration as TOML, every secret printed as `"..."`.
 
 use super::file::{
-    AdminFile, ClientFile, ComponentFile, FileConfig, ListenFile, RefreshFile, ServerFile,
+    AdminFile, ClientFile, ProxyFile, ComponentFile, FileConfig, ListenFile, RefreshFile, ServerFile,
     StoreFile, UpstreamFile,
 };
 use super::{AuthorizerScope, ClientConfig, Config, StoreConfig};
@@ -19,6 +19,7 @@ pub(super) fn masked(config: &Config) -> String {
             base_url: Some(config.upstream.base_url.to_string()),
             timeout_ms: int(config.upstream.timeout.as_millis()),
             mp_base_url: Some(config.upstream.mp_base_url.to_string()),
+            fallback_urls: Some(config.upstream.fallback_urls.iter().map(ToString::to_string).collect()),
         },
         listen: ListenFile {
             proxy: Some(config.listen.proxy.to_string()),
@@ -31,6 +32,11 @@ pub(super) fn masked(config: &Config) -> String {
         },
         admin: AdminFile {
             token: Some(MASK.to_owned()),
+        },
+        proxy: ProxyFile {
+            max_body_bytes: int(config.proxy.max_body_bytes as u128),
+            replay_body_bytes: int(config.proxy.replay_body_bytes as u128),
+            access_log: Some(config.proxy.access_log),
         },
         server: ServerFile {
             threads: int(config.server.threads as u128),

@@ -20,6 +20,8 @@ use crate::appid::AppId;
 use crate::secret::Secret;
 
 pub const DEFAULT_UPSTREAM_BASE_URL: &str = "https://api.weixin.qq.com";
+pub const DEFAULT_PROXY_MAX_BODY_BYTES: u64 = 64 << 20;
+pub const DEFAULT_PROXY_REPLAY_BODY_BYTES: u64 = 1 << 20;
 pub const DEFAULT_UPSTREAM_MP_BASE_URL: &str = "https://mp.weixin.qq.com";
 pub const DEFAULT_UPSTREAM_TIMEOUT_MS: u64 = 10_000;
 pub const DEFAULT_LISTEN_PROXY: &str = "0.0.0.0:8080";
@@ -42,6 +44,7 @@ pub struct Config {
     pub store: StoreConfig,
     pub refresh: RefreshConfig,
     pub admin: AdminConfig,
+    pub proxy: ProxyConfig,
     pub server: ServerConfig,
     pub clients: Vec<ClientConfig>,
 }
@@ -62,6 +65,8 @@ pub struct UpstreamConfig {
     pub base_url: url::Url,
     /// Where the authorization pages are (`mp.weixin.qq.com`); the sandbox serves its own.
     pub mp_base_url: url::Url,
+    /// Tried in order when `base_url` cannot be connected to (e.g. api2.weixin.qq.com).
+    pub fallback_urls: Vec<url::Url>,
     pub timeout: Duration,
 }
 
@@ -101,6 +106,18 @@ pub struct AdminConfig {
 }
 
 /// Process settings beyond the contract.
+/// How API calls are proxied.
+#[derive(Debug, Clone)]
+pub struct ProxyConfig {
+    /// A larger request body is refused with 413.
+    pub max_body_bytes: usize,
+    /// Bodies up to this size are kept so that a call can be replayed after a token error;
+    /// larger ones (media uploads) stream through and are not replayed.
+    pub replay_body_bytes: usize,
+    /// One log line per call, with token and key values redacted.
+    pub access_log: bool,
+}
+
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
     /// Worker threads, 1 ..= 256; defaults to the available parallelism.

@@ -26,6 +26,7 @@ pub(super) fn config(f: &FileConfig, p: &mut Problems) -> Option<Config> {
         "admin.token",
         required(&f.admin.token).and_then(secret_of_length(16)),
     );
+    let proxy = proxy(f, p);
     let server = server(f, p);
     let clients = clients(&f.clients, p);
     Some(Config {
@@ -37,6 +38,7 @@ pub(super) fn config(f: &FileConfig, p: &mut Problems) -> Option<Config> {
             ahead: Duration::from_secs(refresh?),
         },
         admin: AdminConfig { token: admin? },
+        proxy: proxy?,
         server: server?,
         clients: clients?,
     })
@@ -75,10 +77,13 @@ fn upstream(f: &FileConfig, p: &mut Problems) -> Option<UpstreamConfig> {
     let timeout = p.check("upstream.timeout_ms", timeout);
     let mp_base_url = or(&f.upstream.mp_base_url, DEFAULT_UPSTREAM_MP_BASE_URL);
     let mp_base_url = p.check("upstream.mp_base_url", http_url(mp_base_url));
+    let fallbacks = f.upstream.fallback_urls.iter().flatten().map(|u| http_url(u)).collect::<Result<Vec<_>, _>>();
+    let fallback_urls = p.check("upstream.fallback_urls", fallbacks);
     Some(UpstreamConfig {
         base_url: base_url?,
         timeout: Duration::from_millis(timeout?),
         mp_base_url: mp_base_url?,
+        fallback_urls: fallback_urls?,
     })
 }
 
@@ -141,6 +146,18 @@ fn store(f: &StoreFile, p: &mut Problems) -> Option<StoreConfig> {
             None
         }
     }
+}
+
+fn proxy(f: &FileConfig, p: &mut Problems) -> Option<ProxyConfig> {
+    let max_body = int_in(f.proxy.max_body_bytes, DEFAULT_PROXY_MAX_BODY_BYTES, 1..=1 << 30);
+    let max_body = p.check("proxy.max_body_bytes", max_body);
+    let replay = int_in(f.proxy.replay_body_bytes, DEFAULT_PROXY_REPLAY_BODY_BYTES, 0..=16 << 20);
+    let replay = p.check("proxy.replay_body_bytes", replay);
+    Some(ProxyConfig {
+        max_body_bytes: usize::try_from(max_body?).ok()?,
+        replay_body_bytes: usize::try_from(replay?).ok()?,
+        access_log: f.proxy.access_log.unwrap_or(true),
+    })
 }
 
 fn server(f: &FileConfig, p: &mut Problems) -> Option<ServerConfig> {

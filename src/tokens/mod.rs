@@ -336,6 +336,13 @@ impl TokenService {
         (total, page)
     }
 
+    /// When each authorizer's next refresh is planned (unix ms), in no particular order: the
+    /// plan as the schedule holds it, for `benches/authorizers.rs`.
+    pub fn planned_authorizer_refreshes(&self) -> Vec<i64> {
+        let schedule = self.lock_schedule();
+        self.authorizers.iter().filter_map(|(appid, _)| schedule.due_at(&Job::Authorizer((*appid).clone()))).collect()
+    }
+
     pub fn authorizer_count(&self) -> u64 {
         self.authorizers.run_pending_tasks();
         self.authorizers.entry_count()
