@@ -26,6 +26,11 @@ use wxgate::{AppId, Secret};
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+extern "C" {
+    /// mimalloc's own: returns what it can of the freed memory it holds to the OS.
+    fn mi_collect(force: bool);
+}
+
 const AUTHORIZERS: usize = 100_000;
 const COMPONENT: &str = "wx0123456789abcdef";
 const LIFETIME_MS: i64 = 7_200_000;
@@ -38,10 +43,13 @@ const TARGET_RSS_MB: f64 = 100.0;
 const TARGET_LOAD_S: f64 = 2.0;
 const TARGET_RATIO: f64 = 3.0;
 
+const STAGE_ENV: &str = "WXGATE_BENCH_AUTHORIZERS_STAGE";
+
 fn main() {
-    match std::env::var_os(CHILD_ENV) {
-        Some(db) => load_and_measure(Path::new(&db)),
-        None => write_store_and_run_child(),
+    match (std::env::var_os(CHILD_ENV), std::env::var(STAGE_ENV).ok()) {
+        (Some(db), None) => load_and_measure(Path::new(&db)),
+        (Some(db), Some(stage)) => breakdown_stage(Path::new(&db), &stage),
+        (None, _) => write_store_and_run_child(),
     }
 }
 
@@ -71,6 +79,76 @@ fn write_store_and_run_child() {
     if !status.success() {
         eprintln!("measuring process failed: {status}");
     }
+
+    // Where the memory goes: each part alone, each in a fresh process.
+    println!("{}", "-".repeat(86));
+    println!("memory breakdown (each part alone in a fresh process, RSS delta for {AUTHORIZERS})");
+    for (stage, label) in [
+        ("records", "Vec<AuthorizerRecord> from load_authorizers (transient)"),
+        ("moka", "moka::sync::Cache<AppId, Arc<_>> index, unbounded"),
+        ("hashmap", "HashMap<AppId, Arc<_>> index, for comparison"),
+        ("schedule", "Schedule with one Job::Authorizer each"),
+    ] {
+        let out = std::process::Command::new(std::env::current_exe().expect("current exe"))
+            .env(CHILD_ENV, &path)
+            .env(STAGE_ENV, stage)
+            .output()
+            .expect("run a breakdown process");
+        let mb: f64 = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap_or(f64::NAN);
+        println!("{:<60} {:>7.1} MB {:>6.0} B each", format!("  {label}"), mb, mb * 1e6 / AUTHORIZERS as f64);
+    }
+}
+
+/// One part of the service's memory alone; prints its RSS delta in MB.
+fn breakdown_stage(db: &Path, stage: &str) {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let store = SqliteStore::open(db).expect("open store");
+    let component = AppId::parse(COMPONENT).unwrap();
+    // The same appids as the store holds, made without reading it, so that no freed memory
+    // (which the allocator keeps) hides what a part takes.
+    let appids: Vec<AppId> = if stage == "records" {
+        Vec::new()
+    } else {
+        (0..AUTHORIZERS as u64).map(|i| AppId::parse(&format!("wx{:016x}", splitmix64(i))).unwrap()).collect()
+    };
+    // The appids themselves are not counted: each part holds its own clones, as the service does.
+    let before = proc_status_mb("VmRSS");
+    let after = match stage {
+        "records" => {
+            let records = rt.block_on(wxgate::store::Store::load_authorizers(&store, &component)).unwrap();
+            let after = proc_status_mb("VmRSS");
+            drop(records);
+            after
+        }
+        "moka" => {
+            let cache: moka::sync::Cache<AppId, Arc<u64>> = moka::sync::Cache::builder().build();
+            for a in &appids {
+                cache.insert(a.clone(), Arc::new(0));
+            }
+            cache.run_pending_tasks();
+            let after = proc_status_mb("VmRSS");
+            drop(cache);
+            after
+        }
+        "hashmap" => {
+            let map: std::collections::HashMap<AppId, Arc<u64>> = appids.iter().map(|a| (a.clone(), Arc::new(0))).collect();
+            let after = proc_status_mb("VmRSS");
+            drop(map);
+            after
+        }
+        "schedule" => {
+            let mut schedule = wxgate::tokens::Schedule::default();
+            let mut rng = StdRng::seed_from_u64(5);
+            for a in &appids {
+                schedule.set(wxgate::tokens::Job::Authorizer(a.clone()), rng.gen_range(0..3_300_000));
+            }
+            let after = proc_status_mb("VmRSS");
+            drop(schedule);
+            after
+        }
+        other => panic!("unknown stage {other}"),
+    };
+    println!("{:.2}", after - before);
 }
 
 /// Writes the fleet in one transaction, straight into the table the store created.
@@ -177,6 +255,9 @@ fn load_and_measure(db: &Path) {
     let loaded = service.authorizer_count(); // also runs moka's pending housekeeping
     let rss_after = proc_status_mb("VmRSS");
     let rss_peak = proc_status_mb("VmHWM");
+    // What of it is live: mimalloc keeps some freed memory (the records' Vec) until collected.
+    unsafe { mi_collect(true) };
+    let rss_collected = proc_status_mb("VmRSS");
     let rss_delta = rss_after - rss_before;
     assert_eq!(loaded, AUTHORIZERS as u64);
 
@@ -185,23 +266,18 @@ fn load_and_measure(db: &Path) {
     assert_eq!(planned.len(), AUTHORIZERS, "every active authorizer is planned");
     let real = simulate(&planned, load_started_ms);
 
-    // The same fleet planned over the whole room before expiry instead of its second half:
-    // what the schedule would look like with that change to `spread_due`.
+    // The same fleet planned over one whole steady period before `latest` instead of the
+    // second half of the room: what the schedule looks like with that change to `spread_due`.
     let mut rng = StdRng::seed_from_u64(11);
     let issued_at: i64 = std::env::var(ISSUED_ENV).ok().and_then(|v| v.parse().ok()).expect("issued_at from the parent");
     let expires_at = issued_at + LIFETIME_MS;
-    let whole_room: Vec<i64> = (0..AUTHORIZERS)
-        .map(|_| {
-            let latest = expires_at - lead_ms(AHEAD, LIFETIME_MS);
-            latest - rng.gen_range(0..=(latest - load_started_ms).max(0))
-        })
-        .collect();
-    let alternative = simulate(&whole_room, load_started_ms);
+    let whole_period: Vec<i64> = (0..AUTHORIZERS).map(|_| spread_over_period(load_started_ms, expires_at, AHEAD, LIFETIME_MS, &mut rng)).collect();
+    let alternative = simulate(&whole_period, load_started_ms);
 
     let verdict = |ok: bool| if ok { "PASS" } else { "FAIL" };
     let n = AUTHORIZERS as f64;
     println!();
-    println!("{:<52} {:>14}   {:<10} {}", "measure", "value", "target", "");
+    println!("{:<52} {:>14}   target", "measure", "value");
     println!("{}", "-".repeat(86));
     println!("{:<52} {:>14}", "authorizers (all active, equal expiry)", AUTHORIZERS);
     println!("{:<52} {:>12.3} s", "store open (SqliteStore::open)", open_s);
@@ -211,7 +287,8 @@ fn load_and_measure(db: &Path) {
     println!("{:<52} {:>11.1} MB", "RSS delta (the fleet)", rss_delta);
     println!("{:<52} {:>12.0} B", "  per authorizer", rss_delta * 1e6 / n);
     println!("{:<52} {:>11.1} MB", "RSS peak during load (VmHWM)", rss_peak);
-    for (label, sim) in [("real plan", &real), ("alt: spread over the whole room", &alternative)] {
+    println!("{:<52} {:>11.1} MB", "RSS after mi_collect(true) (live + allocator floor)", rss_collected);
+    for (label, sim) in [("real plan", &real), ("alt: spread_over_period (proposed spread_due)", &alternative)] {
         println!("{}", "-".repeat(86));
         println!("schedule, {label}: {} s simulated ({LIFETIMES} lifetimes of {} s)", sim.buckets.len(), LIFETIME_MS / 1000);
         for (window, range) in [
@@ -260,4 +337,19 @@ fn peak(buckets: &[u32]) -> (u32, usize, f64) {
     let (at, &busiest) = buckets.iter().enumerate().max_by_key(|(_, &c)| c).unwrap();
     let average = buckets.iter().map(|&c| c as f64).sum::<f64>() / buckets.len() as f64;
     (busiest, at, average)
+}
+
+/// The proposed `spread_due`: anywhere in the last steady period before `latest` (the shortest
+/// time `steady_due` leaves between two refreshes), or in all the room there is if less. A
+/// crowd spread over a whole period stays spread, since each refresh plans the next one a
+/// period later; spread over half of it, it refreshes in a band that never widens much.
+fn spread_over_period(now_ms: i64, expires_at: i64, ahead: Duration, lifetime_ms: i64, rng: &mut impl Rng) -> i64 {
+    let lead = lead_ms(ahead, lifetime_ms);
+    let latest = expires_at - lead;
+    let room = latest - now_ms;
+    if room <= 0 {
+        return now_ms;
+    }
+    let period = lifetime_ms - lead - lead / 4;
+    latest - rng.gen_range(0..=room.min(period))
 }

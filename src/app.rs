@@ -6,7 +6,7 @@ use crate::config::{Config, StoreConfig};
 use crate::crypto::{CryptoError, MsgCrypt};
 use crate::metrics;
 use crate::authorize::AuthorizeLinks;
-use crate::proxy::{Gateway, OwnRoutes};
+use crate::proxy::{Clients, Gateway, OwnRoutes, Upstream, UpstreamError};
 use crate::store::{MemoryStore, SharedStore, SqliteStore, StoreError};
 use crate::tokens::{Settings, TokenError, TokenService};
 use crate::wechat::{ComponentApi, WechatClient, WechatError};
@@ -29,6 +29,8 @@ pub enum AppError {
     Crypto(#[from] CryptoError),
     #[error("the redis store backend is not available in this version; use \"sqlite\"")]
     RedisUnavailable,
+    #[error(transparent)]
+    Upstream(#[from] UpstreamError),
     #[error("WeChat client: {0}")]
     Wechat(#[from] WechatError),
     #[error("start-up runtime: {0}")]
@@ -70,7 +72,10 @@ pub fn build(config: &Config) -> Result<Server, AppError> {
     let mut server = Server::new_with_opt_and_conf(None, server_conf(config));
     server.bootstrap();
 
-    let mut proxy = pingora::proxy::http_proxy_service_with_name(&server.configuration, Gateway::new(routes), "wxgate proxy");
+    let upstream = Arc::new(Upstream::new(&config.upstream.base_url, &config.upstream.fallback_urls, config.upstream.timeout)?);
+    let clients = Arc::new(Clients::new(&config.clients));
+    let gateway = Gateway::new(routes, Arc::clone(&tokens), clients, upstream, config.proxy.clone());
+    let mut proxy = pingora::proxy::http_proxy_service_with_name(&server.configuration, gateway, "wxgate proxy");
     proxy.add_tcp(&config.listen.proxy.to_string());
     server.add_service(proxy);
 

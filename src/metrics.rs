@@ -48,6 +48,27 @@ pub static AUTHORIZERS: LazyLock<IntGaugeVec> = LazyLock::new(|| {
     register_int_gauge_vec!("wxgate_authorizers", "Authorizers held, by state", &["state"]).expect("metric")
 });
 
+const SCOPES: [&str; 4] = ["authorizer", "component", "token_endpoint", "none"];
+const STATUSES: [u16; 10] = [200, 302, 400, 401, 403, 404, 413, 502, 503, 504];
+
+/// The counters of the common (scope, status) pairs, looked up once: a label lookup hashes
+/// both labels, which is too much for every call.
+static REQUEST_COUNTERS: LazyLock<Vec<Vec<IntCounter>>> = LazyLock::new(|| {
+    SCOPES
+        .iter()
+        .map(|scope| STATUSES.iter().map(|status| REQUESTS.with_label_values(&[*scope, status.to_string().as_str()])).collect())
+        .collect()
+});
+
+/// Counts one proxied call in `wxgate_requests_total`.
+pub fn count_request(scope: &str, status: u16) {
+    let cached = SCOPES.iter().position(|s| *s == scope).zip(STATUSES.iter().position(|s| *s == status));
+    match cached {
+        Some((i, j)) => REQUEST_COUNTERS[i][j].inc(),
+        None => REQUESTS.with_label_values(&[scope, status.to_string().as_str()]).inc(),
+    }
+}
+
 /// The info types WeChat documents for the authorization-event URL; any other is counted as
 /// `other`, so that the label set stays bounded whatever arrives.
 const KNOWN_INFO_TYPES: &[&str] = &[

@@ -1,51 +1,285 @@
-//! The proxy listener: the gateway's own `/wxgate/*` routes and, for every other path, the
-//! WeChat API proxy.
+//! The proxy listener: the gateway's own `/wxgate/*` routes, and every other path as a WeChat
+//! API call made on a client's behalf with the real token.
 //!
 //! ```text
-//!  request ──► request_filter ──► /wxgate/* ? ──yes──► routes::handle ──► reply (no upstream)
-//!                                      │
-//!                                      no ──► (API proxy: resolve client, scope, token — issue 4)
+//!  request_filter ─► /wxgate/* ──────────────────────────► routes (callback, authorize, token)
+//!        │
+//!        ├─► resolve: client → scope → permission (401/400/403, never forwarded)
+//!        ├─► token endpoint? ────────────────────────────► answered from the cache (or 403)
+//!        ├─► token for the scope (404 unknown or revoked)
+//!        ├─► body ≤ replay_body_bytes ─► exchange: send, read small JSON, on 40001/40014/42001
+//!        │                               replace that token once and replay; else stream back
+//!        └─► larger body ─► pingora streams it: upstream_peer → upstream_request_filter (aim,
+//!                           token, Host) → request_body_filter (limit) → response, no replay
 //! ```
 
+mod clients;
+mod exchange;
+mod resolve;
 mod routes;
+mod token_endpoints;
+mod upstream;
 
-use crate::reply::Reply;
-use async_trait::async_trait;
-use pingora::prelude::*;
-use pingora::proxy::{ProxyHttp, Session};
-use std::sync::Arc;
-
+pub use clients::Clients;
 pub use routes::{OwnRoutes, ROUTE_PREFIX};
+pub use upstream::{Upstream, UpstreamError};
+
+use crate::config::ProxyConfig;
+use crate::metrics;
+use crate::reply::{read_body, token_error, Reply};
+use crate::tokens::{AccessToken, TokenService};
+use async_trait::async_trait;
+use pingora::connectors::http::Connector;
+use pingora::prelude::*;
+use pingora::proxy::{FailToProxy, ProxyHttp, Session};
+use resolve::{Call, Scope};
+use std::sync::Arc;
+use std::time::Instant;
+
+/// A token endpoint's body is a few fields of JSON.
+const TOKEN_ENDPOINT_BODY: usize = 4096;
 
 /// The `ProxyHttp` of the proxy listener.
 pub struct Gateway {
     routes: Arc<OwnRoutes>,
+    tokens: Arc<TokenService>,
+    clients: Arc<Clients>,
+    upstream: Arc<Upstream>,
+    connector: Connector,
+    settings: ProxyConfig,
+}
+
+/// Per request: what the access log, the metrics and the streaming path need.
+pub struct CallCtx {
+    started: Instant,
+    scope: &'static str,
+    client: Option<String>,
+    /// The path WeChat sees, without the query (which carries the token).
+    path: String,
+    /// For calls pingora streams: the path and query with the real token, and the attempt
+    /// (0 = the primary host, then the fallbacks).
+    stream: Option<(String, usize)>,
+    body_seen: usize,
 }
 
 impl Gateway {
-    pub fn new(routes: Arc<OwnRoutes>) -> Self {
-        Self { routes }
+    pub fn new(routes: Arc<OwnRoutes>, tokens: Arc<TokenService>, clients: Arc<Clients>, upstream: Arc<Upstream>, settings: ProxyConfig) -> Self {
+        Self { routes, tokens, clients, upstream, connector: Connector::new(None), settings }
     }
+
+    /// Resolves and answers an API call; `Ok(false)` hands it to pingora to stream.
+    async fn api_call(&self, session: &mut Session, ctx: &mut CallCtx) -> std::result::Result<bool, Reply> {
+        let call = resolve::resolve(&self.clients, session.req_header()).map_err(|e| Reply::error(e.status(), e))?;
+        ctx.scope = call.scope.as_ref().map_or("token_endpoint", Scope::label);
+        ctx.client = Some(call.client.name.clone());
+        ctx.path.clone_from(&call.path);
+        let declared = content_length(session.req_header());
+        if declared.is_some_and(|n| n > self.settings.max_body_bytes) {
+            return Err(Reply::error(413, format!("request body is larger than {} bytes", self.settings.max_body_bytes)));
+        }
+        if resolve::is_token_endpoint(&call.path) {
+            let body = read_body(session.as_downstream_mut(), TOKEN_ENDPOINT_BODY).await.map_err(|e| e.reply())?;
+            let query = session.req_header().uri.query().unwrap_or_default().to_owned();
+            return Err(token_endpoints::answer(&self.tokens, &call, &query, &body).await);
+        }
+        let scope = call.scope.clone().ok_or_else(|| Reply::error(400, "no scope"))?;
+        let token = self.token_for(&scope).await.map_err(|e| token_error(&e))?;
+        let chunked = session.req_header().headers.contains_key(http::header::TRANSFER_ENCODING);
+        if !chunked && declared.unwrap_or(0) <= self.settings.replay_body_bytes {
+            self.replayable(session, &call, &scope, token).await?;
+            return Ok(true);
+        }
+        ctx.stream = Some((with_token(&call, &token), 0));
+        Ok(false)
+    }
+
+    async fn token_for(&self, scope: &Scope) -> std::result::Result<Arc<AccessToken>, crate::tokens::TokenError> {
+        match scope {
+            Scope::Authorizer(appid) => self.tokens.authorizer_token(appid).await,
+            Scope::Component => self.tokens.component_token().await,
+        }
+    }
+
+    async fn replace_token(&self, scope: &Scope, failed: &AccessToken) -> std::result::Result<Arc<AccessToken>, crate::tokens::TokenError> {
+        match scope {
+            Scope::Authorizer(appid) => self.tokens.replace_authorizer_token(appid, &failed.value).await,
+            Scope::Component => self.tokens.replace_component_token(&failed.value).await,
+        }
+    }
+
+    /// The call with a body small enough to keep: sent, and replayed once with a new token if
+    /// WeChat refuses the one it got.
+    async fn replayable(&self, session: &mut Session, call: &Call<'_>, scope: &Scope, mut token: Arc<AccessToken>) -> std::result::Result<(), Reply> {
+        let body = read_body(session.as_downstream_mut(), self.settings.replay_body_bytes).await.map_err(|e| e.reply())?;
+        let mut replayed = false;
+        loop {
+            let path_and_query = with_token(call, &token);
+            let mut answer = exchange::send(&self.connector, &self.upstream, session.req_header(), &path_and_query, &body)
+                .await
+                .map_err(|f| f.reply())?;
+            let Some(header) = answer.session.response_header().cloned() else { return Err(Reply::error(502, "no answer header")) };
+            if !exchange::inspectable(&header) {
+                let streamed = exchange::stream_to(session.as_downstream_mut(), &mut answer).await;
+                exchange::release(&self.connector, answer).await;
+                return streamed.map_err(|e| downstream_gone(&e));
+            }
+            let whole = exchange::read_whole(&mut answer.session).await.map_err(|f| f.reply())?;
+            exchange::release(&self.connector, answer).await;
+            if !replayed && exchange::is_token_error(&whole) {
+                metrics::TOKEN_RETRY.inc();
+                tracing::info!(scope = scope.label(), "WeChat refused the token; replacing it and replaying the call once");
+                token = self.replace_token(scope, &token).await.map_err(|e| token_error(&e))?;
+                replayed = true;
+                continue;
+            }
+            return write_whole(session, &header, whole).await.map_err(|e| downstream_gone(&e));
+        }
+    }
+}
+
+fn downstream_gone(e: &pingora::Error) -> Reply {
+    // The client went away mid-answer; nothing more can be written, and this reply is not sent.
+    tracing::debug!(error = ?e.etype(), "client connection closed during the answer");
+    Reply::error(502, "client connection closed")
+}
+
+async fn write_whole(session: &mut Session, upstream: &pingora::http::ResponseHeader, body: bytes::Bytes) -> pingora::Result<()> {
+    let header = exchange::downstream_header(upstream, Some(body.len()))?;
+    let client = session.as_downstream_mut();
+    client.write_response_header(Box::new(header)).await?;
+    client.write_response_body(body, true).await
+}
+
+fn content_length(req: &pingora::http::RequestHeader) -> Option<usize> {
+    req.headers.get(http::header::CONTENT_LENGTH)?.to_str().ok()?.parse().ok()
+}
+
+/// The path and query WeChat gets: the client's query, less its token, plus the real one.
+fn with_token(call: &Call<'_>, token: &AccessToken) -> String {
+    let value: String = url::form_urlencoded::byte_serialize(token.value.expose().as_bytes()).collect();
+    let sep = if call.query.is_empty() { "" } else { "&" };
+    format!("{}?{}{sep}{}={value}", call.path, call.query, call.token_param)
+}
+
+/// A query with the values of token and key parameters replaced by `...`, for the access log.
+fn redacted_query(query: &str) -> String {
+    query
+        .split('&')
+        .map(|pair| match pair.split_once('=') {
+            Some((k, _)) if matches!(k, "access_token" | "component_access_token" | "key" | "secret") => format!("{k}=..."),
+            _ => pair.to_owned(),
+        })
+        .collect::<Vec<_>>()
+        .join("&")
 }
 
 #[async_trait]
 impl ProxyHttp for Gateway {
-    type CTX = ();
+    type CTX = CallCtx;
 
-    fn new_ctx(&self) -> Self::CTX {}
-
-    async fn request_filter(&self, session: &mut Session, _ctx: &mut Self::CTX) -> Result<bool> {
-        let reply = if session.req_header().uri.path().starts_with(ROUTE_PREFIX) {
-            self.routes.handle(session).await
-        } else {
-            Reply::error(404, "API proxying is not enabled in this version")
-        };
-        reply.write_to(session.as_downstream_mut()).await?;
-        Ok(true)
+    fn new_ctx(&self) -> Self::CTX {
+        CallCtx { started: Instant::now(), scope: "none", client: None, path: String::new(), stream: None, body_seen: 0 }
     }
 
-    async fn upstream_peer(&self, _session: &mut Session, _ctx: &mut Self::CTX) -> Result<Box<HttpPeer>> {
-        // request_filter answers every request itself until the API proxy exists.
-        Err(Error::explain(ErrorType::InternalError, "no upstream for this request"))
+    async fn request_filter(&self, session: &mut Session, ctx: &mut Self::CTX) -> Result<bool> {
+        if session.req_header().uri.path().starts_with(ROUTE_PREFIX) {
+            ctx.scope = "own";
+            ctx.path = session.req_header().uri.path().to_owned();
+            let reply = self.routes.handle(session, &self.clients).await;
+            reply.write_to(session.as_downstream_mut()).await?;
+            return Ok(true);
+        }
+        match self.api_call(session, ctx).await {
+            Ok(handled) => Ok(handled),
+            Err(reply) => {
+                if session.response_written().is_none() {
+                    reply.write_to(session.as_downstream_mut()).await?;
+                }
+                Ok(true)
+            }
+        }
+    }
+
+    async fn upstream_peer(&self, _session: &mut Session, ctx: &mut Self::CTX) -> Result<Box<HttpPeer>> {
+        let attempt = ctx.stream.as_ref().map_or(0, |(_, a)| *a);
+        self.upstream.peer(attempt).map(Box::new).ok_or_else(|| Error::explain(ErrorType::ConnectError, "no WeChat host left to try"))
+    }
+
+    async fn upstream_request_filter(&self, _session: &mut Session, req: &mut pingora::http::RequestHeader, ctx: &mut Self::CTX) -> Result<()> {
+        let (path_and_query, attempt) = ctx.stream.as_ref().ok_or_else(|| Error::explain(ErrorType::InternalError, "not a streamed call"))?;
+        let private: Vec<http::HeaderName> = req.headers.keys().filter(|n| exchange::is_private_request_header(n.as_str()) && n.as_str() != "content-length" && n.as_str() != "transfer-encoding").cloned().collect();
+        for name in private {
+            req.remove_header(&name);
+        }
+        self.upstream.aim(req, *attempt, path_and_query)
+    }
+
+    async fn request_body_filter(&self, _session: &mut Session, body: &mut Option<bytes::Bytes>, _end: bool, ctx: &mut Self::CTX) -> Result<()> {
+        ctx.body_seen += body.as_ref().map_or(0, |b| b.len());
+        if ctx.body_seen > self.settings.max_body_bytes {
+            return Err(Error::explain(ErrorType::HTTPStatus(413), "request body over proxy.max_body_bytes"));
+        }
+        Ok(())
+    }
+
+    fn fail_to_connect(&self, _session: &mut Session, _peer: &HttpPeer, ctx: &mut Self::CTX, mut e: Box<Error>) -> Box<Error> {
+        if let Some((_, attempt)) = ctx.stream.as_mut() {
+            if *attempt + 1 < self.upstream.len() {
+                *attempt += 1;
+                e.set_retry(true);
+            }
+        }
+        e
+    }
+
+    async fn fail_to_proxy(&self, session: &mut Session, e: &Error, _ctx: &mut Self::CTX) -> FailToProxy {
+        let code = match e.etype() {
+            ErrorType::HTTPStatus(code) => *code,
+            ErrorType::ConnectTimedout | ErrorType::ReadTimedout | ErrorType::WriteTimedout => 504,
+            ErrorType::ReadError | ErrorType::WriteError | ErrorType::ConnectionClosed if e.esource() == &pingora::ErrorSource::Downstream => 0,
+            _ => 502,
+        };
+        if code > 0 && session.response_written().is_none() {
+            let reply = Reply::error(code, if code == 413 { "request body is too large" } else { "WeChat could not be reached" });
+            let _ = reply.write_to(session.as_downstream_mut()).await;
+        }
+        FailToProxy { error_code: code, can_reuse_downstream: false }
+    }
+
+    async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut Self::CTX) {
+        let status = session.response_written().map_or(0, |r| r.status.as_u16());
+        if ctx.scope != "own" {
+            metrics::count_request(ctx.scope, status);
+        }
+        if self.settings.access_log {
+            let req = session.req_header();
+            tracing::info!(
+                target: "wxgate::access",
+                method = %req.method,
+                path = %ctx.path,
+                query = %redacted_query(req.uri.query().unwrap_or_default()),
+                status,
+                scope = ctx.scope,
+                client = ctx.client.as_deref().unwrap_or("-"),
+                ms = ctx.started.elapsed().as_millis() as u64,
+            );
+        }
+    }
+
+    /// pingora's error lines name the request; the query carries tokens and keys, so only the
+    /// method and path are given.
+    fn request_summary(&self, session: &Session, _ctx: &Self::CTX) -> String {
+        let req = session.req_header();
+        format!("{} {}", req.method, req.uri.path())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_access_log_never_shows_a_token_or_key() {
+        assert_eq!(redacted_query("openid=o&access_token=SECRET&component_access_token=C&key=K"), "openid=o&access_token=...&component_access_token=...&key=...");
     }
 }

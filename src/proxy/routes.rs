@@ -6,6 +6,9 @@ use crate::callback::{ComponentReceiver, MAX_BODY_BYTES};
 use crate::metrics;
 use crate::reply::{read_body, BodyError, Reply};
 use crate::tokens::TokenService;
+use super::clients::Clients;
+use super::resolve::client_from_headers;
+use super::token_endpoints;
 use http::Method;
 use pingora::proxy::Session;
 use std::sync::Arc;
@@ -19,7 +22,7 @@ pub struct OwnRoutes {
 }
 
 impl OwnRoutes {
-    pub async fn handle(&self, session: &mut Session) -> Reply {
+    pub async fn handle(&self, session: &mut Session, clients: &Clients) -> Reply {
         let req = session.req_header();
         let (method, path) = (req.method.clone(), req.uri.path().to_owned());
         let query = req.uri.query().unwrap_or_default().to_owned();
@@ -28,6 +31,10 @@ impl OwnRoutes {
             (_, "callback/component") => Reply::error(405, "the authorization-event URL takes POST"),
             (&Method::GET, "authorize") => self.authorize_page(&query).await,
             (&Method::GET, "authorize/done") => self.authorize_done(&query).await,
+            (&Method::GET, p) if p.starts_with("token/") => match client_from_headers(clients, session.req_header()) {
+                Ok(client) => token_endpoints::raw(&self.tokens, client, &p["token/".len()..]).await,
+                Err(e) => Reply::error(e.status(), e),
+            },
             _ => Reply::error(404, "no such route"),
         }
     }

@@ -1,0 +1,279 @@
+//! How a proxied call is resolved (CONTRACT.md): client → scope → permission → the path and
+//! query WeChat will see, without the client's token.
+
+use super::clients::{Client, Clients};
+use crate::AppId;
+use pingora::http::RequestHeader;
+
+const KEY_HEADER: &str = "x-wxgate-key";
+const AUTHORIZER_HEADER: &str = "x-wxgate-authorizer";
+const SCOPE_HEADER: &str = "x-wxgate-scope";
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Scope {
+    Authorizer(AppId),
+    Component,
+}
+
+impl Scope {
+    /// The `scope` label of `wxgate_requests_total`.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Self::Authorizer(_) => "authorizer",
+            Self::Component => "component",
+        }
+    }
+}
+
+/// A call the gateway will make on a client's behalf.
+#[derive(Debug)]
+pub struct Call<'c> {
+    pub client: &'c Client,
+    /// `None` only for WeChat's token endpoints, which name their account in the body or query.
+    pub scope: Option<Scope>,
+    /// The path WeChat sees: the scope prefix removed.
+    pub path: String,
+    /// The query without any token the client sent; the real one is added under `token_param`.
+    pub query: String,
+    pub token_param: &'static str,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ResolveError {
+    #[error("no client key: send Authorization: Bearer KEY, X-Wxgate-Key: KEY, or the key as access_token")]
+    NoKey,
+    #[error("the client key is not valid")]
+    BadKey,
+    #[error("the path may not hold '..', '.', backslashes or encoded dots and slashes")]
+    BadPath,
+    #[error("which account? Prefix the path with /{{authorizer_appid}}/ or /component/, or send X-Wxgate-Authorizer")]
+    NoScope,
+    #[error("X-Wxgate-Authorizer is not an appid; X-Wxgate-Scope takes only \"component\"")]
+    BadScopeHeader,
+    #[error("this client may not act for that authorizer")]
+    AuthorizerNotAllowed,
+    #[error("this client may not call component-scope APIs")]
+    ComponentNotAllowed,
+}
+
+impl ResolveError {
+    pub fn status(&self) -> u16 {
+        match self {
+            Self::NoKey | Self::BadKey => 401,
+            Self::AuthorizerNotAllowed | Self::ComponentNotAllowed => 403,
+            Self::BadPath | Self::NoScope | Self::BadScopeHeader => 400,
+        }
+    }
+}
+
+pub fn resolve<'c>(clients: &'c Clients, req: &RequestHeader) -> Result<Call<'c>, ResolveError> {
+    let raw_path = req.uri.path();
+    if !is_safe_path(raw_path) {
+        return Err(ResolveError::BadPath);
+    }
+    let query = Query::split(req.uri.query().unwrap_or_default());
+    let client = find_client(clients, req, &query)?;
+    let (scope, path) = match scope_of(raw_path, req, client) {
+        Ok((scope, path)) => (Some(scope), path),
+        Err(ResolveError::NoScope) if is_token_endpoint(raw_path) => (None, raw_path),
+        Err(e) => return Err(e),
+    };
+    match &scope {
+        Some(Scope::Authorizer(appid)) if !client.allows(appid) => return Err(ResolveError::AuthorizerNotAllowed),
+        Some(Scope::Component) if !client.component => return Err(ResolveError::ComponentNotAllowed),
+        _ => {}
+    }
+    let token_param = scope.as_ref().map_or("access_token", |s| token_param(s, path, &query));
+    Ok(Call { client, scope, path: path.to_owned(), query: query.rest, token_param })
+}
+
+/// WeChat's token endpoints: answered by the gateway from its cache, never forwarded, since
+/// forwarding would rotate tokens behind its back.
+pub const TOKEN_ENDPOINTS: [&str; 3] = [
+    "/cgi-bin/component/api_component_token",
+    "/cgi-bin/component/api_authorizer_token",
+    "/cgi-bin/token",
+];
+
+pub fn is_token_endpoint(path: &str) -> bool {
+    TOKEN_ENDPOINTS.contains(&path)
+}
+
+/// The client presenting a key in a header (the gateway's own routes take no query keys).
+pub fn client_from_headers<'c>(clients: &'c Clients, req: &RequestHeader) -> Result<&'c Client, ResolveError> {
+    find_client(clients, req, &Query::default())
+}
+
+/// Refuses what could make WeChat (or a proxy before it) read another path than the one the
+/// gateway resolved.
+fn is_safe_path(path: &str) -> bool {
+    let lower = path.to_ascii_lowercase();
+    path.starts_with('/')
+        && !path.contains('\\')
+        && !["%2e", "%2f", "%5c", "%00"].iter().any(|e| lower.contains(e))
+        && !path.split('/').any(|seg| seg == ".." || seg == ".")
+}
+
+fn find_client<'c>(clients: &'c Clients, req: &RequestHeader, query: &Query) -> Result<&'c Client, ResolveError> {
+    let bearer = req.headers.get(http::header::AUTHORIZATION).and_then(|v| v.as_bytes().strip_prefix(b"Bearer "));
+    let header = req.headers.get(KEY_HEADER).map(|v| v.as_bytes());
+    let presented = bearer
+        .or(header)
+        .or(query.access_token.as_deref().map(str::as_bytes))
+        .or(query.component_access_token.as_deref().map(str::as_bytes))
+        .ok_or(ResolveError::NoKey)?;
+    clients.find(presented).ok_or(ResolveError::BadKey)
+}
+
+/// The scope, and the path with its scope prefix removed.
+fn scope_of<'p>(path: &'p str, req: &RequestHeader, client: &Client) -> Result<(Scope, &'p str), ResolveError> {
+    let (first, rest) = match path[1..].split_once('/') {
+        Some((first, _)) => (first, &path[1 + first.len()..]),
+        None => (&path[1..], "/"),
+    };
+    if AppId::is_valid(first) {
+        return Ok((Scope::Authorizer(AppId::parse(first).map_err(|_| ResolveError::NoScope)?), rest));
+    }
+    if first == "component" {
+        return Ok((Scope::Component, rest));
+    }
+    if let Some(value) = req.headers.get(AUTHORIZER_HEADER) {
+        let appid = value.to_str().ok().and_then(|v| AppId::parse(v.trim()).ok()).ok_or(ResolveError::BadScopeHeader)?;
+        return Ok((Scope::Authorizer(appid), path));
+    }
+    if let Some(value) = req.headers.get(SCOPE_HEADER) {
+        return match value.as_bytes().eq_ignore_ascii_case(b"component") {
+            true => Ok((Scope::Component, path)),
+            false => Err(ResolveError::BadScopeHeader),
+        };
+    }
+    client.only_authorizer().map(|a| (Scope::Authorizer(a.clone()), path)).ok_or(ResolveError::NoScope)
+}
+
+/// `access_token` for an authorizer. For the component: the name the client used, else
+/// `component_access_token` on `/cgi-bin/component/...` and `access_token` elsewhere.
+fn token_param(scope: &Scope, path: &str, query: &Query) -> &'static str {
+    match scope {
+        Scope::Authorizer(_) => "access_token",
+        Scope::Component if query.component_access_token.is_some() => "component_access_token",
+        Scope::Component if query.access_token.is_some() => "access_token",
+        Scope::Component if path.starts_with("/cgi-bin/component/") => "component_access_token",
+        Scope::Component => "access_token",
+    }
+}
+
+/// A query string with the token parameters taken out; the rest is kept byte for byte.
+#[derive(Debug, Default)]
+pub struct Query {
+    pub access_token: Option<String>,
+    pub component_access_token: Option<String>,
+    pub rest: String,
+}
+
+impl Query {
+    pub fn split(raw: &str) -> Self {
+        let mut q = Query { rest: String::with_capacity(raw.len()), ..Query::default() };
+        for pair in raw.split('&').filter(|p| !p.is_empty()) {
+            let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+            let slot = match name {
+                "access_token" => &mut q.access_token,
+                "component_access_token" => &mut q.component_access_token,
+                _ => {
+                    if !q.rest.is_empty() {
+                        q.rest.push('&');
+                    }
+                    q.rest.push_str(pair);
+                    continue;
+                }
+            };
+            *slot = Some(percent_encoding::percent_decode_str(value).decode_utf8_lossy().into_owned());
+        }
+        q
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{AuthorizerScope, ClientConfig};
+    use crate::Secret;
+
+    const A: &str = "wx1111111111111111";
+    const B: &str = "wx2222222222222222";
+
+    fn clients() -> Clients {
+        let client = |name: &str, key: &str, authorizers: AuthorizerScope, component: bool| ClientConfig {
+            name: name.into(),
+            key: Secret::new(key),
+            authorizers,
+            component,
+            reveal_tokens: false,
+        };
+        Clients::new(&[
+            client("single", "single-key-0123456789", AuthorizerScope::Only(vec![AppId::parse(A).unwrap()]), false),
+            client("fleet", "fleet-key-0123456789", AuthorizerScope::All, true),
+        ])
+    }
+
+    fn req(uri: &str, headers: &[(&str, &str)]) -> RequestHeader {
+        let mut r = RequestHeader::build("POST", uri.as_bytes(), None).unwrap();
+        for (k, v) in headers {
+            r.insert_header(k.to_string(), *v).unwrap();
+        }
+        r
+    }
+
+    fn resolved(uri: &str, headers: &[(&str, &str)]) -> Result<(String, Scope, String, String, &'static str), ResolveError> {
+        let clients = clients();
+        let c = resolve(&clients, &req(uri, headers))?;
+        Ok((c.client.name.clone(), c.scope.expect("a scope"), c.path, c.query, c.token_param))
+    }
+
+    fn authorizer(a: &str) -> Scope {
+        Scope::Authorizer(AppId::parse(a).unwrap())
+    }
+
+    #[test]
+    fn an_sdk_with_the_key_as_its_token_and_an_appid_prefix() {
+        let (client, scope, path, query, param) = resolved(&format!("/{A}/cgi-bin/message/custom/send?access_token=single-key-0123456789&x=1"), &[]).unwrap();
+        assert_eq!((client.as_str(), scope, path.as_str(), query.as_str(), param), ("single", authorizer(A), "/cgi-bin/message/custom/send", "x=1", "access_token"));
+    }
+
+    #[test]
+    fn scope_from_headers_or_the_single_authorizer() {
+        let bearer = ("authorization", "Bearer fleet-key-0123456789");
+        assert_eq!(resolved("/cgi-bin/user/info?openid=o", &[bearer, ("x-wxgate-authorizer", B)]).unwrap().1, authorizer(B));
+        let (_, scope, path, _, param) = resolved("/cgi-bin/component/api_get_authorizer_info", &[bearer, ("x-wxgate-scope", "component")]).unwrap();
+        assert_eq!((scope, path.as_str(), param), (Scope::Component, "/cgi-bin/component/api_get_authorizer_info", "component_access_token"));
+        let (_, scope, path, _, _) = resolved("/cgi-bin/user/info", &[("x-wxgate-key", "single-key-0123456789")]).unwrap();
+        assert_eq!((scope, path.as_str()), (authorizer(A), "/cgi-bin/user/info"));
+        let (_, scope, path, _, param) = resolved("/component/wxa/gettemplatelist?access_token=fleet-key-0123456789", &[]).unwrap();
+        assert_eq!((scope, path.as_str(), param), (Scope::Component, "/wxa/gettemplatelist", "access_token"));
+    }
+
+    #[test]
+    fn each_rule_has_its_error() {
+        let fleet = ("authorization", "Bearer fleet-key-0123456789");
+        let single = ("authorization", "Bearer single-key-0123456789");
+        assert_eq!(resolved("/cgi-bin/user/info", &[]).unwrap_err(), ResolveError::NoKey);
+        assert_eq!(resolved("/cgi-bin/user/info?access_token=guess", &[]).unwrap_err(), ResolveError::BadKey);
+        assert_eq!(resolved("/cgi-bin/user/info", &[fleet]).unwrap_err(), ResolveError::NoScope);
+        let clients = clients();
+        let token_call = resolve(&clients, &req("/cgi-bin/component/api_authorizer_token", &[fleet])).unwrap();
+        assert_eq!(token_call.scope, None, "token endpoints name their account in the body");
+        assert_eq!(resolved(&format!("/{B}/cgi-bin/user/info"), &[single]).unwrap_err(), ResolveError::AuthorizerNotAllowed);
+        assert_eq!(resolved("/component/cgi-bin/component/x", &[single]).unwrap_err(), ResolveError::ComponentNotAllowed);
+        assert_eq!(resolved("/cgi-bin/x", &[fleet, ("x-wxgate-authorizer", "nope")]).unwrap_err(), ResolveError::BadScopeHeader);
+        for escape in [format!("/{A}/../{B}/cgi-bin/x"), format!("/{A}/%2e%2e/x"), format!("/{A}%2F..%2Fx"), format!("/{A}/./x"), "/a\\b".into()] {
+            assert_eq!(resolved(&escape, &[single]).unwrap_err(), ResolveError::BadPath, "{escape}");
+        }
+    }
+
+    #[test]
+    fn token_parameters_are_taken_out_and_the_rest_kept_verbatim() {
+        let q = Query::split("a=1&access_token=k%40y&b=%E4%BD%A0&component_access_token=c&&c");
+        assert_eq!(q.access_token.as_deref(), Some("k@y"));
+        assert_eq!(q.component_access_token.as_deref(), Some("c"));
+        assert_eq!(q.rest, "a=1&b=%E4%BD%A0&c");
+    }
+}
