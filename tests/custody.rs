@@ -48,6 +48,9 @@ async fn token_works(gw: &Gateway, sandbox: &Sandbox, setup: &Setup, appid: &App
     let Some(token) = token else { return false };
     let url = format!("{}/cgi-bin/user/info?access_token={token}&openid=o1", sandbox.base_url());
     let answer: serde_json::Value = gw.http.get(url).send().await.unwrap().json().await.unwrap();
+    if answer["errcode"] != 0 {
+        eprintln!("{appid}'s stored token was refused: {answer}");
+    }
     answer["errcode"] == 0
 }
 

@@ -191,6 +191,7 @@ impl TokenService {
         mem.auth_code_sha1 = Some(hash.clone());
         let tokens = AuthorizerTokens { access_token: auth.access_token, refresh_token: auth.refresh_token };
         self.commit_authorizer(&slot, mem, tokens).await?;
+        self.adopt(Arc::clone(&slot));
         self.used_codes.insert(hash, appid.clone());
         self.update_gauges();
         tracing::info!(authorizer = %appid, "authorizer authorized");
@@ -204,8 +205,10 @@ impl TokenService {
             || self.authorizers.get(appid).is_some_and(|s| s.mem().auth_code_sha1.as_deref() == Some(hash.as_str()))
     }
 
+    /// The authorizer's slot, or a new one that nobody sees until [`Self::adopt`] is called
+    /// once its tokens are stored: a half-made authorizer must not look active.
     fn slot_or_new(&self, appid: &AppId) -> Arc<AuthorizerSlot> {
-        self.authorizers.get_with(appid.clone(), || {
+        self.authorizers.get(appid).unwrap_or_else(|| {
             Arc::new(AuthorizerSlot::from_record(crate::store::AuthorizerRecord {
                 appid: appid.clone(),
                 state: AuthorizerState::Active,
@@ -218,6 +221,11 @@ impl TokenService {
                 auth_code_sha1: None,
             }))
         })
+    }
+
+    /// Makes a slot from [`Self::slot_or_new`] visible, unless it already is.
+    fn adopt(&self, slot: Arc<AuthorizerSlot>) {
+        self.authorizers.entry(slot.appid.clone()).or_insert(slot);
     }
 
     /// The `unauthorized` push: tokens dropped, later calls answered 404. A push older than the
@@ -237,12 +245,14 @@ impl TokenService {
     /// Imports an authorizer from another system by its refresh token. The token is tried first:
     /// one WeChat refuses is not stored.
     pub async fn import_authorizer(&self, appid: &AppId, refresh_token: Secret) -> Result<AuthorizerStatus, TokenError> {
+        let _one_at_a_time = self.authorize_turn.lock().await;
         let tokens = self.call_authorizer_token(appid, &refresh_token).await?;
         let slot = self.slot_or_new(appid);
         let _single_flight = slot.refresh.lock().await;
         let mut mem = slot.mem();
         mem.authorized_at = self.clock.now_ms();
         self.commit_authorizer(&slot, mem, tokens).await?;
+        self.adopt(Arc::clone(&slot));
         self.update_gauges();
         self.authorizer_status(appid).ok_or(TokenError::UnknownAuthorizer)
     }
