@@ -180,6 +180,19 @@ wxgate demo is running: the sandbox at http://{sandbox} plays WeChat (a ticket e
 tokens that live 300 s), the gateway stores everything in {db}.
 Demo account {account} has authorized. Try:
 
+  # call WeChat's API through the gateway as an unchanged SDK would: the client key stands
+  # where the access token goes, the account's appid prefixes the path
+  curl -s 'http://{proxy}/{account}/cgi-bin/user/info?openid=o1&access_token={DEMO_CLIENT_KEY}'
+  curl -s -X POST -H 'Authorization: Bearer {DEMO_CLIENT_KEY}' http://{proxy}/{account}/cgi-bin/message/custom/send \\
+       -d '{{"touser":"o1","msgtype":"text","text":{{"content":"hi"}}}}'
+
+  # WeChat invalidates the token behind the gateway's back: the next call is replayed with a new one
+  curl -s -X POST 'http://{sandbox}/sandbox/revoke?appid={account}'
+  curl -s 'http://{proxy}/{account}/cgi-bin/user/info?openid=o1&access_token={DEMO_CLIENT_KEY}'
+
+  # the raw token, for clients with reveal_tokens (a JS-SDK signer, a central token server)
+  curl -s -H 'Authorization: Bearer {DEMO_CLIENT_KEY}' http://{proxy}/wxgate/token/{account}
+
   # the gateway is ready, and what it holds (never a token)
   curl -s http://{admin}/readyz
   curl -s {bearer} http://{admin}/admin/component
