@@ -7,7 +7,7 @@ use crate::crypto::{CryptoError, MsgCrypt};
 use crate::metrics;
 use crate::authorize::AuthorizeLinks;
 use crate::proxy::{Clients, Gateway, OwnRoutes, Upstream, UpstreamError};
-use crate::store::{MemoryStore, SharedStore, SqliteStore, StoreError};
+use crate::store::{MemoryStore, RedisStore, SharedStore, SqliteStore, StoreError};
 use crate::tokens::{Settings, TokenError, TokenService};
 use crate::wechat::{ComponentApi, WechatClient, WechatError};
 use async_trait::async_trait;
@@ -27,8 +27,6 @@ pub enum AppError {
     Tokens(#[from] TokenError),
     #[error("component crypto: {0}")]
     Crypto(#[from] CryptoError),
-    #[error("the redis store backend is not available in this version; use \"sqlite\"")]
-    RedisUnavailable,
     #[error(transparent)]
     Upstream(#[from] UpstreamError),
     #[error("WeChat client: {0}")]
@@ -37,26 +35,36 @@ pub enum AppError {
     Runtime(#[from] std::io::Error),
 }
 
-/// Opens the configured store; the SQLite file is created if missing.
-pub fn open_store(config: &StoreConfig) -> Result<SharedStore, AppError> {
+/// Opens the configured store; the SQLite file is created if missing. Runs on the store
+/// runtime, where a Redis store keeps its connection and its change listener.
+pub async fn open_store(config: &StoreConfig, component: &crate::AppId) -> Result<SharedStore, AppError> {
     match config {
         StoreConfig::Sqlite { path } => Ok(Arc::new(SqliteStore::open(path)?)),
         StoreConfig::Memory => Ok(Arc::new(MemoryStore::new())),
-        StoreConfig::Redis { .. } => Err(AppError::RedisUnavailable),
+        StoreConfig::Redis { url, key_prefix } => Ok(Arc::new(RedisStore::connect(url, key_prefix, component).await?)),
     }
+}
+
+/// The runtime that owns the store's connections and the token service's follow-up tasks for
+/// the life of the process. pingora builds its own runtimes only in `run`, and a runtime made
+/// just to load the state would take a Redis connection's driver with it when dropped.
+fn store_runtime() -> Result<&'static tokio::runtime::Runtime, AppError> {
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).thread_name("wxgate-store").enable_all().build()?;
+    Ok(Box::leak(Box::new(rt)))
 }
 
 /// Builds the server with both listeners, ready to run.
 pub fn build(config: &Config) -> Result<Server, AppError> {
     metrics::init();
-    let store = open_store(&config.store)?;
+    let rt = store_runtime()?;
+    let store = rt.block_on(open_store(&config.store, &config.component.appid))?;
     let api: Arc<dyn ComponentApi> = Arc::new(WechatClient::new(
         config.upstream.base_url.clone(),
         config.upstream.timeout,
         config.component.appid.clone(),
         config.component.appsecret.clone(),
     )?);
-    let tokens = load_tokens(config, store, api)?;
+    let tokens = load_tokens(rt, config, store, api)?;
     let crypt = MsgCrypt::new(&config.component.token, &config.component.encoding_aes_key, config.component.appid.as_str())?;
     let links = AuthorizeLinks::new(
         config.component.appid.clone(),
@@ -103,10 +111,17 @@ pub fn run(config: &Config) -> Result<(), AppError> {
 
 /// Loads the token service's state before the server starts, on a runtime of its own: pingora
 /// creates its runtimes only in `run`.
-fn load_tokens(config: &Config, store: SharedStore, api: Arc<dyn ComponentApi>) -> Result<Arc<TokenService>, AppError> {
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    let settings = Settings::new(config.refresh.ahead);
+fn load_tokens(rt: &tokio::runtime::Runtime, config: &Config, store: SharedStore, api: Arc<dyn ComponentApi>) -> Result<Arc<TokenService>, AppError> {
+    let settings = Settings {
+        // A lease outlasts a call to WeChat (bounded by the upstream timeout) and the write after.
+        lease_ttl: config.upstream.timeout + std::time::Duration::from_secs(5),
+        ..Settings::new(config.refresh.ahead)
+    };
+    let changes = store.changes();
     let tokens = rt.block_on(TokenService::load(config.component.appid.clone(), store, api, settings))?;
+    if let Some(changes) = changes {
+        rt.spawn(Arc::clone(&tokens).follow_changes(changes));
+    }
     tracing::info!(authorizers = tokens.authorizer_count(), "token state loaded from the store");
     Ok(tokens)
 }

@@ -184,7 +184,7 @@ Demo account {account} has authorized. Try:
   # where the access token goes, the account's appid prefixes the path
   curl -s 'http://{proxy}/{account}/cgi-bin/user/info?openid=o1&access_token={DEMO_CLIENT_KEY}'
   curl -s -X POST -H 'Authorization: Bearer {DEMO_CLIENT_KEY}' http://{proxy}/{account}/cgi-bin/message/custom/send \\
-       -d '{{"touser":"o1","msgtype":"text","text":{{"content":"hi"}}}}'
+       -d '{{\"touser\":\"o1\",\"msgtype\":\"text\",\"text\":{{\"content\":\"hi\"}}}}'
 
   # WeChat invalidates the token behind the gateway's back: the next call is replayed with a new one
   curl -s -X POST 'http://{sandbox}/sandbox/revoke?appid={account}'

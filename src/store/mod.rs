@@ -5,8 +5,10 @@
 //! WeChat `success` (or use a rotated token) as soon as the call returns.
 
 mod memory;
+mod redis;
 mod sqlite;
 
+pub use self::redis::RedisStore;
 pub use memory::MemoryStore;
 pub use sqlite::SqliteStore;
 
@@ -106,6 +108,35 @@ pub struct StoredEvent {
     pub event: AuthEvent,
 }
 
+/// The right to refresh one token, held by one instance at a time (several instances on one
+/// Redis). Single-instance stores grant it always.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lease {
+    pub key: String,
+    /// Who holds it, with a fencing number: a write under a lease that has since passed to
+    /// another instance is refused.
+    pub owner: String,
+}
+
+impl Lease {
+    /// No lease: the write happens whoever holds one (a new authorization, whose code is single
+    /// use, so that no two instances can obtain it).
+    pub fn none() -> Self {
+        Self { key: String::new(), owner: String::new() }
+    }
+}
+
+/// What another instance changed, announced by a shared store.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Change {
+    Ticket,
+    ComponentToken,
+    Authorizer(AppId),
+    Deleted(AppId),
+    /// Announcements may have been missed (a reconnect): reload everything.
+    Resync,
+}
+
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
     /// A short name for logs and `/readyz`: "sqlite", "redis", "memory".
@@ -143,6 +174,37 @@ pub trait Store: Send + Sync + 'static {
 
     /// Returns whether there was one.
     async fn delete_authorizer(&self, component: &AppId, appid: &AppId) -> Result<bool, StoreError>;
+
+    /// Whether other gateway instances share this store: then a token is refreshed only under
+    /// a lease, and what memory holds may be older than what the store holds.
+    fn shared(&self) -> bool {
+        false
+    }
+
+    /// Takes the lease on refreshing `what` (`component` or an authorizer appid) for `ttl`;
+    /// `None` while another instance holds it.
+    async fn lease(&self, _component: &AppId, what: &str, _ttl: std::time::Duration) -> Result<Option<Lease>, StoreError> {
+        Ok(Some(Lease { key: what.to_owned(), owner: String::new() }))
+    }
+
+    async fn release(&self, _lease: &Lease) -> Result<(), StoreError> {
+        Ok(())
+    }
+
+    /// Saves under `lease`; `false` (nothing written) if the lease has passed to another instance.
+    async fn save_component_token_leased(&self, component: &AppId, token: &ComponentToken, _lease: &Lease) -> Result<bool, StoreError> {
+        self.save_component_token(component, token).await.map(|()| true)
+    }
+
+    /// Saves under `lease`; `false` (nothing written) if the lease has passed to another instance.
+    async fn save_authorizer_leased(&self, component: &AppId, record: &AuthorizerRecord, _lease: &Lease) -> Result<bool, StoreError> {
+        self.save_authorizer(component, record).await.map(|()| true)
+    }
+
+    /// Announcements of what other instances changed, for shared stores.
+    fn changes(&self) -> Option<tokio::sync::broadcast::Receiver<Change>> {
+        None
+    }
 }
 
 pub type SharedStore = Arc<dyn Store>;

@@ -4,7 +4,7 @@
 use super::slot::{AuthorizerMem, AuthorizerSlot};
 use super::{AccessToken, AuthorizerStatus, Job, TokenError, TokenService, Want};
 use crate::metrics;
-use crate::store::AuthorizerState;
+use crate::store::{AuthorizerState, Lease};
 use crate::wechat::{ApiErrorKind, AuthorizerTokens, WechatError};
 use crate::{AppId, Secret};
 use sha1::{Digest, Sha1};
@@ -45,29 +45,65 @@ impl TokenService {
     pub(crate) async fn refresh_authorizer(&self, appid: &AppId, want: Want<'_>) -> Result<Arc<AccessToken>, TokenError> {
         let slot = self.slot(appid)?;
         let _single_flight = slot.refresh.lock().await;
+        if let Some(current) = self.settled_authorizer(&slot, want).await? {
+            return Ok(current);
+        }
+        let Some(lease) = self.store.lease(&self.component, appid.as_str(), self.settings.lease_ttl).await? else {
+            return self.await_authorizer_from_peer(&slot, want).await;
+        };
+        let result = self.refresh_authorizer_leased(&slot, &lease).await;
+        let _ = self.store.release(&lease).await;
+        result
+    }
+
+    /// The token held, if it can stay (after catching up with a shared store); an error when
+    /// the authorizer cannot be refreshed at all.
+    async fn settled_authorizer(&self, slot: &AuthorizerSlot, want: Want<'_>) -> Result<Option<Arc<AccessToken>>, TokenError> {
+        if self.store.shared() {
+            self.adopt_stored_authorizer(slot).await?;
+        }
         let mem = slot.mem();
         match mem.state {
             AuthorizerState::Revoked => return Err(TokenError::Revoked),
             AuthorizerState::NeedsReauth if !matches!(want, Want::Now) => return Err(TokenError::NeedsReauth),
             _ => {}
         }
-        let job = Job::Authorizer(appid.clone());
-        if let Some(current) = &mem.access {
-            if self.still_wanted(current, want, self.clock.now_ms(), &job) {
-                return Ok(Arc::clone(current));
+        let job = Job::Authorizer(slot.appid.clone());
+        Ok(mem.access.filter(|current| self.still_wanted(current, want, self.clock.now_ms(), &job)))
+    }
+
+    /// Another instance holds the lease: wait for the token it stores, as long as a lease lasts.
+    async fn await_authorizer_from_peer(&self, slot: &AuthorizerSlot, want: Want<'_>) -> Result<Arc<AccessToken>, TokenError> {
+        let deadline = tokio::time::Instant::now() + self.settings.lease_ttl;
+        while tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(super::coordination::PEER_POLL).await;
+            if let Some(current) = self.settled_authorizer(slot, want).await? {
+                return Ok(current);
             }
         }
+        match self.store.lease(&self.component, slot.appid.as_str(), self.settings.lease_ttl).await? {
+            Some(lease) => {
+                let result = self.refresh_authorizer_leased(slot, &lease).await;
+                let _ = self.store.release(&lease).await;
+                result
+            }
+            None => Err(TokenError::Contended),
+        }
+    }
+
+    async fn refresh_authorizer_leased(&self, slot: &AuthorizerSlot, lease: &Lease) -> Result<Arc<AccessToken>, TokenError> {
+        let mem = slot.mem();
         let refresh_token = mem.refresh_token.clone().ok_or(TokenError::NeedsReauth)?;
-        match self.call_authorizer_token(appid, &refresh_token).await {
-            Ok(tokens) => self.commit_authorizer(&slot, mem, tokens).await,
+        match self.call_authorizer_token(&slot.appid, &refresh_token).await {
+            Ok(tokens) => self.commit_authorizer(slot, mem, tokens, lease).await,
             Err(TokenError::Wechat(e)) if e.kind() == Some(ApiErrorKind::RefreshTokenInvalid) => {
-                self.recover_refresh_token(&slot, mem, &refresh_token, e).await
+                self.recover_refresh_token(slot, mem, &refresh_token, e, lease).await
             }
             Err(TokenError::Wechat(e)) if e.kind() == Some(ApiErrorKind::NotAuthorized) => {
-                self.mark(&slot, mem, AuthorizerState::Revoked, e.to_string()).await?;
+                self.mark(slot, mem, AuthorizerState::Revoked, e.to_string()).await?;
                 Err(TokenError::Revoked)
             }
-            Err(e) => Err(self.authorizer_failed(&slot, mem, e).await),
+            Err(e) => Err(self.authorizer_failed(slot, mem, e).await),
         }
     }
 
@@ -77,7 +113,7 @@ impl TokenService {
 
     /// Stores the new tokens, then puts them in service: a crash between the two loses nothing,
     /// since the store already holds the refresh token WeChat may have rotated.
-    async fn commit_authorizer(&self, slot: &AuthorizerSlot, mut mem: AuthorizerMem, tokens: AuthorizerTokens) -> Result<Arc<AccessToken>, TokenError> {
+    async fn commit_authorizer(&self, slot: &AuthorizerSlot, mut mem: AuthorizerMem, tokens: AuthorizerTokens, lease: &Lease) -> Result<Arc<AccessToken>, TokenError> {
         let now = self.clock.now_ms();
         let lifetime_ms = tokens.access_token.expires_in as i64 * 1000;
         let access = Arc::new(AccessToken { value: tokens.access_token.value, expires_at: now + lifetime_ms, lifetime_ms });
@@ -87,11 +123,20 @@ impl TokenService {
         mem.last_refresh_at = now;
         mem.last_error = None;
         mem.failures = 0;
-        if let Err(e) = self.store.save_authorizer(&self.component, &mem.to_record(&slot.appid)).await {
-            metrics::TOKEN_REFRESH.with_label_values(&["authorizer", "store_error"]).inc();
-            tracing::error!(authorizer = %slot.appid, error = %e, "could not store refreshed tokens; keeping the old ones");
-            self.plan(Job::Authorizer(slot.appid.clone()), self.retry_at(1));
-            return Err(e.into());
+        match self.store.save_authorizer_leased(&self.component, &mem.to_record(&slot.appid), lease).await {
+            Ok(true) => {}
+            Ok(false) => {
+                // The lease ran out and another instance refreshed: its tokens are the latest.
+                tracing::warn!(authorizer = %slot.appid, "lost the refresh lease; using the tokens another instance stored");
+                self.adopt_stored_authorizer(slot).await?;
+                return slot.access().1.ok_or(TokenError::Contended);
+            }
+            Err(e) => {
+                metrics::TOKEN_REFRESH.with_label_values(&["authorizer", "store_error"]).inc();
+                tracing::error!(authorizer = %slot.appid, error = %e, "could not store refreshed tokens; keeping the old ones");
+                self.plan(Job::Authorizer(slot.appid.clone()), self.retry_at(1));
+                return Err(e.into());
+            }
         }
         slot.set_mem(mem);
         metrics::TOKEN_REFRESH.with_label_values(&["authorizer", "ok"]).inc();
@@ -105,12 +150,12 @@ impl TokenService {
     /// 61023: the stored refresh token no longer works. WeChat's own records may hold a newer
     /// one (another system refreshed, or a crash lost a rotation); if not, the owner must
     /// authorize again.
-    async fn recover_refresh_token(&self, slot: &AuthorizerSlot, mem: AuthorizerMem, failed: &Secret, error: WechatError) -> Result<Arc<AccessToken>, TokenError> {
+    async fn recover_refresh_token(&self, slot: &AuthorizerSlot, mem: AuthorizerMem, failed: &Secret, error: WechatError, lease: &Lease) -> Result<Arc<AccessToken>, TokenError> {
         metrics::TOKEN_REFRESH.with_label_values(&["authorizer", error.label()]).inc();
         if let Some(found) = self.find_refresh_token(&slot.appid).await.filter(|f| f != failed) {
             tracing::warn!(authorizer = %slot.appid, "refresh token was invalid (61023); recovered the current one from WeChat");
             match self.call_authorizer_token(&slot.appid, &found).await {
-                Ok(tokens) => return self.commit_authorizer(slot, mem, tokens).await,
+                Ok(tokens) => return self.commit_authorizer(slot, mem, tokens, lease).await,
                 Err(e) => tracing::warn!(authorizer = %slot.appid, error = %e, "the recovered refresh token failed too"),
             }
         }
@@ -190,7 +235,7 @@ impl TokenService {
         mem.authorized_at = now;
         mem.auth_code_sha1 = Some(hash.clone());
         let tokens = AuthorizerTokens { access_token: auth.access_token, refresh_token: auth.refresh_token };
-        self.commit_authorizer(&slot, mem, tokens).await?;
+        self.commit_authorizer(&slot, mem, tokens, &Lease::none()).await?;
         self.adopt(Arc::clone(&slot));
         self.used_codes.insert(hash, appid.clone());
         self.update_gauges();
@@ -251,7 +296,7 @@ impl TokenService {
         let _single_flight = slot.refresh.lock().await;
         let mut mem = slot.mem();
         mem.authorized_at = self.clock.now_ms();
-        self.commit_authorizer(&slot, mem, tokens).await?;
+        self.commit_authorizer(&slot, mem, tokens, &Lease::none()).await?;
         self.adopt(Arc::clone(&slot));
         self.update_gauges();
         self.authorizer_status(appid).ok_or(TokenError::UnknownAuthorizer)

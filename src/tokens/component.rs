@@ -25,15 +25,54 @@ impl TokenService {
 
     pub(crate) async fn refresh_component(&self, want: Want<'_>) -> Result<Arc<AccessToken>, TokenError> {
         let _single_flight = self.component_token.refresh.lock().await;
+        if let Some(current) = self.settled_component(want).await? {
+            return Ok(current);
+        }
+        let Some(lease) = self.store.lease(&self.component, "component", self.settings.lease_ttl).await? else {
+            return self.await_component_from_peer(want).await;
+        };
+        let result = self.refresh_component_leased(&lease).await;
+        let _ = self.store.release(&lease).await;
+        result
+    }
+
+    /// The token held, if it can stay: memory first, then (on a shared store) what another
+    /// instance stored meanwhile.
+    async fn settled_component(&self, want: Want<'_>) -> Result<Option<Arc<AccessToken>>, TokenError> {
         let now = self.clock.now_ms();
-        if let Some(current) = self.component_token.current() {
-            if self.still_wanted(&current, want, now, &Job::ComponentToken) {
+        if let Some(current) = self.component_token.current().filter(|c| self.still_wanted(c, want, now, &Job::ComponentToken)) {
+            return Ok(Some(current));
+        }
+        if !self.store.shared() {
+            return Ok(None);
+        }
+        let adopted = self.adopt_stored_component().await?;
+        Ok(adopted.filter(|c| self.still_wanted(c, want, now, &Job::ComponentToken)))
+    }
+
+    /// Another instance holds the lease: wait for the token it stores, as long as a lease lasts.
+    async fn await_component_from_peer(&self, want: Want<'_>) -> Result<Arc<AccessToken>, TokenError> {
+        let deadline = tokio::time::Instant::now() + self.settings.lease_ttl;
+        while tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(super::coordination::PEER_POLL).await;
+            if let Some(current) = self.settled_component(want).await? {
                 return Ok(current);
             }
         }
-        let ticket = self.held_ticket().ok_or(TokenError::NoTicket)?;
+        match self.store.lease(&self.component, "component", self.settings.lease_ttl).await? {
+            Some(lease) => {
+                let result = self.refresh_component_leased(&lease).await;
+                let _ = self.store.release(&lease).await;
+                result
+            }
+            None => Err(TokenError::Contended),
+        }
+    }
+
+    async fn refresh_component_leased(&self, lease: &crate::store::Lease) -> Result<Arc<AccessToken>, TokenError> {
+        let ticket = self.current_ticket().await?.ok_or(TokenError::NoTicket)?;
         match self.api.component_token(&ticket.value).await {
-            Ok(issued) => Ok(self.commit_component(issued).await),
+            Ok(issued) => self.commit_component(issued, lease).await,
             Err(e) => {
                 self.component_failed(&e);
                 Err(e.into())
@@ -54,14 +93,19 @@ impl TokenService {
             }
     }
 
-    async fn commit_component(&self, issued: Issued) -> Arc<AccessToken> {
+    async fn commit_component(&self, issued: Issued, lease: &crate::store::Lease) -> Result<Arc<AccessToken>, TokenError> {
         let now = self.clock.now_ms();
         let lifetime_ms = issued.expires_in as i64 * 1000;
         let record = ComponentToken { value: issued.value, expires_at: now + lifetime_ms, obtained_at: now };
         // Unlike a refresh token, a component token lost in a crash costs only a new one, so a
         // store failure does not keep it out of service.
-        let result = match self.store.save_component_token(&self.component, &record).await {
-            Ok(()) => "ok",
+        let result = match self.store.save_component_token_leased(&self.component, &record, lease).await {
+            Ok(true) => "ok",
+            Ok(false) => {
+                // The lease ran out and another instance refreshed: its token is the latest.
+                tracing::warn!("lost the component token lease while refreshing; using the token another instance stored");
+                return self.adopt_stored_component().await?.ok_or(TokenError::Contended);
+            }
             Err(e) => {
                 tracing::error!(error = %e, "could not store the new component_access_token");
                 "store_error"
@@ -77,7 +121,7 @@ impl TokenService {
             // Events wait for a component token; they need not wait out their backoff too.
             self.plan(Job::Events, now);
         }
-        token
+        Ok(token)
     }
 
     fn component_failed(&self, e: &WechatError) {

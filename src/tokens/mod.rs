@@ -33,6 +33,7 @@ macro_rules! with_component_token {
 mod authorizer;
 mod clock;
 mod component;
+mod coordination;
 mod events;
 mod schedule;
 mod scheduler;
@@ -67,6 +68,8 @@ pub enum TokenError {
     Revoked,
     #[error("the authorizer's refresh token stopped working: its owner must authorize again")]
     NeedsReauth,
+    #[error("another gateway instance is refreshing this token and has not finished")]
+    Contended,
 }
 
 /// Timing of the service. `ahead` comes from the config; the rest are WeChat-informed defaults
@@ -82,6 +85,9 @@ pub struct Settings {
     pub push_ticket_every: Duration,
     /// Refreshes under way at once, so that a crowd due together does not flood WeChat.
     pub concurrency: usize,
+    /// How long one instance may hold the right to refresh a token (shared stores): longer than
+    /// a call to WeChat and the write after it.
+    pub lease_ttl: Duration,
 }
 
 impl Settings {
@@ -93,6 +99,7 @@ impl Settings {
             ticket_stale_after: Duration::from_secs(20 * 60),
             push_ticket_every: Duration::from_secs(5 * 60),
             concurrency: 16,
+            lease_ttl: Duration::from_secs(30),
         }
     }
 }

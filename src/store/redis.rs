@@ -1,0 +1,351 @@
+//! The Redis store, shared by several gateway instances: the same records as SQLite, plus
+//! leases (one refresher per token), fenced writes and change announcements (pub/sub).
+//!
+//! Keys live under `{key_prefix}{component_appid}:` so that several platforms, or test runs,
+//! can share one Redis. Refresh tokens live here: run Redis with AOF (`appendonly yes`,
+//! `appendfsync everysec` or `always`); start-up warns when it keeps nothing on disk.
+
+use super::{AuthEvent, AuthorizerRecord, AuthorizerState, Change, ComponentToken, Lease, Store, StoreError, StoredEvent, Ticket};
+use crate::{AppId, Secret};
+use async_trait::async_trait;
+use futures_util::StreamExt;
+use redis::aio::ConnectionManager;
+use redis::{AsyncCommands, Script};
+use std::collections::HashMap;
+use std::sync::LazyLock;
+use std::time::Duration;
+use tokio::sync::broadcast;
+
+/// Keeps `ticket` unless the one held has a later CreateTime.
+static SAVE_TICKET: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"local held = redis.call('HGET', KEYS[1], 'create_time')
+          if held and tonumber(held) > tonumber(ARGV[2]) then return 0 end
+          redis.call('HSET', KEYS[1], 'value', ARGV[1], 'create_time', ARGV[2], 'received_at', ARGV[3])
+          redis.call('PUBLISH', KEYS[2], 'ticket')
+          return 1",
+    )
+});
+
+/// Records an event once: the dedupe set says whether it is new.
+static RECORD_EVENT: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"if redis.call('SADD', KEYS[1], ARGV[1]) == 0 then return 0 end
+          local id = redis.call('INCR', KEYS[2])
+          redis.call('HSET', ARGV[2] .. id, 'info_type', ARGV[3], 'authorizer_appid', ARGV[4],
+                     'create_time', ARGV[5], 'payload', ARGV[6], 'received_at', ARGV[7])
+          redis.call('ZADD', KEYS[3], id, id)
+          return id",
+    )
+});
+
+/// Replaces a hash whole, only while the lease is held (an empty owner: no lease needed), adds
+/// the member to a set, and announces the change: checked and written in one step.
+static FENCED_WRITE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"if ARGV[1] ~= '' and redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+          redis.call('DEL', KEYS[2])
+          redis.call('HSET', KEYS[2], unpack(ARGV, 4))
+          if ARGV[2] ~= '' then redis.call('SADD', KEYS[3], ARGV[2]) end
+          redis.call('PUBLISH', KEYS[4], ARGV[3])
+          return 1",
+    )
+});
+
+static RELEASE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(r"if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0")
+});
+
+#[derive(Clone)]
+pub struct RedisStore {
+    conn: ConnectionManager,
+    prefix: String,
+    /// Who this instance is, in lease values.
+    instance: String,
+    changes: broadcast::Sender<Change>,
+}
+
+fn unavailable(e: redis::RedisError) -> StoreError {
+    StoreError::Unavailable(format!("redis: {e}"))
+}
+
+impl RedisStore {
+    /// Connects, checks persistence, and starts listening for other instances' changes (on the
+    /// current runtime, which must outlive the store).
+    pub async fn connect(url: &Secret, key_prefix: &str, component: &AppId) -> Result<Self, StoreError> {
+        let client = redis::Client::open(url.expose()).map_err(|e| StoreError::Open { path: "store.redis_url".into(), reason: e.to_string() })?;
+        let conn = ConnectionManager::new(client.clone()).await.map_err(unavailable)?;
+        let prefix = format!("{key_prefix}{component}:");
+        let (changes, _) = broadcast::channel(1024);
+        let instance = format!("{}-{}", std::process::id(), hex::encode(rand::random::<[u8; 6]>()));
+        let store = Self { conn, prefix, instance, changes };
+        store.warn_without_persistence().await;
+        tokio::spawn(listen(client, store.key("changes"), store.changes.clone()));
+        Ok(store)
+    }
+
+    fn key(&self, name: &str) -> String {
+        format!("{}{name}", self.prefix)
+    }
+
+    async fn warn_without_persistence(&self) {
+        let mut conn = self.conn.clone();
+        let aof: redis::RedisResult<(String, String)> = redis::cmd("CONFIG").arg("GET").arg("appendonly").query_async(&mut conn).await;
+        let rdb: redis::RedisResult<(String, String)> = redis::cmd("CONFIG").arg("GET").arg("save").query_async(&mut conn).await;
+        match (aof, rdb) {
+            (Ok((_, aof)), Ok((_, save))) if aof == "no" && save.trim().is_empty() => tracing::warn!(
+                "Redis keeps nothing on disk (appendonly no, no save points): a Redis restart loses every refresh token; enable appendonly"
+            ),
+            (Ok((_, aof)), _) if aof == "no" => tracing::warn!("Redis runs without AOF: refresh tokens written since the last snapshot are lost if it crashes"),
+            (Err(_), _) | (_, Err(_)) => tracing::warn!("cannot read Redis's persistence settings (CONFIG GET refused); make sure it keeps refresh tokens on disk"),
+            _ => {}
+        }
+    }
+
+    async fn hgetall(&self, key: &str) -> Result<HashMap<String, String>, StoreError> {
+        self.conn.clone().hgetall(key).await.map_err(unavailable)
+    }
+
+    async fn fenced_write(&self, lease: Option<&Lease>, hash: &str, member: &str, announce: &str, fields: Vec<(&str, String)>) -> Result<bool, StoreError> {
+        let lease_key = lease.map_or_else(String::new, |l| l.key.clone());
+        let mut invocation = FENCED_WRITE.key(lease_key);
+        invocation.key(hash).key(self.key("authorizers")).key(self.key("changes"));
+        invocation.arg(lease.map_or("", |l| l.owner.as_str())).arg(member).arg(announce);
+        for (field, value) in fields {
+            invocation.arg(field).arg(value);
+        }
+        let written: i64 = invocation.invoke_async(&mut self.conn.clone()).await.map_err(unavailable)?;
+        Ok(written == 1)
+    }
+}
+
+/// Follows the change channel, reconnecting after a Redis restart; after every (re)connect it
+/// announces a resync, since changes made meanwhile were not heard.
+async fn listen(client: redis::Client, channel: String, tx: broadcast::Sender<Change>) {
+    loop {
+        match client.get_async_pubsub().await {
+            Ok(mut pubsub) => {
+                if pubsub.subscribe(&channel).await.is_ok() {
+                    let _ = tx.send(Change::Resync);
+                    let mut messages = pubsub.on_message();
+                    while let Some(message) = messages.next().await {
+                        if let Some(change) = message.get_payload::<String>().ok().and_then(|p| parse_change(&p)) {
+                            let _ = tx.send(change);
+                        }
+                    }
+                }
+                tracing::warn!("lost the Redis change channel; reconnecting");
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot subscribe to Redis changes; retrying"),
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+fn parse_change(payload: &str) -> Option<Change> {
+    match payload.split_once(':') {
+        None if payload == "ticket" => Some(Change::Ticket),
+        None if payload == "component" => Some(Change::ComponentToken),
+        Some(("authorizer", appid)) => AppId::parse(appid).ok().map(Change::Authorizer),
+        Some(("deleted", appid)) => AppId::parse(appid).ok().map(Change::Deleted),
+        _ => None,
+    }
+}
+
+fn field<T: std::str::FromStr>(map: &HashMap<String, String>, name: &str) -> Result<T, StoreError> {
+    map.get(name).and_then(|v| v.parse().ok()).ok_or_else(|| StoreError::Corrupt(format!("field {name}")))
+}
+
+fn authorizer_fields(r: &AuthorizerRecord) -> Vec<(&'static str, String)> {
+    let mut fields = vec![
+        ("state", r.state.as_str().to_owned()),
+        ("access_expires_at", r.access_expires_at.to_string()),
+        ("authorized_at", r.authorized_at.to_string()),
+        ("last_refresh_at", r.last_refresh_at.to_string()),
+    ];
+    let optional = [
+        ("refresh_token", r.refresh_token.as_ref().map(|s| s.expose().to_owned())),
+        ("access_token", r.access_token.as_ref().map(|s| s.expose().to_owned())),
+        ("last_error", r.last_error.clone()),
+        ("auth_code_sha1", r.auth_code_sha1.clone()),
+    ];
+    fields.extend(optional.into_iter().filter_map(|(k, v)| v.map(|v| (k, v))));
+    fields
+}
+
+fn authorizer_from(appid: &AppId, map: &HashMap<String, String>) -> Result<AuthorizerRecord, StoreError> {
+    let state: String = field(map, "state")?;
+    Ok(AuthorizerRecord {
+        appid: appid.clone(),
+        state: AuthorizerState::parse(&state).ok_or_else(|| StoreError::Corrupt("field state".into()))?,
+        refresh_token: map.get("refresh_token").cloned().map(Secret::new),
+        access_token: map.get("access_token").cloned().map(Secret::new),
+        access_expires_at: field(map, "access_expires_at")?,
+        authorized_at: field(map, "authorized_at")?,
+        last_refresh_at: field(map, "last_refresh_at")?,
+        last_error: map.get("last_error").cloned(),
+        auth_code_sha1: map.get("auth_code_sha1").cloned(),
+    })
+}
+
+fn component_fields(t: &ComponentToken) -> Vec<(&'static str, String)> {
+    vec![("value", t.value.expose().to_owned()), ("expires_at", t.expires_at.to_string()), ("obtained_at", t.obtained_at.to_string())]
+}
+
+#[async_trait]
+impl Store for RedisStore {
+    fn backend(&self) -> &'static str {
+        "redis"
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        let _: String = redis::cmd("PING").query_async(&mut self.conn.clone()).await.map_err(unavailable)?;
+        Ok(())
+    }
+
+    async fn load_ticket(&self, _component: &AppId) -> Result<Option<Ticket>, StoreError> {
+        let map = self.hgetall(&self.key("ticket")).await?;
+        if map.is_empty() {
+            return Ok(None);
+        }
+        Ok(Some(Ticket { value: Secret::new(field::<String>(&map, "value")?), create_time: field(&map, "create_time")?, received_at: field(&map, "received_at")? }))
+    }
+
+    async fn save_ticket(&self, _component: &AppId, t: &Ticket) -> Result<bool, StoreError> {
+        let kept: i64 = SAVE_TICKET
+            .key(self.key("ticket"))
+            .key(self.key("changes"))
+            .arg(t.value.expose())
+            .arg(t.create_time)
+            .arg(t.received_at)
+            .invoke_async(&mut self.conn.clone())
+            .await
+            .map_err(unavailable)?;
+        Ok(kept == 1)
+    }
+
+    async fn record_event(&self, _component: &AppId, e: &AuthEvent) -> Result<bool, StoreError> {
+        let dedupe = format!("{}|{}|{}", e.info_type, e.authorizer_appid, e.create_time);
+        let id: i64 = RECORD_EVENT
+            .key(self.key("events:dedupe"))
+            .key(self.key("events:seq"))
+            .key(self.key("events:pending"))
+            .arg(dedupe)
+            .arg(self.key("event:"))
+            .arg(&e.info_type)
+            .arg(&e.authorizer_appid)
+            .arg(e.create_time)
+            .arg(e.payload.expose())
+            .arg(e.received_at)
+            .invoke_async(&mut self.conn.clone())
+            .await
+            .map_err(unavailable)?;
+        Ok(id > 0)
+    }
+
+    async fn pending_events(&self, _component: &AppId) -> Result<Vec<StoredEvent>, StoreError> {
+        let ids: Vec<i64> = self.conn.clone().zrange(self.key("events:pending"), 0, -1).await.map_err(unavailable)?;
+        let mut events = Vec::with_capacity(ids.len());
+        for id in ids {
+            let map = self.hgetall(&self.key(&format!("event:{id}"))).await?;
+            events.push(StoredEvent {
+                id,
+                event: AuthEvent {
+                    info_type: field(&map, "info_type")?,
+                    authorizer_appid: map.get("authorizer_appid").cloned().unwrap_or_default(),
+                    create_time: field(&map, "create_time")?,
+                    payload: Secret::new(field::<String>(&map, "payload")?),
+                    received_at: field(&map, "received_at")?,
+                },
+            });
+        }
+        Ok(events)
+    }
+
+    async fn finish_event(&self, _component: &AppId, id: i64) -> Result<(), StoreError> {
+        let _: i64 = self.conn.clone().zrem(self.key("events:pending"), id).await.map_err(unavailable)?;
+        Ok(())
+    }
+
+    async fn load_component_token(&self, _component: &AppId) -> Result<Option<ComponentToken>, StoreError> {
+        let map = self.hgetall(&self.key("component_token")).await?;
+        if map.is_empty() {
+            return Ok(None);
+        }
+        Ok(Some(ComponentToken { value: Secret::new(field::<String>(&map, "value")?), expires_at: field(&map, "expires_at")?, obtained_at: field(&map, "obtained_at")? }))
+    }
+
+    async fn save_component_token(&self, _component: &AppId, token: &ComponentToken) -> Result<(), StoreError> {
+        self.fenced_write(None, &self.key("component_token"), "", "component", component_fields(token)).await.map(drop)
+    }
+
+    async fn load_authorizers(&self, component: &AppId) -> Result<Vec<AuthorizerRecord>, StoreError> {
+        let appids: Vec<String> = self.conn.clone().smembers(self.key("authorizers")).await.map_err(unavailable)?;
+        let mut records = Vec::with_capacity(appids.len());
+        for appid in appids.iter().filter_map(|a| AppId::parse(a).ok()) {
+            if let Some(r) = self.load_authorizer(component, &appid).await? {
+                records.push(r);
+            }
+        }
+        Ok(records)
+    }
+
+    async fn load_authorizer(&self, _component: &AppId, appid: &AppId) -> Result<Option<AuthorizerRecord>, StoreError> {
+        let map = self.hgetall(&self.key(&format!("authorizer:{appid}"))).await?;
+        if map.is_empty() {
+            return Ok(None);
+        }
+        authorizer_from(appid, &map).map(Some)
+    }
+
+    async fn save_authorizer(&self, _component: &AppId, r: &AuthorizerRecord) -> Result<(), StoreError> {
+        let hash = self.key(&format!("authorizer:{}", r.appid));
+        self.fenced_write(None, &hash, r.appid.as_str(), &format!("authorizer:{}", r.appid), authorizer_fields(r)).await.map(drop)
+    }
+
+    async fn delete_authorizer(&self, _component: &AppId, appid: &AppId) -> Result<bool, StoreError> {
+        let mut conn = self.conn.clone();
+        let removed: i64 = conn.srem(self.key("authorizers"), appid.as_str()).await.map_err(unavailable)?;
+        let deleted: i64 = conn.del(self.key(&format!("authorizer:{appid}"))).await.map_err(unavailable)?;
+        let _: i64 = conn.publish(self.key("changes"), format!("deleted:{appid}")).await.map_err(unavailable)?;
+        Ok(removed + deleted > 0)
+    }
+
+    fn shared(&self) -> bool {
+        true
+    }
+
+    async fn lease(&self, _component: &AppId, what: &str, ttl: Duration) -> Result<Option<Lease>, StoreError> {
+        let mut conn = self.conn.clone();
+        let fence: i64 = conn.incr(self.key("fence"), 1).await.map_err(unavailable)?;
+        let lease = Lease { key: self.key(&format!("lease:{what}")), owner: format!("{}:{fence}", self.instance) };
+        let taken: Option<String> = redis::cmd("SET")
+            .arg(&lease.key)
+            .arg(&lease.owner)
+            .arg("NX")
+            .arg("PX")
+            .arg(ttl.as_millis() as u64)
+            .query_async(&mut conn)
+            .await
+            .map_err(unavailable)?;
+        Ok(taken.map(|_| lease))
+    }
+
+    async fn release(&self, lease: &Lease) -> Result<(), StoreError> {
+        let _: i64 = RELEASE.key(&lease.key).arg(&lease.owner).invoke_async(&mut self.conn.clone()).await.map_err(unavailable)?;
+        Ok(())
+    }
+
+    async fn save_component_token_leased(&self, _component: &AppId, token: &ComponentToken, lease: &Lease) -> Result<bool, StoreError> {
+        self.fenced_write(Some(lease), &self.key("component_token"), "", "component", component_fields(token)).await
+    }
+
+    async fn save_authorizer_leased(&self, _component: &AppId, r: &AuthorizerRecord, lease: &Lease) -> Result<bool, StoreError> {
+        let hash = self.key(&format!("authorizer:{}", r.appid));
+        self.fenced_write(Some(lease), &hash, r.appid.as_str(), &format!("authorizer:{}", r.appid), authorizer_fields(r)).await
+    }
+
+    fn changes(&self) -> Option<broadcast::Receiver<Change>> {
+        Some(self.changes.subscribe())
+    }
+}
