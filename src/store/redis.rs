@@ -59,7 +59,9 @@ static RELEASE: LazyLock<Script> = LazyLock::new(|| {
 #[derive(Clone)]
 pub struct RedisStore {
     conn: ConnectionManager,
-    prefix: String,
+    key_prefix: String,
+    /// The component this instance serves: its change channel.
+    channel: String,
     /// Who this instance is, in lease values.
     instance: String,
     changes: broadcast::Sender<Change>,
@@ -75,17 +77,18 @@ impl RedisStore {
     pub async fn connect(url: &Secret, key_prefix: &str, component: &AppId) -> Result<Self, StoreError> {
         let client = redis::Client::open(url.expose()).map_err(|e| StoreError::Open { path: "store.redis_url".into(), reason: e.to_string() })?;
         let conn = ConnectionManager::new(client.clone()).await.map_err(unavailable)?;
-        let prefix = format!("{key_prefix}{component}:");
         let (changes, _) = broadcast::channel(1024);
         let instance = format!("{}-{}", std::process::id(), hex::encode(rand::random::<[u8; 6]>()));
-        let store = Self { conn, prefix, instance, changes };
+        let channel = format!("{key_prefix}{component}:changes");
+        let store = Self { conn, key_prefix: key_prefix.to_owned(), channel, instance, changes };
         store.warn_without_persistence().await;
-        tokio::spawn(listen(client, store.key("changes"), store.changes.clone()));
+        tokio::spawn(listen(client, store.channel.clone(), store.changes.clone()));
         Ok(store)
     }
 
-    fn key(&self, name: &str) -> String {
-        format!("{}{name}", self.prefix)
+    /// `{key_prefix}{component}:{name}`: every key of one component under one prefix.
+    fn key(&self, component: &AppId, name: &str) -> String {
+        format!("{}{component}:{name}", self.key_prefix)
     }
 
     async fn warn_without_persistence(&self) {
@@ -106,10 +109,10 @@ impl RedisStore {
         self.conn.clone().hgetall(key).await.map_err(unavailable)
     }
 
-    async fn fenced_write(&self, lease: Option<&Lease>, hash: &str, member: &str, announce: &str, fields: Vec<(&str, String)>) -> Result<bool, StoreError> {
+    async fn fenced_write(&self, component: &AppId, lease: Option<&Lease>, hash: &str, member: &str, announce: &str, fields: Vec<(&str, String)>) -> Result<bool, StoreError> {
         let lease_key = lease.map_or_else(String::new, |l| l.key.clone());
         let mut invocation = FENCED_WRITE.key(lease_key);
-        invocation.key(hash).key(self.key("authorizers")).key(self.key("changes"));
+        invocation.key(hash).key(self.key(component, "authorizers")).key(self.key(component, "changes"));
         invocation.arg(lease.map_or("", |l| l.owner.as_str())).arg(member).arg(announce);
         for (field, value) in fields {
             invocation.arg(field).arg(value);
@@ -203,18 +206,18 @@ impl Store for RedisStore {
         Ok(())
     }
 
-    async fn load_ticket(&self, _component: &AppId) -> Result<Option<Ticket>, StoreError> {
-        let map = self.hgetall(&self.key("ticket")).await?;
+    async fn load_ticket(&self, component: &AppId) -> Result<Option<Ticket>, StoreError> {
+        let map = self.hgetall(&self.key(component, "ticket")).await?;
         if map.is_empty() {
             return Ok(None);
         }
         Ok(Some(Ticket { value: Secret::new(field::<String>(&map, "value")?), create_time: field(&map, "create_time")?, received_at: field(&map, "received_at")? }))
     }
 
-    async fn save_ticket(&self, _component: &AppId, t: &Ticket) -> Result<bool, StoreError> {
+    async fn save_ticket(&self, component: &AppId, t: &Ticket) -> Result<bool, StoreError> {
         let kept: i64 = SAVE_TICKET
-            .key(self.key("ticket"))
-            .key(self.key("changes"))
+            .key(self.key(component, "ticket"))
+            .key(self.key(component, "changes"))
             .arg(t.value.expose())
             .arg(t.create_time)
             .arg(t.received_at)
@@ -224,14 +227,14 @@ impl Store for RedisStore {
         Ok(kept == 1)
     }
 
-    async fn record_event(&self, _component: &AppId, e: &AuthEvent) -> Result<bool, StoreError> {
+    async fn record_event(&self, component: &AppId, e: &AuthEvent) -> Result<bool, StoreError> {
         let dedupe = format!("{}|{}|{}", e.info_type, e.authorizer_appid, e.create_time);
         let id: i64 = RECORD_EVENT
-            .key(self.key("events:dedupe"))
-            .key(self.key("events:seq"))
-            .key(self.key("events:pending"))
+            .key(self.key(component, "events:dedupe"))
+            .key(self.key(component, "events:seq"))
+            .key(self.key(component, "events:pending"))
             .arg(dedupe)
-            .arg(self.key("event:"))
+            .arg(self.key(component, "event:"))
             .arg(&e.info_type)
             .arg(&e.authorizer_appid)
             .arg(e.create_time)
@@ -243,11 +246,11 @@ impl Store for RedisStore {
         Ok(id > 0)
     }
 
-    async fn pending_events(&self, _component: &AppId) -> Result<Vec<StoredEvent>, StoreError> {
-        let ids: Vec<i64> = self.conn.clone().zrange(self.key("events:pending"), 0, -1).await.map_err(unavailable)?;
+    async fn pending_events(&self, component: &AppId) -> Result<Vec<StoredEvent>, StoreError> {
+        let ids: Vec<i64> = self.conn.clone().zrange(self.key(component, "events:pending"), 0, -1).await.map_err(unavailable)?;
         let mut events = Vec::with_capacity(ids.len());
         for id in ids {
-            let map = self.hgetall(&self.key(&format!("event:{id}"))).await?;
+            let map = self.hgetall(&self.key(component, &format!("event:{id}"))).await?;
             events.push(StoredEvent {
                 id,
                 event: AuthEvent {
@@ -262,25 +265,25 @@ impl Store for RedisStore {
         Ok(events)
     }
 
-    async fn finish_event(&self, _component: &AppId, id: i64) -> Result<(), StoreError> {
-        let _: i64 = self.conn.clone().zrem(self.key("events:pending"), id).await.map_err(unavailable)?;
+    async fn finish_event(&self, component: &AppId, id: i64) -> Result<(), StoreError> {
+        let _: i64 = self.conn.clone().zrem(self.key(component, "events:pending"), id).await.map_err(unavailable)?;
         Ok(())
     }
 
-    async fn load_component_token(&self, _component: &AppId) -> Result<Option<ComponentToken>, StoreError> {
-        let map = self.hgetall(&self.key("component_token")).await?;
+    async fn load_component_token(&self, component: &AppId) -> Result<Option<ComponentToken>, StoreError> {
+        let map = self.hgetall(&self.key(component, "component_token")).await?;
         if map.is_empty() {
             return Ok(None);
         }
         Ok(Some(ComponentToken { value: Secret::new(field::<String>(&map, "value")?), expires_at: field(&map, "expires_at")?, obtained_at: field(&map, "obtained_at")? }))
     }
 
-    async fn save_component_token(&self, _component: &AppId, token: &ComponentToken) -> Result<(), StoreError> {
-        self.fenced_write(None, &self.key("component_token"), "", "component", component_fields(token)).await.map(drop)
+    async fn save_component_token(&self, component: &AppId, token: &ComponentToken) -> Result<(), StoreError> {
+        self.fenced_write(component, None, &self.key(component, "component_token"), "", "component", component_fields(token)).await.map(drop)
     }
 
     async fn load_authorizers(&self, component: &AppId) -> Result<Vec<AuthorizerRecord>, StoreError> {
-        let appids: Vec<String> = self.conn.clone().smembers(self.key("authorizers")).await.map_err(unavailable)?;
+        let appids: Vec<String> = self.conn.clone().smembers(self.key(component, "authorizers")).await.map_err(unavailable)?;
         let mut records = Vec::with_capacity(appids.len());
         for appid in appids.iter().filter_map(|a| AppId::parse(a).ok()) {
             if let Some(r) = self.load_authorizer(component, &appid).await? {
@@ -290,24 +293,24 @@ impl Store for RedisStore {
         Ok(records)
     }
 
-    async fn load_authorizer(&self, _component: &AppId, appid: &AppId) -> Result<Option<AuthorizerRecord>, StoreError> {
-        let map = self.hgetall(&self.key(&format!("authorizer:{appid}"))).await?;
+    async fn load_authorizer(&self, component: &AppId, appid: &AppId) -> Result<Option<AuthorizerRecord>, StoreError> {
+        let map = self.hgetall(&self.key(component, &format!("authorizer:{appid}"))).await?;
         if map.is_empty() {
             return Ok(None);
         }
         authorizer_from(appid, &map).map(Some)
     }
 
-    async fn save_authorizer(&self, _component: &AppId, r: &AuthorizerRecord) -> Result<(), StoreError> {
-        let hash = self.key(&format!("authorizer:{}", r.appid));
-        self.fenced_write(None, &hash, r.appid.as_str(), &format!("authorizer:{}", r.appid), authorizer_fields(r)).await.map(drop)
+    async fn save_authorizer(&self, component: &AppId, r: &AuthorizerRecord) -> Result<(), StoreError> {
+        let hash = self.key(component, &format!("authorizer:{}", r.appid));
+        self.fenced_write(component, None, &hash, r.appid.as_str(), &format!("authorizer:{}", r.appid), authorizer_fields(r)).await.map(drop)
     }
 
-    async fn delete_authorizer(&self, _component: &AppId, appid: &AppId) -> Result<bool, StoreError> {
+    async fn delete_authorizer(&self, component: &AppId, appid: &AppId) -> Result<bool, StoreError> {
         let mut conn = self.conn.clone();
-        let removed: i64 = conn.srem(self.key("authorizers"), appid.as_str()).await.map_err(unavailable)?;
-        let deleted: i64 = conn.del(self.key(&format!("authorizer:{appid}"))).await.map_err(unavailable)?;
-        let _: i64 = conn.publish(self.key("changes"), format!("deleted:{appid}")).await.map_err(unavailable)?;
+        let removed: i64 = conn.srem(self.key(component, "authorizers"), appid.as_str()).await.map_err(unavailable)?;
+        let deleted: i64 = conn.del(self.key(component, &format!("authorizer:{appid}"))).await.map_err(unavailable)?;
+        let _: i64 = conn.publish(self.key(component, "changes"), format!("deleted:{appid}")).await.map_err(unavailable)?;
         Ok(removed + deleted > 0)
     }
 
@@ -315,10 +318,10 @@ impl Store for RedisStore {
         true
     }
 
-    async fn lease(&self, _component: &AppId, what: &str, ttl: Duration) -> Result<Option<Lease>, StoreError> {
+    async fn lease(&self, component: &AppId, what: &str, ttl: Duration) -> Result<Option<Lease>, StoreError> {
         let mut conn = self.conn.clone();
-        let fence: i64 = conn.incr(self.key("fence"), 1).await.map_err(unavailable)?;
-        let lease = Lease { key: self.key(&format!("lease:{what}")), owner: format!("{}:{fence}", self.instance) };
+        let fence: i64 = conn.incr(self.key(component, "fence"), 1).await.map_err(unavailable)?;
+        let lease = Lease { key: self.key(component, &format!("lease:{what}")), owner: format!("{}:{fence}", self.instance) };
         let taken: Option<String> = redis::cmd("SET")
             .arg(&lease.key)
             .arg(&lease.owner)
@@ -336,16 +339,98 @@ impl Store for RedisStore {
         Ok(())
     }
 
-    async fn save_component_token_leased(&self, _component: &AppId, token: &ComponentToken, lease: &Lease) -> Result<bool, StoreError> {
-        self.fenced_write(Some(lease), &self.key("component_token"), "", "component", component_fields(token)).await
+    async fn save_component_token_leased(&self, component: &AppId, token: &ComponentToken, lease: &Lease) -> Result<bool, StoreError> {
+        self.fenced_write(component, Some(lease), &self.key(component, "component_token"), "", "component", component_fields(token)).await
     }
 
-    async fn save_authorizer_leased(&self, _component: &AppId, r: &AuthorizerRecord, lease: &Lease) -> Result<bool, StoreError> {
-        let hash = self.key(&format!("authorizer:{}", r.appid));
-        self.fenced_write(Some(lease), &hash, r.appid.as_str(), &format!("authorizer:{}", r.appid), authorizer_fields(r)).await
+    async fn save_authorizer_leased(&self, component: &AppId, r: &AuthorizerRecord, lease: &Lease) -> Result<bool, StoreError> {
+        let hash = self.key(component, &format!("authorizer:{}", r.appid));
+        self.fenced_write(component, Some(lease), &hash, r.appid.as_str(), &format!("authorizer:{}", r.appid), authorizer_fields(r)).await
     }
 
     fn changes(&self) -> Option<broadcast::Receiver<Change>> {
         Some(self.changes.subscribe())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! Against the real Redis at 127.0.0.1:6379 (`.ci/run` starts one), each test under a key
+    //! prefix of its own, removed at the end.
+    use super::super::contract_tests;
+    use super::*;
+
+    const URL: &str = "redis://127.0.0.1:6379/0";
+
+    fn prefix() -> String {
+        format!("wxgate-test-{}:", hex::encode(rand::random::<[u8; 6]>()))
+    }
+
+    async fn store(prefix: &str) -> RedisStore {
+        RedisStore::connect(&Secret::new(URL), prefix, &contract_tests::component()).await.expect("a Redis at 127.0.0.1:6379")
+    }
+
+    async fn clean(prefix: &str) {
+        let mut conn = redis::Client::open(URL).unwrap().get_multiplexed_async_connection().await.unwrap();
+        let keys: Vec<String> = conn.keys(format!("{prefix}*")).await.unwrap();
+        if !keys.is_empty() {
+            let _: i64 = conn.del(keys).await.unwrap();
+        }
+    }
+
+    #[tokio::test]
+    async fn keeps_the_store_contract() {
+        let p = prefix();
+        let s = store(&p).await;
+        contract_tests::newer_ticket_wins(&s).await;
+        contract_tests::events_are_recorded_once(&s).await;
+        // Keys are namespaced by component: another component's store is empty.
+        let other = RedisStore::connect(&Secret::new(URL), &p, &contract_tests::component_b()).await.unwrap();
+        assert!(other.load_ticket(&contract_tests::component_b()).await.unwrap().is_none());
+        clean(&p).await;
+        let p = prefix();
+        contract_tests::tokens_and_authorizers_round_trip(&store(&p).await).await;
+        clean(&p).await;
+    }
+
+    #[tokio::test]
+    async fn one_instance_holds_a_lease_and_a_passed_lease_writes_nothing() {
+        let p = prefix();
+        let (one, two) = (store(&p).await, store(&p).await);
+        let c = contract_tests::component();
+        let record = contract_tests::authorizer("wx1111111111111111", "refresh-1");
+        let ttl = Duration::from_millis(300);
+        let held = one.lease(&c, "wx1111111111111111", ttl).await.unwrap().expect("free");
+        assert!(two.lease(&c, "wx1111111111111111", ttl).await.unwrap().is_none(), "held by one");
+        assert!(one.save_authorizer_leased(&c, &record, &held).await.unwrap());
+        tokio::time::sleep(ttl + Duration::from_millis(100)).await;
+        let taken = two.lease(&c, "wx1111111111111111", ttl).await.unwrap().expect("expired, so free");
+        let late = AuthorizerRecord { refresh_token: Some(Secret::new("stale")), ..record.clone() };
+        assert!(!one.save_authorizer_leased(&c, &late, &held).await.unwrap(), "fenced: the lease passed on");
+        assert_eq!(two.load_authorizer(&c, &record.appid).await.unwrap().unwrap(), record);
+        two.release(&taken).await.unwrap();
+        assert!(one.lease(&c, "wx1111111111111111", ttl).await.unwrap().is_some(), "released");
+        clean(&p).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn changes_are_announced_to_other_instances() {
+        let p = prefix();
+        let (one, two) = (store(&p).await, store(&p).await);
+        let mut heard = one.changes().unwrap();
+        let c = contract_tests::component();
+        // Give the listener time to subscribe (Redis drops what is published before).
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        two.save_authorizer(&c, &contract_tests::authorizer("wx2222222222222222", "r")).await.unwrap();
+        two.save_ticket(&c, &contract_tests::ticket("t", 9)).await.unwrap();
+        let mut got = Vec::new();
+        while got.len() < 2 {
+            match tokio::time::timeout(Duration::from_secs(5), heard.recv()).await.unwrap().unwrap() {
+                Change::Resync => {}
+                change => got.push(change),
+            }
+        }
+        assert_eq!(got, [Change::Authorizer(AppId::parse("wx2222222222222222").unwrap()), Change::Ticket]);
+        clean(&p).await;
     }
 }
