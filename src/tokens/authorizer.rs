@@ -270,7 +270,7 @@ impl TokenService {
 
     /// Makes a slot from [`Self::slot_or_new`] visible, unless it already is.
     fn adopt(&self, slot: Arc<AuthorizerSlot>) {
-        self.authorizers.entry(slot.appid.clone()).or_insert(slot);
+        self.authorizers.insert_if_absent(slot);
     }
 
     /// The `unauthorized` push: tokens dropped, later calls answered 404. A push older than the

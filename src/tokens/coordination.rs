@@ -47,7 +47,7 @@ impl TokenService {
         for record in records {
             self.take_record(record).await;
         }
-        let gone: Vec<AppId> = self.authorizers.iter().map(|(k, _)| (*k).clone()).filter(|a| !known.contains(a)).collect();
+        let gone: Vec<AppId> = self.authorizers.appids().into_iter().filter(|a| !known.contains(a)).collect();
         for appid in gone {
             self.authorizers.remove(&appid);
             self.unplan(&Job::Authorizer(appid));
@@ -103,7 +103,7 @@ impl TokenService {
             None => {
                 let slot = Arc::new(AuthorizerSlot::from_record(record));
                 self.replan_authorizer(&slot);
-                self.authorizers.insert(slot.appid.clone(), slot);
+                self.authorizers.insert(slot);
             }
         }
     }

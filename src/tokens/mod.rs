@@ -48,7 +48,7 @@ use crate::store::{unix_now, AuthEvent, AuthorizerState, SharedStore, StoreError
 use crate::wechat::{ComponentApi, WechatError};
 use crate::AppId;
 use serde::Serialize;
-use slot::{AuthorizerSlot, ComponentSlot};
+use slot::{AuthorizerSlot, ComponentSlot, Slots};
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
@@ -143,7 +143,7 @@ pub struct TokenService {
     clock: Clock,
     ticket: RwLock<Option<Ticket>>,
     component_token: ComponentSlot,
-    authorizers: moka::sync::Cache<AppId, Arc<AuthorizerSlot>>,
+    authorizers: Slots,
     schedule: Mutex<Schedule>,
     /// Wakes the scheduler when the schedule changes.
     wake: Notify,
@@ -178,7 +178,7 @@ impl TokenService {
             api,
             settings,
             ticket: RwLock::new(ticket),
-            authorizers: moka::sync::Cache::builder().build(),
+            authorizers: Slots::default(),
             schedule: Mutex::new(Schedule::default()),
             wake: Notify::new(),
             used_codes: moka::sync::Cache::builder().max_capacity(10_000).time_to_live(Duration::from_secs(3600)).build(),
@@ -200,12 +200,13 @@ impl TokenService {
         schedule.set(Job::ComponentToken, self.component_token.due_after_load(now, &self.settings));
         schedule.set(Job::Events, now);
         schedule.set(Job::TicketWatch, now + 60_000);
+        self.authorizers.reserve(records.len());
         for record in records {
             let slot = Arc::new(AuthorizerSlot::from_record(record));
             if let Some(due) = slot.due_after_load(now, &self.settings, &mut rng) {
                 schedule.set(Job::Authorizer(slot.appid.clone()), due);
             }
-            self.authorizers.insert(slot.appid.clone(), slot);
+            self.authorizers.insert(slot);
         }
     }
 
@@ -290,7 +291,7 @@ impl TokenService {
     /// Sets `wxgate_authorizers` by state; called on changes of state and before every scrape.
     pub fn update_gauges(&self) {
         let mut counts = [0i64; 3];
-        for (_, slot) in self.authorizers.iter() {
+        for slot in self.authorizers.all() {
             counts[slot.state() as usize] += 1;
         }
         for state in AuthorizerState::ALL {
@@ -336,7 +337,7 @@ impl TokenService {
 
     /// Every authorizer, by appid; `offset` and `limit` page through large fleets.
     pub fn authorizer_statuses(&self, offset: usize, limit: usize) -> (usize, Vec<AuthorizerStatus>) {
-        let mut appids: Vec<AppId> = self.authorizers.iter().map(|(k, _)| (*k).clone()).collect();
+        let mut appids: Vec<AppId> = self.authorizers.appids();
         appids.sort();
         let total = appids.len();
         let page = appids.iter().skip(offset).take(limit).filter_map(|a| self.authorizer_status(a)).collect();
@@ -347,12 +348,11 @@ impl TokenService {
     /// plan as the schedule holds it, for `benches/authorizers.rs`.
     pub fn planned_authorizer_refreshes(&self) -> Vec<i64> {
         let schedule = self.lock_schedule();
-        self.authorizers.iter().filter_map(|(appid, _)| schedule.due_at(&Job::Authorizer((*appid).clone()))).collect()
+        self.authorizers.appids().into_iter().filter_map(|appid| schedule.due_at(&Job::Authorizer(appid))).collect()
     }
 
     pub fn authorizer_count(&self) -> u64 {
-        self.authorizers.run_pending_tasks();
-        self.authorizers.entry_count()
+        self.authorizers.len() as u64
     }
 
     /// Waits out a failed refresh's backoff: the next attempt `attempt` from now.

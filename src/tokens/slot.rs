@@ -167,8 +167,8 @@ impl AuthorizerSlot {
         (mem.state, mem.access.clone())
     }
 
-    /// Spread over half the remaining lifetime, so that a fleet loaded with equal expiries
-    /// does not refresh in the same second. `None` for authorizers that are not refreshed.
+    /// Spread over a steady refresh period (see `spread_due`), so that a fleet loaded with
+    /// equal expiries does not refresh in the same second. `None` for authorizers that are not refreshed.
     pub fn due_after_load(&self, now_ms: i64, settings: &Settings, rng: &mut impl Rng) -> Option<i64> {
         let mem = read(&self.mem);
         if mem.state != AuthorizerState::Active {
@@ -198,5 +198,47 @@ impl AuthorizerSlot {
             next_refresh_at_ms,
             last_error: mem.last_error.clone(),
         }
+    }
+}
+
+/// Every authorizer held, by appid. A plain map under a read-write lock rather than a cache:
+/// every authorizer stays in memory (nothing is evicted), and at 100,000 authorizers a moka
+/// cache's per-entry bookkeeping cost about 250 bytes each that this does not.
+#[derive(Default)]
+pub(super) struct Slots(RwLock<std::collections::HashMap<AppId, Arc<AuthorizerSlot>>>);
+
+impl Slots {
+    pub fn get(&self, appid: &AppId) -> Option<Arc<AuthorizerSlot>> {
+        read(&self.0).get(appid).cloned()
+    }
+
+    pub fn insert(&self, slot: Arc<AuthorizerSlot>) {
+        write(&self.0).insert(slot.appid.clone(), slot);
+    }
+
+    /// Inserts `slot` unless one is already held for its appid.
+    pub fn insert_if_absent(&self, slot: Arc<AuthorizerSlot>) {
+        write(&self.0).entry(slot.appid.clone()).or_insert(slot);
+    }
+
+    pub fn remove(&self, appid: &AppId) -> Option<Arc<AuthorizerSlot>> {
+        write(&self.0).remove(appid)
+    }
+
+    /// A snapshot, so that no lock is held while the caller works through it.
+    pub fn all(&self) -> Vec<Arc<AuthorizerSlot>> {
+        read(&self.0).values().cloned().collect()
+    }
+
+    pub fn appids(&self) -> Vec<AppId> {
+        read(&self.0).keys().cloned().collect()
+    }
+
+    pub fn len(&self) -> usize {
+        read(&self.0).len()
+    }
+
+    pub fn reserve(&self, additional: usize) {
+        write(&self.0).reserve(additional);
     }
 }
