@@ -45,6 +45,15 @@ enum Command {
     },
     /// The WeChat sandbox alone: a local stand-in for api.weixin.qq.com.
     Sandbox(SandboxArgs),
+    /// Copy everything from the configured store into another (SQLite ⇄ Redis).
+    Migrate {
+        /// The destination: `sqlite:PATH` or `redis://[:PASSWORD@]HOST:PORT/DB`.
+        #[arg(long)]
+        to: String,
+        /// Key prefix in a Redis destination.
+        #[arg(long, default_value = "wxgate:")]
+        to_key_prefix: String,
+    },
 }
 
 /// The sandbox's credentials default to the demo ones (`wxgate demo` uses the same).
@@ -84,6 +93,7 @@ fn main() -> ExitCode {
             wxgate::demo::run(&DemoOptions { proxy, admin, sandbox, data_dir }).context("demo").map(|()| ExitCode::SUCCESS)
         }
         Some(Command::Sandbox(args)) => run_sandbox(args),
+        Some(Command::Migrate { to, to_key_prefix }) => with_config(&cli.config, |config| migrate(config, &to, &to_key_prefix)),
         Some(Command::Check) => with_config(&cli.config, |config| {
             println!("{}", config.masked());
             eprintln!("wxgate: {} is valid", cli.config.display());
@@ -109,6 +119,34 @@ fn with_config(path: &std::path::Path, f: impl FnOnce(&Config) -> anyhow::Result
             Ok(ExitCode::from(EXIT_CONFIG))
         }
     }
+}
+
+fn migrate(config: &Config, to: &str, key_prefix: &str) -> anyhow::Result<()> {
+    use wxgate::config::StoreConfig;
+    let destination = if let Some(path) = to.strip_prefix("sqlite:") {
+        StoreConfig::Sqlite { path: PathBuf::from(path) }
+    } else if to.starts_with("redis://") || to.starts_with("rediss://") {
+        StoreConfig::Redis { url: Secret::new(to), key_prefix: key_prefix.to_owned() }
+    } else {
+        anyhow::bail!("--to takes sqlite:PATH or redis://HOST:PORT/DB");
+    };
+    let rt = tokio::runtime::Runtime::new().context("runtime")?;
+    rt.block_on(async {
+        let component = &config.component.appid;
+        let from = wxgate::app::open_store(&config.store, component).await.context("the configured store")?;
+        let to = wxgate::app::open_store(&destination, component).await.context("the destination store")?;
+        let copied = wxgate::store::migrate::copy(&from, &to, component).await.context("copy")?;
+        println!(
+            "copied from {} to {}: {} authorizers, ticket: {}, component token: {}, pending events: {}",
+            from.backend(),
+            to.backend(),
+            copied.authorizers,
+            copied.ticket,
+            copied.component_token,
+            copied.pending_events
+        );
+        Ok(())
+    })
 }
 
 fn run_sandbox(args: SandboxArgs) -> anyhow::Result<ExitCode> {

@@ -5,6 +5,7 @@
 //! WeChat `success` (or use a rotated token) as soon as the call returns.
 
 mod memory;
+pub mod migrate;
 mod redis;
 mod sqlite;
 

@@ -29,12 +29,26 @@ impl TokenService {
                     self.update_gauges();
                     Ok(())
                 }
-                Ok(Change::Resync) | Err(broadcast::error::RecvError::Lagged(_)) => self.resync().await,
+                Ok(Change::Resync) | Err(broadcast::error::RecvError::Lagged(_)) => {
+                    self.resync_until_done().await;
+                    Ok(())
+                }
                 Err(broadcast::error::RecvError::Closed) => return,
             };
             if let Err(e) = result {
                 tracing::warn!(error = %e, "could not apply another instance's change; it is read again before the next refresh");
             }
+        }
+    }
+
+    /// Resyncs, retrying until the store answers: the first commands after a Redis restart can
+    /// fail while the connection is re-made, and what was announced meanwhile is lost otherwise.
+    async fn resync_until_done(&self) {
+        let mut attempt = 0;
+        while let Err(e) = self.resync().await {
+            attempt += 1;
+            tracing::warn!(error = %e, attempt, "could not resync with the shared store; retrying");
+            tokio::time::sleep(Duration::from_millis(500 * attempt.min(10))).await;
         }
     }
 

@@ -37,6 +37,8 @@ pub struct Setup {
     pub upstream: String,
     /// `[refresh]`, `[[clients]]` and the like, appended to the config.
     pub extra_toml: String,
+    /// The `[store]` section; the SQLite file in `dir` unless a test sets another.
+    pub store_toml: Option<String>,
 }
 
 impl Setup {
@@ -47,6 +49,7 @@ impl Setup {
             admin: SocketAddr::from(([127, 0, 0, 1], free_port())),
             upstream: "http://127.0.0.1:9".into(),
             extra_toml: String::new(),
+            store_toml: None,
         }
     }
 
@@ -77,9 +80,7 @@ proxy = "{proxy}"
 admin = "{admin}"
 public_base_url = "http://{proxy}"
 
-[store]
-backend = "sqlite"
-path = "{db}"
+{store}
 
 [admin]
 token = "{ADMIN_TOKEN}"
@@ -96,7 +97,7 @@ authorizers = ["*"]
 "#,
             proxy = self.proxy,
             admin = self.admin,
-            db = self.db_path().display(),
+            store = self.store_toml.clone().unwrap_or_else(|| format!("[store]\nbackend = \"sqlite\"\npath = \"{}\"", self.db_path().display())),
             upstream = self.upstream,
             extra = self.extra_toml,
         )
@@ -106,6 +107,15 @@ authorizers = ["*"]
         let path = self.dir.path().join("wxgate.toml");
         std::fs::write(&path, self.config_toml()).unwrap();
         path
+    }
+
+    /// Another instance of the same gateway: same config, its own listeners and log.
+    pub fn sibling(&self) -> Setup {
+        let mut other = Setup::new();
+        other.upstream = self.upstream.clone();
+        other.extra_toml = self.extra_toml.clone();
+        other.store_toml = self.store_toml.clone();
+        other
     }
 
     /// Starts the gateway and waits until its admin listener answers.
