@@ -55,3 +55,43 @@ fn a_missing_config_file_is_named() {
     assert_ne!(out.status.code(), Some(0));
     assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/wxgate.toml"));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn migrate_copies_an_sqlite_store_into_redis_and_back() {
+    use wxgate::store::{AuthorizerRecord, AuthorizerState, RedisStore, SqliteStore, Store};
+    use wxgate::{AppId, Secret};
+    let setup = Setup::new();
+    let component = AppId::parse(COMPONENT_APPID).unwrap();
+    let appid = AppId::parse("wx1111111111111111").unwrap();
+    let record = AuthorizerRecord {
+        appid: appid.clone(),
+        state: AuthorizerState::Active,
+        refresh_token: Some(Secret::new("refreshtoken@@@keep-me")),
+        access_token: Some(Secret::new("access")),
+        access_expires_at: 1,
+        authorized_at: 2,
+        last_refresh_at: 3,
+        last_error: None,
+        auth_code_sha1: None,
+    };
+    SqliteStore::open(&setup.db_path()).unwrap().save_authorizer(&component, &record).await.unwrap();
+    let config = setup.write_config();
+    let prefix = format!("wxgate-migrate-{}:", hex::encode(rand::random::<[u8; 6]>()));
+    let run = |args: Vec<String>| {
+        let out = Command::new(env!("CARGO_BIN_EXE_wxgate")).args(args).env_remove("WXGATE_CONFIG").output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let said = run(vec!["migrate".into(), "--config".into(), config.display().to_string(), "--to".into(), "redis://127.0.0.1:6379/0".into(), "--to-key-prefix".into(), prefix.clone()]);
+    assert!(said.contains("1 authorizers"), "{said}");
+    let redis = RedisStore::connect(&Secret::new("redis://127.0.0.1:6379/0"), &prefix, &component).await.unwrap();
+    assert_eq!(redis.load_authorizer(&component, &appid).await.unwrap(), Some(record.clone()));
+
+    // And back, from a gateway configured on that Redis into a new SQLite file.
+    let mut on_redis = Setup::new();
+    on_redis.store_toml = Some(format!("[store]\nbackend = \"redis\"\nredis_url = \"redis://127.0.0.1:6379/0\"\nkey_prefix = \"{prefix}\""));
+    let back = on_redis.dir.path().join("back.sqlite3");
+    run(vec!["migrate".into(), "--config".into(), on_redis.write_config().display().to_string(), "--to".into(), format!("sqlite:{}", back.display())]);
+    assert_eq!(SqliteStore::open(&back).unwrap().load_authorizer(&component, &appid).await.unwrap(), Some(record));
+    redis.delete_authorizer(&component, &appid).await.unwrap();
+}
