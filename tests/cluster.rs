@@ -31,6 +31,19 @@ async fn clean(url: &str, prefix: &str) {
     }
 }
 
+/// Every token and refresh token the instances stored under `prefix`.
+async fn stored_tokens(url: &str, prefix: &str) -> Vec<String> {
+    use redis::AsyncCommands;
+    let mut conn = redis::Client::open(url).unwrap().get_multiplexed_async_connection().await.unwrap();
+    let keys: Vec<String> = conn.keys(format!("{prefix}*authorizer:*")).await.unwrap();
+    let mut tokens = Vec::new();
+    for key in keys.iter().chain(std::iter::once(&format!("{prefix}{COMPONENT_APPID}:component_token"))) {
+        let fields: std::collections::HashMap<String, String> = conn.hgetall(key).await.unwrap();
+        tokens.extend(["access_token", "refresh_token", "value"].iter().filter_map(|f| fields.get(*f).cloned()));
+    }
+    tokens
+}
+
 async fn active_count(gw: &Gateway) -> usize {
     let list: serde_json::Value = gw.admin_get("/admin/authorizers").await.json().await.unwrap();
     list["authorizers"].as_array().unwrap().iter().filter(|a| a["state"] == "active").count()
@@ -98,8 +111,11 @@ async fn three_instances_refresh_each_token_once_per_lifetime_and_no_client_sees
     let component = after.component_token_calls - before.component_token_calls;
     assert!(component <= most, "component token: {component} refreshes");
     assert_eq!(after.authorizer_info_calls, 0, "no refresh token was ever lost");
+    let tokens = stored_tokens(URL, &prefix).await;
+    assert!(tokens.len() > accounts as usize);
+    let tokens: Vec<&str> = tokens.iter().map(String::as_str).collect();
     for s in &setups {
-        assert_no_secrets(&s.log(), &[]);
+        assert_no_secrets(&s.log(), &tokens);
     }
     clean(URL, &prefix).await;
 }
