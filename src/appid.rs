@@ -4,9 +4,10 @@ use std::fmt;
 use std::str::FromStr;
 
 /// An appid that has been checked to have WeChat's shape, so that it can be used as a key,
-/// a path segment or a log field without further checks.
-#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct AppId(String);
+/// a path segment or a log field without further checks. Held inline (18 bytes, `Copy`): the
+/// token service keys every authorizer by it, several times over, and the proxy copies it per call.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct AppId([u8; 18]);
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("an appid is \"wx\" followed by 16 hex digits")]
@@ -14,11 +15,12 @@ pub struct InvalidAppId;
 
 impl AppId {
     pub fn parse(s: &str) -> Result<Self, InvalidAppId> {
-        if Self::is_valid(s) {
-            Ok(Self(s.to_owned()))
-        } else {
-            Err(InvalidAppId)
+        if !Self::is_valid(s) {
+            return Err(InvalidAppId);
         }
+        let mut bytes = [0u8; 18];
+        bytes.copy_from_slice(s.as_bytes());
+        Ok(Self(bytes))
     }
 
     /// True for `wx` + 16 lowercase hex digits, the shape of every official account, mini
@@ -31,7 +33,8 @@ impl AppId {
     }
 
     pub fn as_str(&self) -> &str {
-        &self.0
+        // Checked to be ASCII when parsed.
+        std::str::from_utf8(&self.0).unwrap_or_default()
     }
 }
 
@@ -44,19 +47,19 @@ impl FromStr for AppId {
 
 impl fmt::Display for AppId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
+        f.write_str(self.as_str())
     }
 }
 
 impl fmt::Debug for AppId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "AppId({})", self.0)
+        write!(f, "AppId({})", self.as_str())
     }
 }
 
 impl AsRef<str> for AppId {
     fn as_ref(&self) -> &str {
-        &self.0
+        self.as_str()
     }
 }
 

@@ -170,6 +170,16 @@ pub trait Store: Send + Sync + 'static {
 
     async fn load_authorizer(&self, component: &AppId, appid: &AppId) -> Result<Option<AuthorizerRecord>, StoreError>;
 
+    /// Up to `limit` authorizers with appids after `after`, in appid order: start-up reads a
+    /// large fleet a page at a time instead of holding every record at once.
+    async fn load_authorizers_page(&self, component: &AppId, after: Option<&AppId>, limit: usize) -> Result<Vec<AuthorizerRecord>, StoreError> {
+        let mut all = self.load_authorizers(component).await?;
+        all.retain(|r| after.is_none_or(|a| r.appid > *a));
+        all.sort_by(|a, b| a.appid.cmp(&b.appid));
+        all.truncate(limit);
+        Ok(all)
+    }
+
     /// Inserts or replaces the whole record, durably, before it returns.
     async fn save_authorizer(&self, component: &AppId, record: &AuthorizerRecord) -> Result<(), StoreError>;
 
@@ -287,6 +297,10 @@ pub(crate) mod contract_tests {
 
         let all = store.load_authorizers(&c).await.unwrap();
         assert_eq!(all.len(), 2);
+        let first = store.load_authorizers_page(&c, None, 1).await.unwrap();
+        assert_eq!(first.iter().map(|r| r.appid).collect::<Vec<_>>(), [a.appid]);
+        let second = store.load_authorizers_page(&c, Some(&a.appid), 5).await.unwrap();
+        assert_eq!(second.iter().map(|r| r.appid).collect::<Vec<_>>(), [b.appid]);
         assert_eq!(store.load_authorizer(&c, &a.appid).await.unwrap().unwrap(), rotated);
         assert_eq!(store.load_authorizer(&c, &b.appid).await.unwrap().unwrap(), b);
         assert!(store.delete_authorizer(&c, &a.appid).await.unwrap());

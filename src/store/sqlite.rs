@@ -300,6 +300,20 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn load_authorizers_page(&self, component: &AppId, after: Option<&AppId>, limit: usize) -> Result<Vec<AuthorizerRecord>, StoreError> {
+        let (component, after) = (component.to_string(), after.map_or_else(String::new, |a| a.to_string()));
+        self.with_conn(move |c| {
+            let sql = format!(
+                "SELECT {AUTHORIZER_COLUMNS} FROM authorizers
+                 WHERE component_appid = ?1 AND authorizer_appid > ?2 ORDER BY authorizer_appid LIMIT ?3"
+            );
+            let mut stmt = c.prepare_cached(&sql)?;
+            let rows = stmt.query_map(params![component, after, limit as i64], row_to_authorizer)?;
+            rows.collect()
+        })
+        .await
+    }
+
     async fn save_authorizer(&self, component: &AppId, record: &AuthorizerRecord) -> Result<(), StoreError> {
         let (component, r) = (component.to_string(), record.clone());
         self.with_conn(move |c| {

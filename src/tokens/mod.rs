@@ -170,7 +170,6 @@ impl TokenService {
         let clock = Clock::new();
         let ticket = store.load_ticket(&component).await?;
         let component_token = store.load_component_token(&component).await?;
-        let records = store.load_authorizers(&component).await?;
         let service = Arc::new(Self {
             component_token: ComponentSlot::new(component_token),
             component,
@@ -188,23 +187,40 @@ impl TokenService {
             last_ticket_ms: AtomicI64::new(clock.now_ms()),
             clock,
         });
-        service.plan_after_load(records);
+        service.load_authorizers().await?;
         service.update_gauges();
         Ok(service)
     }
 
-    fn plan_after_load(&self, records: Vec<crate::store::AuthorizerRecord>) {
+    /// Loads every authorizer a page at a time, and plans each refresh.
+    async fn load_authorizers(&self) -> Result<(), TokenError> {
+        const PAGE: usize = 1000;
         let now = self.clock.now_ms();
+        {
+            let mut schedule = self.lock_schedule();
+            schedule.set(Job::ComponentToken, self.component_token.due_after_load(now, &self.settings));
+            schedule.set(Job::Events, now);
+            schedule.set(Job::TicketWatch, now + 60_000);
+        }
+        let mut after: Option<AppId> = None;
+        loop {
+            let page = self.store.load_authorizers_page(&self.component, after.as_ref(), PAGE).await?;
+            let full = page.len() == PAGE;
+            after = page.last().map(|r| r.appid);
+            self.plan_loaded(page, now);
+            if !full {
+                return Ok(());
+            }
+        }
+    }
+
+    fn plan_loaded(&self, records: Vec<crate::store::AuthorizerRecord>, now: i64) {
         let mut rng = rand::thread_rng();
         let mut schedule = self.lock_schedule();
-        schedule.set(Job::ComponentToken, self.component_token.due_after_load(now, &self.settings));
-        schedule.set(Job::Events, now);
-        schedule.set(Job::TicketWatch, now + 60_000);
-        self.authorizers.reserve(records.len());
         for record in records {
             let slot = Arc::new(AuthorizerSlot::from_record(record));
             if let Some(due) = slot.due_after_load(now, &self.settings, &mut rng) {
-                schedule.set(Job::Authorizer(slot.appid.clone()), due);
+                schedule.set(Job::Authorizer(slot.appid), due);
             }
             self.authorizers.insert(slot);
         }

@@ -237,8 +237,4 @@ impl Slots {
     pub fn len(&self) -> usize {
         read(&self.0).len()
     }
-
-    pub fn reserve(&self, additional: usize) {
-        write(&self.0).reserve(additional);
-    }
 }
