@@ -166,7 +166,7 @@ fn redacted_query(query: &str) -> String {
     query
         .split('&')
         .map(|pair| match pair.split_once('=') {
-            Some((k, _)) if matches!(k, "access_token" | "component_access_token" | "key" | "secret") => format!("{k}=..."),
+            Some((k, _)) if matches!(k, "access_token" | "component_access_token" | "key" | "secret" | "auth_code" | "pre_auth_code" | "code") => format!("{k}=..."),
             _ => pair.to_owned(),
         })
         .collect::<Vec<_>>()
