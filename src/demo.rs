@@ -152,7 +152,9 @@ async fn tour(config: SandboxConfig, listener: tokio::net::TcpListener, opts: &D
         eprintln!("wxgate demo: the demo account was not stored; see the log above");
         return;
     }
-    println!("{}", instructions(opts, &demo_account));
+    // A closed stdout (`wxgate demo | head`) must not take the sandbox down with a panic.
+    use std::io::Write;
+    let _ = writeln!(std::io::stdout(), "{}", instructions(opts, &demo_account));
 }
 
 /// Polls `url` until it answers 200, for at most 30 s.

@@ -95,7 +95,10 @@ pub async fn send(connector: &Connector, upstream: &Upstream, client_req: &Reque
                 tracing::debug!(error = ?e.etype(), "a pooled connection to WeChat was closed; retrying on a new one");
                 fresh_retry = false;
             }
-            Err(e) => return Err(failure(&e)),
+            Err(e) => {
+                tracing::warn!(error = ?e.etype(), source = ?e.esource(), reused, "the call to WeChat failed");
+                return Err(failure(&e));
+            }
         }
     }
     Err(CallFailure::Unreachable)

@@ -1,0 +1,66 @@
+//! `wxgate demo`, as README.md tells a newcomer to run it: it prints the lines to try, and they work.
+
+mod common;
+
+use common::*;
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_demo_authorizes_an_account_and_its_curl_lines_work() {
+    let dir = tempfile::tempdir().unwrap();
+    let (proxy, admin, sandbox) = (free_port(), free_port(), free_port());
+    let mut child = Command::new(env!("CARGO_BIN_EXE_wxgate"))
+        .args(["demo", "--proxy", &format!("127.0.0.1:{proxy}"), "--admin", &format!("127.0.0.1:{admin}")])
+        .args(["--sandbox", &format!("127.0.0.1:{sandbox}"), "--data-dir"])
+        .arg(dir.path())
+        .env_remove("WXGATE_CONFIG")
+        .stdout(Stdio::piped())
+        .stderr(std::fs::File::create(dir.path().join("demo.log")).unwrap())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let mut child = KillOnDrop(child);
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    // Reads on to the end, so that the demo never writes into a closed pipe.
+    std::thread::spawn(move || {
+        let mut lines = Vec::new();
+        let mut tx = Some(tx);
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let done = line.contains("Ctrl-C stops it");
+            lines.push(line);
+            if done {
+                if let Some(tx) = tx.take() {
+                    let _ = tx.send(lines.join("\n"));
+                }
+            }
+        }
+    });
+    let printed = async { rx.await.unwrap_or_default() };
+    let printed = tokio::time::timeout(Duration::from_secs(60), printed).await.expect("the demo prints the lines to try within 60 s");
+    assert!(printed.contains("has authorized"), "{printed}");
+    // The first curl line of the tour: an SDK-style call through the gateway.
+    let url = printed.lines().find_map(|l| l.trim().strip_prefix("curl -s '")?.strip_suffix('\'').filter(|u| u.contains("user/info"))).unwrap();
+    let answer: serde_json::Value = client().get(url).send().await.unwrap().json().await.unwrap();
+    assert_eq!(answer["errcode"], 0, "{answer}\n{}", std::fs::read_to_string(dir.path().join("demo.log")).unwrap_or_default());
+    let ready = client().get(format!("http://127.0.0.1:{admin}/readyz")).send().await.unwrap();
+    assert_eq!(ready.status(), 200);
+
+    let _ = Command::new("kill").arg("-INT").arg(child.0.id().to_string()).status();
+    let exited = (0..100).any(|_| {
+        std::thread::sleep(Duration::from_millis(50));
+        child.0.try_wait().ok().flatten().is_some()
+    });
+    assert!(exited, "Ctrl-C stops the demo");
+}
+
+/// The demo process, killed whatever happens to the test.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
