@@ -233,7 +233,7 @@ impl TokenService {
         let now = self.clock.now_ms();
         let mut mem = slot.mem();
         mem.authorized_at = now;
-        mem.auth_code_sha1 = Some(hash.clone());
+        mem.auth_code_sha1 = Some(Sha1::digest(code.as_bytes()).into());
         let tokens = AuthorizerTokens { access_token: auth.access_token, refresh_token: auth.refresh_token };
         self.commit_authorizer(&slot, mem, tokens, &Lease::none()).await?;
         self.adopt(Arc::clone(&slot));
@@ -247,7 +247,7 @@ impl TokenService {
     pub(super) fn code_already_used(&self, appid: &AppId, code: &str) -> bool {
         let hash = hex::encode(Sha1::digest(code.as_bytes()));
         self.used_codes.contains_key(&hash)
-            || self.authorizers.get(appid).is_some_and(|s| s.mem().auth_code_sha1.as_deref() == Some(hash.as_str()))
+            || self.authorizers.get(appid).is_some_and(|s| s.mem().auth_code_sha1 == Some(Sha1::digest(code.as_bytes()).into()))
     }
 
     /// The authorizer's slot, or a new one that nobody sees until [`Self::adopt`] is called

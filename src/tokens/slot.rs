@@ -109,7 +109,8 @@ pub(super) struct AuthorizerMem {
     pub authorized_at: i64,
     pub last_refresh_at: i64,
     pub last_error: Option<String>,
-    pub auth_code_sha1: Option<String>,
+    /// Held as bytes: 20 of them rather than a 40-character string, for each of a large fleet.
+    pub auth_code_sha1: Option<[u8; 20]>,
     pub failures: u32,
 }
 
@@ -124,7 +125,10 @@ impl AuthorizerMem {
             authorized_at: r.authorized_at,
             last_refresh_at: r.last_refresh_at,
             last_error: r.last_error,
-            auth_code_sha1: r.auth_code_sha1,
+            auth_code_sha1: r.auth_code_sha1.and_then(|h| {
+                let mut bytes = [0u8; 20];
+                hex::decode_to_slice(h, &mut bytes).ok().map(|()| bytes)
+            }),
             failures: 0,
         }
     }
@@ -139,7 +143,7 @@ impl AuthorizerMem {
             authorized_at: self.authorized_at,
             last_refresh_at: self.last_refresh_at,
             last_error: self.last_error.clone(),
-            auth_code_sha1: self.auth_code_sha1.clone(),
+            auth_code_sha1: self.auth_code_sha1.map(hex::encode),
         }
     }
 }
