@@ -123,7 +123,7 @@ fn breakdown_stage(db: &Path, stage: &str) {
         "moka" => {
             let cache: moka::sync::Cache<AppId, Arc<u64>> = moka::sync::Cache::builder().build();
             for a in &appids {
-                cache.insert(a.clone(), Arc::new(0));
+                cache.insert(*a, Arc::new(0));
             }
             cache.run_pending_tasks();
             let after = proc_status_mb("VmRSS");
@@ -131,7 +131,7 @@ fn breakdown_stage(db: &Path, stage: &str) {
             after
         }
         "hashmap" => {
-            let map: std::collections::HashMap<AppId, Arc<u64>> = appids.iter().map(|a| (a.clone(), Arc::new(0))).collect();
+            let map: std::collections::HashMap<AppId, Arc<u64>> = appids.iter().map(|a| (*a, Arc::new(0))).collect();
             let after = proc_status_mb("VmRSS");
             drop(map);
             after
@@ -140,7 +140,7 @@ fn breakdown_stage(db: &Path, stage: &str) {
             let mut schedule = wxgate::tokens::Schedule::default();
             let mut rng = StdRng::seed_from_u64(5);
             for a in &appids {
-                schedule.set(wxgate::tokens::Job::Authorizer(a.clone()), rng.gen_range(0..3_300_000));
+                schedule.set(wxgate::tokens::Job::Authorizer(*a), rng.gen_range(0..3_300_000));
             }
             let after = proc_status_mb("VmRSS");
             drop(schedule);

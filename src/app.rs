@@ -61,13 +61,13 @@ pub fn build(config: &Config) -> Result<Server, AppError> {
     let api: Arc<dyn ComponentApi> = Arc::new(WechatClient::new(
         config.upstream.base_url.clone(),
         config.upstream.timeout,
-        config.component.appid.clone(),
+        config.component.appid,
         config.component.appsecret.clone(),
     )?);
     let tokens = load_tokens(rt, config, store, api)?;
     let crypt = MsgCrypt::new(&config.component.token, &config.component.encoding_aes_key, config.component.appid.as_str())?;
     let links = AuthorizeLinks::new(
-        config.component.appid.clone(),
+        config.component.appid,
         config.upstream.mp_base_url.clone(),
         config.listen.public_base_url.clone(),
     );
@@ -118,7 +118,7 @@ fn load_tokens(rt: &tokio::runtime::Runtime, config: &Config, store: SharedStore
         ..Settings::new(config.refresh.ahead)
     };
     let changes = store.changes();
-    let tokens = rt.block_on(TokenService::load(config.component.appid.clone(), store, api, settings))?;
+    let tokens = rt.block_on(TokenService::load(config.component.appid, store, api, settings))?;
     if let Some(changes) = changes {
         rt.spawn(Arc::clone(&tokens).follow_changes(changes));
     }

@@ -64,7 +64,7 @@ async fn migrate_copies_an_sqlite_store_into_redis_and_back() {
     let component = AppId::parse(COMPONENT_APPID).unwrap();
     let appid = AppId::parse("wx1111111111111111").unwrap();
     let record = AuthorizerRecord {
-        appid: appid.clone(),
+        appid,
         state: AuthorizerState::Active,
         refresh_token: Some(Secret::new("refreshtoken@@@keep-me")),
         access_token: Some(Secret::new("access")),

@@ -147,7 +147,7 @@ fn scope_of<'p>(path: &'p str, req: &RequestHeader, client: &Client) -> Result<(
             false => Err(ResolveError::BadScopeHeader),
         };
     }
-    client.only_authorizer().map(|a| (Scope::Authorizer(a.clone()), path)).ok_or(ResolveError::NoScope)
+    client.only_authorizer().map(|a| (Scope::Authorizer(*a), path)).ok_or(ResolveError::NoScope)
 }
 
 /// `access_token` for an authorizer. For the component: the name the client used, else

@@ -156,7 +156,7 @@ impl Sandbox {
     /// The account revokes: its tokens and refresh token stop working at once; pushes `unauthorized`.
     pub async fn unauthorize(&self, authorizer: &AppId) -> Result<(), SandboxError> {
         if !self.ledger().unauthorize(authorizer.as_str()) {
-            return Err(SandboxError::NotAuthorized(authorizer.clone()));
+            return Err(SandboxError::NotAuthorized(*authorizer));
         }
         tracing::info!(authorizer = %authorizer, "sandbox: authorization revoked");
         let _turn = self.inner.push_turn.lock().await;

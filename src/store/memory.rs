@@ -53,7 +53,7 @@ impl Store for MemoryStore {
                 return Ok(false);
             }
         }
-        state.tickets.insert(component.clone(), ticket.clone());
+        state.tickets.insert(*component, ticket.clone());
         Ok(true)
     }
 
@@ -70,7 +70,7 @@ impl Store for MemoryStore {
         }
         state.next_event_id += 1;
         let id = state.next_event_id;
-        state.events.push((component.clone(), StoredEvent { id, event: event.clone() }, false));
+        state.events.push((*component, StoredEvent { id, event: event.clone() }, false));
         Ok(true)
     }
 
@@ -98,7 +98,7 @@ impl Store for MemoryStore {
     }
 
     async fn save_component_token(&self, component: &AppId, token: &ComponentToken) -> Result<(), StoreError> {
-        self.state().component_tokens.insert(component.clone(), token.clone());
+        self.state().component_tokens.insert(*component, token.clone());
         Ok(())
     }
 
@@ -108,16 +108,16 @@ impl Store for MemoryStore {
     }
 
     async fn load_authorizer(&self, component: &AppId, appid: &AppId) -> Result<Option<AuthorizerRecord>, StoreError> {
-        Ok(self.state().authorizers.get(&(component.clone(), appid.clone())).cloned())
+        Ok(self.state().authorizers.get(&(*component, *appid)).cloned())
     }
 
     async fn save_authorizer(&self, component: &AppId, record: &AuthorizerRecord) -> Result<(), StoreError> {
-        self.state().authorizers.insert((component.clone(), record.appid.clone()), record.clone());
+        self.state().authorizers.insert((*component, record.appid), record.clone());
         Ok(())
     }
 
     async fn delete_authorizer(&self, component: &AppId, appid: &AppId) -> Result<bool, StoreError> {
-        Ok(self.state().authorizers.remove(&(component.clone(), appid.clone())).is_some())
+        Ok(self.state().authorizers.remove(&(*component, *appid)).is_some())
     }
 }
 

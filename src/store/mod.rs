@@ -175,7 +175,7 @@ pub trait Store: Send + Sync + 'static {
     async fn load_authorizers_page(&self, component: &AppId, after: Option<&AppId>, limit: usize) -> Result<Vec<AuthorizerRecord>, StoreError> {
         let mut all = self.load_authorizers(component).await?;
         all.retain(|r| after.is_none_or(|a| r.appid > *a));
-        all.sort_by(|a, b| a.appid.cmp(&b.appid));
+        all.sort_by_key(|a| a.appid);
         all.truncate(limit);
         Ok(all)
     }

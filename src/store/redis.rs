@@ -179,7 +179,7 @@ fn authorizer_fields(r: &AuthorizerRecord) -> Vec<(&'static str, String)> {
 fn authorizer_from(appid: &AppId, map: &HashMap<String, String>) -> Result<AuthorizerRecord, StoreError> {
     let state: String = field(map, "state")?;
     Ok(AuthorizerRecord {
-        appid: appid.clone(),
+        appid: *appid,
         state: AuthorizerState::parse(&state).ok_or_else(|| StoreError::Corrupt("field state".into()))?,
         refresh_token: map.get("refresh_token").cloned().map(Secret::new),
         access_token: map.get("access_token").cloned().map(Secret::new),

@@ -68,7 +68,7 @@ impl TokenService {
             AuthorizerState::NeedsReauth if !matches!(want, Want::Now) => return Err(TokenError::NeedsReauth),
             _ => {}
         }
-        let job = Job::Authorizer(slot.appid.clone());
+        let job = Job::Authorizer(slot.appid);
         Ok(mem.access.filter(|current| self.still_wanted(current, want, self.clock.now_ms(), &job)))
     }
 
@@ -134,14 +134,14 @@ impl TokenService {
             Err(e) => {
                 metrics::TOKEN_REFRESH.with_label_values(&["authorizer", "store_error"]).inc();
                 tracing::error!(authorizer = %slot.appid, error = %e, "could not store refreshed tokens; keeping the old ones");
-                self.plan(Job::Authorizer(slot.appid.clone()), self.retry_at(1));
+                self.plan(Job::Authorizer(slot.appid), self.retry_at(1));
                 return Err(e.into());
             }
         }
         slot.set_mem(mem);
         metrics::TOKEN_REFRESH.with_label_values(&["authorizer", "ok"]).inc();
         if let Some(due) = slot.steady_due(now, &self.settings) {
-            self.plan(Job::Authorizer(slot.appid.clone()), due);
+            self.plan(Job::Authorizer(slot.appid), due);
         }
         tracing::debug!(authorizer = %slot.appid, expires_in_secs = lifetime_ms / 1000, "authorizer_access_token refreshed");
         Ok(access)
@@ -194,7 +194,7 @@ impl TokenService {
         }
         self.store.save_authorizer(&self.component, &mem.to_record(&slot.appid)).await?;
         slot.set_mem(mem);
-        self.unplan(&Job::Authorizer(slot.appid.clone()));
+        self.unplan(&Job::Authorizer(slot.appid));
         self.update_gauges();
         Ok(())
     }
@@ -210,7 +210,7 @@ impl TokenService {
         mem.failures += 1;
         mem.last_error = Some(error.to_string());
         tracing::warn!(authorizer = %slot.appid, error = %error, failures = mem.failures, "authorizer token refresh failed; retrying with backoff");
-        self.plan(Job::Authorizer(slot.appid.clone()), self.retry_at(mem.failures));
+        self.plan(Job::Authorizer(slot.appid), self.retry_at(mem.failures));
         // The error is also kept on disk for the admin API after a restart; losing that write
         // loses only the message.
         let _ = self.store.save_authorizer(&self.component, &mem.to_record(&slot.appid)).await;
@@ -227,7 +227,7 @@ impl TokenService {
             return Ok(appid);
         }
         let auth = with_component_token!(self, |t| self.api.query_auth(t, code))?;
-        let appid = auth.authorizer_appid.clone();
+        let appid = auth.authorizer_appid;
         let slot = self.slot_or_new(&appid);
         let _single_flight = slot.refresh.lock().await;
         let now = self.clock.now_ms();
@@ -237,7 +237,7 @@ impl TokenService {
         let tokens = AuthorizerTokens { access_token: auth.access_token, refresh_token: auth.refresh_token };
         self.commit_authorizer(&slot, mem, tokens, &Lease::none()).await?;
         self.adopt(Arc::clone(&slot));
-        self.used_codes.insert(hash, appid.clone());
+        self.used_codes.insert(hash, appid);
         self.update_gauges();
         tracing::info!(authorizer = %appid, "authorizer authorized");
         Ok(appid)
@@ -255,7 +255,7 @@ impl TokenService {
     fn slot_or_new(&self, appid: &AppId) -> Arc<AuthorizerSlot> {
         self.authorizers.get(appid).unwrap_or_else(|| {
             Arc::new(AuthorizerSlot::from_record(crate::store::AuthorizerRecord {
-                appid: appid.clone(),
+                appid: *appid,
                 state: AuthorizerState::Active,
                 refresh_token: None,
                 access_token: None,
@@ -312,7 +312,7 @@ impl TokenService {
         };
         let existed = self.store.delete_authorizer(&self.component, appid).await?;
         let known = self.authorizers.remove(appid).is_some();
-        self.unplan(&Job::Authorizer(appid.clone()));
+        self.unplan(&Job::Authorizer(*appid));
         self.update_gauges();
         Ok(existed || known)
     }

@@ -57,7 +57,7 @@ impl TokenService {
         self.current_ticket().await?;
         self.adopt_stored_component().await?;
         let records = self.store.load_authorizers(&self.component).await?;
-        let known: std::collections::HashSet<AppId> = records.iter().map(|r| r.appid.clone()).collect();
+        let known: std::collections::HashSet<AppId> = records.iter().map(|r| r.appid).collect();
         for record in records {
             self.take_record(record).await;
         }
@@ -142,7 +142,7 @@ impl TokenService {
     }
 
     fn replan_authorizer(&self, slot: &AuthorizerSlot) {
-        let job = Job::Authorizer(slot.appid.clone());
+        let job = Job::Authorizer(slot.appid);
         match slot.steady_due(self.clock.now_ms(), &self.settings) {
             Some(due) if slot.state() == AuthorizerState::Active => self.plan(job, due),
             _ => self.unplan(&job),

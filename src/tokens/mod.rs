@@ -348,7 +348,7 @@ impl TokenService {
 
     pub fn authorizer_status(&self, appid: &AppId) -> Option<AuthorizerStatus> {
         let slot = self.authorizers.get(appid)?;
-        Some(slot.status(self.clock.now_ms(), self.planned(&Job::Authorizer(appid.clone()))))
+        Some(slot.status(self.clock.now_ms(), self.planned(&Job::Authorizer(*appid))))
     }
 
     /// Every authorizer, by appid; `offset` and `limit` page through large fleets.

@@ -135,7 +135,7 @@ impl AuthorizerMem {
 
     pub fn to_record(&self, appid: &AppId) -> AuthorizerRecord {
         AuthorizerRecord {
-            appid: appid.clone(),
+            appid: *appid,
             state: self.state,
             refresh_token: self.refresh_token.clone(),
             access_token: self.access.as_ref().map(|a| a.value.clone()),
@@ -150,7 +150,7 @@ impl AuthorizerMem {
 
 impl AuthorizerSlot {
     pub fn from_record(record: AuthorizerRecord) -> Self {
-        Self { appid: record.appid.clone(), mem: RwLock::new(AuthorizerMem::from_record(record)), refresh: Default::default() }
+        Self { appid: record.appid, mem: RwLock::new(AuthorizerMem::from_record(record)), refresh: Default::default() }
     }
 
     pub fn mem(&self) -> AuthorizerMem {
@@ -217,12 +217,12 @@ impl Slots {
     }
 
     pub fn insert(&self, slot: Arc<AuthorizerSlot>) {
-        write(&self.0).insert(slot.appid.clone(), slot);
+        write(&self.0).insert(slot.appid, slot);
     }
 
     /// Inserts `slot` unless one is already held for its appid.
     pub fn insert_if_absent(&self, slot: Arc<AuthorizerSlot>) {
-        write(&self.0).entry(slot.appid.clone()).or_insert(slot);
+        write(&self.0).entry(slot.appid).or_insert(slot);
     }
 
     pub fn remove(&self, appid: &AppId) -> Option<Arc<AuthorizerSlot>> {

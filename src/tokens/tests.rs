@@ -86,7 +86,7 @@ impl ComponentApi for FakeApi {
             f.query_auth_calls += 1;
             let appid = f.codes.remove(code).ok_or_else(|| api_error(61009))?;
             let refresh = format!("refresh-{}", f.issued);
-            f.refresh.insert(appid.clone(), refresh.clone());
+            f.refresh.insert(appid, refresh.clone());
             Ok(Authorization { authorizer_appid: appid, access_token: f.token("access"), refresh_token: Secret::new(refresh), func_info: vec![] })
         })
     }
@@ -94,7 +94,7 @@ impl ComponentApi for FakeApi {
     async fn authorizer_token(&self, _: &Secret, authorizer: &AppId, refresh_token: &Secret) -> Result<AuthorizerTokens, WechatError> {
         tokio::time::sleep(self.delay).await;
         self.with(|f| {
-            *f.authorizer_calls.entry(authorizer.clone()).or_default() += 1;
+            *f.authorizer_calls.entry(*authorizer).or_default() += 1;
             if let Some(code) = f.fail_errcode {
                 return Err(api_error(code));
             }
@@ -103,7 +103,7 @@ impl ComponentApi for FakeApi {
             }
             let access_token = f.token("access");
             if f.rotate {
-                f.refresh.insert(authorizer.clone(), format!("refresh-{}", f.issued));
+                f.refresh.insert(*authorizer, format!("refresh-{}", f.issued));
             }
             Ok(AuthorizerTokens { access_token, refresh_token: Secret::new(f.refresh[authorizer].clone()) })
         })
