@@ -29,10 +29,10 @@ use crate::metrics;
 use crate::reply::{read_body, token_error, Reply};
 use crate::tokens::{AccessToken, TokenService};
 use async_trait::async_trait;
-use pingora::connectors::http::Connector;
+use pingora::modules::http::HttpModules;
 use pingora::prelude::*;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
-use resolve::{Call, Scope};
+use resolve::Scope;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -45,13 +45,15 @@ pub struct Gateway {
     tokens: Arc<TokenService>,
     clients: Arc<Clients>,
     upstream: Arc<Upstream>,
-    connector: Connector,
+    connections: exchange::Connections,
     settings: ProxyConfig,
 }
 
-/// Per request: what the access log, the metrics and the streaming path need.
+/// Per request: what the access log, the metrics and the streaming path need. The client's
+/// name and the path are only kept when the access log is on.
 pub struct CallCtx {
-    started: Instant,
+    /// When the call began, for the access log's `ms` (a clock read saved when it is off).
+    started: Option<Instant>,
     scope: &'static str,
     client: Option<String>,
     /// The path WeChat sees, without the query (which carries the token).
@@ -64,32 +66,43 @@ pub struct CallCtx {
 
 impl Gateway {
     pub fn new(routes: Arc<OwnRoutes>, tokens: Arc<TokenService>, clients: Arc<Clients>, upstream: Arc<Upstream>, settings: ProxyConfig) -> Self {
-        Self { routes, tokens, clients, upstream, connector: Connector::new(None), settings }
+        let connections = exchange::Connections::new(upstream.len());
+        Self { routes, tokens, clients, upstream, connections, settings }
     }
 
     /// Resolves and answers an API call; `Ok(false)` hands it to pingora to stream.
     async fn api_call(&self, session: &mut Session, ctx: &mut CallCtx) -> std::result::Result<bool, Reply> {
-        let call = resolve::resolve(&self.clients, session.req_header()).map_err(|e| Reply::error(e.status(), e))?;
-        ctx.scope = call.scope.as_ref().map_or("token_endpoint", Scope::label);
-        ctx.client = Some(call.client.name.clone());
-        ctx.path.clone_from(&call.path);
+        let (scope, outbound, token_endpoint) = {
+            let call = resolve::resolve(&self.clients, session.req_header()).map_err(|e| Reply::error(e.status(), e))?;
+            ctx.scope = call.scope.as_ref().map_or("token_endpoint", Scope::label);
+            if self.settings.access_log {
+                ctx.client = Some(call.client.name.clone());
+                call.path.clone_into(&mut ctx.path);
+            }
+            let token_endpoint = resolve::is_token_endpoint(call.path);
+            let outbound = if token_endpoint { None } else { Some(call.outbound()) };
+            (call.scope, outbound, token_endpoint)
+        };
         let declared = content_length(session.req_header());
         if declared.is_some_and(|n| n > self.settings.max_body_bytes) {
             return Err(Reply::error(413, format!("request body is larger than {} bytes", self.settings.max_body_bytes)));
         }
-        if resolve::is_token_endpoint(&call.path) {
+        if token_endpoint {
             let body = read_body(session.as_downstream_mut(), TOKEN_ENDPOINT_BODY).await.map_err(|e| e.reply())?;
-            let query = session.req_header().uri.query().unwrap_or_default().to_owned();
-            return Err(token_endpoints::answer(&self.tokens, &call, &query, &body).await);
+            // Resolved again (the same answer): the call borrows the request, which reading the
+            // body needed mutably. Token endpoints are rare.
+            let req = session.req_header();
+            let call = resolve::resolve(&self.clients, req).map_err(|e| Reply::error(e.status(), e))?;
+            return Err(token_endpoints::answer(&self.tokens, &call, req.uri.query().unwrap_or_default(), &body).await);
         }
-        let scope = call.scope.clone().ok_or_else(|| Reply::error(400, "no scope"))?;
+        let (Some(scope), Some(outbound)) = (scope, outbound) else { return Err(Reply::error(400, "no scope")) };
         let token = self.token_for(&scope).await.map_err(|e| token_error(&e))?;
         let chunked = session.req_header().headers.contains_key(http::header::TRANSFER_ENCODING);
         if !chunked && declared.unwrap_or(0) <= self.settings.replay_body_bytes {
-            self.replayable(session, &call, &scope, token).await?;
+            self.replayable(session, &outbound, &scope, token, declared.unwrap_or(0) > 0).await?;
             return Ok(true);
         }
-        ctx.stream = Some((with_token(&call, &token), 0));
+        ctx.stream = Some((outbound.uri("", token.value.expose()), 0));
         Ok(false)
     }
 
@@ -109,30 +122,35 @@ impl Gateway {
 
     /// The call with a body small enough to keep: sent, and replayed once with a new token if
     /// WeChat refuses the one it got.
-    async fn replayable(&self, session: &mut Session, call: &Call<'_>, scope: &Scope, mut token: Arc<AccessToken>) -> std::result::Result<(), Reply> {
-        let body = read_body(session.as_downstream_mut(), self.settings.replay_body_bytes).await.map_err(|e| e.reply())?;
+    async fn replayable(&self, session: &mut Session, outbound: &resolve::Outbound, scope: &Scope, mut token: Arc<AccessToken>, has_body: bool) -> std::result::Result<(), Reply> {
+        let body = match has_body {
+            true => read_body(session.as_downstream_mut(), self.settings.replay_body_bytes).await.map_err(|e| e.reply())?,
+            false => bytes::Bytes::new(),
+        };
         let mut replayed = false;
         loop {
-            let path_and_query = with_token(call, &token);
-            let mut answer = exchange::send(&self.connector, &self.upstream, session.req_header(), &path_and_query, &body)
+            let mut answer = exchange::send(&self.connections, &self.upstream, session.req_header(), outbound, token.value.expose(), &body)
                 .await
                 .map_err(|f| f.reply())?;
-            let Some(header) = answer.session.response_header().cloned() else { return Err(Reply::error(502, "no answer header")) };
-            if !exchange::inspectable(&header) {
+            let Some(header) = answer.session.response_header() else { return Err(Reply::error(502, "no answer header")) };
+            if !exchange::inspectable(header) {
                 let streamed = exchange::stream_to(session.as_downstream_mut(), &mut answer).await;
-                exchange::release(&self.connector, answer).await;
+                self.connections.release(answer).await;
                 return streamed.map_err(|e| downstream_gone(&e));
             }
             let whole = exchange::read_whole(&mut answer.session).await.map_err(|f| f.reply())?;
-            exchange::release(&self.connector, answer).await;
             if !replayed && exchange::is_token_error(&whole) {
+                self.connections.release(answer).await;
                 metrics::TOKEN_RETRY.inc();
                 tracing::info!(scope = scope.label(), "WeChat refused the token; replacing it and replaying the call once");
                 token = self.replace_token(scope, &token).await.map_err(|e| token_error(&e))?;
                 replayed = true;
                 continue;
             }
-            return write_whole(session, &header, whole).await.map_err(|e| downstream_gone(&e));
+            let header = answer.session.response_header().ok_or_else(|| Reply::error(502, "no answer header"))?;
+            let header = exchange::downstream_header(header, Some(whole.len())).map_err(|_| Reply::error(502, "a header WeChat sent cannot be passed on"))?;
+            self.connections.release(answer).await;
+            return write_whole(session, header, whole).await.map_err(|e| downstream_gone(&e));
         }
     }
 }
@@ -143,8 +161,7 @@ fn downstream_gone(e: &pingora::Error) -> Reply {
     Reply::error(502, "client connection closed")
 }
 
-async fn write_whole(session: &mut Session, upstream: &pingora::http::ResponseHeader, body: bytes::Bytes) -> pingora::Result<()> {
-    let header = exchange::downstream_header(upstream, Some(body.len()))?;
+async fn write_whole(session: &mut Session, header: pingora::http::ResponseHeader, body: bytes::Bytes) -> pingora::Result<()> {
     let client = session.as_downstream_mut();
     client.write_response_header(Box::new(header)).await?;
     client.write_response_body(body, true).await
@@ -152,13 +169,6 @@ async fn write_whole(session: &mut Session, upstream: &pingora::http::ResponseHe
 
 fn content_length(req: &pingora::http::RequestHeader) -> Option<usize> {
     req.headers.get(http::header::CONTENT_LENGTH)?.to_str().ok()?.parse().ok()
-}
-
-/// The path and query WeChat gets: the client's query, less its token, plus the real one.
-fn with_token(call: &Call<'_>, token: &AccessToken) -> String {
-    let value: String = url::form_urlencoded::byte_serialize(token.value.expose().as_bytes()).collect();
-    let sep = if call.query.is_empty() { "" } else { "&" };
-    format!("{}?{}{sep}{}={value}", call.path, call.query, call.token_param)
 }
 
 /// A query with the values of token and key parameters replaced by `...`, for the access log.
@@ -177,8 +187,12 @@ fn redacted_query(query: &str) -> String {
 impl ProxyHttp for Gateway {
     type CTX = CallCtx;
 
+    /// No downstream modules: the default adds a disabled compression module, whose state is
+    /// built for every request and whose filters run on every answer pingora writes.
+    fn init_downstream_modules(&self, _modules: &mut HttpModules) {}
+
     fn new_ctx(&self) -> Self::CTX {
-        CallCtx { started: Instant::now(), scope: "none", client: None, path: String::new(), stream: None, body_seen: 0 }
+        CallCtx { started: self.settings.access_log.then(Instant::now), scope: "none", client: None, path: String::new(), stream: None, body_seen: 0 }
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut Self::CTX) -> Result<bool> {
@@ -202,7 +216,7 @@ impl ProxyHttp for Gateway {
 
     async fn upstream_peer(&self, _session: &mut Session, ctx: &mut Self::CTX) -> Result<Box<HttpPeer>> {
         let attempt = ctx.stream.as_ref().map_or(0, |(_, a)| *a);
-        self.upstream.peer(attempt).map(Box::new).ok_or_else(|| Error::explain(ErrorType::ConnectError, "no WeChat host left to try"))
+        self.upstream.peer(attempt).map(|p| Box::new(HttpPeer::clone(&p))).ok_or_else(|| Error::explain(ErrorType::ConnectError, "no WeChat host left to try"))
     }
 
     async fn upstream_request_filter(&self, _session: &mut Session, req: &mut pingora::http::RequestHeader, ctx: &mut Self::CTX) -> Result<()> {
@@ -261,7 +275,7 @@ impl ProxyHttp for Gateway {
                 status,
                 scope = ctx.scope,
                 client = ctx.client.as_deref().unwrap_or("-"),
-                ms = ctx.started.elapsed().as_millis() as u64,
+                ms = ctx.started.map_or(0, |t| t.elapsed().as_millis() as u64),
             );
         }
     }

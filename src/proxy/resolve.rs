@@ -4,6 +4,7 @@
 use super::clients::{Client, Clients};
 use crate::AppId;
 use pingora::http::RequestHeader;
+use std::borrow::Cow;
 
 const KEY_HEADER: &str = "x-wxgate-key";
 const AUTHORIZER_HEADER: &str = "x-wxgate-authorizer";
@@ -25,17 +26,93 @@ impl Scope {
     }
 }
 
-/// A call the gateway will make on a client's behalf.
+/// A call the gateway will make on a client's behalf. It borrows from the request: resolving
+/// a call allocates nothing but the appid.
 #[derive(Debug)]
-pub struct Call<'c> {
+pub struct Call<'c, 'r> {
     pub client: &'c Client,
     /// `None` only for WeChat's token endpoints, which name their account in the body or query.
     pub scope: Option<Scope>,
     /// The path WeChat sees: the scope prefix removed.
-    pub path: String,
-    /// The query without any token the client sent; the real one is added under `token_param`.
-    pub query: String,
+    pub path: &'r str,
+    /// The client's query, token parameters included: see [`Call::query_rest`].
+    pub raw_query: &'r str,
     pub token_param: &'static str,
+}
+
+impl Call<'_, '_> {
+    /// The query without any token the client sent; the real one is added under `token_param`.
+    #[cfg(test)]
+    pub fn query_rest(&self) -> String {
+        let mut rest = String::with_capacity(self.raw_query.len());
+        push_query_rest(&mut rest, self.raw_query);
+        rest
+    }
+
+    /// What the call sends WeChat, owned: the request it came from is needed mutably while the
+    /// call is made (its body read, the answer written).
+    pub fn outbound(&self) -> Outbound {
+        let mut path_and_rest = String::with_capacity(self.path.len() + self.raw_query.len() + 1);
+        path_and_rest.push_str(self.path);
+        path_and_rest.push('?');
+        push_query_rest(&mut path_and_rest, self.raw_query);
+        let has_rest = path_and_rest.len() > self.path.len() + 1;
+        Outbound { path_and_rest, has_rest, token_param: self.token_param }
+    }
+}
+
+/// The path and the query WeChat gets, less the token.
+#[derive(Debug, Clone)]
+pub struct Outbound {
+    /// `path?rest`, the rest being the client's query without its token parameters.
+    path_and_rest: String,
+    has_rest: bool,
+    token_param: &'static str,
+}
+
+impl Outbound {
+    #[cfg(test)]
+    pub fn for_test(path: &str, rest: &str) -> Self {
+        Self { path_and_rest: format!("{path}?{rest}"), has_rest: !rest.is_empty(), token_param: "access_token" }
+    }
+
+    /// The path and query WeChat gets, after `base_path`: the client's query less its token,
+    /// plus the real one, built in one buffer.
+    pub fn uri(&self, base_path: &str, token: &str) -> String {
+        let mut uri = String::with_capacity(base_path.len() + self.path_and_rest.len() + self.token_param.len() + token.len() + 2);
+        uri.push_str(base_path);
+        uri.push_str(&self.path_and_rest);
+        if self.has_rest {
+            uri.push('&');
+        }
+        uri.push_str(self.token_param);
+        uri.push('=');
+        if token.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'*')) {
+            uri.push_str(token);
+        } else {
+            uri.extend(url::form_urlencoded::byte_serialize(token.as_bytes()));
+        }
+        uri
+    }
+}
+
+/// Appends the pairs of `raw` that are not token parameters, byte for byte, `&`-separated.
+fn push_query_rest(out: &mut String, raw: &str) {
+    let start = out.len();
+    for pair in raw.split('&').filter(|p| !p.is_empty()) {
+        let name = pair.split_once('=').map_or(pair, |(name, _)| name);
+        if is_token_param(name) {
+            continue;
+        }
+        if out.len() > start {
+            out.push('&');
+        }
+        out.push_str(pair);
+    }
+}
+
+fn is_token_param(name: &str) -> bool {
+    matches!(name, "access_token" | "component_access_token")
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -66,12 +143,13 @@ impl ResolveError {
     }
 }
 
-pub fn resolve<'c>(clients: &'c Clients, req: &RequestHeader) -> Result<Call<'c>, ResolveError> {
+pub fn resolve<'c, 'r>(clients: &'c Clients, req: &'r RequestHeader) -> Result<Call<'c, 'r>, ResolveError> {
     let raw_path = req.uri.path();
     if !is_safe_path(raw_path) {
         return Err(ResolveError::BadPath);
     }
-    let query = Query::split(req.uri.query().unwrap_or_default());
+    let raw_query = req.uri.query().unwrap_or_default();
+    let query = Query::split(raw_query);
     let client = find_client(clients, req, &query)?;
     let (scope, path) = match scope_of(raw_path, req, client) {
         Ok((scope, path)) => (Some(scope), path),
@@ -84,7 +162,7 @@ pub fn resolve<'c>(clients: &'c Clients, req: &RequestHeader) -> Result<Call<'c>
         _ => {}
     }
     let token_param = scope.as_ref().map_or("access_token", |s| token_param(s, path, &query));
-    Ok(Call { client, scope, path: path.to_owned(), query: query.rest, token_param })
+    Ok(Call { client, scope, path, raw_query, token_param })
 }
 
 /// WeChat's token endpoints: answered by the gateway from its cache, never forwarded, since
@@ -107,14 +185,14 @@ pub fn client_from_headers<'c>(clients: &'c Clients, req: &RequestHeader) -> Res
 /// Refuses what could make WeChat (or a proxy before it) read another path than the one the
 /// gateway resolved.
 fn is_safe_path(path: &str) -> bool {
-    let lower = path.to_ascii_lowercase();
+    let escaped = |e: &[u8]| matches!([e[0], e[1].to_ascii_lowercase()], [b'2', b'e'] | [b'2', b'f'] | [b'5', b'c'] | [b'0', b'0']);
     path.starts_with('/')
         && !path.contains('\\')
-        && !["%2e", "%2f", "%5c", "%00"].iter().any(|e| lower.contains(e))
+        && !path.as_bytes().windows(3).any(|w| w[0] == b'%' && escaped(&w[1..]))
         && !path.split('/').any(|seg| seg == ".." || seg == ".")
 }
 
-fn find_client<'c>(clients: &'c Clients, req: &RequestHeader, query: &Query) -> Result<&'c Client, ResolveError> {
+fn find_client<'c>(clients: &'c Clients, req: &RequestHeader, query: &Query<'_>) -> Result<&'c Client, ResolveError> {
     let bearer = req.headers.get(http::header::AUTHORIZATION).and_then(|v| v.as_bytes().strip_prefix(b"Bearer "));
     let header = req.headers.get(KEY_HEADER).map(|v| v.as_bytes());
     let presented = bearer
@@ -152,7 +230,7 @@ fn scope_of<'p>(path: &'p str, req: &RequestHeader, client: &Client) -> Result<(
 
 /// `access_token` for an authorizer. For the component: the name the client used, else
 /// `component_access_token` on `/cgi-bin/component/...` and `access_token` elsewhere.
-fn token_param(scope: &Scope, path: &str, query: &Query) -> &'static str {
+fn token_param(scope: &Scope, path: &str, query: &Query<'_>) -> &'static str {
     match scope {
         Scope::Authorizer(_) => "access_token",
         Scope::Component if query.component_access_token.is_some() => "component_access_token",
@@ -162,31 +240,24 @@ fn token_param(scope: &Scope, path: &str, query: &Query) -> &'static str {
     }
 }
 
-/// A query string with the token parameters taken out; the rest is kept byte for byte.
+/// The token parameters of a query string (percent-decoded; borrowed when nothing was encoded).
 #[derive(Debug, Default)]
-pub struct Query {
-    pub access_token: Option<String>,
-    pub component_access_token: Option<String>,
-    pub rest: String,
+pub struct Query<'r> {
+    pub access_token: Option<Cow<'r, str>>,
+    pub component_access_token: Option<Cow<'r, str>>,
 }
 
-impl Query {
-    pub fn split(raw: &str) -> Self {
-        let mut q = Query { rest: String::with_capacity(raw.len()), ..Query::default() };
+impl<'r> Query<'r> {
+    pub fn split(raw: &'r str) -> Self {
+        let mut q = Query::default();
         for pair in raw.split('&').filter(|p| !p.is_empty()) {
             let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
             let slot = match name {
                 "access_token" => &mut q.access_token,
                 "component_access_token" => &mut q.component_access_token,
-                _ => {
-                    if !q.rest.is_empty() {
-                        q.rest.push('&');
-                    }
-                    q.rest.push_str(pair);
-                    continue;
-                }
+                _ => continue,
             };
-            *slot = Some(percent_encoding::percent_decode_str(value).decode_utf8_lossy().into_owned());
+            *slot = Some(percent_encoding::percent_decode_str(value).decode_utf8_lossy());
         }
         q
     }
@@ -225,8 +296,9 @@ mod tests {
 
     fn resolved(uri: &str, headers: &[(&str, &str)]) -> Result<(String, Scope, String, String, &'static str), ResolveError> {
         let clients = clients();
-        let c = resolve(&clients, &req(uri, headers))?;
-        Ok((c.client.name.clone(), c.scope.expect("a scope"), c.path, c.query, c.token_param))
+        let r = req(uri, headers);
+        let c = resolve(&clients, &r)?;
+        Ok((c.client.name.clone(), c.scope.clone().expect("a scope"), c.path.to_owned(), c.query_rest(), c.token_param))
     }
 
     fn authorizer(a: &str) -> Scope {
@@ -259,21 +331,38 @@ mod tests {
         assert_eq!(resolved("/cgi-bin/user/info?access_token=guess", &[]).unwrap_err(), ResolveError::BadKey);
         assert_eq!(resolved("/cgi-bin/user/info", &[fleet]).unwrap_err(), ResolveError::NoScope);
         let clients = clients();
-        let token_call = resolve(&clients, &req("/cgi-bin/component/api_authorizer_token", &[fleet])).unwrap();
+        let token_req = req("/cgi-bin/component/api_authorizer_token", &[fleet]);
+        let token_call = resolve(&clients, &token_req).unwrap();
         assert_eq!(token_call.scope, None, "token endpoints name their account in the body");
         assert_eq!(resolved(&format!("/{B}/cgi-bin/user/info"), &[single]).unwrap_err(), ResolveError::AuthorizerNotAllowed);
         assert_eq!(resolved("/component/cgi-bin/component/x", &[single]).unwrap_err(), ResolveError::ComponentNotAllowed);
         assert_eq!(resolved("/cgi-bin/x", &[fleet, ("x-wxgate-authorizer", "nope")]).unwrap_err(), ResolveError::BadScopeHeader);
-        for escape in [format!("/{A}/../{B}/cgi-bin/x"), format!("/{A}/%2e%2e/x"), format!("/{A}%2F..%2Fx"), format!("/{A}/./x"), "/a\\b".into()] {
+        for escape in [format!("/{A}/../{B}/cgi-bin/x"), format!("/{A}/%2e%2e/x"), format!("/{A}%2F..%2Fx"), format!("/{A}/./x"), "/a\\b".into(), format!("/{A}/a%5Cb"), format!("/{A}/a%00"), format!("/{A}/%2E")] {
             assert_eq!(resolved(&escape, &[single]).unwrap_err(), ResolveError::BadPath, "{escape}");
         }
     }
 
     #[test]
     fn token_parameters_are_taken_out_and_the_rest_kept_verbatim() {
-        let q = Query::split("a=1&access_token=k%40y&b=%E4%BD%A0&component_access_token=c&&c");
+        let raw = "a=1&access_token=k%40y&b=%E4%BD%A0&component_access_token=c&&c";
+        let q = Query::split(raw);
         assert_eq!(q.access_token.as_deref(), Some("k@y"));
         assert_eq!(q.component_access_token.as_deref(), Some("c"));
-        assert_eq!(q.rest, "a=1&b=%E4%BD%A0&c");
+        let mut rest = String::new();
+        push_query_rest(&mut rest, raw);
+        assert_eq!(rest, "a=1&b=%E4%BD%A0&c");
+    }
+
+    #[test]
+    fn the_upstream_uri_has_the_real_token_and_never_the_key() {
+        let clients = clients();
+        let r = req(&format!("/{A}/cgi-bin/user/info?openid=o1&access_token=single-key-0123456789&lang=zh_CN"), &[]);
+        let call = resolve(&clients, &r).unwrap();
+        assert_eq!(call.outbound().uri("/base", "T0k-en_1"), "/base/cgi-bin/user/info?openid=o1&lang=zh_CN&access_token=T0k-en_1");
+        assert_eq!(call.outbound().uri("", "a b+c/="), "/cgi-bin/user/info?openid=o1&lang=zh_CN&access_token=a+b%2Bc%2F%3D");
+        let r = req(&format!("/{A}/cgi-bin/x?access_token=single-key-0123456789"), &[]);
+        assert_eq!(resolve(&clients, &r).unwrap().outbound().uri("", "t"), "/cgi-bin/x?access_token=t");
+        let r = req("/component/cgi-bin/component/x?component_access_token=fleet-key-0123456789&access_token=fleet-key-0123456789", &[]);
+        assert_eq!(resolve(&clients, &r).unwrap().outbound().uri("", "t"), "/cgi-bin/component/x?component_access_token=t");
     }
 }

@@ -10,12 +10,12 @@ use serde_json::{json, Value};
 use std::sync::Arc;
 
 /// Answers a call to one of WeChat's token endpoints. `body` is the request's (JSON) body.
-pub async fn answer(tokens: &TokenService, call: &Call<'_>, query: &str, body: &[u8]) -> Reply {
+pub async fn answer(tokens: &TokenService, call: &Call<'_, '_>, query: &str, body: &[u8]) -> Reply {
     if !call.client.reveal_tokens {
         return Reply::error(403, "token endpoints are answered by the gateway, for clients with reveal_tokens; it keeps every token fresh itself");
     }
     let body: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
-    let scope = call.scope.clone().or_else(|| named_account(&call.path, query, &body));
+    let scope = call.scope.clone().or_else(|| named_account(call.path, query, &body));
     let Some(scope) = scope else {
         return Reply::error(400, "which account? name it in the body (authorizer_appid), the query (appid), a path prefix or X-Wxgate-Authorizer");
     };
@@ -27,7 +27,7 @@ pub async fn answer(tokens: &TokenService, call: &Call<'_>, query: &str, body: &
     let value = token.value.expose();
     Reply::json(
         200,
-        &match call.path.as_str() {
+        &match call.path {
             "/cgi-bin/component/api_component_token" => json!({ "component_access_token": value, "expires_in": expires_in }),
             "/cgi-bin/component/api_authorizer_token" => json!({
                 "authorizer_access_token": value,

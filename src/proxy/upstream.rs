@@ -4,7 +4,7 @@
 use pingora::http::RequestHeader;
 use pingora::upstreams::peer::HttpPeer;
 use std::net::{SocketAddr, ToSocketAddrs};
-use std::sync::RwLock;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 use url::Url;
 
@@ -25,8 +25,9 @@ struct Target {
     /// The base URL's path without its trailing `/`, put before every call's path.
     base_path: String,
     /// The `Host` header: the host, and the port when it is not the scheme's.
-    authority: String,
-    addr: RwLock<SocketAddr>,
+    authority_value: http::HeaderValue,
+    /// The peer for the resolved address, built once: a peer is a few allocations.
+    peer: RwLock<Arc<HttpPeer>>,
 }
 
 #[derive(Debug)]
@@ -38,7 +39,7 @@ pub struct Upstream {
 impl Upstream {
     /// Resolves every host now, so that a typo fails at start-up rather than under traffic.
     pub fn new(primary: &Url, fallbacks: &[Url], timeout: Duration) -> Result<Self, UpstreamError> {
-        let targets = std::iter::once(primary).chain(fallbacks).map(Target::new).collect::<Result<_, _>>()?;
+        let targets = std::iter::once(primary).chain(fallbacks).map(|url| Target::new(url, timeout)).collect::<Result<_, _>>()?;
         Ok(Self { targets, timeout })
     }
 
@@ -51,16 +52,14 @@ impl Upstream {
     }
 
     /// The peer for attempt `index` (0 = primary), or `None` when every target was tried.
-    pub fn peer(&self, index: usize) -> Option<HttpPeer> {
+    pub fn peer(&self, index: usize) -> Option<Arc<HttpPeer>> {
         let t = self.targets.get(index)?;
-        let addr = *t.addr.read().unwrap_or_else(|p| p.into_inner());
-        let mut peer = HttpPeer::new(addr, t.tls, t.host.clone());
-        peer.options.connection_timeout = Some(self.timeout.min(Duration::from_secs(5)));
-        peer.options.total_connection_timeout = Some(self.timeout);
-        peer.options.read_timeout = Some(self.timeout);
-        peer.options.write_timeout = Some(self.timeout);
-        peer.options.idle_timeout = Some(IDLE_TIMEOUT);
-        Some(peer)
+        Some(Arc::clone(&t.peer.read().unwrap_or_else(|p| p.into_inner())))
+    }
+
+    /// How long a pooled connection to WeChat may stay idle.
+    pub fn idle_timeout(&self) -> Duration {
+        IDLE_TIMEOUT
     }
 
     /// Resolves target `index` again, off the async threads: after a failed connect the host's
@@ -69,21 +68,39 @@ impl Upstream {
         let Some(t) = self.targets.get(index) else { return };
         let (host, port) = (t.host.clone(), t.port);
         if let Ok(Ok(addr)) = tokio::task::spawn_blocking(move || resolve(&host, port)).await {
-            *t.addr.write().unwrap_or_else(|p| p.into_inner()) = addr;
+            *t.peer.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(make_peer(addr, t.tls, &t.host, self.timeout));
         }
     }
 
     /// Points `req` at target `index`: its path prefix and its `Host`.
     pub fn aim(&self, req: &mut RequestHeader, index: usize, path_and_query: &str) -> pingora::Result<()> {
-        let t = &self.targets[index.min(self.targets.len() - 1)];
-        let uri = if t.base_path.is_empty() { path_and_query.to_owned() } else { format!("{}{path_and_query}", t.base_path) };
-        req.set_uri(uri.parse().map_err(|_| pingora::Error::new(pingora::ErrorType::InvalidHTTPHeader))?);
-        req.insert_header(http::header::HOST, t.authority.as_str())
+        let t = self.target(index);
+        let mut uri = String::with_capacity(t.base_path.len() + path_and_query.len());
+        uri.push_str(&t.base_path);
+        uri.push_str(path_and_query);
+        self.aim_owned(req, index, uri)
+    }
+
+    /// The path prefix of target `index`, which every path WeChat sees starts with.
+    pub fn base_path(&self, index: usize) -> &str {
+        &self.target(index).base_path
+    }
+
+    /// [`Self::aim`] with the whole path and query (base path included) already built: no copy.
+    pub fn aim_owned(&self, req: &mut RequestHeader, index: usize, uri: String) -> pingora::Result<()> {
+        let t = self.target(index);
+        let uri = http::Uri::from_maybe_shared(bytes::Bytes::from(uri)).map_err(|_| pingora::Error::new(pingora::ErrorType::InvalidHTTPHeader))?;
+        req.set_uri(uri);
+        req.insert_header(http::header::HOST, t.authority_value.clone())
+    }
+
+    fn target(&self, index: usize) -> &Target {
+        &self.targets[index.min(self.targets.len() - 1)]
     }
 }
 
 impl Target {
-    fn new(url: &Url) -> Result<Self, UpstreamError> {
+    fn new(url: &Url, timeout: Duration) -> Result<Self, UpstreamError> {
         let host = url.host_str().unwrap_or_default().trim_start_matches('[').trim_end_matches(']').to_owned();
         let tls = url.scheme() == "https";
         let port = url.port_or_known_default().unwrap_or(if tls { 443 } else { 80 });
@@ -92,8 +109,20 @@ impl Target {
             Some(p) => format!("{}:{p}", url.host_str().unwrap_or_default()),
             None => url.host_str().unwrap_or_default().to_owned(),
         };
-        Ok(Self { host, port, tls, base_path: url.path().trim_end_matches('/').to_owned(), authority, addr: RwLock::new(addr) })
+        let authority_value = http::HeaderValue::from_str(&authority).map_err(|e| UpstreamError::Resolve { url: url.to_string(), reason: e.to_string() })?;
+        let peer = RwLock::new(Arc::new(make_peer(addr, tls, &host, timeout)));
+        Ok(Self { host, port, tls, base_path: url.path().trim_end_matches('/').to_owned(), authority_value, peer })
     }
+}
+
+fn make_peer(addr: SocketAddr, tls: bool, host: &str, timeout: Duration) -> HttpPeer {
+    let mut peer = HttpPeer::new(addr, tls, host.to_owned());
+    peer.options.connection_timeout = Some(timeout.min(Duration::from_secs(5)));
+    peer.options.total_connection_timeout = Some(timeout);
+    peer.options.read_timeout = Some(timeout);
+    peer.options.write_timeout = Some(timeout);
+    peer.options.idle_timeout = Some(IDLE_TIMEOUT);
+    peer
 }
 
 fn resolve(host: &str, port: u16) -> Result<SocketAddr, String> {
