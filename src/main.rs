@@ -189,9 +189,12 @@ fn init_logging() {
 
     let filter = tracing_subscriber::EnvFilter::try_from_env("WXGATE_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // The hint lets records above the filter's level be dropped before they are built at all.
+    let hint = filter.max_level_hint().unwrap_or(tracing_subscriber::filter::LevelFilter::TRACE);
     let no_pingora_detail = tracing_subscriber::filter::filter_fn(|meta| {
         !meta.target().starts_with("pingora") || *meta.level() <= tracing::Level::INFO
-    });
+    })
+    .with_max_level_hint(hint);
     use std::io::IsTerminal;
     let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_ansi(std::io::stderr().is_terminal());
     tracing_subscriber::registry().with(fmt.with_filter(filter).with_filter(no_pingora_detail)).init();

@@ -13,6 +13,7 @@ use pingora::connectors::TransportConnector;
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::protocols::http::client::HttpSession;
 use pingora::protocols::http::v1::client::HttpSession as H1Session;
+use pingora::upstreams::peer::HttpPeer;
 use pingora::protocols::http::ServerSession;
 use pingora::protocols::Stream;
 use pingora::{ErrorType, Result};
@@ -74,12 +75,12 @@ impl Connections {
             loop {
                 let Some((mut stream, since)) = self.idle(target).pop() else { break };
                 if since.elapsed() < upstream.idle_timeout() && still_open(&mut stream) {
-                    return Ok((HttpSession::H1(H1Session::new_with_options(stream, &*peer)), true));
+                    return Ok((session_on(stream, &peer), true));
                 }
             }
         }
         let stream = self.transport.new_stream(&*peer).await?;
-        Ok((HttpSession::H1(H1Session::new_with_options(stream, &*peer)), false))
+        Ok((session_on(stream, &peer), false))
     }
 
     /// Keeps the connection for the next call when the exchange ended cleanly and the server
@@ -103,6 +104,15 @@ impl Connections {
             idle.push((stream, Instant::now()));
         }
     }
+}
+
+/// An HTTP/1 client session on `stream`, with the upstream timeout on every read and write, so
+/// that a WeChat that stops answering cannot hold a client for ever.
+fn session_on(stream: Stream, peer: &HttpPeer) -> HttpSession {
+    let mut session = HttpSession::H1(H1Session::new_with_options(stream, peer));
+    session.set_read_timeout(peer.options.read_timeout);
+    session.set_write_timeout(peer.options.write_timeout);
+    session
 }
 
 /// Whether an idle connection is still usable: reading must find nothing (no end of stream,
