@@ -55,6 +55,8 @@ NCPU=$(nproc)
 if [ "$NCPU" -lt 2 ]; then PROXY_CPU=0; LOAD_CPU=0; fi
 
 # --- build ---------------------------------------------------------------------------------
+# The warm target directory .ci/run uses, unless one is given.
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/tmp/wxgate-target}"
 say "cargo build --release --bin wxgate"
 cargo build --release --bin wxgate >&2
 TARGET_DIR=$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')
