@@ -163,7 +163,8 @@ pub fn upstream_request(client_req: &RequestHeader, upstream: &Upstream, target:
 }
 
 /// Sends the call with `token` to the first target that takes it. A pooled connection that
-/// turns out to be closed is replaced by a new one once.
+/// turns out to be closed is replaced by a new one once, unless the call was written whole and
+/// is not safe to send twice.
 pub async fn send(connections: &Connections, upstream: &Upstream, client_req: &RequestHeader, outbound: &Outbound, token: &str, body: &Bytes) -> std::result::Result<Answer, CallFailure> {
     let started = Instant::now();
     let mut target = 0;
@@ -186,11 +187,11 @@ pub async fn send(connections: &Connections, upstream: &Upstream, client_req: &R
                 metrics::UPSTREAM_DURATION.observe(started.elapsed().as_secs_f64());
                 return Ok(Answer { session, target });
             }
-            Err(e) if reused && !fresh => {
+            Err((e, written)) if reused && !fresh && (!written || replay_safe(&client_req.method)) => {
                 tracing::debug!(error = ?e.etype(), "a pooled connection to WeChat was closed; retrying on a new one");
                 fresh = true;
             }
-            Err(e) => {
+            Err((e, _)) => {
                 tracing::warn!(error = ?e.etype(), source = ?e.esource(), reused, "the call to WeChat failed");
                 return Err(failure(&e));
             }
@@ -199,13 +200,24 @@ pub async fn send(connections: &Connections, upstream: &Upstream, client_req: &R
     Err(CallFailure::Unreachable)
 }
 
-async fn exchange(session: &mut HttpSession, req: RequestHeader, body: &Bytes) -> Result<()> {
-    session.write_request_header(Box::new(req)).await?;
-    if !body.is_empty() {
-        session.write_request_body(body.clone(), true).await?;
-    }
-    session.finish_request_body().await?;
-    session.read_response_header().await
+/// Sends the request and reads the answer's header. On failure, says whether the request had
+/// been written whole: WeChat may then have acted on it.
+async fn exchange(session: &mut HttpSession, req: RequestHeader, body: &Bytes) -> std::result::Result<(), (Box<pingora::Error>, bool)> {
+    let sent = async {
+        session.write_request_header(Box::new(req)).await?;
+        if !body.is_empty() {
+            session.write_request_body(body.clone(), true).await?;
+        }
+        session.finish_request_body().await
+    };
+    sent.await.map_err(|e| (e, false))?;
+    session.read_response_header().await.map_err(|e| (e, true))
+}
+
+/// Whether a call may be sent again after its connection broke once it was written: only when
+/// sending it twice does no harm. A message sent twice is worse than an error.
+fn replay_safe(method: &http::Method) -> bool {
+    matches!(*method, http::Method::GET | http::Method::HEAD | http::Method::OPTIONS)
 }
 
 fn failure(e: &pingora::Error) -> CallFailure {
