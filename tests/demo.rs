@@ -48,7 +48,7 @@ async fn the_demo_authorizes_an_account_and_its_curl_lines_work() {
     assert_eq!(ready.status(), 200);
 
     let _ = Command::new("kill").arg("-INT").arg(child.0.id().to_string()).status();
-    let exited = (0..100).any(|_| {
+    let exited = (0..300).any(|_| {
         std::thread::sleep(Duration::from_millis(50));
         child.0.try_wait().ok().flatten().is_some()
     });

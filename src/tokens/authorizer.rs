@@ -51,7 +51,7 @@ impl TokenService {
         let Some(lease) = self.store.lease(&self.component, appid.as_str(), self.settings.lease_ttl).await? else {
             return self.await_authorizer_from_peer(&slot, want).await;
         };
-        let result = self.refresh_authorizer_leased(&slot, &lease).await;
+        let result = self.refresh_authorizer_leased(&slot, want, &lease).await;
         let _ = self.store.release(&lease).await;
         result
     }
@@ -83,7 +83,7 @@ impl TokenService {
         }
         match self.store.lease(&self.component, slot.appid.as_str(), self.settings.lease_ttl).await? {
             Some(lease) => {
-                let result = self.refresh_authorizer_leased(slot, &lease).await;
+                let result = self.refresh_authorizer_leased(slot, want, &lease).await;
                 let _ = self.store.release(&lease).await;
                 result
             }
@@ -91,7 +91,14 @@ impl TokenService {
         }
     }
 
-    async fn refresh_authorizer_leased(&self, slot: &AuthorizerSlot, lease: &Lease) -> Result<Arc<AccessToken>, TokenError> {
+    async fn refresh_authorizer_leased(&self, slot: &AuthorizerSlot, want: Want<'_>, lease: &Lease) -> Result<Arc<AccessToken>, TokenError> {
+        // Another instance may have refreshed, and released its lease, between our last read
+        // and taking the lease: read again, or we would refresh with a rotated refresh token.
+        if self.store.shared() {
+            if let Some(current) = self.settled_authorizer(slot, want).await? {
+                return Ok(current);
+            }
+        }
         let mem = slot.mem();
         let refresh_token = mem.refresh_token.clone().ok_or(TokenError::NeedsReauth)?;
         match self.call_authorizer_token(&slot.appid, &refresh_token).await {

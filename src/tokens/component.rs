@@ -31,7 +31,7 @@ impl TokenService {
         let Some(lease) = self.store.lease(&self.component, "component", self.settings.lease_ttl).await? else {
             return self.await_component_from_peer(want).await;
         };
-        let result = self.refresh_component_leased(&lease).await;
+        let result = self.refresh_component_leased(want, &lease).await;
         let _ = self.store.release(&lease).await;
         result
     }
@@ -61,7 +61,7 @@ impl TokenService {
         }
         match self.store.lease(&self.component, "component", self.settings.lease_ttl).await? {
             Some(lease) => {
-                let result = self.refresh_component_leased(&lease).await;
+                let result = self.refresh_component_leased(want, &lease).await;
                 let _ = self.store.release(&lease).await;
                 result
             }
@@ -69,7 +69,13 @@ impl TokenService {
         }
     }
 
-    async fn refresh_component_leased(&self, lease: &crate::store::Lease) -> Result<Arc<AccessToken>, TokenError> {
+    async fn refresh_component_leased(&self, want: Want<'_>, lease: &crate::store::Lease) -> Result<Arc<AccessToken>, TokenError> {
+        // Another instance may have refreshed between our last read and taking the lease.
+        if self.store.shared() {
+            if let Some(current) = self.settled_component(want).await? {
+                return Ok(current);
+            }
+        }
         let ticket = self.current_ticket().await?.ok_or(TokenError::NoTicket)?;
         match self.api.component_token(&ticket.value).await {
             Ok(issued) => self.commit_component(issued, lease).await,
