@@ -230,10 +230,6 @@ impl TokenService {
         &self.component
     }
 
-    pub fn store_backend(&self) -> &'static str {
-        self.store.backend()
-    }
-
     pub fn clock(&self) -> Clock {
         self.clock
     }
