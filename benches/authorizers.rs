@@ -20,7 +20,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use wxgate::store::{SharedStore, SqliteStore};
 use wxgate::tokens::{lead_ms, steady_due, Settings, TokenService};
-use wxgate::wechat::{AuthorizerInfo, AuthorizerTokens, Authorization, ComponentApi, Issued, ListedAuthorizer, WechatError};
+use wxgate::wechat::{
+    Authorization, AuthorizerInfo, AuthorizerTokens, ComponentApi, Issued, ListedAuthorizer, WechatError,
+};
 use wxgate::{AppId, Secret};
 
 #[global_allocator]
@@ -183,7 +185,16 @@ fn write_authorizers(path: &Path, issued_at: i64) {
             let sha1: String = (0..40).map(|_| char::from_digit(rng.gen_range(0..16), 16).unwrap()).collect();
             let authorized_at = issued_at - rng.gen_range(0..365 * 86_400_000i64);
             insert
-                .execute(rusqlite::params![COMPONENT, appid, refresh, access, issued_at + LIFETIME_MS, authorized_at, issued_at, sha1])
+                .execute(rusqlite::params![
+                    COMPONENT,
+                    appid,
+                    refresh,
+                    access,
+                    issued_at + LIFETIME_MS,
+                    authorized_at,
+                    issued_at,
+                    sha1
+                ])
                 .unwrap();
         }
     }
@@ -269,9 +280,12 @@ fn load_and_measure(db: &Path) {
     // The same fleet planned over one whole steady period before `latest` instead of the
     // second half of the room: what the schedule looks like with that change to `spread_due`.
     let mut rng = StdRng::seed_from_u64(11);
-    let issued_at: i64 = std::env::var(ISSUED_ENV).ok().and_then(|v| v.parse().ok()).expect("issued_at from the parent");
+    let issued_at: i64 =
+        std::env::var(ISSUED_ENV).ok().and_then(|v| v.parse().ok()).expect("issued_at from the parent");
     let expires_at = issued_at + LIFETIME_MS;
-    let whole_period: Vec<i64> = (0..AUTHORIZERS).map(|_| spread_over_period(load_started_ms, expires_at, AHEAD, LIFETIME_MS, &mut rng)).collect();
+    let whole_period: Vec<i64> = (0..AUTHORIZERS)
+        .map(|_| spread_over_period(load_started_ms, expires_at, AHEAD, LIFETIME_MS, &mut rng))
+        .collect();
     let alternative = simulate(&whole_period, load_started_ms);
 
     let verdict = |ok: bool| if ok { "PASS" } else { "FAIL" };
@@ -281,16 +295,32 @@ fn load_and_measure(db: &Path) {
     println!("{}", "-".repeat(86));
     println!("{:<52} {:>14}", "authorizers (all active, equal expiry)", AUTHORIZERS);
     println!("{:<52} {:>12.3} s", "store open (SqliteStore::open)", open_s);
-    println!("{:<52} {:>12.3} s   {:<10} {}", "load (TokenService::load)", load_s, format!("<= {TARGET_LOAD_S} s"), verdict(load_s <= TARGET_LOAD_S));
+    println!(
+        "{:<52} {:>12.3} s   {:<10} {}",
+        "load (TokenService::load)",
+        load_s,
+        format!("<= {TARGET_LOAD_S} s"),
+        verdict(load_s <= TARGET_LOAD_S)
+    );
     println!("{:<52} {:>11.1} MB", "RSS before load", rss_before);
-    println!("{:<52} {:>11.1} MB   {:<10} {}", "RSS after load", rss_after, format!("<= {TARGET_RSS_MB} MB"), verdict(rss_after <= TARGET_RSS_MB));
+    println!(
+        "{:<52} {:>11.1} MB   {:<10} {}",
+        "RSS after load",
+        rss_after,
+        format!("<= {TARGET_RSS_MB} MB"),
+        verdict(rss_after <= TARGET_RSS_MB)
+    );
     println!("{:<52} {:>11.1} MB", "RSS delta (the fleet)", rss_delta);
     println!("{:<52} {:>12.0} B", "  per authorizer", rss_delta * 1e6 / n);
     println!("{:<52} {:>11.1} MB", "RSS peak during load (VmHWM)", rss_peak);
     println!("{:<52} {:>11.1} MB", "RSS after mi_collect(true) (live + allocator floor)", rss_collected);
     for (label, sim) in [("real plan", &real), ("alt: spread_over_period (proposed spread_due)", &alternative)] {
         println!("{}", "-".repeat(86));
-        println!("schedule, {label}: {} s simulated ({LIFETIMES} lifetimes of {} s)", sim.buckets.len(), LIFETIME_MS / 1000);
+        println!(
+            "schedule, {label}: {} s simulated ({LIFETIMES} lifetimes of {} s)",
+            sim.buckets.len(),
+            LIFETIME_MS / 1000
+        );
         for (window, range) in [
             ("whole window", 0..sim.buckets.len()),
             ("first lifetime (first wave)", 0..(LIFETIME_MS / 1000) as usize),
@@ -300,11 +330,21 @@ fn load_and_measure(db: &Path) {
             let ratio = busiest as f64 / average;
             println!("{:<52} {:>10}/s", format!("  {window}: busiest second (t = {} s)", range.start + at), busiest);
             println!("{:<52} {:>10.1}/s", format!("  {window}: average"), average);
-            println!("{:<52} {:>11.2}×   {:<10} {}", format!("  {window}: busiest / average"), ratio, format!("<= {TARGET_RATIO}×"), verdict(ratio <= TARGET_RATIO));
+            println!(
+                "{:<52} {:>11.2}×   {:<10} {}",
+                format!("  {window}: busiest / average"),
+                ratio,
+                format!("<= {TARGET_RATIO}×"),
+                verdict(ratio <= TARGET_RATIO)
+            );
         }
         let per_lifetime = sim.total as f64 / n / LIFETIMES as f64;
         println!("{:<52} {:>12.3}   {:<10}", "  refreshes per authorizer per lifetime", per_lifetime, "≈ 1");
-        println!("{:<52} {:>12}", "  idle seconds (no refresh) in the last lifetime", sim.buckets[sim.buckets.len() - (LIFETIME_MS / 1000) as usize..].iter().filter(|&&c| c == 0).count());
+        println!(
+            "{:<52} {:>12}",
+            "  idle seconds (no refresh) in the last lifetime",
+            sim.buckets[sim.buckets.len() - (LIFETIME_MS / 1000) as usize..].iter().filter(|&&c| c == 0).count()
+        );
     }
 }
 

@@ -27,11 +27,7 @@ fn authorized_push() -> String {
         expiry = 1716210000,
         pre = "y".repeat(300),
     );
-    assert!(
-        (1000..1100).contains(&xml.len()),
-        "push is {} bytes",
-        xml.len()
-    );
+    assert!((1000..1100).contains(&xml.len()), "push is {} bytes", xml.len());
     xml
 }
 
@@ -39,31 +35,15 @@ fn benches(c: &mut Criterion) {
     let crypt = crypt();
     let msg = authorized_push();
     let sealed = crypt.seal(&msg, TIMESTAMP, NONCE);
-    assert_eq!(
-        crypt
-            .open(TIMESTAMP, NONCE, &sealed.encrypt, &sealed.msg_signature)
-            .as_deref(),
-        Ok(msg.as_str())
-    );
+    assert_eq!(crypt.open(TIMESTAMP, NONCE, &sealed.encrypt, &sealed.msg_signature).as_deref(), Ok(msg.as_str()));
 
     let mut group = c.benchmark_group("crypto");
     group.throughput(Throughput::Bytes(msg.len() as u64));
     group.bench_function("open_1k", |b| {
-        b.iter(|| {
-            crypt.open(
-                TIMESTAMP,
-                NONCE,
-                black_box(&sealed.encrypt),
-                black_box(&sealed.msg_signature),
-            )
-        })
+        b.iter(|| crypt.open(TIMESTAMP, NONCE, black_box(&sealed.encrypt), black_box(&sealed.msg_signature)))
     });
-    group.bench_function("encrypt_1k", |b| {
-        b.iter(|| crypt.encrypt_with_random(black_box(&msg), RANDOM))
-    });
-    group.bench_function("sign_1k", |b| {
-        b.iter(|| crypt.sign(TIMESTAMP, NONCE, black_box(&sealed.encrypt)))
-    });
+    group.bench_function("encrypt_1k", |b| b.iter(|| crypt.encrypt_with_random(black_box(&msg), RANDOM)));
+    group.bench_function("sign_1k", |b| b.iter(|| crypt.sign(TIMESTAMP, NONCE, black_box(&sealed.encrypt))));
     group.finish();
 }
 

@@ -1,21 +1,21 @@
 //! The one place that wires the store, the token service and the pingora services together.
 
 use crate::admin::AdminApp;
+use crate::authorize::AuthorizeLinks;
 use crate::callback::ComponentReceiver;
 use crate::config::{Config, StoreConfig};
 use crate::crypto::{CryptoError, MsgCrypt};
 use crate::metrics;
-use crate::authorize::AuthorizeLinks;
 use crate::proxy::{Clients, Gateway, OwnRoutes, Upstream, UpstreamError};
 use crate::store::{MemoryStore, RedisStore, SharedStore, SqliteStore, StoreError};
 use crate::tokens::{Settings, TokenError, TokenService};
 use crate::wechat::{ComponentApi, WechatClient, WechatError};
 use async_trait::async_trait;
-use pingora::server::ShutdownWatch;
-use pingora::services::background::{background_service, BackgroundService};
 use pingora::apps::http_app::HttpServer;
 use pingora::server::configuration::ServerConf;
+use pingora::server::ShutdownWatch;
 use pingora::server::{RunArgs, Server};
+use pingora::services::background::{background_service, BackgroundService};
 use pingora::services::listening::Service;
 use std::sync::Arc;
 
@@ -49,7 +49,11 @@ pub async fn open_store(config: &StoreConfig, component: &crate::AppId) -> Resul
 /// the life of the process. pingora builds its own runtimes only in `run`, and a runtime made
 /// just to load the state would take a Redis connection's driver with it when dropped.
 fn store_runtime() -> Result<&'static tokio::runtime::Runtime, AppError> {
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).thread_name("wxgate-store").enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .thread_name("wxgate-store")
+        .enable_all()
+        .build()?;
     Ok(Box::leak(Box::new(rt)))
 }
 
@@ -65,7 +69,8 @@ pub fn build(config: &Config) -> Result<Server, AppError> {
         config.component.appsecret.clone(),
     )?);
     let tokens = load_tokens(rt, config, store, api)?;
-    let crypt = MsgCrypt::new(&config.component.token, &config.component.encoding_aes_key, config.component.appid.as_str())?;
+    let crypt =
+        MsgCrypt::new(&config.component.token, &config.component.encoding_aes_key, config.component.appid.as_str())?;
     let links = AuthorizeLinks::new(
         config.component.appid,
         config.upstream.mp_base_url.clone(),
@@ -80,14 +85,18 @@ pub fn build(config: &Config) -> Result<Server, AppError> {
     let mut server = Server::new_with_opt_and_conf(None, server_conf(config));
     server.bootstrap();
 
-    let upstream = Arc::new(Upstream::new(&config.upstream.base_url, &config.upstream.fallback_urls, config.upstream.timeout)?);
+    let upstream =
+        Arc::new(Upstream::new(&config.upstream.base_url, &config.upstream.fallback_urls, config.upstream.timeout)?);
     let clients = Arc::new(Clients::new(&config.clients));
     let gateway = Gateway::new(routes, Arc::clone(&tokens), clients, upstream, config.proxy.clone());
     let mut proxy = pingora::proxy::http_proxy_service_with_name(&server.configuration, gateway, "wxgate proxy");
     proxy.add_tcp(&config.listen.proxy.to_string());
     server.add_service(proxy);
 
-    let mut admin = Service::new("wxgate admin".to_owned(), HttpServer::new_app(AdminApp::new(Arc::clone(&tokens), links, config.admin.token.clone())));
+    let mut admin = Service::new(
+        "wxgate admin".to_owned(),
+        HttpServer::new_app(AdminApp::new(Arc::clone(&tokens), links, config.admin.token.clone())),
+    );
     admin.add_tcp(&config.listen.admin.to_string());
     server.add_service(admin);
 
@@ -111,7 +120,12 @@ pub fn run(config: &Config) -> Result<(), AppError> {
 
 /// Loads the token service's state before the server starts, on a runtime of its own: pingora
 /// creates its runtimes only in `run`.
-fn load_tokens(rt: &tokio::runtime::Runtime, config: &Config, store: SharedStore, api: Arc<dyn ComponentApi>) -> Result<Arc<TokenService>, AppError> {
+fn load_tokens(
+    rt: &tokio::runtime::Runtime,
+    config: &Config,
+    store: SharedStore,
+    api: Arc<dyn ComponentApi>,
+) -> Result<Arc<TokenService>, AppError> {
     let settings = Settings {
         // A lease outlasts a call to WeChat (bounded by the upstream timeout) and the write after.
         lease_ttl: config.upstream.timeout + std::time::Duration::from_secs(5),

@@ -27,9 +27,7 @@ impl AppId {
     /// program and third-party platform appid.
     pub fn is_valid(s: &str) -> bool {
         let b = s.as_bytes();
-        b.len() == 18
-            && b.starts_with(b"wx")
-            && b[2..].iter().all(|c| matches!(c, b'0'..=b'9' | b'a'..=b'f'))
+        b.len() == 18 && b.starts_with(b"wx") && b[2..].iter().all(|c| matches!(c, b'0'..=b'9' | b'a'..=b'f'))
     }
 
     pub fn as_str(&self) -> &str {
@@ -70,7 +68,16 @@ mod tests {
     #[test]
     fn accepts_only_wechat_shape() {
         assert!(AppId::parse("wxb11529c136998cb6").is_ok());
-        for bad in ["", "wx", "wxB11529C136998CB6", "wxb11529c136998cb", "wxb11529c136998cb67", "abb11529c136998cb6", "wxb11529c13699/cb6", "wx../../../../../..x"] {
+        for bad in [
+            "",
+            "wx",
+            "wxB11529C136998CB6",
+            "wxb11529c136998cb",
+            "wxb11529c136998cb67",
+            "abb11529c136998cb6",
+            "wxb11529c13699/cb6",
+            "wx../../../../../..x",
+        ] {
             assert!(AppId::parse(bad).is_err(), "{bad}");
         }
     }

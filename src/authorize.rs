@@ -52,14 +52,22 @@ impl AuthorizeLinks {
     /// query value. WeChat appends `auth_code` after it; a `#` anywhere would swallow that, so
     /// the app's URL is percent-encoded whole.
     pub fn redirect_uri(&self, app_redirect: Option<&Url>) -> String {
-        let mut done = self.public_base_url.join("wxgate/authorize/done").expect("a relative path joins any http(s) base");
+        let mut done =
+            self.public_base_url.join("wxgate/authorize/done").expect("a relative path joins any http(s) base");
         if let Some(app) = app_redirect {
             done.query_pairs_mut().append_pair("redirect", app.as_str());
         }
         done.to_string()
     }
 
-    fn link(&self, path: &str, leading: &[(&str, &str)], pre_auth_code: &str, redirect_uri: &str, fragment: &str) -> String {
+    fn link(
+        &self,
+        path: &str,
+        leading: &[(&str, &str)],
+        pre_auth_code: &str,
+        redirect_uri: &str,
+        fragment: &str,
+    ) -> String {
         let mut url = self.mp_base_url.join(path).expect("a relative path joins any http(s) base");
         url.query_pairs_mut()
             .extend_pairs(leading)
@@ -120,7 +128,10 @@ pub fn start_page(links: &Links) -> String {
 }
 
 pub fn done_page(authorizer: &AppId) -> String {
-    page("授权成功 · Authorized", &format!("<h1>授权成功</h1><p>{} is authorized. You can close this page.</p>", authorizer))
+    page(
+        "授权成功 · Authorized",
+        &format!("<h1>授权成功</h1><p>{} is authorized. You can close this page.</p>", authorizer),
+    )
 }
 
 pub fn error_page(message: &str) -> String {
@@ -159,8 +170,16 @@ mod tests {
             "https://mp.weixin.qq.com/cgi-bin/componentloginpage?component_appid=wx0123456789abcdef\
              &pre_auth_code=preauthcode%40%40%40x&redirect_uri=https%3A%2F%2Fwx.example.com%2Fgw%2Fwxgate%2Fauthorize%2Fdone&auth_type=3"
         );
-        let mobile = l.link("safe/bindcomponent", &[("action", "bindcomponent"), ("no_scan", "1")], "p", "r", "#wechat_redirect");
-        assert!(mobile.starts_with("https://mp.weixin.qq.com/safe/bindcomponent?action=bindcomponent&no_scan=1&component_appid="));
+        let mobile = l.link(
+            "safe/bindcomponent",
+            &[("action", "bindcomponent"), ("no_scan", "1")],
+            "p",
+            "r",
+            "#wechat_redirect",
+        );
+        assert!(mobile.starts_with(
+            "https://mp.weixin.qq.com/safe/bindcomponent?action=bindcomponent&no_scan=1&component_appid="
+        ));
         assert!(mobile.ends_with("&auth_type=3#wechat_redirect"));
     }
 
@@ -170,6 +189,7 @@ mod tests {
         for bad in ["javascript:alert(1)", "/relative", "ftp://x.example.com/", "http://"] {
             assert!(parse_redirect(Some(bad)).is_err(), "{bad}");
         }
-        assert!(start_page(&Links { pc_url: "a\"><script>".into(), mobile_url: "b".into() }).contains("a&quot;&gt;&lt;script&gt;"));
+        assert!(start_page(&Links { pc_url: "a\"><script>".into(), mobile_url: "b".into() })
+            .contains("a&quot;&gt;&lt;script&gt;"));
     }
 }

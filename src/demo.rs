@@ -97,7 +97,8 @@ pub fn run(opts: &DemoOptions) -> Result<(), DemoError> {
     reset_data(opts)?;
     let sandbox_config = sandbox_config(opts);
     let config = gateway_config(opts, &sandbox_config)?;
-    let listener = std::net::TcpListener::bind(opts.sandbox).map_err(|source| DemoError::Bind { addr: opts.sandbox, source })?;
+    let listener =
+        std::net::TcpListener::bind(opts.sandbox).map_err(|source| DemoError::Bind { addr: opts.sandbox, source })?;
     listener.set_nonblocking(true).map_err(|source| DemoError::Bind { addr: opts.sandbox, source })?;
     let tour_opts = opts.clone();
     // The sandbox's runtime lives as long as the process: it is not dropped when the gateway

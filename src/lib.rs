@@ -22,23 +22,23 @@
 //! Data flows one way: callbacks and the scheduler write into `tokens`; `proxy` and `admin`
 //! read from it.
 
+pub mod admin;
+pub mod app;
 pub mod appid;
+pub mod authorize;
+pub mod callback;
 pub mod config;
 pub mod crypto;
-pub mod callback;
-pub mod secret;
-pub mod xml;
-pub mod metrics;
-pub mod store;
-pub mod wechat;
-pub mod tokens;
-pub mod authorize;
-pub mod reply;
-pub mod admin;
-pub mod proxy;
-pub mod app;
 pub mod demo;
+pub mod metrics;
+pub mod proxy;
+pub mod reply;
 pub mod sandbox;
+pub mod secret;
+pub mod store;
+pub mod tokens;
+pub mod wechat;
+pub mod xml;
 
 pub use appid::AppId;
 pub use secret::Secret;

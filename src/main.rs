@@ -90,10 +90,14 @@ fn main() -> ExitCode {
     init_logging();
     let result = match cli.command {
         Some(Command::Demo { proxy, admin, sandbox, data_dir }) => {
-            wxgate::demo::run(&DemoOptions { proxy, admin, sandbox, data_dir }).context("demo").map(|()| ExitCode::SUCCESS)
+            wxgate::demo::run(&DemoOptions { proxy, admin, sandbox, data_dir })
+                .context("demo")
+                .map(|()| ExitCode::SUCCESS)
         }
         Some(Command::Sandbox(args)) => run_sandbox(args),
-        Some(Command::Migrate { to, to_key_prefix }) => with_config(&cli.config, |config| migrate(config, &to, &to_key_prefix)),
+        Some(Command::Migrate { to, to_key_prefix }) => {
+            with_config(&cli.config, |config| migrate(config, &to, &to_key_prefix))
+        }
         Some(Command::Check) => with_config(&cli.config, |config| {
             println!("{}", config.masked());
             eprintln!("wxgate: {} is valid", cli.config.display());
@@ -164,9 +168,14 @@ fn run_sandbox(args: SandboxArgs) -> anyhow::Result<ExitCode> {
     };
     let rt = tokio::runtime::Runtime::new().context("runtime")?;
     rt.block_on(async {
-        let listener = tokio::net::TcpListener::bind(args.listen).await.with_context(|| format!("cannot listen on {}", args.listen))?;
+        let listener = tokio::net::TcpListener::bind(args.listen)
+            .await
+            .with_context(|| format!("cannot listen on {}", args.listen))?;
         let sandbox = Sandbox::start(config, listener).await.context("sandbox")?;
-        eprintln!("wxgate sandbox: listening on {} (control routes under /sandbox/); Ctrl-C stops it", sandbox.base_url());
+        eprintln!(
+            "wxgate sandbox: listening on {} (control routes under /sandbox/); Ctrl-C stops it",
+            sandbox.base_url()
+        );
         tokio::signal::ctrl_c().await.context("signal")?;
         sandbox.shutdown();
         Ok(ExitCode::SUCCESS)

@@ -4,8 +4,8 @@
 //! authorizer would grow without bound.
 
 use prometheus::{
-    register_gauge, register_histogram, register_int_counter, register_int_counter_vec,
-    register_int_gauge_vec, Gauge, Histogram, IntCounter, IntCounterVec, IntGaugeVec,
+    register_gauge, register_histogram, register_int_counter, register_int_counter_vec, register_int_gauge_vec, Gauge,
+    Histogram, IntCounter, IntCounterVec, IntGaugeVec,
 };
 use std::sync::LazyLock;
 
@@ -13,35 +13,58 @@ use std::sync::LazyLock;
 // errors caught by the first test that touches the metric.
 
 pub static REQUESTS: LazyLock<IntCounterVec> = LazyLock::new(|| {
-    register_int_counter_vec!("wxgate_requests_total", "API calls through the proxy, by scope and status", &["scope", "status"]).expect("metric")
+    register_int_counter_vec!(
+        "wxgate_requests_total",
+        "API calls through the proxy, by scope and status",
+        &["scope", "status"]
+    )
+    .expect("metric")
 });
 
 pub static UPSTREAM_DURATION: LazyLock<Histogram> = LazyLock::new(|| {
-    register_histogram!("wxgate_upstream_duration_seconds", "Time WeChat took to answer a proxied call").expect("metric")
+    register_histogram!("wxgate_upstream_duration_seconds", "Time WeChat took to answer a proxied call")
+        .expect("metric")
 });
 
 pub static TOKEN_REFRESH: LazyLock<IntCounterVec> = LazyLock::new(|| {
-    register_int_counter_vec!("wxgate_token_refresh_total", "Token refreshes, by kind (component|authorizer) and result", &["kind", "result"]).expect("metric")
+    register_int_counter_vec!(
+        "wxgate_token_refresh_total",
+        "Token refreshes, by kind (component|authorizer) and result",
+        &["kind", "result"]
+    )
+    .expect("metric")
 });
 
 pub static TOKEN_RETRY: LazyLock<IntCounter> = LazyLock::new(|| {
-    register_int_counter!("wxgate_token_retry_total", "Proxied calls replayed after WeChat reported a token error").expect("metric")
+    register_int_counter!("wxgate_token_retry_total", "Proxied calls replayed after WeChat reported a token error")
+        .expect("metric")
 });
 
 pub static TICKET_AGE: LazyLock<Gauge> = LazyLock::new(|| {
-    register_gauge!("wxgate_ticket_age_seconds", "Age of the component_verify_ticket held (+Inf when none is held)").expect("metric")
+    register_gauge!("wxgate_ticket_age_seconds", "Age of the component_verify_ticket held (+Inf when none is held)")
+        .expect("metric")
 });
 
 pub static TICKET_STALE: LazyLock<IntCounter> = LazyLock::new(|| {
-    register_int_counter!("wxgate_ticket_stale_total", "Checks that found no component_verify_ticket pushed for 20 minutes").expect("metric")
+    register_int_counter!(
+        "wxgate_ticket_stale_total",
+        "Checks that found no component_verify_ticket pushed for 20 minutes"
+    )
+    .expect("metric")
 });
 
 pub static CALLBACK_EVENTS: LazyLock<IntCounterVec> = LazyLock::new(|| {
-    register_int_counter_vec!("wxgate_callback_events_total", "Verified authorization events, by info type", &["info_type"]).expect("metric")
+    register_int_counter_vec!(
+        "wxgate_callback_events_total",
+        "Verified authorization events, by info type",
+        &["info_type"]
+    )
+    .expect("metric")
 });
 
 pub static CALLBACK_REJECTED: LazyLock<IntCounterVec> = LazyLock::new(|| {
-    register_int_counter_vec!("wxgate_callback_rejected_total", "Callbacks refused, by reason", &["reason"]).expect("metric")
+    register_int_counter_vec!("wxgate_callback_rejected_total", "Callbacks refused, by reason", &["reason"])
+        .expect("metric")
 });
 
 pub static AUTHORIZERS: LazyLock<IntGaugeVec> = LazyLock::new(|| {
@@ -56,7 +79,9 @@ const STATUSES: [u16; 10] = [200, 302, 400, 401, 403, 404, 413, 502, 503, 504];
 static REQUEST_COUNTERS: LazyLock<Vec<Vec<IntCounter>>> = LazyLock::new(|| {
     SCOPES
         .iter()
-        .map(|scope| STATUSES.iter().map(|status| REQUESTS.with_label_values(&[*scope, status.to_string().as_str()])).collect())
+        .map(|scope| {
+            STATUSES.iter().map(|status| REQUESTS.with_label_values(&[*scope, status.to_string().as_str()])).collect()
+        })
         .collect()
 });
 
@@ -71,13 +96,8 @@ pub fn count_request(scope: &str, status: u16) {
 
 /// The info types WeChat documents for the authorization-event URL; any other is counted as
 /// `other`, so that the label set stays bounded whatever arrives.
-const KNOWN_INFO_TYPES: &[&str] = &[
-    "component_verify_ticket",
-    "authorized",
-    "updateauthorized",
-    "unauthorized",
-    "notify_third_fasteregister",
-];
+const KNOWN_INFO_TYPES: &[&str] =
+    &["component_verify_ticket", "authorized", "updateauthorized", "unauthorized", "notify_third_fasteregister"];
 
 pub fn info_type_label(info_type: &str) -> &str {
     KNOWN_INFO_TYPES.iter().find(|k| **k == info_type).copied().unwrap_or("other")

@@ -115,7 +115,8 @@ mod tests {
 
     #[test]
     fn refuses_hostile_or_broken_documents() {
-        let xxe = r#"<?xml version="1.0"?><!DOCTYPE xml [<!ENTITY x SYSTEM "file:///etc/passwd">]><xml><A>&x;</A></xml>"#;
+        let xxe =
+            r#"<?xml version="1.0"?><!DOCTYPE xml [<!ENTITY x SYSTEM "file:///etc/passwd">]><xml><A>&x;</A></xml>"#;
         assert_eq!(parse(xxe), Err(XmlError::Forbidden));
         assert_eq!(parse("<xml><A>&x;</A></xml>"), Err(XmlError::Malformed));
         assert_eq!(parse("<root><A>1</A></root>"), Err(XmlError::Root));

@@ -128,20 +128,93 @@ fn bad_inputs() -> Vec<Bad> {
     let (xml_query, xml_body) = signed(&crypt(), "<xml><InfoType>component_verify_ticket</InfoType>");
     let q = |sig: &str| format!("timestamp=1700000000&nonce=n0nce&encrypt_type=aes&msg_signature={sig}");
     vec![
-        Bad { name: "forged signature", query: q(&"0".repeat(40)), body: body.clone().into(), status: 403, reason: "signature" },
-        Bad { name: "signature of another nonce", query: query.replace("n0nce", "other"), body: body.clone().into(), status: 403, reason: "signature" },
-        Bad { name: "tampered ciphertext", query: q(&tampered_sig), body: tampered.into(), status: 400, reason: "padding" },
-        Bad { name: "wrong receive id", query: other_query, body: other_body.into(), status: 400, reason: "receive_id" },
-        Bad { name: "ciphertext not a whole block", query: q(&garbage_sig), body: envelope("MTUgYnl0ZXMsIG9kZGx5").into(), status: 400, reason: "cipher_length" },
+        Bad {
+            name: "forged signature",
+            query: q(&"0".repeat(40)),
+            body: body.clone().into(),
+            status: 403,
+            reason: "signature",
+        },
+        Bad {
+            name: "signature of another nonce",
+            query: query.replace("n0nce", "other"),
+            body: body.clone().into(),
+            status: 403,
+            reason: "signature",
+        },
+        Bad {
+            name: "tampered ciphertext",
+            query: q(&tampered_sig),
+            body: tampered.into(),
+            status: 400,
+            reason: "padding",
+        },
+        Bad {
+            name: "wrong receive id",
+            query: other_query,
+            body: other_body.into(),
+            status: 400,
+            reason: "receive_id",
+        },
+        Bad {
+            name: "ciphertext not a whole block",
+            query: q(&garbage_sig),
+            body: envelope("MTUgYnl0ZXMsIG9kZGx5").into(),
+            status: 400,
+            reason: "cipher_length",
+        },
         Bad { name: "decrypted XML malformed", query: xml_query, body: xml_body.into(), status: 400, reason: "xml" },
-        Bad { name: "malformed envelope", query: query.clone(), body: b"<xml><Encrypt>abc</xml>".to_vec(), status: 400, reason: "xml" },
-        Bad { name: "XXE in the envelope", query: query.clone(), body: br#"<!DOCTYPE xml [<!ENTITY x SYSTEM "file:///etc/passwd">]><xml><Encrypt>&x;</Encrypt></xml>"#.to_vec(), status: 400, reason: "xml" },
-        Bad { name: "envelope without Encrypt", query: query.clone(), body: b"<xml><AppId>wx0123456789abcdef</AppId></xml>".to_vec(), status: 400, reason: "field" },
-        Bad { name: "envelope for another component", query: query.clone(), body: body.replace(COMPONENT_APPID, "wxfedcba9876543210").into(), status: 400, reason: "appid" },
+        Bad {
+            name: "malformed envelope",
+            query: query.clone(),
+            body: b"<xml><Encrypt>abc</xml>".to_vec(),
+            status: 400,
+            reason: "xml",
+        },
+        Bad {
+            name: "XXE in the envelope",
+            query: query.clone(),
+            body: br#"<!DOCTYPE xml [<!ENTITY x SYSTEM "file:///etc/passwd">]><xml><Encrypt>&x;</Encrypt></xml>"#
+                .to_vec(),
+            status: 400,
+            reason: "xml",
+        },
+        Bad {
+            name: "envelope without Encrypt",
+            query: query.clone(),
+            body: b"<xml><AppId>wx0123456789abcdef</AppId></xml>".to_vec(),
+            status: 400,
+            reason: "field",
+        },
+        Bad {
+            name: "envelope for another component",
+            query: query.clone(),
+            body: body.replace(COMPONENT_APPID, "wxfedcba9876543210").into(),
+            status: 400,
+            reason: "appid",
+        },
         Bad { name: "empty body", query: query.clone(), body: Vec::new(), status: 400, reason: "empty" },
-        Bad { name: "oversized body", query: query.clone(), body: vec![b'x'; 65 * 1024], status: 413, reason: "too_large" },
-        Bad { name: "no msg_signature", query: "timestamp=1&nonce=2&encrypt_type=aes".into(), body: body.clone().into(), status: 400, reason: "query" },
-        Bad { name: "plaintext mode", query: format!("{query}&encrypt_type=raw").replace("encrypt_type=aes&", ""), body: body.into(), status: 400, reason: "query" },
+        Bad {
+            name: "oversized body",
+            query: query.clone(),
+            body: vec![b'x'; 65 * 1024],
+            status: 413,
+            reason: "too_large",
+        },
+        Bad {
+            name: "no msg_signature",
+            query: "timestamp=1&nonce=2&encrypt_type=aes".into(),
+            body: body.clone().into(),
+            status: 400,
+            reason: "query",
+        },
+        Bad {
+            name: "plaintext mode",
+            query: format!("{query}&encrypt_type=raw").replace("encrypt_type=aes&", ""),
+            body: body.into(),
+            status: 400,
+            reason: "query",
+        },
     ]
 }
 
@@ -153,7 +226,8 @@ async fn every_bad_input_gets_a_4xx_and_changes_nothing() {
     assert_eq!(gw.push(&crypt(), &ticket_xml("ticket@@@good", created)).await.status(), 200);
 
     for bad in bad_inputs() {
-        let before = gw.metric(&format!("wxgate_callback_rejected_total{{reason=\"{}\"}}", bad.reason)).await.unwrap_or(0.0);
+        let before =
+            gw.metric(&format!("wxgate_callback_rejected_total{{reason=\"{}\"}}", bad.reason)).await.unwrap_or(0.0);
         let r = gw.post_callback(&bad.query, bad.body).await;
         assert_eq!(r.status().as_u16(), bad.status, "{}", bad.name);
         let err: serde_json::Value = r.json().await.unwrap_or_else(|e| panic!("{}: not JSON: {e}", bad.name));
@@ -184,13 +258,18 @@ async fn the_admin_listener_serves_health_readiness_metrics_and_guards_admin() {
     assert!(ready.text().await.unwrap().contains("component_verify_ticket"), "says why");
 
     let metrics = gw.metrics().await;
-    for family in ["wxgate_ticket_age_seconds inf", "# TYPE wxgate_token_retry_total counter", "# TYPE wxgate_upstream_duration_seconds histogram"] {
+    for family in [
+        "wxgate_ticket_age_seconds inf",
+        "# TYPE wxgate_token_retry_total counter",
+        "# TYPE wxgate_upstream_duration_seconds histogram",
+    ] {
         assert!(metrics.contains(family), "{family} in\n{metrics}");
     }
 
     let unauth = gw.http.get(gw.admin_url("/admin/component")).send().await.unwrap();
     assert_eq!(unauth.status(), 401);
-    let wrong = gw.http.get(gw.admin_url("/admin/component")).bearer_auth("admin-token-0123456780").send().await.unwrap();
+    let wrong =
+        gw.http.get(gw.admin_url("/admin/component")).bearer_auth("admin-token-0123456780").send().await.unwrap();
     assert_eq!(wrong.status(), 401);
     let ok = gw.admin_get("/admin/component").await;
     assert_eq!(ok.status(), 200);

@@ -15,7 +15,11 @@ fn check(config: &str, env: &[(&str, &str)]) -> (i32, String, String) {
         cmd.env(k, v);
     }
     let out = cmd.output().unwrap();
-    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stdout).into(), String::from_utf8_lossy(&out.stderr).into())
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into(),
+        String::from_utf8_lossy(&out.stderr).into(),
+    )
 }
 
 #[test]
@@ -82,16 +86,32 @@ async fn migrate_copies_an_sqlite_store_into_redis_and_back() {
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
         String::from_utf8_lossy(&out.stdout).into_owned()
     };
-    let said = run(vec!["migrate".into(), "--config".into(), config.display().to_string(), "--to".into(), "redis://127.0.0.1:6379/0".into(), "--to-key-prefix".into(), prefix.clone()]);
+    let said = run(vec![
+        "migrate".into(),
+        "--config".into(),
+        config.display().to_string(),
+        "--to".into(),
+        "redis://127.0.0.1:6379/0".into(),
+        "--to-key-prefix".into(),
+        prefix.clone(),
+    ]);
     assert!(said.contains("1 authorizers"), "{said}");
     let redis = RedisStore::connect(&Secret::new("redis://127.0.0.1:6379/0"), &prefix, &component).await.unwrap();
     assert_eq!(redis.load_authorizer(&component, &appid).await.unwrap(), Some(record.clone()));
 
     // And back, from a gateway configured on that Redis into a new SQLite file.
     let mut on_redis = Setup::new();
-    on_redis.store_toml = Some(format!("[store]\nbackend = \"redis\"\nredis_url = \"redis://127.0.0.1:6379/0\"\nkey_prefix = \"{prefix}\""));
+    on_redis.store_toml = Some(format!(
+        "[store]\nbackend = \"redis\"\nredis_url = \"redis://127.0.0.1:6379/0\"\nkey_prefix = \"{prefix}\""
+    ));
     let back = on_redis.dir.path().join("back.sqlite3");
-    run(vec!["migrate".into(), "--config".into(), on_redis.write_config().display().to_string(), "--to".into(), format!("sqlite:{}", back.display())]);
+    run(vec![
+        "migrate".into(),
+        "--config".into(),
+        on_redis.write_config().display().to_string(),
+        "--to".into(),
+        format!("sqlite:{}", back.display()),
+    ]);
     assert_eq!(SqliteStore::open(&back).unwrap().load_authorizer(&component, &appid).await.unwrap(), Some(record));
     redis.delete_authorizer(&component, &appid).await.unwrap();
 }

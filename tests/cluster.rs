@@ -51,7 +51,13 @@ async fn active_count(gw: &Gateway) -> usize {
 
 /// `n` instances on one Redis under a fresh prefix, a sandbox pushing to the first, a ticket,
 /// and `accounts` authorized; every instance knows them all.
-async fn cluster(n: usize, redis_url: &str, lifetime: u64, accounts: u32, extra: &str) -> (Vec<Setup>, Sandbox, Vec<Gateway>, String) {
+async fn cluster(
+    n: usize,
+    redis_url: &str,
+    lifetime: u64,
+    accounts: u32,
+    extra: &str,
+) -> (Vec<Setup>, Sandbox, Vec<Gateway>, String) {
     let prefix = unique_prefix();
     let mut first = Setup::new();
     first.store_toml = Some(redis_store(redis_url, &prefix));
@@ -70,7 +76,10 @@ async fn cluster(n: usize, redis_url: &str, lifetime: u64, accounts: u32, extra:
         sandbox.authorize(&appid(i)).await.unwrap();
     }
     for gw in &gws {
-        eventually(Duration::from_secs(15), "every instance knows every account", || async { active_count(gw).await == accounts as usize }).await;
+        eventually(Duration::from_secs(15), "every instance knows every account", || async {
+            active_count(gw).await == accounts as usize
+        })
+        .await;
     }
     (setups, sandbox, gws, prefix)
 }
@@ -106,8 +115,12 @@ async fn three_instances_refresh_each_token_once_per_lifetime_and_no_client_sees
     let most = elapsed / 2750 + 2;
     for i in 1..=accounts {
         let a = appid(i);
-        let refreshes = after.authorizer_token_calls.get(a.as_str()).copied().unwrap_or(0) - before.authorizer_token_calls.get(a.as_str()).copied().unwrap_or(0);
-        assert!((most - 3..=most).contains(&refreshes), "{a}: {refreshes} refreshes in {run:?} (one refresher: at most {most})");
+        let refreshes = after.authorizer_token_calls.get(a.as_str()).copied().unwrap_or(0)
+            - before.authorizer_token_calls.get(a.as_str()).copied().unwrap_or(0);
+        assert!(
+            (most - 3..=most).contains(&refreshes),
+            "{a}: {refreshes} refreshes in {run:?} (one refresher: at most {most})"
+        );
     }
     let component = after.component_token_calls - before.component_token_calls;
     assert!(component <= most, "component token: {component} refreshes");
@@ -127,21 +140,41 @@ async fn a_dead_lease_holder_is_taken_over_within_the_lease_time() {
     // timeout 2 s: a lease lasts 2 + 5 = 7 s.
     let (setups, sandbox, mut gws, prefix) = cluster(2, URL, 7200, 1, "").await;
     let account = appid(1);
-    sandbox.set_faults(Faults { delay: Duration::from_secs(2), path_contains: Some("api_authorizer_token".into()), ..Faults::default() });
-    let holder = gws[0].http.post(gws[0].admin_url(&format!("/admin/authorizers/{account}/refresh"))).bearer_auth(ADMIN_TOKEN).send();
+    sandbox.set_faults(Faults {
+        delay: Duration::from_secs(2),
+        path_contains: Some("api_authorizer_token".into()),
+        ..Faults::default()
+    });
+    let holder = gws[0]
+        .http
+        .post(gws[0].admin_url(&format!("/admin/authorizers/{account}/refresh")))
+        .bearer_auth(ADMIN_TOKEN)
+        .send();
     let _ = tokio::time::timeout(Duration::from_millis(700), holder).await;
     gws[0].kill(); // while it holds the lease and waits on WeChat
     sandbox.set_faults(Faults::default());
 
     let started = Instant::now();
-    let r = gws[1].http.post(gws[1].admin_url(&format!("/admin/authorizers/{account}/refresh"))).bearer_auth(ADMIN_TOKEN).send().await.unwrap();
+    let r = gws[1]
+        .http
+        .post(gws[1].admin_url(&format!("/admin/authorizers/{account}/refresh")))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap();
     let took = started.elapsed();
     assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
     assert!(took < Duration::from_secs(9), "took over within the lease time: {took:?}");
     assert_eq!(call(&gws[1], &account).await["errcode"], 0);
     // Whatever WeChat rotated, the store holds the refresh token it now accepts.
     let mut conn = redis::Client::open(URL).unwrap().get_multiplexed_async_connection().await.unwrap();
-    let stored: String = redis::AsyncCommands::hget(&mut conn, format!("{prefix}{COMPONENT_APPID}:authorizer:{account}"), "refresh_token").await.unwrap();
+    let stored: String = redis::AsyncCommands::hget(
+        &mut conn,
+        format!("{prefix}{COMPONENT_APPID}:authorizer:{account}"),
+        "refresh_token",
+    )
+    .await
+    .unwrap();
     assert_eq!(Some(stored), sandbox.refresh_token(&account));
     drop(setups);
     clean(URL, &prefix).await;
@@ -167,7 +200,18 @@ impl OwnRedis {
 
     fn spawn(&mut self) {
         let child = Command::new("redis-server")
-            .args(["--bind", "127.0.0.1", "--port", &self.port.to_string(), "--appendonly", "yes", "--appendfsync", "always", "--save", ""])
+            .args([
+                "--bind",
+                "127.0.0.1",
+                "--port",
+                &self.port.to_string(),
+                "--appendonly",
+                "yes",
+                "--appendfsync",
+                "always",
+                "--save",
+                "",
+            ])
             .arg("--dir")
             .arg(self.dir.path())
             .stdout(Stdio::null())
@@ -177,7 +221,11 @@ impl OwnRedis {
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(10);
         while Instant::now() < deadline {
-            if redis::Client::open(self.url()).unwrap().get_connection().is_ok_and(|mut c| redis::cmd("PING").query::<String>(&mut c).is_ok()) {
+            if redis::Client::open(self.url())
+                .unwrap()
+                .get_connection()
+                .is_ok_and(|mut c| redis::cmd("PING").query::<String>(&mut c).is_ok())
+            {
                 return;
             }
             std::thread::sleep(Duration::from_millis(50));
@@ -214,13 +262,23 @@ async fn instances_ride_out_a_redis_restart() {
     redis.spawn();
 
     // A new authorization after the restart reaches both: the store and the change channel are back.
-    eventually(Duration::from_secs(20), "the new account is stored", || async { sandbox.authorize(&appid(3)).await.is_ok() }).await;
+    eventually(Duration::from_secs(20), "the new account is stored", || async {
+        sandbox.authorize(&appid(3)).await.is_ok()
+    })
+    .await;
     for (i, gw) in gws.iter().enumerate() {
         let deadline = Instant::now() + Duration::from_secs(20);
         while active_count(gw).await != 3 {
             if Instant::now() > deadline {
                 for s in &setups {
-                    eprintln!("---- log\n{}", s.log().lines().filter(|l| !l.contains("DEBUG") && !l.contains("TRACE")).collect::<Vec<_>>().join("\n"));
+                    eprintln!(
+                        "---- log\n{}",
+                        s.log()
+                            .lines()
+                            .filter(|l| !l.contains("DEBUG") && !l.contains("TRACE"))
+                            .collect::<Vec<_>>()
+                            .join("\n")
+                    );
                 }
                 panic!("instance {i} does not know the new account");
             }
@@ -228,7 +286,13 @@ async fn instances_ride_out_a_redis_restart() {
         }
     }
     for gw in &gws {
-        let r = gw.http.post(gw.admin_url(&format!("/admin/authorizers/{}/refresh", appid(2)))).bearer_auth(ADMIN_TOKEN).send().await.unwrap();
+        let r = gw
+            .http
+            .post(gw.admin_url(&format!("/admin/authorizers/{}/refresh", appid(2))))
+            .bearer_auth(ADMIN_TOKEN)
+            .send()
+            .await
+            .unwrap();
         assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
         for i in 1..=3 {
             assert_eq!(call(gw, &appid(i)).await["errcode"], 0);

@@ -16,14 +16,7 @@ const AES_KEY: &str = "SECRETKEYcccc3333ddddeeeeffffgggghhhhiiiijk";
 const ADMIN_TOKEN: &str = "ADMINTOKENdddd4444";
 const CLIENT_KEY: &str = "CLIENTKEYeeee5555";
 const REDIS_PASSWORD: &str = "REDISPWffff6666";
-const SECRETS: [&str; 6] = [
-    APPSECRET,
-    TOKEN,
-    AES_KEY,
-    ADMIN_TOKEN,
-    CLIENT_KEY,
-    REDIS_PASSWORD,
-];
+const SECRETS: [&str; 6] = [APPSECRET, TOKEN, AES_KEY, ADMIN_TOKEN, CLIENT_KEY, REDIS_PASSWORD];
 
 fn minimal() -> String {
     format!(
@@ -38,10 +31,7 @@ fn no_env() -> Vec<(String, String)> {
 }
 
 fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
-    pairs
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect()
+    pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
 }
 
 fn problems(text: &str, vars: Vec<(String, String)>) -> Vec<Problem> {
@@ -78,20 +68,12 @@ fn assert_no_secret(text: &str) {
 fn example_file_loads() {
     let config = Config::from_sources(EXAMPLE, no_env()).unwrap();
     assert_eq!(config.component.appid, appid("wx0123456789abcdef"));
-    assert_eq!(
-        config.upstream.base_url.as_str(),
-        "https://api.weixin.qq.com/"
-    );
+    assert_eq!(config.upstream.base_url.as_str(), "https://api.weixin.qq.com/");
     assert_eq!(config.upstream.timeout, Duration::from_millis(10_000));
     assert_eq!(config.listen.proxy, "0.0.0.0:8080".parse().unwrap());
     assert_eq!(config.listen.admin, "127.0.0.1:9090".parse().unwrap());
-    assert_eq!(
-        config.listen.public_base_url.as_str(),
-        "https://wx.example.com/"
-    );
-    assert!(
-        matches!(&config.store, StoreConfig::Sqlite { path } if path == Path::new("data/wxgate.sqlite3"))
-    );
+    assert_eq!(config.listen.public_base_url.as_str(), "https://wx.example.com/");
+    assert!(matches!(&config.store, StoreConfig::Sqlite { path } if path == Path::new("data/wxgate.sqlite3")));
     assert_eq!(config.refresh.ahead, Duration::from_secs(600));
     assert_eq!(config.server.shutdown_grace, Duration::from_secs(5));
     assert_eq!(config.clients.len(), 2);
@@ -108,15 +90,11 @@ fn example_file_loads() {
 #[test]
 fn defaults_fill_everything_not_required() {
     let config = Config::from_sources(&minimal(), no_env()).unwrap();
-    let cores = std::thread::available_parallelism()
-        .map_or(1, |n| n.get())
-        .min(256);
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get()).min(256);
     assert_eq!(config.server.threads, cores);
     assert_eq!(config.upstream.timeout, Duration::from_secs(10));
     assert_eq!(config.refresh.ahead, Duration::from_secs(600));
-    assert!(
-        matches!(&config.store, StoreConfig::Sqlite { path } if path == &PathBuf::from("data/wxgate.sqlite3"))
-    );
+    assert!(matches!(&config.store, StoreConfig::Sqlite { path } if path == &PathBuf::from("data/wxgate.sqlite3")));
     assert!(config.clients.is_empty());
     assert_eq!(config.component.appsecret.expose(), APPSECRET);
     assert_eq!(config.component.encoding_aes_key.expose(), AES_KEY);
@@ -141,20 +119,14 @@ fn a_file_without_required_keys_names_each_one() {
 
 #[test]
 fn environment_wins_over_the_file() {
-    let text = format!(
-        "{}[upstream]\ntimeout_ms = 5000\n[server]\nthreads = 2\n",
-        minimal()
-    );
+    let text = format!("{}[upstream]\ntimeout_ms = 5000\n[server]\nthreads = 2\n", minimal());
     let vars = env(&[
         ("WXGATE_UPSTREAM_TIMEOUT_MS", "2500"),
         ("WXGATE_UPSTREAM_BASE_URL", "http://127.0.0.1:18080"),
         ("WXGATE_SERVER_THREADS", "3"),
         ("WXGATE_COMPONENT_APPSECRET", "from-the-environment"),
         ("WXGATE_STORE_BACKEND", "redis"),
-        (
-            "WXGATE_STORE_REDIS_URL",
-            "redis://:pw@redis.internal:6379/1",
-        ),
+        ("WXGATE_STORE_REDIS_URL", "redis://:pw@redis.internal:6379/1"),
         ("WXGATE_CONFIG", "elsewhere.toml"),
         ("WXGATE_LOG", "wxgate=debug"),
         ("HOME", "/root"),
@@ -164,9 +136,7 @@ fn environment_wins_over_the_file() {
     assert_eq!(config.upstream.base_url.as_str(), "http://127.0.0.1:18080/");
     assert_eq!(config.server.threads, 3);
     assert_eq!(config.component.appsecret.expose(), "from-the-environment");
-    let StoreConfig::Redis { url, key_prefix } = &config.store else {
-        panic!("{:?}", config.store)
-    };
+    let StoreConfig::Redis { url, key_prefix } = &config.store else { panic!("{:?}", config.store) };
     assert_eq!(url.expose(), "redis://:pw@redis.internal:6379/1");
     assert_eq!(key_prefix, "wxgate:");
 }
@@ -175,20 +145,13 @@ fn environment_wins_over_the_file() {
 fn environment_can_supply_required_keys() {
     let text = minimal().replace(&format!("token = \"{ADMIN_TOKEN}\"\n"), "");
     assert_eq!(keys(&problems(&text, no_env())), ["admin.token"]);
-    let config = Config::from_sources(
-        &text,
-        env(&[("WXGATE_ADMIN_TOKEN", "0123456789abcdef-env")]),
-    )
-    .unwrap();
+    let config = Config::from_sources(&text, env(&[("WXGATE_ADMIN_TOKEN", "0123456789abcdef-env")])).unwrap();
     assert_eq!(config.admin.token.expose(), "0123456789abcdef-env");
 }
 
 #[test]
 fn bad_environment_values_name_the_variable_and_the_key() {
-    let vars = env(&[
-        ("WXGATE_UPSTREAM_TIMEOUT_MS", "ten"),
-        ("WXGATE_REFRESH_AHEAD_SECS", "5"),
-    ]);
+    let vars = env(&[("WXGATE_UPSTREAM_TIMEOUT_MS", "ten"), ("WXGATE_REFRESH_AHEAD_SECS", "5")]);
     let found = problems(&minimal(), vars);
     let lines: Vec<String> = found.iter().map(ToString::to_string).collect();
     assert_eq!(
@@ -202,26 +165,10 @@ fn bad_environment_values_name_the_variable_and_the_key() {
 
 #[test]
 fn unknown_environment_variables_are_named() {
-    let vars = env(&[
-        ("WXGATE_COMPONENT_APP_ID", "x"),
-        ("WXGATE_LISTENER_PROXY", "x"),
-        ("WXGATE_CLIENTS", "x"),
-    ]);
+    let vars = env(&[("WXGATE_COMPONENT_APP_ID", "x"), ("WXGATE_LISTENER_PROXY", "x"), ("WXGATE_CLIENTS", "x")]);
     let found = problems(&minimal(), vars);
-    assert_eq!(
-        keys(&found),
-        [
-            "WXGATE_COMPONENT_APP_ID",
-            "WXGATE_LISTENER_PROXY",
-            "WXGATE_CLIENTS"
-        ]
-    );
-    assert!(
-        found
-            .iter()
-            .all(|p| p.message.starts_with("unknown variable")),
-        "{found:?}"
-    );
+    assert_eq!(keys(&found), ["WXGATE_COMPONENT_APP_ID", "WXGATE_LISTENER_PROXY", "WXGATE_CLIENTS"]);
+    assert!(found.iter().all(|p| p.message.starts_with("unknown variable")), "{found:?}");
 }
 
 #[test]
@@ -235,54 +182,33 @@ fn clients_cannot_come_from_the_environment() {
 fn every_problem_is_reported_in_one_run() {
     let text = minimal()
         .replace("wx0123456789abcdef", "wx0123")
-        .replace(
-            "[admin]",
-            "[upstream]\ntimeout_ms = 0\nretries = 3\n[store]\nbackend = \"postgres\"\n[admin]",
-        )
+        .replace("[admin]", "[upstream]\ntimeout_ms = 0\nretries = 3\n[store]\nbackend = \"postgres\"\n[admin]")
         .replace(&format!("token = \"{ADMIN_TOKEN}\""), "token = 12345");
     let found = problems(&text, no_env());
     let mut found_keys = keys(&found);
     found_keys.sort();
     assert_eq!(
         found_keys,
-        [
-            "admin.token",
-            "component.appid",
-            "store.backend",
-            "upstream.retries",
-            "upstream.timeout_ms"
-        ],
+        ["admin.token", "component.appid", "store.backend", "upstream.retries", "upstream.timeout_ms"],
         "{found:?}"
     );
     let error = ConfigError::Invalid(found.clone()).to_string();
     assert_eq!(error.lines().count(), 5);
     assert!(error.contains("upstream.retries: unknown key"), "{error}");
-    assert!(
-        error.contains("admin.token: must be a string, not an integer"),
-        "{error}"
-    );
+    assert!(error.contains("admin.token: must be a string, not an integer"), "{error}");
     assert!(!error.contains("12345"), "{error}");
 }
 
 #[test]
 fn unknown_keys_and_sections_are_named() {
     assert_eq!(
-        keys(&problems(
-            &minimal().replace("appid =", "app_id ="),
-            no_env()
-        )),
+        keys(&problems(&minimal().replace("appid =", "app_id ="), no_env())),
         ["component.app_id", "component.appid"]
     );
-    let message = only_problem(
-        &format!("{}[listener]\nproxy = \"0.0.0.0:1\"\n", minimal()),
-        "listener",
-    );
+    let message = only_problem(&format!("{}[listener]\nproxy = \"0.0.0.0:1\"\n", minimal()), "listener");
     assert!(message.starts_with("unknown section"), "{message}");
     let message = only_problem(
-        &format!(
-            "{}[[clients]]\nname = \"a\"\nkey = \"{CLIENT_KEY}\"\nscope = 1\n",
-            minimal()
-        ),
+        &format!("{}[[clients]]\nname = \"a\"\nkey = \"{CLIENT_KEY}\"\nscope = 1\n", minimal()),
         "clients[0].scope",
     );
     assert!(message.starts_with("unknown key"), "{message}");
@@ -302,26 +228,14 @@ fn misspelled_key_reports_unknown_and_missing() {
 
 #[test]
 fn bad_component_values() {
-    let message = only_problem(
-        &minimal().replace("wx0123456789abcdef", "wx0123456789ABCDEF"),
-        "component.appid",
-    );
+    let message = only_problem(&minimal().replace("wx0123456789abcdef", "wx0123456789ABCDEF"), "component.appid");
     assert!(message.contains("16 lowercase hex digits"), "{message}");
     let short_key = &AES_KEY[..42];
-    let message = only_problem(
-        &minimal().replace(AES_KEY, short_key),
-        "component.encoding_aes_key",
-    );
+    let message = only_problem(&minimal().replace(AES_KEY, short_key), "component.encoding_aes_key");
     assert!(message.contains("43 characters"), "{message}");
     let bad_alphabet = AES_KEY.replace('S', "-");
-    only_problem(
-        &minimal().replace(AES_KEY, &bad_alphabet),
-        "component.encoding_aes_key",
-    );
-    let message = only_problem(
-        &minimal().replace(TOKEN, "TOKEN-with-dash"),
-        "component.token",
-    );
+    only_problem(&minimal().replace(AES_KEY, &bad_alphabet), "component.encoding_aes_key");
+    let message = only_problem(&minimal().replace(TOKEN, "TOKEN-with-dash"), "component.token");
     assert!(message.contains("3 to 32 letters or digits"), "{message}");
     only_problem(&minimal().replace(APPSECRET, ""), "component.appsecret");
 }
@@ -331,10 +245,7 @@ fn bad_addresses_and_urls() {
     let listen = |body: &str| {
         format!(
             "{}[listen]\n{body}\n",
-            minimal().replace(
-                "[listen]\npublic_base_url = \"https://wx.example.com\"\n",
-                ""
-            )
+            minimal().replace("[listen]\npublic_base_url = \"https://wx.example.com\"\n", "")
         )
     };
     let message = only_problem(
@@ -342,107 +253,56 @@ fn bad_addresses_and_urls() {
         "listen.proxy",
     );
     assert!(message.contains("IP:PORT"), "{message}");
+    only_problem(&listen("admin = \"127.0.0.1\"\npublic_base_url = \"https://wx.example.com\""), "listen.admin");
     only_problem(
-        &listen("admin = \"127.0.0.1\"\npublic_base_url = \"https://wx.example.com\""),
+        &listen("proxy = \"0.0.0.0:9000\"\nadmin = \"0.0.0.0:9000\"\npublic_base_url = \"https://wx.example.com\""),
         "listen.admin",
     );
-    only_problem(&listen("proxy = \"0.0.0.0:9000\"\nadmin = \"0.0.0.0:9000\"\npublic_base_url = \"https://wx.example.com\""), "listen.admin");
-    for bad in [
-        "wx.example.com",
-        "ftp://wx.example.com",
-        "https://wx.example.com/?x=1",
-        "https://wx.example.com/#top",
-    ] {
-        only_problem(
-            &listen(&format!("public_base_url = \"{bad}\"")),
-            "listen.public_base_url",
-        );
+    for bad in ["wx.example.com", "ftp://wx.example.com", "https://wx.example.com/?x=1", "https://wx.example.com/#top"]
+    {
+        only_problem(&listen(&format!("public_base_url = \"{bad}\"")), "listen.public_base_url");
     }
-    let upstream = format!(
-        "{}[upstream]\nbase_url = \"api.weixin.qq.com\"\n",
-        minimal()
-    );
+    let upstream = format!("{}[upstream]\nbase_url = \"api.weixin.qq.com\"\n", minimal());
     only_problem(&upstream, "upstream.base_url");
-    let config = Config::from_sources(
-        &listen("public_base_url = \"https://example.com/wx\""),
-        no_env(),
-    )
-    .unwrap();
+    let config = Config::from_sources(&listen("public_base_url = \"https://example.com/wx\""), no_env()).unwrap();
     assert_eq!(
-        config
-            .listen
-            .public_base_url
-            .join("wxgate/authorize")
-            .unwrap()
-            .as_str(),
+        config.listen.public_base_url.join("wxgate/authorize").unwrap().as_str(),
         "https://example.com/wx/wxgate/authorize"
     );
 }
 
 #[test]
 fn store_backends() {
-    let store =
-        |body: &str| Config::from_sources(&format!("{}[store]\n{body}\n", minimal()), no_env());
-    assert!(matches!(
-        store("backend = \"memory\"").unwrap().store,
-        StoreConfig::Memory
-    ));
-    let redis = store("backend = \"redis\"\nkey_prefix = \"gw:\"")
-        .unwrap()
-        .store;
-    let StoreConfig::Redis { url, key_prefix } = redis else {
-        panic!("{redis:?}")
-    };
-    assert_eq!(
-        (url.expose(), key_prefix.as_str()),
-        ("redis://127.0.0.1:6379/0", "gw:")
-    );
+    let store = |body: &str| Config::from_sources(&format!("{}[store]\n{body}\n", minimal()), no_env());
+    assert!(matches!(store("backend = \"memory\"").unwrap().store, StoreConfig::Memory));
+    let redis = store("backend = \"redis\"\nkey_prefix = \"gw:\"").unwrap().store;
+    let StoreConfig::Redis { url, key_prefix } = redis else { panic!("{redis:?}") };
+    assert_eq!((url.expose(), key_prefix.as_str()), ("redis://127.0.0.1:6379/0", "gw:"));
 
     let text = |body: &str| format!("{}[store]\n{body}\n", minimal());
     let message = only_problem(&text("backend = \"postgres\""), "store.backend");
     assert_eq!(message, "must be \"sqlite\", \"redis\" or \"memory\"");
-    only_problem(
-        &text("backend = \"redis\"\nredis_url = \"http://127.0.0.1:6379\""),
-        "store.redis_url",
-    );
-    only_problem(
-        &text("backend = \"redis\"\nkey_prefix = \"\""),
-        "store.key_prefix",
-    );
+    only_problem(&text("backend = \"redis\"\nredis_url = \"http://127.0.0.1:6379\""), "store.redis_url");
+    only_problem(&text("backend = \"redis\"\nkey_prefix = \"\""), "store.key_prefix");
     only_problem(&text("path = \"\""), "store.path");
 }
 
 #[test]
 fn numbers_out_of_range() {
     let text = |section: &str, body: &str| format!("{}[{section}]\n{body}\n", minimal());
-    only_problem(
-        &text("upstream", "timeout_ms = 120001"),
-        "upstream.timeout_ms",
-    );
+    only_problem(&text("upstream", "timeout_ms = 120001"), "upstream.timeout_ms");
     only_problem(&text("refresh", "ahead_secs = 59"), "refresh.ahead_secs");
     only_problem(&text("server", "threads = 0"), "server.threads");
     only_problem(&text("server", "threads = 257"), "server.threads");
-    only_problem(
-        &text("server", "shutdown_grace_secs = -1"),
-        "server.shutdown_grace_secs",
-    );
-    let config = Config::from_sources(
-        &text("server", "threads = 256\nshutdown_grace_secs = 0"),
-        no_env(),
-    )
-    .unwrap();
-    assert_eq!(
-        (config.server.threads, config.server.shutdown_grace),
-        (256, Duration::ZERO)
-    );
+    only_problem(&text("server", "shutdown_grace_secs = -1"), "server.shutdown_grace_secs");
+    let config = Config::from_sources(&text("server", "threads = 256\nshutdown_grace_secs = 0"), no_env()).unwrap();
+    assert_eq!((config.server.threads, config.server.shutdown_grace), (256, Duration::ZERO));
 }
 
 fn with_clients(clients: &[(&str, &str, &str)]) -> String {
     let mut text = minimal();
     for (name, key, authorizers) in clients {
-        text += &format!(
-            "[[clients]]\nname = \"{name}\"\nkey = \"{key}\"\nauthorizers = {authorizers}\n"
-        );
+        text += &format!("[[clients]]\nname = \"{name}\"\nkey = \"{key}\"\nauthorizers = {authorizers}\n");
     }
     text
 }
@@ -479,10 +339,7 @@ fn client_fields_are_checked() {
         "clients[0].authorizers",
     );
     assert!(message.contains("\"shop\""), "{message}");
-    only_problem(
-        &with_clients(&[("shop", CLIENT_KEY, "\"*\"")]),
-        "clients[0].authorizers",
-    );
+    only_problem(&with_clients(&[("shop", CLIENT_KEY, "\"*\"")]), "clients[0].authorizers");
     let missing_key = format!("{}[[clients]]\nname = \"shop\"\n", minimal());
     assert_eq!(only_problem(&missing_key, "clients[0].key"), "is required");
     let as_table = format!("{}[clients]\nname = \"shop\"\n", minimal());
@@ -509,26 +366,17 @@ fn masked_is_toml_with_the_effective_values() {
     let config = Config::from_sources(EXAMPLE, no_env()).unwrap();
     let masked = config.masked();
     let table: toml::Table = masked.parse().unwrap_or_else(|e| panic!("{e}\n{masked}"));
-    assert_eq!(
-        table["component"]["appid"].as_str(),
-        Some("wx0123456789abcdef")
-    );
+    assert_eq!(table["component"]["appid"].as_str(), Some("wx0123456789abcdef"));
     assert_eq!(table["component"]["appsecret"].as_str(), Some("..."));
     assert_eq!(table["component"]["encoding_aes_key"].as_str(), Some("..."));
     assert_eq!(table["admin"]["token"].as_str(), Some("..."));
     assert_eq!(table["upstream"]["timeout_ms"].as_integer(), Some(10_000));
     assert_eq!(table["store"]["backend"].as_str(), Some("sqlite"));
-    assert_eq!(
-        table["server"]["threads"].as_integer(),
-        Some(config.server.threads as i64)
-    );
+    assert_eq!(table["server"]["threads"].as_integer(), Some(config.server.threads as i64));
     let clients = table["clients"].as_array().unwrap();
     assert_eq!(clients.len(), 2);
     assert_eq!(clients[0]["key"].as_str(), Some("..."));
-    assert_eq!(
-        clients[1]["authorizers"].as_array().unwrap()[0].as_str(),
-        Some("*")
-    );
+    assert_eq!(clients[1]["authorizers"].as_array().unwrap()[0].as_str(), Some("*"));
     // Masked secrets fail validation, so a masked dump can never be mistaken for a working file.
     assert!(Config::from_sources(&masked, no_env()).is_err());
     let minimal = Config::from_sources(&minimal(), no_env()).unwrap().masked();
@@ -544,17 +392,11 @@ fn secrets_never_appear_in_errors() {
         minimal().replace(AES_KEY, &format!("{AES_KEY}x")),
         minimal().replace(APPSECRET, &format!(" {APPSECRET}")),
         with_clients(&[("a", CLIENT_KEY, "[]"), ("b", CLIENT_KEY, "[]")]),
-        format!(
-            "{}[store]\nredis_url = \"http://:{REDIS_PASSWORD}@redis\"\n",
-            minimal()
-        ),
+        format!("{}[store]\nredis_url = \"http://:{REDIS_PASSWORD}@redis\"\n", minimal()),
         // Syntax errors on a secret's line: toml's own message would quote the line.
         minimal().replace(&format!("\"{APPSECRET}\""), &format!("\"{APPSECRET}")),
         minimal().replace(&format!("\"{APPSECRET}\""), APPSECRET),
-        minimal().replace(
-            &format!("\"{ADMIN_TOKEN}\""),
-            &format!("\"{ADMIN_TOKEN}\" trailing"),
-        ),
+        minimal().replace(&format!("\"{ADMIN_TOKEN}\""), &format!("\"{ADMIN_TOKEN}\" trailing")),
         minimal().replace(&format!("\"{TOKEN}\""), &format!("\"{TOKEN}\\q\"")),
     ];
     for text in &cases {
@@ -562,10 +404,7 @@ fn secrets_never_appear_in_errors() {
         assert_no_secret(&error.to_string());
         assert_no_secret(&format!("{error:?}"));
     }
-    let vars = env(&[
-        ("WXGATE_ADMIN_TOKEN", &ADMIN_TOKEN[..12]),
-        ("WXGATE_COMPONENT_ENCODING_AES_KEY", TOKEN),
-    ]);
+    let vars = env(&[("WXGATE_ADMIN_TOKEN", &ADMIN_TOKEN[..12]), ("WXGATE_COMPONENT_ENCODING_AES_KEY", TOKEN)]);
     let error = Config::from_sources(&minimal(), vars).unwrap_err();
     assert_eq!(error.to_string().lines().count(), 2, "{error}");
     assert_no_secret(&error.to_string());
@@ -576,13 +415,7 @@ fn syntax_errors_name_the_line_and_key() {
     let text = minimal().replace(&format!("\"{APPSECRET}\""), APPSECRET);
     let found = problems(&text, no_env());
     assert_eq!(keys(&found), ["component.appsecret"]);
-    assert!(
-        found[0]
-            .message
-            .starts_with("TOML syntax error at line 3, column 13"),
-        "{}",
-        found[0]
-    );
+    assert!(found[0].message.starts_with("TOML syntax error at line 3, column 13"), "{}", found[0]);
 }
 
 #[test]
@@ -596,8 +429,5 @@ fn load_reads_the_file_and_names_a_missing_one() {
     let missing = dir.path().join("nope.toml");
     let error = Config::load(&missing).unwrap_err();
     assert!(matches!(error, ConfigError::Read { .. }));
-    assert!(
-        error.to_string().contains(&*missing.to_string_lossy()),
-        "{error}"
-    );
+    assert!(error.to_string().contains(&*missing.to_string_lossy()), "{error}");
 }

@@ -25,11 +25,7 @@ fn vectors() -> Vec<Vector> {
 }
 
 fn parse(name: &str, v: &Value) -> Vector {
-    let field = |k: &str| {
-        v[k].as_str()
-            .unwrap_or_else(|| panic!("{name}: missing {k}"))
-            .to_owned()
-    };
+    let field = |k: &str| v[k].as_str().unwrap_or_else(|| panic!("{name}: missing {k}")).to_owned();
     let mut random = [0u8; 16];
     hex::decode_to_slice(field("random_hex"), &mut random).unwrap();
     Vector {
@@ -47,37 +43,17 @@ fn parse(name: &str, v: &Value) -> Vector {
 }
 
 fn crypt(v: &Vector, appid: &str) -> MsgCrypt {
-    MsgCrypt::new(
-        &Secret::new(v.token.as_str()),
-        &Secret::new(v.key.as_str()),
-        appid,
-    )
-    .unwrap()
+    MsgCrypt::new(&Secret::new(v.token.as_str()), &Secret::new(v.key.as_str()), appid).unwrap()
 }
 
 #[test]
 fn signs_like_wechat() {
     for v in vectors() {
         let c = crypt(&v, &v.appid);
-        assert_eq!(
-            c.sign(&v.timestamp, &v.nonce, &v.encrypt),
-            v.msg_signature,
-            "{}",
-            v.name
-        );
-        assert_eq!(
-            c.verify(&v.timestamp, &v.nonce, &v.encrypt, &v.msg_signature),
-            Ok(()),
-            "{}",
-            v.name
-        );
+        assert_eq!(c.sign(&v.timestamp, &v.nonce, &v.encrypt), v.msg_signature, "{}", v.name);
+        assert_eq!(c.verify(&v.timestamp, &v.nonce, &v.encrypt, &v.msg_signature), Ok(()), "{}", v.name);
         let upper = v.msg_signature.to_uppercase();
-        assert_eq!(
-            c.verify(&v.timestamp, &v.nonce, &v.encrypt, &upper),
-            Ok(()),
-            "{}",
-            v.name
-        );
+        assert_eq!(c.verify(&v.timestamp, &v.nonce, &v.encrypt, &upper), Ok(()), "{}", v.name);
     }
 }
 
@@ -85,12 +61,7 @@ fn signs_like_wechat() {
 fn decrypts_like_wechat() {
     for v in vectors() {
         let c = crypt(&v, &v.appid);
-        assert_eq!(
-            c.decrypt(&v.encrypt).as_deref(),
-            Ok(v.message.as_str()),
-            "{}",
-            v.name
-        );
+        assert_eq!(c.decrypt(&v.encrypt).as_deref(), Ok(v.message.as_str()), "{}", v.name);
         let opened = c.open(&v.timestamp, &v.nonce, &v.encrypt, &v.msg_signature);
         assert_eq!(opened.as_deref(), Ok(v.message.as_str()), "{}", v.name);
     }
@@ -100,12 +71,7 @@ fn decrypts_like_wechat() {
 fn encrypts_byte_for_byte() {
     for v in vectors() {
         let c = crypt(&v, &v.appid);
-        assert_eq!(
-            c.encrypt_with_random(&v.message, v.random),
-            v.encrypt,
-            "{}",
-            v.name
-        );
+        assert_eq!(c.encrypt_with_random(&v.message, v.random), v.encrypt, "{}", v.name);
     }
 }
 
@@ -129,12 +95,7 @@ fn flipped_signature_char_is_rejected() {
 fn another_receive_id_is_rejected() {
     for v in vectors() {
         let c = crypt(&v, "wx0000000000000000");
-        assert_eq!(
-            c.decrypt(&v.encrypt),
-            Err(CryptoError::ReceiveId),
-            "{}",
-            v.name
-        );
+        assert_eq!(c.decrypt(&v.encrypt), Err(CryptoError::ReceiveId), "{}", v.name);
         // The signature does not cover the receive id, so open gets past verify to the same error.
         let err = c.open(&v.timestamp, &v.nonce, &v.encrypt, &v.msg_signature);
         assert_eq!(err, Err(CryptoError::ReceiveId), "{}", v.name);
@@ -153,36 +114,16 @@ fn tampered_ciphertext_is_rejected() {
         let mut last = raw.clone();
         let n = last.len();
         last[n - 17] ^= 0x01;
-        assert_eq!(
-            c.decrypt(&STANDARD.encode(&last)),
-            Err(CryptoError::Padding),
-            "{}",
-            v.name
-        );
+        assert_eq!(c.decrypt(&STANDARD.encode(&last)), Err(CryptoError::Padding), "{}", v.name);
 
         // Here: the top byte of the length field, which then points past the buffer.
         let mut len = raw.clone();
         len[0] ^= 0x80;
-        assert_eq!(
-            c.decrypt(&STANDARD.encode(&len)),
-            Err(CryptoError::Frame),
-            "{}",
-            v.name
-        );
+        assert_eq!(c.decrypt(&STANDARD.encode(&len)), Err(CryptoError::Frame), "{}", v.name);
 
         let truncated = STANDARD.encode(&raw[..n - 1]);
-        assert_eq!(
-            c.decrypt(&truncated),
-            Err(CryptoError::CipherLength),
-            "{}",
-            v.name
-        );
-        assert_eq!(
-            c.decrypt(&v.encrypt[1..]),
-            Err(CryptoError::Base64),
-            "{}",
-            v.name
-        );
+        assert_eq!(c.decrypt(&truncated), Err(CryptoError::CipherLength), "{}", v.name);
+        assert_eq!(c.decrypt(&v.encrypt[1..]), Err(CryptoError::Base64), "{}", v.name);
 
         // Any tampering with a signed ciphertext is caught by open before decryption.
         let tampered = STANDARD.encode(&last);

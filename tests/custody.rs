@@ -71,22 +71,32 @@ async fn a_ticket_leads_to_a_component_token_and_both_authorization_paths_store_
 
     // The browser path: the page, WeChat's consent page, the redirect back. The sandbox also
     // pushes `authorized` with the same code, so the two race: either way is success.
-    let page = gw.http.get(gw.proxy_url("/wxgate/authorize?redirect=https://shop.example.com/done")).send().await.unwrap();
+    let page =
+        gw.http.get(gw.proxy_url("/wxgate/authorize?redirect=https://shop.example.com/done")).send().await.unwrap();
     assert_eq!(page.status(), 200);
     let page = page.text().await.unwrap();
     let pc_link = html_links(&page).into_iter().next().unwrap();
-    assert!(pc_link.starts_with(&format!("{}/cgi-bin/componentloginpage?component_appid={COMPONENT_APPID}", sandbox.base_url())));
+    assert!(pc_link
+        .starts_with(&format!("{}/cgi-bin/componentloginpage?component_appid={COMPONENT_APPID}", sandbox.base_url())));
     let consent = gw.http.get(&pc_link).send().await.unwrap().text().await.unwrap();
     let consent_link = html_links(&consent).into_iter().find(|l| l.contains("/sandbox/consent")).unwrap();
-    let consent_url = format!("{}{}", sandbox.base_url(), consent_link.replace("authorizer=wx1111111111111111", &format!("authorizer={}", appid(2))));
-    let no_redirects = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).no_proxy().build().unwrap();
+    let consent_url = format!(
+        "{}{}",
+        sandbox.base_url(),
+        consent_link.replace("authorizer=wx1111111111111111", &format!("authorizer={}", appid(2)))
+    );
+    let no_redirects =
+        reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).no_proxy().build().unwrap();
     let back = no_redirects.get(&consent_url).send().await.unwrap();
     assert_eq!(back.status(), 302);
     let done_url = back.headers()["location"].to_str().unwrap().to_owned();
     assert!(done_url.starts_with(&gw.proxy_url("/wxgate/authorize/done?redirect=")), "{done_url}");
     let done = no_redirects.get(&done_url).send().await.unwrap();
     assert_eq!(done.status(), 302, "{}", done.text().await.unwrap());
-    assert_eq!(done.headers()["location"], format!("https://shop.example.com/done?authorizer_appid={}", appid(2)).as_str());
+    assert_eq!(
+        done.headers()["location"],
+        format!("https://shop.example.com/done?authorizer_appid={}", appid(2)).as_str()
+    );
     assert_eq!(state_of(&gw, &appid(2)).await.as_deref(), Some("active"));
     assert!(token_works(&gw, &sandbox, &setup, &appid(2)).await);
     // A used link is refused by WeChat, and the gateway says so clearly.
@@ -131,20 +141,33 @@ async fn tokens_stay_fresh_through_many_lifetimes_and_a_crash_loses_nothing() {
             restarted = true;
         }
         for a in &accounts {
-            assert!(token_works(&gw, &sandbox, &setup, a).await, "{a}'s stored token stopped working at {:?}", start.elapsed());
+            assert!(
+                token_works(&gw, &sandbox, &setup, a).await,
+                "{a}'s stored token stopped working at {:?}",
+                start.elapsed()
+            );
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
 
     let stats = sandbox.stats();
-    assert_eq!(stats.authorizer_info_calls + stats.authorizer_list_calls, 0, "no refresh token was ever lost (no 61023 recovery)");
+    assert_eq!(
+        stats.authorizer_info_calls + stats.authorizer_list_calls,
+        0,
+        "no refresh token was ever lost (no 61023 recovery)"
+    );
     let lifetimes = run.as_secs() / lifetime;
     for a in &accounts {
         let refreshes = stats.authorizer_token_calls.get(a.as_str()).copied().unwrap_or(0);
-        assert!((lifetimes..=lifetimes * 2).contains(&refreshes), "{a}: {refreshes} refreshes in {lifetimes} lifetimes");
+        assert!(
+            (lifetimes..=lifetimes * 2).contains(&refreshes),
+            "{a}: {refreshes} refreshes in {lifetimes} lifetimes"
+        );
         let stored = rusqlite::Connection::open(setup.db_path())
             .unwrap()
-            .query_row("SELECT refresh_token FROM authorizers WHERE authorizer_appid = ?1", [a.as_str()], |r| r.get::<_, String>(0))
+            .query_row("SELECT refresh_token FROM authorizers WHERE authorizer_appid = ?1", [a.as_str()], |r| {
+                r.get::<_, String>(0)
+            })
             .unwrap();
         assert_eq!(Some(stored), sandbox.refresh_token(a), "{a}: the store holds the refresh token WeChat accepts");
     }
@@ -155,12 +178,20 @@ async fn tokens_stay_fresh_through_many_lifetimes_and_a_crash_loses_nothing() {
 async fn an_unauthorized_account_is_revoked_and_imports_are_checked_with_wechat() {
     let (setup, sandbox, gw) = ready(7200).await;
     sandbox.authorize(&appid(1)).await.unwrap();
-    eventually(Duration::from_secs(10), "authorized", || async { state_of(&gw, &appid(1)).await.as_deref() == Some("active") }).await;
+    eventually(Duration::from_secs(10), "authorized", || async {
+        state_of(&gw, &appid(1)).await.as_deref() == Some("active")
+    })
+    .await;
     sandbox.unauthorize(&appid(1)).await.unwrap();
-    eventually(Duration::from_secs(10), "revoked", || async { state_of(&gw, &appid(1)).await.as_deref() == Some("revoked") }).await;
+    eventually(Duration::from_secs(10), "revoked", || async {
+        state_of(&gw, &appid(1)).await.as_deref() == Some("revoked")
+    })
+    .await;
     let stored: Option<String> = rusqlite::Connection::open(setup.db_path())
         .unwrap()
-        .query_row("SELECT refresh_token FROM authorizers WHERE authorizer_appid = ?1", [appid(1).as_str()], |r| r.get(0))
+        .query_row("SELECT refresh_token FROM authorizers WHERE authorizer_appid = ?1", [appid(1).as_str()], |r| {
+            r.get(0)
+        })
         .unwrap();
     assert_eq!(stored, None, "a revoked authorizer's tokens are dropped");
 
@@ -173,7 +204,10 @@ async fn an_unauthorized_account_is_revoked_and_imports_are_checked_with_wechat(
         .unwrap();
     let exchanged: serde_json::Value = gw
         .http
-        .post(format!("{}/cgi-bin/component/api_query_auth?component_access_token={component_token}", sandbox.base_url()))
+        .post(format!(
+            "{}/cgi-bin/component/api_query_auth?component_access_token={component_token}",
+            sandbox.base_url()
+        ))
         .json(&serde_json::json!({ "component_appid": COMPONENT_APPID, "authorization_code": code }))
         .send()
         .await
@@ -183,7 +217,11 @@ async fn an_unauthorized_account_is_revoked_and_imports_are_checked_with_wechat(
         .unwrap();
     let real = exchanged["authorization_info"]["authorizer_refresh_token"].as_str().unwrap().to_owned();
     let put = |body: String| {
-        gw.http.put(gw.admin_url(&format!("/admin/authorizers/{}", appid(3)))).bearer_auth(ADMIN_TOKEN).body(body).send()
+        gw.http
+            .put(gw.admin_url(&format!("/admin/authorizers/{}", appid(3))))
+            .bearer_auth(ADMIN_TOKEN)
+            .body(body)
+            .send()
     };
     let wrong = put(r#"{"refresh_token":"refreshtoken@@@not-it"}"#.into()).await.unwrap();
     assert_eq!(wrong.status(), 400);
@@ -195,7 +233,13 @@ async fn an_unauthorized_account_is_revoked_and_imports_are_checked_with_wechat(
     assert_eq!(state_of(&gw, &appid(3)).await.as_deref(), Some("active"));
     assert!(token_works(&gw, &sandbox, &setup, &appid(3)).await);
 
-    let deleted = gw.http.delete(gw.admin_url(&format!("/admin/authorizers/{}", appid(3)))).bearer_auth(ADMIN_TOKEN).send().await.unwrap();
+    let deleted = gw
+        .http
+        .delete(gw.admin_url(&format!("/admin/authorizers/{}", appid(3))))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(deleted.status(), 200);
     assert_eq!(state_of(&gw, &appid(3)).await, None);
     assert_no_secrets(&setup.log(), &[&real]);

@@ -38,12 +38,22 @@ async fn the_demo_authorizes_an_account_and_its_curl_lines_work() {
         }
     });
     let printed = async { rx.await.unwrap_or_default() };
-    let printed = tokio::time::timeout(Duration::from_secs(60), printed).await.expect("the demo prints the lines to try within 60 s");
+    let printed = tokio::time::timeout(Duration::from_secs(60), printed)
+        .await
+        .expect("the demo prints the lines to try within 60 s");
     assert!(printed.contains("has authorized"), "{printed}");
     // The first curl line of the tour: an SDK-style call through the gateway.
-    let url = printed.lines().find_map(|l| l.trim().strip_prefix("curl -s '")?.strip_suffix('\'').filter(|u| u.contains("user/info"))).unwrap();
+    let url = printed
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("curl -s '")?.strip_suffix('\'').filter(|u| u.contains("user/info")))
+        .unwrap();
     let answer: serde_json::Value = client().get(url).send().await.unwrap().json().await.unwrap();
-    assert_eq!(answer["errcode"], 0, "{answer}\n{}", std::fs::read_to_string(dir.path().join("demo.log")).unwrap_or_default());
+    assert_eq!(
+        answer["errcode"],
+        0,
+        "{answer}\n{}",
+        std::fs::read_to_string(dir.path().join("demo.log")).unwrap_or_default()
+    );
     let ready = client().get(format!("http://127.0.0.1:{admin}/readyz")).send().await.unwrap();
     assert_eq!(ready.status(), 200);
 

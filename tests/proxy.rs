@@ -99,7 +99,14 @@ async fn an_unchanged_sdk_calls_wechat_through_the_gateway_and_wechat_sees_only_
     let r = gw.http.get(gw.proxy_url("/cgi-bin/user/info?openid=o1")).bearer_auth(SINGLE_KEY).send().await.unwrap();
     assert_eq!(r.json::<serde_json::Value>().await.unwrap()["errcode"], 0);
     assert_eq!(sandbox.requests().pop().unwrap().authorizer.as_deref(), Some(A), "the client's only authorizer");
-    let r = gw.http.get(gw.proxy_url("/cgi-bin/user/info")).header("x-wxgate-key", CLIENT_KEY).header("x-wxgate-authorizer", B).send().await.unwrap();
+    let r = gw
+        .http
+        .get(gw.proxy_url("/cgi-bin/user/info"))
+        .header("x-wxgate-key", CLIENT_KEY)
+        .header("x-wxgate-authorizer", B)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.json::<serde_json::Value>().await.unwrap()["errcode"], 0);
     assert_eq!(sandbox.requests().pop().unwrap().authorizer.as_deref(), Some(B));
 
@@ -148,7 +155,11 @@ async fn every_resolution_rule_has_its_error_and_none_reaches_wechat() {
         assert!(err["errmsg"].as_str().unwrap().starts_with("wxgate: "));
     }
     // HTTP clients normalise `..` away; a raw request does not.
-    for escape in [format!("/{A}/../{B}/cgi-bin/user/info"), format!("/{A}/cgi-bin/%2e%2e/%2E%2E/{B}/x"), format!("/{A}%2f..%2f{B}/x")] {
+    for escape in [
+        format!("/{A}/../{B}/cgi-bin/user/info"),
+        format!("/{A}/cgi-bin/%2e%2e/%2E%2E/{B}/x"),
+        format!("/{A}%2f..%2f{B}/x"),
+    ] {
         assert_eq!(raw_status(&gw, &escape, CLIENT_KEY).await, 400, "{escape} cannot escape its scope");
     }
     assert_eq!(sandbox.stats().api_calls, before, "no refused call was forwarded");
@@ -241,8 +252,19 @@ async fn a_body_over_the_limit_is_refused_with_413() {
     if let Ok(r) = r {
         assert_eq!(r.status(), 413);
     }
-    let ok = gw.http.post(gw.proxy_url(&format!("/{A}/cgi-bin/media/upload"))).bearer_auth(CLIENT_KEY).body(vec![1u8; 512 * 1024]).send().await.unwrap();
-    assert_eq!(ok.json::<serde_json::Value>().await.unwrap()["body_bytes"], 512 * 1024, "a body between the replay and the hard limit streams");
+    let ok = gw
+        .http
+        .post(gw.proxy_url(&format!("/{A}/cgi-bin/media/upload")))
+        .bearer_auth(CLIENT_KEY)
+        .body(vec![1u8; 512 * 1024])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        ok.json::<serde_json::Value>().await.unwrap()["body_bytes"],
+        512 * 1024,
+        "a body between the replay and the hard limit streams"
+    );
     assert_clean_log(&setup);
 }
 
@@ -259,7 +281,10 @@ async fn token_endpoints_are_answered_from_the_cache_and_never_forwarded() {
         .await
         .unwrap();
     let component: serde_json::Value = r.json().await.unwrap();
-    let stored: String = rusqlite::Connection::open(setup.db_path()).unwrap().query_row("SELECT token FROM component_tokens", [], |r| r.get(0)).unwrap();
+    let stored: String = rusqlite::Connection::open(setup.db_path())
+        .unwrap()
+        .query_row("SELECT token FROM component_tokens", [], |r| r.get(0))
+        .unwrap();
     assert_eq!(component["component_access_token"], stored.as_str());
     assert!(component["expires_in"].as_i64().unwrap() > 7000);
 
@@ -272,18 +297,48 @@ async fn token_endpoints_are_answered_from_the_cache_and_never_forwarded() {
         .unwrap();
     let authorizer: serde_json::Value = r.json().await.unwrap();
     assert_eq!(authorizer["authorizer_refresh_token"], "what-the-sdk-had", "the real refresh token never leaves");
-    let via_route: serde_json::Value = gw.http.get(gw.proxy_url(&format!("/wxgate/token/{A}"))).bearer_auth(REVEAL_KEY).send().await.unwrap().json().await.unwrap();
+    let via_route: serde_json::Value = gw
+        .http
+        .get(gw.proxy_url(&format!("/wxgate/token/{A}")))
+        .bearer_auth(REVEAL_KEY)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(via_route["access_token"], authorizer["authorizer_access_token"]);
-    let token: serde_json::Value = gw.http.get(gw.proxy_url(&format!("/cgi-bin/token?grant_type=client_credential&appid={B}"))).bearer_auth(REVEAL_KEY).send().await.unwrap().json().await.unwrap();
+    let token: serde_json::Value = gw
+        .http
+        .get(gw.proxy_url(&format!("/cgi-bin/token?grant_type=client_credential&appid={B}")))
+        .bearer_auth(REVEAL_KEY)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert!(token["access_token"].as_str().unwrap().len() > 20);
 
-    for (path, key) in [("/cgi-bin/component/api_component_token", CLIENT_KEY), (&*format!("/{A}/cgi-bin/token"), SINGLE_KEY), ("/wxgate/token/component", CLIENT_KEY)] {
+    for (path, key) in [
+        ("/cgi-bin/component/api_component_token", CLIENT_KEY),
+        (&*format!("/{A}/cgi-bin/token"), SINGLE_KEY),
+        ("/wxgate/token/component", CLIENT_KEY),
+    ] {
         let r = gw.http.post(gw.proxy_url(path)).bearer_auth(key).body("{}").send().await.unwrap();
-        let r = if r.status() == 405 || r.status() == 404 { gw.http.get(gw.proxy_url(path)).bearer_auth(key).send().await.unwrap() } else { r };
+        let r = if r.status() == 405 || r.status() == 404 {
+            gw.http.get(gw.proxy_url(path)).bearer_auth(key).send().await.unwrap()
+        } else {
+            r
+        };
         assert_eq!(r.status(), 403, "{path}");
     }
     let after = sandbox.stats();
-    assert_eq!((after.component_token_calls, after.api_calls), (stats.component_token_calls, stats.api_calls), "nothing was forwarded");
+    assert_eq!(
+        (after.component_token_calls, after.api_calls),
+        (stats.component_token_calls, stats.api_calls),
+        "nothing was forwarded"
+    );
     assert_eq!(after.authorizer_token_calls, stats.authorizer_token_calls);
 }
 

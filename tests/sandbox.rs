@@ -20,9 +20,7 @@ const ACCOUNT: &str = "wx2222222222222222";
 /// Every test is a story bounded in time.
 async fn bounded<F: Future<Output = ()>>(story: F) {
     let limit = Duration::from_secs(10);
-    timeout(limit, story)
-        .await
-        .expect("the test took longer than 10 s");
+    timeout(limit, story).await.expect("the test took longer than 10 s");
 }
 
 fn account() -> AppId {
@@ -88,16 +86,12 @@ impl Wx {
             "component_appsecret": self.sb.config().component_appsecret.expose(),
             "component_verify_ticket": ticket,
         });
-        self.post("/cgi-bin/component/api_component_token", body)
-            .await
+        self.post("/cgi-bin/component/api_component_token", body).await
     }
 
     async fn component_token(&self) -> String {
         let answer = self.token_call(&self.sb.current_ticket().unwrap()).await;
-        answer["component_access_token"]
-            .as_str()
-            .unwrap()
-            .to_owned()
+        answer["component_access_token"].as_str().unwrap().to_owned()
     }
 
     /// Authorizes ACCOUNT through the redirect path; returns (access token, refresh token).
@@ -113,8 +107,7 @@ impl Wx {
     }
 
     async fn refresh(&self, ctoken: &str, refresh_token: &str) -> Value {
-        let body =
-            json!({ "authorizer_appid": ACCOUNT, "authorizer_refresh_token": refresh_token });
+        let body = json!({ "authorizer_appid": ACCOUNT, "authorizer_refresh_token": refresh_token });
         self.component("api_authorizer_token", ctoken, body).await
     }
 
@@ -172,16 +165,12 @@ async fn expired_token_gives_42001_and_missing_41001() {
         config.token_lifetime = Duration::from_secs(1);
         let wx = Wx::start(config).await;
         let token = wx.component_token().await;
-        let pre = wx
-            .component("api_create_preauthcode", &token, json!({}))
-            .await;
+        let pre = wx.component("api_create_preauthcode", &token, json!({})).await;
         assert_eq!(pre["expires_in"], 600, "{pre}");
         tokio::time::sleep(Duration::from_millis(1200)).await;
         assert_eq!(code(&wx.api(&token).await), 42001);
         let body = json!({ "component_appid": wx.appid() });
-        let missing = wx
-            .post("/cgi-bin/component/api_create_preauthcode", body)
-            .await;
+        let missing = wx.post("/cgi-bin/component/api_create_preauthcode", body).await;
         assert_eq!(code(&missing), 41001);
     })
     .await;
@@ -194,10 +183,7 @@ async fn rotated_refresh_token_stops_working() {
         let ctoken = wx.component_token().await;
         let (_, refresh) = wx.authorized(&ctoken).await;
         let answer = wx.refresh(&ctoken, &refresh).await;
-        let rotated = answer["authorizer_refresh_token"]
-            .as_str()
-            .unwrap()
-            .to_owned();
+        let rotated = answer["authorizer_refresh_token"].as_str().unwrap().to_owned();
         assert_ne!(rotated, refresh);
         assert_eq!(wx.sb.refresh_token(&account()), Some(rotated.clone()));
         assert_eq!(code(&wx.refresh(&ctoken, &refresh).await), 61023);
@@ -216,9 +202,7 @@ async fn auth_code_is_single_use_and_revocation_is_immediate() {
         let ctoken = wx.component_token().await;
         let body = json!({ "authorization_code": wx.sb.issue_auth_code(&account()) });
         let first = wx.component("api_query_auth", &ctoken, body.clone()).await;
-        let token = first["authorization_info"]["authorizer_access_token"]
-            .as_str()
-            .unwrap();
+        let token = first["authorization_info"]["authorizer_access_token"].as_str().unwrap();
         let again = wx.component("api_query_auth", &ctoken, body).await;
         assert_eq!(code(&again), 61009);
         wx.sb.unauthorize(&account()).await.unwrap();
@@ -235,17 +219,13 @@ type PushSink = (mpsc::UnboundedSender<(String, String)>, &'static str);
 async fn receiver(answer: &'static str) -> (String, Pushes) {
     async fn take(State((tx, answer)): State<PushSink>, req: Request) -> &'static str {
         let query = req.uri().query().unwrap_or_default().to_owned();
-        let body = axum::body::to_bytes(req.into_body(), 1 << 20)
-            .await
-            .unwrap();
+        let body = axum::body::to_bytes(req.into_body(), 1 << 20).await.unwrap();
         let _ = tx.send((query, String::from_utf8(body.to_vec()).unwrap()));
         answer
     }
     let (tx, rx) = mpsc::unbounded_channel();
     let route = "/wxgate/callback/component";
-    let app = Router::new()
-        .route(route, on_post(take))
-        .with_state((tx, answer));
+    let app = Router::new().route(route, on_post(take)).with_state((tx, answer));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}{route}", listener.local_addr().unwrap());
     tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
@@ -254,9 +234,7 @@ async fn receiver(answer: &'static str) -> (String, Pushes) {
 
 /// Checks msg_signature and decrypts, as the gateway must.
 fn open(config: &SandboxConfig, (query, body): &(String, String)) -> String {
-    let q: HashMap<String, String> = url::form_urlencoded::parse(query.as_bytes())
-        .into_owned()
-        .collect();
+    let q: HashMap<String, String> = url::form_urlencoded::parse(query.as_bytes()).into_owned().collect();
     assert_eq!(q["encrypt_type"], "aes");
     let envelope = format!("<xml><AppId><![CDATA[{}]]></AppId>", config.component_appid);
     assert!(body.starts_with(&envelope), "{body}");
@@ -264,20 +242,15 @@ fn open(config: &SandboxConfig, (query, body): &(String, String)) -> String {
     let appid = config.component_appid.as_str();
     let crypt = MsgCrypt::new(&config.token, &config.encoding_aes_key, appid).unwrap();
     let (ts, nonce, sig) = (&q["timestamp"], &q["nonce"], &q["msg_signature"]);
-    crypt
-        .open(ts, nonce, encrypt, sig)
-        .expect("signed and sealed for the component")
+    crypt.open(ts, nonce, encrypt, sig).expect("signed and sealed for the component")
 }
 
 #[tokio::test]
 async fn pushes_reach_the_callback_signed_and_sealed() {
     bounded(async {
         let (url, mut pushes) = receiver("success").await;
-        let config = SandboxConfig {
-            callback_url: Some(url),
-            ticket_interval: Duration::from_secs(2),
-            ..SandboxConfig::demo()
-        };
+        let config =
+            SandboxConfig { callback_url: Some(url), ticket_interval: Duration::from_secs(2), ..SandboxConfig::demo() };
         let wx = Wx::start(config.clone()).await;
         let first = pushes.recv().await.unwrap();
         let message = open(&config, &first);
@@ -316,10 +289,7 @@ async fn a_push_not_answered_success_counts_as_failed() {
 async fn faults_answer_before_validation() {
     bounded(async {
         let wx = Wx::start(SandboxConfig::demo()).await;
-        wx.sb.set_faults(Faults {
-            error_rate: 1.0,
-            ..Faults::default()
-        });
+        wx.sb.set_faults(Faults { error_rate: 1.0, ..Faults::default() });
         assert_eq!(code(&wx.api("anything").await), -1);
         assert_eq!(code(&wx.token_call("anything").await), -1);
         let mut faults = Faults::default();
@@ -396,9 +366,7 @@ async fn browser_consent_redirects_with_a_code() {
     bounded(async {
         let wx = Wx::start(SandboxConfig::demo()).await;
         let ctoken = wx.component_token().await;
-        let pre = wx
-            .component("api_create_preauthcode", &ctoken, json!({}))
-            .await;
+        let pre = wx.component("api_create_preauthcode", &ctoken, json!({})).await;
         let link: String = url::form_urlencoded::Serializer::new(String::new())
             .append_pair("component_appid", &wx.appid())
             .append_pair("pre_auth_code", pre["pre_auth_code"].as_str().unwrap())

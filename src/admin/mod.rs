@@ -26,9 +26,8 @@ impl AdminApp {
     }
 
     fn authorized(&self, session: &ServerSession) -> bool {
-        let presented = session
-            .get_header(http::header::AUTHORIZATION)
-            .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "));
+        let presented =
+            session.get_header(http::header::AUTHORIZATION).and_then(|v| v.as_bytes().strip_prefix(b"Bearer "));
         presented.is_some_and(|p| self.token.ct_eq(p))
     }
 

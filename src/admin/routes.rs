@@ -29,7 +29,13 @@ pub(super) async fn handle(app: &AdminApp, session: &mut ServerSession, method: 
     }
 }
 
-async fn authorizer(app: &AdminApp, session: &mut ServerSession, method: &Method, appid: &AppId, rest: &[&str]) -> Reply {
+async fn authorizer(
+    app: &AdminApp,
+    session: &mut ServerSession,
+    method: &Method,
+    appid: &AppId,
+    rest: &[&str],
+) -> Reply {
     match (method, rest) {
         (&Method::GET, []) => match app.tokens.authorizer_status(appid) {
             Some(status) => Reply::json(200, &json!(status)),
@@ -51,7 +57,9 @@ async fn authorizer(app: &AdminApp, session: &mut ServerSession, method: &Method
 
 fn list(app: &AdminApp, query: &str) -> Reply {
     let param = |name: &str| {
-        url::form_urlencoded::parse(query.as_bytes()).find(|(k, _)| k == name).and_then(|(_, v)| v.parse::<usize>().ok())
+        url::form_urlencoded::parse(query.as_bytes())
+            .find(|(k, _)| k == name)
+            .and_then(|(_, v)| v.parse::<usize>().ok())
     };
     let (offset, limit) = (param("offset").unwrap_or(0), param("limit").unwrap_or(DEFAULT_PAGE).min(10_000));
     let (total, page) = app.tokens.authorizer_statuses(offset, limit);
@@ -77,7 +85,9 @@ async fn import(app: &AdminApp, session: &mut ServerSession, appid: &AppId) -> R
             tracing::info!(authorizer = %appid, "authorizer imported");
             Reply::json(200, &json!(status))
         }
-        Err(TokenError::Wechat(e)) if matches!(e.kind(), Some(ApiErrorKind::RefreshTokenInvalid | ApiErrorKind::NotAuthorized)) => {
+        Err(TokenError::Wechat(e))
+            if matches!(e.kind(), Some(ApiErrorKind::RefreshTokenInvalid | ApiErrorKind::NotAuthorized)) =>
+        {
             Reply::error(400, format!("WeChat refused the refresh token: {e}"))
         }
         Err(e) => token_error(&e),
@@ -85,7 +95,8 @@ async fn import(app: &AdminApp, session: &mut ServerSession, appid: &AppId) -> R
 }
 
 async fn authorize_url(app: &AdminApp, query: &str) -> Reply {
-    let redirect = url::form_urlencoded::parse(query.as_bytes()).find(|(k, _)| k == "redirect").map(|(_, v)| v.into_owned());
+    let redirect =
+        url::form_urlencoded::parse(query.as_bytes()).find(|(k, _)| k == "redirect").map(|(_, v)| v.into_owned());
     let redirect = match parse_redirect(redirect.as_deref()) {
         Ok(r) => r,
         Err(e) => return Reply::error(400, e),

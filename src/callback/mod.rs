@@ -105,10 +105,8 @@ impl ComponentReceiver {
             return Err(CallbackError::WrongComponent);
         }
         let info_type = fields.get("InfoType").filter(|t| !t.is_empty()).ok_or(CallbackError::Field("InfoType"))?;
-        let create_time = fields
-            .get("CreateTime")
-            .and_then(|t| t.parse::<i64>().ok())
-            .ok_or(CallbackError::Field("CreateTime"))?;
+        let create_time =
+            fields.get("CreateTime").and_then(|t| t.parse::<i64>().ok()).ok_or(CallbackError::Field("CreateTime"))?;
         let new = match info_type {
             "component_verify_ticket" => self.record_ticket(&fields, create_time).await?,
             _ => self.record_event(info_type, &fields, create_time, message.clone()).await?,
@@ -166,12 +164,12 @@ impl ComponentReceiver {
 /// The authorizer an event concerns. The documented authorization events must name a valid
 /// one; other info types (fast registration, 代认证, 备案…) are kept whatever they carry.
 fn authorizer_of(info_type: &str, fields: &xml::Fields) -> Result<String, CallbackError> {
-    let named = fields.get("AuthorizerAppid").or_else(|| fields.get("authorizer_appid")).or_else(|| fields.get("appid"));
+    let named =
+        fields.get("AuthorizerAppid").or_else(|| fields.get("authorizer_appid")).or_else(|| fields.get("appid"));
     match info_type {
-        "authorized" | "updateauthorized" | "unauthorized" => named
-            .filter(|a| AppId::is_valid(a))
-            .map(str::to_owned)
-            .ok_or(CallbackError::Field("AuthorizerAppid")),
+        "authorized" | "updateauthorized" | "unauthorized" => {
+            named.filter(|a| AppId::is_valid(a)).map(str::to_owned).ok_or(CallbackError::Field("AuthorizerAppid"))
+        }
         _ => Ok(named.filter(|a| AppId::is_valid(a)).unwrap_or_default().to_owned()),
     }
 }

@@ -56,25 +56,16 @@ fn parse_var(var: &str, raw: &str) -> Result<(String, String, Value), VarError> 
     let unknown = || (var.to_owned(), unknown_message(None));
     let (section, key) = name.split_once('_').ok_or_else(unknown)?;
     if section == "clients" {
-        let message =
-            "clients cannot be set from the environment: list them as [[clients]] in the file";
+        let message = "clients cannot be set from the environment: list them as [[clients]] in the file";
         return Err((var.to_owned(), message.to_owned()));
     }
     if raw.contains('\u{FFFD}') {
-        return Err((
-            format!("{section}.{key}"),
-            format!("{var} is not valid UTF-8"),
-        ));
+        return Err((format!("{section}.{key}"), format!("{var} is not valid UTF-8")));
     }
     let value = typed(section, key, raw).map_err(|e| match e {
         KeyError::UnknownSection => unknown(),
-        KeyError::UnknownKey { known } => {
-            (var.to_owned(), unknown_message(Some((section, &known))))
-        }
-        KeyError::WrongType { expected, .. } => (
-            format!("{section}.{key}"),
-            format!("{var} must be {expected}"),
-        ),
+        KeyError::UnknownKey { known } => (var.to_owned(), unknown_message(Some((section, &known)))),
+        KeyError::WrongType { expected, .. } => (format!("{section}.{key}"), format!("{var} must be {expected}")),
     })?;
     Ok((section.to_owned(), key.to_owned(), value))
 }
@@ -103,15 +94,10 @@ fn typed(section: &str, key: &str, raw: &str) -> Result<Value, KeyError> {
 fn unknown_message(section: Option<(&str, &[String])>) -> String {
     let others = NON_KEY_ENV_VARS.join(" or ");
     match section {
-        None => format!(
-            "unknown variable: it names no config key (WXGATE_<SECTION>_<KEY>) and is not {others}"
-        ),
+        None => format!("unknown variable: it names no config key (WXGATE_<SECTION>_<KEY>) and is not {others}"),
         Some((section, known)) => {
             let vars: Vec<String> = known.iter().map(|k| env_name(section, k)).collect();
-            format!(
-                "unknown variable: the [{section}] ones are {}",
-                vars.join(", ")
-            )
+            format!("unknown variable: the [{section}] ones are {}", vars.join(", "))
         }
     }
 }
@@ -124,9 +110,7 @@ pub(super) fn env_name(section: &str, key: &str) -> String {
 /// Sets `section.key`, creating the section if the file had none. A section that is not a table
 /// has already been reported by the file reader, so the value is dropped.
 fn set(table: &mut Table, section: &str, key: &str, value: Value) {
-    let entry = table
-        .entry(section)
-        .or_insert_with(|| Value::Table(Table::new()));
+    let entry = table.entry(section).or_insert_with(|| Value::Table(Table::new()));
     if let Value::Table(section) = entry {
         section.insert(key.to_owned(), value);
     }
@@ -137,10 +121,7 @@ mod tests {
     use super::*;
 
     fn vars(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
-        pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
     }
 
     #[test]
@@ -157,10 +138,7 @@ mod tests {
         let origins = apply(&mut table, env, &mut problems);
         assert!(problems.is_empty(), "{problems:?}");
         assert_eq!(table["upstream"]["timeout_ms"], Value::Integer(2500));
-        assert_eq!(
-            table["listen"]["public_base_url"],
-            Value::from("https://gw.example.com")
-        );
+        assert_eq!(table["listen"]["public_base_url"], Value::from("https://gw.example.com"));
         assert_eq!(origins["upstream.timeout_ms"], "WXGATE_UPSTREAM_TIMEOUT_MS");
         assert_eq!(origins.len(), 2);
     }
@@ -178,33 +156,15 @@ mod tests {
         apply(&mut Table::new(), env, &mut problems);
         let lines: Vec<String> = problems.0.iter().map(ToString::to_string).collect();
         assert!(lines[0].starts_with("WXGATE_UPSTREAM_TIMEOUT: unknown variable: the [upstream] ones are WXGATE_UPSTREAM_BASE_URL, WXGATE_UPSTREAM_TIMEOUT_MS, "), "{}", lines[0]);
-        assert!(
-            lines[1].starts_with("WXGATE_NOPE_X: unknown variable"),
-            "{}",
-            lines[1]
-        );
-        assert!(
-            lines[2].starts_with("WXGATE_VERBOSE: unknown variable"),
-            "{}",
-            lines[2]
-        );
-        assert!(
-            lines[3].starts_with("WXGATE_CLIENTS_KEY: clients cannot be set"),
-            "{}",
-            lines[3]
-        );
-        assert_eq!(
-            lines[4],
-            "server.threads: WXGATE_SERVER_THREADS must be an integer"
-        );
+        assert!(lines[1].starts_with("WXGATE_NOPE_X: unknown variable"), "{}", lines[1]);
+        assert!(lines[2].starts_with("WXGATE_VERBOSE: unknown variable"), "{}", lines[2]);
+        assert!(lines[3].starts_with("WXGATE_CLIENTS_KEY: clients cannot be set"), "{}", lines[3]);
+        assert_eq!(lines[4], "server.threads: WXGATE_SERVER_THREADS must be an integer");
         assert!(!lines.concat().contains("secretsecretsecret"));
     }
 
     #[test]
     fn env_names_match_keys() {
-        assert_eq!(
-            env_name("component", "encoding_aes_key"),
-            "WXGATE_COMPONENT_ENCODING_AES_KEY"
-        );
+        assert_eq!(env_name("component", "encoding_aes_key"), "WXGATE_COMPONENT_ENCODING_AES_KEY");
     }
 }

@@ -11,17 +11,8 @@ use toml::{Table, Value};
 use super::Problems;
 
 /// The top-level tables of the file, in the order they are documented.
-pub(super) const SECTIONS: [&str; 9] = [
-    "component",
-    "upstream",
-    "listen",
-    "store",
-    "refresh",
-    "admin",
-    "proxy",
-    "server",
-    "clients",
-];
+pub(super) const SECTIONS: [&str; 9] =
+    ["component", "upstream", "listen", "store", "refresh", "admin", "proxy", "server", "clients"];
 
 /// What the file (with the environment applied) said, before any value is checked. Absent keys
 /// are `None`, so that `validate` can tell "not set" (take the default) from "set".
@@ -142,35 +133,21 @@ impl KeyError {
     fn from_serde(message: &str) -> Self {
         if let Some(rest) = message.strip_prefix("unknown field `") {
             // "..., expected `a`", "expected `a` or `b`", "expected one of `a`, `b`, `c`".
-            let names = rest
-                .split_once(", expected ")
-                .map_or("", |(_, names)| names);
-            let known = names
-                .split('`')
-                .skip(1)
-                .step_by(2)
-                .map(str::to_owned)
-                .collect();
+            let names = rest.split_once(", expected ").map_or("", |(_, names)| names);
+            let known = names.split('`').skip(1).step_by(2).map(str::to_owned).collect();
             return Self::UnknownKey { known };
         }
         let (found, expected) = message
             .strip_prefix("invalid type: ")
             .and_then(|rest| rest.rsplit_once(", expected "))
             .unwrap_or(("another type", "a different type"));
-        Self::WrongType {
-            expected: type_name(expected),
-            found: type_name(found),
-        }
+        Self::WrongType { expected: type_name(expected), found: type_name(found) }
     }
 }
 
 /// serde's name of a type (or of an unexpected value, "integer `5`") as the TOML user knows it.
 fn type_name(serde_name: &str) -> String {
-    let word = serde_name
-        .trim_start_matches("a ")
-        .split([' ', '`', '"'])
-        .next()
-        .unwrap_or("");
+    let word = serde_name.trim_start_matches("a ").split([' ', '`', '"']).next().unwrap_or("");
     let name = match word {
         "i64" | "u64" | "integer" => "an integer",
         "string" => "a string",
@@ -211,10 +188,7 @@ pub(super) fn parse(text: &str, problems: &mut Problems) -> Option<Table> {
     let offset = error.span().map_or(0, |span| span.start);
     let (line, column, key) = locate(text, offset);
     let message = error.message().trim().replace('\n', "; ");
-    problems.push(
-        key,
-        format!("TOML syntax error at line {line}, column {column}: {message}"),
-    );
+    problems.push(key, format!("TOML syntax error at line {line}, column {column}: {message}"));
     None
 }
 
@@ -226,10 +200,7 @@ fn locate(text: &str, offset: usize) -> (usize, usize, String) {
     let column = before.rsplit('\n').next().unwrap_or("").chars().count() + 1;
     let mut section = String::new();
     let mut clients = 0;
-    let headers = text
-        .lines()
-        .take(line)
-        .map(|l| l.split('#').next().unwrap_or("").trim());
+    let headers = text.lines().take(line).map(|l| l.split('#').next().unwrap_or("").trim());
     for header in headers.filter(|l| l.starts_with('[')) {
         let name = header.trim_matches(|c| c == '[' || c == ']').trim();
         if header.starts_with("[[") && name == "clients" {
@@ -239,11 +210,7 @@ fn locate(text: &str, offset: usize) -> (usize, usize, String) {
             section = name.to_owned();
         }
     }
-    let key = text
-        .lines()
-        .nth(line - 1)
-        .and_then(|l| l.split_once('='))
-        .map(|(k, _)| k.trim());
+    let key = text.lines().nth(line - 1).and_then(|l| l.split_once('=')).map(|(k, _)| k.trim());
     let key = match key.filter(|k| !k.is_empty() && !k.contains(['"', '\'', '[', ' '])) {
         Some(key) if !section.is_empty() => format!("{section}.{key}"),
         Some(key) => key.to_owned(),
@@ -263,10 +230,7 @@ pub(super) fn read(table: Table, problems: &mut Problems) -> FileConfig {
     }
     FileConfig::deserialize(Value::Table(kept)).unwrap_or_else(|e| {
         // Unreachable: every key left was accepted by `probe`. Report rather than panic.
-        problems.push(
-            "file",
-            KeyError::from_serde(e.message()).message(&Value::Boolean(false)),
-        );
+        problems.push("file", KeyError::from_serde(e.message()).message(&Value::Boolean(false)));
         FileConfig::default()
     })
 }
@@ -275,20 +239,14 @@ fn read_section(name: &str, value: Value, problems: &mut Problems) -> Option<Val
     match (name, value) {
         ("clients", Value::Array(items)) => Some(Value::Array(read_clients(items, problems))),
         ("clients", _) => {
-            problems.push(
-                name,
-                "must be an array of tables: write each client as [[clients]]",
-            );
+            problems.push(name, "must be an array of tables: write each client as [[clients]]");
             None
         }
         (_, Value::Table(table)) if SECTIONS.contains(&name) => {
             Some(Value::Table(read_keys(name, name, table, problems)))
         }
         (_, Value::Table(_)) => {
-            problems.push(
-                name,
-                format!("unknown section (known: {})", SECTIONS.join(", ")),
-            );
+            problems.push(name, format!("unknown section (known: {})", SECTIONS.join(", ")));
             None
         }
         (_, _) if SECTIONS.contains(&name) => {
@@ -351,25 +309,13 @@ mod tests {
         let wrong = probe("component", "appsecret", &secret).unwrap_err();
         assert_eq!(wrong.message(&secret), "must be a string, not an integer");
         let wrong = probe("upstream", "timeout_ms", &Value::from("soon")).unwrap_err();
-        assert_eq!(
-            wrong.message(&Value::from("soon")),
-            "must be an integer, not a string"
-        );
+        assert_eq!(wrong.message(&Value::from("soon")), "must be an integer, not a string");
         let list = Value::Array(vec![Value::from("*"), Value::Integer(1)]);
         let wrong = probe("clients", "authorizers", &list).unwrap_err();
-        assert_eq!(
-            wrong.message(&list),
-            "every entry must be a string, not an integer"
-        );
+        assert_eq!(wrong.message(&list), "every entry must be a string, not an integer");
         let wrong = probe("clients", "component", &Value::from("yes")).unwrap_err();
-        assert_eq!(
-            wrong.message(&Value::from("yes")),
-            "must be a boolean (true or false), not a string"
-        );
-        assert_eq!(
-            probe("nope", "x", &Value::Integer(1)),
-            Err(KeyError::UnknownSection)
-        );
+        assert_eq!(wrong.message(&Value::from("yes")), "must be a boolean (true or false), not a string");
+        assert_eq!(probe("nope", "x", &Value::Integer(1)), Err(KeyError::UnknownSection));
         assert_eq!(probe("server", "threads", &Value::Integer(4)), Ok(()));
     }
 
@@ -382,17 +328,7 @@ mod tests {
         // Sorted: the table keeps the file's order only when toml's `preserve_order` is on.
         let mut keys: Vec<&str> = problems.0.iter().map(|p| p.key.as_str()).collect();
         keys.sort();
-        assert_eq!(
-            keys,
-            [
-                "clients[0].key",
-                "clients[1].nom",
-                "component.app_id",
-                "component.token",
-                "nope",
-                "top"
-            ]
-        );
+        assert_eq!(keys, ["clients[0].key", "clients[1].nom", "component.app_id", "component.token", "nope", "top"]);
         assert_eq!(file.component.appid.as_deref(), Some("wx0123456789abcdef"));
         assert_eq!(file.clients.len(), 2);
         assert_eq!(file.clients[0].name.as_deref(), Some("a"));
@@ -401,10 +337,7 @@ mod tests {
     #[test]
     fn read_rejects_sections_of_the_wrong_shape() {
         let mut problems = Problems::default();
-        read(
-            table("component = 1\n[clients]\nname = 'a'\n"),
-            &mut problems,
-        );
+        read(table("component = 1\n[clients]\nname = 'a'\n"), &mut problems);
         let mut text: Vec<String> = problems.0.iter().map(ToString::to_string).collect();
         text.sort();
         assert_eq!(
@@ -423,19 +356,11 @@ mod tests {
         assert!(parse(text, &mut problems).is_none());
         let problem = &problems.0[0];
         assert_eq!(problem.key, "admin.token");
-        assert!(
-            problem
-                .message
-                .starts_with("TOML syntax error at line 2, column"),
-            "{problem}"
-        );
+        assert!(problem.message.starts_with("TOML syntax error at line 2, column"), "{problem}");
         assert!(!problem.to_string().contains("SECRET"), "{problem}");
 
         let mut problems = Problems::default();
-        parse(
-            "[[clients]]\nname = 'a'\n[[clients]]\nkey = verysecretbare\n",
-            &mut problems,
-        );
+        parse("[[clients]]\nname = 'a'\n[[clients]]\nkey = verysecretbare\n", &mut problems);
         assert_eq!(problems.0[0].key, "clients[1].key");
         assert!(!problems.0[0].to_string().contains("verysecretbare"));
     }

@@ -1,8 +1,8 @@
 //! `Config::masked`: the effective configuration as TOML, every secret printed as `"..."`.
 
 use super::file::{
-    AdminFile, ClientFile, ProxyFile, ComponentFile, FileConfig, ListenFile, RefreshFile, ServerFile,
-    StoreFile, UpstreamFile,
+    AdminFile, ClientFile, ComponentFile, FileConfig, ListenFile, ProxyFile, RefreshFile, ServerFile, StoreFile,
+    UpstreamFile,
 };
 use super::{AuthorizerScope, ClientConfig, Config, StoreConfig};
 
@@ -27,12 +27,8 @@ pub(super) fn masked(config: &Config) -> String {
             public_base_url: Some(config.listen.public_base_url.to_string()),
         },
         store: masked_store(&config.store),
-        refresh: RefreshFile {
-            ahead_secs: int(config.refresh.ahead.as_secs().into()),
-        },
-        admin: AdminFile {
-            token: Some(MASK.to_owned()),
-        },
+        refresh: RefreshFile { ahead_secs: int(config.refresh.ahead.as_secs().into()) },
+        admin: AdminFile { token: Some(MASK.to_owned()) },
         proxy: ProxyFile {
             max_body_bytes: int(config.proxy.max_body_bytes as u128),
             replay_body_bytes: int(config.proxy.replay_body_bytes as u128),
@@ -56,21 +52,16 @@ fn int(n: u128) -> Option<i64> {
 fn masked_store(store: &StoreConfig) -> StoreFile {
     let backend = |name: &str| Some(name.to_owned());
     match store {
-        StoreConfig::Sqlite { path } => StoreFile {
-            backend: backend("sqlite"),
-            path: Some(path.display().to_string()),
-            ..StoreFile::default()
-        },
+        StoreConfig::Sqlite { path } => {
+            StoreFile { backend: backend("sqlite"), path: Some(path.display().to_string()), ..StoreFile::default() }
+        }
         StoreConfig::Redis { url, key_prefix } => StoreFile {
             backend: backend("redis"),
             redis_url: Some(masked_redis_url(url.expose())),
             key_prefix: Some(key_prefix.clone()),
             ..StoreFile::default()
         },
-        StoreConfig::Memory => StoreFile {
-            backend: backend("memory"),
-            ..StoreFile::default()
-        },
+        StoreConfig::Memory => StoreFile { backend: backend("memory"), ..StoreFile::default() },
     }
 }
 
@@ -105,17 +96,8 @@ mod tests {
 
     #[test]
     fn redis_password_is_masked() {
-        assert_eq!(
-            masked_redis_url("redis://:hunter2@redis:6379/0"),
-            "redis://:...@redis:6379/0"
-        );
-        assert_eq!(
-            masked_redis_url("rediss://u:hunter2@redis/1"),
-            "rediss://u:...@redis/1"
-        );
-        assert_eq!(
-            masked_redis_url("redis://127.0.0.1:6379/0"),
-            "redis://127.0.0.1:6379/0"
-        );
+        assert_eq!(masked_redis_url("redis://:hunter2@redis:6379/0"), "redis://:...@redis:6379/0");
+        assert_eq!(masked_redis_url("rediss://u:hunter2@redis/1"), "rediss://u:...@redis/1");
+        assert_eq!(masked_redis_url("redis://127.0.0.1:6379/0"), "redis://127.0.0.1:6379/0");
     }
 }

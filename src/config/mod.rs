@@ -184,10 +184,8 @@ fn display_lines(problems: &[Problem]) -> String {
 impl Config {
     /// Reads the file at `path` and the process environment.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.to_owned(),
-            source,
-        })?;
+        let text =
+            std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
         Self::from_sources(&text, env::process_vars())
     }
 
@@ -225,10 +223,7 @@ impl Problems {
     fn push(&mut self, key: impl Into<String>, message: impl Into<String>) {
         let key = key.into();
         if !self.0.iter().any(|p| covers(&p.key, &key)) {
-            self.0.push(Problem {
-                key,
-                message: message.into(),
-            });
+            self.0.push(Problem { key, message: message.into() });
         }
     }
 
@@ -258,21 +253,15 @@ impl Problems {
 /// (unknown sections and variables) last, in the order found.
 fn order(key: &str) -> (usize, usize) {
     let head = key.split(['.', '[']).next().unwrap_or(key);
-    let section = file::SECTIONS
-        .iter()
-        .position(|s| *s == head)
-        .unwrap_or(file::SECTIONS.len());
-    let client = key
-        .strip_prefix("clients[")
-        .and_then(|rest| rest.split(']').next()?.parse().ok());
+    let section = file::SECTIONS.iter().position(|s| *s == head).unwrap_or(file::SECTIONS.len());
+    let client = key.strip_prefix("clients[").and_then(|rest| rest.split(']').next()?.parse().ok());
     (section, client.unwrap_or(0))
 }
 
 /// True when a problem with `earlier` makes one with `key` redundant: the same key, or a key
 /// inside it (`component` covers `component.appid`, `clients[1]` covers `clients[1].key`).
 fn covers(earlier: &str, key: &str) -> bool {
-    key.strip_prefix(earlier)
-        .is_some_and(|rest| rest.is_empty() || rest.starts_with('.'))
+    key.strip_prefix(earlier).is_some_and(|rest| rest.is_empty() || rest.starts_with('.'))
 }
 
 #[cfg(test)]
@@ -285,10 +274,7 @@ mod tests {
 
     #[test]
     fn scope_allows_listed_or_all() {
-        let only = AuthorizerScope::Only(vec![
-            appid("wx1111111111111111"),
-            appid("wx2222222222222222"),
-        ]);
+        let only = AuthorizerScope::Only(vec![appid("wx1111111111111111"), appid("wx2222222222222222")]);
         assert!(only.allows(&appid("wx2222222222222222")));
         assert!(!only.allows(&appid("wx3333333333333333")));
         assert!(AuthorizerScope::All.allows(&appid("wx3333333333333333")));
@@ -304,10 +290,7 @@ mod tests {
         problems.push("clients[1]", "must be a table");
         problems.push("clients[1].name", "is required");
         problems.push("clients[10].name", "is required");
-        let origins = env::Origins::from([(
-            "server.threads".to_owned(),
-            "WXGATE_SERVER_THREADS".to_owned(),
-        )]);
+        let origins = env::Origins::from([("server.threads".to_owned(), "WXGATE_SERVER_THREADS".to_owned())]);
         let text = problems.into_error(&origins).to_string();
         assert_eq!(
             text,

@@ -18,14 +18,8 @@ pub(super) fn config(f: &FileConfig, p: &mut Problems) -> Option<Config> {
     let upstream = upstream(f, p);
     let listen = listen(&f.listen, p);
     let store = store(&f.store, p);
-    let refresh = p.check(
-        "refresh.ahead_secs",
-        int_in(f.refresh.ahead_secs, DEFAULT_REFRESH_AHEAD_SECS, 60..=3600),
-    );
-    let admin = p.check(
-        "admin.token",
-        required(&f.admin.token).and_then(secret_of_length(16)),
-    );
+    let refresh = p.check("refresh.ahead_secs", int_in(f.refresh.ahead_secs, DEFAULT_REFRESH_AHEAD_SECS, 60..=3600));
+    let admin = p.check("admin.token", required(&f.admin.token).and_then(secret_of_length(16)));
     let proxy = proxy(f, p);
     let server = server(f, p);
     let clients = clients(&f.clients, p);
@@ -34,9 +28,7 @@ pub(super) fn config(f: &FileConfig, p: &mut Problems) -> Option<Config> {
         upstream: upstream?,
         listen: listen?,
         store: store?,
-        refresh: RefreshConfig {
-            ahead: Duration::from_secs(refresh?),
-        },
+        refresh: RefreshConfig { ahead: Duration::from_secs(refresh?) },
         admin: AdminConfig { token: admin? },
         proxy: proxy?,
         server: server?,
@@ -46,34 +38,16 @@ pub(super) fn config(f: &FileConfig, p: &mut Problems) -> Option<Config> {
 
 fn component(f: &ComponentFile, p: &mut Problems) -> Option<ComponentConfig> {
     let appid = p.check("component.appid", required(&f.appid).and_then(appid));
-    let appsecret = p.check(
-        "component.appsecret",
-        required(&f.appsecret).and_then(secret_of_length(1)),
-    );
-    let token = p.check(
-        "component.token",
-        required(&f.token).and_then(message_token),
-    );
-    let aes_key = p.check(
-        "component.encoding_aes_key",
-        required(&f.encoding_aes_key).and_then(aes_key),
-    );
-    Some(ComponentConfig {
-        appid: appid?,
-        appsecret: appsecret?,
-        token: token?,
-        encoding_aes_key: aes_key?,
-    })
+    let appsecret = p.check("component.appsecret", required(&f.appsecret).and_then(secret_of_length(1)));
+    let token = p.check("component.token", required(&f.token).and_then(message_token));
+    let aes_key = p.check("component.encoding_aes_key", required(&f.encoding_aes_key).and_then(aes_key));
+    Some(ComponentConfig { appid: appid?, appsecret: appsecret?, token: token?, encoding_aes_key: aes_key? })
 }
 
 fn upstream(f: &FileConfig, p: &mut Problems) -> Option<UpstreamConfig> {
     let base_url = or(&f.upstream.base_url, DEFAULT_UPSTREAM_BASE_URL);
     let base_url = p.check("upstream.base_url", http_url(base_url));
-    let timeout = int_in(
-        f.upstream.timeout_ms,
-        DEFAULT_UPSTREAM_TIMEOUT_MS,
-        1..=120_000,
-    );
+    let timeout = int_in(f.upstream.timeout_ms, DEFAULT_UPSTREAM_TIMEOUT_MS, 1..=120_000);
     let timeout = p.check("upstream.timeout_ms", timeout);
     let mp_base_url = or(&f.upstream.mp_base_url, DEFAULT_UPSTREAM_MP_BASE_URL);
     let mp_base_url = p.check("upstream.mp_base_url", http_url(mp_base_url));
@@ -88,61 +62,30 @@ fn upstream(f: &FileConfig, p: &mut Problems) -> Option<UpstreamConfig> {
 }
 
 fn listen(f: &ListenFile, p: &mut Problems) -> Option<ListenConfig> {
-    let proxy = p.check(
-        "listen.proxy",
-        socket_addr(or(&f.proxy, DEFAULT_LISTEN_PROXY)),
-    );
-    let admin = p.check(
-        "listen.admin",
-        socket_addr(or(&f.admin, DEFAULT_LISTEN_ADMIN)),
-    );
+    let proxy = p.check("listen.proxy", socket_addr(or(&f.proxy, DEFAULT_LISTEN_PROXY)));
+    let admin = p.check("listen.admin", socket_addr(or(&f.admin, DEFAULT_LISTEN_ADMIN)));
     if let (Some(proxy), Some(admin)) = (proxy, admin) {
         // Port 0 asks the OS for a free port, so two of them never clash.
         if proxy == admin && proxy.port() != 0 {
-            p.push(
-                "listen.admin",
-                "must differ from listen.proxy: they are two listeners",
-            );
+            p.push("listen.admin", "must differ from listen.proxy: they are two listeners");
         }
     }
-    let public = p.check(
-        "listen.public_base_url",
-        required(&f.public_base_url).and_then(http_url),
-    );
-    Some(ListenConfig {
-        proxy: proxy?,
-        admin: admin?,
-        public_base_url: public?,
-    })
+    let public = p.check("listen.public_base_url", required(&f.public_base_url).and_then(http_url));
+    Some(ListenConfig { proxy: proxy?, admin: admin?, public_base_url: public? })
 }
 
 /// Checks every store key that is set, not only the chosen backend's: a typo in `redis_url`
 /// should not wait for the day someone switches to Redis.
 fn store(f: &StoreFile, p: &mut Problems) -> Option<StoreConfig> {
-    let path = p.check(
-        "store.path",
-        non_blank(or(&f.path, DEFAULT_STORE_PATH)).map(PathBuf::from),
-    );
-    let url = p.check(
-        "store.redis_url",
-        redis_url(or(&f.redis_url, DEFAULT_STORE_REDIS_URL)),
-    );
-    let prefix = p.check(
-        "store.key_prefix",
-        non_blank(or(&f.key_prefix, DEFAULT_STORE_KEY_PREFIX)),
-    );
+    let path = p.check("store.path", non_blank(or(&f.path, DEFAULT_STORE_PATH)).map(PathBuf::from));
+    let url = p.check("store.redis_url", redis_url(or(&f.redis_url, DEFAULT_STORE_REDIS_URL)));
+    let prefix = p.check("store.key_prefix", non_blank(or(&f.key_prefix, DEFAULT_STORE_KEY_PREFIX)));
     match or(&f.backend, DEFAULT_STORE_BACKEND) {
         "sqlite" => Some(StoreConfig::Sqlite { path: path? }),
-        "redis" => Some(StoreConfig::Redis {
-            url: url?,
-            key_prefix: prefix?.to_owned(),
-        }),
+        "redis" => Some(StoreConfig::Redis { url: url?, key_prefix: prefix?.to_owned() }),
         "memory" => Some(StoreConfig::Memory),
         _ => {
-            p.push(
-                "store.backend",
-                "must be \"sqlite\", \"redis\" or \"memory\"",
-            );
+            p.push("store.backend", "must be \"sqlite\", \"redis\" or \"memory\"");
             None
         }
     }
@@ -161,20 +104,10 @@ fn proxy(f: &FileConfig, p: &mut Problems) -> Option<ProxyConfig> {
 }
 
 fn server(f: &FileConfig, p: &mut Problems) -> Option<ServerConfig> {
-    let threads = p.check(
-        "server.threads",
-        int_in(f.server.threads, default_threads(), 1..=256),
-    );
-    let grace = int_in(
-        f.server.shutdown_grace_secs,
-        DEFAULT_SERVER_SHUTDOWN_GRACE_SECS,
-        0..=300,
-    );
+    let threads = p.check("server.threads", int_in(f.server.threads, default_threads(), 1..=256));
+    let grace = int_in(f.server.shutdown_grace_secs, DEFAULT_SERVER_SHUTDOWN_GRACE_SECS, 0..=300);
     let grace = p.check("server.shutdown_grace_secs", grace);
-    Some(ServerConfig {
-        threads: usize::try_from(threads?).ok()?,
-        shutdown_grace: Duration::from_secs(grace?),
-    })
+    Some(ServerConfig { threads: usize::try_from(threads?).ok()?, shutdown_grace: Duration::from_secs(grace?) })
 }
 
 /// One worker thread per core, as the OS reports them, within the allowed 1 ..= 256.
@@ -184,11 +117,7 @@ pub(super) fn default_threads() -> u64 {
 }
 
 fn clients(files: &[ClientFile], p: &mut Problems) -> Option<Vec<ClientConfig>> {
-    let built: Vec<Option<ClientConfig>> = files
-        .iter()
-        .enumerate()
-        .map(|(i, f)| client(i, f, p))
-        .collect();
+    let built: Vec<Option<ClientConfig>> = files.iter().enumerate().map(|(i, f)| client(i, f, p)).collect();
     duplicates(files, p);
     built.into_iter().collect()
 }
@@ -197,10 +126,7 @@ fn client(i: usize, f: &ClientFile, p: &mut Problems) -> Option<ClientConfig> {
     let at = |key: &str| format!("clients[{i}].{key}");
     let name = p.check(&at("name"), required(&f.name).and_then(non_blank));
     let key = p.check(&at("key"), required(&f.key).and_then(secret_of_length(16)));
-    let scope = p.check(
-        &at("authorizers"),
-        scope(f.authorizers.as_deref().unwrap_or_default()),
-    );
+    let scope = p.check(&at("authorizers"), scope(f.authorizers.as_deref().unwrap_or_default()));
     Some(ClientConfig {
         name: name?.to_owned(),
         key: key?,
@@ -215,21 +141,13 @@ fn duplicates(files: &[ClientFile], p: &mut Problems) {
     for (i, f) in files.iter().enumerate() {
         let earlier = |field: fn(&ClientFile) -> &Option<String>| {
             let this = field(f).as_ref()?;
-            files[..i]
-                .iter()
-                .position(|e| field(e).as_ref() == Some(this))
+            files[..i].iter().position(|e| field(e).as_ref() == Some(this))
         };
         if let Some(j) = earlier(|c| &c.name) {
-            p.push(
-                format!("clients[{i}].name"),
-                format!("same name as clients[{j}]"),
-            );
+            p.push(format!("clients[{i}].name"), format!("same name as clients[{j}]"));
         }
         if let Some(j) = earlier(|c| &c.key) {
-            p.push(
-                format!("clients[{i}].key"),
-                format!("same key as clients[{j}]: each client needs its own"),
-            );
+            p.push(format!("clients[{i}].key"), format!("same key as clients[{j}]: each client needs its own"));
         }
     }
 }
@@ -242,19 +160,12 @@ fn scope(entries: &[String]) -> Result<AuthorizerScope, String> {
             _ => Err("\"*\" must stand alone: it already allows every authorizer".to_owned()),
         };
     }
-    let bad: Vec<String> = entries
-        .iter()
-        .filter(|e| !AppId::is_valid(e))
-        .map(|e| format!("{e:?}"))
-        .collect();
+    let bad: Vec<String> = entries.iter().filter(|e| !AppId::is_valid(e)).map(|e| format!("{e:?}")).collect();
     if !bad.is_empty() {
         let rule = "each entry must be \"*\" or an appid (\"wx\" + 16 lowercase hex digits)";
         return Err(format!("{rule}, unlike {}", bad.join(", ")));
     }
-    let mut appids: Vec<AppId> = entries
-        .iter()
-        .filter_map(|e| AppId::parse(e).ok())
-        .collect();
+    let mut appids: Vec<AppId> = entries.iter().filter_map(|e| AppId::parse(e).ok()).collect();
     appids.sort();
     appids.dedup();
     Ok(AuthorizerScope::Only(appids))
@@ -319,16 +230,12 @@ fn message_token(value: &str) -> Result<Secret, String> {
 fn aes_key(value: &str) -> Result<Secret, String> {
     match decode_aes_key(value) {
         Ok(_) => Ok(Secret::new(value)),
-        Err(_) => Err(
-            "must be 43 characters of A-Z, a-z, 0-9, + and / (WeChat's EncodingAESKey)".to_owned(),
-        ),
+        Err(_) => Err("must be 43 characters of A-Z, a-z, 0-9, + and / (WeChat's EncodingAESKey)".to_owned()),
     }
 }
 
 fn socket_addr(value: &str) -> Result<SocketAddr, String> {
-    value
-        .parse()
-        .map_err(|_| format!("must be IP:PORT, such as {DEFAULT_LISTEN_PROXY} or [::1]:8080"))
+    value.parse().map_err(|_| format!("must be IP:PORT, such as {DEFAULT_LISTEN_PROXY} or [::1]:8080"))
 }
 
 /// An http(s) URL with a host, no credentials, query or fragment; its path is made to end with
@@ -384,14 +291,8 @@ mod tests {
 
     #[test]
     fn urls() {
-        assert_eq!(
-            http_url("https://wx.example.com").unwrap().as_str(),
-            "https://wx.example.com/"
-        );
-        assert_eq!(
-            http_url("http://127.0.0.1:8080/gw").unwrap().as_str(),
-            "http://127.0.0.1:8080/gw/"
-        );
+        assert_eq!(http_url("https://wx.example.com").unwrap().as_str(), "https://wx.example.com/");
+        assert_eq!(http_url("http://127.0.0.1:8080/gw").unwrap().as_str(), "http://127.0.0.1:8080/gw/");
         for bad in [
             "wx.example.com",
             "ftp://x.com",
@@ -412,10 +313,7 @@ mod tests {
     fn numbers_in_range() {
         assert_eq!(int_in(None, 7, 1..=10), Ok(7));
         assert_eq!(int_in(Some(10), 7, 1..=10), Ok(10));
-        assert_eq!(
-            int_in(Some(0), 7, 1..=10),
-            Err("must be between 1 and 10".to_owned())
-        );
+        assert_eq!(int_in(Some(0), 7, 1..=10), Err("must be between 1 and 10".to_owned()));
         assert!(int_in(Some(-1), 7, 0..=10).is_err());
     }
 
@@ -428,10 +326,7 @@ mod tests {
         }
         let sixteen = secret_of_length(16);
         assert!(sixteen("0123456789abcdef").is_ok());
-        assert_eq!(
-            sixteen("short").unwrap_err(),
-            "must be at least 16 characters"
-        );
+        assert_eq!(sixteen("short").unwrap_err(), "must be at least 16 characters");
         assert!(sixteen(" 0123456789abcdef").is_err());
         assert_eq!(secret_of_length(1)("").unwrap_err(), "must not be empty");
     }
@@ -441,23 +336,10 @@ mod tests {
         let star = ["*".to_owned()];
         assert_eq!(scope(&star), Ok(AuthorizerScope::All));
         assert_eq!(scope(&[]), Ok(AuthorizerScope::Only(vec![])));
-        let two = [
-            "wx2222222222222222".to_owned(),
-            "wx1111111111111111".to_owned(),
-            "wx2222222222222222".to_owned(),
-        ];
-        let AuthorizerScope::Only(appids) = scope(&two).unwrap() else {
-            panic!()
-        };
-        assert_eq!(
-            appids.iter().map(AppId::as_str).collect::<Vec<_>>(),
-            ["wx1111111111111111", "wx2222222222222222"]
-        );
-        assert!(scope(&["*".to_owned(), "wx1111111111111111".to_owned()])
-            .unwrap_err()
-            .contains("stand alone"));
-        assert!(scope(&["wx1".to_owned()])
-            .unwrap_err()
-            .ends_with("unlike \"wx1\""));
+        let two = ["wx2222222222222222".to_owned(), "wx1111111111111111".to_owned(), "wx2222222222222222".to_owned()];
+        let AuthorizerScope::Only(appids) = scope(&two).unwrap() else { panic!() };
+        assert_eq!(appids.iter().map(AppId::as_str).collect::<Vec<_>>(), ["wx1111111111111111", "wx2222222222222222"]);
+        assert!(scope(&["*".to_owned(), "wx1111111111111111".to_owned()]).unwrap_err().contains("stand alone"));
+        assert!(scope(&["wx1".to_owned()]).unwrap_err().ends_with("unlike \"wx1\""));
     }
 }

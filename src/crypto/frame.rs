@@ -47,9 +47,7 @@ pub(super) fn unpad(buf: &[u8]) -> Result<usize, CryptoError> {
 /// Finds the message inside an unpadded frame, after checking that the frame is addressed to
 /// `receive_id` (WeChat error -40005 otherwise).
 pub(super) fn parse(frame: &[u8], receive_id: &[u8]) -> Result<Range<usize>, CryptoError> {
-    let len_field = frame
-        .get(RANDOM_LEN..HEADER_LEN)
-        .ok_or(CryptoError::Frame)?;
+    let len_field = frame.get(RANDOM_LEN..HEADER_LEN).ok_or(CryptoError::Frame)?;
     let msg_len = u32::from_be_bytes([len_field[0], len_field[1], len_field[2], len_field[3]]);
     let end = usize::try_from(msg_len)
         .ok()
@@ -141,10 +139,7 @@ mod tests {
     fn other_receive_id_is_rejected() {
         let buf = build(&RANDOM, b"hi", ID);
         let body = unpad(&buf).unwrap();
-        assert_eq!(
-            parse(&buf[..body], b"wxsomeoneelse0000"),
-            Err(CryptoError::ReceiveId)
-        );
+        assert_eq!(parse(&buf[..body], b"wxsomeoneelse0000"), Err(CryptoError::ReceiveId));
         assert_eq!(parse(&buf[..body], b""), Err(CryptoError::ReceiveId));
     }
 }

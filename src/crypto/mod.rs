@@ -13,9 +13,7 @@ use aes::{Aes256Dec, Aes256Enc, Block};
 use base64::engine::general_purpose::STANDARD;
 use base64::engine::{general_purpose::GeneralPurposeConfig, DecodePaddingMode, GeneralPurpose};
 use base64::Engine;
-use cbc::cipher::{
-    block_padding::NoPadding, BlockDecryptMut, BlockEncryptMut, InnerIvInit, KeyInit,
-};
+use cbc::cipher::{block_padding::NoPadding, BlockDecryptMut, BlockEncryptMut, InnerIvInit, KeyInit};
 
 use crate::secret::Secret;
 
@@ -82,15 +80,11 @@ impl CryptoError {
 /// Decodes an EncodingAESKey (43 characters) into the 32-byte AES key.
 pub fn decode_aes_key(encoding_aes_key: &str) -> Result<[u8; 32], CryptoError> {
     if encoding_aes_key.len() != 43
-        || !encoding_aes_key
-            .bytes()
-            .all(|c| c.is_ascii_alphanumeric() || c == b'+' || c == b'/')
+        || !encoding_aes_key.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'+' || c == b'/')
     {
         return Err(CryptoError::IllegalAesKey);
     }
-    let bytes = LENIENT
-        .decode(format!("{encoding_aes_key}="))
-        .map_err(|_| CryptoError::IllegalAesKey)?;
+    let bytes = LENIENT.decode(format!("{encoding_aes_key}=")).map_err(|_| CryptoError::IllegalAesKey)?;
     bytes.try_into().map_err(|_| CryptoError::IllegalAesKey)
 }
 
@@ -115,11 +109,7 @@ pub struct Sealed {
 }
 
 impl MsgCrypt {
-    pub fn new(
-        token: &Secret,
-        encoding_aes_key: &Secret,
-        receive_id: &str,
-    ) -> Result<Self, CryptoError> {
+    pub fn new(token: &Secret, encoding_aes_key: &Secret, receive_id: &str) -> Result<Self, CryptoError> {
         let key = decode_aes_key(encoding_aes_key.expose())?;
         Ok(Self {
             token: token.clone(),
@@ -137,22 +127,11 @@ impl MsgCrypt {
 
     /// The msg_signature of a ciphertext: 40 lowercase hex characters.
     pub fn sign(&self, timestamp: &str, nonce: &str, encrypt: &str) -> String {
-        hex::encode(signature::digest(
-            self.token.expose(),
-            timestamp,
-            nonce,
-            encrypt,
-        ))
+        hex::encode(signature::digest(self.token.expose(), timestamp, nonce, encrypt))
     }
 
     /// Checks msg_signature in constant time; either hex case is accepted.
-    pub fn verify(
-        &self,
-        timestamp: &str,
-        nonce: &str,
-        encrypt: &str,
-        msg_signature: &str,
-    ) -> Result<(), CryptoError> {
+    pub fn verify(&self, timestamp: &str, nonce: &str, encrypt: &str, msg_signature: &str) -> Result<(), CryptoError> {
         let expected = signature::digest(self.token.expose(), timestamp, nonce, encrypt);
         if signature::matches(&expected, msg_signature) {
             Ok(())
@@ -203,11 +182,7 @@ impl MsgCrypt {
     }
 
     /// Encrypts with random bytes drawn from `rng`.
-    pub fn encrypt_with_rng<R: rand::RngCore + ?Sized>(
-        &self,
-        message: &str,
-        rng: &mut R,
-    ) -> String {
+    pub fn encrypt_with_rng<R: rand::RngCore + ?Sized>(&self, message: &str, rng: &mut R) -> String {
         let mut random = [0u8; 16];
         rng.fill_bytes(&mut random);
         self.encrypt_with_random(message, random)
@@ -222,10 +197,7 @@ impl MsgCrypt {
     pub fn seal(&self, message: &str, timestamp: &str, nonce: &str) -> Sealed {
         let encrypt = self.encrypt(message);
         let msg_signature = self.sign(timestamp, nonce, &encrypt);
-        Sealed {
-            encrypt,
-            msg_signature,
-        }
+        Sealed { encrypt, msg_signature }
     }
 }
 
@@ -259,9 +231,7 @@ fn escape_cdata(s: &str) -> String {
 }
 
 fn escape_text(s: &str) -> String {
-    s.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
+    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;")
 }
 
 #[cfg(test)]
@@ -339,10 +309,7 @@ mod tests {
     fn crypto_rejects_bad_lengths_and_base64() {
         let c = crypt();
         assert_eq!(c.decrypt(""), Err(CryptoError::CipherLength));
-        assert_eq!(
-            c.decrypt(&STANDARD.encode([0u8; 15])),
-            Err(CryptoError::CipherLength)
-        );
+        assert_eq!(c.decrypt(&STANDARD.encode([0u8; 15])), Err(CryptoError::CipherLength));
         assert_eq!(c.decrypt("not base64!"), Err(CryptoError::Base64));
     }
 
@@ -364,12 +331,7 @@ mod tests {
 
     #[test]
     fn crypto_rejects_bad_keys() {
-        for key in [
-            "",
-            "short",
-            &format!("{KEY}A"),
-            "abcdefghijklmnopqrstuvwxyz0123456789ABCDEF=",
-        ] {
+        for key in ["", "short", &format!("{KEY}A"), "abcdefghijklmnopqrstuvwxyz0123456789ABCDEF="] {
             let err = MsgCrypt::new(&Secret::new("t"), &Secret::new(key), APPID).unwrap_err();
             assert_eq!(err, CryptoError::IllegalAesKey);
         }
@@ -377,10 +339,7 @@ mod tests {
 
     #[test]
     fn crypto_reply_xml_has_wechat_shape() {
-        let sealed = Sealed {
-            encrypt: "ENC".into(),
-            msg_signature: "SIG".into(),
-        };
+        let sealed = Sealed { encrypt: "ENC".into(), msg_signature: "SIG".into() };
         assert_eq!(
             sealed.reply_xml("1409304348", "xx]]>x"),
             "<xml><Encrypt><![CDATA[ENC]]></Encrypt><MsgSignature><![CDATA[SIG]]></MsgSignature>\
@@ -391,20 +350,8 @@ mod tests {
     #[test]
     fn crypto_reasons_are_snake_case() {
         use CryptoError::*;
-        for e in [
-            IllegalAesKey,
-            BadSignature,
-            Base64,
-            CipherLength,
-            Padding,
-            Frame,
-            ReceiveId,
-            Utf8,
-        ] {
-            assert!(e
-                .reason()
-                .bytes()
-                .all(|b| b.is_ascii_lowercase() || b == b'_' || b.is_ascii_digit()));
+        for e in [IllegalAesKey, BadSignature, Base64, CipherLength, Padding, Frame, ReceiveId, Utf8] {
+            assert!(e.reason().bytes().all(|b| b.is_ascii_lowercase() || b == b'_' || b.is_ascii_digit()));
             assert!(e.code() <= -40001 && e.code() >= -40011);
         }
     }

@@ -66,8 +66,20 @@ mod tests {
     fn finds_by_key_and_knows_its_single_authorizer() {
         let a = AppId::parse("wx1111111111111111").unwrap();
         let clients = Clients::new(&[
-            ClientConfig { name: "one".into(), key: Secret::new("key-one-0123456789"), authorizers: AuthorizerScope::Only(vec![a]), component: false, reveal_tokens: false },
-            ClientConfig { name: "all".into(), key: Secret::new("key-all-0123456789"), authorizers: AuthorizerScope::All, component: true, reveal_tokens: true },
+            ClientConfig {
+                name: "one".into(),
+                key: Secret::new("key-one-0123456789"),
+                authorizers: AuthorizerScope::Only(vec![a]),
+                component: false,
+                reveal_tokens: false,
+            },
+            ClientConfig {
+                name: "all".into(),
+                key: Secret::new("key-all-0123456789"),
+                authorizers: AuthorizerScope::All,
+                component: true,
+                reveal_tokens: true,
+            },
         ]);
         assert_eq!(clients.find(b"key-one-0123456789").unwrap().name, "one");
         assert_eq!(clients.find(b"key-all-0123456789").unwrap().only_authorizer(), None);

@@ -13,9 +13,9 @@ use pingora::connectors::TransportConnector;
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::protocols::http::client::HttpSession;
 use pingora::protocols::http::v1::client::HttpSession as H1Session;
-use pingora::upstreams::peer::HttpPeer;
 use pingora::protocols::http::ServerSession;
 use pingora::protocols::Stream;
+use pingora::upstreams::peer::HttpPeer;
 use pingora::{ErrorType, Result};
 use std::sync::Mutex;
 use std::time::Instant;
@@ -29,8 +29,18 @@ const INSPECT_LIMIT: usize = 64 * 1024;
 pub fn is_private_request_header(name: &str) -> bool {
     matches!(
         name,
-        "authorization" | "host" | "content-length" | "connection" | "keep-alive" | "proxy-connection"
-            | "proxy-authorization" | "te" | "trailer" | "transfer-encoding" | "upgrade" | "expect"
+        "authorization"
+            | "host"
+            | "content-length"
+            | "connection"
+            | "keep-alive"
+            | "proxy-connection"
+            | "proxy-authorization"
+            | "te"
+            | "trailer"
+            | "transfer-encoding"
+            | "upgrade"
+            | "expect"
     ) || name.starts_with("x-wxgate-")
 }
 
@@ -145,7 +155,13 @@ impl CallFailure {
 /// The upstream request for `uri` (the path and query with the real token), with the
 /// client's headers less the private ones. Built as plain `http` parts: no header is parsed
 /// again and no header-case map is kept (header names are case-insensitive).
-pub fn upstream_request(client_req: &RequestHeader, upstream: &Upstream, target: usize, uri: String, body_len: usize) -> Result<RequestHeader> {
+pub fn upstream_request(
+    client_req: &RequestHeader,
+    upstream: &Upstream,
+    target: usize,
+    uri: String,
+    body_len: usize,
+) -> Result<RequestHeader> {
     let (mut parts, ()) = http::Request::new(()).into_parts();
     parts.method = client_req.method.clone();
     parts.headers.reserve(client_req.headers.len() + 2);
@@ -165,7 +181,14 @@ pub fn upstream_request(client_req: &RequestHeader, upstream: &Upstream, target:
 /// Sends the call with `token` to the first target that takes it. A pooled connection that
 /// turns out to be closed is replaced by a new one once, unless the call was written whole and
 /// is not safe to send twice.
-pub async fn send(connections: &Connections, upstream: &Upstream, client_req: &RequestHeader, outbound: &Outbound, token: &str, body: &Bytes) -> std::result::Result<Answer, CallFailure> {
+pub async fn send(
+    connections: &Connections,
+    upstream: &Upstream,
+    client_req: &RequestHeader,
+    outbound: &Outbound,
+    token: &str,
+    body: &Bytes,
+) -> std::result::Result<Answer, CallFailure> {
     let started = Instant::now();
     let mut target = 0;
     let mut fresh = false;
@@ -202,7 +225,11 @@ pub async fn send(connections: &Connections, upstream: &Upstream, client_req: &R
 
 /// Sends the request and reads the answer's header. On failure, says whether the request had
 /// been written whole: WeChat may then have acted on it.
-async fn exchange(session: &mut HttpSession, req: RequestHeader, body: &Bytes) -> std::result::Result<(), (Box<pingora::Error>, bool)> {
+async fn exchange(
+    session: &mut HttpSession,
+    req: RequestHeader,
+    body: &Bytes,
+) -> std::result::Result<(), (Box<pingora::Error>, bool)> {
     let sent = async {
         session.write_request_header(Box::new(req)).await?;
         if !body.is_empty() {
@@ -276,7 +303,10 @@ pub fn is_token_error(body: &[u8]) -> bool {
     struct Errcode {
         errcode: Option<i64>,
     }
-    serde_json::from_slice::<Errcode>(body).ok().and_then(|e| e.errcode).is_some_and(|c| matches!(c, 40001 | 40014 | 42001))
+    serde_json::from_slice::<Errcode>(body)
+        .ok()
+        .and_then(|e| e.errcode)
+        .is_some_and(|c| matches!(c, 40001 | 40014 | 42001))
 }
 
 /// The answer's header as the client gets it: without hop-by-hop headers. For an answer read
@@ -287,7 +317,8 @@ pub fn downstream_header(upstream: &ResponseHeader, whole_body: Option<usize>) -
     parts.headers.reserve(upstream.headers.len() + 1);
     let mut length_kept = false;
     for (name, value) in upstream.headers.iter() {
-        let hop = matches!(name.as_str(), "connection" | "keep-alive" | "proxy-connection" | "te" | "trailer" | "upgrade");
+        let hop =
+            matches!(name.as_str(), "connection" | "keep-alive" | "proxy-connection" | "te" | "trailer" | "upgrade");
         if hop {
             continue;
         }
@@ -328,7 +359,9 @@ mod tests {
 
     #[test]
     fn token_errors_are_recognised_and_nothing_else() {
-        assert!(is_token_error(br#"{"errcode":40001,"errmsg":"invalid credential, access_token is invalid or not latest rid: 1"}"#));
+        assert!(is_token_error(
+            br#"{"errcode":40001,"errmsg":"invalid credential, access_token is invalid or not latest rid: 1"}"#
+        ));
         assert!(is_token_error(br#"{"errcode":42001,"errmsg":"access_token expired"}"#));
         assert!(is_token_error(br#"{"errmsg":"x","errcode":40014}"#));
         assert!(!is_token_error(br#"{"errcode":0,"errmsg":"ok"}"#));

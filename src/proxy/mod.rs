@@ -65,7 +65,13 @@ pub struct CallCtx {
 }
 
 impl Gateway {
-    pub fn new(routes: Arc<OwnRoutes>, tokens: Arc<TokenService>, clients: Arc<Clients>, upstream: Arc<Upstream>, settings: ProxyConfig) -> Self {
+    pub fn new(
+        routes: Arc<OwnRoutes>,
+        tokens: Arc<TokenService>,
+        clients: Arc<Clients>,
+        upstream: Arc<Upstream>,
+        settings: ProxyConfig,
+    ) -> Self {
         let connections = exchange::Connections::new(upstream.len());
         Self { routes, tokens, clients, upstream, connections, settings }
     }
@@ -73,7 +79,8 @@ impl Gateway {
     /// Resolves and answers an API call; `Ok(false)` hands it to pingora to stream.
     async fn api_call(&self, session: &mut Session, ctx: &mut CallCtx) -> std::result::Result<bool, Reply> {
         let (scope, outbound, token_endpoint) = {
-            let call = resolve::resolve(&self.clients, session.req_header()).map_err(|e| Reply::error(e.status(), e))?;
+            let call =
+                resolve::resolve(&self.clients, session.req_header()).map_err(|e| Reply::error(e.status(), e))?;
             ctx.scope = call.scope.as_ref().map_or("token_endpoint", Scope::label);
             if self.settings.access_log {
                 ctx.client = Some(call.client.name.clone());
@@ -85,7 +92,10 @@ impl Gateway {
         };
         let declared = content_length(session.req_header());
         if declared.is_some_and(|n| n > self.settings.max_body_bytes) {
-            return Err(Reply::error(413, format!("request body is larger than {} bytes", self.settings.max_body_bytes)));
+            return Err(Reply::error(
+                413,
+                format!("request body is larger than {} bytes", self.settings.max_body_bytes),
+            ));
         }
         if token_endpoint {
             let body = read_body(session.as_downstream_mut(), TOKEN_ENDPOINT_BODY).await.map_err(|e| e.reply())?;
@@ -113,7 +123,11 @@ impl Gateway {
         }
     }
 
-    async fn replace_token(&self, scope: &Scope, failed: &AccessToken) -> std::result::Result<Arc<AccessToken>, crate::tokens::TokenError> {
+    async fn replace_token(
+        &self,
+        scope: &Scope,
+        failed: &AccessToken,
+    ) -> std::result::Result<Arc<AccessToken>, crate::tokens::TokenError> {
         match scope {
             Scope::Authorizer(appid) => self.tokens.replace_authorizer_token(appid, &failed.value).await,
             Scope::Component => self.tokens.replace_component_token(&failed.value).await,
@@ -122,17 +136,35 @@ impl Gateway {
 
     /// The call with a body small enough to keep: sent, and replayed once with a new token if
     /// WeChat refuses the one it got.
-    async fn replayable(&self, session: &mut Session, outbound: &resolve::Outbound, scope: &Scope, mut token: Arc<AccessToken>, has_body: bool) -> std::result::Result<(), Reply> {
+    async fn replayable(
+        &self,
+        session: &mut Session,
+        outbound: &resolve::Outbound,
+        scope: &Scope,
+        mut token: Arc<AccessToken>,
+        has_body: bool,
+    ) -> std::result::Result<(), Reply> {
         let body = match has_body {
-            true => read_body(session.as_downstream_mut(), self.settings.replay_body_bytes).await.map_err(|e| e.reply())?,
+            true => {
+                read_body(session.as_downstream_mut(), self.settings.replay_body_bytes).await.map_err(|e| e.reply())?
+            }
             false => bytes::Bytes::new(),
         };
         let mut replayed = false;
         loop {
-            let mut answer = exchange::send(&self.connections, &self.upstream, session.req_header(), outbound, token.value.expose(), &body)
-                .await
-                .map_err(|f| f.reply())?;
-            let Some(header) = answer.session.response_header() else { return Err(Reply::error(502, "no answer header")) };
+            let mut answer = exchange::send(
+                &self.connections,
+                &self.upstream,
+                session.req_header(),
+                outbound,
+                token.value.expose(),
+                &body,
+            )
+            .await
+            .map_err(|f| f.reply())?;
+            let Some(header) = answer.session.response_header() else {
+                return Err(Reply::error(502, "no answer header"));
+            };
             if !exchange::inspectable(header) {
                 let streamed = exchange::stream_to(session.as_downstream_mut(), &mut answer).await;
                 self.connections.release(answer).await;
@@ -142,13 +174,17 @@ impl Gateway {
             if !replayed && exchange::is_token_error(&whole) {
                 self.connections.release(answer).await;
                 metrics::TOKEN_RETRY.inc();
-                tracing::info!(scope = scope.label(), "WeChat refused the token; replacing it and replaying the call once");
+                tracing::info!(
+                    scope = scope.label(),
+                    "WeChat refused the token; replacing it and replaying the call once"
+                );
                 token = self.replace_token(scope, &token).await.map_err(|e| token_error(&e))?;
                 replayed = true;
                 continue;
             }
             let header = answer.session.response_header().ok_or_else(|| Reply::error(502, "no answer header"))?;
-            let header = exchange::downstream_header(header, Some(whole.len())).map_err(|_| Reply::error(502, "a header WeChat sent cannot be passed on"))?;
+            let header = exchange::downstream_header(header, Some(whole.len()))
+                .map_err(|_| Reply::error(502, "a header WeChat sent cannot be passed on"))?;
             self.connections.release(answer).await;
             return write_whole(session, header, whole).await.map_err(|e| downstream_gone(&e));
         }
@@ -161,7 +197,11 @@ fn downstream_gone(e: &pingora::Error) -> Reply {
     Reply::error(502, "client connection closed")
 }
 
-async fn write_whole(session: &mut Session, header: pingora::http::ResponseHeader, body: bytes::Bytes) -> pingora::Result<()> {
+async fn write_whole(
+    session: &mut Session,
+    header: pingora::http::ResponseHeader,
+    body: bytes::Bytes,
+) -> pingora::Result<()> {
     let client = session.as_downstream_mut();
     client.write_response_header(Box::new(header)).await?;
     client.write_response_body(body, true).await
@@ -176,7 +216,20 @@ fn redacted_query(query: &str) -> String {
     query
         .split('&')
         .map(|pair| match pair.split_once('=') {
-            Some((k, _)) if matches!(k, "access_token" | "component_access_token" | "key" | "secret" | "auth_code" | "pre_auth_code" | "code") => format!("{k}=..."),
+            Some((k, _))
+                if matches!(
+                    k,
+                    "access_token"
+                        | "component_access_token"
+                        | "key"
+                        | "secret"
+                        | "auth_code"
+                        | "pre_auth_code"
+                        | "code"
+                ) =>
+            {
+                format!("{k}=...")
+            }
             _ => pair.to_owned(),
         })
         .collect::<Vec<_>>()
@@ -192,7 +245,14 @@ impl ProxyHttp for Gateway {
     fn init_downstream_modules(&self, _modules: &mut HttpModules) {}
 
     fn new_ctx(&self) -> Self::CTX {
-        CallCtx { started: self.settings.access_log.then(Instant::now), scope: "none", client: None, path: String::new(), stream: None, body_seen: 0 }
+        CallCtx {
+            started: self.settings.access_log.then(Instant::now),
+            scope: "none",
+            client: None,
+            path: String::new(),
+            stream: None,
+            body_seen: 0,
+        }
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut Self::CTX) -> Result<bool> {
@@ -216,19 +276,43 @@ impl ProxyHttp for Gateway {
 
     async fn upstream_peer(&self, _session: &mut Session, ctx: &mut Self::CTX) -> Result<Box<HttpPeer>> {
         let attempt = ctx.stream.as_ref().map_or(0, |(_, a)| *a);
-        self.upstream.peer(attempt).map(|p| Box::new(HttpPeer::clone(&p))).ok_or_else(|| Error::explain(ErrorType::ConnectError, "no WeChat host left to try"))
+        self.upstream
+            .peer(attempt)
+            .map(|p| Box::new(HttpPeer::clone(&p)))
+            .ok_or_else(|| Error::explain(ErrorType::ConnectError, "no WeChat host left to try"))
     }
 
-    async fn upstream_request_filter(&self, _session: &mut Session, req: &mut pingora::http::RequestHeader, ctx: &mut Self::CTX) -> Result<()> {
-        let (path_and_query, attempt) = ctx.stream.as_ref().ok_or_else(|| Error::explain(ErrorType::InternalError, "not a streamed call"))?;
-        let private: Vec<http::HeaderName> = req.headers.keys().filter(|n| exchange::is_private_request_header(n.as_str()) && n.as_str() != "content-length" && n.as_str() != "transfer-encoding").cloned().collect();
+    async fn upstream_request_filter(
+        &self,
+        _session: &mut Session,
+        req: &mut pingora::http::RequestHeader,
+        ctx: &mut Self::CTX,
+    ) -> Result<()> {
+        let (path_and_query, attempt) =
+            ctx.stream.as_ref().ok_or_else(|| Error::explain(ErrorType::InternalError, "not a streamed call"))?;
+        let private: Vec<http::HeaderName> = req
+            .headers
+            .keys()
+            .filter(|n| {
+                exchange::is_private_request_header(n.as_str())
+                    && n.as_str() != "content-length"
+                    && n.as_str() != "transfer-encoding"
+            })
+            .cloned()
+            .collect();
         for name in private {
             req.remove_header(&name);
         }
         self.upstream.aim(req, *attempt, path_and_query)
     }
 
-    async fn request_body_filter(&self, _session: &mut Session, body: &mut Option<bytes::Bytes>, _end: bool, ctx: &mut Self::CTX) -> Result<()> {
+    async fn request_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<bytes::Bytes>,
+        _end: bool,
+        ctx: &mut Self::CTX,
+    ) -> Result<()> {
         ctx.body_seen += body.as_ref().map_or(0, |b| b.len());
         if ctx.body_seen > self.settings.max_body_bytes {
             return Err(Error::explain(ErrorType::HTTPStatus(413), "request body over proxy.max_body_bytes"));
@@ -236,7 +320,13 @@ impl ProxyHttp for Gateway {
         Ok(())
     }
 
-    fn fail_to_connect(&self, _session: &mut Session, _peer: &HttpPeer, ctx: &mut Self::CTX, mut e: Box<Error>) -> Box<Error> {
+    fn fail_to_connect(
+        &self,
+        _session: &mut Session,
+        _peer: &HttpPeer,
+        ctx: &mut Self::CTX,
+        mut e: Box<Error>,
+    ) -> Box<Error> {
         if let Some((_, attempt)) = ctx.stream.as_mut() {
             if *attempt + 1 < self.upstream.len() {
                 *attempt += 1;
@@ -250,11 +340,18 @@ impl ProxyHttp for Gateway {
         let code = match e.etype() {
             ErrorType::HTTPStatus(code) => *code,
             ErrorType::ConnectTimedout | ErrorType::ReadTimedout | ErrorType::WriteTimedout => 504,
-            ErrorType::ReadError | ErrorType::WriteError | ErrorType::ConnectionClosed if e.esource() == &pingora::ErrorSource::Downstream => 0,
+            ErrorType::ReadError | ErrorType::WriteError | ErrorType::ConnectionClosed
+                if e.esource() == &pingora::ErrorSource::Downstream =>
+            {
+                0
+            }
             _ => 502,
         };
         if code > 0 && session.response_written().is_none() {
-            let reply = Reply::error(code, if code == 413 { "request body is too large" } else { "WeChat could not be reached" });
+            let reply = Reply::error(
+                code,
+                if code == 413 { "request body is too large" } else { "WeChat could not be reached" },
+            );
             let _ = reply.write_to(session.as_downstream_mut()).await;
         }
         FailToProxy { error_code: code, can_reuse_downstream: false }
@@ -294,6 +391,9 @@ mod tests {
 
     #[test]
     fn the_access_log_never_shows_a_token_or_key() {
-        assert_eq!(redacted_query("openid=o&access_token=SECRET&component_access_token=C&key=K"), "openid=o&access_token=...&component_access_token=...&key=...");
+        assert_eq!(
+            redacted_query("openid=o&access_token=SECRET&component_access_token=C&key=K"),
+            "openid=o&access_token=...&component_access_token=...&key=..."
+        );
     }
 }

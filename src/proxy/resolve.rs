@@ -79,7 +79,9 @@ impl Outbound {
     /// The path and query WeChat gets, after `base_path`: the client's query less its token,
     /// plus the real one, built in one buffer.
     pub fn uri(&self, base_path: &str, token: &str) -> String {
-        let mut uri = String::with_capacity(base_path.len() + self.path_and_rest.len() + self.token_param.len() + token.len() + 2);
+        let mut uri = String::with_capacity(
+            base_path.len() + self.path_and_rest.len() + self.token_param.len() + token.len() + 2,
+        );
         uri.push_str(base_path);
         uri.push_str(&self.path_and_rest);
         if self.has_rest {
@@ -167,11 +169,8 @@ pub fn resolve<'c, 'r>(clients: &'c Clients, req: &'r RequestHeader) -> Result<C
 
 /// WeChat's token endpoints: answered by the gateway from its cache, never forwarded, since
 /// forwarding would rotate tokens behind its back.
-pub const TOKEN_ENDPOINTS: [&str; 3] = [
-    "/cgi-bin/component/api_component_token",
-    "/cgi-bin/component/api_authorizer_token",
-    "/cgi-bin/token",
-];
+pub const TOKEN_ENDPOINTS: [&str; 3] =
+    ["/cgi-bin/component/api_component_token", "/cgi-bin/component/api_authorizer_token", "/cgi-bin/token"];
 
 pub fn is_token_endpoint(path: &str) -> bool {
     TOKEN_ENDPOINTS.contains(&path)
@@ -185,7 +184,9 @@ pub fn client_from_headers<'c>(clients: &'c Clients, req: &RequestHeader) -> Res
 /// Refuses what could make WeChat (or a proxy before it) read another path than the one the
 /// gateway resolved.
 fn is_safe_path(path: &str) -> bool {
-    let escaped = |e: &[u8]| matches!([e[0], e[1].to_ascii_lowercase()], [b'2', b'e'] | [b'2', b'f'] | [b'5', b'c'] | [b'0', b'0']);
+    let escaped = |e: &[u8]| {
+        matches!([e[0], e[1].to_ascii_lowercase()], [b'2', b'e'] | [b'2', b'f'] | [b'5', b'c'] | [b'0', b'0'])
+    };
     path.starts_with('/')
         && !path.contains('\\')
         && !path.as_bytes().windows(3).any(|w| w[0] == b'%' && escaped(&w[1..]))
@@ -216,7 +217,8 @@ fn scope_of<'p>(path: &'p str, req: &RequestHeader, client: &Client) -> Result<(
         return Ok((Scope::Component, rest));
     }
     if let Some(value) = req.headers.get(AUTHORIZER_HEADER) {
-        let appid = value.to_str().ok().and_then(|v| AppId::parse(v.trim()).ok()).ok_or(ResolveError::BadScopeHeader)?;
+        let appid =
+            value.to_str().ok().and_then(|v| AppId::parse(v.trim()).ok()).ok_or(ResolveError::BadScopeHeader)?;
         return Ok((Scope::Authorizer(appid), path));
     }
     if let Some(value) = req.headers.get(SCOPE_HEADER) {
@@ -294,7 +296,10 @@ mod tests {
         r
     }
 
-    fn resolved(uri: &str, headers: &[(&str, &str)]) -> Result<(String, Scope, String, String, &'static str), ResolveError> {
+    fn resolved(
+        uri: &str,
+        headers: &[(&str, &str)],
+    ) -> Result<(String, Scope, String, String, &'static str), ResolveError> {
         let clients = clients();
         let r = req(uri, headers);
         let c = resolve(&clients, &r)?;
@@ -307,19 +312,32 @@ mod tests {
 
     #[test]
     fn an_sdk_with_the_key_as_its_token_and_an_appid_prefix() {
-        let (client, scope, path, query, param) = resolved(&format!("/{A}/cgi-bin/message/custom/send?access_token=single-key-0123456789&x=1"), &[]).unwrap();
-        assert_eq!((client.as_str(), scope, path.as_str(), query.as_str(), param), ("single", authorizer(A), "/cgi-bin/message/custom/send", "x=1", "access_token"));
+        let (client, scope, path, query, param) =
+            resolved(&format!("/{A}/cgi-bin/message/custom/send?access_token=single-key-0123456789&x=1"), &[]).unwrap();
+        assert_eq!(
+            (client.as_str(), scope, path.as_str(), query.as_str(), param),
+            ("single", authorizer(A), "/cgi-bin/message/custom/send", "x=1", "access_token")
+        );
     }
 
     #[test]
     fn scope_from_headers_or_the_single_authorizer() {
         let bearer = ("authorization", "Bearer fleet-key-0123456789");
-        assert_eq!(resolved("/cgi-bin/user/info?openid=o", &[bearer, ("x-wxgate-authorizer", B)]).unwrap().1, authorizer(B));
-        let (_, scope, path, _, param) = resolved("/cgi-bin/component/api_get_authorizer_info", &[bearer, ("x-wxgate-scope", "component")]).unwrap();
-        assert_eq!((scope, path.as_str(), param), (Scope::Component, "/cgi-bin/component/api_get_authorizer_info", "component_access_token"));
-        let (_, scope, path, _, _) = resolved("/cgi-bin/user/info", &[("x-wxgate-key", "single-key-0123456789")]).unwrap();
+        assert_eq!(
+            resolved("/cgi-bin/user/info?openid=o", &[bearer, ("x-wxgate-authorizer", B)]).unwrap().1,
+            authorizer(B)
+        );
+        let (_, scope, path, _, param) =
+            resolved("/cgi-bin/component/api_get_authorizer_info", &[bearer, ("x-wxgate-scope", "component")]).unwrap();
+        assert_eq!(
+            (scope, path.as_str(), param),
+            (Scope::Component, "/cgi-bin/component/api_get_authorizer_info", "component_access_token")
+        );
+        let (_, scope, path, _, _) =
+            resolved("/cgi-bin/user/info", &[("x-wxgate-key", "single-key-0123456789")]).unwrap();
         assert_eq!((scope, path.as_str()), (authorizer(A), "/cgi-bin/user/info"));
-        let (_, scope, path, _, param) = resolved("/component/wxa/gettemplatelist?access_token=fleet-key-0123456789", &[]).unwrap();
+        let (_, scope, path, _, param) =
+            resolved("/component/wxa/gettemplatelist?access_token=fleet-key-0123456789", &[]).unwrap();
         assert_eq!((scope, path.as_str(), param), (Scope::Component, "/wxa/gettemplatelist", "access_token"));
     }
 
@@ -334,10 +352,28 @@ mod tests {
         let token_req = req("/cgi-bin/component/api_authorizer_token", &[fleet]);
         let token_call = resolve(&clients, &token_req).unwrap();
         assert_eq!(token_call.scope, None, "token endpoints name their account in the body");
-        assert_eq!(resolved(&format!("/{B}/cgi-bin/user/info"), &[single]).unwrap_err(), ResolveError::AuthorizerNotAllowed);
-        assert_eq!(resolved("/component/cgi-bin/component/x", &[single]).unwrap_err(), ResolveError::ComponentNotAllowed);
-        assert_eq!(resolved("/cgi-bin/x", &[fleet, ("x-wxgate-authorizer", "nope")]).unwrap_err(), ResolveError::BadScopeHeader);
-        for escape in [format!("/{A}/../{B}/cgi-bin/x"), format!("/{A}/%2e%2e/x"), format!("/{A}%2F..%2Fx"), format!("/{A}/./x"), "/a\\b".into(), format!("/{A}/a%5Cb"), format!("/{A}/a%00"), format!("/{A}/%2E")] {
+        assert_eq!(
+            resolved(&format!("/{B}/cgi-bin/user/info"), &[single]).unwrap_err(),
+            ResolveError::AuthorizerNotAllowed
+        );
+        assert_eq!(
+            resolved("/component/cgi-bin/component/x", &[single]).unwrap_err(),
+            ResolveError::ComponentNotAllowed
+        );
+        assert_eq!(
+            resolved("/cgi-bin/x", &[fleet, ("x-wxgate-authorizer", "nope")]).unwrap_err(),
+            ResolveError::BadScopeHeader
+        );
+        for escape in [
+            format!("/{A}/../{B}/cgi-bin/x"),
+            format!("/{A}/%2e%2e/x"),
+            format!("/{A}%2F..%2Fx"),
+            format!("/{A}/./x"),
+            "/a\\b".into(),
+            format!("/{A}/a%5Cb"),
+            format!("/{A}/a%00"),
+            format!("/{A}/%2E"),
+        ] {
             assert_eq!(resolved(&escape, &[single]).unwrap_err(), ResolveError::BadPath, "{escape}");
         }
     }
@@ -358,11 +394,20 @@ mod tests {
         let clients = clients();
         let r = req(&format!("/{A}/cgi-bin/user/info?openid=o1&access_token=single-key-0123456789&lang=zh_CN"), &[]);
         let call = resolve(&clients, &r).unwrap();
-        assert_eq!(call.outbound().uri("/base", "T0k-en_1"), "/base/cgi-bin/user/info?openid=o1&lang=zh_CN&access_token=T0k-en_1");
-        assert_eq!(call.outbound().uri("", "a b+c/="), "/cgi-bin/user/info?openid=o1&lang=zh_CN&access_token=a+b%2Bc%2F%3D");
+        assert_eq!(
+            call.outbound().uri("/base", "T0k-en_1"),
+            "/base/cgi-bin/user/info?openid=o1&lang=zh_CN&access_token=T0k-en_1"
+        );
+        assert_eq!(
+            call.outbound().uri("", "a b+c/="),
+            "/cgi-bin/user/info?openid=o1&lang=zh_CN&access_token=a+b%2Bc%2F%3D"
+        );
         let r = req(&format!("/{A}/cgi-bin/x?access_token=single-key-0123456789"), &[]);
         assert_eq!(resolve(&clients, &r).unwrap().outbound().uri("", "t"), "/cgi-bin/x?access_token=t");
         let r = req("/component/cgi-bin/component/x?component_access_token=fleet-key-0123456789&access_token=fleet-key-0123456789", &[]);
-        assert_eq!(resolve(&clients, &r).unwrap().outbound().uri("", "t"), "/cgi-bin/component/x?component_access_token=t");
+        assert_eq!(
+            resolve(&clients, &r).unwrap().outbound().uri("", "t"),
+            "/cgi-bin/component/x?component_access_token=t"
+        );
     }
 }

@@ -1,14 +1,14 @@
 //! The gateway's own routes on the proxy listener, under `/wxgate/`: WeChat's callback and the
 //! authorization pages.
 
+use super::clients::Clients;
+use super::resolve::client_from_headers;
+use super::token_endpoints;
 use crate::authorize::{done_page, done_redirect, error_page, parse_redirect, start_page, AuthorizeLinks};
 use crate::callback::{ComponentReceiver, MAX_BODY_BYTES};
 use crate::metrics;
 use crate::reply::{read_body, BodyError, Reply};
 use crate::tokens::TokenService;
-use super::clients::Clients;
-use super::resolve::client_from_headers;
-use super::token_endpoints;
 use http::Method;
 use pingora::proxy::Session;
 use std::sync::Arc;

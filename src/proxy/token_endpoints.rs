@@ -28,7 +28,9 @@ pub async fn answer(tokens: &TokenService, call: &Call<'_, '_>, query: &str, bod
     Reply::json(
         200,
         &match call.path {
-            "/cgi-bin/component/api_component_token" => json!({ "component_access_token": value, "expires_in": expires_in }),
+            "/cgi-bin/component/api_component_token" => {
+                json!({ "component_access_token": value, "expires_in": expires_in })
+            }
             "/cgi-bin/component/api_authorizer_token" => json!({
                 "authorizer_access_token": value,
                 "expires_in": expires_in,
@@ -64,7 +66,11 @@ pub async fn raw(tokens: &TokenService, client: &Client, target: &str) -> Reply 
 fn named_account(path: &str, query: &str, body: &Value) -> Option<Scope> {
     match path {
         "/cgi-bin/component/api_component_token" => Some(Scope::Component),
-        "/cgi-bin/component/api_authorizer_token" => body.get("authorizer_appid").and_then(Value::as_str).and_then(|a| AppId::parse(a).ok()).map(Scope::Authorizer),
+        "/cgi-bin/component/api_authorizer_token" => body
+            .get("authorizer_appid")
+            .and_then(Value::as_str)
+            .and_then(|a| AppId::parse(a).ok())
+            .map(Scope::Authorizer),
         _ => url::form_urlencoded::parse(query.as_bytes())
             .find(|(k, _)| k == "appid")
             .and_then(|(_, v)| AppId::parse(&v).ok())
@@ -74,8 +80,12 @@ fn named_account(path: &str, query: &str, body: &Value) -> Option<Scope> {
 
 async fn fetch(tokens: &TokenService, client: &Client, scope: &Scope) -> Result<Arc<AccessToken>, Reply> {
     let result = match scope {
-        Scope::Authorizer(appid) if !client.allows(appid) => return Err(Reply::error(403, "this client may not act for that authorizer")),
-        Scope::Component if !client.component => return Err(Reply::error(403, "this client may not use the component token")),
+        Scope::Authorizer(appid) if !client.allows(appid) => {
+            return Err(Reply::error(403, "this client may not act for that authorizer"))
+        }
+        Scope::Component if !client.component => {
+            return Err(Reply::error(403, "this client may not use the component token"))
+        }
         Scope::Authorizer(appid) => tokens.authorizer_token(appid).await,
         Scope::Component => tokens.component_token().await,
     };

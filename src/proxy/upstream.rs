@@ -39,7 +39,8 @@ pub struct Upstream {
 impl Upstream {
     /// Resolves every host now, so that a typo fails at start-up rather than under traffic.
     pub fn new(primary: &Url, fallbacks: &[Url], timeout: Duration) -> Result<Self, UpstreamError> {
-        let targets = std::iter::once(primary).chain(fallbacks).map(|url| Target::new(url, timeout)).collect::<Result<_, _>>()?;
+        let targets =
+            std::iter::once(primary).chain(fallbacks).map(|url| Target::new(url, timeout)).collect::<Result<_, _>>()?;
         Ok(Self { targets, timeout })
     }
 
@@ -68,7 +69,8 @@ impl Upstream {
         let Some(t) = self.targets.get(index) else { return };
         let (host, port) = (t.host.clone(), t.port);
         if let Ok(Ok(addr)) = tokio::task::spawn_blocking(move || resolve(&host, port)).await {
-            *t.peer.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(make_peer(addr, t.tls, &t.host, self.timeout));
+            *t.peer.write().unwrap_or_else(|p| p.into_inner()) =
+                Arc::new(make_peer(addr, t.tls, &t.host, self.timeout));
         }
     }
 
@@ -89,7 +91,8 @@ impl Upstream {
     /// [`Self::aim`] with the whole path and query (base path included) already built: no copy.
     pub fn aim_owned(&self, req: &mut RequestHeader, index: usize, uri: String) -> pingora::Result<()> {
         let t = self.target(index);
-        let uri = http::Uri::from_maybe_shared(bytes::Bytes::from(uri)).map_err(|_| pingora::Error::new(pingora::ErrorType::InvalidHTTPHeader))?;
+        let uri = http::Uri::from_maybe_shared(bytes::Bytes::from(uri))
+            .map_err(|_| pingora::Error::new(pingora::ErrorType::InvalidHTTPHeader))?;
         req.set_uri(uri);
         req.insert_header(http::header::HOST, t.authority_value.clone())
     }
@@ -109,7 +112,8 @@ impl Target {
             Some(p) => format!("{}:{p}", url.host_str().unwrap_or_default()),
             None => url.host_str().unwrap_or_default().to_owned(),
         };
-        let authority_value = http::HeaderValue::from_str(&authority).map_err(|e| UpstreamError::Resolve { url: url.to_string(), reason: e.to_string() })?;
+        let authority_value = http::HeaderValue::from_str(&authority)
+            .map_err(|e| UpstreamError::Resolve { url: url.to_string(), reason: e.to_string() })?;
         let peer = RwLock::new(Arc::new(make_peer(addr, tls, &host, timeout)));
         Ok(Self { host, port, tls, base_path: url.path().trim_end_matches('/').to_owned(), authority_value, peer })
     }
@@ -135,7 +139,12 @@ mod tests {
 
     #[test]
     fn aims_at_the_base_path_and_host() {
-        let up = Upstream::new(&Url::parse("http://127.0.0.1:9801/wx/").unwrap(), &[Url::parse("http://localhost/").unwrap()], Duration::from_secs(3)).unwrap();
+        let up = Upstream::new(
+            &Url::parse("http://127.0.0.1:9801/wx/").unwrap(),
+            &[Url::parse("http://localhost/").unwrap()],
+            Duration::from_secs(3),
+        )
+        .unwrap();
         assert_eq!(up.len(), 2);
         let mut req = RequestHeader::build("GET", b"/ignored", None).unwrap();
         up.aim(&mut req, 0, "/cgi-bin/user/info?access_token=t").unwrap();
@@ -144,6 +153,8 @@ mod tests {
         up.aim(&mut req, 1, "/x").unwrap();
         assert_eq!((req.uri.to_string().as_str(), req.headers["host"].to_str().unwrap()), ("/x", "localhost"));
         assert!(up.peer(2).is_none());
-        assert!(Upstream::new(&Url::parse("https://no-such-host.invalid/").unwrap(), &[], Duration::from_secs(1)).is_err());
+        assert!(
+            Upstream::new(&Url::parse("https://no-such-host.invalid/").unwrap(), &[], Duration::from_secs(1)).is_err()
+        );
     }
 }

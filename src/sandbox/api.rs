@@ -29,13 +29,7 @@ pub fn media_content(len: usize) -> Vec<u8> {
 
 /// Each byte depends on its offset, so that a dropped, repeated or reordered chunk is caught.
 fn media_chunk(offset: usize, len: usize) -> Vec<u8> {
-    (offset..offset + len)
-        .map(|i| {
-            ((i ^ (i >> 8) ^ (i >> 16)) as u8)
-                .wrapping_mul(31)
-                .wrapping_add(7)
-        })
-        .collect()
+    (offset..offset + len).map(|i| ((i ^ (i >> 8) ^ (i >> 16)) as u8).wrapping_mul(31).wrapping_add(7)).collect()
 }
 
 pub(super) async fn handle(sandbox: &Sandbox, req: Request) -> Response {
@@ -44,13 +38,7 @@ pub(super) async fn handle(sandbox: &Sandbox, req: Request) -> Response {
     let token = find_token(&query);
     let (body_len, body_sha1) = match digest(body).await {
         Ok(d) => d,
-        Err(_) => {
-            return (
-                StatusCode::BAD_REQUEST,
-                "the request body could not be read\n",
-            )
-                .into_response()
-        }
+        Err(_) => return (StatusCode::BAD_REQUEST, "the request body could not be read\n").into_response(),
     };
     record(sandbox, &parts, token.as_ref(), body_len);
     let path = parts.uri.path();
@@ -63,20 +51,14 @@ pub(super) async fn handle(sandbox: &Sandbox, req: Request) -> Response {
     if path == MEDIA_PATH {
         return media(&query);
     }
-    ok_json(
-        json!({ "errcode": 0, "errmsg": "ok", "path": path, "body_bytes": body_len, "body_sha1": body_sha1 }),
-    )
+    ok_json(json!({ "errcode": 0, "errmsg": "ok", "path": path, "body_bytes": body_len, "body_sha1": body_sha1 }))
 }
 
 /// Which parameter carries the token, and its value; `access_token` wins when both are there.
 fn find_token(query: &str) -> Option<(&'static str, String)> {
     ["access_token", "component_access_token"]
         .into_iter()
-        .find_map(|name| {
-            query_param(query, name)
-                .filter(|v| !v.is_empty())
-                .map(|v| (name, v))
-        })
+        .find_map(|name| query_param(query, name).filter(|v| !v.is_empty()).map(|v| (name, v)))
 }
 
 /// 41001 without a token; `component_access_token` must carry the component's own token.
@@ -90,26 +72,14 @@ fn check(sandbox: &Sandbox, token: Option<(&'static str, String)>) -> Result<(),
     Ok(())
 }
 
-fn record(
-    sandbox: &Sandbox,
-    parts: &Parts,
-    token: Option<&(&'static str, String)>,
-    body_len: usize,
-) {
+fn record(sandbox: &Sandbox, parts: &Parts, token: Option<&(&'static str, String)>, body_len: usize) {
     let headers = parts
         .headers
         .iter()
-        .map(|(k, v)| {
-            (
-                k.as_str().to_owned(),
-                String::from_utf8_lossy(v.as_bytes()).into_owned(),
-            )
-        })
+        .map(|(k, v)| (k.as_str().to_owned(), String::from_utf8_lossy(v.as_bytes()).into_owned()))
         .collect();
     let mut ledger = sandbox.ledger();
-    let authorizer = token
-        .and_then(|(_, t)| ledger.tokens.owner_of(t))
-        .map(Owner::label);
+    let authorizer = token.and_then(|(_, t)| ledger.tokens.owner_of(t)).map(Owner::label);
     ledger.record.stats.api_calls += 1;
     ledger.record.push(SeenRequest {
         method: parts.method.to_string(),
@@ -142,22 +112,15 @@ fn media(query: &str) -> Response {
         return WxError::new(40007, "invalid media_id").into_response();
     };
     let size = size as usize;
-    let chunks = (0..size).step_by(MEDIA_CHUNK).map(move |off| {
-        Ok::<_, Infallible>(Bytes::from(media_chunk(off, MEDIA_CHUNK.min(size - off))))
-    });
+    let chunks = (0..size)
+        .step_by(MEDIA_CHUNK)
+        .map(move |off| Ok::<_, Infallible>(Bytes::from(media_chunk(off, MEDIA_CHUNK.min(size - off)))));
     let headers = [
         (header::CONTENT_TYPE, "application/octet-stream".to_owned()),
         (header::CONTENT_LENGTH, size.to_string()),
-        (
-            header::CONTENT_DISPOSITION,
-            format!("attachment; filename=\"{size}.bin\""),
-        ),
+        (header::CONTENT_DISPOSITION, format!("attachment; filename=\"{size}.bin\"")),
     ];
-    (
-        headers,
-        Body::from_stream(futures_util::stream::iter(chunks)),
-    )
-        .into_response()
+    (headers, Body::from_stream(futures_util::stream::iter(chunks))).into_response()
 }
 
 #[cfg(test)]
@@ -175,14 +138,8 @@ mod tests {
 
     #[test]
     fn access_token_wins() {
-        assert_eq!(
-            find_token("component_access_token=a&access_token=b"),
-            Some(("access_token", "b".into()))
-        );
-        assert_eq!(
-            find_token("access_token=&component_access_token=c"),
-            Some(("component_access_token", "c".into()))
-        );
+        assert_eq!(find_token("component_access_token=a&access_token=b"), Some(("access_token", "b".into())));
+        assert_eq!(find_token("access_token=&component_access_token=c"), Some(("component_access_token", "c".into())));
         assert_eq!(find_token("x=1"), None);
     }
 }

@@ -45,14 +45,7 @@ pub(super) async fn handle(sandbox: &Sandbox, name: &str, req: Request) -> Respo
         return answer(start_push_ticket(sandbox, &body));
     }
     let query = parts.uri.query().unwrap_or_default();
-    let result = endpoint(
-        sandbox,
-        &mut sandbox.ledger(),
-        name,
-        query,
-        &body,
-        Instant::now(),
-    );
+    let result = endpoint(sandbox, &mut sandbox.ledger(), name, query, &body, Instant::now());
     answer(result)
 }
 
@@ -67,13 +60,8 @@ fn count(ledger: &mut Ledger, name: &str, body: Option<&Body>) {
         "api_get_authorizer_list" => stats.authorizer_list_calls += 1,
         "api_start_push_ticket" => stats.start_push_ticket_calls += 1,
         _ => {
-            let appid = body
-                .and_then(|b| text(b, "authorizer_appid"))
-                .unwrap_or_default();
-            *stats
-                .authorizer_token_calls
-                .entry(appid.to_owned())
-                .or_default() += 1;
+            let appid = body.and_then(|b| text(b, "authorizer_appid")).unwrap_or_default();
+            *stats.authorizer_token_calls.entry(appid.to_owned()).or_default() += 1;
         }
     }
 }
@@ -101,14 +89,12 @@ fn endpoint(
             Ok(json!({ "pre_auth_code": code, "expires_in": CODE_LIFETIME.as_secs() }))
         }
         "api_query_auth" => {
-            let code = text(body, "authorization_code")
-                .ok_or_else(|| WxError::format("authorization_code missing"))?;
+            let code = text(body, "authorization_code").ok_or_else(|| WxError::format("authorization_code missing"))?;
             let (appid, grant) = ledger.query_auth(code, now)?;
             Ok(json!({ "authorization_info": grant_json(sb, &appid, &grant) }))
         }
         "api_authorizer_token" => {
-            let appid = text(body, "authorizer_appid")
-                .ok_or_else(|| WxError::format("authorizer_appid missing"))?;
+            let appid = text(body, "authorizer_appid").ok_or_else(|| WxError::format("authorizer_appid missing"))?;
             // A missing refresh token is the commonest cause of 61023 in practice.
             let refresh = text(body, "authorizer_refresh_token").unwrap_or_default();
             let grant = ledger.authorizer_token(appid, refresh, now)?;
@@ -123,21 +109,14 @@ fn endpoint(
     }
 }
 
-fn component_token(
-    sb: &Sandbox,
-    ledger: &mut Ledger,
-    body: &Body,
-    now: Instant,
-) -> Result<Value, WxError> {
+fn component_token(sb: &Sandbox, ledger: &mut Ledger, body: &Body, now: Instant) -> Result<Value, WxError> {
     check_appid(sb, body)?;
     check_secret(sb, body, "component_appsecret")?;
-    let ticket = text(body, "component_verify_ticket")
-        .ok_or_else(|| WxError::format("component_verify_ticket missing"))?;
+    let ticket =
+        text(body, "component_verify_ticket").ok_or_else(|| WxError::format("component_verify_ticket missing"))?;
     ledger.check_ticket(ticket)?;
     let token = ledger.issue_component_token(now);
-    Ok(
-        json!({ "component_access_token": token, "expires_in": sb.inner.config.token_lifetime.as_secs() }),
-    )
+    Ok(json!({ "component_access_token": token, "expires_in": sb.inner.config.token_lifetime.as_secs() }))
 }
 
 /// Resumes the pusher and pushes a ticket in the background: WeChat answers before it pushes.
@@ -153,8 +132,7 @@ fn start_push_ticket(sb: &Sandbox, body: &Body) -> Result<Value, WxError> {
 }
 
 fn authorizer_info(ledger: &Ledger, body: &Body) -> Result<Value, WxError> {
-    let appid = text(body, "authorizer_appid")
-        .ok_or_else(|| WxError::format("authorizer_appid missing"))?;
+    let appid = text(body, "authorizer_appid").ok_or_else(|| WxError::format("authorizer_appid missing"))?;
     let account = ledger.authorized(appid)?;
     let digits = appid.trim_start_matches("wx");
     Ok(json!({

@@ -122,13 +122,9 @@ mod tests {
 
     #[test]
     fn faults_body_is_checked() {
-        let ok: FaultsBody =
-            serde_json::from_str(r#"{"error_rate":0.5,"delay_ms":20,"path_contains":""}"#).unwrap();
+        let ok: FaultsBody = serde_json::from_str(r#"{"error_rate":0.5,"delay_ms":20,"path_contains":""}"#).unwrap();
         let f = ok.into_faults().unwrap();
-        assert_eq!(
-            (f.error_rate, f.delay, f.path_contains),
-            (0.5, Duration::from_millis(20), None)
-        );
+        assert_eq!((f.error_rate, f.delay, f.path_contains), (0.5, Duration::from_millis(20), None));
         let bad: FaultsBody = serde_json::from_str(r#"{"error_rate":2}"#).unwrap();
         assert!(bad.into_faults().is_err());
         assert!(serde_json::from_str::<FaultsBody>(r#"{"eror_rate":1}"#).is_err());

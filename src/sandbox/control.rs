@@ -20,8 +20,7 @@ pub(super) async fn authorize(State(sandbox): State<Sandbox>, uri: Uri) -> Respo
     };
     let event = sandbox.authorize_event(&appid, None);
     let pushed = sandbox.push_event(&appid, &event).await;
-    let mut body =
-        json!({ "auth_code": event.code, "info_type": event.info_type, "pushed": pushed.is_ok() });
+    let mut body = json!({ "auth_code": event.code, "info_type": event.info_type, "pushed": pushed.is_ok() });
     if let Err(e) = pushed {
         body["push_error"] = Value::String(e.to_string());
     }
@@ -36,9 +35,7 @@ pub(super) async fn unauthorize(State(sandbox): State<Sandbox>, uri: Uri) -> Res
     };
     match sandbox.unauthorize(&appid).await {
         Ok(()) => ok(json!({ "pushed": true })),
-        Err(e @ super::SandboxError::NotAuthorized(_)) => {
-            error(StatusCode::NOT_FOUND, &e.to_string())
-        }
+        Err(e @ super::SandboxError::NotAuthorized(_)) => error(StatusCode::NOT_FOUND, &e.to_string()),
         Err(e) => ok(json!({ "pushed": false, "push_error": e.to_string() })),
     }
 }
@@ -56,13 +53,8 @@ pub(super) async fn revoke(State(sandbox): State<Sandbox>, uri: Uri) -> Response
 
 /// `POST /sandbox/faults` `{error_rate, delay_ms, http_status, errcode, path_contains}`; `{}` clears.
 pub(super) async fn faults(State(sandbox): State<Sandbox>, body: Bytes) -> Response {
-    let text = if body.iter().all(u8::is_ascii_whitespace) {
-        &b"{}"[..]
-    } else {
-        &body[..]
-    };
-    let parsed: Result<FaultsBody, String> =
-        serde_json::from_slice(text).map_err(|e| e.to_string());
+    let text = if body.iter().all(u8::is_ascii_whitespace) { &b"{}"[..] } else { &body[..] };
+    let parsed: Result<FaultsBody, String> = serde_json::from_slice(text).map_err(|e| e.to_string());
     match parsed.and_then(FaultsBody::into_faults) {
         Ok(faults) => {
             tracing::info!(?faults, "sandbox: faults set");
@@ -115,10 +107,5 @@ fn ok(body: Value) -> Response {
 
 fn error(status: StatusCode, why: &str) -> Response {
     let body = json!({ "error": why }).to_string();
-    (
-        status,
-        [(axum::http::header::CONTENT_TYPE, "application/json")],
-        body,
-    )
-        .into_response()
+    (status, [(axum::http::header::CONTENT_TYPE, "application/json")], body).into_response()
 }

@@ -9,11 +9,7 @@ use super::wx::WxError;
 
 /// The answer a fault gives for this path, after waiting its delay; None lets the call through.
 pub(crate) async fn apply(faults: &Faults, path: &str) -> Option<Response> {
-    if faults
-        .path_contains
-        .as_deref()
-        .is_some_and(|p| !path.contains(p))
-    {
+    if faults.path_contains.as_deref().is_some_and(|p| !path.contains(p)) {
         return None;
     }
     if !faults.delay.is_zero() {
@@ -63,39 +59,18 @@ mod tests {
     #[tokio::test]
     async fn faults_in_order() {
         assert!(apply(&Faults::default(), "/x").await.is_none());
-        let f = Faults {
-            http_status: Some(503),
-            errcode: Some(45009),
-            ..Faults::default()
-        };
+        let f = Faults { http_status: Some(503), errcode: Some(45009), ..Faults::default() };
         assert_eq!(errcode_of(apply(&f, "/x").await.unwrap()).await, (503, -1));
-        let f = Faults {
-            errcode: Some(45009),
-            error_rate: 1.0,
-            ..Faults::default()
-        };
-        assert_eq!(
-            errcode_of(apply(&f, "/x").await.unwrap()).await,
-            (200, 45009)
-        );
-        let f = Faults {
-            error_rate: 1.0,
-            path_contains: Some("/media/".into()),
-            ..Faults::default()
-        };
+        let f = Faults { errcode: Some(45009), error_rate: 1.0, ..Faults::default() };
+        assert_eq!(errcode_of(apply(&f, "/x").await.unwrap()).await, (200, 45009));
+        let f = Faults { error_rate: 1.0, path_contains: Some("/media/".into()), ..Faults::default() };
         assert!(apply(&f, "/cgi-bin/message").await.is_none());
-        assert_eq!(
-            errcode_of(apply(&f, "/cgi-bin/media/get").await.unwrap()).await,
-            (200, -1)
-        );
+        assert_eq!(errcode_of(apply(&f, "/cgi-bin/media/get").await.unwrap()).await, (200, -1));
     }
 
     #[tokio::test]
     async fn delay_waits() {
-        let f = Faults {
-            delay: Duration::from_millis(50),
-            ..Faults::default()
-        };
+        let f = Faults { delay: Duration::from_millis(50), ..Faults::default() };
         let t0 = tokio::time::Instant::now();
         assert!(apply(&f, "/x").await.is_none());
         assert!(t0.elapsed() >= Duration::from_millis(50));

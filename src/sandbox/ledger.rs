@@ -98,12 +98,7 @@ impl Ledger {
     }
 
     pub fn issue_component_token(&mut self, now: Instant) -> String {
-        self.tokens.issue(
-            Owner::Component,
-            now,
-            self.limits.lifetime,
-            self.limits.grace,
-        )
+        self.tokens.issue(Owner::Component, now, self.limits.lifetime, self.limits.grace)
     }
 
     /// A working component token, or WeChat's answer for why not (an authorizer's token is 40001).
@@ -117,26 +112,14 @@ impl Ledger {
     pub fn create_pre_auth(&mut self, now: Instant) -> String {
         prune(&mut self.pre_auth, now);
         let code = format!("preauthcode@@@{}", random_text(86));
-        let entry = Code {
-            appid: String::new(),
-            expires_at: now + CODE_LIFETIME,
-            used: false,
-        };
+        let entry = Code { appid: String::new(), expires_at: now + CODE_LIFETIME, used: false };
         self.pre_auth.insert(code.clone(), entry);
         code
     }
 
     /// Whether a pre_auth_code may still be used; with `take` it is used up.
-    pub fn use_pre_auth(
-        &mut self,
-        code: &str,
-        now: Instant,
-        take: bool,
-    ) -> Result<(), &'static str> {
-        let entry = self
-            .pre_auth
-            .get_mut(code)
-            .ok_or("pre_auth_code is invalid")?;
+    pub fn use_pre_auth(&mut self, code: &str, now: Instant, take: bool) -> Result<(), &'static str> {
+        let entry = self.pre_auth.get_mut(code).ok_or("pre_auth_code is invalid")?;
         if entry.used {
             return Err("pre_auth_code has been used");
         }
@@ -149,40 +132,19 @@ impl Ledger {
 
     /// An owner authorizes: `updateauthorized` if the account already was, else `authorized` with
     /// a fresh start (a re-authorization after revoking gets a new refresh token).
-    pub fn authorize(
-        &mut self,
-        appid: &str,
-        now: Instant,
-        unix_now: u64,
-        pre_auth: Option<String>,
-    ) -> AuthEvent {
-        let account = self
-            .authorizers
-            .entry(appid.to_owned())
-            .or_insert(Authorizer {
-                authorized: false,
-                refresh_token: None,
-                auth_time: unix_now,
-            });
-        let info_type = if account.authorized {
-            "updateauthorized"
-        } else {
-            "authorized"
-        };
+    pub fn authorize(&mut self, appid: &str, now: Instant, unix_now: u64, pre_auth: Option<String>) -> AuthEvent {
+        let account = self.authorizers.entry(appid.to_owned()).or_insert(Authorizer {
+            authorized: false,
+            refresh_token: None,
+            auth_time: unix_now,
+        });
+        let info_type = if account.authorized { "updateauthorized" } else { "authorized" };
         if !account.authorized {
-            *account = Authorizer {
-                authorized: true,
-                refresh_token: None,
-                auth_time: unix_now,
-            };
+            *account = Authorizer { authorized: true, refresh_token: None, auth_time: unix_now };
         }
         prune(&mut self.codes, now);
         let code = format!("queryauthcode@@@{}", random_text(86));
-        let entry = Code {
-            appid: appid.to_owned(),
-            expires_at: now + CODE_LIFETIME,
-            used: false,
-        };
+        let entry = Code { appid: appid.to_owned(), expires_at: now + CODE_LIFETIME, used: false };
         self.codes.insert(code.clone(), entry);
         // The event names the pre_auth_code the owner came through; without a page, a used-up one.
         let pre_auth_code = pre_auth.unwrap_or_else(|| {
@@ -190,11 +152,7 @@ impl Ledger {
             self.pre_auth.get_mut(&p).expect("just inserted").used = true;
             p
         });
-        AuthEvent {
-            info_type,
-            code,
-            pre_auth_code,
-        }
+        AuthEvent { info_type, code, pre_auth_code }
     }
 
     /// Exchanges an auth code once: 61009 if unknown or used, 61010 if expired.
@@ -214,12 +172,7 @@ impl Ledger {
 
     /// `api_authorizer_token`: 61003 for an account that has not authorized, 61023 for any refresh
     /// token but the current one.
-    pub fn authorizer_token(
-        &mut self,
-        appid: &str,
-        refresh: &str,
-        now: Instant,
-    ) -> Result<Grant, WxError> {
+    pub fn authorizer_token(&mut self, appid: &str, refresh: &str, now: Instant) -> Result<Grant, WxError> {
         let account = self.authorized(appid)?;
         if account.refresh_token.as_deref() != Some(refresh) {
             return Err(WxError::bad_refresh_token());
@@ -228,16 +181,8 @@ impl Ledger {
     }
 
     fn grant(&mut self, appid: &str, now: Instant) -> Result<Grant, WxError> {
-        let Limits {
-            lifetime,
-            grace,
-            rotate,
-        } = self.limits;
-        let account = self
-            .authorizers
-            .get_mut(appid)
-            .filter(|a| a.authorized)
-            .ok_or_else(code_invalid)?;
+        let Limits { lifetime, grace, rotate } = self.limits;
+        let account = self.authorizers.get_mut(appid).filter(|a| a.authorized).ok_or_else(code_invalid)?;
         let refresh_token = match &account.refresh_token {
             Some(current) if !rotate => current.clone(),
             _ => {
@@ -246,20 +191,12 @@ impl Ledger {
                 fresh
             }
         };
-        let access_token =
-            self.tokens
-                .issue(Owner::Authorizer(appid.to_owned()), now, lifetime, grace);
-        Ok(Grant {
-            access_token,
-            refresh_token,
-        })
+        let access_token = self.tokens.issue(Owner::Authorizer(appid.to_owned()), now, lifetime, grace);
+        Ok(Grant { access_token, refresh_token })
     }
 
     pub fn authorized(&self, appid: &str) -> Result<&Authorizer, WxError> {
-        self.authorizers
-            .get(appid)
-            .filter(|a| a.authorized)
-            .ok_or_else(WxError::not_authorized)
+        self.authorizers.get(appid).filter(|a| a.authorized).ok_or_else(WxError::not_authorized)
     }
 
     /// The account revokes: its refresh token, codes and access tokens stop working at once.
@@ -288,11 +225,7 @@ mod tests {
     use super::*;
 
     fn ledger(rotate: bool) -> Ledger {
-        Ledger::new(Limits {
-            lifetime: Duration::from_secs(60),
-            grace: Duration::from_secs(5),
-            rotate,
-        })
+        Ledger::new(Limits { lifetime: Duration::from_secs(60), grace: Duration::from_secs(5), rotate })
     }
 
     #[test]
@@ -315,13 +248,7 @@ mod tests {
         assert_eq!(l.query_auth(&ev.code, now).err().unwrap().code, 61009);
         let ev2 = l.authorize("wx1", now, 0, None);
         assert_eq!(ev2.info_type, "updateauthorized");
-        assert_eq!(
-            l.query_auth(&ev2.code, now + CODE_LIFETIME)
-                .err()
-                .unwrap()
-                .code,
-            61010
-        );
+        assert_eq!(l.query_auth(&ev2.code, now + CODE_LIFETIME).err().unwrap().code, 61010);
         assert_eq!(l.query_auth("bogus", now).err().unwrap().code, 61009);
     }
 
@@ -336,10 +263,7 @@ mod tests {
             assert_eq!(g2.refresh_token != g.refresh_token, rotate);
             let old = l.authorizer_token("wx1", &g.refresh_token, now);
             assert_eq!(old.is_err(), rotate);
-            assert_eq!(
-                l.authorizer_token("wx2", "x", now).err().unwrap().code,
-                61003
-            );
+            assert_eq!(l.authorizer_token("wx2", "x", now).err().unwrap().code, 61003);
         }
     }
 
@@ -352,17 +276,8 @@ mod tests {
         let pending = l.authorize("wx1", now, 0, None).code;
         assert!(l.unauthorize("wx1"));
         assert!(!l.unauthorize("wx1"));
-        assert_eq!(
-            l.tokens.check(&g.access_token, now).unwrap_err().code,
-            40001
-        );
-        assert_eq!(
-            l.authorizer_token("wx1", &g.refresh_token, now)
-                .err()
-                .unwrap()
-                .code,
-            61003
-        );
+        assert_eq!(l.tokens.check(&g.access_token, now).unwrap_err().code, 40001);
+        assert_eq!(l.authorizer_token("wx1", &g.refresh_token, now).err().unwrap().code, 61003);
         assert_eq!(l.query_auth(&pending, now).err().unwrap().code, 61009);
         let again = l.authorize("wx1", now, 0, None);
         assert_eq!(again.info_type, "authorized");

@@ -67,22 +67,12 @@ impl Sandbox {
     /// ticket is pushed at once; a gateway started later gets one at the next interval, or call
     /// [`Sandbox::push_ticket`] when it listens. Without a callback URL the ticket never rotates
     /// (read it with [`Sandbox::current_ticket`]).
-    pub async fn start(
-        config: SandboxConfig,
-        listener: tokio::net::TcpListener,
-    ) -> std::io::Result<Sandbox> {
+    pub async fn start(config: SandboxConfig, listener: tokio::net::TcpListener) -> std::io::Result<Sandbox> {
         let addr = listener.local_addr()?;
-        let crypt = MsgCrypt::new(
-            &config.token,
-            &config.encoding_aes_key,
-            config.component_appid.as_str(),
-        )
-        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
-        let limits = Limits {
-            lifetime: config.token_lifetime,
-            grace: config.grace,
-            rotate: config.rotate_refresh_tokens,
-        };
+        let crypt = MsgCrypt::new(&config.token, &config.encoding_aes_key, config.component_appid.as_str())
+            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+        let limits =
+            Limits { lifetime: config.token_lifetime, grace: config.grace, rotate: config.rotate_refresh_tokens };
         let pusher = Pusher::new(crypt, config.token.clone(), config.callback_url.clone());
         let (shutdown, _) = watch::channel(false);
         let sandbox = Sandbox {
@@ -95,11 +85,7 @@ impl Sandbox {
                 shutdown,
             }),
         };
-        server::spawn(
-            sandbox.clone(),
-            listener,
-            sandbox.inner.shutdown.subscribe(),
-        );
+        server::spawn(sandbox.clone(), listener, sandbox.inner.shutdown.subscribe());
         ticker::spawn(sandbox.clone(), sandbox.inner.shutdown.subscribe());
         Ok(sandbox)
     }
@@ -136,8 +122,7 @@ impl Sandbox {
             ledger.record.stats.tickets_pushed += 1;
             ledger.new_ticket()
         };
-        self.send(&push::ticket_message(self.appid(), &ticket))
-            .await
+        self.send(&push::ticket_message(self.appid(), &ticket)).await
     }
 
     /// An owner authorizes: creates the account if new, issues a single-use auth code (600 s),
@@ -160,19 +145,13 @@ impl Sandbox {
         }
         tracing::info!(authorizer = %authorizer, "sandbox: authorization revoked");
         let _turn = self.inner.push_turn.lock().await;
-        self.send(&push::unauthorized_message(
-            self.appid(),
-            authorizer.as_str(),
-        ))
-        .await
+        self.send(&push::unauthorized_message(self.appid(), authorizer.as_str())).await
     }
 
     /// The current access token of that authorizer (None: the component's) answers 40001 from
     /// now on, as if another party had refreshed it and its grace had passed.
     pub fn revoke_access_token(&self, authorizer: Option<&AppId>) {
-        let owner = authorizer.map_or(Owner::Component, |a| {
-            Owner::Authorizer(a.as_str().to_owned())
-        });
+        let owner = authorizer.map_or(Owner::Component, |a| Owner::Authorizer(a.as_str().to_owned()));
         self.ledger().tokens.revoke_current(&owner, Instant::now());
     }
 
@@ -197,11 +176,7 @@ impl Sandbox {
     /// The refresh token the sandbox accepts now for this authorizer.
     pub fn refresh_token(&self, authorizer: &AppId) -> Option<String> {
         let ledger = self.ledger();
-        ledger
-            .authorized(authorizer.as_str())
-            .ok()?
-            .refresh_token
-            .clone()
+        ledger.authorized(authorizer.as_str()).ok()?.refresh_token.clone()
     }
 
     /// The one ticket `api_component_token` accepts now, for tests that run without a gateway.
@@ -217,10 +192,7 @@ impl Sandbox {
     fn ledger(&self) -> MutexGuard<'_, Ledger> {
         // A panic elsewhere leaves the ledger consistent (each change is one short critical
         // section), so a poisoned lock is still usable.
-        self.inner
-            .ledger
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
+        self.inner.ledger.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     fn appid(&self) -> &str {
@@ -228,12 +200,7 @@ impl Sandbox {
     }
 
     fn authorize_event(&self, authorizer: &AppId, pre_auth: Option<String>) -> AuthEvent {
-        let event = self.ledger().authorize(
-            authorizer.as_str(),
-            Instant::now(),
-            push::unix_now(),
-            pre_auth,
-        );
+        let event = self.ledger().authorize(authorizer.as_str(), Instant::now(), push::unix_now(), pre_auth);
         tracing::info!(authorizer = %authorizer, info_type = event.info_type, "sandbox: account authorized");
         event
     }
@@ -269,14 +236,9 @@ mod tests {
     async fn base_url_uses_loopback_for_unspecified() {
         let listener = tokio::net::TcpListener::bind("0.0.0.0:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
-        let sb = Sandbox::start(SandboxConfig::demo(), listener)
-            .await
-            .unwrap();
+        let sb = Sandbox::start(SandboxConfig::demo(), listener).await.unwrap();
         assert_eq!(sb.base_url(), format!("http://127.0.0.1:{port}"));
-        assert!(
-            sb.current_ticket().is_some(),
-            "without a callback the first ticket is set at start"
-        );
+        assert!(sb.current_ticket().is_some(), "without a callback the first ticket is set at start");
         sb.shutdown();
     }
 }

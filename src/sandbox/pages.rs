@@ -17,37 +17,23 @@ use crate::appid::AppId;
 
 pub(super) fn login(sandbox: &Sandbox, req: Request) -> Response {
     if req.method() != Method::GET {
-        return error_page(
-            StatusCode::METHOD_NOT_ALLOWED,
-            "the authorization page is opened with GET",
-        );
+        return error_page(StatusCode::METHOD_NOT_ALLOWED, "the authorization page is opened with GET");
     }
     let query = req.uri().query().unwrap_or_default();
     let param = |name| query_param(query, name).unwrap_or_default();
-    let (appid, pre_auth, redirect) = (
-        param("component_appid"),
-        param("pre_auth_code"),
-        param("redirect_uri"),
-    );
+    let (appid, pre_auth, redirect) = (param("component_appid"), param("pre_auth_code"), param("redirect_uri"));
     if appid != sandbox.inner.config.component_appid.as_str() {
-        return error_page(
-            StatusCode::BAD_REQUEST,
-            "component_appid is not this platform's appid",
-        );
+        return error_page(StatusCode::BAD_REQUEST, "component_appid is not this platform's appid");
     }
     if redirect.is_empty() {
         return error_page(StatusCode::BAD_REQUEST, "redirect_uri is missing");
     }
-    if let Err(why) = sandbox
-        .ledger()
-        .use_pre_auth(&pre_auth, Instant::now(), false)
-    {
+    if let Err(why) = sandbox.ledger().use_pre_auth(&pre_auth, Instant::now(), false) {
         return error_page(StatusCode::BAD_REQUEST, why);
     }
     // biz_appid pins the account to authorize, as on WeChat's page.
-    let authorizer = Some(param("biz_appid"))
-        .filter(|a| AppId::is_valid(a))
-        .unwrap_or_else(|| DEMO_AUTHORIZER_APPID.to_owned());
+    let authorizer =
+        Some(param("biz_appid")).filter(|a| AppId::is_valid(a)).unwrap_or_else(|| DEMO_AUTHORIZER_APPID.to_owned());
     Html(consent_page(&appid, &pre_auth, &redirect, &authorizer)).into_response()
 }
 
@@ -86,29 +72,19 @@ pub(super) async fn consent(State(sandbox): State<Sandbox>, uri: Uri) -> Respons
     let authorizer = Some(param("authorizer")).filter(|a| !a.is_empty());
     let authorizer = authorizer.as_deref().unwrap_or(DEMO_AUTHORIZER_APPID);
     let Ok(authorizer) = AppId::parse(authorizer) else {
-        return error_page(
-            StatusCode::BAD_REQUEST,
-            "authorizer is not an appid (wx + 16 hex digits)",
-        );
+        return error_page(StatusCode::BAD_REQUEST, "authorizer is not an appid (wx + 16 hex digits)");
     };
     if redirect.is_empty() {
         return error_page(StatusCode::BAD_REQUEST, "redirect_uri is missing");
     }
-    if let Err(why) = sandbox
-        .ledger()
-        .use_pre_auth(&pre_auth, Instant::now(), true)
-    {
+    if let Err(why) = sandbox.ledger().use_pre_auth(&pre_auth, Instant::now(), true) {
         return error_page(StatusCode::BAD_REQUEST, why);
     }
     let event = sandbox.authorize_event(&authorizer, Some(pre_auth));
     let _ = sandbox.push_event(&authorizer, &event).await;
     let sep = if redirect.contains('?') { '&' } else { '?' };
     // WeChat puts the code in unencoded; it is letters, digits and '@', all legal in a query.
-    let location = format!(
-        "{redirect}{sep}auth_code={}&expires_in={}",
-        event.code,
-        CODE_LIFETIME.as_secs()
-    );
+    let location = format!("{redirect}{sep}auth_code={}&expires_in={}", event.code, CODE_LIFETIME.as_secs());
     (StatusCode::FOUND, [(header::LOCATION, location)]).into_response()
 }
 
@@ -122,11 +98,7 @@ fn error_page(status: StatusCode, why: &str) -> Response {
 }
 
 fn escape(s: &str) -> String {
-    s.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
-        .replace('"', "&quot;")
-        .replace('\'', "&#39;")
+    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;").replace('\'', "&#39;")
 }
 
 #[cfg(test)]
@@ -135,12 +107,7 @@ mod tests {
 
     #[test]
     fn page_escapes_and_links() {
-        let page = consent_page(
-            "wx0000000000000001",
-            "pre@@@x",
-            "http://a/b?c=1&d=\"<",
-            "wx1111111111111111",
-        );
+        let page = consent_page("wx0000000000000001", "pre@@@x", "http://a/b?c=1&d=\"<", "wx1111111111111111");
         assert!(page.contains("value=\"http://a/b?c=1&amp;d=&quot;&lt;\""));
         assert!(page.contains("href=\"/sandbox/consent?pre_auth_code=pre%40%40%40x&amp;redirect_uri=http%3A%2F%2Fa%2Fb%3Fc%3D1%26d%3D%22%3C&amp;authorizer=wx1111111111111111\""));
         assert!(!page.contains("<\"") && !page.contains("d=\"<"));

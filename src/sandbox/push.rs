@@ -14,9 +14,7 @@ use crate::secret::Secret;
 const PUSH_TIMEOUT: Duration = Duration::from_secs(5);
 
 pub(crate) fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
 /// Seals messages with the component's own appid as receive id and posts them to the callback URL.
@@ -29,16 +27,9 @@ pub(crate) struct Pusher {
 
 impl Pusher {
     pub fn new(crypt: MsgCrypt, token: Secret, url: Option<String>) -> Self {
-        let client = reqwest::Client::builder()
-            .timeout(PUSH_TIMEOUT)
-            .build()
-            .expect("a client with only a timeout set builds");
-        Self {
-            client,
-            crypt,
-            token,
-            url,
-        }
+        let client =
+            reqwest::Client::builder().timeout(PUSH_TIMEOUT).build().expect("a client with only a timeout set builds");
+        Self { client, crypt, token, url }
     }
 
     pub fn has_target(&self) -> bool {
@@ -50,9 +41,7 @@ impl Pusher {
     pub async fn send(&self, message: &str) -> Result<(), SandboxError> {
         let Some(url) = &self.url else { return Ok(()) };
         let timestamp = unix_now().to_string();
-        let nonce = rand::thread_rng()
-            .gen_range(100_000_000u32..4_000_000_000)
-            .to_string();
+        let nonce = rand::thread_rng().gen_range(100_000_000u32..4_000_000_000).to_string();
         let sealed = self.crypt.seal(message, &timestamp, &nonce);
         let query = url::form_urlencoded::Serializer::new(String::new())
             .append_pair("signature", &self.plain_signature(&timestamp, &nonce))
@@ -76,17 +65,12 @@ impl Pusher {
             .await
             .map_err(|e| SandboxError::Push(e.without_url().to_string()))?;
         let status = response.status();
-        let text = response
-            .text()
-            .await
-            .map_err(|e| SandboxError::Push(e.without_url().to_string()))?;
+        let text = response.text().await.map_err(|e| SandboxError::Push(e.without_url().to_string()))?;
         if status == reqwest::StatusCode::OK && text == "success" {
             Ok(())
         } else {
             let shown: String = text.chars().take(200).collect();
-            Err(SandboxError::Push(format!(
-                "the callback answered HTTP {status} with {shown:?}, not \"success\""
-            )))
+            Err(SandboxError::Push(format!("the callback answered HTTP {status} with {shown:?}, not \"success\"")))
         }
     }
 
@@ -112,13 +96,7 @@ pub(crate) fn ticket_message(appid: &str, ticket: &str) -> String {
 }
 
 /// `authorized` or `updateauthorized`; the code's expiry is absolute unix seconds, as SDK fixtures read it.
-pub(crate) fn authorized_message(
-    appid: &str,
-    info_type: &str,
-    authorizer: &str,
-    code: &str,
-    pre_auth: &str,
-) -> String {
+pub(crate) fn authorized_message(appid: &str, info_type: &str, authorizer: &str, code: &str, pre_auth: &str) -> String {
     let now = unix_now();
     format!(
         "<xml><AppId><![CDATA[{appid}]]></AppId><CreateTime>{now}</CreateTime>\
@@ -147,23 +125,11 @@ mod tests {
     fn messages_have_wechat_fields() {
         let t = ticket_message("wx0000000000000001", "ticket@@@abc");
         assert!(t.contains("<InfoType><![CDATA[component_verify_ticket]]></InfoType>"));
-        assert!(
-            t.contains("<ComponentVerifyTicket><![CDATA[ticket@@@abc]]></ComponentVerifyTicket>")
-        );
-        let a = authorized_message(
-            "wx0000000000000001",
-            "authorized",
-            "wx1111111111111111",
-            "code",
-            "pre",
-        );
-        for field in [
-            "AuthorizerAppid",
-            "AuthorizationCode",
-            "AuthorizationCodeExpiredTime",
-            "PreAuthCode",
-            "CreateTime",
-        ] {
+        assert!(t.contains("<ComponentVerifyTicket><![CDATA[ticket@@@abc]]></ComponentVerifyTicket>"));
+        let a = authorized_message("wx0000000000000001", "authorized", "wx1111111111111111", "code", "pre");
+        for field in
+            ["AuthorizerAppid", "AuthorizationCode", "AuthorizationCodeExpiredTime", "PreAuthCode", "CreateTime"]
+        {
             assert!(a.contains(&format!("<{field}>")), "{field}");
         }
         let u = unauthorized_message("wx0000000000000001", "wx1111111111111111");
@@ -179,9 +145,6 @@ mod tests {
         )
         .unwrap();
         let p = Pusher::new(crypt, Secret::new("token"), None);
-        assert_eq!(
-            p.plain_signature("123", "nonce"),
-            hex::encode(Sha1::digest("123noncetoken"))
-        );
+        assert_eq!(p.plain_signature("123", "nonce"), hex::encode(Sha1::digest("123noncetoken")));
     }
 }

@@ -16,20 +16,13 @@ use tokio::sync::watch;
 
 use super::{api, component, control, pages, Sandbox};
 
-pub(super) fn spawn(
-    sandbox: Sandbox,
-    listener: tokio::net::TcpListener,
-    mut shutdown: watch::Receiver<bool>,
-) {
+pub(super) fn spawn(sandbox: Sandbox, listener: tokio::net::TcpListener, mut shutdown: watch::Receiver<bool>) {
     let app = router(sandbox);
     tokio::spawn(async move {
         let stop = async move {
             let _ = shutdown.wait_for(|stop| *stop).await;
         };
-        if let Err(e) = axum::serve(listener, app)
-            .with_graceful_shutdown(stop)
-            .await
-        {
+        if let Err(e) = axum::serve(listener, app).with_graceful_shutdown(stop).await {
             tracing::error!(error = %e, "sandbox: server stopped");
         }
     });
@@ -51,27 +44,20 @@ fn router(sandbox: Sandbox) -> Router {
 
 async fn dispatch(State(sandbox): State<Sandbox>, req: Request) -> Response {
     let path = req.uri().path();
-    if let Some(name) = path
-        .strip_prefix(component::PREFIX)
-        .filter(|n| component::ENDPOINTS.contains(n))
-    {
+    if let Some(name) = path.strip_prefix(component::PREFIX).filter(|n| component::ENDPOINTS.contains(n)) {
         let name = name.to_owned();
         return component::handle(&sandbox, &name, req).await;
     }
     match path {
         "/cgi-bin/componentloginpage" | "/safe/bindcomponent" => pages::login(&sandbox, req),
-        p if p.starts_with("/sandbox/") => {
-            (StatusCode::NOT_FOUND, "no such sandbox route\n").into_response()
-        }
+        p if p.starts_with("/sandbox/") => (StatusCode::NOT_FOUND, "no such sandbox route\n").into_response(),
         _ => api::handle(&sandbox, req).await,
     }
 }
 
 /// The first value of a query parameter, decoded.
 pub(super) fn query_param(query: &str, name: &str) -> Option<String> {
-    url::form_urlencoded::parse(query.as_bytes())
-        .find(|(k, _)| k == name)
-        .map(|(_, v)| v.into_owned())
+    url::form_urlencoded::parse(query.as_bytes()).find(|(k, _)| k == name).map(|(_, v)| v.into_owned())
 }
 
 #[cfg(test)]

@@ -22,11 +22,7 @@ pub(super) fn spawn(sandbox: Sandbox, shutdown: watch::Receiver<bool>) {
 /// Like WeChat, a failed push is not retried early: the next interval brings a new ticket.
 async fn run(sandbox: Sandbox, mut shutdown: watch::Receiver<bool>) {
     // A zero interval would spin; nothing real pushes faster than this.
-    let interval = sandbox
-        .inner
-        .config
-        .ticket_interval
-        .max(Duration::from_millis(10));
+    let interval = sandbox.inner.config.ticket_interval.max(Duration::from_millis(10));
     let mut next = Instant::now();
     loop {
         tokio::select! {

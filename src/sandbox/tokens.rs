@@ -55,28 +55,14 @@ pub(crate) struct TokenBook {
 impl TokenBook {
     /// Issues the owner's new token; the previous one keeps working for `grace` (and no longer
     /// than its own expiry), like WeChat's overlap after a refresh.
-    pub fn issue(
-        &mut self,
-        owner: Owner,
-        now: Instant,
-        lifetime: Duration,
-        grace: Duration,
-    ) -> String {
+    pub fn issue(&mut self, owner: Owner, now: Instant, lifetime: Duration, grace: Duration) -> String {
         self.prune(now);
-        if let Some(old) = self
-            .current
-            .get(&owner)
-            .and_then(|t| self.entries.get_mut(t))
-        {
+        if let Some(old) = self.current.get(&owner).and_then(|t| self.entries.get_mut(t)) {
             let retire = now + grace;
             old.dies_at = Some(old.dies_at.map_or(retire, |d| d.min(retire)));
         }
         let token = new_access_token();
-        let entry = Entry {
-            owner: owner.clone(),
-            expires_at: now + lifetime,
-            dies_at: None,
-        };
+        let entry = Entry { owner: owner.clone(), expires_at: now + lifetime, dies_at: None };
         self.entries.insert(token.clone(), entry);
         self.current.insert(owner, token.clone());
         token
@@ -84,10 +70,7 @@ impl TokenBook {
 
     /// Whose token this is if it still works: 40001 if unknown or retired, 42001 if expired.
     pub fn check(&self, token: &str, now: Instant) -> Result<&Owner, WxError> {
-        let entry = self
-            .entries
-            .get(token)
-            .ok_or_else(WxError::invalid_credential)?;
+        let entry = self.entries.get(token).ok_or_else(WxError::invalid_credential)?;
         if entry.dies_at.is_some_and(|d| now >= d) {
             return Err(WxError::invalid_credential());
         }
@@ -104,11 +87,7 @@ impl TokenBook {
 
     /// The owner's current token answers 40001 from now on, as if another party had refreshed it.
     pub fn revoke_current(&mut self, owner: &Owner, now: Instant) {
-        if let Some(entry) = self
-            .current
-            .get(owner)
-            .and_then(|t| self.entries.get_mut(t))
-        {
+        if let Some(entry) = self.current.get(owner).and_then(|t| self.entries.get_mut(t)) {
             entry.dies_at = Some(now);
         }
     }
@@ -120,8 +99,7 @@ impl TokenBook {
     }
 
     fn prune(&mut self, now: Instant) {
-        self.entries
-            .retain(|_, e| e.expires_at + REMEMBER_EXPIRED > now);
+        self.entries.retain(|_, e| e.expires_at + REMEMBER_EXPIRED > now);
         let entries = &self.entries;
         self.current.retain(|_, t| entries.contains_key(t));
     }
@@ -146,16 +124,8 @@ mod tests {
         let old = book.issue(Owner::Component, t0, LIFE, GRACE);
         let new = book.issue(Owner::Component, t0 + Duration::from_secs(1), LIFE, GRACE);
         assert!(old.len() > 100 && old != new);
-        assert_eq!(
-            book.check(&old, t0 + Duration::from_secs(3)),
-            Ok(&Owner::Component)
-        );
-        assert_eq!(
-            book.check(&old, t0 + Duration::from_secs(4))
-                .unwrap_err()
-                .code,
-            40001
-        );
+        assert_eq!(book.check(&old, t0 + Duration::from_secs(3)), Ok(&Owner::Component));
+        assert_eq!(book.check(&old, t0 + Duration::from_secs(4)).unwrap_err().code, 40001);
         assert!(book.check(&new, t0 + Duration::from_secs(4)).is_ok());
     }
 
@@ -174,12 +144,7 @@ mod tests {
         let mut book = TokenBook::default();
         let old = book.issue(Owner::Component, t0, LIFE, GRACE);
         book.issue(Owner::Component, t0 + Duration::from_secs(9), LIFE, GRACE);
-        assert_eq!(
-            book.check(&old, t0 + Duration::from_secs(10))
-                .unwrap_err()
-                .code,
-            42001
-        );
+        assert_eq!(book.check(&old, t0 + Duration::from_secs(10)).unwrap_err().code, 42001);
     }
 
     #[test]

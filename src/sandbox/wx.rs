@@ -13,20 +13,14 @@ pub(crate) struct WxError {
 
 impl WxError {
     pub fn new(code: i64, msg: impl Into<String>) -> Self {
-        Self {
-            code,
-            msg: msg.into(),
-        }
+        Self { code, msg: msg.into() }
     }
 
     pub fn system() -> Self {
         Self::new(-1, "system error")
     }
     pub fn invalid_credential() -> Self {
-        Self::new(
-            40001,
-            "invalid credential, access_token is invalid or not latest",
-        )
+        Self::new(40001, "invalid credential, access_token is invalid or not latest")
     }
     pub fn token_expired() -> Self {
         Self::new(42001, "access_token expired")
@@ -61,12 +55,7 @@ impl WxError {
     }
 
     pub fn with_status(&self, status: StatusCode) -> Response {
-        (
-            status,
-            [(header::CONTENT_TYPE, "application/json; encoding=utf-8")],
-            self.body(),
-        )
-            .into_response()
+        (status, [(header::CONTENT_TYPE, "application/json; encoding=utf-8")], self.body()).into_response()
     }
 }
 
@@ -79,11 +68,7 @@ impl IntoResponse for WxError {
 
 /// A successful JSON answer at HTTP 200.
 pub(crate) fn ok_json(value: serde_json::Value) -> Response {
-    (
-        [(header::CONTENT_TYPE, "application/json; encoding=utf-8")],
-        value.to_string(),
-    )
-        .into_response()
+    ([(header::CONTENT_TYPE, "application/json; encoding=utf-8")], value.to_string()).into_response()
 }
 
 /// An endpoint's outcome as a response.
@@ -100,8 +85,7 @@ mod tests {
 
     #[test]
     fn body_has_code_and_rid() {
-        let body: serde_json::Value =
-            serde_json::from_str(&WxError::invalid_credential().body()).unwrap();
+        let body: serde_json::Value = serde_json::from_str(&WxError::invalid_credential().body()).unwrap();
         assert_eq!(body["errcode"], 40001);
         let msg = body["errmsg"].as_str().unwrap();
         assert!(msg.starts_with("invalid credential"), "{msg}");

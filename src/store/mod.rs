@@ -172,7 +172,12 @@ pub trait Store: Send + Sync + 'static {
 
     /// Up to `limit` authorizers with appids after `after`, in appid order: start-up reads a
     /// large fleet a page at a time instead of holding every record at once.
-    async fn load_authorizers_page(&self, component: &AppId, after: Option<&AppId>, limit: usize) -> Result<Vec<AuthorizerRecord>, StoreError> {
+    async fn load_authorizers_page(
+        &self,
+        component: &AppId,
+        after: Option<&AppId>,
+        limit: usize,
+    ) -> Result<Vec<AuthorizerRecord>, StoreError> {
         let mut all = self.load_authorizers(component).await?;
         all.retain(|r| after.is_none_or(|a| r.appid > *a));
         all.sort_by_key(|a| a.appid);
@@ -194,7 +199,12 @@ pub trait Store: Send + Sync + 'static {
 
     /// Takes the lease on refreshing `what` (`component` or an authorizer appid) for `ttl`;
     /// `None` while another instance holds it.
-    async fn lease(&self, _component: &AppId, what: &str, _ttl: std::time::Duration) -> Result<Option<Lease>, StoreError> {
+    async fn lease(
+        &self,
+        _component: &AppId,
+        what: &str,
+        _ttl: std::time::Duration,
+    ) -> Result<Option<Lease>, StoreError> {
         Ok(Some(Lease { key: what.to_owned(), owner: String::new() }))
     }
 
@@ -203,12 +213,22 @@ pub trait Store: Send + Sync + 'static {
     }
 
     /// Saves under `lease`; `false` (nothing written) if the lease has passed to another instance.
-    async fn save_component_token_leased(&self, component: &AppId, token: &ComponentToken, _lease: &Lease) -> Result<bool, StoreError> {
+    async fn save_component_token_leased(
+        &self,
+        component: &AppId,
+        token: &ComponentToken,
+        _lease: &Lease,
+    ) -> Result<bool, StoreError> {
         self.save_component_token(component, token).await.map(|()| true)
     }
 
     /// Saves under `lease`; `false` (nothing written) if the lease has passed to another instance.
-    async fn save_authorizer_leased(&self, component: &AppId, record: &AuthorizerRecord, _lease: &Lease) -> Result<bool, StoreError> {
+    async fn save_authorizer_leased(
+        &self,
+        component: &AppId,
+        record: &AuthorizerRecord,
+        _lease: &Lease,
+    ) -> Result<bool, StoreError> {
         self.save_authorizer(component, record).await.map(|()| true)
     }
 
@@ -222,10 +242,7 @@ pub type SharedStore = Arc<dyn Store>;
 
 /// Seconds since the Unix epoch, the time unit of every record.
 pub fn unix_now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
 }
 
 #[cfg(test)]
@@ -292,7 +309,8 @@ pub(crate) mod contract_tests {
         b.access_token = None;
         b.last_error = Some("api_authorizer_token: errcode 61023".into());
         store.save_authorizer(&c, &b).await.unwrap();
-        let rotated = AuthorizerRecord { refresh_token: Some(Secret::new("refresh-1b")), last_refresh_at: 5, ..a.clone() };
+        let rotated =
+            AuthorizerRecord { refresh_token: Some(Secret::new("refresh-1b")), last_refresh_at: 5, ..a.clone() };
         store.save_authorizer(&c, &rotated).await.unwrap();
 
         let all = store.load_authorizers(&c).await.unwrap();

@@ -5,7 +5,9 @@
 //! can share one Redis. Refresh tokens live here: run Redis with AOF (`appendonly yes`,
 //! `appendfsync everysec` or `always`); start-up warns when it keeps nothing on disk.
 
-use super::{AuthEvent, AuthorizerRecord, AuthorizerState, Change, ComponentToken, Lease, Store, StoreError, StoredEvent, Ticket};
+use super::{
+    AuthEvent, AuthorizerRecord, AuthorizerState, Change, ComponentToken, Lease, Store, StoreError, StoredEvent, Ticket,
+};
 use crate::{AppId, Secret};
 use async_trait::async_trait;
 use futures_util::StreamExt;
@@ -75,7 +77,8 @@ impl RedisStore {
     /// Connects, checks persistence, and starts listening for other instances' changes (on the
     /// current runtime, which must outlive the store).
     pub async fn connect(url: &Secret, key_prefix: &str, component: &AppId) -> Result<Self, StoreError> {
-        let client = redis::Client::open(url.expose()).map_err(|e| StoreError::Open { path: "store.redis_url".into(), reason: e.to_string() })?;
+        let client = redis::Client::open(url.expose())
+            .map_err(|e| StoreError::Open { path: "store.redis_url".into(), reason: e.to_string() })?;
         let conn = ConnectionManager::new(client.clone()).await.map_err(unavailable)?;
         let (changes, _) = broadcast::channel(1024);
         let instance = format!("{}-{}", std::process::id(), hex::encode(rand::random::<[u8; 6]>()));
@@ -93,8 +96,10 @@ impl RedisStore {
 
     async fn warn_without_persistence(&self) {
         let mut conn = self.conn.clone();
-        let aof: redis::RedisResult<(String, String)> = redis::cmd("CONFIG").arg("GET").arg("appendonly").query_async(&mut conn).await;
-        let rdb: redis::RedisResult<(String, String)> = redis::cmd("CONFIG").arg("GET").arg("save").query_async(&mut conn).await;
+        let aof: redis::RedisResult<(String, String)> =
+            redis::cmd("CONFIG").arg("GET").arg("appendonly").query_async(&mut conn).await;
+        let rdb: redis::RedisResult<(String, String)> =
+            redis::cmd("CONFIG").arg("GET").arg("save").query_async(&mut conn).await;
         match (aof, rdb) {
             (Ok((_, aof)), Ok((_, save))) if aof == "no" && save.trim().is_empty() => tracing::warn!(
                 "Redis keeps nothing on disk (appendonly no, no save points): a Redis restart loses every refresh token; enable appendonly"
@@ -109,7 +114,15 @@ impl RedisStore {
         self.conn.clone().hgetall(key).await.map_err(unavailable)
     }
 
-    async fn fenced_write(&self, component: &AppId, lease: Option<&Lease>, hash: &str, member: &str, announce: &str, fields: Vec<(&str, String)>) -> Result<bool, StoreError> {
+    async fn fenced_write(
+        &self,
+        component: &AppId,
+        lease: Option<&Lease>,
+        hash: &str,
+        member: &str,
+        announce: &str,
+        fields: Vec<(&str, String)>,
+    ) -> Result<bool, StoreError> {
         let lease_key = lease.map_or_else(String::new, |l| l.key.clone());
         let mut invocation = FENCED_WRITE.key(lease_key);
         invocation.key(hash).key(self.key(component, "authorizers")).key(self.key(component, "changes"));
@@ -192,7 +205,11 @@ fn authorizer_from(appid: &AppId, map: &HashMap<String, String>) -> Result<Autho
 }
 
 fn component_fields(t: &ComponentToken) -> Vec<(&'static str, String)> {
-    vec![("value", t.value.expose().to_owned()), ("expires_at", t.expires_at.to_string()), ("obtained_at", t.obtained_at.to_string())]
+    vec![
+        ("value", t.value.expose().to_owned()),
+        ("expires_at", t.expires_at.to_string()),
+        ("obtained_at", t.obtained_at.to_string()),
+    ]
 }
 
 #[async_trait]
@@ -211,7 +228,11 @@ impl Store for RedisStore {
         if map.is_empty() {
             return Ok(None);
         }
-        Ok(Some(Ticket { value: Secret::new(field::<String>(&map, "value")?), create_time: field(&map, "create_time")?, received_at: field(&map, "received_at")? }))
+        Ok(Some(Ticket {
+            value: Secret::new(field::<String>(&map, "value")?),
+            create_time: field(&map, "create_time")?,
+            received_at: field(&map, "received_at")?,
+        }))
     }
 
     async fn save_ticket(&self, component: &AppId, t: &Ticket) -> Result<bool, StoreError> {
@@ -247,7 +268,8 @@ impl Store for RedisStore {
     }
 
     async fn pending_events(&self, component: &AppId) -> Result<Vec<StoredEvent>, StoreError> {
-        let ids: Vec<i64> = self.conn.clone().zrange(self.key(component, "events:pending"), 0, -1).await.map_err(unavailable)?;
+        let ids: Vec<i64> =
+            self.conn.clone().zrange(self.key(component, "events:pending"), 0, -1).await.map_err(unavailable)?;
         let mut events = Vec::with_capacity(ids.len());
         for id in ids {
             let map = self.hgetall(&self.key(component, &format!("event:{id}"))).await?;
@@ -275,15 +297,29 @@ impl Store for RedisStore {
         if map.is_empty() {
             return Ok(None);
         }
-        Ok(Some(ComponentToken { value: Secret::new(field::<String>(&map, "value")?), expires_at: field(&map, "expires_at")?, obtained_at: field(&map, "obtained_at")? }))
+        Ok(Some(ComponentToken {
+            value: Secret::new(field::<String>(&map, "value")?),
+            expires_at: field(&map, "expires_at")?,
+            obtained_at: field(&map, "obtained_at")?,
+        }))
     }
 
     async fn save_component_token(&self, component: &AppId, token: &ComponentToken) -> Result<(), StoreError> {
-        self.fenced_write(component, None, &self.key(component, "component_token"), "", "component", component_fields(token)).await.map(drop)
+        self.fenced_write(
+            component,
+            None,
+            &self.key(component, "component_token"),
+            "",
+            "component",
+            component_fields(token),
+        )
+        .await
+        .map(drop)
     }
 
     async fn load_authorizers(&self, component: &AppId) -> Result<Vec<AuthorizerRecord>, StoreError> {
-        let appids: Vec<String> = self.conn.clone().smembers(self.key(component, "authorizers")).await.map_err(unavailable)?;
+        let appids: Vec<String> =
+            self.conn.clone().smembers(self.key(component, "authorizers")).await.map_err(unavailable)?;
         let mut records = Vec::with_capacity(appids.len());
         for appid in appids.iter().filter_map(|a| AppId::parse(a).ok()) {
             if let Some(r) = self.load_authorizer(component, &appid).await? {
@@ -303,14 +339,24 @@ impl Store for RedisStore {
 
     async fn save_authorizer(&self, component: &AppId, r: &AuthorizerRecord) -> Result<(), StoreError> {
         let hash = self.key(component, &format!("authorizer:{}", r.appid));
-        self.fenced_write(component, None, &hash, r.appid.as_str(), &format!("authorizer:{}", r.appid), authorizer_fields(r)).await.map(drop)
+        self.fenced_write(
+            component,
+            None,
+            &hash,
+            r.appid.as_str(),
+            &format!("authorizer:{}", r.appid),
+            authorizer_fields(r),
+        )
+        .await
+        .map(drop)
     }
 
     async fn delete_authorizer(&self, component: &AppId, appid: &AppId) -> Result<bool, StoreError> {
         let mut conn = self.conn.clone();
         let removed: i64 = conn.srem(self.key(component, "authorizers"), appid.as_str()).await.map_err(unavailable)?;
         let deleted: i64 = conn.del(self.key(component, &format!("authorizer:{appid}"))).await.map_err(unavailable)?;
-        let _: i64 = conn.publish(self.key(component, "changes"), format!("deleted:{appid}")).await.map_err(unavailable)?;
+        let _: i64 =
+            conn.publish(self.key(component, "changes"), format!("deleted:{appid}")).await.map_err(unavailable)?;
         Ok(removed + deleted > 0)
     }
 
@@ -321,7 +367,8 @@ impl Store for RedisStore {
     async fn lease(&self, component: &AppId, what: &str, ttl: Duration) -> Result<Option<Lease>, StoreError> {
         let mut conn = self.conn.clone();
         let fence: i64 = conn.incr(self.key(component, "fence"), 1).await.map_err(unavailable)?;
-        let lease = Lease { key: self.key(component, &format!("lease:{what}")), owner: format!("{}:{fence}", self.instance) };
+        let lease =
+            Lease { key: self.key(component, &format!("lease:{what}")), owner: format!("{}:{fence}", self.instance) };
         let taken: Option<String> = redis::cmd("SET")
             .arg(&lease.key)
             .arg(&lease.owner)
@@ -335,17 +382,48 @@ impl Store for RedisStore {
     }
 
     async fn release(&self, lease: &Lease) -> Result<(), StoreError> {
-        let _: i64 = RELEASE.key(&lease.key).arg(&lease.owner).invoke_async(&mut self.conn.clone()).await.map_err(unavailable)?;
+        let _: i64 = RELEASE
+            .key(&lease.key)
+            .arg(&lease.owner)
+            .invoke_async(&mut self.conn.clone())
+            .await
+            .map_err(unavailable)?;
         Ok(())
     }
 
-    async fn save_component_token_leased(&self, component: &AppId, token: &ComponentToken, lease: &Lease) -> Result<bool, StoreError> {
-        self.fenced_write(component, Some(lease), &self.key(component, "component_token"), "", "component", component_fields(token)).await
+    async fn save_component_token_leased(
+        &self,
+        component: &AppId,
+        token: &ComponentToken,
+        lease: &Lease,
+    ) -> Result<bool, StoreError> {
+        self.fenced_write(
+            component,
+            Some(lease),
+            &self.key(component, "component_token"),
+            "",
+            "component",
+            component_fields(token),
+        )
+        .await
     }
 
-    async fn save_authorizer_leased(&self, component: &AppId, r: &AuthorizerRecord, lease: &Lease) -> Result<bool, StoreError> {
+    async fn save_authorizer_leased(
+        &self,
+        component: &AppId,
+        r: &AuthorizerRecord,
+        lease: &Lease,
+    ) -> Result<bool, StoreError> {
         let hash = self.key(component, &format!("authorizer:{}", r.appid));
-        self.fenced_write(component, Some(lease), &hash, r.appid.as_str(), &format!("authorizer:{}", r.appid), authorizer_fields(r)).await
+        self.fenced_write(
+            component,
+            Some(lease),
+            &hash,
+            r.appid.as_str(),
+            &format!("authorizer:{}", r.appid),
+            authorizer_fields(r),
+        )
+        .await
     }
 
     fn changes(&self) -> Option<broadcast::Receiver<Change>> {
@@ -367,7 +445,9 @@ mod tests {
     }
 
     async fn store(prefix: &str) -> RedisStore {
-        RedisStore::connect(&Secret::new(URL), prefix, &contract_tests::component()).await.expect("a Redis at 127.0.0.1:6379")
+        RedisStore::connect(&Secret::new(URL), prefix, &contract_tests::component())
+            .await
+            .expect("a Redis at 127.0.0.1:6379")
     }
 
     async fn clean(prefix: &str) {

@@ -261,7 +261,13 @@ impl Store for SqliteStore {
             c.query_row(
                 "SELECT token, expires_at, obtained_at FROM component_tokens WHERE component_appid = ?1",
                 [component],
-                |r| Ok(ComponentToken { value: Secret::new(r.get::<_, String>(0)?), expires_at: r.get(1)?, obtained_at: r.get(2)? }),
+                |r| {
+                    Ok(ComponentToken {
+                        value: Secret::new(r.get::<_, String>(0)?),
+                        expires_at: r.get(1)?,
+                        obtained_at: r.get(2)?,
+                    })
+                },
             )
             .optional()
         })
@@ -294,13 +300,20 @@ impl Store for SqliteStore {
     async fn load_authorizer(&self, component: &AppId, appid: &AppId) -> Result<Option<AuthorizerRecord>, StoreError> {
         let (component, appid) = (component.to_string(), appid.to_string());
         self.with_conn(move |c| {
-            let sql = format!("SELECT {AUTHORIZER_COLUMNS} FROM authorizers WHERE component_appid = ?1 AND authorizer_appid = ?2");
+            let sql = format!(
+                "SELECT {AUTHORIZER_COLUMNS} FROM authorizers WHERE component_appid = ?1 AND authorizer_appid = ?2"
+            );
             c.query_row(&sql, [component, appid], row_to_authorizer).optional()
         })
         .await
     }
 
-    async fn load_authorizers_page(&self, component: &AppId, after: Option<&AppId>, limit: usize) -> Result<Vec<AuthorizerRecord>, StoreError> {
+    async fn load_authorizers_page(
+        &self,
+        component: &AppId,
+        after: Option<&AppId>,
+        limit: usize,
+    ) -> Result<Vec<AuthorizerRecord>, StoreError> {
         let (component, after) = (component.to_string(), after.map_or_else(String::new, |a| a.to_string()));
         self.with_conn(move |c| {
             let sql = format!(
@@ -340,7 +353,10 @@ impl Store for SqliteStore {
     async fn delete_authorizer(&self, component: &AppId, appid: &AppId) -> Result<bool, StoreError> {
         let (component, appid) = (component.to_string(), appid.to_string());
         self.with_conn(move |c| {
-            let n = c.execute("DELETE FROM authorizers WHERE component_appid = ?1 AND authorizer_appid = ?2", [component, appid])?;
+            let n = c.execute(
+                "DELETE FROM authorizers WHERE component_appid = ?1 AND authorizer_appid = ?2",
+                [component, appid],
+            )?;
             Ok(n > 0)
         })
         .await

@@ -32,7 +32,11 @@ impl TokenService {
     }
 
     /// Replaces `failed`, which WeChat refused, unless another caller already did.
-    pub async fn replace_authorizer_token(&self, appid: &AppId, failed: &Secret) -> Result<Arc<AccessToken>, TokenError> {
+    pub async fn replace_authorizer_token(
+        &self,
+        appid: &AppId,
+        failed: &Secret,
+    ) -> Result<Arc<AccessToken>, TokenError> {
         self.refresh_authorizer(appid, Want::Replace(failed)).await
     }
 
@@ -42,7 +46,11 @@ impl TokenService {
         self.authorizer_status(appid).ok_or(TokenError::UnknownAuthorizer)
     }
 
-    pub(crate) async fn refresh_authorizer(&self, appid: &AppId, want: Want<'_>) -> Result<Arc<AccessToken>, TokenError> {
+    pub(crate) async fn refresh_authorizer(
+        &self,
+        appid: &AppId,
+        want: Want<'_>,
+    ) -> Result<Arc<AccessToken>, TokenError> {
         let slot = self.slot(appid)?;
         let _single_flight = slot.refresh.lock().await;
         if let Some(current) = self.settled_authorizer(&slot, want).await? {
@@ -58,7 +66,11 @@ impl TokenService {
 
     /// The token held, if it can stay (after catching up with a shared store); an error when
     /// the authorizer cannot be refreshed at all.
-    async fn settled_authorizer(&self, slot: &AuthorizerSlot, want: Want<'_>) -> Result<Option<Arc<AccessToken>>, TokenError> {
+    async fn settled_authorizer(
+        &self,
+        slot: &AuthorizerSlot,
+        want: Want<'_>,
+    ) -> Result<Option<Arc<AccessToken>>, TokenError> {
         if self.store.shared() {
             self.adopt_stored_authorizer(slot).await?;
         }
@@ -73,7 +85,11 @@ impl TokenService {
     }
 
     /// Another instance holds the lease: wait for the token it stores, as long as a lease lasts.
-    async fn await_authorizer_from_peer(&self, slot: &AuthorizerSlot, want: Want<'_>) -> Result<Arc<AccessToken>, TokenError> {
+    async fn await_authorizer_from_peer(
+        &self,
+        slot: &AuthorizerSlot,
+        want: Want<'_>,
+    ) -> Result<Arc<AccessToken>, TokenError> {
         let deadline = tokio::time::Instant::now() + self.settings.lease_ttl;
         while tokio::time::Instant::now() < deadline {
             tokio::time::sleep(super::coordination::PEER_POLL).await;
@@ -91,7 +107,12 @@ impl TokenService {
         }
     }
 
-    async fn refresh_authorizer_leased(&self, slot: &AuthorizerSlot, want: Want<'_>, lease: &Lease) -> Result<Arc<AccessToken>, TokenError> {
+    async fn refresh_authorizer_leased(
+        &self,
+        slot: &AuthorizerSlot,
+        want: Want<'_>,
+        lease: &Lease,
+    ) -> Result<Arc<AccessToken>, TokenError> {
         // Another instance may have refreshed, and released its lease, between our last read
         // and taking the lease: read again, or we would refresh with a rotated refresh token.
         if self.store.shared() {
@@ -114,16 +135,27 @@ impl TokenService {
         }
     }
 
-    async fn call_authorizer_token(&self, appid: &AppId, refresh_token: &Secret) -> Result<AuthorizerTokens, TokenError> {
+    async fn call_authorizer_token(
+        &self,
+        appid: &AppId,
+        refresh_token: &Secret,
+    ) -> Result<AuthorizerTokens, TokenError> {
         with_component_token!(self, |t| self.api.authorizer_token(t, appid, refresh_token))
     }
 
     /// Stores the new tokens, then puts them in service: a crash between the two loses nothing,
     /// since the store already holds the refresh token WeChat may have rotated.
-    async fn commit_authorizer(&self, slot: &AuthorizerSlot, mut mem: AuthorizerMem, tokens: AuthorizerTokens, lease: &Lease) -> Result<Arc<AccessToken>, TokenError> {
+    async fn commit_authorizer(
+        &self,
+        slot: &AuthorizerSlot,
+        mut mem: AuthorizerMem,
+        tokens: AuthorizerTokens,
+        lease: &Lease,
+    ) -> Result<Arc<AccessToken>, TokenError> {
         let now = self.clock.now_ms();
         let lifetime_ms = tokens.access_token.expires_in as i64 * 1000;
-        let access = Arc::new(AccessToken { value: tokens.access_token.value, expires_at: now + lifetime_ms, lifetime_ms });
+        let access =
+            Arc::new(AccessToken { value: tokens.access_token.value, expires_at: now + lifetime_ms, lifetime_ms });
         mem.state = AuthorizerState::Active;
         mem.refresh_token = Some(tokens.refresh_token);
         mem.access = Some(Arc::clone(&access));
@@ -157,13 +189,22 @@ impl TokenService {
     /// 61023: the stored refresh token no longer works. WeChat's own records may hold a newer
     /// one (another system refreshed, or a crash lost a rotation); if not, the owner must
     /// authorize again.
-    async fn recover_refresh_token(&self, slot: &AuthorizerSlot, mem: AuthorizerMem, failed: &Secret, error: WechatError, lease: &Lease) -> Result<Arc<AccessToken>, TokenError> {
+    async fn recover_refresh_token(
+        &self,
+        slot: &AuthorizerSlot,
+        mem: AuthorizerMem,
+        failed: &Secret,
+        error: WechatError,
+        lease: &Lease,
+    ) -> Result<Arc<AccessToken>, TokenError> {
         metrics::TOKEN_REFRESH.with_label_values(&["authorizer", error.label()]).inc();
         if let Some(found) = self.find_refresh_token(&slot.appid).await.filter(|f| f != failed) {
             tracing::warn!(authorizer = %slot.appid, "refresh token was invalid (61023); recovered the current one from WeChat");
             match self.call_authorizer_token(&slot.appid, &found).await {
                 Ok(tokens) => return self.commit_authorizer(slot, mem, tokens, lease).await,
-                Err(e) => tracing::warn!(authorizer = %slot.appid, error = %e, "the recovered refresh token failed too"),
+                Err(e) => {
+                    tracing::warn!(authorizer = %slot.appid, error = %e, "the recovered refresh token failed too")
+                }
             }
         }
         tracing::error!(authorizer = %slot.appid, "refresh token invalid (61023) and not recoverable: the owner must authorize again");
@@ -192,7 +233,13 @@ impl TokenService {
     }
 
     /// Puts an authorizer out of service (revoked, or needing re-authorization), durably.
-    async fn mark(&self, slot: &AuthorizerSlot, mut mem: AuthorizerMem, state: AuthorizerState, error: String) -> Result<(), TokenError> {
+    async fn mark(
+        &self,
+        slot: &AuthorizerSlot,
+        mut mem: AuthorizerMem,
+        state: AuthorizerState,
+        error: String,
+    ) -> Result<(), TokenError> {
         mem.state = state;
         mem.last_error = Some(error);
         if state == AuthorizerState::Revoked {
@@ -254,7 +301,10 @@ impl TokenService {
     pub(super) fn code_already_used(&self, appid: &AppId, code: &str) -> bool {
         let hash = hex::encode(Sha1::digest(code.as_bytes()));
         self.used_codes.contains_key(&hash)
-            || self.authorizers.get(appid).is_some_and(|s| s.mem().auth_code_sha1 == Some(Sha1::digest(code.as_bytes()).into()))
+            || self
+                .authorizers
+                .get(appid)
+                .is_some_and(|s| s.mem().auth_code_sha1 == Some(Sha1::digest(code.as_bytes()).into()))
     }
 
     /// The authorizer's slot, or a new one that nobody sees until [`Self::adopt`] is called
@@ -296,7 +346,11 @@ impl TokenService {
 
     /// Imports an authorizer from another system by its refresh token. The token is tried first:
     /// one WeChat refuses is not stored.
-    pub async fn import_authorizer(&self, appid: &AppId, refresh_token: Secret) -> Result<AuthorizerStatus, TokenError> {
+    pub async fn import_authorizer(
+        &self,
+        appid: &AppId,
+        refresh_token: Secret,
+    ) -> Result<AuthorizerStatus, TokenError> {
         let _one_at_a_time = self.authorize_turn.lock().await;
         let tokens = self.call_authorizer_token(appid, &refresh_token).await?;
         let slot = self.slot_or_new(appid);

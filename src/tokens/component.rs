@@ -40,7 +40,9 @@ impl TokenService {
     /// instance stored meanwhile.
     async fn settled_component(&self, want: Want<'_>) -> Result<Option<Arc<AccessToken>>, TokenError> {
         let now = self.clock.now_ms();
-        if let Some(current) = self.component_token.current().filter(|c| self.still_wanted(c, want, now, &Job::ComponentToken)) {
+        if let Some(current) =
+            self.component_token.current().filter(|c| self.still_wanted(c, want, now, &Job::ComponentToken))
+        {
             return Ok(Some(current));
         }
         if !self.store.shared() {
@@ -69,7 +71,11 @@ impl TokenService {
         }
     }
 
-    async fn refresh_component_leased(&self, want: Want<'_>, lease: &crate::store::Lease) -> Result<Arc<AccessToken>, TokenError> {
+    async fn refresh_component_leased(
+        &self,
+        want: Want<'_>,
+        lease: &crate::store::Lease,
+    ) -> Result<Arc<AccessToken>, TokenError> {
         // Another instance may have refreshed between our last read and taking the lease.
         if self.store.shared() {
             if let Some(current) = self.settled_component(want).await? {
@@ -99,7 +105,11 @@ impl TokenService {
             }
     }
 
-    async fn commit_component(&self, issued: Issued, lease: &crate::store::Lease) -> Result<Arc<AccessToken>, TokenError> {
+    async fn commit_component(
+        &self,
+        issued: Issued,
+        lease: &crate::store::Lease,
+    ) -> Result<Arc<AccessToken>, TokenError> {
         let now = self.clock.now_ms();
         let lifetime_ms = issued.expires_in as i64 * 1000;
         let record = ComponentToken { value: issued.value, expires_at: now + lifetime_ms, obtained_at: now };
@@ -109,7 +119,9 @@ impl TokenService {
             Ok(true) => "ok",
             Ok(false) => {
                 // The lease ran out and another instance refreshed: its token is the latest.
-                tracing::warn!("lost the component token lease while refreshing; using the token another instance stored");
+                tracing::warn!(
+                    "lost the component token lease while refreshing; using the token another instance stored"
+                );
                 return self.adopt_stored_component().await?.ok_or(TokenError::Contended);
             }
             Err(e) => {
@@ -121,7 +133,11 @@ impl TokenService {
         self.component_token.set(Arc::clone(&token), now);
         metrics::TOKEN_REFRESH.with_label_values(&["component", result]).inc();
         let due = steady_due(now, token.expires_at, self.settings.ahead, &mut rand::thread_rng());
-        tracing::info!(expires_in = issued.expires_in, next_refresh_in_secs = (due - now) / 1000, "component_access_token refreshed");
+        tracing::info!(
+            expires_in = issued.expires_in,
+            next_refresh_in_secs = (due - now) / 1000,
+            "component_access_token refreshed"
+        );
         self.plan(Job::ComponentToken, due);
         if *self.lock_event_failures() > 0 {
             // Events wait for a component token; they need not wait out their backoff too.

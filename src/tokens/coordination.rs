@@ -92,10 +92,17 @@ impl TokenService {
         if held.as_ref().is_some_and(|h| h.expires_at >= stored.expires_at) {
             return Ok(held);
         }
-        let token = Arc::new(AccessToken { value: stored.value, expires_at: stored.expires_at, lifetime_ms: stored.expires_at - stored.obtained_at });
+        let token = Arc::new(AccessToken {
+            value: stored.value,
+            expires_at: stored.expires_at,
+            lifetime_ms: stored.expires_at - stored.obtained_at,
+        });
         self.component_token.set(Arc::clone(&token), stored.obtained_at);
         let now = self.clock.now_ms();
-        self.plan(Job::ComponentToken, super::steady_due(now, token.expires_at, self.settings.ahead, &mut rand::thread_rng()));
+        self.plan(
+            Job::ComponentToken,
+            super::steady_due(now, token.expires_at, self.settings.ahead, &mut rand::thread_rng()),
+        );
         Ok(Some(token))
     }
 

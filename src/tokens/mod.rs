@@ -180,7 +180,10 @@ impl TokenService {
             authorizers: Slots::default(),
             schedule: Mutex::new(Schedule::default()),
             wake: Notify::new(),
-            used_codes: moka::sync::Cache::builder().max_capacity(10_000).time_to_live(Duration::from_secs(3600)).build(),
+            used_codes: moka::sync::Cache::builder()
+                .max_capacity(10_000)
+                .time_to_live(Duration::from_secs(3600))
+                .build(),
             authorize_turn: tokio::sync::Mutex::new(()),
             last_push_request_ms: Mutex::new(0),
             event_failures: Mutex::new(0),
@@ -324,7 +327,10 @@ impl TokenService {
             return Some("no component_verify_ticket received yet".into());
         }
         let error = self.component_token.last_error();
-        Some(format!("no component_access_token held yet{}", error.map(|e| format!(" (last error: {e})")).unwrap_or_default()))
+        Some(format!(
+            "no component_access_token held yet{}",
+            error.map(|e| format!(" (last error: {e})")).unwrap_or_default()
+        ))
     }
 
     pub fn component_status(&self) -> ComponentStatus {

@@ -58,7 +58,10 @@ impl TokenService {
             return;
         }
         metrics::TICKET_STALE.inc();
-        tracing::warn!(silent_secs = silent_ms / 1000, "no component_verify_ticket pushed lately: WeChat may have stopped pushing");
+        tracing::warn!(
+            silent_secs = silent_ms / 1000,
+            "no component_verify_ticket pushed lately: WeChat may have stopped pushing"
+        );
         {
             let mut last_request = self.last_push_request_ms.lock().unwrap_or_else(|p| p.into_inner());
             if *last_request > 0 && now - *last_request < self.settings.push_ticket_every.as_millis() as i64 {

@@ -53,7 +53,11 @@ impl ComponentSlot {
             Arc::new(AccessToken { value: t.value, expires_at: t.expires_at, lifetime_ms })
         });
         let last_refresh_at = current.as_ref().map_or(0, |t| t.expires_at - t.lifetime_ms);
-        Self { current: RwLock::new(current), meta: RwLock::new(Meta { last_refresh_at, ..Meta::default() }), refresh: Default::default() }
+        Self {
+            current: RwLock::new(current),
+            meta: RwLock::new(Meta { last_refresh_at, ..Meta::default() }),
+            refresh: Default::default(),
+        }
     }
 
     pub fn current(&self) -> Option<Arc<AccessToken>> {
@@ -116,8 +120,10 @@ pub(super) struct AuthorizerMem {
 
 impl AuthorizerMem {
     pub fn from_record(r: AuthorizerRecord) -> Self {
-        let lifetime_ms = if r.last_refresh_at > 0 { (r.access_expires_at - r.last_refresh_at).max(0) } else { 7_200_000 };
-        let access = r.access_token.map(|value| Arc::new(AccessToken { value, expires_at: r.access_expires_at, lifetime_ms }));
+        let lifetime_ms =
+            if r.last_refresh_at > 0 { (r.access_expires_at - r.last_refresh_at).max(0) } else { 7_200_000 };
+        let access =
+            r.access_token.map(|value| Arc::new(AccessToken { value, expires_at: r.access_expires_at, lifetime_ms }));
         Self {
             state: r.state,
             refresh_token: r.refresh_token,

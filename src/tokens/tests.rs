@@ -87,11 +87,21 @@ impl ComponentApi for FakeApi {
             let appid = f.codes.remove(code).ok_or_else(|| api_error(61009))?;
             let refresh = format!("refresh-{}", f.issued);
             f.refresh.insert(appid, refresh.clone());
-            Ok(Authorization { authorizer_appid: appid, access_token: f.token("access"), refresh_token: Secret::new(refresh), func_info: vec![] })
+            Ok(Authorization {
+                authorizer_appid: appid,
+                access_token: f.token("access"),
+                refresh_token: Secret::new(refresh),
+                func_info: vec![],
+            })
         })
     }
 
-    async fn authorizer_token(&self, _: &Secret, authorizer: &AppId, refresh_token: &Secret) -> Result<AuthorizerTokens, WechatError> {
+    async fn authorizer_token(
+        &self,
+        _: &Secret,
+        authorizer: &AppId,
+        refresh_token: &Secret,
+    ) -> Result<AuthorizerTokens, WechatError> {
         tokio::time::sleep(self.delay).await;
         self.with(|f| {
             *f.authorizer_calls.entry(*authorizer).or_default() += 1;
@@ -187,7 +197,9 @@ struct Harness {
 }
 
 async fn start(api: Arc<FakeApi>, store: Arc<FlakyStore>) -> Harness {
-    let tokens = TokenService::load(component(), store.clone(), api.clone(), Settings::new(Duration::from_secs(600))).await.unwrap();
+    let tokens = TokenService::load(component(), store.clone(), api.clone(), Settings::new(Duration::from_secs(600)))
+        .await
+        .unwrap();
     let (tx, rx) = tokio::sync::watch::channel(false);
     tokio::spawn(Arc::clone(&tokens).run_scheduler(rx));
     Harness { api, store, tokens, _shutdown: tx }
@@ -338,7 +350,10 @@ async fn the_scheduler_refreshes_about_once_per_lifetime_and_never_lets_a_token_
     }
     for i in 1..=n {
         let calls = h.api.with(|f| f.authorizer_calls[&appid(i)]) - 1;
-        assert!((lifetimes as u32..=lifetimes as u32 * 13 / 10).contains(&calls), "authorizer {i}: {calls} refreshes in {lifetimes} lifetimes");
+        assert!(
+            (lifetimes as u32..=lifetimes as u32 * 13 / 10).contains(&calls),
+            "authorizer {i}: {calls} refreshes in {lifetimes} lifetimes"
+        );
     }
     let component_calls = h.api.with(|f| f.component_calls) - 1;
     assert!((lifetimes..=lifetimes * 13 / 10).contains(&(component_calls as u64)), "{component_calls}");

@@ -56,9 +56,23 @@ pub trait ComponentApi: Send + Sync + 'static {
     async fn component_token(&self, ticket: &Secret) -> Result<Issued, WechatError>;
     async fn create_preauthcode(&self, component_token: &Secret) -> Result<Issued, WechatError>;
     async fn query_auth(&self, component_token: &Secret, auth_code: &str) -> Result<Authorization, WechatError>;
-    async fn authorizer_token(&self, component_token: &Secret, authorizer: &AppId, refresh_token: &Secret) -> Result<AuthorizerTokens, WechatError>;
-    async fn authorizer_info(&self, component_token: &Secret, authorizer: &AppId) -> Result<AuthorizerInfo, WechatError>;
-    async fn authorizer_list(&self, component_token: &Secret, offset: u32, count: u32) -> Result<(u64, Vec<ListedAuthorizer>), WechatError>;
+    async fn authorizer_token(
+        &self,
+        component_token: &Secret,
+        authorizer: &AppId,
+        refresh_token: &Secret,
+    ) -> Result<AuthorizerTokens, WechatError>;
+    async fn authorizer_info(
+        &self,
+        component_token: &Secret,
+        authorizer: &AppId,
+    ) -> Result<AuthorizerInfo, WechatError>;
+    async fn authorizer_list(
+        &self,
+        component_token: &Secret,
+        offset: u32,
+        count: u32,
+    ) -> Result<(u64, Vec<ListedAuthorizer>), WechatError>;
     async fn start_push_ticket(&self) -> Result<(), WechatError>;
 }
 
@@ -83,12 +97,21 @@ impl WechatClient {
 
     /// POSTs `body` to a component endpoint and decodes the answer, turning a non-zero
     /// errcode into `WechatError::Api`.
-    async fn post<T: DeserializeOwned>(&self, endpoint: &'static str, token: Option<&Secret>, body: Value) -> Result<T, WechatError> {
-        let mut url = self.base_url.join(&format!("cgi-bin/component/{endpoint}")).map_err(|e| WechatError::Decode { endpoint, reason: e.to_string() })?;
+    async fn post<T: DeserializeOwned>(
+        &self,
+        endpoint: &'static str,
+        token: Option<&Secret>,
+        body: Value,
+    ) -> Result<T, WechatError> {
+        let mut url = self
+            .base_url
+            .join(&format!("cgi-bin/component/{endpoint}"))
+            .map_err(|e| WechatError::Decode { endpoint, reason: e.to_string() })?;
         if let Some(token) = token {
             url.query_pairs_mut().append_pair("component_access_token", token.expose());
         }
-        let response = self.http.post(url).json(&body).send().await.map_err(|e| WechatError::from_reqwest(endpoint, e))?;
+        let response =
+            self.http.post(url).json(&body).send().await.map_err(|e| WechatError::from_reqwest(endpoint, e))?;
         let status = response.status();
         if !status.is_success() {
             return Err(WechatError::Status { endpoint, status: status.as_u16() });
@@ -100,7 +123,8 @@ impl WechatClient {
 
 /// Decodes WeChat's answer. serde's messages can quote a value, so only the field path is kept.
 fn decode<T: DeserializeOwned>(endpoint: &'static str, bytes: &[u8]) -> Result<T, WechatError> {
-    let value: Value = serde_json::from_slice(bytes).map_err(|_| WechatError::Decode { endpoint, reason: "not JSON".into() })?;
+    let value: Value =
+        serde_json::from_slice(bytes).map_err(|_| WechatError::Decode { endpoint, reason: "not JSON".into() })?;
     let errcode = value.get("errcode").and_then(Value::as_i64).unwrap_or(0);
     if errcode != 0 {
         let errmsg = value.get("errmsg").and_then(Value::as_str).unwrap_or_default().chars().take(200).collect();
@@ -202,18 +226,28 @@ impl ComponentApi for WechatClient {
         let body = json!({ "component_appid": self.appid.as_str(), "authorization_code": auth_code });
         let a: QueryAuthAnswer = self.post(EP, Some(token), body).await?;
         let info = a.authorization_info;
-        let no_tokens = || WechatError::Decode { endpoint: EP, reason: "no tokens: the account granted no API permission".into() };
+        let no_tokens =
+            || WechatError::Decode { endpoint: EP, reason: "no tokens: the account granted no API permission".into() };
         let access = non_empty(info.authorizer_access_token).ok_or_else(no_tokens)?;
         let refresh = non_empty(info.authorizer_refresh_token).ok_or_else(no_tokens)?;
         Ok(Authorization {
             authorizer_appid: appid(EP, &info.authorizer_appid)?,
             access_token: Issued { value: access, expires_in: info.expires_in.unwrap_or(0) },
             refresh_token: refresh,
-            func_info: info.func_info.iter().filter_map(|f| f.pointer("/funcscope_category/id").and_then(Value::as_i64)).collect(),
+            func_info: info
+                .func_info
+                .iter()
+                .filter_map(|f| f.pointer("/funcscope_category/id").and_then(Value::as_i64))
+                .collect(),
         })
     }
 
-    async fn authorizer_token(&self, token: &Secret, authorizer: &AppId, refresh_token: &Secret) -> Result<AuthorizerTokens, WechatError> {
+    async fn authorizer_token(
+        &self,
+        token: &Secret,
+        authorizer: &AppId,
+        refresh_token: &Secret,
+    ) -> Result<AuthorizerTokens, WechatError> {
         let body = json!({
             "component_appid": self.appid.as_str(),
             "authorizer_appid": authorizer.as_str(),
@@ -237,14 +271,25 @@ impl ComponentApi for WechatClient {
         })
     }
 
-    async fn authorizer_list(&self, token: &Secret, offset: u32, count: u32) -> Result<(u64, Vec<ListedAuthorizer>), WechatError> {
+    async fn authorizer_list(
+        &self,
+        token: &Secret,
+        offset: u32,
+        count: u32,
+    ) -> Result<(u64, Vec<ListedAuthorizer>), WechatError> {
         const EP: &str = "api_get_authorizer_list";
         let body = json!({ "component_appid": self.appid.as_str(), "offset": offset, "count": count.min(500) });
         let a: AuthorizerListAnswer = self.post(EP, Some(token), body).await?;
         let list = a
             .list
             .into_iter()
-            .map(|i| Ok(ListedAuthorizer { appid: appid(EP, &i.authorizer_appid)?, refresh_token: non_empty(Some(i.refresh_token)), auth_time: i.auth_time }))
+            .map(|i| {
+                Ok(ListedAuthorizer {
+                    appid: appid(EP, &i.authorizer_appid)?,
+                    refresh_token: non_empty(Some(i.refresh_token)),
+                    auth_time: i.auth_time,
+                })
+            })
             .collect::<Result<_, WechatError>>()?;
         Ok((a.total_count, list))
     }
@@ -262,14 +307,29 @@ mod tests {
 
     #[test]
     fn errcodes_become_typed_errors_without_echoing_values() {
-        let e = decode::<ComponentTokenAnswer>("api_component_token", br#"{"errcode":61006,"errmsg":"component ticket is invalid"}"#).err().unwrap();
+        let e = decode::<ComponentTokenAnswer>(
+            "api_component_token",
+            br#"{"errcode":61006,"errmsg":"component ticket is invalid"}"#,
+        )
+        .err()
+        .unwrap();
         assert_eq!(e.kind(), Some(ApiErrorKind::Ticket));
         assert_eq!(e.label(), "ticket");
-        let e = decode::<ComponentTokenAnswer>("x", br#"{"component_access_token": 5, "expires_in": "SECRET-VALUE"}"#).err().unwrap();
+        let e = decode::<ComponentTokenAnswer>("x", br#"{"component_access_token": 5, "expires_in": "SECRET-VALUE"}"#)
+            .err()
+            .unwrap();
         assert!(!e.to_string().contains("SECRET-VALUE"), "{e}");
         let ok = decode::<ComponentTokenAnswer>("x", br#"{"component_access_token":"t","expires_in":7200}"#).unwrap();
         assert_eq!(ok.expires_in, 7200);
-        for (code, kind) in [(40001, ApiErrorKind::TokenInvalid), (42001, ApiErrorKind::TokenInvalid), (61023, ApiErrorKind::RefreshTokenInvalid), (-1, ApiErrorKind::Busy), (45009, ApiErrorKind::Quota), (40164, ApiErrorKind::IpNotWhitelisted), (12345, ApiErrorKind::Other)] {
+        for (code, kind) in [
+            (40001, ApiErrorKind::TokenInvalid),
+            (42001, ApiErrorKind::TokenInvalid),
+            (61023, ApiErrorKind::RefreshTokenInvalid),
+            (-1, ApiErrorKind::Busy),
+            (45009, ApiErrorKind::Quota),
+            (40164, ApiErrorKind::IpNotWhitelisted),
+            (12345, ApiErrorKind::Other),
+        ] {
             assert_eq!(ApiErrorKind::of(code), kind);
         }
     }

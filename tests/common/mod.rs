@@ -97,7 +97,10 @@ authorizers = ["*"]
 "#,
             proxy = self.proxy,
             admin = self.admin,
-            store = self.store_toml.clone().unwrap_or_else(|| format!("[store]\nbackend = \"sqlite\"\npath = \"{}\"", self.db_path().display())),
+            store = self
+                .store_toml
+                .clone()
+                .unwrap_or_else(|| format!("[store]\nbackend = \"sqlite\"\npath = \"{}\"", self.db_path().display())),
             upstream = self.upstream,
             extra = self.extra_toml,
         )
@@ -221,17 +224,13 @@ impl Gateway {
         let (timestamp, nonce) = ("1700000000", "nonce123");
         let sealed = crypt.seal(message, timestamp, nonce);
         let body = envelope(&sealed.encrypt);
-        let query = format!("timestamp={timestamp}&nonce={nonce}&encrypt_type=aes&msg_signature={}", sealed.msg_signature);
+        let query =
+            format!("timestamp={timestamp}&nonce={nonce}&encrypt_type=aes&msg_signature={}", sealed.msg_signature);
         self.post_callback(&query, body).await
     }
 
     pub async fn post_callback(&self, query: &str, body: impl Into<reqwest::Body>) -> reqwest::Response {
-        self.http
-            .post(self.proxy_url(&format!("/wxgate/callback/component?{query}")))
-            .body(body)
-            .send()
-            .await
-            .unwrap()
+        self.http.post(self.proxy_url(&format!("/wxgate/callback/component?{query}"))).body(body).send().await.unwrap()
     }
 }
 
