@@ -342,6 +342,50 @@ async fn token_endpoints_are_answered_from_the_cache_and_never_forwarded() {
     assert_eq!(after.authorizer_token_calls, stats.authorizer_token_calls);
 }
 
+/// Token endpoints under every other spelling: each refused or answered by the gateway, never
+/// forwarded with a token, whoever asks.
+#[tokio::test(flavor = "multi_thread")]
+async fn no_spelling_of_a_token_endpoint_is_forwarded() {
+    let (setup, sandbox, gw) = started("").await;
+    let before = sandbox.stats();
+    let spellings = [
+        format!("/{A}/cgi-bin//token"),
+        format!("/{A}/cgi-bin/%74oken"),
+        format!("/{A}/cgi-bin/%2574oken"),
+        format!("/{A}/cgi-bin/TOKEN"),
+        format!("/{A}/CGI-BIN/Token"),
+        format!("/{A}/cgi-bin/token/"),
+        format!("/{A}/cgi-bin/./token"),
+        format!("/{A}/cgi-bin/x/../token"),
+        format!("/{A}/cgi-bin/token;jsessionid=1"),
+        format!("/{A}/cgi-bin/token."),
+        format!("/{A}/cgi-bin/token%00"),
+        format!("/{A}//cgi-bin/token"),
+        format!("/{A}/cgi-bin\\token"),
+        "//cgi-bin/token".into(),
+        "/cgi-bin/token%3F".into(),
+        "/component/cgi-bin/component/api%5Fauthorizer%5Ftoken".into(),
+        "/component/cgi-bin/component//api_component_token".into(),
+        "/component//cgi-bin/component/api_component_token".into(),
+        "/component/cgi-bin/component/API_COMPONENT_TOKEN".into(),
+        "/component/cgi-bin/component/api_authorizer_token/".into(),
+        "/cgi-bin/component/%61pi_component_token".into(),
+    ];
+    for path in &spellings {
+        for key in [CLIENT_KEY, SINGLE_KEY] {
+            let status = raw_status(&gw, path, key).await;
+            assert!(matches!(status, 400 | 403), "{path} with {key:.6}: {status}");
+        }
+    }
+    let after = sandbox.stats();
+    assert_eq!(
+        (after.api_calls, after.component_token_calls, &after.authorizer_token_calls),
+        (before.api_calls, before.component_token_calls, &before.authorizer_token_calls),
+        "no spelling reached WeChat"
+    );
+    assert_clean_log(&setup);
+}
+
 /// Sends a request line exactly as given and returns the status.
 async fn raw_status(gw: &Gateway, path: &str, key: &str) -> u16 {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};

@@ -123,7 +123,7 @@ pub enum ResolveError {
     NoKey,
     #[error("the client key is not valid")]
     BadKey,
-    #[error("the path may not hold '..', '.', backslashes or encoded dots and slashes")]
+    #[error("the path must be plain: segments of letters, digits, '-', '_' and inner dots, one '/' apart, nothing percent-encoded")]
     BadPath,
     #[error("which account? Prefix the path with /{{authorizer_appid}}/ or /component/, or send X-Wxgate-Authorizer")]
     NoScope,
@@ -147,7 +147,7 @@ impl ResolveError {
 
 pub fn resolve<'c, 'r>(clients: &'c Clients, req: &'r RequestHeader) -> Result<Call<'c, 'r>, ResolveError> {
     let raw_path = req.uri.path();
-    if !is_safe_path(raw_path) {
+    if !is_plain_path(raw_path) {
         return Err(ResolveError::BadPath);
     }
     let raw_query = req.uri.query().unwrap_or_default();
@@ -169,11 +169,32 @@ pub fn resolve<'c, 'r>(clients: &'c Clients, req: &'r RequestHeader) -> Result<C
 
 /// WeChat's token endpoints: answered by the gateway from its cache, never forwarded, since
 /// forwarding would rotate tokens behind its back.
-pub const TOKEN_ENDPOINTS: [&str; 3] =
-    ["/cgi-bin/component/api_component_token", "/cgi-bin/component/api_authorizer_token", "/cgi-bin/token"];
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenEndpoint {
+    /// `/cgi-bin/component/api_component_token`
+    Component,
+    /// `/cgi-bin/component/api_authorizer_token`
+    Authorizer,
+    /// `/cgi-bin/token`, an account's own token endpoint
+    Account,
+}
+
+impl TokenEndpoint {
+    const ALL: [(&'static str, Self); 3] = [
+        ("/cgi-bin/component/api_component_token", Self::Component),
+        ("/cgi-bin/component/api_authorizer_token", Self::Authorizer),
+        ("/cgi-bin/token", Self::Account),
+    ];
+
+    /// The endpoint at `path` (a plain path), compared without regard to case: a server before
+    /// WeChat might fold it.
+    pub fn at(path: &str) -> Option<Self> {
+        Self::ALL.iter().find(|(p, _)| p.eq_ignore_ascii_case(path)).map(|(_, e)| *e)
+    }
+}
 
 pub fn is_token_endpoint(path: &str) -> bool {
-    TOKEN_ENDPOINTS.contains(&path)
+    TokenEndpoint::at(path).is_some()
 }
 
 /// The client presenting a key in a header (the gateway's own routes take no query keys).
@@ -181,16 +202,19 @@ pub fn client_from_headers<'c>(clients: &'c Clients, req: &RequestHeader) -> Res
     find_client(clients, req, &Query::default())
 }
 
-/// Refuses what could make WeChat (or a proxy before it) read another path than the one the
-/// gateway resolved.
-fn is_safe_path(path: &str) -> bool {
-    let escaped = |e: &[u8]| {
-        matches!([e[0], e[1].to_ascii_lowercase()], [b'2', b'e'] | [b'2', b'f'] | [b'5', b'c'] | [b'0', b'0'])
-    };
-    path.starts_with('/')
-        && !path.contains('\\')
-        && !path.as_bytes().windows(3).any(|w| w[0] == b'%' && escaped(&w[1..]))
-        && !path.split('/').any(|seg| seg == ".." || seg == ".")
+/// Whether the path is plain: segments of letters, digits, `-`, `_` and inner dots, one `/`
+/// apart. WeChat's API paths are all of that form, so anything else (percent-encoding, empty,
+/// `.` or `..` segments, backslashes, `;` parameters, control bytes) is refused rather than
+/// normalised: a plain path reads the same to the gateway, WeChat and every proxy between, so a
+/// token endpoint cannot pass under another spelling, nor a call leave its scope.
+pub fn is_plain_path(path: &str) -> bool {
+    let Some(rest) = path.strip_prefix('/') else { return false };
+    rest.split('/').all(|seg| {
+        !seg.is_empty()
+            && !seg.starts_with('.')
+            && !seg.ends_with('.')
+            && seg.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+    })
 }
 
 fn find_client<'c>(clients: &'c Clients, req: &RequestHeader, query: &Query<'_>) -> Result<&'c Client, ResolveError> {
@@ -373,6 +397,13 @@ mod tests {
             format!("/{A}/a%5Cb"),
             format!("/{A}/a%00"),
             format!("/{A}/%2E"),
+            format!("/{A}/cgi-bin//token"),
+            format!("/{A}/cgi-bin/%74oken"),
+            format!("/{A}/cgi-bin/token/"),
+            format!("/{A}/cgi-bin/token;x"),
+            format!("/{A}/cgi-bin/token."),
+            "/".into(),
+            "x".into(),
         ] {
             assert_eq!(resolved(&escape, &[single]).unwrap_err(), ResolveError::BadPath, "{escape}");
         }
