@@ -96,10 +96,16 @@ fn proxy(f: &FileConfig, p: &mut Problems) -> Option<ProxyConfig> {
     let max_body = p.check("proxy.max_body_bytes", max_body);
     let replay = int_in(f.proxy.replay_body_bytes, DEFAULT_PROXY_REPLAY_BODY_BYTES, 0..=16 << 20);
     let replay = p.check("proxy.replay_body_bytes", replay);
+    let keepalive = int_in(f.proxy.keepalive_timeout_secs, DEFAULT_PROXY_KEEPALIVE_TIMEOUT_SECS, 1..=3600);
+    let keepalive = p.check("proxy.keepalive_timeout_secs", keepalive);
+    let header = int_in(f.proxy.header_timeout_secs, DEFAULT_PROXY_HEADER_TIMEOUT_SECS, 1..=3600);
+    let header = p.check("proxy.header_timeout_secs", header);
     Some(ProxyConfig {
         max_body_bytes: usize::try_from(max_body?).ok()?,
         replay_body_bytes: usize::try_from(replay?).ok()?,
         access_log: f.proxy.access_log.unwrap_or(true),
+        keepalive_timeout: Duration::from_secs(keepalive?),
+        header_timeout: Duration::from_secs(header?),
     })
 }
 

@@ -44,6 +44,15 @@ pub fn is_private_request_header(name: &str) -> bool {
     ) || name.starts_with("x-wxgate-")
 }
 
+/// Whether `name` is listed in `Connection` (RFC 9110 §7.6.1): such headers are for this hop
+/// only, whatever they are called (`HTTP2-Settings`, `Keep-Alive`, ...).
+pub fn listed_in_connection(headers: &http::HeaderMap, name: &str) -> bool {
+    headers
+        .get_all(http::header::CONNECTION)
+        .iter()
+        .any(|v| v.to_str().is_ok_and(|v| v.split(',').any(|token| token.trim().eq_ignore_ascii_case(name))))
+}
+
 /// Idle connections kept per WeChat host; pingora's connector keeps 128 in all.
 const MAX_IDLE_PER_TARGET: usize = 128;
 
@@ -165,8 +174,11 @@ pub fn upstream_request(
     let (mut parts, ()) = http::Request::new(()).into_parts();
     parts.method = client_req.method.clone();
     parts.headers.reserve(client_req.headers.len() + 2);
+    let connection = client_req.headers.contains_key(http::header::CONNECTION);
     for (name, value) in client_req.headers.iter() {
-        if !is_private_request_header(name.as_str()) {
+        if !is_private_request_header(name.as_str())
+            && !(connection && listed_in_connection(&client_req.headers, name.as_str()))
+        {
             parts.headers.append(name.clone(), value.clone());
         }
     }
@@ -316,9 +328,11 @@ pub fn downstream_header(upstream: &ResponseHeader, whole_body: Option<usize>) -
     parts.status = upstream.status;
     parts.headers.reserve(upstream.headers.len() + 1);
     let mut length_kept = false;
+    let connection = upstream.headers.contains_key(http::header::CONNECTION);
     for (name, value) in upstream.headers.iter() {
         let hop =
-            matches!(name.as_str(), "connection" | "keep-alive" | "proxy-connection" | "te" | "trailer" | "upgrade");
+            matches!(name.as_str(), "connection" | "keep-alive" | "proxy-connection" | "te" | "trailer" | "upgrade")
+                || (connection && listed_in_connection(&upstream.headers, name.as_str()));
         if hop {
             continue;
         }

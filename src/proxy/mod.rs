@@ -14,6 +14,7 @@
 //! ```
 
 mod clients;
+mod edge;
 mod exchange;
 mod resolve;
 mod routes;
@@ -21,6 +22,7 @@ mod token_endpoints;
 mod upstream;
 
 pub use clients::Clients;
+pub use edge::{Edge, Timeouts};
 pub use routes::{OwnRoutes, ROUTE_PREFIX};
 pub use upstream::{Upstream, UpstreamError};
 
@@ -256,6 +258,13 @@ impl ProxyHttp for Gateway {
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut Self::CTX) -> Result<bool> {
+        edge::head_read(session.as_downstream());
+        if let Err(reply) = edge::check_request(session.as_downstream()) {
+            // Whatever body may follow is not read: the connection is not reused.
+            session.as_downstream_mut().set_keepalive(None);
+            reply.write_to(session.as_downstream_mut()).await?;
+            return Ok(true);
+        }
         if session.req_header().uri.path().starts_with(ROUTE_PREFIX) {
             ctx.scope = "own";
             ctx.path = session.req_header().uri.path().to_owned();
@@ -294,7 +303,8 @@ impl ProxyHttp for Gateway {
             .headers
             .keys()
             .filter(|n| {
-                exchange::is_private_request_header(n.as_str())
+                (exchange::is_private_request_header(n.as_str())
+                    || exchange::listed_in_connection(&req.headers, n.as_str()))
                     && n.as_str() != "content-length"
                     && n.as_str() != "transfer-encoding"
             })
