@@ -18,8 +18,8 @@ async fn started(proxy: &str) -> (Setup, Sandbox, Gateway) {
     setup.extra_toml = format!("\n[proxy]\n{proxy}\n");
     let sandbox = setup.sandbox(7200).await;
     let gw = setup.start().await;
-    sandbox.push_ticket().await.unwrap();
-    sandbox.authorize(&AppId::parse(A).unwrap()).await.unwrap();
+    sandbox.push_ticket().await.unwrap_or_else(|e| panic!("{e:?}; log:\n{}", setup.log()));
+    sandbox.authorize(&AppId::parse(A).unwrap()).await.unwrap_or_else(|e| panic!("{e:?}; log:\n{}", setup.log()));
     eventually(Duration::from_secs(10), "A authorized", || async {
         let a: serde_json::Value = gw.admin_get(&format!("/admin/authorizers/{A}")).await.json().await.unwrap();
         a["state"] == "active"
@@ -134,6 +134,31 @@ async fn requests_without_a_host_or_framed_two_ways_get_400_and_are_not_forwarde
     // HTTP/1.0 has no Host requirement.
     let answer = exchange(&gw, format!("GET /{A}/cgi-bin/user/info HTTP/1.0\r\n{key}\r\n").as_bytes()).await;
     assert_eq!(answer.status, 200, "{}", answer.head);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_malformed_chunked_body_gets_400_before_anything_is_forwarded() {
+    let (_setup, sandbox, gw) = started("").await;
+    let post = |chunks: &str| {
+        format!(
+            "POST /{A}/cgi-bin/message/custom/send HTTP/1.1\r\nHost: gw\r\nAuthorization: Bearer {CLIENT_KEY}\r\nTransfer-Encoding: chunked\r\n\r\n{chunks}"
+        )
+    };
+    let answer = exchange(&gw, post("5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n").as_bytes()).await;
+    assert_eq!(answer.status, 200, "a well-formed chunked body passes: {}", answer.head);
+    assert_eq!(sandbox.requests().pop().unwrap().body_len, 11);
+    let before = sandbox.stats().api_calls;
+    for chunks in [
+        "fffffffffffffffffffffff\r\nhello\r\n0\r\n\r\n",
+        "5\nhello\n0\n\n",
+        "5\r\nhello\n0\r\n\r\n",
+        "zz\r\nhello\r\n0\r\n\r\n",
+        "5\r\nhelloXX0\r\n\r\n",
+    ] {
+        let answer = exchange(&gw, post(chunks).as_bytes()).await;
+        assert_eq!(answer.status, 400, "{chunks:?}: {}", answer.head);
+    }
+    assert_eq!(sandbox.stats().api_calls, before, "no malformed body was forwarded, not even its head");
 }
 
 #[tokio::test(flavor = "multi_thread")]

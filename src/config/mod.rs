@@ -20,6 +20,9 @@ use crate::appid::AppId;
 use crate::secret::Secret;
 
 pub const DEFAULT_UPSTREAM_BASE_URL: &str = "https://api.weixin.qq.com";
+/// The fallback when `upstream.base_url` is WeChat's own host and `fallback_urls` is not set.
+pub const DEFAULT_UPSTREAM_FALLBACK_URL: &str = "https://api2.weixin.qq.com";
+pub const WECHAT_API_HOST: &str = "api.weixin.qq.com";
 pub const DEFAULT_PROXY_MAX_BODY_BYTES: u64 = 64 << 20;
 pub const DEFAULT_PROXY_REPLAY_BODY_BYTES: u64 = 1 << 20;
 /// nginx's `keepalive_timeout` and `client_header_timeout`.

@@ -51,7 +51,14 @@ fn upstream(f: &FileConfig, p: &mut Problems) -> Option<UpstreamConfig> {
     let timeout = p.check("upstream.timeout_ms", timeout);
     let mp_base_url = or(&f.upstream.mp_base_url, DEFAULT_UPSTREAM_MP_BASE_URL);
     let mp_base_url = p.check("upstream.mp_base_url", http_url(mp_base_url));
-    let fallbacks = f.upstream.fallback_urls.iter().flatten().map(|u| http_url(u)).collect::<Result<Vec<_>, _>>();
+    let fallbacks = match &f.upstream.fallback_urls {
+        Some(urls) => urls.iter().map(|u| http_url(u)).collect::<Result<Vec<_>, _>>(),
+        // WeChat's documented disaster-recovery host, when the primary is WeChat's own.
+        None if base_url.as_ref().is_some_and(|u| u.host_str() == Some(WECHAT_API_HOST)) => {
+            http_url(DEFAULT_UPSTREAM_FALLBACK_URL).map(|u| vec![u])
+        }
+        None => Ok(Vec::new()),
+    };
     let fallback_urls = p.check("upstream.fallback_urls", fallbacks);
     Some(UpstreamConfig {
         base_url: base_url?,

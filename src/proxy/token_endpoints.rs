@@ -2,7 +2,7 @@
 //! own shape, for clients allowed to see them (`reveal_tokens`); 403 for the others.
 
 use super::clients::Client;
-use super::resolve::{Call, Scope, TokenEndpoint};
+use super::resolve::{Scope, TokenCall, TokenEndpoint};
 use crate::reply::{token_error, Reply};
 use crate::tokens::{AccessToken, TokenService};
 use crate::AppId;
@@ -10,15 +10,13 @@ use serde_json::{json, Value};
 use std::sync::Arc;
 
 /// Answers a call to one of WeChat's token endpoints. `body` is the request's (JSON) body.
-pub async fn answer(tokens: &TokenService, call: &Call<'_, '_>, query: &str, body: &[u8]) -> Reply {
+pub async fn answer(tokens: &TokenService, call: &TokenCall<'_>, body: &[u8]) -> Reply {
     if !call.client.reveal_tokens {
         return Reply::error(403, "token endpoints are answered by the gateway, for clients with reveal_tokens; it keeps every token fresh itself");
     }
     let body: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
-    let Some(endpoint) = TokenEndpoint::at(call.path) else {
-        return Reply::error(400, "not a token endpoint");
-    };
-    let scope = call.scope.clone().or_else(|| named_account(endpoint, query, &body));
+    let endpoint = call.endpoint;
+    let scope = call.scope.clone().or_else(|| named_account(endpoint, call.query_appid, &body));
     let Some(scope) = scope else {
         return Reply::error(400, "which account? name it in the body (authorizer_appid), the query (appid), a path prefix or X-Wxgate-Authorizer");
     };
@@ -64,7 +62,7 @@ pub async fn raw(tokens: &TokenService, client: &Client, target: &str) -> Reply 
     }
 }
 
-fn named_account(endpoint: TokenEndpoint, query: &str, body: &Value) -> Option<Scope> {
+fn named_account(endpoint: TokenEndpoint, query_appid: Option<AppId>, body: &Value) -> Option<Scope> {
     match endpoint {
         TokenEndpoint::Component => Some(Scope::Component),
         TokenEndpoint::Authorizer => body
@@ -72,10 +70,7 @@ fn named_account(endpoint: TokenEndpoint, query: &str, body: &Value) -> Option<S
             .and_then(Value::as_str)
             .and_then(|a| AppId::parse(a).ok())
             .map(Scope::Authorizer),
-        TokenEndpoint::Account => url::form_urlencoded::parse(query.as_bytes())
-            .find(|(k, _)| k == "appid")
-            .and_then(|(_, v)| AppId::parse(&v).ok())
-            .map(Scope::Authorizer),
+        TokenEndpoint::Account => query_appid.map(Scope::Authorizer),
     }
 }
 
