@@ -437,7 +437,7 @@ async fn calls_on_an_accounts_behalf_carry_the_component_token() {
     let before = sandbox.stats().api_calls;
     for (path, key, expected) in [
         (format!("/sns/component/jscode2session?appid={B}&js_code=c"), SINGLE_KEY, 400),
-        (format!("/sns/component/jscode2session?js_code=c"), SINGLE_KEY, 400),
+        ("/sns/component/jscode2session?js_code=c".to_owned(), SINGLE_KEY, 400),
         (format!("/{B}/sns/component/jscode2session?appid={B}&js_code=c"), SINGLE_KEY, 403),
         (format!("/{A}/sns/oauth2/component/access_token?appid={B}&code=c"), CLIENT_KEY, 400),
     ] {
