@@ -111,7 +111,7 @@ pub fn run(opts: &DemoOptions) -> Result<(), DemoError> {
             std::future::pending::<()>().await
         });
     });
-    crate::app::run(&config)?;
+    crate::app::run(&config, None)?;
     Ok(())
 }
 
