@@ -45,10 +45,11 @@ pub(super) fn asset(path: &str) -> http::Response<Vec<u8>> {
         })
 }
 
-/// `text` as a QR code in SVG, about 240 px wide with its quiet zone; `None` if it is too long
+/// `text` as a QR code in SVG (the lowest error correction: a long link stays a coarse code
+/// that a phone reads off a laptop screen), about 240 px wide with its quiet zone; `None` if it is too long
 /// for any QR code (a link never is).
 pub(super) fn qr_svg(text: &str) -> Option<String> {
-    let code = QrCode::with_error_correction_level(text.as_bytes(), EcLevel::M).ok()?;
+    let code = QrCode::with_error_correction_level(text.as_bytes(), EcLevel::L).ok()?;
     Some(code.render::<svg::Color<'_>>().min_dimensions(240, 240).quiet_zone(true).build())
 }
 

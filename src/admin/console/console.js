@@ -41,6 +41,13 @@
     toast.timer = setTimeout(() => { t.hidden = true; }, 5000);
   }
 
+  // Each cell named by its column, for the phone layout where a row becomes a card.
+  function labelled(row, tableId) {
+    const heads = [...document.querySelectorAll(`#${tableId} thead th`)].map((th) => th.textContent);
+    [...row.cells].forEach((td, i) => { if (i > 0 && heads[i]) td.dataset.label = heads[i]; });
+    return row;
+  }
+
   // ---- time ----
 
   const pad = (n) => String(n).padStart(2, "0");
@@ -163,14 +170,14 @@
     const refresh = el("button", { type: "button", textContent: "Refresh", class: "refresh" });
     refresh.addEventListener("click", () => refreshAuthorizer(a.appid, refresh));
     const kind = info(a, "kind");
-    return el("tr", { "data-appid": a.appid },
+    return labelled(el("tr", { "data-appid": a.appid },
       account,
       el("td", { class: kind ? "" : "muted" }, kind ? kind.replace(/_/g, " ") : "—"),
       el("td", {}, el("span", { class: stateClass(a.state) }, String(a.state))),
       timeCell(a.access_expires_at_ms),
       timeCell(a.last_refresh_at_ms, "last-refresh"),
       el("td", { class: a.last_error ? "error" : "muted" }, a.last_error ? String(a.last_error) : "—"),
-      el("td", {}, refresh));
+      el("td", {}, refresh)), "authorizers");
   }
 
   async function loadAuthorizers() {
@@ -267,7 +274,8 @@
     const cells = [m.id, m.authorizer || m.authorizer_appid, m.route, type || "—", m.state, m.attempts, m.last_error || "—"];
     const button = el("button", { type: "button", textContent: "Redeliver" });
     button.addEventListener("click", () => redeliver(m.id, button));
-    return el("tr", { "data-id": m.id }, ...cells.map((c) => el("td", {}, c == null ? "—" : String(c))), el("td", {}, button));
+    const row = el("tr", { "data-id": m.id }, ...cells.map((c) => el("td", {}, c == null ? "—" : String(c))), el("td", {}, button));
+    return labelled(row, "outbox");
   }
 
   async function loadOutbox() {
@@ -330,6 +338,10 @@
     $("links").hidden = true;
     $("mobile-link").value = "";
     $("qr").removeAttribute("src");
+    $("toast").textContent = "";
+    $("toast").hidden = true;
+    $("auth-total").textContent = "";
+    $("page").textContent = "";
     $("signin-error").textContent = message || "";
     show(false);
     $("token").focus();
