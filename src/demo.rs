@@ -212,6 +212,9 @@ Demo account {account} has authorized. Try:
   curl -s -X POST {bearer} http://{admin}/admin/authorizers/{account}/refresh
   curl -s http://{admin}/metrics | grep '^wxgate_'
 
+  # the web console: sign in with the admin token {DEMO_ADMIN_TOKEN}
+  open http://{admin}/
+
 Ctrl-C stops it.
 ",
         db = opts.data_dir.join("wxgate.sqlite3").display(),

@@ -148,7 +148,8 @@ async fn story(browser: &Browser, gw: &Gateway, setup: &Setup) {
     // The new-authorization panel: the PC link and the QR code of the mobile link, drawn.
     click(&page, "#authorize-form button[type=submit]").await;
     until(&page, "!document.getElementById('links').hidden").await;
-    until(&page, "(() => { const q = document.getElementById('qr'); return q.complete && q.naturalWidth > 100 })()").await;
+    until(&page, "(() => { const q = document.getElementById('qr'); return q.complete && q.naturalWidth > 100 })()")
+        .await;
     let pc = js(&page, "document.getElementById('pc-link').href").await;
     assert!(pc.as_str().unwrap().contains("componentloginpage"), "{pc}");
     let mobile = js(&page, "document.getElementById('mobile-link').value").await;

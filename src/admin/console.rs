@@ -72,6 +72,10 @@ mod tests {
         assert!(String::from_utf8_lossy(page.body()).contains("console.js"));
         assert_eq!(asset("/console.js").headers()["content-type"], "text/javascript; charset=utf-8");
         assert!(!is_asset("/console"));
+        // What the gateway shows comes from WeChat (a nick name is user input): text only.
+        for markup in ["innerHTML", "outerHTML", "insertAdjacentHTML", "document.write", "eval("] {
+            assert!(!SCRIPT.contains(markup), "console.js uses {markup}");
+        }
         assert!(!is_asset("/admin/"));
     }
 }

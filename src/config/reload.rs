@@ -7,10 +7,11 @@
 //!
 //! # Making a part reloadable
 //!
-//! 1. Add its key or section to [`RELOADABLE`] (until then a change to it is refused by name).
-//! 2. In `app.rs`, take it from the [`Live`] instead of building it from the config:
-//!    `let routes = live.part(config, |c| Routes::new(&c.messages));`, and read it with
-//!    `routes.load()` where it is used.
+//! 1. In `app.rs`, take it from the [`Live`] instead of building it from the config, e.g.
+//!    `let routes = live.part(config, |c| Routes::new(&c.messages));` (an `Arc<ArcSwap<Routes>>`),
+//!    and read it with `routes.load()` where it is used.
+//! 2. Add its key or section (`"messages"`) to [`RELOADABLE`]; until then a change to it is
+//!    refused by name, never accepted and ignored.
 //!
 //! Which keys changed is decided on the file's keys (with the environment applied), not on the
 //! validated `Config`: a key added to the schema later needs a restart until someone says
@@ -28,8 +29,8 @@ use super::{Config, ConfigError};
 use crate::metrics;
 
 /// The keys a reload may change, each with everything under it; every other key needs a
-/// restart.
-pub const RELOADABLE: [&str; 3] = ["clients", "admin.token", "messages"];
+/// restart. Each is taken from [`Live::part`] in `app.rs`.
+pub const RELOADABLE: [&str; 2] = ["clients", "admin.token"];
 
 /// Every key a config's sources set (the file with the environment applied), by dotted path.
 /// Tables are walked; arrays (`[[clients]]`, `fallback_urls`) are one value each.
@@ -169,7 +170,7 @@ impl Live {
         let outcome = self.reload();
         metrics::CONFIG_RELOADS.with_label_values(&[outcome.label()]).inc();
         match &outcome {
-            Outcome::Applied => tracing::info!("config reloaded: clients, admin token and messages replaced"),
+            Outcome::Applied => tracing::info!(reloaded = %RELOADABLE.join(", "), "config reloaded"),
             Outcome::Invalid(e) => {
                 let problems = e.to_string().replace('\n', "; ");
                 tracing::warn!(%problems, "config reload refused: the file has errors; the running config stays");
@@ -217,10 +218,11 @@ mod tests {
         );
         let next = keys(
             "[listen]\nproxy = \"127.0.0.1:2\"\n[admin]\ntoken = \"b\"\n[upstream]\nfallback_urls = [\"http://b/\"]\n\
-             [store]\nbackend = \"memory\"\n[[clients]]\nname = \"b\"\n[messages.x]\ny = 1",
+             [store]\nbackend = \"memory\"\n[[clients]]\nname = \"b\"\n[admin.token_file]\ny = 1",
         );
-        assert_eq!(running.restart_only_changes(&next), ["listen.proxy", "store.backend", "upstream.fallback_urls"]);
-        assert_eq!(next.restart_only_changes(&running), ["listen.proxy", "store.backend", "upstream.fallback_urls"]);
+        let named = ["admin.token_file.y", "listen.proxy", "store.backend", "upstream.fallback_urls"];
+        assert_eq!(running.restart_only_changes(&next), named);
+        assert_eq!(next.restart_only_changes(&running), named);
         assert!(running.restart_only_changes(&running).is_empty());
     }
 
@@ -228,7 +230,7 @@ mod tests {
     fn a_reloadable_prefix_covers_only_its_own_keys() {
         assert!(is_reloadable("clients"));
         assert!(is_reloadable("admin.token"));
-        assert!(is_reloadable("messages.routes"));
+        assert!(is_reloadable("clients.key"));
         assert!(!is_reloadable("admin.token_file"));
         assert!(!is_reloadable("clientsx"));
         assert!(!is_reloadable("admin"));
