@@ -197,6 +197,7 @@ async fn sighup_swaps_clients_and_admin_token_under_load_and_refuses_bad_or_rest
     let (calls, failures) = load.finish().await;
     assert!(failures.is_empty(), "failed calls under reload: {failures:?}");
     assert!(calls >= 200, "{calls} calls");
+    println!("{calls} calls over {CONNECTIONS} kept-alive connections through 3 reloads, none failed");
     let log = setup.log();
     assert!(log.contains("config reloaded"), "{log}");
     assert!(log.contains("clients[2].key"), "the bad key is named: {log}");
