@@ -30,6 +30,7 @@ use crate::metrics;
 use crate::reply::{read_body, token_error, BodyError, Reply};
 use crate::tokens::{AccessToken, TokenService};
 use crate::AppId;
+use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
 use pingora::modules::http::HttpModules;
@@ -48,7 +49,8 @@ const TOKEN_ENDPOINT_BODY: usize = 4096;
 pub struct Gateway {
     routes: Arc<OwnRoutes>,
     tokens: Arc<TokenService>,
-    clients: Arc<Clients>,
+    /// Replaced whole by a config reload; each call reads the set current when it arrives.
+    clients: Arc<ArcSwap<Clients>>,
     upstream: Arc<Upstream>,
     settings: ProxyConfig,
     component: AppId,
@@ -70,7 +72,7 @@ impl Gateway {
     pub fn new(
         routes: Arc<OwnRoutes>,
         tokens: Arc<TokenService>,
-        clients: Arc<Clients>,
+        clients: Arc<ArcSwap<Clients>>,
         upstream: Arc<Upstream>,
         settings: ProxyConfig,
     ) -> Self {
@@ -80,7 +82,8 @@ impl Gateway {
 
     /// Resolves the request once and answers it; the reply to write, if it is not written yet.
     async fn serve(&self, session: &mut Session, ctx: &mut CallCtx) -> Option<Reply> {
-        let route = match resolve::route(&self.clients, &self.component, session.req_header()) {
+        let clients = self.clients.load_full();
+        let route = match resolve::route(&clients, &self.component, session.req_header()) {
             Ok(route) => route,
             Err(e) => return Some(Reply::error(e.status(), e)),
         };
@@ -95,7 +98,7 @@ impl Gateway {
             path.clone_into(&mut ctx.path);
         }
         match route {
-            Route::Own => Some(self.routes.handle(session, &self.clients).await),
+            Route::Own => Some(self.routes.handle(session, &clients).await),
             Route::TokenEndpoint(call) => Some(self.token_endpoint(session, &call).await),
             Route::Api(call) => self.api_call(session, &call).await.err(),
         }
