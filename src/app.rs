@@ -41,7 +41,9 @@ pub async fn open_store(config: &StoreConfig, component: &crate::AppId) -> Resul
     match config {
         StoreConfig::Sqlite { path } => Ok(Arc::new(SqliteStore::open(path)?)),
         StoreConfig::Memory => Ok(Arc::new(MemoryStore::new())),
-        StoreConfig::Redis { url, key_prefix } => Ok(Arc::new(RedisStore::connect(url, key_prefix, component).await?)),
+        StoreConfig::Redis { url, key_prefix, options } => {
+            Ok(Arc::new(RedisStore::connect(url, key_prefix, component, options).await?))
+        }
     }
 }
 

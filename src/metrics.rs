@@ -4,8 +4,8 @@
 //! authorizer would grow without bound.
 
 use prometheus::{
-    register_gauge, register_histogram, register_int_counter, register_int_counter_vec, register_int_gauge_vec, Gauge,
-    Histogram, IntCounter, IntCounterVec, IntGaugeVec,
+    register_gauge, register_histogram, register_int_counter, register_int_counter_vec, register_int_gauge,
+    register_int_gauge_vec, Gauge, Histogram, IntCounter, IntCounterVec, IntGauge, IntGaugeVec,
 };
 use std::sync::LazyLock;
 
@@ -71,6 +71,15 @@ pub static AUTHORIZERS: LazyLock<IntGaugeVec> = LazyLock::new(|| {
     register_int_gauge_vec!("wxgate_authorizers", "Authorizers held, by state", &["state"]).expect("metric")
 });
 
+pub static STORE_UP: LazyLock<IntGauge> = LazyLock::new(|| {
+    register_int_gauge!("wxgate_store_up", "1 while the store answers, 0 while Redis is known to be unreachable")
+        .expect("metric")
+});
+
+pub static STORE_OUTAGES: LazyLock<IntCounter> = LazyLock::new(|| {
+    register_int_counter!("wxgate_store_outages_total", "Times the connection to Redis was lost").expect("metric")
+});
+
 const SCOPES: [&str; 4] = ["authorizer", "component", "token_endpoint", "none"];
 const STATUSES: [u16; 10] = [200, 302, 400, 401, 403, 404, 413, 502, 503, 504];
 
@@ -114,6 +123,8 @@ pub fn init() {
     LazyLock::force(&CALLBACK_EVENTS);
     LazyLock::force(&CALLBACK_REJECTED);
     LazyLock::force(&AUTHORIZERS);
+    LazyLock::force(&STORE_OUTAGES);
+    STORE_UP.set(1);
     TICKET_AGE.set(f64::INFINITY);
 }
 

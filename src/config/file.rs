@@ -63,6 +63,9 @@ pub(super) struct StoreFile {
     pub path: Option<String>,
     pub redis_url: Option<String>,
     pub key_prefix: Option<String>,
+    pub redis_timeout_ms: Option<i64>,
+    pub redis_wait_replicas: Option<i64>,
+    pub redis_wait_timeout_ms: Option<i64>,
 }
 
 #[derive(Debug, Default, Deserialize, Serialize)]

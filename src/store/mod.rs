@@ -9,7 +9,7 @@ pub mod migrate;
 mod redis;
 mod sqlite;
 
-pub use self::redis::RedisStore;
+pub use self::redis::{parse_sentinel_url, RedisOptions, RedisStore, SentinelUrl, SENTINEL_SCHEME};
 pub use memory::MemoryStore;
 pub use sqlite::SqliteStore;
 
