@@ -17,11 +17,11 @@ use crate::{AppId, Secret};
 use async_trait::async_trait;
 use futures_util::StreamExt;
 use link::{Link, WeakLink};
-use target::Target;
 use redis::{AsyncCommands, Script, ScriptInvocation};
 use std::collections::HashMap;
 use std::sync::LazyLock;
 use std::time::Duration;
+use target::Target;
 use tokio::sync::broadcast;
 
 /// Keeps `ticket` unless the one held has a later CreateTime.
@@ -109,14 +109,8 @@ impl RedisStore {
         let (changes, _) = broadcast::channel(1024);
         let instance = format!("{}-{}", std::process::id(), hex::encode(rand::random::<[u8; 6]>()));
         let channel = format!("{key_prefix}{component}:changes");
-        let store = Self {
-            link,
-            options: options.clone(),
-            key_prefix: key_prefix.to_owned(),
-            channel,
-            instance,
-            changes,
-        };
+        let store =
+            Self { link, options: options.clone(), key_prefix: key_prefix.to_owned(), channel, instance, changes };
         store.warn_without_persistence().await;
         tokio::spawn(listen(store.link.downgrade(), store.channel.clone(), store.changes.clone(), options.timeout));
         Ok(store)
@@ -564,7 +558,8 @@ mod tests {
         contract_tests::newer_ticket_wins(&s).await;
         contract_tests::events_are_recorded_once(&s).await;
         // Keys are namespaced by component: another component's store is empty.
-        let other = RedisStore::connect(&Secret::new(URL), &p, &contract_tests::component_b(), &RedisOptions::default())
+        let other =
+            RedisStore::connect(&Secret::new(URL), &p, &contract_tests::component_b(), &RedisOptions::default())
                 .await
                 .unwrap();
         assert!(other.load_ticket(&contract_tests::component_b()).await.unwrap().is_none());

@@ -30,10 +30,9 @@ pub fn parse_sentinel_url(url: &str) -> Result<SentinelUrl, String> {
     };
     let (username, password) = match userinfo.map(|u| u.split_once(':').unwrap_or((u, ""))) {
         None => (None, None),
-        Some((user, pass)) => (
-            Some(decode(user)?).filter(|u| !u.is_empty()),
-            Some(decode(pass)?).filter(|p| !p.is_empty()),
-        ),
+        Some((user, pass)) => {
+            (Some(decode(user)?).filter(|u| !u.is_empty()), Some(decode(pass)?).filter(|p| !p.is_empty()))
+        }
     };
     let sentinels = hosts.split(',').map(host_port).collect::<Result<Vec<_>, _>>()?;
     if sentinels.is_empty() {
@@ -43,7 +42,9 @@ pub fn parse_sentinel_url(url: &str) -> Result<SentinelUrl, String> {
     let service = segments.next().filter(|s| !s.is_empty()).ok_or("must name the service: .../service_name[/db]")?;
     let db = match segments.next() {
         None | Some("") => 0,
-        Some(db) => db.parse::<i64>().ok().filter(|d| *d >= 0).ok_or("the database after the service must be a number")?,
+        Some(db) => {
+            db.parse::<i64>().ok().filter(|d| *d >= 0).ok_or("the database after the service must be a number")?
+        }
     };
     if segments.next().is_some() || service.contains(['?', '#']) {
         return Err("must be .../service_name[/db], with no more path, query or fragment".into());
@@ -72,7 +73,10 @@ pub(super) enum Target {
     Direct(Client),
     /// The Sentinel client is asked by one task at a time: it keeps its connections to the
     /// Sentinels between calls.
-    Sentinel { sentinels: tokio::sync::Mutex<SentinelClient>, service: String },
+    Sentinel {
+        sentinels: tokio::sync::Mutex<SentinelClient>,
+        service: String,
+    },
 }
 
 impl Target {
@@ -122,7 +126,9 @@ impl Target {
         if let Self::Sentinel { .. } = self {
             let role: Vec<redis::Value> = redis::cmd("ROLE").query_async(&mut conn).await?;
             if !matches!(role.first(), Some(redis::Value::BulkString(r)) if r == b"master") {
-                return Err((redis::ErrorKind::ReadOnly, "the server Sentinel named is not (or no longer) master").into());
+                return Err(
+                    (redis::ErrorKind::ReadOnly, "the server Sentinel named is not (or no longer) master").into()
+                );
             }
         }
         Ok((client, conn))
