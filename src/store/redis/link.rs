@@ -24,6 +24,8 @@ const PROBE_EVERY: Duration = Duration::from_millis(200);
 const HEARTBEAT_EVERY: Duration = Duration::from_secs(1);
 /// Commands in flight at once; more wait, within their deadline, for a turn.
 const MAX_IN_FLIGHT: usize = 256;
+/// Writes waiting on replicas at once, each on a connection of its own.
+const MAX_DURABLE: usize = 8;
 
 #[derive(Clone)]
 pub(super) struct Link(Arc<Inner>);
@@ -35,6 +37,11 @@ struct Inner {
     /// Wakes the supervisor when a command finds the connection broken.
     wake: Notify,
     in_flight: Semaphore,
+    /// Connections for writes followed by WAIT, one write at a time each: WAIT blocks the
+    /// connection it is sent on (every command behind it on a shared connection would wait too),
+    /// and counts only that connection's writes. Tagged with the generation they were made in.
+    durable: Mutex<Vec<(u64, MultiplexedConnection)>>,
+    durable_turns: Semaphore,
     /// The generation of the connection in use, bumped by every reconnect: the change listener
     /// subscribes again when it moves (Redis restarted, or Sentinel named another master).
     live: watch::Sender<u64>,
@@ -72,6 +79,8 @@ impl Link {
             state: Mutex::new(State { conn: Some(conn), generation: 1, down: None }),
             wake: Notify::new(),
             in_flight: Semaphore::new(MAX_IN_FLIGHT),
+            durable: Mutex::new(Vec::new()),
+            durable_turns: Semaphore::new(MAX_DURABLE),
             live: watch::Sender::new(1),
         });
         tokio::spawn(supervise(Arc::downgrade(&inner)));
@@ -117,10 +126,59 @@ impl Link {
         }
     }
 
+    /// As [`Link::run_within`], on a connection no other command uses meanwhile: for a write
+    /// followed by WAIT.
+    pub(super) async fn run_alone<T, F, Fut>(&self, timeout: Duration, command: F) -> Result<T, StoreError>
+    where
+        F: FnOnce(MultiplexedConnection) -> Fut,
+        Fut: Future<Output = RedisResult<T>>,
+    {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let (_, generation) = self.0.current()?;
+        let Ok(Ok(_turn)) = tokio::time::timeout_at(deadline, self.0.durable_turns.acquire()).await else {
+            return Err(StoreError::Unavailable(format!("redis: {MAX_DURABLE} replicated writes already waiting")));
+        };
+        let outcome = tokio::time::timeout_at(deadline, async {
+            let conn = match self.0.take_durable(generation) {
+                Some(conn) => conn,
+                None => {
+                    let client = self.client().ok_or_else(|| (ErrorKind::IoError, "not connected"))?;
+                    let config = redis::AsyncConnectionConfig::new().set_connection_timeout(timeout);
+                    client.get_multiplexed_async_connection_with_config(&config).await?
+                }
+            };
+            let value = command(conn.clone()).await?;
+            Ok::<_, RedisError>((value, conn))
+        })
+        .await;
+        match outcome {
+            Ok(Ok((value, conn))) => {
+                self.0.put_durable(generation, conn);
+                Ok(value)
+            }
+            Ok(Err(e)) if is_link_fault(&e) => {
+                let reason = e.to_string();
+                self.0.lost(generation, &reason);
+                Err(StoreError::Unavailable(format!("redis: {reason}")))
+            }
+            Ok(Err(e)) => Err(StoreError::Unavailable(format!("redis: {e}"))),
+            Err(_) => {
+                let reason = format!("no answer within {timeout:?}");
+                self.0.lost(generation, &reason);
+                Err(StoreError::Unavailable(format!("redis: {reason}")))
+            }
+        }
+    }
+
     /// The client of the master in use, for the change listener's own connection; `None` while
     /// Redis is away.
     pub(super) fn client(&self) -> Option<Client> {
         self.0.lock().conn.as_ref().map(|(client, _)| client.clone())
+    }
+
+    /// Has the supervisor check the connection (and, behind Sentinel, who is master) now.
+    pub(super) fn suspect(&self) {
+        self.0.wake.notify_one();
     }
 
     /// A handle that does not keep the link (and its supervisor) alive.
@@ -177,6 +235,18 @@ impl Inner {
         self.wake.notify_one();
     }
 
+    fn take_durable(&self, generation: u64) -> Option<MultiplexedConnection> {
+        let mut pool = self.durable.lock().unwrap_or_else(|p| p.into_inner());
+        pool.retain(|(g, _)| *g == generation);
+        pool.pop().map(|(_, conn)| conn)
+    }
+
+    fn put_durable(&self, generation: u64, conn: MultiplexedConnection) {
+        if self.lock().generation == generation {
+            self.durable.lock().unwrap_or_else(|p| p.into_inner()).push((generation, conn));
+        }
+    }
+
     fn restore(&self, conn: (Client, MultiplexedConnection)) {
         let mut state = self.lock();
         let away = state.down.take().map(|d| d.since.elapsed());
@@ -189,12 +259,25 @@ impl Inner {
         tracing::info!(away_ms = away.map(|d| d.as_millis() as u64), "Redis answers again; store operations resume");
     }
 
+    /// Gives up the connection if the Sentinels name another master, so that the probe
+    /// connects to the new one.
+    async fn follow_sentinel(&self) {
+        let current = {
+            let state = self.lock();
+            state.conn.as_ref().map(|(client, _)| (client.clone(), state.generation))
+        };
+        let Some((client, generation)) = current else { return };
+        if let Ok(true) = tokio::time::timeout(self.timeout, self.target.moved_from(&client)).await {
+            self.lost(generation, "Sentinel names another master (failover)");
+        }
+    }
+
     fn is_down(&self) -> bool {
         self.lock().down.is_some()
     }
 }
 
-/// While up: a PING every [`HEARTBEAT_EVERY`]. While down: a fresh connection attempt every
+/// While up: a check (PING; ROLE behind Sentinel) every [`HEARTBEAT_EVERY`]. While down: a fresh connection attempt every
 /// [`PROBE_EVERY`], each within the deadline. Ends when the store is dropped.
 async fn supervise(inner: Weak<Inner>) {
     loop {
@@ -215,13 +298,18 @@ async fn supervise(inner: Weak<Inner>) {
             drop(inner);
             tokio::time::sleep(PROBE_EVERY).await;
         } else {
+            // A command that found something amiss (a WAIT short of replicas) asks for a check now.
             tokio::select! {
-                () = tokio::time::sleep(HEARTBEAT_EVERY) => {
-                    let link = Link(Arc::clone(&inner));
-                    let _ = link.run(|mut c| async move { redis::cmd("PING").query_async::<String>(&mut c).await }).await;
-                }
+                () = tokio::time::sleep(HEARTBEAT_EVERY) => {}
                 () = inner.wake.notified() => {}
             }
+            if inner.is_down() {
+                continue;
+            }
+            let link = Link(Arc::clone(&inner));
+            let check = Arc::clone(&inner);
+            let _ = link.run(|mut c| async move { check.target.check(&mut c).await }).await;
+            inner.follow_sentinel().await;
         }
     }
 }

@@ -157,24 +157,29 @@ impl RedisStore {
         let wait = (durable && self.options.wait_replicas > 0)
             .then_some((self.options.wait_replicas, self.options.wait_timeout));
         let deadline = self.options.timeout + wait.map_or(Duration::ZERO, |(_, t)| t);
-        let (value, acked) = self
-            .link
-            .run_within(deadline, |mut c| async move {
-                let value: T = invocation.invoke_async(&mut c).await?;
-                let acked = match wait {
-                    Some((n, t)) => {
-                        let ms = u64::try_from(t.as_millis()).unwrap_or(u64::MAX).max(1);
-                        Some(redis::cmd("WAIT").arg(n).arg(ms).query_async::<u32>(&mut c).await?)
-                    }
-                    None => None,
-                };
-                Ok((value, acked))
-            })
-            .await?;
+        let command = |mut c: redis::aio::MultiplexedConnection| async move {
+            let value: T = invocation.invoke_async(&mut c).await?;
+            let acked = match wait {
+                Some((n, t)) => {
+                    let ms = u64::try_from(t.as_millis()).unwrap_or(u64::MAX).max(1);
+                    Some(redis::cmd("WAIT").arg(n).arg(ms).query_async::<u32>(&mut c).await?)
+                }
+                None => None,
+            };
+            Ok((value, acked))
+        };
+        let (value, acked) = match wait {
+            Some(_) => self.link.run_alone(deadline, command).await?,
+            None => self.link.run_within(deadline, command).await?,
+        };
         match (wait, acked) {
-            (Some((n, t)), Some(acked)) if acked < n => Err(StoreError::Unavailable(format!(
-                "redis: the write reached {acked} of the {n} replicas required within {t:?} (WAIT)"
-            ))),
+            (Some((n, t)), Some(acked)) if acked < n => {
+                // Most often a failover under way: the master we write to has lost its replica.
+                self.link.suspect();
+                Err(StoreError::Unavailable(format!(
+                    "redis: the write reached {acked} of the {n} replicas required within {t:?} (WAIT)"
+                )))
+            }
             _ => Ok(value),
         }
     }

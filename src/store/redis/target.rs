@@ -76,6 +76,10 @@ pub(super) enum Target {
     Sentinel {
         sentinels: tokio::sync::Mutex<SentinelClient>,
         service: String,
+        /// The Sentinels again, asked directly which master they name (see [`Target::named_master`]),
+        /// with the connection to the last one that answered.
+        nodes: Vec<Client>,
+        asked: tokio::sync::Mutex<Option<MultiplexedConnection>>,
     },
 }
 
@@ -85,7 +89,7 @@ impl Target {
             return Client::open(url).map(Self::Direct);
         }
         let parsed = parse_sentinel_url(url).map_err(|e| (redis::ErrorKind::InvalidClientConfig, "sentinel url", e))?;
-        let sentinels = parsed
+        let sentinels: Vec<ConnectionInfo> = parsed
             .sentinels
             .iter()
             .map(|(host, port)| ConnectionInfo {
@@ -93,6 +97,7 @@ impl Target {
                 redis: RedisConnectionInfo::default(),
             })
             .collect();
+        let nodes = sentinels.iter().cloned().map(Client::open).collect::<RedisResult<Vec<_>>>()?;
         let node = SentinelNodeConnectionInfo {
             tls_mode: None,
             redis_connection_info: Some(RedisConnectionInfo {
@@ -103,7 +108,12 @@ impl Target {
             }),
         };
         let client = SentinelClient::build(sentinels, parsed.service.clone(), Some(node), SentinelServerType::Master)?;
-        Ok(Self::Sentinel { sentinels: tokio::sync::Mutex::new(client), service: parsed.service })
+        Ok(Self::Sentinel {
+            sentinels: tokio::sync::Mutex::new(client),
+            service: parsed.service,
+            nodes,
+            asked: tokio::sync::Mutex::new(None),
+        })
     }
 
     pub(super) fn describe(&self) -> String {
@@ -122,17 +132,72 @@ impl Target {
         };
         let config = AsyncConnectionConfig::new().set_connection_timeout(timeout);
         let mut conn = client.get_multiplexed_async_connection_with_config(&config).await?;
-        let _: String = redis::cmd("PING").query_async(&mut conn).await?;
+        self.check(&mut conn).await?;
+        Ok((client, conn))
+    }
+
+    /// Whether the Sentinels now name a master other than `client`'s server: a failover the
+    /// old master does not know of yet (Sentinel demotes it only when it next looks at it, and
+    /// what it accepts meanwhile is lost). `false` when no Sentinel answers: a master that
+    /// works is not given up because its Sentinels are away. The caller bounds the time.
+    pub(super) async fn moved_from(&self, client: &Client) -> bool {
+        let Self::Sentinel { service, nodes, asked, .. } = self else { return false };
+        let Some((host, port)) = named_master(service, nodes, asked).await else { return false };
+        match &client.get_connection_info().addr {
+            ConnectionAddr::Tcp(h, p) | ConnectionAddr::TcpTls { host: h, port: p, .. } => {
+                !(*p == port && (*h == host || same_ip(h, &host)))
+            }
+            _ => false,
+        }
+    }
+
+    /// Whether the server behind `conn` can serve the store: it answers PING (not while loading
+    /// its data) and, behind Sentinel, is still master (a failover demotes it).
+    pub(super) async fn check(&self, conn: &mut MultiplexedConnection) -> RedisResult<()> {
+        let _: String = redis::cmd("PING").query_async(conn).await?;
         if let Self::Sentinel { .. } = self {
-            let role: Vec<redis::Value> = redis::cmd("ROLE").query_async(&mut conn).await?;
+            let role: Vec<redis::Value> = redis::cmd("ROLE").query_async(conn).await?;
             if !matches!(role.first(), Some(redis::Value::BulkString(r)) if r == b"master") {
                 return Err(
                     (redis::ErrorKind::ReadOnly, "the server Sentinel named is not (or no longer) master").into()
                 );
             }
         }
-        Ok((client, conn))
+        Ok(())
     }
+}
+
+/// `SENTINEL get-master-addr-by-name`, from the first Sentinel that answers.
+async fn named_master(
+    service: &str,
+    nodes: &[Client],
+    asked: &tokio::sync::Mutex<Option<MultiplexedConnection>>,
+) -> Option<(String, u16)> {
+    let mut asked = asked.lock().await;
+    let query = |mut conn: MultiplexedConnection| async move {
+        let addr: Option<(String, u16)> =
+            redis::cmd("SENTINEL").arg("get-master-addr-by-name").arg(service).query_async(&mut conn).await?;
+        RedisResult::Ok((addr, conn))
+    };
+    if let Some(conn) = asked.take() {
+        if let Ok((addr, conn)) = query(conn).await {
+            *asked = Some(conn);
+            return addr;
+        }
+    }
+    for node in nodes {
+        if let Ok(conn) = node.get_multiplexed_async_connection().await {
+            if let Ok((addr, conn)) = query(conn).await {
+                *asked = Some(conn);
+                return addr;
+            }
+        }
+    }
+    None
+}
+
+fn same_ip(a: &str, b: &str) -> bool {
+    matches!((a.parse::<std::net::IpAddr>(), b.parse::<std::net::IpAddr>()), (Ok(x), Ok(y)) if x == y)
 }
 
 #[cfg(test)]
