@@ -142,7 +142,7 @@ impl Link {
             let conn = match self.0.take_durable(generation) {
                 Some(conn) => conn,
                 None => {
-                    let client = self.client().ok_or_else(|| (ErrorKind::IoError, "not connected"))?;
+                    let client = self.client().ok_or((ErrorKind::IoError, "not connected"))?;
                     let config = redis::AsyncConnectionConfig::new().set_connection_timeout(timeout);
                     client.get_multiplexed_async_connection_with_config(&config).await?
                 }

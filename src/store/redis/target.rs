@@ -74,7 +74,7 @@ pub(super) enum Target {
     /// The Sentinel client is asked by one task at a time: it keeps its connections to the
     /// Sentinels between calls.
     Sentinel {
-        sentinels: tokio::sync::Mutex<SentinelClient>,
+        sentinels: Box<tokio::sync::Mutex<SentinelClient>>,
         service: String,
         /// The Sentinels again, asked directly which master they name (see [`Target::named_master`]),
         /// with the connection to the last one that answered.
@@ -109,7 +109,7 @@ impl Target {
         };
         let client = SentinelClient::build(sentinels, parsed.service.clone(), Some(node), SentinelServerType::Master)?;
         Ok(Self::Sentinel {
-            sentinels: tokio::sync::Mutex::new(client),
+            sentinels: Box::new(tokio::sync::Mutex::new(client)),
             service: parsed.service,
             nodes,
             asked: tokio::sync::Mutex::new(None),
