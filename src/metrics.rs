@@ -80,6 +80,15 @@ pub static STORE_OUTAGES: LazyLock<IntCounter> = LazyLock::new(|| {
     register_int_counter!("wxgate_store_outages_total", "Times the connection to Redis was lost").expect("metric")
 });
 
+pub static CONFIG_RELOADS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "wxgate_config_reloads_total",
+        "Config reloads on SIGHUP, by result (ok, invalid: the file has errors, refused: a key needs a restart)",
+        &["result"]
+    )
+    .expect("metric")
+});
+
 const SCOPES: [&str; 4] = ["authorizer", "component", "token_endpoint", "none"];
 const STATUSES: [u16; 10] = [200, 302, 400, 401, 403, 404, 413, 502, 503, 504];
 
@@ -125,6 +134,9 @@ pub fn init() {
     LazyLock::force(&AUTHORIZERS);
     LazyLock::force(&STORE_OUTAGES);
     STORE_UP.set(1);
+    for result in ["ok", "invalid", "refused"] {
+        CONFIG_RELOADS.with_label_values(&[result]);
+    }
     TICKET_AGE.set(f64::INFINITY);
 }
 
