@@ -3,6 +3,9 @@
 //! started again. Nothing waits on the missing Redis: pushes get 503 at once, `/readyz` says
 //! why, no call is held longer than the upstream timeout, and both instances serve store
 //! operations again within seconds of Redis answering.
+//!
+//! Every ticket the load pushes is older than the sandbox's: it goes through the store without
+//! replacing the ticket the gateway needs.
 
 mod common;
 
@@ -166,8 +169,11 @@ async fn a_redis_outage_is_answered_at_once_and_recovered_within_seconds() {
     for i in 0..gws.len() {
         let after: Vec<&Sample> =
             samples.iter().filter(|s| s.instance == i && s.at >= back_at && s.kind != Kind::Call).collect();
-        let first_ok = after.iter().position(|s| s.ok).unwrap_or_else(|| panic!("instance {i} never recovered"));
-        let failed_later: Vec<&&Sample> = after[first_ok..].iter().filter(|s| !s.ok).collect();
+        // `/readyz` may still wait a moment on a component token that expired during the outage:
+        // only its store answer counts here.
+        let store_ok = |s: &Sample| s.ok || (s.kind == Kind::Ready && !s.body.contains("store ("));
+        let first_ok = after.iter().position(|s| store_ok(s)).unwrap_or_else(|| panic!("instance {i} never recovered"));
+        let failed_later: Vec<&&Sample> = after[first_ok..].iter().filter(|s| !store_ok(s)).collect();
         assert!(failed_later.is_empty(), "instance {i} failed again after recovering: {failed_later:?}");
         let took = after[first_ok].at + after[first_ok].took - back_at;
         assert!(
@@ -175,6 +181,8 @@ async fn a_redis_outage_is_answered_at_once_and_recovered_within_seconds() {
             "instance {i} served store operations again {took:?} after Redis answered"
         );
         recovered.push(took);
+        let last_ready = after.iter().rev().find(|s| s.kind == Kind::Ready).unwrap();
+        assert!(last_ready.ok, "instance {i} ready again: {last_ready:?}");
     }
     // Proxied calls: tokens that expired during the outage are refreshed once Redis is back.
     for i in 0..gws.len() {
