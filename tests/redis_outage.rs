@@ -222,3 +222,52 @@ async fn a_redis_outage_is_answered_at_once_and_recovered_within_seconds() {
         assert_no_secrets(&s.log(), &[]);
     }
 }
+
+/// A Redis that stops answering without closing its connections (SIGSTOP: a hung host, a full
+/// network queue): the first command waits out its deadline (`store.redis_timeout_ms`, 1 s), and
+/// every one after fails at once until Redis answers again (SIGCONT).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_silent_redis_costs_one_deadline_then_fails_fast() {
+    let redis = OwnRedis::start();
+    let (_setups, _sandbox, gws) = two_instances(&redis, 7200, 1).await;
+    let pid = redis.pid().unwrap().to_string();
+    let signal = |sig: &str| assert!(std::process::Command::new("kill").args([sig, &pid]).status().unwrap().success());
+    let crypt = crypt();
+    let gw = &gws[0];
+    signal("-STOP");
+    let started = Instant::now();
+    let mut answers = Vec::new();
+    while started.elapsed() < Duration::from_secs(4) {
+        let at = Instant::now();
+        let status = gw.try_push(&crypt, &ticket_xml("old-ticket", 1)).await.map(|r| r.status().as_u16()).unwrap_or(0);
+        answers.push((status, at.elapsed()));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let at = Instant::now();
+    let ready = gw.http.get(gw.admin_url("/readyz")).send().await.unwrap();
+    let ready_took = at.elapsed();
+    let (ready_status, ready_body) = (ready.status(), ready.text().await.unwrap());
+    signal("-CONT");
+    let resumed = Instant::now();
+    eventually(Duration::from_secs(5), "a push is stored again", || async {
+        gw.try_push(&crypt, &ticket_xml("old-ticket", 1)).await.is_ok_and(|r| r.status() == 200)
+    })
+    .await;
+    let recovered = resumed.elapsed();
+
+    assert!(answers.iter().all(|(status, _)| *status == 503), "every push during the silence: 503: {answers:?}");
+    let slowest = answers.iter().map(|(_, took)| *took).max().unwrap();
+    assert!(slowest < Duration::from_millis(1500), "no push waited much past the 1 s deadline: {answers:?}");
+    let waited = answers.iter().filter(|(_, took)| *took > Duration::from_millis(500)).count();
+    assert!(waited <= 2, "after the first deadline, pushes fail at once: {answers:?}");
+    assert_eq!(ready_status, 503);
+    assert!(ready_took < Duration::from_secs(1), "/readyz answered in {ready_took:?}");
+    assert!(ready_body.contains("redis unreachable"), "{ready_body}");
+    assert!(recovered < Duration::from_secs(5));
+    eprintln!(
+        "silent Redis: first push {:?}, slowest {slowest:?}, {} pushes in 4 s, /readyz {ready_took:?}, \
+         stored again {recovered:?} after SIGCONT",
+        answers[0].1,
+        answers.len()
+    );
+}
