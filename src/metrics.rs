@@ -67,6 +67,23 @@ pub static CALLBACK_REJECTED: LazyLock<IntCounterVec> = LazyLock::new(|| {
         .expect("metric")
 });
 
+pub static BUDGET_EXHAUSTED: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "wxgate_wechat_budget_exhausted_total",
+        "Calls to a WeChat token endpoint refused because the credential's budget for the minute was spent, by endpoint",
+        &["endpoint"]
+    )
+    .expect("metric")
+});
+
+pub static LEASE_RELEASE_FAILURES: LazyLock<IntCounter> = LazyLock::new(|| {
+    register_int_counter!(
+        "wxgate_lease_release_failures_total",
+        "Refresh leases that could not be released (they expire on their own)"
+    )
+    .expect("metric")
+});
+
 pub static AUTHORIZERS: LazyLock<IntGaugeVec> = LazyLock::new(|| {
     register_int_gauge_vec!("wxgate_authorizers", "Authorizers held, by state", &["state"]).expect("metric")
 });

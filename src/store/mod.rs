@@ -17,7 +17,7 @@ use crate::{AppId, Secret};
 use async_trait::async_trait;
 use std::sync::Arc;
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
     #[error("store unavailable: {0}")]
     Unavailable(String),
@@ -119,11 +119,22 @@ pub struct Lease {
     pub owner: String,
 }
 
-impl Lease {
-    /// No lease: the write happens whoever holds one (a new authorization, whose code is single
-    /// use, so that no two instances can obtain it).
-    pub fn none() -> Self {
-        Self { key: String::new(), owner: String::new() }
+/// Under what right a token is written.
+#[derive(Debug, Clone, Copy)]
+pub enum Fence<'a> {
+    /// Only while this lease is held: nothing is written once it has passed to another instance.
+    Lease(&'a Lease),
+    /// Whoever holds a lease: a new authorization, whose code is single use, so that no two
+    /// instances can obtain its tokens.
+    Unfenced,
+}
+
+impl<'a> Fence<'a> {
+    pub fn lease(self) -> Option<&'a Lease> {
+        match self {
+            Self::Lease(lease) => Some(lease),
+            Self::Unfenced => None,
+        }
     }
 }
 
@@ -212,22 +223,22 @@ pub trait Store: Send + Sync + 'static {
         Ok(())
     }
 
-    /// Saves under `lease`; `false` (nothing written) if the lease has passed to another instance.
+    /// Saves under `fence`; `false` (nothing written) if its lease has passed to another instance.
     async fn save_component_token_leased(
         &self,
         component: &AppId,
         token: &ComponentToken,
-        _lease: &Lease,
+        _fence: Fence<'_>,
     ) -> Result<bool, StoreError> {
         self.save_component_token(component, token).await.map(|()| true)
     }
 
-    /// Saves under `lease`; `false` (nothing written) if the lease has passed to another instance.
+    /// Saves under `fence`; `false` (nothing written) if its lease has passed to another instance.
     async fn save_authorizer_leased(
         &self,
         component: &AppId,
         record: &AuthorizerRecord,
-        _lease: &Lease,
+        _fence: Fence<'_>,
     ) -> Result<bool, StoreError> {
         self.save_authorizer(component, record).await.map(|()| true)
     }

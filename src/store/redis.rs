@@ -6,7 +6,8 @@
 //! `appendfsync everysec` or `always`); start-up warns when it keeps nothing on disk.
 
 use super::{
-    AuthEvent, AuthorizerRecord, AuthorizerState, Change, ComponentToken, Lease, Store, StoreError, StoredEvent, Ticket,
+    AuthEvent, AuthorizerRecord, AuthorizerState, Change, ComponentToken, Fence, Lease, Store, StoreError, StoredEvent,
+    Ticket,
 };
 use crate::{AppId, Secret};
 use async_trait::async_trait;
@@ -395,11 +396,11 @@ impl Store for RedisStore {
         &self,
         component: &AppId,
         token: &ComponentToken,
-        lease: &Lease,
+        fence: Fence<'_>,
     ) -> Result<bool, StoreError> {
         self.fenced_write(
             component,
-            Some(lease),
+            fence.lease(),
             &self.key(component, "component_token"),
             "",
             "component",
@@ -412,12 +413,12 @@ impl Store for RedisStore {
         &self,
         component: &AppId,
         r: &AuthorizerRecord,
-        lease: &Lease,
+        fence: Fence<'_>,
     ) -> Result<bool, StoreError> {
         let hash = self.key(component, &format!("authorizer:{}", r.appid));
         self.fenced_write(
             component,
-            Some(lease),
+            fence.lease(),
             &hash,
             r.appid.as_str(),
             &format!("authorizer:{}", r.appid),
@@ -482,11 +483,14 @@ mod tests {
         let ttl = Duration::from_millis(300);
         let held = one.lease(&c, "wx1111111111111111", ttl).await.unwrap().expect("free");
         assert!(two.lease(&c, "wx1111111111111111", ttl).await.unwrap().is_none(), "held by one");
-        assert!(one.save_authorizer_leased(&c, &record, &held).await.unwrap());
+        assert!(one.save_authorizer_leased(&c, &record, Fence::Lease(&held)).await.unwrap());
         tokio::time::sleep(ttl + Duration::from_millis(100)).await;
         let taken = two.lease(&c, "wx1111111111111111", ttl).await.unwrap().expect("expired, so free");
         let late = AuthorizerRecord { refresh_token: Some(Secret::new("stale")), ..record.clone() };
-        assert!(!one.save_authorizer_leased(&c, &late, &held).await.unwrap(), "fenced: the lease passed on");
+        assert!(
+            !one.save_authorizer_leased(&c, &late, Fence::Lease(&held)).await.unwrap(),
+            "fenced: the lease passed on"
+        );
         assert_eq!(two.load_authorizer(&c, &record.appid).await.unwrap().unwrap(), record);
         two.release(&taken).await.unwrap();
         assert!(one.lease(&c, "wx1111111111111111", ttl).await.unwrap().is_some(), "released");
