@@ -429,4 +429,6 @@ pub(crate) enum Want<'a> {
 }
 
 #[cfg(test)]
+mod testing;
+#[cfg(test)]
 mod tests;

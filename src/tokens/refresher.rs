@@ -312,7 +312,7 @@ impl TokenService {
             }
         }
         let result = match self.spend_budget(c) {
-            Ok(()) => self.fetch_and_commit(c, lease).await,
+            Ok(()) => self.fetch_and_commit(c, want, lease).await,
             Err(e) => Err(e),
         };
         match &result {
@@ -322,16 +322,24 @@ impl TokenService {
         result
     }
 
-    async fn fetch_and_commit<C: Credential>(&self, c: &C, lease: &LeaseGuard) -> Result<Arc<AccessToken>, TokenError> {
+    async fn fetch_and_commit<C: Credential>(
+        &self,
+        c: &C,
+        want: Want<'_>,
+        lease: &LeaseGuard,
+    ) -> Result<Arc<AccessToken>, TokenError> {
         let fetched = c.fetch().await?;
         match c.commit(fetched, lease.fence()).await? {
             Committed::InService(token) => Ok(token),
             Committed::LeaseLost => {
-                // The lease ran out and another instance refreshed: what it stored is the latest.
+                // The lease ran out and another instance refreshed: what it stored is the latest,
+                // if it is what was wanted (not the token WeChat refused). Else this attempt
+                // failed, and waits out its backoff like any other.
                 tracing::warn!(lease = %c.lease_name(), "lost the refresh lease; using what another instance stored");
                 c.adopt_stored().await?;
-                let now = self.clock.now_ms();
-                c.current(Want::Valid)?.filter(|t| t.is_valid(now)).ok_or(TokenError::Contended)
+                let want = if matches!(want, Want::Now) { Want::Valid } else { want };
+                let (now, job) = (self.clock.now_ms(), c.job());
+                c.current(want)?.filter(|t| self.still_wanted(t, want, now, &job)).ok_or(TokenError::Contended)
             }
         }
     }
@@ -357,3 +365,6 @@ impl TokenService {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;
