@@ -6,8 +6,8 @@
 //! `appendfsync everysec` or `always`); start-up warns when it keeps nothing on disk.
 
 use super::{
-    AuthEvent, AuthorizerRecord, AuthorizerState, Change, ComponentToken, Fence, Lease, Store, StoreError, StoredEvent,
-    Ticket,
+    AuthEvent, AuthorizerRecord, AuthorizerState, Change, ComponentToken, Fence, JsTicket, Lease, Store, StoreError,
+    StoredEvent, Ticket, TicketKind,
 };
 use crate::{AppId, Secret};
 use async_trait::async_trait;
@@ -165,6 +165,10 @@ fn parse_change(payload: &str) -> Option<Change> {
         None if payload == "component" => Some(Change::ComponentToken),
         Some(("authorizer", appid)) => AppId::parse(appid).ok().map(Change::Authorizer),
         Some(("deleted", appid)) => AppId::parse(appid).ok().map(Change::Deleted),
+        Some(("js_ticket", rest)) => {
+            let (kind, appid) = rest.split_once(':')?;
+            Some(Change::JsTicket(AppId::parse(appid).ok()?, TicketKind::parse(kind)?))
+        }
         _ => None,
     }
 }
@@ -427,6 +431,35 @@ impl Store for RedisStore {
         .await
     }
 
+    async fn load_js_ticket(&self, c: &AppId, a: &AppId, kind: TicketKind) -> Result<Option<JsTicket>, StoreError> {
+        let map = self.hgetall(&self.key(c, &format!("js_ticket:{}:{a}", kind.as_str()))).await?;
+        if map.is_empty() {
+            return Ok(None);
+        }
+        Ok(Some(JsTicket {
+            value: Secret::new(field::<String>(&map, "value")?),
+            expires_at: field(&map, "expires_at")?,
+            obtained_at: field(&map, "obtained_at")?,
+        }))
+    }
+
+    async fn save_js_ticket(
+        &self,
+        c: &AppId,
+        a: &AppId,
+        kind: TicketKind,
+        t: &JsTicket,
+        fence: Fence<'_>,
+    ) -> Result<bool, StoreError> {
+        let name = format!("js_ticket:{}:{a}", kind.as_str());
+        let fields = vec![
+            ("value", t.value.expose().to_owned()),
+            ("expires_at", t.expires_at.to_string()),
+            ("obtained_at", t.obtained_at.to_string()),
+        ];
+        self.fenced_write(c, fence.lease(), &self.key(c, &name), "", &name, fields).await
+    }
+
     fn changes(&self) -> Option<broadcast::Receiver<Change>> {
         Some(self.changes.subscribe())
     }
@@ -471,6 +504,7 @@ mod tests {
         clean(&p).await;
         let p = prefix();
         contract_tests::tokens_and_authorizers_round_trip(&store(&p).await).await;
+        contract_tests::js_tickets_round_trip(&store(&p).await).await;
         clean(&p).await;
     }
 

@@ -278,6 +278,7 @@ impl TokenService {
         };
         let existed = self.store.delete_authorizer(&self.component, appid).await?;
         let known = self.authorizers.remove(appid).is_some();
+        self.tickets.remove_authorizer(appid);
         self.unplan(&Job::Authorizer(*appid));
         self.update_gauges();
         Ok(existed || known)

@@ -20,6 +20,7 @@ impl TokenService {
                 Ok(Change::Ticket) => self.current_ticket().await.map(drop),
                 Ok(Change::ComponentToken) => self.adopt_stored_component().await.map(drop),
                 Ok(Change::Authorizer(appid)) => self.reload_authorizer(&appid).await,
+                Ok(Change::JsTicket(appid, kind)) => self.adopt_announced_ticket(&appid, kind).await,
                 Ok(Change::Deleted(appid)) => {
                     self.authorizers.remove(&appid);
                     self.unplan(&Job::Authorizer(appid));

@@ -39,6 +39,7 @@ mod refresher;
 mod schedule;
 mod scheduler;
 mod slot;
+mod ticket;
 
 pub use clock::Clock;
 pub use refresher::Endpoint;
@@ -177,6 +178,7 @@ pub struct TokenService {
     ticket: RwLock<Option<Ticket>>,
     component_token: ComponentSlot,
     authorizers: Slots,
+    tickets: ticket::TicketSlots,
     schedule: Mutex<Schedule>,
     /// Wakes the scheduler when the schedule changes.
     wake: Notify,
@@ -211,6 +213,7 @@ impl TokenService {
             settings,
             ticket: RwLock::new(ticket),
             authorizers: Slots::default(),
+            tickets: ticket::TicketSlots::default(),
             schedule: Mutex::new(Schedule::default()),
             wake: Notify::new(),
             used_codes: moka::sync::Cache::builder()

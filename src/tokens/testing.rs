@@ -39,6 +39,9 @@ pub(super) struct Fake {
     pub(super) component_errcode: Option<i64>,
     /// Calls to a token endpoint that have arrived, answered or not.
     pub(super) started: u32,
+    pub(super) ticket_calls: u32,
+    /// What getticket answers instead of a ticket.
+    pub(super) ticket_errcode: Option<i64>,
 }
 
 /// One WeChat's state, possibly seen by several instances through FakeApis of their own.
@@ -158,6 +161,18 @@ impl ComponentApi for FakeApi {
         Ok((0, vec![]))
     }
 
+    async fn js_ticket(&self, _: &Secret, kind: &'static str) -> Result<Issued, WechatError> {
+        self.with(|f| f.started += 1);
+        self.take_time().await;
+        self.with(|f| {
+            f.ticket_calls += 1;
+            match f.ticket_errcode {
+                Some(code) => Err(api_error(code)),
+                None => Ok(f.token(kind)),
+            }
+        })
+    }
+
     async fn start_push_ticket(&self) -> Result<(), WechatError> {
         self.with(|f| f.push_requests += 1);
         Ok(())
@@ -259,6 +274,28 @@ impl Store for FlakyStore {
     }
     async fn release(&self, lease: &Lease) -> Result<(), StoreError> {
         self.inner.release(lease).await
+    }
+    async fn load_js_ticket(
+        &self,
+        c: &AppId,
+        a: &AppId,
+        kind: crate::store::TicketKind,
+    ) -> Result<Option<crate::store::JsTicket>, StoreError> {
+        self.inner.load_js_ticket(c, a, kind).await
+    }
+    async fn save_js_ticket(
+        &self,
+        c: &AppId,
+        a: &AppId,
+        kind: crate::store::TicketKind,
+        t: &crate::store::JsTicket,
+        fence: Fence<'_>,
+    ) -> Result<bool, StoreError> {
+        self.check(None)?;
+        if self.lose_leases.load(Ordering::SeqCst) && fence.lease().is_some() {
+            return Ok(false);
+        }
+        self.inner.save_js_ticket(c, a, kind, t, fence).await
     }
     async fn save_component_token_leased(
         &self,

@@ -5,7 +5,7 @@
 
 use super::super::testing::*;
 use super::super::*;
-use crate::store::{MemoryStore, RedisStore, SqliteStore, Store};
+use crate::store::{MemoryStore, RedisStore, SqliteStore, Store, TicketKind};
 use crate::Secret;
 use std::sync::atomic::Ordering;
 
@@ -13,15 +13,22 @@ use std::sync::atomic::Ordering;
 enum Kind {
     Component,
     Authorizer,
+    /// Authorizer 1's jsapi ticket.
+    Ticket,
 }
 
-const KINDS: [Kind; 2] = [Kind::Component, Kind::Authorizer];
+const KINDS: [Kind; 3] = [Kind::Component, Kind::Authorizer, Kind::Ticket];
 
 impl Kind {
     async fn refresh(self, t: &TokenService, want: Want<'_>) -> Result<Arc<AccessToken>, TokenError> {
         match self {
             Kind::Component => t.refresh_component(want).await,
             Kind::Authorizer => t.refresh_authorizer(&appid(1), want).await,
+            Kind::Ticket => match want {
+                // The first use, as a page's.
+                Want::Valid => t.js_ticket(&appid(1), TicketKind::Jsapi).await,
+                want => t.refresh_ticket(&appid(1), TicketKind::Jsapi, want).await,
+            },
         }
     }
 
@@ -34,6 +41,7 @@ impl Kind {
         api.with(|f| match self {
             Kind::Component => f.component_calls,
             Kind::Authorizer => f.authorizer_calls.get(&appid(1)).copied().unwrap_or(0),
+            Kind::Ticket => f.ticket_calls,
         })
     }
 
@@ -42,6 +50,7 @@ impl Kind {
         api.with(|f| match self {
             Kind::Component => f.component_errcode = errcode,
             Kind::Authorizer => f.fail_errcode = errcode,
+            Kind::Ticket => f.ticket_errcode = errcode,
         })
     }
 
@@ -50,6 +59,9 @@ impl Kind {
             Kind::Component => store.load_component_token(&component()).await.unwrap().map(|t| t.value),
             Kind::Authorizer => {
                 store.load_authorizer(&component(), &appid(1)).await.unwrap().and_then(|r| r.access_token)
+            }
+            Kind::Ticket => {
+                store.load_js_ticket(&component(), &appid(1), TicketKind::Jsapi).await.unwrap().map(|t| t.value)
             }
         };
         held.map(|s| s.expose().to_owned())
@@ -290,7 +302,7 @@ async fn no_store_state_makes_a_storm_of_calls_to_the_token_endpoints() {
             let h = start(FakeApi::new(), Arc::clone(&store)).await;
             push_ticket(&h, "ticket-1").await;
             import(&h, 1).await;
-            let (component_before, authorizer_before) = (Kind::Component.calls(&h.api), Kind::Authorizer.calls(&h.api));
+            let before: Vec<u32> = KINDS.iter().map(|k| k.calls(&h.api)).collect();
             switch(&store).store(true, Ordering::SeqCst);
             // Ten callers for ten minutes: each takes the token and, as if WeChat had refused
             // it, asks for its replacement, ten times a second.
@@ -313,9 +325,8 @@ async fn no_store_state_makes_a_storm_of_calls_to_the_token_endpoints() {
                 c.await.unwrap();
             }
             let allowed = backoff_allows(window.as_millis() as i64, &h.tokens.settings) + 1;
-            let made =
-                [Kind::Component.calls(&h.api) - component_before, Kind::Authorizer.calls(&h.api) - authorizer_before];
-            for (made, endpoint) in made.into_iter().zip(["api_component_token", "api_authorizer_token"]) {
+            let made = KINDS.iter().zip(&before).map(|(k, before)| k.calls(&h.api) - before);
+            for (made, endpoint) in made.zip(["api_component_token", "api_authorizer_token", "getticket"]) {
                 // A component token stored with errors is still put in service: it refreshes
                 // once per lifetime, as when nothing fails.
                 assert!(made <= allowed, "{fault}, {kind:?}: {made} calls to {endpoint}; the backoff allows {allowed}");
