@@ -140,6 +140,7 @@ fn load_tokens(
     let settings = Settings {
         // A lease outlasts a call to WeChat (bounded by the upstream timeout) and the write after.
         lease_ttl: config.upstream.timeout + std::time::Duration::from_secs(5),
+        budget_per_minute: config.refresh.budget_per_minute,
         ..Settings::new(config.refresh.ahead)
     };
     let changes = store.changes();
