@@ -15,6 +15,7 @@
 mod clients;
 mod edge;
 mod exchange;
+mod jssdk;
 mod resolve;
 mod routes;
 mod token_endpoints;
@@ -116,6 +117,11 @@ impl Gateway {
     /// token error, and so that a body that cannot be read (malformed chunked encoding) is
     /// refused before anything goes out. A larger one streams through.
     async fn api_call(&self, session: &mut Session, call: &ApiCall<'_>) -> Result<(), Reply> {
+        if call.outbound.path() == jssdk::GETTICKET_PATH {
+            // Answered from the gateway's ticket cache: fetching one would replace it.
+            let query = session.req_header().uri.query().unwrap_or_default();
+            return Err(jssdk::getticket(&self.tokens, Some(&call.scope), query).await);
+        }
         let declared = content_length(session.req_header());
         let max = self.settings.max_body_bytes;
         if declared.is_some_and(|n| n > max) {
