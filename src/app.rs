@@ -5,6 +5,7 @@ use crate::authorize::AuthorizeLinks;
 use crate::callback::ComponentReceiver;
 use crate::config::{Config, StoreConfig};
 use crate::crypto::{CryptoError, MsgCrypt};
+use crate::listeners::{ListenError, Prebound, Sockets};
 use crate::metrics;
 use crate::proxy::{Clients, Gateway, OwnRoutes, Upstream, UpstreamError};
 use crate::store::{MemoryStore, RedisStore, SharedStore, SqliteStore, StoreError};
@@ -31,6 +32,8 @@ pub enum AppError {
     Upstream(#[from] UpstreamError),
     #[error("WeChat client: {0}")]
     Wechat(#[from] WechatError),
+    #[error(transparent)]
+    Listen(#[from] ListenError),
     #[error("start-up runtime: {0}")]
     Runtime(#[from] std::io::Error),
 }
@@ -57,8 +60,8 @@ fn store_runtime() -> Result<&'static tokio::runtime::Runtime, AppError> {
     Ok(Box::leak(Box::new(rt)))
 }
 
-/// Builds the server with both listeners, ready to run.
-pub fn build(config: &Config) -> Result<Server, AppError> {
+/// Builds the server on both listeners, ready to run.
+pub fn build(config: &Config, sockets: Sockets) -> Result<Server, AppError> {
     metrics::init();
     let rt = store_runtime()?;
     let store = rt.block_on(open_store(&config.store, &config.component.appid))?;
@@ -89,16 +92,14 @@ pub fn build(config: &Config) -> Result<Server, AppError> {
         Arc::new(Upstream::new(&config.upstream.base_url, &config.upstream.fallback_urls, config.upstream.timeout)?);
     let clients = Arc::new(Clients::new(&config.clients));
     let gateway = Gateway::new(routes, Arc::clone(&tokens), clients, upstream, config.proxy.clone());
-    let mut proxy = pingora::proxy::http_proxy_service_with_name(&server.configuration, gateway, "wxgate proxy");
-    proxy.add_tcp(&config.listen.proxy.to_string());
-    server.add_service(proxy);
+    let proxy = pingora::proxy::http_proxy_service_with_name(&server.configuration, gateway, "wxgate proxy");
+    server.add_service(Prebound::new(proxy, sockets.proxy));
 
-    let mut admin = Service::new(
+    let admin = Service::new(
         "wxgate admin".to_owned(),
         HttpServer::new_app(AdminApp::new(Arc::clone(&tokens), links, config.admin.token.clone())),
     );
-    admin.add_tcp(&config.listen.admin.to_string());
-    server.add_service(admin);
+    server.add_service(Prebound::new(admin, sockets.admin));
 
     server.add_service(background_service("wxgate token scheduler", Scheduler(tokens)));
     Ok(server)
@@ -106,10 +107,16 @@ pub fn build(config: &Config) -> Result<Server, AppError> {
 
 /// Runs until SIGTERM (graceful, `server.shutdown_grace_secs`) or SIGINT (at once).
 pub fn run(config: &Config) -> Result<(), AppError> {
-    let server = build(config)?;
+    run_on(config, Sockets::take(&config.listen)?)
+}
+
+/// [`run`] on sockets already taken (the demo needs their addresses for its config).
+pub fn run_on(config: &Config, sockets: Sockets) -> Result<(), AppError> {
+    let (proxy, admin) = (sockets.proxy.addr, sockets.admin.addr);
+    let server = build(config, sockets)?;
     tracing::info!(
-        proxy = %config.listen.proxy,
-        admin = %config.listen.admin,
+        %proxy,
+        %admin,
         store = store_name(&config.store),
         component = %config.component.appid,
         "wxgate starting"

@@ -20,6 +20,7 @@
 //!   path proxied to WeChat with the real token injected (and replayed once after a token error).
 //! - [`sandbox`]: a local stand-in for api.weixin.qq.com, for tests, `wxgate demo` and users' own tests.
 //! - [`demo`]: `wxgate demo`, the sandbox and the gateway together, with the lines to try.
+//! - [`listeners`]: the listening sockets, inherited from the launcher or bound, handed to pingora.
 //! - [`app`]: the one place that wires stores, services and pingora together.
 //!
 //! Data flows one way: callbacks and the scheduler write into `tokens`; `proxy` and `admin`
@@ -33,6 +34,7 @@ pub mod callback;
 pub mod config;
 pub mod crypto;
 pub mod demo;
+pub mod listeners;
 pub mod metrics;
 pub mod proxy;
 pub mod reply;
