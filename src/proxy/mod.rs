@@ -21,6 +21,8 @@ mod token_endpoints;
 mod upstream;
 
 pub use clients::Clients;
+// Public for the fuzz targets (fuzz/), which call resolution directly.
+pub use resolve::resolve;
 pub use routes::{OwnRoutes, ROUTE_PREFIX};
 pub use upstream::{Upstream, UpstreamError};
 
