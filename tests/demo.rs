@@ -58,12 +58,32 @@ async fn the_demo_authorizes_an_account_and_its_curl_lines_work() {
     let ready = client().get(format!("http://{admin_addr}/readyz")).send().await.unwrap();
     assert_eq!(ready.status(), 200);
 
-    let _ = Command::new("kill").arg("-INT").arg(child.0.id().to_string()).status();
+    let pid = child.0.id();
+    let sent = Command::new("kill").arg("-INT").arg(pid.to_string()).status();
+    assert!(sent.as_ref().is_ok_and(|s| s.success()), "kill -INT {pid}: {sent:?}");
     let exited = (0..300).any(|_| {
         std::thread::sleep(Duration::from_millis(50));
         child.0.try_wait().ok().flatten().is_some()
     });
-    assert!(exited, "Ctrl-C stops the demo");
+    assert!(
+        exited,
+        "Ctrl-C stops the demo; its threads:\n{}\nits log:\n{}",
+        threads_of(pid),
+        std::fs::read_to_string(dir.path().join("demo.log")).unwrap_or_default()
+    );
+}
+
+/// Each thread of a process, its state and where it waits in the kernel: what a hang is stuck on.
+fn threads_of(pid: u32) -> String {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else { return "(gone)".into() };
+    let mut out = Vec::new();
+    for task in tasks.flatten() {
+        let read = |f: &str| std::fs::read_to_string(task.path().join(f)).unwrap_or_default();
+        let stat = read("stat");
+        let state = stat.rsplit(')').next().and_then(|s| s.split_whitespace().next()).unwrap_or("?").to_owned();
+        out.push(format!("{} {} {state} {}", task.file_name().to_string_lossy(), read("comm").trim(), read("wchan")));
+    }
+    out.join("\n")
 }
 
 /// The demo process, killed whatever happens to the test.
