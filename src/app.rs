@@ -3,6 +3,7 @@
 use crate::admin::AdminApp;
 use crate::authorize::AuthorizeLinks;
 use crate::callback::ComponentReceiver;
+use crate::config::reload::{Live, Source};
 use crate::config::{Config, StoreConfig};
 use crate::crypto::{CryptoError, MsgCrypt};
 use crate::listeners::{ListenError, Prebound, Sockets};
@@ -60,8 +61,9 @@ fn store_runtime() -> Result<&'static tokio::runtime::Runtime, AppError> {
     Ok(Box::leak(Box::new(rt)))
 }
 
-/// Builds the server on both listeners, ready to run.
-pub fn build(config: &Config, sockets: Sockets) -> Result<Server, AppError> {
+/// Builds the server on both listeners, ready to run. With a `source` (the config came from a
+/// file), SIGHUP reloads the parts [`Live`] holds.
+pub fn build(config: &Config, source: Option<Source>, sockets: Sockets) -> Result<Server, AppError> {
     metrics::init();
     let rt = store_runtime()?;
     let store = rt.block_on(open_store(&config.store, &config.component.appid))?;
@@ -90,30 +92,37 @@ pub fn build(config: &Config, sockets: Sockets) -> Result<Server, AppError> {
 
     let upstream =
         Arc::new(Upstream::new(&config.upstream.base_url, &config.upstream.fallback_urls, config.upstream.timeout)?);
-    let clients = Arc::new(Clients::new(&config.clients));
+    // What a SIGHUP may replace; see config::reload for how to add a part.
+    let mut live = Live::new(source);
+    let clients = live.part(config, |c| Clients::new(&c.clients));
+    let admin_token = live.part(config, |c| c.admin.token.clone());
     let gateway = Gateway::new(routes, Arc::clone(&tokens), clients, upstream, config.proxy.clone());
     let proxy = pingora::proxy::http_proxy_service_with_name(&server.configuration, gateway, "wxgate proxy");
     server.add_service(Prebound::new(proxy, sockets.proxy));
 
     let admin = Service::new(
         "wxgate admin".to_owned(),
-        HttpServer::new_app(AdminApp::new(Arc::clone(&tokens), links, config.admin.token.clone())),
+        HttpServer::new_app(AdminApp::new(Arc::clone(&tokens), links, admin_token)),
     );
     server.add_service(Prebound::new(admin, sockets.admin));
 
     server.add_service(background_service("wxgate token scheduler", Scheduler(tokens)));
+    if live.has_file() {
+        Arc::new(live).reload_on_sighup(rt)?;
+    }
     Ok(server)
 }
 
-/// Runs until SIGTERM (graceful, `server.shutdown_grace_secs`) or SIGINT (at once).
-pub fn run(config: &Config) -> Result<(), AppError> {
-    run_on(config, Sockets::take(&config.listen)?)
+/// Runs until SIGTERM (graceful, `server.shutdown_grace_secs`) or SIGINT (at once); SIGHUP
+/// reloads the file `source` names.
+pub fn run(config: &Config, source: Option<Source>) -> Result<(), AppError> {
+    run_on(config, source, Sockets::take(&config.listen)?)
 }
 
 /// [`run`] on sockets already taken (the demo needs their addresses for its config).
-pub fn run_on(config: &Config, sockets: Sockets) -> Result<(), AppError> {
+pub fn run_on(config: &Config, source: Option<Source>, sockets: Sockets) -> Result<(), AppError> {
     let (proxy, admin) = (sockets.proxy.addr, sockets.admin.addr);
-    let server = build(config, sockets)?;
+    let server = build(config, source, sockets)?;
     tracing::info!(
         %proxy,
         %admin,

@@ -2,12 +2,14 @@
 //!
 //! It reads the token service and may ask it for a refresh; it never shows a token.
 
+mod console;
 mod routes;
 
 use crate::authorize::AuthorizeLinks;
 use crate::reply::Reply;
 use crate::tokens::TokenService;
 use crate::Secret;
+use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use pingora::apps::http_app::ServeHttp;
 use pingora::protocols::http::ServerSession;
@@ -17,18 +19,19 @@ use std::sync::Arc;
 pub struct AdminApp {
     tokens: Arc<TokenService>,
     links: AuthorizeLinks,
-    token: Secret,
+    /// `admin.token`, replaced by a config reload.
+    token: Arc<ArcSwap<Secret>>,
 }
 
 impl AdminApp {
-    pub fn new(tokens: Arc<TokenService>, links: AuthorizeLinks, token: Secret) -> Self {
+    pub fn new(tokens: Arc<TokenService>, links: AuthorizeLinks, token: Arc<ArcSwap<Secret>>) -> Self {
         Self { tokens, links, token }
     }
 
     fn authorized(&self, session: &ServerSession) -> bool {
         let presented =
             session.get_header(http::header::AUTHORIZATION).and_then(|v| v.as_bytes().strip_prefix(b"Bearer "));
-        presented.is_some_and(|p| self.token.ct_eq(p))
+        presented.is_some_and(|p| self.token.load().ct_eq(p))
     }
 
     async fn readyz(&self) -> Reply {
@@ -49,6 +52,7 @@ impl ServeHttp for AdminApp {
                 self.tokens.update_gauges();
                 return PrometheusHttpApp.response(session).await;
             }
+            (&http::Method::GET, p) if console::is_asset(p) => return console::asset(p),
             (&http::Method::GET, "/healthz") => Reply::text(200, "ok\n"),
             (&http::Method::GET, "/readyz") => self.readyz().await,
             (_, p) if p.starts_with("/admin/") => {
