@@ -130,8 +130,33 @@ pub fn run_on(config: &Config, source: Option<Source>, sockets: Sockets) -> Resu
         component = %config.component.appid,
         "wxgate starting"
     );
-    server.run(RunArgs::default());
+    server.run(RunArgs { shutdown_signal: Box::new(Signals) });
     Ok(())
+}
+
+/// SIGTERM: pingora's graceful stop. SIGINT: exit now. pingora's own quick stop shuts its
+/// runtimes down with the listeners still accepting, and its accept loop then spins on the
+/// "runtime is shutting down" error without yielding, so a worker thread never exits and the
+/// process hangs (seen as `wxgate demo` outliving Ctrl-C under load). Nothing is lost by exiting:
+/// every write is durable before it is acknowledged.
+struct Signals;
+
+#[async_trait]
+impl pingora::server::ShutdownSignalWatch for Signals {
+    async fn recv(&self) -> pingora::server::ShutdownSignal {
+        use tokio::signal::unix::{signal, SignalKind};
+        let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+            tracing::error!("cannot listen for SIGTERM and SIGINT; stopping");
+            return pingora::server::ShutdownSignal::FastShutdown;
+        };
+        tokio::select! {
+            _ = term.recv() => pingora::server::ShutdownSignal::GracefulTerminate,
+            _ = int.recv() => {
+                tracing::info!("SIGINT received, exiting");
+                std::process::exit(0)
+            }
+        }
+    }
 }
 
 /// Loads the token service's state before the server starts, on a runtime of its own: pingora
