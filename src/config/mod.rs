@@ -31,6 +31,8 @@ pub const DEFAULT_STORE_BACKEND: &str = "sqlite";
 pub const DEFAULT_STORE_PATH: &str = "data/wxgate.sqlite3";
 pub const DEFAULT_STORE_REDIS_URL: &str = "redis://127.0.0.1:6379/0";
 pub const DEFAULT_STORE_KEY_PREFIX: &str = "wxgate:";
+pub const DEFAULT_STORE_REDIS_TIMEOUT_MS: u64 = 1000;
+pub const DEFAULT_STORE_REDIS_WAIT_TIMEOUT_MS: u64 = 1000;
 pub const DEFAULT_REFRESH_AHEAD_SECS: u64 = 600;
 pub const DEFAULT_SERVER_SHUTDOWN_GRACE_SECS: u64 = 5;
 /// Environment variables that start with `WXGATE_` but are not config keys.
@@ -86,10 +88,11 @@ pub enum StoreConfig {
     Sqlite {
         path: PathBuf,
     },
-    /// `url` is `redis://` or `rediss://` and may carry a password.
+    /// `url` is `redis://`, `rediss://` or `redis+sentinel://` and may carry a password.
     Redis {
         url: Secret,
         key_prefix: String,
+        options: crate::store::RedisOptions,
     },
     Memory,
 }
@@ -98,6 +101,8 @@ pub enum StoreConfig {
 pub struct RefreshConfig {
     /// Refresh a token this long before it expires (60 s ..= 1 h).
     pub ahead: Duration,
+    /// Calls a minute one credential may make to its WeChat token endpoint (1 ..= 600).
+    pub budget_per_minute: u32,
 }
 
 #[derive(Debug, Clone)]
