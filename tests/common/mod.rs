@@ -66,6 +66,15 @@ pub fn claim_port() -> PortClaim {
     panic!("no free port below {high}");
 }
 
+/// A claimed port (see [`claim_port`]) kept until the test process ends (nextest runs each test
+/// in its own), for servers that take a port number only.
+pub fn free_port() -> u16 {
+    let claim = claim_port();
+    let port = claim.port;
+    std::mem::forget(claim);
+    port
+}
+
 /// Hands `sockets` to the child as systemd's socket activation does: descriptors 3, 4, ...
 /// in order, named in `LISTEN_FDNAMES`, which `wxgate` takes instead of binding.
 pub fn pass_sockets(command: &mut Command, sockets: &[(&str, &TcpListener)]) {
