@@ -1,5 +1,7 @@
-//! The durable store: what must survive a restart (the ticket, the events WeChat pushed, and
-//! later every token and refresh token), behind one trait with SQLite and in-memory backends.
+//! The durable store: what must survive a restart (the ticket, the events WeChat pushed, the
+//! component token, every authorizer with its refresh token), behind one trait with SQLite,
+//! Redis and in-memory backends. Redis adds what several instances sharing one store need:
+//! leases, fenced writes and change announcements.
 //!
 //! Every write returns only once it is durable for its backend, so that a caller may answer
 //! WeChat `success` (or use a rotated token) as soon as the call returns.

@@ -104,8 +104,14 @@ impl Stores {
             Backend::Redis => {
                 let prefix = format!("wxgate-refresher-{}:", hex::encode(rand::random::<[u8; 6]>()));
                 let (url, c) = (Secret::new(REDIS_URL), component());
-                let one = Arc::new(RedisStore::connect(&url, &prefix, &c).await.expect("a Redis at 127.0.0.1:6379"));
-                let two = Arc::new(RedisStore::connect(&url, &prefix, &c).await.unwrap());
+                let one = Arc::new(
+                    RedisStore::connect(&url, &prefix, &c, &crate::store::RedisOptions::default())
+                        .await
+                        .expect("a Redis at 127.0.0.1:6379"),
+                );
+                let two = Arc::new(
+                    RedisStore::connect(&url, &prefix, &c, &crate::store::RedisOptions::default()).await.unwrap(),
+                );
                 Self { one, two, _dir: None, prefix: Some(prefix) }
             }
         }
