@@ -11,7 +11,8 @@ use libfuzzer_sys::fuzz_target;
 use pingora::http::RequestHeader;
 use std::sync::LazyLock;
 use wxgate::config::Config;
-use wxgate::proxy::{resolve, Clients};
+use wxgate::proxy::{resolve, Clients, Route};
+use wxgate::AppId;
 
 static CLIENTS: LazyLock<Clients> = LazyLock::new(|| {
     let toml = format!(
@@ -57,14 +58,16 @@ fuzz_target!(|data: &[u8]| {
         let Ok(name) = http::HeaderName::from_bytes(name.trim().as_bytes()) else { continue };
         let _ = req.append_header(name, value.trim());
     }
-    if let Ok(call) = resolve(&CLIENTS, &req) {
-        let uri = call.outbound().uri("", "REAL-TOKEN");
+    let component = AppId::parse(common::COMPONENT_APPID).unwrap();
+    if let Ok(Route::Api(call)) = resolve(&CLIENTS, &component, &req) {
+        let uri = call.outbound.uri("", "REAL-TOKEN");
         let query = uri.split_once('?').map_or("", |(_, q)| q);
         for (name, value) in url::form_urlencoded::parse(query.as_bytes()) {
             if name == "access_token" || name == "component_access_token" {
                 assert_eq!(value, "REAL-TOKEN", "a token parameter WeChat would see: {uri}");
             }
         }
-        assert!(!call.path.split('/').any(|s| s == "." || s == ".."), "{}", call.path);
+        let path = call.outbound.path();
+        assert!(!path.split('/').any(|s| s == "." || s == ".."), "{path}");
     }
 });

@@ -24,7 +24,7 @@ mod upstream;
 pub use clients::Clients;
 pub use edge::{Edge, Timeouts};
 // Public for the fuzz targets (fuzz/), which call resolution directly.
-pub use resolve::resolve;
+pub use resolve::{route as resolve, Route};
 pub use routes::{OwnRoutes, ROUTE_PREFIX};
 pub use upstream::{Upstream, UpstreamError};
 
@@ -39,7 +39,7 @@ use bytes::{Bytes, BytesMut};
 use pingora::modules::http::HttpModules;
 use pingora::prelude::*;
 use pingora::proxy::{ProxyHttp, Session};
-use resolve::{ApiCall, Route, Scope, TokenCall};
+use resolve::{ApiCall, Scope, TokenCall};
 use std::sync::Arc;
 use std::time::Instant;
 use upstream::Body;
