@@ -62,12 +62,13 @@ pub fn build(config: &Config) -> Result<Server, AppError> {
     metrics::init();
     let rt = store_runtime()?;
     let store = rt.block_on(open_store(&config.store, &config.component.appid))?;
-    let api: Arc<dyn ComponentApi> = Arc::new(WechatClient::new(
+    let client = Arc::new(WechatClient::new(
         config.upstream.base_url.clone(),
         config.upstream.timeout,
         config.component.appid,
         config.component.appsecret.clone(),
     )?);
+    let api: Arc<dyn ComponentApi> = Arc::clone(&client) as _;
     let tokens = load_tokens(rt, config, store, api)?;
     let crypt =
         MsgCrypt::new(&config.component.token, &config.component.encoding_aes_key, config.component.appid.as_str())?;
@@ -95,7 +96,7 @@ pub fn build(config: &Config) -> Result<Server, AppError> {
 
     let mut admin = Service::new(
         "wxgate admin".to_owned(),
-        HttpServer::new_app(AdminApp::new(Arc::clone(&tokens), links, config.admin.token.clone())),
+        HttpServer::new_app(AdminApp::new(Arc::clone(&tokens), links, config.admin.token.clone(), client)),
     );
     admin.add_tcp(&config.listen.admin.to_string());
     server.add_service(admin);
@@ -129,6 +130,7 @@ fn load_tokens(
     let settings = Settings {
         // A lease outlasts a call to WeChat (bounded by the upstream timeout) and the write after.
         lease_ttl: config.upstream.timeout + std::time::Duration::from_secs(5),
+        reconcile_every: config.refresh.reconcile_every,
         ..Settings::new(config.refresh.ahead)
     };
     let changes = store.changes();

@@ -2,11 +2,14 @@
 //!
 //! It reads the token service and may ask it for a refresh; it never shows a token.
 
+mod info;
+mod quota;
 mod routes;
 
 use crate::authorize::AuthorizeLinks;
 use crate::reply::Reply;
 use crate::tokens::TokenService;
+use crate::wechat::QuotaApi;
 use crate::Secret;
 use async_trait::async_trait;
 use pingora::apps::http_app::ServeHttp;
@@ -18,11 +21,12 @@ pub struct AdminApp {
     tokens: Arc<TokenService>,
     links: AuthorizeLinks,
     token: Secret,
+    quota: Arc<dyn QuotaApi>,
 }
 
 impl AdminApp {
-    pub fn new(tokens: Arc<TokenService>, links: AuthorizeLinks, token: Secret) -> Self {
-        Self { tokens, links, token }
+    pub fn new(tokens: Arc<TokenService>, links: AuthorizeLinks, token: Secret, quota: Arc<dyn QuotaApi>) -> Self {
+        Self { tokens, links, token, quota }
     }
 
     fn authorized(&self, session: &ServerSession) -> bool {

@@ -19,8 +19,10 @@ pub(super) async fn handle(app: &AdminApp, session: &mut ServerSession, method: 
     let segments: Vec<&str> = path.trim_start_matches("/admin/").split('/').collect();
     match (method, segments.as_slice()) {
         (&Method::GET, ["component"]) => Reply::json(200, &json!(app.tokens.component_status())),
-        (&Method::GET, ["authorizers"]) => list(app, &query),
+        (&Method::GET, ["authorizers"]) => list(app, &query).await,
         (&Method::GET, ["authorize-url"]) => authorize_url(app, &query).await,
+        (&Method::POST, ["reconcile"]) => super::info::reconcile(app).await,
+        (&Method::POST, ["component", "clear-quota"]) => super::quota::clear_component(app).await,
         (_, ["authorizers", appid, rest @ ..]) => match AppId::parse(appid) {
             Ok(appid) => authorizer(app, session, method, &appid, rest).await,
             Err(e) => Reply::error(400, e),
@@ -37,10 +39,9 @@ async fn authorizer(
     rest: &[&str],
 ) -> Reply {
     match (method, rest) {
-        (&Method::GET, []) => match app.tokens.authorizer_status(appid) {
-            Some(status) => Reply::json(200, &json!(status)),
-            None => Reply::error(404, "unknown authorizer"),
-        },
+        (&Method::GET, []) => super::info::one(app, appid).await,
+        (&Method::GET, ["quota"]) => super::quota::get(app, appid, &session.req_header().uri.query().unwrap_or_default().to_owned()).await,
+        (&Method::POST, ["clear-quota"]) => super::quota::clear_authorizer(app, appid).await,
         (&Method::PUT, []) => import(app, session, appid).await,
         (&Method::DELETE, []) => match app.tokens.forget_authorizer(appid).await {
             Ok(true) => Reply::json(200, &json!({ "deleted": appid.as_str() })),
@@ -55,15 +56,14 @@ async fn authorizer(
     }
 }
 
-fn list(app: &AdminApp, query: &str) -> Reply {
+async fn list(app: &AdminApp, query: &str) -> Reply {
     let param = |name: &str| {
         url::form_urlencoded::parse(query.as_bytes())
             .find(|(k, _)| k == name)
             .and_then(|(_, v)| v.parse::<usize>().ok())
     };
     let (offset, limit) = (param("offset").unwrap_or(0), param("limit").unwrap_or(DEFAULT_PAGE).min(10_000));
-    let (total, page) = app.tokens.authorizer_statuses(offset, limit);
-    Reply::json(200, &json!({ "total": total, "offset": offset, "authorizers": page }))
+    super::info::page(app, offset, limit).await
 }
 
 /// Imports an authorizer by its refresh token. WeChat is asked first; a token it refuses is

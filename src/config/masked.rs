@@ -27,7 +27,10 @@ pub(super) fn masked(config: &Config) -> String {
             public_base_url: Some(config.listen.public_base_url.to_string()),
         },
         store: masked_store(&config.store),
-        refresh: RefreshFile { ahead_secs: int(config.refresh.ahead.as_secs().into()) },
+        refresh: RefreshFile {
+            ahead_secs: int(config.refresh.ahead.as_secs().into()),
+            reconcile_hours: int(config.refresh.reconcile_every.map_or(0, |d| d.as_secs() / 3600).into()),
+        },
         admin: AdminFile { token: Some(MASK.to_owned()) },
         proxy: ProxyFile {
             max_body_bytes: int(config.proxy.max_body_bytes as u128),

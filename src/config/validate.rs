@@ -19,6 +19,10 @@ pub(super) fn config(f: &FileConfig, p: &mut Problems) -> Option<Config> {
     let listen = listen(&f.listen, p);
     let store = store(&f.store, p);
     let refresh = p.check("refresh.ahead_secs", int_in(f.refresh.ahead_secs, DEFAULT_REFRESH_AHEAD_SECS, 60..=3600));
+    let reconcile = p.check(
+        "refresh.reconcile_hours",
+        int_in(f.refresh.reconcile_hours, DEFAULT_REFRESH_RECONCILE_HOURS, 0..=24 * 365),
+    );
     let admin = p.check("admin.token", required(&f.admin.token).and_then(secret_of_length(16)));
     let proxy = proxy(f, p);
     let server = server(f, p);
@@ -28,7 +32,10 @@ pub(super) fn config(f: &FileConfig, p: &mut Problems) -> Option<Config> {
         upstream: upstream?,
         listen: listen?,
         store: store?,
-        refresh: RefreshConfig { ahead: Duration::from_secs(refresh?) },
+        refresh: RefreshConfig {
+            ahead: Duration::from_secs(refresh?),
+            reconcile_every: Some(reconcile?).filter(|h| *h > 0).map(|h| Duration::from_secs(h * 3600)),
+        },
         admin: AdminConfig { token: admin? },
         proxy: proxy?,
         server: server?,

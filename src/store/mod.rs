@@ -4,12 +4,14 @@
 //! Every write returns only once it is durable for its backend, so that a caller may answer
 //! WeChat `success` (or use a rotated token) as soon as the call returns.
 
+mod info;
 mod memory;
 pub mod migrate;
 mod redis;
 mod sqlite;
 
 pub use self::redis::RedisStore;
+pub use info::{AccountKind, AuthorizerInfoRecord};
 pub use memory::MemoryStore;
 pub use sqlite::SqliteStore;
 
@@ -232,6 +234,22 @@ pub trait Store: Send + Sync + 'static {
         self.save_authorizer(component, record).await.map(|()| true)
     }
 
+    /// Keeps what WeChat said of an account, replacing what was kept before.
+    async fn save_authorizer_info(&self, component: &AppId, info: &AuthorizerInfoRecord) -> Result<(), StoreError>;
+
+    async fn load_authorizer_info(
+        &self,
+        component: &AppId,
+        appid: &AppId,
+    ) -> Result<Option<AuthorizerInfoRecord>, StoreError>;
+
+    /// Every account's info, for start-up (the `gh_` map, frozen and closed accounts).
+    async fn load_authorizer_infos(&self, component: &AppId) -> Result<Vec<AuthorizerInfoRecord>, StoreError>;
+
+    /// The appid whose info names `user_name` (`gh_...`): one indexed lookup, so that an
+    /// instance that did not fetch that info itself can still answer.
+    async fn find_user_name(&self, component: &AppId, user_name: &str) -> Result<Option<AppId>, StoreError>;
+
     /// Announcements of what other instances changed, for shared stores.
     fn changes(&self) -> Option<tokio::sync::broadcast::Receiver<Change>> {
         None
@@ -329,6 +347,41 @@ pub(crate) mod contract_tests {
 
     pub fn component_b() -> AppId {
         AppId::parse("wxfedcba9876543210").unwrap()
+    }
+
+    pub fn info(appid: &str, user_name: &str, status: i64) -> AuthorizerInfoRecord {
+        AuthorizerInfoRecord {
+            appid: AppId::parse(appid).unwrap(),
+            nick_name: Some(format!("Account {appid}")),
+            user_name: Some(user_name.into()),
+            principal_name: Some("某某有限公司".into()),
+            kind: AccountKind::OfficialAccount,
+            account_status: Some(status),
+            func_info: vec![1, 15, 17],
+            fetched_at: 1_700_000_000_000,
+        }
+    }
+
+    pub async fn authorizer_info_round_trips(store: &dyn Store) {
+        let c = component();
+        let a = info("wx1111111111111111", "gh_aaaaaaaaaaaa", 1);
+        assert_eq!(store.load_authorizer_info(&c, &a.appid).await.unwrap(), None);
+        store.save_authorizer_info(&c, &a).await.unwrap();
+        let mut b = info("wx2222222222222222", "gh_bbbbbbbbbbbb", 19);
+        b.kind = AccountKind::MiniProgram;
+        b.nick_name = None;
+        store.save_authorizer_info(&c, &b).await.unwrap();
+        let frozen_then_normal = AuthorizerInfoRecord { account_status: Some(1), fetched_at: 9, ..b.clone() };
+        store.save_authorizer_info(&c, &frozen_then_normal).await.unwrap();
+        assert_eq!(store.load_authorizer_info(&c, &a.appid).await.unwrap(), Some(a.clone()));
+        assert_eq!(store.load_authorizer_info(&c, &b.appid).await.unwrap(), Some(frozen_then_normal.clone()));
+        let mut all = store.load_authorizer_infos(&c).await.unwrap();
+        all.sort_by_key(|i| i.appid);
+        assert_eq!(all, [a.clone(), frozen_then_normal]);
+        assert_eq!(store.find_user_name(&c, "gh_bbbbbbbbbbbb").await.unwrap(), Some(b.appid));
+        assert_eq!(store.find_user_name(&c, "gh_cccccccccccc").await.unwrap(), None);
+        assert!(store.load_authorizer_infos(&component_b()).await.unwrap().is_empty(), "kept per component");
+        assert_eq!(store.find_user_name(&component_b(), "gh_aaaaaaaaaaaa").await.unwrap(), None);
     }
 
     pub async fn events_are_recorded_once(store: &dyn Store) {

@@ -6,7 +6,7 @@
 //! `appendfsync everysec` or `always`); start-up warns when it keeps nothing on disk.
 
 use super::{
-    AuthEvent, AuthorizerRecord, AuthorizerState, Change, ComponentToken, Lease, Store, StoreError, StoredEvent, Ticket,
+    AuthEvent, AuthorizerInfoRecord, AuthorizerRecord, AuthorizerState, Change, ComponentToken, Lease, Store, StoreError, StoredEvent, Ticket,
 };
 use crate::{AppId, Secret};
 use async_trait::async_trait;
@@ -53,6 +53,9 @@ static FENCED_WRITE: LazyLock<Script> = LazyLock::new(|| {
           return 1",
     )
 });
+
+/// How many entries one SCAN-family step asks for: large pages, few round trips.
+const SCAN_COUNT: usize = 1000;
 
 static RELEASE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(r"if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0")
@@ -429,6 +432,65 @@ impl Store for RedisStore {
     fn changes(&self) -> Option<broadcast::Receiver<Change>> {
         Some(self.changes.subscribe())
     }
+
+    /// One hash of documents (`infos`, appid → JSON) and one index (`user_names`, gh → appid),
+    /// written together.
+    async fn save_authorizer_info(&self, component: &AppId, info: &AuthorizerInfoRecord) -> Result<(), StoreError> {
+        let mut pipe = redis::pipe();
+        pipe.atomic().hset(self.key(component, "infos"), info.appid.as_str(), info.to_json().to_string()).ignore();
+        if let Some(user_name) = &info.user_name {
+            pipe.hset(self.key(component, "user_names"), user_name, info.appid.as_str()).ignore();
+        }
+        pipe.query_async::<()>(&mut self.conn.clone()).await.map_err(unavailable)
+    }
+
+    async fn load_authorizer_info(
+        &self,
+        component: &AppId,
+        appid: &AppId,
+    ) -> Result<Option<AuthorizerInfoRecord>, StoreError> {
+        let doc: Option<String> =
+            self.conn.clone().hget(self.key(component, "infos"), appid.as_str()).await.map_err(unavailable)?;
+        doc.map(|d| info_from(appid, &d)).transpose()
+    }
+
+    async fn load_authorizer_infos(&self, component: &AppId) -> Result<Vec<AuthorizerInfoRecord>, StoreError> {
+        let mut conn = self.conn.clone();
+        let key = self.key(component, "infos");
+        let (mut cursor, mut infos) = (0u64, Vec::new());
+        loop {
+            let (next, page): (u64, Vec<(String, String)>) = redis::cmd("HSCAN")
+                .arg(&key)
+                .arg(cursor)
+                .arg("COUNT")
+                .arg(SCAN_COUNT)
+                .query_async(&mut conn)
+                .await
+                .map_err(unavailable)?;
+            for (appid, doc) in page {
+                let appid =
+                    AppId::parse(&appid).map_err(|_| StoreError::Corrupt("info of a malformed appid".into()))?;
+                infos.push(info_from(&appid, &doc)?);
+            }
+            if next == 0 {
+                return Ok(infos);
+            }
+            cursor = next;
+        }
+    }
+
+    async fn find_user_name(&self, component: &AppId, user_name: &str) -> Result<Option<AppId>, StoreError> {
+        let found: Option<String> =
+            self.conn.clone().hget(self.key(component, "user_names"), user_name).await.map_err(unavailable)?;
+        Ok(found.and_then(|a| AppId::parse(&a).ok()))
+    }
+}
+
+fn info_from(appid: &AppId, doc: &str) -> Result<AuthorizerInfoRecord, StoreError> {
+    serde_json::from_str(doc)
+        .ok()
+        .and_then(|v| AuthorizerInfoRecord::from_json(*appid, &v))
+        .ok_or_else(|| StoreError::Corrupt(format!("info of {appid}")))
 }
 
 #[cfg(test)]
@@ -470,6 +532,9 @@ mod tests {
         clean(&p).await;
         let p = prefix();
         contract_tests::tokens_and_authorizers_round_trip(&store(&p).await).await;
+        clean(&p).await;
+        let p = prefix();
+        contract_tests::authorizer_info_round_trips(&store(&p).await).await;
         clean(&p).await;
     }
 

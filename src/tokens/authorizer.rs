@@ -293,6 +293,7 @@ impl TokenService {
         self.adopt(Arc::clone(&slot));
         self.used_codes.insert(hash, appid);
         self.update_gauges();
+        self.plan_info(&appid);
         tracing::info!(authorizer = %appid, "authorizer authorized");
         Ok(appid)
     }
@@ -360,6 +361,7 @@ impl TokenService {
         self.commit_authorizer(&slot, mem, tokens, &Lease::none()).await?;
         self.adopt(Arc::clone(&slot));
         self.update_gauges();
+        self.plan_info(appid);
         self.authorizer_status(appid).ok_or(TokenError::UnknownAuthorizer)
     }
 
@@ -373,6 +375,7 @@ impl TokenService {
         };
         let existed = self.store.delete_authorizer(&self.component, appid).await?;
         let known = self.authorizers.remove(appid).is_some();
+        self.info.forget(appid);
         self.unplan(&Job::Authorizer(*appid));
         self.update_gauges();
         Ok(existed || known)

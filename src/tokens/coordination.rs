@@ -106,7 +106,7 @@ impl TokenService {
         Ok(Some(token))
     }
 
-    async fn reload_authorizer(&self, appid: &AppId) -> Result<(), TokenError> {
+    pub(super) async fn reload_authorizer(&self, appid: &AppId) -> Result<(), TokenError> {
         if let Some(record) = self.store.load_authorizer(&self.component, appid).await? {
             self.take_record(record).await;
             self.update_gauges();

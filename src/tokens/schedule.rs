@@ -15,6 +15,12 @@ pub enum Job {
     Events,
     /// Check that tickets still arrive.
     TicketWatch,
+    /// Fetch this account's info (after it was authorized).
+    Info(AppId),
+    /// One slice of the daily info pass.
+    InfoPass,
+    /// Reconcile with WeChat's list of authorizations.
+    Reconcile,
 }
 
 /// One due time per job, ordered by time.

@@ -122,7 +122,7 @@ impl ComponentApi for FakeApi {
     async fn authorizer_info(&self, _: &Secret, authorizer: &AppId) -> Result<AuthorizerInfo, WechatError> {
         self.with(|f| {
             let refresh_token = f.refresh.get(authorizer).filter(|_| f.info_knows_refresh).cloned().map(Secret::new);
-            Ok(AuthorizerInfo { nick_name: None, refresh_token })
+            Ok(AuthorizerInfo { refresh_token, ..AuthorizerInfo::default() })
         })
     }
 
