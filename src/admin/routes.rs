@@ -40,7 +40,9 @@ async fn authorizer(
 ) -> Reply {
     match (method, rest) {
         (&Method::GET, []) => super::info::one(app, appid).await,
-        (&Method::GET, ["quota"]) => super::quota::get(app, appid, &session.req_header().uri.query().unwrap_or_default().to_owned()).await,
+        (&Method::GET, ["quota"]) => {
+            super::quota::get(app, appid, &session.req_header().uri.query().unwrap_or_default().to_owned()).await
+        }
         (&Method::POST, ["clear-quota"]) => super::quota::clear_authorizer(app, appid).await,
         (&Method::PUT, []) => import(app, session, appid).await,
         (&Method::DELETE, []) => match app.tokens.forget_authorizer(appid).await {

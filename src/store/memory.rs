@@ -1,6 +1,8 @@
 //! The in-memory store, for tests and throwaway runs: nothing survives the process.
 
-use super::{AuthEvent, AuthorizerInfoRecord, AuthorizerRecord, ComponentToken, Store, StoreError, StoredEvent, Ticket};
+use super::{
+    AuthEvent, AuthorizerInfoRecord, AuthorizerRecord, ComponentToken, Store, StoreError, StoredEvent, Ticket,
+};
 use crate::AppId;
 use async_trait::async_trait;
 use std::collections::HashMap;

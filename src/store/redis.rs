@@ -6,7 +6,8 @@
 //! `appendfsync everysec` or `always`); start-up warns when it keeps nothing on disk.
 
 use super::{
-    AuthEvent, AuthorizerInfoRecord, AuthorizerRecord, AuthorizerState, Change, ComponentToken, Lease, Store, StoreError, StoredEvent, Ticket,
+    AuthEvent, AuthorizerInfoRecord, AuthorizerRecord, AuthorizerState, Change, ComponentToken, Lease, Store,
+    StoreError, StoredEvent, Ticket,
 };
 use crate::{AppId, Secret};
 use async_trait::async_trait;

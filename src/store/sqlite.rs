@@ -4,7 +4,10 @@
 //! mutex is enough for the gateway's write rate (a ticket every 10 minutes, a token refresh per
 //! authorizer every ~2 hours) and keeps every write serialised.
 
-use super::{AuthEvent, AuthorizerInfoRecord, AuthorizerRecord, AuthorizerState, ComponentToken, Store, StoreError, StoredEvent, Ticket};
+use super::{
+    AuthEvent, AuthorizerInfoRecord, AuthorizerRecord, AuthorizerState, ComponentToken, Store, StoreError, StoredEvent,
+    Ticket,
+};
 use crate::{AppId, Secret};
 use async_trait::async_trait;
 use rusqlite::{params, Connection, OptionalExtension};

@@ -69,7 +69,8 @@ pub fn account_state(status: Option<i64>) -> Option<&'static str> {
 /// Which slice of the daily pass an appid belongs to: FNV-1a of its bytes, stable across
 /// instances and restarts.
 pub fn slice_of(appid: &AppId) -> u64 {
-    let hash = appid.as_str().bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3));
+    let hash =
+        appid.as_str().bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3));
     hash % SLICES
 }
 
@@ -105,7 +106,9 @@ impl TokenService {
         let now = self.info.unusual(appid);
         if was != now {
             match now {
-                Some(label) => tracing::warn!(authorizer = %appid, account_status = ?record.account_status, "WeChat reports the account as {label}"),
+                Some(label) => {
+                    tracing::warn!(authorizer = %appid, account_status = ?record.account_status, "WeChat reports the account as {label}")
+                }
                 None => tracing::info!(authorizer = %appid, "WeChat reports the account as usable again"),
             }
             self.update_gauges();
@@ -179,7 +182,8 @@ impl TokenService {
         let period = (every.as_millis() as i64).max(1);
         self.plan(Job::InfoPass, (now / period + 1) * period);
         let slice = (now / period) as u64 % SLICES;
-        let lease_ttl = every.saturating_sub(Duration::from_millis(every.as_millis() as u64 / 10)).max(Duration::from_millis(1));
+        let lease_ttl =
+            every.saturating_sub(Duration::from_millis(every.as_millis() as u64 / 10)).max(Duration::from_millis(1));
         match self.store.lease(&self.component, &format!("info-pass:{slice}"), lease_ttl).await {
             Ok(Some(_)) => {}
             Ok(None) => return,
@@ -220,6 +224,29 @@ mod tests {
         }
         let (min, max) = (*counts.iter().min().unwrap(), *counts.iter().max().unwrap());
         assert!(min > 800 && max < 1200, "{min}..{max}");
+    }
+
+    #[test]
+    fn the_index_maps_gh_ids_and_keeps_only_unusual_accounts() {
+        let index = InfoIndex::default();
+        let appid = AppId::parse("wx1111111111111111").unwrap();
+        let mut info = record_of(
+            &appid,
+            AuthorizerInfo {
+                user_name: Some("gh_111111111111".into()),
+                account_status: Some(19),
+                ..Default::default()
+            },
+            5,
+        );
+        index.take(&info);
+        assert_eq!(index.user_name("gh_111111111111"), Some(appid));
+        assert_eq!(index.unusual(&appid), Some("frozen"));
+        info.account_status = Some(1);
+        index.take(&info);
+        assert_eq!(index.unusual(&appid), None);
+        index.forget(&appid);
+        assert_eq!(index.user_name("gh_111111111111"), None);
     }
 
     #[test]

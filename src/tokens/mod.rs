@@ -42,8 +42,8 @@ mod scheduler;
 mod slot;
 
 pub use clock::Clock;
-pub use schedule::{backoff_ms, lead_ms, spread_due, steady_due, Job, Schedule};
 pub use reconcile::Reconciled;
+pub use schedule::{backoff_ms, lead_ms, spread_due, steady_due, Job, Schedule};
 pub use slot::AccessToken;
 
 use crate::metrics;

@@ -121,7 +121,8 @@ impl TokenService {
         };
         // The list's token first; when it is missing (a code never exchanged) or is the one that
         // already failed here, api_get_authorizer_info may know the current one.
-        let mut candidates: Vec<Secret> = listed.filter(|t| Some(*t) != dead_refresh.as_ref()).cloned().into_iter().collect();
+        let mut candidates: Vec<Secret> =
+            listed.filter(|t| Some(*t) != dead_refresh.as_ref()).cloned().into_iter().collect();
         if candidates.is_empty() {
             match with_component_token!(self, |t| self.api.authorizer_info(t, appid)) {
                 Ok(info) => candidates.extend(info.refresh_token.filter(|t| Some(t) != dead_refresh.as_ref())),

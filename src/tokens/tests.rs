@@ -2,7 +2,9 @@
 //! lifetimes of hours pass in milliseconds.
 
 use super::*;
-use crate::store::{AuthorizerRecord, ComponentToken, MemoryStore, Store, StoredEvent};
+use crate::store::{
+    AuthorizerInfoRecord, AuthorizerRecord, AuthorizerState, ComponentToken, MemoryStore, Store, StoredEvent,
+};
 use crate::wechat::{ApiErrorKind, Authorization, AuthorizerInfo, AuthorizerTokens, Issued, ListedAuthorizer};
 use crate::Secret;
 use async_trait::async_trait;
@@ -186,6 +188,18 @@ impl Store for FlakyStore {
     }
     async fn delete_authorizer(&self, c: &AppId, a: &AppId) -> Result<bool, StoreError> {
         self.inner.delete_authorizer(c, a).await
+    }
+    async fn save_authorizer_info(&self, c: &AppId, i: &AuthorizerInfoRecord) -> Result<(), StoreError> {
+        self.inner.save_authorizer_info(c, i).await
+    }
+    async fn load_authorizer_info(&self, c: &AppId, a: &AppId) -> Result<Option<AuthorizerInfoRecord>, StoreError> {
+        self.inner.load_authorizer_info(c, a).await
+    }
+    async fn load_authorizer_infos(&self, c: &AppId) -> Result<Vec<AuthorizerInfoRecord>, StoreError> {
+        self.inner.load_authorizer_infos(c).await
+    }
+    async fn find_user_name(&self, c: &AppId, u: &str) -> Result<Option<AppId>, StoreError> {
+        self.inner.find_user_name(c, u).await
     }
 }
 

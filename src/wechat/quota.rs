@@ -45,8 +45,7 @@ impl WechatClient {
         token: Option<&Secret>,
         body: Value,
     ) -> Result<Value, WechatError> {
-        let mut url =
-            self.base_url.join(path).map_err(|e| WechatError::Decode { endpoint, reason: e.to_string() })?;
+        let mut url = self.base_url.join(path).map_err(|e| WechatError::Decode { endpoint, reason: e.to_string() })?;
         if let Some(token) = token {
             url.query_pairs_mut().append_pair("access_token", token.expose());
         }
@@ -64,8 +63,12 @@ impl WechatClient {
 #[async_trait]
 impl QuotaApi for WechatClient {
     async fn quota(&self, access_token: &Secret, cgi_path: &str) -> Result<Quota, WechatError> {
-        let answer =
-            self.post_path("openapi/quota/get", "cgi-bin/openapi/quota/get", Some(access_token), json!({ "cgi_path": cgi_path }));
+        let answer = self.post_path(
+            "openapi/quota/get",
+            "cgi-bin/openapi/quota/get",
+            Some(access_token),
+            json!({ "cgi_path": cgi_path }),
+        );
         let value = answer.await?;
         serde_json::from_value::<QuotaAnswer>(value).map(|a| a.quota).map_err(|_| WechatError::Decode {
             endpoint: "openapi/quota/get",
