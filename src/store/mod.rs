@@ -129,6 +129,27 @@ impl Lease {
     }
 }
 
+/// Where a scan of the authorizers goes on from; opaque outside the backend that made it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ScanCursor(pub(crate) String);
+
+impl ScanCursor {
+    /// The first page.
+    pub fn start() -> Self {
+        Self::default()
+    }
+
+    pub fn is_start(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ScanPage {
+    pub records: Vec<AuthorizerRecord>,
+    pub next: Option<ScanCursor>,
+}
+
 /// What another instance changed, announced by a shared store.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Change {
@@ -136,6 +157,9 @@ pub enum Change {
     ComponentToken,
     Authorizer(AppId),
     Deleted(AppId),
+    /// Records changed while announcements were not heard (a reconnect), read in one batch:
+    /// a catch-up costs what changed, not the whole fleet.
+    Authorizers(Vec<AuthorizerRecord>),
     /// Announcements may have been missed (a reconnect): reload everything.
     Resync,
 }
@@ -172,19 +196,20 @@ pub trait Store: Send + Sync + 'static {
 
     async fn load_authorizer(&self, component: &AppId, appid: &AppId) -> Result<Option<AuthorizerRecord>, StoreError>;
 
-    /// Up to `limit` authorizers with appids after `after`, in appid order: start-up reads a
-    /// large fleet a page at a time instead of holding every record at once.
-    async fn load_authorizers_page(
+    /// About `limit` authorizers from `cursor` on, in an order of the backend's choosing, and
+    /// where to go on (`None`: that was the last page). Start-up reads a million authorizers
+    /// this way, so each backend answers a page in a fixed number of round trips, whatever the
+    /// fleet's size (SQLite: one indexed query; Redis: one SSCAN and one pipeline). A page may
+    /// repeat a record of an earlier one (Redis's SCAN guarantees no more). The default reads
+    /// everything as one page: right for the memory store only.
+    async fn scan_authorizers(
         &self,
         component: &AppId,
-        after: Option<&AppId>,
-        limit: usize,
-    ) -> Result<Vec<AuthorizerRecord>, StoreError> {
-        let mut all = self.load_authorizers(component).await?;
-        all.retain(|r| after.is_none_or(|a| r.appid > *a));
-        all.sort_by_key(|a| a.appid);
-        all.truncate(limit);
-        Ok(all)
+        cursor: &ScanCursor,
+        _limit: usize,
+    ) -> Result<ScanPage, StoreError> {
+        let records = if cursor.is_start() { self.load_authorizers(component).await? } else { Vec::new() };
+        Ok(ScanPage { records, next: None })
     }
 
     /// Inserts or replaces the whole record, durably, before it returns.
@@ -333,10 +358,17 @@ pub(crate) mod contract_tests {
 
         let all = store.load_authorizers(&c).await.unwrap();
         assert_eq!(all.len(), 2);
-        let first = store.load_authorizers_page(&c, None, 1).await.unwrap();
-        assert_eq!(first.iter().map(|r| r.appid).collect::<Vec<_>>(), [a.appid]);
-        let second = store.load_authorizers_page(&c, Some(&a.appid), 5).await.unwrap();
-        assert_eq!(second.iter().map(|r| r.appid).collect::<Vec<_>>(), [b.appid]);
+        let mut scanned = std::collections::BTreeMap::new();
+        let mut cursor = ScanCursor::start();
+        for _ in 0..10 {
+            let page = store.scan_authorizers(&c, &cursor, 1).await.unwrap();
+            scanned.extend(page.records.into_iter().map(|r| (r.appid, r)));
+            match page.next {
+                Some(next) => cursor = next,
+                None => break,
+            }
+        }
+        assert_eq!(scanned.keys().copied().collect::<Vec<_>>(), [a.appid, b.appid], "a scan finds each once");
         assert_eq!(store.load_authorizer(&c, &a.appid).await.unwrap().unwrap(), rotated);
         assert_eq!(store.load_authorizer(&c, &b.appid).await.unwrap().unwrap(), b);
         assert!(store.delete_authorizer(&c, &a.appid).await.unwrap());

@@ -2,7 +2,13 @@
 //! leases (one refresher per token), fenced writes and change announcements (pub/sub).
 //!
 //! Keys live under `{key_prefix}{component_appid}:` so that several platforms, or test runs,
-//! can share one Redis. Refresh tokens live here: run Redis with AOF (`appendonly yes`,
+//! can share one Redis.
+//!
+//! Every authorizer write and delete takes the next number of a version counter (`version`) and
+//! records it against the appid in a sorted set (`changed`), and its announcement carries it
+//! (`authorizer:{appid}@{version}`). An instance remembers the highest version it heard; after
+//! a reconnect it reads only what `changed` holds above it, in pipelined batches, instead of
+//! every record. Refresh tokens live here: run Redis with AOF (`appendonly yes`,
 //! `appendfsync everysec` or `always`); start-up warns when it keeps nothing on disk.
 
 use super::{
@@ -43,17 +49,38 @@ static RECORD_EVENT: LazyLock<Script> = LazyLock::new(|| {
 });
 
 /// Replaces a hash whole, only while the lease is held (an empty owner: no lease needed), adds
-/// the member to a set, and announces the change: checked and written in one step.
+/// the member to a set with its version, and announces the change: checked and written in one step.
 static FENCED_WRITE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"if ARGV[1] ~= '' and redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
           redis.call('DEL', KEYS[2])
           redis.call('HSET', KEYS[2], unpack(ARGV, 4))
-          if ARGV[2] ~= '' then redis.call('SADD', KEYS[3], ARGV[2]) end
-          redis.call('PUBLISH', KEYS[4], ARGV[3])
+          local announce = ARGV[3]
+          if ARGV[2] ~= '' then
+            redis.call('SADD', KEYS[3], ARGV[2])
+            local v = redis.call('INCR', KEYS[5])
+            redis.call('ZADD', KEYS[6], v, ARGV[2])
+            announce = announce .. '@' .. v
+          end
+          redis.call('PUBLISH', KEYS[4], announce)
           return 1",
     )
 });
+
+/// Forgets an authorizer, recording the deletion as a change like any write.
+static DELETE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"local n = redis.call('SREM', KEYS[1], ARGV[1]) + redis.call('DEL', KEYS[2])
+          local v = redis.call('INCR', KEYS[3])
+          redis.call('ZADD', KEYS[4], v, ARGV[1])
+          redis.call('PUBLISH', KEYS[5], 'deleted:' .. ARGV[1] .. '@' .. v)
+          return n",
+    )
+});
+
+/// More changes than this since the last one heard: reload everything rather than announce
+/// each (the follower's channel holds 1024 announcements; a batch carries [`SCAN_COUNT`]).
+const CATCH_UP_MAX: usize = 200_000;
 
 /// How many entries one SCAN-family step asks for: large pages, few round trips.
 const SCAN_COUNT: usize = 1000;
@@ -89,7 +116,10 @@ impl RedisStore {
         let channel = format!("{key_prefix}{component}:changes");
         let store = Self { conn, key_prefix: key_prefix.to_owned(), channel, instance, changes };
         store.warn_without_persistence().await;
-        tokio::spawn(listen(client, store.channel.clone(), store.changes.clone()));
+        // What is in the store now is what the caller loads next: changes after it are caught up.
+        let heard: Option<u64> = store.conn.clone().get(store.key(component, "version")).await.map_err(unavailable)?;
+        let follower = Follower { store: store.clone(), component: *component, heard: heard.unwrap_or(0) };
+        tokio::spawn(follower.listen(client));
         Ok(store)
     }
 
@@ -118,6 +148,25 @@ impl RedisStore {
         self.conn.clone().hgetall(key).await.map_err(unavailable)
     }
 
+    /// The records of `appids`, read in one pipeline; an appid without a record is left out.
+    async fn load_many(&self, component: &AppId, appids: &[AppId]) -> Result<Vec<AuthorizerRecord>, StoreError> {
+        if appids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut pipe = redis::pipe();
+        for appid in appids {
+            pipe.hgetall(self.key(component, &format!("authorizer:{appid}")));
+        }
+        let maps: Vec<HashMap<String, String>> = pipe.query_async(&mut self.conn.clone()).await.map_err(unavailable)?;
+        let mut records = Vec::with_capacity(maps.len());
+        for (appid, map) in appids.iter().zip(maps) {
+            if !map.is_empty() {
+                records.push(authorizer_from(appid, &map)?);
+            }
+        }
+        Ok(records)
+    }
+
     async fn fenced_write(
         &self,
         component: &AppId,
@@ -130,6 +179,7 @@ impl RedisStore {
         let lease_key = lease.map_or_else(String::new, |l| l.key.clone());
         let mut invocation = FENCED_WRITE.key(lease_key);
         invocation.key(hash).key(self.key(component, "authorizers")).key(self.key(component, "changes"));
+        invocation.key(self.key(component, "version")).key(self.key(component, "changed"));
         invocation.arg(lease.map_or("", |l| l.owner.as_str())).arg(member).arg(announce);
         for (field, value) in fields {
             invocation.arg(field).arg(value);
@@ -139,37 +189,118 @@ impl RedisStore {
     }
 }
 
-/// Follows the change channel, reconnecting after a Redis restart; after every (re)connect it
-/// announces a resync, since changes made meanwhile were not heard.
-async fn listen(client: redis::Client, channel: String, tx: broadcast::Sender<Change>) {
-    loop {
-        match client.get_async_pubsub().await {
-            Ok(mut pubsub) => {
-                if pubsub.subscribe(&channel).await.is_ok() {
-                    let _ = tx.send(Change::Resync);
-                    let mut messages = pubsub.on_message();
-                    while let Some(message) = messages.next().await {
-                        if let Some(change) = message.get_payload::<String>().ok().and_then(|p| parse_change(&p)) {
-                            let _ = tx.send(change);
+/// Follows one component's change channel for a store, reconnecting after a Redis restart.
+struct Follower {
+    store: RedisStore,
+    component: AppId,
+    /// The highest version announced and heard: after a reconnect, only later ones are read.
+    heard: u64,
+}
+
+impl Follower {
+    /// Runs for the process's life. After every (re)subscription it catches up with what was
+    /// written meanwhile, since announcements made while unsubscribed are lost.
+    async fn listen(mut self, client: redis::Client) {
+        let channel = self.store.channel.clone();
+        let tx = self.store.changes.clone();
+        loop {
+            match client.get_async_pubsub().await {
+                Ok(mut pubsub) => {
+                    if pubsub.subscribe(&channel).await.is_ok() {
+                        self.catch_up(&tx).await;
+                        let mut messages = pubsub.on_message();
+                        while let Some(message) = messages.next().await {
+                            let Ok(payload) = message.get_payload::<String>() else { continue };
+                            if let Some((change, version)) = parse_change(&payload) {
+                                self.heard = self.heard.max(version.unwrap_or(0));
+                                let _ = tx.send(change);
+                            }
                         }
                     }
+                    tracing::warn!("lost the Redis change channel; reconnecting");
                 }
-                tracing::warn!("lost the Redis change channel; reconnecting");
+                Err(e) => tracing::warn!(error = %e, "cannot subscribe to Redis changes; retrying"),
             }
-            Err(e) => tracing::warn!(error = %e, "cannot subscribe to Redis changes; retrying"),
+            tokio::time::sleep(Duration::from_secs(1)).await;
         }
-        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+
+    /// Announces what changed above `heard`: the ticket and component token (two small reads),
+    /// and the authorizers in batches. A version counter lower than `heard` means Redis lost
+    /// data (a restart without persistence): everything is reloaded.
+    async fn catch_up(&mut self, tx: &broadcast::Sender<Change>) {
+        match self.changed_since().await {
+            Ok(Some((version, records, deleted))) => {
+                let _ = tx.send(Change::Ticket);
+                let _ = tx.send(Change::ComponentToken);
+                for batch in records {
+                    let _ = tx.send(Change::Authorizers(batch));
+                }
+                for appid in deleted {
+                    let _ = tx.send(Change::Deleted(appid));
+                }
+                self.heard = version;
+            }
+            Ok(None) => {
+                let _ = tx.send(Change::Resync);
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read what changed in Redis meanwhile; reloading everything");
+                let _ = tx.send(Change::Resync);
+            }
+        }
+    }
+
+    /// The current version, the records changed since `heard` (in batches) and the appids
+    /// deleted; `None` when only a full reload will do.
+    #[allow(clippy::type_complexity)]
+    async fn changed_since(&self) -> Result<Option<(u64, Vec<Vec<AuthorizerRecord>>, Vec<AppId>)>, StoreError> {
+        let (store, c) = (&self.store, &self.component);
+        let mut conn = store.conn.clone();
+        let version: Option<u64> = conn.get(store.key(c, "version")).await.map_err(unavailable)?;
+        let version = version.unwrap_or(0);
+        if version < self.heard {
+            return Ok(None);
+        }
+        if version == self.heard {
+            return Ok(Some((version, Vec::new(), Vec::new())));
+        }
+        let appids: Vec<String> = redis::cmd("ZRANGEBYSCORE")
+            .arg(store.key(c, "changed"))
+            .arg(format!("({}", self.heard))
+            .arg("+inf")
+            .query_async(&mut conn)
+            .await
+            .map_err(unavailable)?;
+        if appids.len() > CATCH_UP_MAX {
+            return Ok(None);
+        }
+        let appids: Vec<AppId> = appids.iter().filter_map(|a| AppId::parse(a).ok()).collect();
+        let (mut batches, mut deleted) = (Vec::new(), Vec::new());
+        for chunk in appids.chunks(SCAN_COUNT) {
+            let records = store.load_many(c, chunk).await?;
+            let found: std::collections::HashSet<AppId> = records.iter().map(|r| r.appid).collect();
+            deleted.extend(chunk.iter().filter(|a| !found.contains(a)).copied());
+            batches.push(records);
+        }
+        Ok(Some((version, batches, deleted)))
     }
 }
 
-fn parse_change(payload: &str) -> Option<Change> {
-    match payload.split_once(':') {
-        None if payload == "ticket" => Some(Change::Ticket),
-        None if payload == "component" => Some(Change::ComponentToken),
-        Some(("authorizer", appid)) => AppId::parse(appid).ok().map(Change::Authorizer),
-        Some(("deleted", appid)) => AppId::parse(appid).ok().map(Change::Deleted),
-        _ => None,
-    }
+/// A change and, for authorizers, its version (`authorizer:{appid}@{version}`).
+fn parse_change(payload: &str) -> Option<(Change, Option<u64>)> {
+    let (body, version) = match payload.rsplit_once('@') {
+        Some((body, v)) => (body, Some(v.parse().ok()?)),
+        None => (payload, None),
+    };
+    let change = match body.split_once(':') {
+        None if body == "ticket" => Change::Ticket,
+        None if body == "component" => Change::ComponentToken,
+        Some(("authorizer", appid)) => Change::Authorizer(AppId::parse(appid).ok()?),
+        Some(("deleted", appid)) => Change::Deleted(AppId::parse(appid).ok()?),
+        _ => return None,
+    };
+    Some((change, version))
 }
 
 fn field<T: std::str::FromStr>(map: &HashMap<String, String>, name: &str) -> Result<T, StoreError> {
@@ -321,16 +452,43 @@ impl Store for RedisStore {
         .map(drop)
     }
 
+    /// Page by page (SSCAN and a pipeline each), never one round trip per authorizer.
     async fn load_authorizers(&self, component: &AppId) -> Result<Vec<AuthorizerRecord>, StoreError> {
-        let appids: Vec<String> =
-            self.conn.clone().smembers(self.key(component, "authorizers")).await.map_err(unavailable)?;
-        let mut records = Vec::with_capacity(appids.len());
-        for appid in appids.iter().filter_map(|a| AppId::parse(a).ok()) {
-            if let Some(r) = self.load_authorizer(component, &appid).await? {
-                records.push(r);
+        let mut all = HashMap::new();
+        let mut cursor = super::ScanCursor::start();
+        loop {
+            let page = self.scan_authorizers(component, &cursor, SCAN_COUNT).await?;
+            all.extend(page.records.into_iter().map(|r| (r.appid, r)));
+            match page.next {
+                Some(next) => cursor = next,
+                None => return Ok(all.into_values().collect()),
             }
         }
-        Ok(records)
+    }
+
+    /// One SSCAN step of the set of appids, then one pipeline for their records.
+    async fn scan_authorizers(
+        &self,
+        component: &AppId,
+        cursor: &super::ScanCursor,
+        limit: usize,
+    ) -> Result<super::ScanPage, StoreError> {
+        let from: u64 = if cursor.is_start() {
+            0
+        } else {
+            cursor.0.parse().map_err(|_| StoreError::Corrupt("scan cursor".into()))?
+        };
+        let (next, appids): (u64, Vec<String>) = redis::cmd("SSCAN")
+            .arg(self.key(component, "authorizers"))
+            .arg(from)
+            .arg("COUNT")
+            .arg(limit.max(1))
+            .query_async(&mut self.conn.clone())
+            .await
+            .map_err(unavailable)?;
+        let appids: Vec<AppId> = appids.iter().filter_map(|a| AppId::parse(a).ok()).collect();
+        let records = self.load_many(component, &appids).await?;
+        Ok(super::ScanPage { records, next: (next != 0).then(|| super::ScanCursor(next.to_string())) })
     }
 
     async fn load_authorizer(&self, component: &AppId, appid: &AppId) -> Result<Option<AuthorizerRecord>, StoreError> {
@@ -356,12 +514,17 @@ impl Store for RedisStore {
     }
 
     async fn delete_authorizer(&self, component: &AppId, appid: &AppId) -> Result<bool, StoreError> {
-        let mut conn = self.conn.clone();
-        let removed: i64 = conn.srem(self.key(component, "authorizers"), appid.as_str()).await.map_err(unavailable)?;
-        let deleted: i64 = conn.del(self.key(component, &format!("authorizer:{appid}"))).await.map_err(unavailable)?;
-        let _: i64 =
-            conn.publish(self.key(component, "changes"), format!("deleted:{appid}")).await.map_err(unavailable)?;
-        Ok(removed + deleted > 0)
+        let n: i64 = DELETE
+            .key(self.key(component, "authorizers"))
+            .key(self.key(component, &format!("authorizer:{appid}")))
+            .key(self.key(component, "version"))
+            .key(self.key(component, "changed"))
+            .key(self.key(component, "changes"))
+            .arg(appid.as_str())
+            .invoke_async(&mut self.conn.clone())
+            .await
+            .map_err(unavailable)?;
+        Ok(n > 0)
     }
 
     fn shared(&self) -> bool {
@@ -556,6 +719,35 @@ mod tests {
         assert_eq!(two.load_authorizer(&c, &record.appid).await.unwrap().unwrap(), record);
         two.release(&taken).await.unwrap();
         assert!(one.lease(&c, "wx1111111111111111", ttl).await.unwrap().is_some(), "released");
+        clean(&p).await;
+    }
+
+    #[tokio::test]
+    async fn a_catch_up_reads_only_what_changed_since_the_last_version_heard() {
+        let p = prefix();
+        let (one, two) = (store(&p).await, store(&p).await);
+        let c = contract_tests::component();
+        for i in 1..=5u32 {
+            one.save_authorizer(&c, &contract_tests::authorizer(&format!("wx{i:016x}"), "r")).await.unwrap();
+        }
+        let heard: u64 = one.conn.clone().get(one.key(&c, "version")).await.unwrap();
+        let changed = contract_tests::authorizer(&format!("wx{:016x}", 2), "r2");
+        two.save_authorizer(&c, &changed).await.unwrap();
+        let gone = AppId::parse(&format!("wx{:016x}", 4)).unwrap();
+        assert!(two.delete_authorizer(&c, &gone).await.unwrap());
+        let follower = Follower { store: one.clone(), component: c, heard };
+        let (version, batches, deleted) = follower.changed_since().await.unwrap().expect("a delta");
+        assert_eq!(version, heard + 2);
+        assert_eq!(batches.concat(), [changed]);
+        assert_eq!(deleted, [gone]);
+        let caught_up = Follower { heard: version, ..follower };
+        let (_, batches, deleted) = caught_up.changed_since().await.unwrap().unwrap();
+        assert!(batches.concat().is_empty() && deleted.is_empty());
+        let ahead = Follower { heard: version + 10, ..caught_up };
+        assert!(ahead.changed_since().await.unwrap().is_none(), "Redis lost data: reload everything");
+        assert_eq!(parse_change(&format!("authorizer:{gone}@7")), Some((Change::Authorizer(gone), Some(7))));
+        assert_eq!(parse_change("ticket"), Some((Change::Ticket, None)));
+        assert_eq!(parse_change("authorizer:wx@x"), None);
         clean(&p).await;
     }
 

@@ -347,23 +347,28 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn load_authorizers_page(
+    /// In appid order; the cursor is the last appid of the page before.
+    async fn scan_authorizers(
         &self,
         component: &AppId,
-        after: Option<&AppId>,
+        cursor: &super::ScanCursor,
         limit: usize,
-    ) -> Result<Vec<AuthorizerRecord>, StoreError> {
-        let (component, after) = (component.to_string(), after.map_or_else(String::new, |a| a.to_string()));
-        self.with_conn(move |c| {
-            let sql = format!(
-                "SELECT {AUTHORIZER_COLUMNS} FROM authorizers
-                 WHERE component_appid = ?1 AND authorizer_appid > ?2 ORDER BY authorizer_appid LIMIT ?3"
-            );
-            let mut stmt = c.prepare_cached(&sql)?;
-            let rows = stmt.query_map(params![component, after, limit as i64], row_to_authorizer)?;
-            rows.collect()
-        })
-        .await
+    ) -> Result<super::ScanPage, StoreError> {
+        let (component, after) = (component.to_string(), cursor.0.clone());
+        let limit = limit.max(1);
+        let records: Vec<AuthorizerRecord> = self
+            .with_conn(move |c| {
+                let sql = format!(
+                    "SELECT {AUTHORIZER_COLUMNS} FROM authorizers
+                     WHERE component_appid = ?1 AND authorizer_appid > ?2 ORDER BY authorizer_appid LIMIT ?3"
+                );
+                let mut stmt = c.prepare_cached(&sql)?;
+                let rows = stmt.query_map(params![component, after, limit as i64], row_to_authorizer)?;
+                rows.collect()
+            })
+            .await?;
+        let next = (records.len() == limit).then(|| super::ScanCursor(records[limit - 1].appid.to_string()));
+        Ok(super::ScanPage { records, next })
     }
 
     async fn save_authorizer(&self, component: &AppId, record: &AuthorizerRecord) -> Result<(), StoreError> {

@@ -23,6 +23,13 @@ impl TokenService {
                 Ok(Change::Ticket) => self.current_ticket().await.map(drop),
                 Ok(Change::ComponentToken) => self.adopt_stored_component().await.map(drop),
                 Ok(Change::Authorizer(appid)) => self.reload_authorizer(&appid).await,
+                Ok(Change::Authorizers(records)) => {
+                    for record in records {
+                        self.take_record(record).await;
+                    }
+                    self.update_gauges();
+                    Ok(())
+                }
                 Ok(Change::Deleted(appid)) => {
                     self.authorizers.remove(&appid);
                     self.unplan(&Job::Authorizer(appid));

@@ -226,14 +226,13 @@ impl TokenService {
             }
             schedule.set(Job::InfoPass, now + self.settings.info_slice_every.as_millis() as i64);
         }
-        let mut after: Option<AppId> = None;
+        let mut cursor = crate::store::ScanCursor::start();
         loop {
-            let page = self.store.load_authorizers_page(&self.component, after.as_ref(), PAGE).await?;
-            let full = page.len() == PAGE;
-            after = page.last().map(|r| r.appid);
-            self.plan_loaded(page, now);
-            if !full {
-                return Ok(());
+            let page = self.store.scan_authorizers(&self.component, &cursor, PAGE).await?;
+            self.plan_loaded(page.records, now);
+            match page.next {
+                Some(next) => cursor = next,
+                None => return Ok(()),
             }
         }
     }
