@@ -81,6 +81,8 @@ static DELETE: LazyLock<Script> = LazyLock::new(|| {
 /// More changes than this since the last one heard: reload everything rather than announce
 /// each (the follower's channel holds 1024 announcements; a batch carries [`SCAN_COUNT`]).
 const CATCH_UP_MAX: usize = 200_000;
+/// Tries of a catch-up, 250 ms apart, before everything is reloaded instead.
+const CATCH_UP_ATTEMPTS: usize = 120;
 
 /// How many entries one SCAN-family step asks for: large pages, few round trips.
 const SCAN_COUNT: usize = 1000;
@@ -146,6 +148,45 @@ impl RedisStore {
 
     async fn hgetall(&self, key: &str) -> Result<HashMap<String, String>, StoreError> {
         self.conn.clone().hgetall(key).await.map_err(unavailable)
+    }
+
+    /// What a catch-up reads: the current version, the records changed since `heard` (in batches) and the appids
+    /// deleted; `None` when only a full reload will do.
+    #[allow(clippy::type_complexity)]
+    pub async fn changed_since(
+        &self,
+        component: &AppId,
+        heard: u64,
+    ) -> Result<Option<(u64, Vec<Vec<AuthorizerRecord>>, Vec<AppId>)>, StoreError> {
+        let (store, c) = (self, component);
+        let mut conn = store.conn.clone();
+        let version: Option<u64> = conn.get(store.key(c, "version")).await.map_err(unavailable)?;
+        let version = version.unwrap_or(0);
+        if version < heard {
+            return Ok(None);
+        }
+        if version == heard {
+            return Ok(Some((version, Vec::new(), Vec::new())));
+        }
+        let appids: Vec<String> = redis::cmd("ZRANGEBYSCORE")
+            .arg(store.key(c, "changed"))
+            .arg(format!("({}", heard))
+            .arg("+inf")
+            .query_async(&mut conn)
+            .await
+            .map_err(unavailable)?;
+        if appids.len() > CATCH_UP_MAX {
+            return Ok(None);
+        }
+        let appids: Vec<AppId> = appids.iter().filter_map(|a| AppId::parse(a).ok()).collect();
+        let (mut batches, mut deleted) = (Vec::new(), Vec::new());
+        for chunk in appids.chunks(SCAN_COUNT) {
+            let records = store.load_many(c, chunk).await?;
+            let found: std::collections::HashSet<AppId> = records.iter().map(|r| r.appid).collect();
+            deleted.extend(chunk.iter().filter(|a| !found.contains(a)).copied());
+            batches.push(records);
+        }
+        Ok(Some((version, batches, deleted)))
     }
 
     /// The records of `appids`, read in one pipeline; an appid without a record is left out.
@@ -229,7 +270,17 @@ impl Follower {
     /// and the authorizers in batches. A version counter lower than `heard` means Redis lost
     /// data (a restart without persistence): everything is reloaded.
     async fn catch_up(&mut self, tx: &broadcast::Sender<Change>) {
-        match self.changed_since().await {
+        // A Redis that has just restarted answers LOADING while it reads its data back: wait
+        // for it (a few seconds) rather than fall back to reloading everything.
+        let mut result = self.changed_since().await;
+        for _ in 0..CATCH_UP_ATTEMPTS {
+            if result.is_ok() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+            result = self.changed_since().await;
+        }
+        match result {
             Ok(Some((version, records, deleted))) => {
                 let _ = tx.send(Change::Ticket);
                 let _ = tx.send(Change::ComponentToken);
@@ -251,39 +302,8 @@ impl Follower {
         }
     }
 
-    /// The current version, the records changed since `heard` (in batches) and the appids
-    /// deleted; `None` when only a full reload will do.
-    #[allow(clippy::type_complexity)]
     async fn changed_since(&self) -> Result<Option<(u64, Vec<Vec<AuthorizerRecord>>, Vec<AppId>)>, StoreError> {
-        let (store, c) = (&self.store, &self.component);
-        let mut conn = store.conn.clone();
-        let version: Option<u64> = conn.get(store.key(c, "version")).await.map_err(unavailable)?;
-        let version = version.unwrap_or(0);
-        if version < self.heard {
-            return Ok(None);
-        }
-        if version == self.heard {
-            return Ok(Some((version, Vec::new(), Vec::new())));
-        }
-        let appids: Vec<String> = redis::cmd("ZRANGEBYSCORE")
-            .arg(store.key(c, "changed"))
-            .arg(format!("({}", self.heard))
-            .arg("+inf")
-            .query_async(&mut conn)
-            .await
-            .map_err(unavailable)?;
-        if appids.len() > CATCH_UP_MAX {
-            return Ok(None);
-        }
-        let appids: Vec<AppId> = appids.iter().filter_map(|a| AppId::parse(a).ok()).collect();
-        let (mut batches, mut deleted) = (Vec::new(), Vec::new());
-        for chunk in appids.chunks(SCAN_COUNT) {
-            let records = store.load_many(c, chunk).await?;
-            let found: std::collections::HashSet<AppId> = records.iter().map(|r| r.appid).collect();
-            deleted.extend(chunk.iter().filter(|a| !found.contains(a)).copied());
-            batches.push(records);
-        }
-        Ok(Some((version, batches, deleted)))
+        self.store.changed_since(&self.component, self.heard).await
     }
 }
 
