@@ -70,7 +70,7 @@ fn valid_cgi_path(path: &str) -> bool {
 /// to fix (400); anything else is a gateway-side failure (502).
 fn wechat_error(e: WechatError) -> Reply {
     match &e {
-        WechatError::Api { errcode, .. } if matches!(errcode, 48006 | 76003 | 76021 | 40097) => {
+        WechatError::Api { errcode: 48006 | 76003 | 76021 | 40097, .. } => {
             Reply::error(400, format!("WeChat refused: {e}"))
         }
         WechatError::Api { kind: ApiErrorKind::Quota, .. } => Reply::error(429, format!("WeChat refused: {e}")),

@@ -41,7 +41,7 @@ async fn authorizer(
     match (method, rest) {
         (&Method::GET, []) => super::info::one(app, appid).await,
         (&Method::GET, ["quota"]) => {
-            super::quota::get(app, appid, &session.req_header().uri.query().unwrap_or_default().to_owned()).await
+            super::quota::get(app, appid, session.req_header().uri.query().unwrap_or_default()).await
         }
         (&Method::POST, ["clear-quota"]) => super::quota::clear_authorizer(app, appid).await,
         (&Method::PUT, []) => import(app, session, appid).await,
