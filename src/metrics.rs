@@ -89,6 +89,15 @@ pub static RECONCILE: LazyLock<IntCounterVec> = LazyLock::new(|| {
     .expect("metric")
 });
 
+pub static CONFIG_RELOADS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "wxgate_config_reloads_total",
+        "Config reloads on SIGHUP, by result (ok, invalid: the file has errors, refused: a key needs a restart)",
+        &["result"]
+    )
+    .expect("metric")
+});
+
 /// The errcodes `wxgate_wechat_errors_total` names; any other is `other`, so that the label set
 /// stays bounded whatever WeChat answers.
 pub const WECHAT_ERRCODES: [i64; 8] = [40001, 40014, 42001, 45009, 61003, 61004, 61023, 40164];
@@ -151,6 +160,9 @@ pub fn init() {
     LazyLock::force(&AUTHORIZERS);
     LazyLock::force(&WECHAT_ERROR_COUNTERS);
     LazyLock::force(&RECONCILE);
+    for result in ["ok", "invalid", "refused"] {
+        CONFIG_RELOADS.with_label_values(&[result]);
+    }
     TICKET_AGE.set(f64::INFINITY);
 }
 

@@ -56,3 +56,24 @@ pub(super) async fn reconcile(app: &AdminApp) -> Reply {
         Err(e) => token_error(&e),
     }
 }
+
+/// Every authorizer's status with its info, for a search: the infos are read in one pass.
+pub(super) async fn all(app: &AdminApp) -> Result<Vec<Value>, Reply> {
+    let infos = app.tokens.authorizer_infos().await.map_err(|e| token_error(&e))?;
+    let mut infos: std::collections::HashMap<AppId, Value> =
+        infos.into_iter().map(|i| (i.appid, i.to_json())).collect();
+    let (_, statuses) = app.tokens.authorizer_statuses(0, usize::MAX);
+    let mut all = Vec::with_capacity(statuses.len());
+    for status in statuses {
+        let Ok(appid) = AppId::parse(&status.appid) else { continue };
+        let mut v = json!(status);
+        if let Some(label) = app.tokens.account_state(&appid).filter(|_| v["state"] == "active") {
+            v["state"] = json!(label);
+        }
+        if let (Some(obj), Some(Value::Object(fields))) = (v.as_object_mut(), infos.remove(&appid)) {
+            obj.extend(fields);
+        }
+        all.push(v);
+    }
+    Ok(all)
+}

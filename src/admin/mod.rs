@@ -2,6 +2,7 @@
 //!
 //! It reads the token service and may ask it for a refresh; it never shows a token.
 
+mod console;
 mod info;
 mod quota;
 mod routes;
@@ -11,6 +12,7 @@ use crate::reply::Reply;
 use crate::tokens::TokenService;
 use crate::wechat::QuotaApi;
 use crate::Secret;
+use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use pingora::apps::http_app::ServeHttp;
 use pingora::protocols::http::ServerSession;
@@ -20,19 +22,25 @@ use std::sync::Arc;
 pub struct AdminApp {
     tokens: Arc<TokenService>,
     links: AuthorizeLinks,
-    token: Secret,
+    /// `admin.token`, replaced by a config reload.
+    token: Arc<ArcSwap<Secret>>,
     quota: Arc<dyn QuotaApi>,
 }
 
 impl AdminApp {
-    pub fn new(tokens: Arc<TokenService>, links: AuthorizeLinks, token: Secret, quota: Arc<dyn QuotaApi>) -> Self {
+    pub fn new(
+        tokens: Arc<TokenService>,
+        links: AuthorizeLinks,
+        token: Arc<ArcSwap<Secret>>,
+        quota: Arc<dyn QuotaApi>,
+    ) -> Self {
         Self { tokens, links, token, quota }
     }
 
     fn authorized(&self, session: &ServerSession) -> bool {
         let presented =
             session.get_header(http::header::AUTHORIZATION).and_then(|v| v.as_bytes().strip_prefix(b"Bearer "));
-        presented.is_some_and(|p| self.token.ct_eq(p))
+        presented.is_some_and(|p| self.token.load().ct_eq(p))
     }
 
     async fn readyz(&self) -> Reply {
@@ -53,6 +61,7 @@ impl ServeHttp for AdminApp {
                 self.tokens.update_gauges();
                 return PrometheusHttpApp.response(session).await;
             }
+            (&http::Method::GET, p) if console::is_asset(p) => return console::asset(p),
             (&http::Method::GET, "/healthz") => Reply::text(200, "ok\n"),
             (&http::Method::GET, "/readyz") => self.readyz().await,
             (_, p) if p.starts_with("/admin/") => {

@@ -121,6 +121,11 @@ impl TokenService {
         Ok(self.store.load_authorizer_info(&self.component, appid).await?)
     }
 
+    /// Every account's info the store holds.
+    pub async fn authorizer_infos(&self) -> Result<Vec<AuthorizerInfoRecord>, TokenError> {
+        Ok(self.store.load_authorizer_infos(&self.component).await?)
+    }
+
     /// The appid of the account whose messages carry `user_name` (`gh_...`) as `ToUserName`,
     /// from memory: what this instance fetched or loaded.
     pub fn appid_for_user_name(&self, user_name: &str) -> Option<AppId> {
