@@ -561,7 +561,9 @@ mod redis_bench {
         let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
         let rss_before = proc_status_mb("VmRSS");
         let started = Instant::now();
-        let store = rt.block_on(RedisStore::connect(&Secret::new(url.as_str()), PREFIX, &component)).expect("connect");
+        let store = rt
+            .block_on(RedisStore::connect(&Secret::new(url.as_str()), PREFIX, &component, &Default::default()))
+            .expect("connect");
         let open_s = started.elapsed().as_secs_f64();
         let shared: SharedStore = Arc::new(store.clone());
         let changes = shared.changes().expect("a shared store announces changes");

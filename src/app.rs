@@ -42,7 +42,9 @@ pub async fn open_store(config: &StoreConfig, component: &crate::AppId) -> Resul
     match config {
         StoreConfig::Sqlite { path } => Ok(Arc::new(SqliteStore::open(path)?)),
         StoreConfig::Memory => Ok(Arc::new(MemoryStore::new())),
-        StoreConfig::Redis { url, key_prefix } => Ok(Arc::new(RedisStore::connect(url, key_prefix, component).await?)),
+        StoreConfig::Redis { url, key_prefix, options } => {
+            Ok(Arc::new(RedisStore::connect(url, key_prefix, component, options).await?))
+        }
     }
 }
 
@@ -140,6 +142,7 @@ fn load_tokens(
         // A lease outlasts a call to WeChat (bounded by the upstream timeout) and the write after.
         lease_ttl: config.upstream.timeout + std::time::Duration::from_secs(5),
         reconcile_every: config.refresh.reconcile_every,
+        budget_per_minute: config.refresh.budget_per_minute,
         ..Settings::new(config.refresh.ahead)
     };
     let changes = store.changes();

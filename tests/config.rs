@@ -136,7 +136,7 @@ fn environment_wins_over_the_file() {
     assert_eq!(config.upstream.base_url.as_str(), "http://127.0.0.1:18080/");
     assert_eq!(config.server.threads, 3);
     assert_eq!(config.component.appsecret.expose(), "from-the-environment");
-    let StoreConfig::Redis { url, key_prefix } = &config.store else { panic!("{:?}", config.store) };
+    let StoreConfig::Redis { url, key_prefix, .. } = &config.store else { panic!("{:?}", config.store) };
     assert_eq!(url.expose(), "redis://:pw@redis.internal:6379/1");
     assert_eq!(key_prefix, "wxgate:");
 }
@@ -276,7 +276,7 @@ fn store_backends() {
     let store = |body: &str| Config::from_sources(&format!("{}[store]\n{body}\n", minimal()), no_env());
     assert!(matches!(store("backend = \"memory\"").unwrap().store, StoreConfig::Memory));
     let redis = store("backend = \"redis\"\nkey_prefix = \"gw:\"").unwrap().store;
-    let StoreConfig::Redis { url, key_prefix } = redis else { panic!("{redis:?}") };
+    let StoreConfig::Redis { url, key_prefix, .. } = redis else { panic!("{redis:?}") };
     assert_eq!((url.expose(), key_prefix.as_str()), ("redis://127.0.0.1:6379/0", "gw:"));
 
     let text = |body: &str| format!("{}[store]\n{body}\n", minimal());

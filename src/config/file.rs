@@ -63,6 +63,9 @@ pub(super) struct StoreFile {
     pub path: Option<String>,
     pub redis_url: Option<String>,
     pub key_prefix: Option<String>,
+    pub redis_timeout_ms: Option<i64>,
+    pub redis_wait_replicas: Option<i64>,
+    pub redis_wait_timeout_ms: Option<i64>,
 }
 
 #[derive(Debug, Default, Deserialize, Serialize)]
@@ -70,6 +73,7 @@ pub(super) struct StoreFile {
 pub(super) struct RefreshFile {
     pub ahead_secs: Option<i64>,
     pub reconcile_hours: Option<i64>,
+    pub budget_per_minute: Option<i64>,
 }
 
 #[derive(Debug, Default, Deserialize, Serialize)]

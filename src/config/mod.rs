@@ -31,6 +31,8 @@ pub const DEFAULT_STORE_BACKEND: &str = "sqlite";
 pub const DEFAULT_STORE_PATH: &str = "data/wxgate.sqlite3";
 pub const DEFAULT_STORE_REDIS_URL: &str = "redis://127.0.0.1:6379/0";
 pub const DEFAULT_STORE_KEY_PREFIX: &str = "wxgate:";
+pub const DEFAULT_STORE_REDIS_TIMEOUT_MS: u64 = 1000;
+pub const DEFAULT_STORE_REDIS_WAIT_TIMEOUT_MS: u64 = 1000;
 pub const DEFAULT_REFRESH_AHEAD_SECS: u64 = 600;
 pub const DEFAULT_REFRESH_RECONCILE_HOURS: u64 = 24;
 pub const DEFAULT_SERVER_SHUTDOWN_GRACE_SECS: u64 = 5;
@@ -87,10 +89,11 @@ pub enum StoreConfig {
     Sqlite {
         path: PathBuf,
     },
-    /// `url` is `redis://` or `rediss://` and may carry a password.
+    /// `url` is `redis://`, `rediss://` or `redis+sentinel://` and may carry a password.
     Redis {
         url: Secret,
         key_prefix: String,
+        options: crate::store::RedisOptions,
     },
     Memory,
 }
@@ -102,6 +105,8 @@ pub struct RefreshConfig {
     /// `reconcile_hours`: reconcile with WeChat's authorizer list this often, and at start-up;
     /// `None` (0) never.
     pub reconcile_every: Option<Duration>,
+    /// Calls a minute one credential may make to its WeChat token endpoint (1 ..= 600).
+    pub budget_per_minute: u32,
 }
 
 #[derive(Debug, Clone)]

@@ -11,6 +11,7 @@ use url::Url;
 use super::file::{ClientFile, ComponentFile, FileConfig, ListenFile, StoreFile};
 use super::*;
 use crate::crypto::decode_aes_key;
+use crate::store::{parse_sentinel_url, RedisOptions, SENTINEL_SCHEME};
 
 /// The whole configuration, or `None` when any part is bad (every problem is in `p`).
 pub(super) fn config(f: &FileConfig, p: &mut Problems) -> Option<Config> {
@@ -22,6 +23,10 @@ pub(super) fn config(f: &FileConfig, p: &mut Problems) -> Option<Config> {
     let reconcile = p.check(
         "refresh.reconcile_hours",
         int_in(f.refresh.reconcile_hours, DEFAULT_REFRESH_RECONCILE_HOURS, 0..=24 * 365),
+    );
+    let budget = p.check(
+        "refresh.budget_per_minute",
+        int_in(f.refresh.budget_per_minute, crate::tokens::DEFAULT_BUDGET_PER_MINUTE.into(), 1..=600),
     );
     let admin = p.check("admin.token", required(&f.admin.token).and_then(secret_of_length(16)));
     let proxy = proxy(f, p);
@@ -35,6 +40,7 @@ pub(super) fn config(f: &FileConfig, p: &mut Problems) -> Option<Config> {
         refresh: RefreshConfig {
             ahead: Duration::from_secs(refresh?),
             reconcile_every: Some(reconcile?).filter(|h| *h > 0).map(|h| Duration::from_secs(h * 3600)),
+            budget_per_minute: budget? as u32,
         },
         admin: AdminConfig { token: admin? },
         proxy: proxy?,
@@ -87,9 +93,26 @@ fn store(f: &StoreFile, p: &mut Problems) -> Option<StoreConfig> {
     let path = p.check("store.path", non_blank(or(&f.path, DEFAULT_STORE_PATH)).map(PathBuf::from));
     let url = p.check("store.redis_url", redis_url(or(&f.redis_url, DEFAULT_STORE_REDIS_URL)));
     let prefix = p.check("store.key_prefix", non_blank(or(&f.key_prefix, DEFAULT_STORE_KEY_PREFIX)));
+    let timeout = int_in(f.redis_timeout_ms, DEFAULT_STORE_REDIS_TIMEOUT_MS, 10..=60_000);
+    let timeout = p.check("store.redis_timeout_ms", timeout);
+    // Behind Sentinel a failover is expected, and a refresh token only the old master held would
+    // be lost with it: wait for one replica unless told otherwise.
+    let sentinel = url.as_ref().is_some_and(|u| u.expose().starts_with(SENTINEL_SCHEME));
+    let wait_replicas = int_in(f.redis_wait_replicas, u64::from(sentinel), 0..=16);
+    let wait_replicas = p.check("store.redis_wait_replicas", wait_replicas);
+    let wait_timeout = int_in(f.redis_wait_timeout_ms, DEFAULT_STORE_REDIS_WAIT_TIMEOUT_MS, 10..=60_000);
+    let wait_timeout = p.check("store.redis_wait_timeout_ms", wait_timeout);
     match or(&f.backend, DEFAULT_STORE_BACKEND) {
         "sqlite" => Some(StoreConfig::Sqlite { path: path? }),
-        "redis" => Some(StoreConfig::Redis { url: url?, key_prefix: prefix?.to_owned() }),
+        "redis" => Some(StoreConfig::Redis {
+            url: url?,
+            key_prefix: prefix?.to_owned(),
+            options: RedisOptions {
+                timeout: Duration::from_millis(timeout?),
+                wait_replicas: u32::try_from(wait_replicas?).ok()?,
+                wait_timeout: Duration::from_millis(wait_timeout?),
+            },
+        }),
         "memory" => Some(StoreConfig::Memory),
         _ => {
             p.push("store.backend", "must be \"sqlite\", \"redis\" or \"memory\"");
@@ -270,12 +293,16 @@ fn http_url(value: &str) -> Result<Url, String> {
     Ok(url)
 }
 
-/// A `redis://` or `rediss://` URL with a host. It may hold a password, so it stays a `Secret`
-/// and no message quotes it (url's own errors name the fault, not the text).
+/// A `redis://` or `rediss://` URL with a host, or a `redis+sentinel://` URL naming Sentinels
+/// and a service. It may hold a password, so it stays a `Secret` and no message quotes it
+/// (url's own errors name the fault, not the text).
 fn redis_url(value: &str) -> Result<Secret, String> {
+    if value.starts_with(SENTINEL_SCHEME) {
+        return parse_sentinel_url(value).map(|_| Secret::new(value));
+    }
     let url = Url::parse(value).map_err(|e| format!("is not a URL: {e}"))?;
     if !matches!(url.scheme(), "redis" | "rediss") {
-        return Err("must start with redis:// or rediss://".to_owned());
+        return Err("must start with redis://, rediss:// or redis+sentinel://".to_owned());
     }
     if url.host_str().is_none_or(str::is_empty) {
         return Err("must have a host".to_owned());
@@ -311,6 +338,8 @@ mod tests {
             assert!(http_url(bad).is_err(), "{bad}");
         }
         assert!(redis_url("rediss://:pw@redis.internal:6380/2").is_ok());
+        assert!(redis_url("redis+sentinel://:pw@10.0.0.1:26379,10.0.0.2:26379/mymaster/1").is_ok());
+        assert!(redis_url("redis+sentinel://10.0.0.1:26379").is_err(), "a Sentinel URL names its service");
         for bad in ["http://redis", "redis://", "127.0.0.1:6379"] {
             assert!(redis_url(bad).is_err(), "{bad}");
         }

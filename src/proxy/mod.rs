@@ -15,6 +15,7 @@
 
 mod clients;
 mod exchange;
+mod jssdk;
 mod resolve;
 mod routes;
 mod token_endpoints;
@@ -81,7 +82,7 @@ impl Gateway {
     /// Resolves and answers an API call; `Ok(false)` hands it to pingora to stream.
     async fn api_call(&self, session: &mut Session, ctx: &mut CallCtx) -> std::result::Result<bool, Reply> {
         let clients = self.clients.load_full();
-        let (scope, outbound, token_endpoint) = {
+        let (scope, outbound, token_endpoint, getticket) = {
             let call = resolve::resolve(&clients, session.req_header()).map_err(|e| Reply::error(e.status(), e))?;
             ctx.scope = call.scope.as_ref().map_or("token_endpoint", Scope::label);
             if self.settings.access_log {
@@ -89,9 +90,14 @@ impl Gateway {
                 call.path.clone_into(&mut ctx.path);
             }
             let token_endpoint = resolve::is_token_endpoint(call.path);
-            let outbound = if token_endpoint { None } else { Some(call.outbound()) };
-            (call.scope, outbound, token_endpoint)
+            let getticket = call.path == jssdk::GETTICKET_PATH;
+            let outbound = if token_endpoint || getticket { None } else { Some(call.outbound()) };
+            (call.scope, outbound, token_endpoint, getticket)
         };
+        if getticket {
+            let query = session.req_header().uri.query().unwrap_or_default();
+            return Err(jssdk::getticket(&self.tokens, scope.as_ref(), query).await);
+        }
         let declared = content_length(session.req_header());
         if declared.is_some_and(|n| n > self.settings.max_body_bytes) {
             return Err(Reply::error(

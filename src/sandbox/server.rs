@@ -6,7 +6,7 @@
 //! | `GET /cgi-bin/componentloginpage`, `GET /safe/bindcomponent`, `GET /sandbox/consent` | [`super::pages`] |
 //! | `/cgi-bin/openapi/quota/get`, `/cgi-bin/clear_quota`, `/cgi-bin/component/clear_quota/v2` | [`super::quota`] |
 //! | `/sandbox/*` control routes | [`super::control`] |
-//! | anything else | an app's API call: [`super::api`] |
+//! | anything else | an app's API call: [`super::api`] (`/cgi-bin/ticket/getticket` issues JS-SDK tickets) |
 
 use axum::extract::{Request, State};
 use axum::http::StatusCode;

@@ -1,7 +1,8 @@
 //! The in-memory store, for tests and throwaway runs: nothing survives the process.
 
 use super::{
-    AuthEvent, AuthorizerInfoRecord, AuthorizerRecord, ComponentToken, Store, StoreError, StoredEvent, Ticket,
+    AuthEvent, AuthorizerInfoRecord, AuthorizerRecord, ComponentToken, Fence, JsTicket, Store, StoreError, StoredEvent,
+    Ticket, TicketKind,
 };
 use crate::AppId;
 use async_trait::async_trait;
@@ -21,6 +22,7 @@ struct State {
     component_tokens: HashMap<AppId, ComponentToken>,
     authorizers: HashMap<(AppId, AppId), AuthorizerRecord>,
     infos: HashMap<(AppId, AppId), AuthorizerInfoRecord>,
+    js_tickets: HashMap<(AppId, AppId, TicketKind), JsTicket>,
 }
 
 impl MemoryStore {
@@ -145,6 +147,22 @@ impl Store for MemoryStore {
         let found = state.infos.iter().find(|((c, _), i)| c == component && i.user_name.as_deref() == Some(user_name));
         Ok(found.map(|((_, a), _)| *a))
     }
+
+    async fn load_js_ticket(&self, c: &AppId, a: &AppId, kind: TicketKind) -> Result<Option<JsTicket>, StoreError> {
+        Ok(self.state().js_tickets.get(&(*c, *a, kind)).cloned())
+    }
+
+    async fn save_js_ticket(
+        &self,
+        c: &AppId,
+        a: &AppId,
+        kind: TicketKind,
+        ticket: &JsTicket,
+        _fence: Fence<'_>,
+    ) -> Result<bool, StoreError> {
+        self.state().js_tickets.insert((*c, *a, kind), ticket.clone());
+        Ok(true)
+    }
 }
 
 #[cfg(test)]
@@ -165,6 +183,7 @@ mod tests {
     #[tokio::test]
     async fn tokens_and_authorizers_round_trip() {
         contract_tests::tokens_and_authorizers_round_trip(&MemoryStore::new()).await;
+        contract_tests::js_tickets_round_trip(&MemoryStore::new()).await;
     }
 
     #[tokio::test]

@@ -5,8 +5,8 @@
 //! authorizer every ~2 hours) and keeps every write serialised.
 
 use super::{
-    AuthEvent, AuthorizerInfoRecord, AuthorizerRecord, AuthorizerState, ComponentToken, Store, StoreError, StoredEvent,
-    Ticket,
+    AuthEvent, AuthorizerInfoRecord, AuthorizerRecord, AuthorizerState, ComponentToken, Fence, JsTicket, Store,
+    StoreError, StoredEvent, Ticket, TicketKind,
 };
 use crate::{AppId, Secret};
 use async_trait::async_trait;
@@ -16,6 +16,9 @@ use std::sync::{Arc, Mutex};
 
 /// Each entry brings the schema from its index to the next version; `PRAGMA user_version`
 /// records how many have run. Append, never edit: released files depend on them.
+/// The steps, in order: 0 → 1 tickets and events; 1 → 2 component and authorizer tokens;
+/// 2 → 3 JS-SDK tickets (refresher); 3 → 4 authorizer info (fleet). A new step takes the next
+/// number after the last one here (the outbox's would be 4 → 5).
 const MIGRATIONS: &[&str] = &[
     // 0 → 1: the ticket and the events WeChat pushed.
     "CREATE TABLE tickets (
@@ -55,8 +58,17 @@ const MIGRATIONS: &[&str] = &[
          auth_code_sha1    TEXT,
          PRIMARY KEY (component_appid, authorizer_appid)
      ) WITHOUT ROWID;",
-    // 2 → 3: what api_get_authorizer_info says of each account (no token in it).
-    // (If another step lands first at this number, this one is renumbered: it only adds a table.)
+    // 2 → 3: the JS-SDK tickets, so that a restart reuses them.
+    "CREATE TABLE js_tickets (
+         component_appid  TEXT NOT NULL,
+         authorizer_appid TEXT NOT NULL,
+         kind             TEXT NOT NULL,
+         ticket           TEXT NOT NULL,
+         expires_at       INTEGER NOT NULL,
+         obtained_at      INTEGER NOT NULL,
+         PRIMARY KEY (component_appid, authorizer_appid, kind)
+     ) WITHOUT ROWID;",
+    // 3 → 4: what api_get_authorizer_info says of each account (no token in it).
     "CREATE TABLE authorizer_info (
          component_appid  TEXT NOT NULL,
          authorizer_appid TEXT NOT NULL,
@@ -428,6 +440,26 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn load_js_ticket(&self, c: &AppId, a: &AppId, kind: TicketKind) -> Result<Option<JsTicket>, StoreError> {
+        let (c, a) = (c.to_string(), a.to_string());
+        self.with_conn(move |conn| {
+            conn.query_row(
+                "SELECT ticket, expires_at, obtained_at FROM js_tickets
+                 WHERE component_appid = ?1 AND authorizer_appid = ?2 AND kind = ?3",
+                params![c, a, kind.as_str()],
+                |r| {
+                    Ok(JsTicket {
+                        value: Secret::new(r.get::<_, String>(0)?),
+                        expires_at: r.get(1)?,
+                        obtained_at: r.get(2)?,
+                    })
+                },
+            )
+            .optional()
+        })
+        .await
+    }
+
     async fn load_authorizer_info(
         &self,
         component: &AppId,
@@ -468,6 +500,27 @@ impl Store for SqliteStore {
             .await?;
         Ok(found.and_then(|a| AppId::parse(&a).ok()))
     }
+
+    async fn save_js_ticket(
+        &self,
+        c: &AppId,
+        a: &AppId,
+        kind: TicketKind,
+        ticket: &JsTicket,
+        _fence: Fence<'_>,
+    ) -> Result<bool, StoreError> {
+        let (c, a, t) = (c.to_string(), a.to_string(), ticket.clone());
+        self.with_conn(move |conn| {
+            conn.execute(
+                "INSERT OR REPLACE INTO js_tickets
+                     (component_appid, authorizer_appid, kind, ticket, expires_at, obtained_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                params![c, a, kind.as_str(), t.value.expose(), t.expires_at, t.obtained_at],
+            )?;
+            Ok(true)
+        })
+        .await
+    }
 }
 
 #[cfg(test)]
@@ -498,6 +551,7 @@ mod tests {
     async fn tokens_and_authorizers_round_trip() {
         let (_dir, store) = temp_store();
         contract_tests::tokens_and_authorizers_round_trip(&store).await;
+        contract_tests::js_tickets_round_trip(&store).await;
     }
 
     #[tokio::test]

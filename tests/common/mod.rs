@@ -2,6 +2,8 @@
 //! WeChat-style pushes encrypted with the crate's own crypto.
 #![allow(dead_code)]
 
+pub mod redis_server;
+
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -221,12 +223,17 @@ impl Gateway {
 
     /// Posts a push to the authorization-event URL as WeChat would: encrypted, signed.
     pub async fn push(&self, crypt: &MsgCrypt, message: &str) -> reqwest::Response {
+        self.try_push(crypt, message).await.unwrap()
+    }
+
+    /// [`Gateway::push`], with a failure to get an answer returned.
+    pub async fn try_push(&self, crypt: &MsgCrypt, message: &str) -> reqwest::Result<reqwest::Response> {
         let (timestamp, nonce) = ("1700000000", "nonce123");
         let sealed = crypt.seal(message, timestamp, nonce);
         let body = envelope(&sealed.encrypt);
         let query =
             format!("timestamp={timestamp}&nonce={nonce}&encrypt_type=aes&msg_signature={}", sealed.msg_signature);
-        self.post_callback(&query, body).await
+        self.http.post(self.proxy_url(&format!("/wxgate/callback/component?{query}"))).body(body).send().await
     }
 
     pub async fn post_callback(&self, query: &str, body: impl Into<reqwest::Body>) -> reqwest::Response {

@@ -11,18 +11,24 @@
 //! every record. Refresh tokens live here: run Redis with AOF (`appendonly yes`,
 //! `appendfsync everysec` or `always`); start-up warns when it keeps nothing on disk.
 
+mod link;
+mod target;
+
+pub use target::{parse_sentinel_url, SentinelUrl, SENTINEL_SCHEME};
+
 use super::{
-    AuthEvent, AuthorizerInfoRecord, AuthorizerRecord, AuthorizerState, Change, ComponentToken, Lease, Store,
-    StoreError, StoredEvent, Ticket,
+    AuthEvent, AuthorizerInfoRecord, AuthorizerRecord, AuthorizerState, Change, ComponentToken, Fence, JsTicket, Lease,
+    Store, StoreError, StoredEvent, Ticket, TicketKind,
 };
 use crate::{AppId, Secret};
 use async_trait::async_trait;
 use futures_util::StreamExt;
-use redis::aio::ConnectionManager;
-use redis::{AsyncCommands, Script};
+use link::{Link, WeakLink};
+use redis::{AsyncCommands, Script, ScriptInvocation};
 use std::collections::HashMap;
 use std::sync::LazyLock;
 use std::time::Duration;
+use target::Target;
 use tokio::sync::broadcast;
 
 /// Keeps `ticket` unless the one held has a later CreateTime.
@@ -91,9 +97,28 @@ static RELEASE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(r"if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0")
 });
 
+/// How the store talks to Redis, from the `store.redis_*` keys.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RedisOptions {
+    /// The deadline of every command (`store.redis_timeout_ms`).
+    pub timeout: Duration,
+    /// Replicas that must hold an authorizer's record (its refresh token) or an event before the
+    /// write counts as done (`store.redis_wait_replicas`): `WAIT` after the write.
+    pub wait_replicas: u32,
+    /// How long `WAIT` may take (`store.redis_wait_timeout_ms`).
+    pub wait_timeout: Duration,
+}
+
+impl Default for RedisOptions {
+    fn default() -> Self {
+        Self { timeout: Duration::from_millis(1000), wait_replicas: 0, wait_timeout: Duration::from_millis(1000) }
+    }
+}
+
 #[derive(Clone)]
 pub struct RedisStore {
-    conn: ConnectionManager,
+    link: Link,
+    options: RedisOptions,
     key_prefix: String,
     /// The component this instance serves: its change channel.
     channel: String,
@@ -102,26 +127,27 @@ pub struct RedisStore {
     changes: broadcast::Sender<Change>,
 }
 
-fn unavailable(e: redis::RedisError) -> StoreError {
-    StoreError::Unavailable(format!("redis: {e}"))
-}
-
 impl RedisStore {
     /// Connects, checks persistence, and starts listening for other instances' changes (on the
     /// current runtime, which must outlive the store).
-    pub async fn connect(url: &Secret, key_prefix: &str, component: &AppId) -> Result<Self, StoreError> {
-        let client = redis::Client::open(url.expose())
+    pub async fn connect(
+        url: &Secret,
+        key_prefix: &str,
+        component: &AppId,
+        options: &RedisOptions,
+    ) -> Result<Self, StoreError> {
+        let target = Target::open(url.expose())
             .map_err(|e| StoreError::Open { path: "store.redis_url".into(), reason: e.to_string() })?;
-        let conn = ConnectionManager::new(client.clone()).await.map_err(unavailable)?;
+        let link = Link::connect(target, options.timeout).await?;
         let (changes, _) = broadcast::channel(1024);
         let instance = format!("{}-{}", std::process::id(), hex::encode(rand::random::<[u8; 6]>()));
         let channel = format!("{key_prefix}{component}:changes");
-        let store = Self { conn, key_prefix: key_prefix.to_owned(), channel, instance, changes };
+        let store =
+            Self { link, options: options.clone(), key_prefix: key_prefix.to_owned(), channel, instance, changes };
         store.warn_without_persistence().await;
         // What is in the store now is what the caller loads next: changes after it are caught up.
-        let heard: Option<u64> = store.conn.clone().get(store.key(component, "version")).await.map_err(unavailable)?;
-        let follower = Follower { store: store.clone(), component: *component, heard: heard.unwrap_or(0) };
-        tokio::spawn(follower.listen(client));
+        let heard: Option<u64> = store.get_u64(&store.key(component, "version")).await?;
+        tokio::spawn(Follower::new(&store, *component, heard.unwrap_or(0)).listen());
         Ok(store)
     }
 
@@ -131,23 +157,76 @@ impl RedisStore {
     }
 
     async fn warn_without_persistence(&self) {
-        let mut conn = self.conn.clone();
-        let aof: redis::RedisResult<(String, String)> =
-            redis::cmd("CONFIG").arg("GET").arg("appendonly").query_async(&mut conn).await;
-        let rdb: redis::RedisResult<(String, String)> =
-            redis::cmd("CONFIG").arg("GET").arg("save").query_async(&mut conn).await;
-        match (aof, rdb) {
-            (Ok((_, aof)), Ok((_, save))) if aof == "no" && save.trim().is_empty() => tracing::warn!(
+        let settings = self
+            .link
+            .run(|mut conn| async move {
+                let aof: redis::RedisResult<(String, String)> =
+                    redis::cmd("CONFIG").arg("GET").arg("appendonly").query_async(&mut conn).await;
+                let rdb: redis::RedisResult<(String, String)> =
+                    redis::cmd("CONFIG").arg("GET").arg("save").query_async(&mut conn).await;
+                Ok((aof, rdb))
+            })
+            .await;
+        match settings {
+            Ok((Ok((_, aof)), Ok((_, save)))) if aof == "no" && save.trim().is_empty() => tracing::warn!(
                 "Redis keeps nothing on disk (appendonly no, no save points): a Redis restart loses every refresh token; enable appendonly"
             ),
-            (Ok((_, aof)), _) if aof == "no" => tracing::warn!("Redis runs without AOF: refresh tokens written since the last snapshot are lost if it crashes"),
-            (Err(_), _) | (_, Err(_)) => tracing::warn!("cannot read Redis's persistence settings (CONFIG GET refused); make sure it keeps refresh tokens on disk"),
-            _ => {}
+            Ok((Ok((_, aof)), _)) if aof == "no" => tracing::warn!("Redis runs without AOF: refresh tokens written since the last snapshot are lost if it crashes"),
+            Ok((Ok(_), Ok(_))) => {}
+            _ => tracing::warn!("cannot read Redis's persistence settings (CONFIG GET refused); make sure it keeps refresh tokens on disk"),
         }
     }
 
+    async fn get_u64(&self, key: &str) -> Result<Option<u64>, StoreError> {
+        let key = key.to_owned();
+        self.link.run(|mut c| async move { c.get(key).await }).await
+    }
+
+    async fn hget(&self, key: &str, field: &str) -> Result<Option<String>, StoreError> {
+        let (key, field) = (key.to_owned(), field.to_owned());
+        self.link.run(|mut c| async move { c.hget(key, field).await }).await
+    }
+
     async fn hgetall(&self, key: &str) -> Result<HashMap<String, String>, StoreError> {
-        self.conn.clone().hgetall(key).await.map_err(unavailable)
+        let key = key.to_owned();
+        self.link.run(|mut c| async move { c.hgetall(key).await }).await
+    }
+
+    /// Runs a script; with `durable`, waits for `store.redis_wait_replicas` replicas to hold what
+    /// it wrote, on the same connection (WAIT counts that connection's writes), and fails unless
+    /// they did: a write only the master holds could be lost in a failover.
+    async fn invoke<T>(&self, invocation: ScriptInvocation<'static>, durable: bool) -> Result<T, StoreError>
+    where
+        T: redis::FromRedisValue + Send + 'static,
+    {
+        let wait = (durable && self.options.wait_replicas > 0)
+            .then_some((self.options.wait_replicas, self.options.wait_timeout));
+        let deadline = self.options.timeout + wait.map_or(Duration::ZERO, |(_, t)| t);
+        let command = |mut c: redis::aio::MultiplexedConnection| async move {
+            let value: T = invocation.invoke_async(&mut c).await?;
+            let acked = match wait {
+                Some((n, t)) => {
+                    let ms = u64::try_from(t.as_millis()).unwrap_or(u64::MAX).max(1);
+                    Some(redis::cmd("WAIT").arg(n).arg(ms).query_async::<u32>(&mut c).await?)
+                }
+                None => None,
+            };
+            Ok((value, acked))
+        };
+        let (value, acked) = match wait {
+            Some(_) => self.link.run_alone(deadline, command).await?,
+            None => self.link.run_within(deadline, command).await?,
+        };
+        match (wait, acked) {
+            (Some((n, t)), Some(acked)) if acked < n => {
+                // Most often a failover under way: the master we write to has lost its replica.
+                self.link.suspect();
+                Err(StoreError::Unavailable(format!(
+                    "redis: the write reached {acked} of the {n} replicas required within {t:?} (WAIT)"
+                )))
+            }
+            _ => Ok(value),
+        }
     }
 
     /// What a catch-up reads: the current version, the records changed since `heard` (in batches) and the appids
@@ -159,8 +238,7 @@ impl RedisStore {
         heard: u64,
     ) -> Result<Option<(u64, Vec<Vec<AuthorizerRecord>>, Vec<AppId>)>, StoreError> {
         let (store, c) = (self, component);
-        let mut conn = store.conn.clone();
-        let version: Option<u64> = conn.get(store.key(c, "version")).await.map_err(unavailable)?;
+        let version = store.get_u64(&store.key(c, "version")).await?;
         let version = version.unwrap_or(0);
         if version < heard {
             return Ok(None);
@@ -168,13 +246,18 @@ impl RedisStore {
         if version == heard {
             return Ok(Some((version, Vec::new(), Vec::new())));
         }
-        let appids: Vec<String> = redis::cmd("ZRANGEBYSCORE")
-            .arg(store.key(c, "changed"))
-            .arg(format!("({}", heard))
-            .arg("+inf")
-            .query_async(&mut conn)
-            .await
-            .map_err(unavailable)?;
+        let changed = store.key(c, "changed");
+        let appids: Vec<String> = store
+            .link
+            .run(|mut conn| async move {
+                redis::cmd("ZRANGEBYSCORE")
+                    .arg(changed)
+                    .arg(format!("({heard}"))
+                    .arg("+inf")
+                    .query_async(&mut conn)
+                    .await
+            })
+            .await?;
         if appids.len() > CATCH_UP_MAX {
             return Ok(None);
         }
@@ -198,7 +281,8 @@ impl RedisStore {
         for appid in appids {
             pipe.hgetall(self.key(component, &format!("authorizer:{appid}")));
         }
-        let maps: Vec<HashMap<String, String>> = pipe.query_async(&mut self.conn.clone()).await.map_err(unavailable)?;
+        let maps: Vec<HashMap<String, String>> =
+            self.link.run(|mut c| async move { pipe.query_async(&mut c).await }).await?;
         let mut records = Vec::with_capacity(maps.len());
         for (appid, map) in appids.iter().zip(maps) {
             if !map.is_empty() {
@@ -225,44 +309,104 @@ impl RedisStore {
         for (field, value) in fields {
             invocation.arg(field).arg(value);
         }
-        let written: i64 = invocation.invoke_async(&mut self.conn.clone()).await.map_err(unavailable)?;
+        // Authorizer records carry the refresh token: they must survive a failover.
+        let durable = !member.is_empty();
+        let written: i64 = self.invoke(invocation, durable).await?;
         Ok(written == 1)
     }
 }
 
-/// Follows one component's change channel for a store, reconnecting after a Redis restart.
+/// Follows one component's change channel on a connection of its own to the master in use,
+/// subscribing again after every reconnect of the store's link (a Redis restart, a failover).
+/// It holds the link weakly: the follower ends with the store.
 struct Follower {
-    store: RedisStore,
+    link: WeakLink,
+    options: RedisOptions,
+    key_prefix: String,
+    channel: String,
+    instance: String,
+    changes: broadcast::Sender<Change>,
     component: AppId,
     /// The highest version announced and heard: after a reconnect, only later ones are read.
     heard: u64,
 }
 
 impl Follower {
-    /// Runs for the process's life. After every (re)subscription it catches up with what was
+    fn new(store: &RedisStore, component: AppId, heard: u64) -> Self {
+        Self {
+            link: store.link.downgrade(),
+            options: store.options.clone(),
+            key_prefix: store.key_prefix.clone(),
+            channel: store.channel.clone(),
+            instance: store.instance.clone(),
+            changes: store.changes.clone(),
+            component,
+            heard,
+        }
+    }
+
+    /// The store while it lives, to read on its link (every command with its deadline).
+    fn store(&self) -> Option<RedisStore> {
+        Some(RedisStore {
+            link: self.link.upgrade()?,
+            options: self.options.clone(),
+            key_prefix: self.key_prefix.clone(),
+            channel: self.channel.clone(),
+            instance: self.instance.clone(),
+            changes: self.changes.clone(),
+        })
+    }
+
+    /// Runs while the store lives. After every (re)subscription it catches up with what was
     /// written meanwhile, since announcements made while unsubscribed are lost.
-    async fn listen(mut self, client: redis::Client) {
-        let channel = self.store.channel.clone();
-        let tx = self.store.changes.clone();
+    async fn listen(mut self) {
+        let Some(mut generations) = self.link.upgrade().map(|l| l.generations()) else { return };
+        let (channel, tx, timeout) = (self.channel.clone(), self.changes.clone(), self.options.timeout);
         loop {
-            match client.get_async_pubsub().await {
-                Ok(mut pubsub) => {
-                    if pubsub.subscribe(&channel).await.is_ok() {
-                        self.catch_up(&tx).await;
-                        let mut messages = pubsub.on_message();
-                        while let Some(message) = messages.next().await {
-                            let Ok(payload) = message.get_payload::<String>() else { continue };
-                            if let Some((change, version)) = parse_change(&payload) {
-                                self.heard = self.heard.max(version.unwrap_or(0));
-                                let _ = tx.send(change);
+            generations.borrow_and_update();
+            let Some(client) = self.link.upgrade().and_then(|l| l.client()) else {
+                // Redis is away: wait for the link to reconnect (or the store to go).
+                if generations.changed().await.is_err() {
+                    return;
+                }
+                continue;
+            };
+            let subscribed = tokio::time::timeout(timeout, async {
+                let mut pubsub = client.get_async_pubsub().await?;
+                pubsub.subscribe(&channel).await?;
+                redis::RedisResult::Ok(pubsub)
+            })
+            .await;
+            match subscribed {
+                Ok(Ok(mut pubsub)) => {
+                    self.catch_up(&tx).await;
+                    let mut messages = pubsub.on_message();
+                    loop {
+                        tokio::select! {
+                            message = messages.next() => match message {
+                                Some(message) => {
+                                    let payload = message.get_payload::<String>().ok();
+                                    if let Some((change, version)) = payload.as_deref().and_then(parse_change) {
+                                        self.heard = self.heard.max(version.unwrap_or(0));
+                                        let _ = tx.send(change);
+                                    }
+                                }
+                                None => break,
+                            },
+                            changed = generations.changed() => {
+                                if changed.is_err() {
+                                    return;
+                                }
+                                break;
                             }
                         }
                     }
-                    tracing::warn!("lost the Redis change channel; reconnecting");
+                    tracing::warn!("lost the Redis change channel; subscribing again");
                 }
-                Err(e) => tracing::warn!(error = %e, "cannot subscribe to Redis changes; retrying"),
+                Ok(Err(e)) => tracing::warn!(error = %e, "cannot subscribe to Redis changes; retrying"),
+                Err(_) => tracing::warn!("cannot subscribe to Redis changes: no answer in time; retrying"),
             }
-            tokio::time::sleep(Duration::from_secs(1)).await;
+            tokio::time::sleep(Duration::from_millis(200)).await;
         }
     }
 
@@ -302,8 +446,10 @@ impl Follower {
         }
     }
 
+    #[allow(clippy::type_complexity)]
     async fn changed_since(&self) -> Result<Option<(u64, Vec<Vec<AuthorizerRecord>>, Vec<AppId>)>, StoreError> {
-        self.store.changed_since(&self.component, self.heard).await
+        let store = self.store().ok_or_else(|| StoreError::Unavailable("redis: the store is gone".into()))?;
+        store.changed_since(&self.component, self.heard).await
     }
 }
 
@@ -318,6 +464,10 @@ fn parse_change(payload: &str) -> Option<(Change, Option<u64>)> {
         None if body == "component" => Change::ComponentToken,
         Some(("authorizer", appid)) => Change::Authorizer(AppId::parse(appid).ok()?),
         Some(("deleted", appid)) => Change::Deleted(AppId::parse(appid).ok()?),
+        Some(("js_ticket", rest)) => {
+            let (kind, appid) = rest.split_once(':')?;
+            Change::JsTicket(AppId::parse(appid).ok()?, TicketKind::parse(kind)?)
+        }
         _ => return None,
     };
     Some((change, version))
@@ -374,7 +524,7 @@ impl Store for RedisStore {
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
-        let _: String = redis::cmd("PING").query_async(&mut self.conn.clone()).await.map_err(unavailable)?;
+        let _: String = self.link.run(|mut c| async move { redis::cmd("PING").query_async(&mut c).await }).await?;
         Ok(())
     }
 
@@ -391,40 +541,27 @@ impl Store for RedisStore {
     }
 
     async fn save_ticket(&self, component: &AppId, t: &Ticket) -> Result<bool, StoreError> {
-        let kept: i64 = SAVE_TICKET
-            .key(self.key(component, "ticket"))
-            .key(self.key(component, "changes"))
-            .arg(t.value.expose())
-            .arg(t.create_time)
-            .arg(t.received_at)
-            .invoke_async(&mut self.conn.clone())
-            .await
-            .map_err(unavailable)?;
+        let mut invocation = SAVE_TICKET.key(self.key(component, "ticket"));
+        invocation.key(self.key(component, "changes")).arg(t.value.expose()).arg(t.create_time).arg(t.received_at);
+        // A ticket lost in a failover is replaced by WeChat's next push within 10 minutes.
+        let kept: i64 = self.invoke(invocation, false).await?;
         Ok(kept == 1)
     }
 
     async fn record_event(&self, component: &AppId, e: &AuthEvent) -> Result<bool, StoreError> {
         let dedupe = format!("{}|{}|{}", e.info_type, e.authorizer_appid, e.create_time);
-        let id: i64 = RECORD_EVENT
-            .key(self.key(component, "events:dedupe"))
-            .key(self.key(component, "events:seq"))
-            .key(self.key(component, "events:pending"))
-            .arg(dedupe)
-            .arg(self.key(component, "event:"))
-            .arg(&e.info_type)
-            .arg(&e.authorizer_appid)
-            .arg(e.create_time)
-            .arg(e.payload.expose())
-            .arg(e.received_at)
-            .invoke_async(&mut self.conn.clone())
-            .await
-            .map_err(unavailable)?;
+        let mut invocation = RECORD_EVENT.key(self.key(component, "events:dedupe"));
+        invocation.key(self.key(component, "events:seq")).key(self.key(component, "events:pending"));
+        invocation.arg(dedupe).arg(self.key(component, "event:")).arg(&e.info_type).arg(&e.authorizer_appid);
+        invocation.arg(e.create_time).arg(e.payload.expose()).arg(e.received_at);
+        // WeChat is answered `success` once this returns, and does not send the event again.
+        let id: i64 = self.invoke(invocation, true).await?;
         Ok(id > 0)
     }
 
     async fn pending_events(&self, component: &AppId) -> Result<Vec<StoredEvent>, StoreError> {
-        let ids: Vec<i64> =
-            self.conn.clone().zrange(self.key(component, "events:pending"), 0, -1).await.map_err(unavailable)?;
+        let pending = self.key(component, "events:pending");
+        let ids: Vec<i64> = self.link.run(|mut c| async move { c.zrange(pending, 0, -1).await }).await?;
         let mut events = Vec::with_capacity(ids.len());
         for id in ids {
             let map = self.hgetall(&self.key(component, &format!("event:{id}"))).await?;
@@ -443,7 +580,8 @@ impl Store for RedisStore {
     }
 
     async fn finish_event(&self, component: &AppId, id: i64) -> Result<(), StoreError> {
-        let _: i64 = self.conn.clone().zrem(self.key(component, "events:pending"), id).await.map_err(unavailable)?;
+        let pending = self.key(component, "events:pending");
+        let _: i64 = self.link.run(|mut c| async move { c.zrem(pending, id).await }).await?;
         Ok(())
     }
 
@@ -498,14 +636,13 @@ impl Store for RedisStore {
         } else {
             cursor.0.parse().map_err(|_| StoreError::Corrupt("scan cursor".into()))?
         };
-        let (next, appids): (u64, Vec<String>) = redis::cmd("SSCAN")
-            .arg(self.key(component, "authorizers"))
-            .arg(from)
-            .arg("COUNT")
-            .arg(limit.max(1))
-            .query_async(&mut self.conn.clone())
-            .await
-            .map_err(unavailable)?;
+        let set = self.key(component, "authorizers");
+        let (next, appids): (u64, Vec<String>) = self
+            .link
+            .run(|mut c| async move {
+                redis::cmd("SSCAN").arg(set).arg(from).arg("COUNT").arg(limit.max(1)).query_async(&mut c).await
+            })
+            .await?;
         let appids: Vec<AppId> = appids.iter().filter_map(|a| AppId::parse(a).ok()).collect();
         let records = self.load_many(component, &appids).await?;
         Ok(super::ScanPage { records, next: (next != 0).then(|| super::ScanCursor(next.to_string())) })
@@ -534,16 +671,11 @@ impl Store for RedisStore {
     }
 
     async fn delete_authorizer(&self, component: &AppId, appid: &AppId) -> Result<bool, StoreError> {
-        let n: i64 = DELETE
-            .key(self.key(component, "authorizers"))
-            .key(self.key(component, &format!("authorizer:{appid}")))
-            .key(self.key(component, "version"))
-            .key(self.key(component, "changed"))
-            .key(self.key(component, "changes"))
-            .arg(appid.as_str())
-            .invoke_async(&mut self.conn.clone())
-            .await
-            .map_err(unavailable)?;
+        let mut invocation = DELETE.key(self.key(component, "authorizers"));
+        invocation.key(self.key(component, &format!("authorizer:{appid}")));
+        invocation.key(self.key(component, "version")).key(self.key(component, "changed"));
+        invocation.key(self.key(component, "changes")).arg(appid.as_str());
+        let n: i64 = self.invoke(invocation, false).await?;
         Ok(n > 0)
     }
 
@@ -552,29 +684,31 @@ impl Store for RedisStore {
     }
 
     async fn lease(&self, component: &AppId, what: &str, ttl: Duration) -> Result<Option<Lease>, StoreError> {
-        let mut conn = self.conn.clone();
-        let fence: i64 = conn.incr(self.key(component, "fence"), 1).await.map_err(unavailable)?;
-        let lease =
-            Lease { key: self.key(component, &format!("lease:{what}")), owner: format!("{}:{fence}", self.instance) };
-        let taken: Option<String> = redis::cmd("SET")
-            .arg(&lease.key)
-            .arg(&lease.owner)
-            .arg("NX")
-            .arg("PX")
-            .arg(ttl.as_millis() as u64)
-            .query_async(&mut conn)
+        let fence_key = self.key(component, "fence");
+        let key = self.key(component, &format!("lease:{what}"));
+        let instance = self.instance.clone();
+        let ttl_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX);
+        self.link
+            .run(|mut c| async move {
+                let fence: i64 = c.incr(fence_key, 1).await?;
+                let lease = Lease { key, owner: format!("{instance}:{fence}") };
+                let taken: Option<String> = redis::cmd("SET")
+                    .arg(&lease.key)
+                    .arg(&lease.owner)
+                    .arg("NX")
+                    .arg("PX")
+                    .arg(ttl_ms)
+                    .query_async(&mut c)
+                    .await?;
+                Ok(taken.map(|_| lease))
+            })
             .await
-            .map_err(unavailable)?;
-        Ok(taken.map(|_| lease))
     }
 
     async fn release(&self, lease: &Lease) -> Result<(), StoreError> {
-        let _: i64 = RELEASE
-            .key(&lease.key)
-            .arg(&lease.owner)
-            .invoke_async(&mut self.conn.clone())
-            .await
-            .map_err(unavailable)?;
+        let mut invocation = RELEASE.key(&lease.key);
+        invocation.arg(&lease.owner);
+        let _: i64 = self.invoke(invocation, false).await?;
         Ok(())
     }
 
@@ -582,11 +716,11 @@ impl Store for RedisStore {
         &self,
         component: &AppId,
         token: &ComponentToken,
-        lease: &Lease,
+        fence: Fence<'_>,
     ) -> Result<bool, StoreError> {
         self.fenced_write(
             component,
-            Some(lease),
+            fence.lease(),
             &self.key(component, "component_token"),
             "",
             "component",
@@ -599,18 +733,47 @@ impl Store for RedisStore {
         &self,
         component: &AppId,
         r: &AuthorizerRecord,
-        lease: &Lease,
+        fence: Fence<'_>,
     ) -> Result<bool, StoreError> {
         let hash = self.key(component, &format!("authorizer:{}", r.appid));
         self.fenced_write(
             component,
-            Some(lease),
+            fence.lease(),
             &hash,
             r.appid.as_str(),
             &format!("authorizer:{}", r.appid),
             authorizer_fields(r),
         )
         .await
+    }
+
+    async fn load_js_ticket(&self, c: &AppId, a: &AppId, kind: TicketKind) -> Result<Option<JsTicket>, StoreError> {
+        let map = self.hgetall(&self.key(c, &format!("js_ticket:{}:{a}", kind.as_str()))).await?;
+        if map.is_empty() {
+            return Ok(None);
+        }
+        Ok(Some(JsTicket {
+            value: Secret::new(field::<String>(&map, "value")?),
+            expires_at: field(&map, "expires_at")?,
+            obtained_at: field(&map, "obtained_at")?,
+        }))
+    }
+
+    async fn save_js_ticket(
+        &self,
+        c: &AppId,
+        a: &AppId,
+        kind: TicketKind,
+        t: &JsTicket,
+        fence: Fence<'_>,
+    ) -> Result<bool, StoreError> {
+        let name = format!("js_ticket:{}:{a}", kind.as_str());
+        let fields = vec![
+            ("value", t.value.expose().to_owned()),
+            ("expires_at", t.expires_at.to_string()),
+            ("obtained_at", t.obtained_at.to_string()),
+        ];
+        self.fenced_write(c, fence.lease(), &self.key(c, &name), "", &name, fields).await
     }
 
     fn changes(&self) -> Option<broadcast::Receiver<Change>> {
@@ -625,7 +788,7 @@ impl Store for RedisStore {
         if let Some(user_name) = &info.user_name {
             pipe.hset(self.key(component, "user_names"), user_name, info.appid.as_str()).ignore();
         }
-        pipe.query_async::<()>(&mut self.conn.clone()).await.map_err(unavailable)
+        self.link.run(|mut c| async move { pipe.query_async::<()>(&mut c).await }).await
     }
 
     async fn load_authorizer_info(
@@ -633,24 +796,21 @@ impl Store for RedisStore {
         component: &AppId,
         appid: &AppId,
     ) -> Result<Option<AuthorizerInfoRecord>, StoreError> {
-        let doc: Option<String> =
-            self.conn.clone().hget(self.key(component, "infos"), appid.as_str()).await.map_err(unavailable)?;
+        let doc = self.hget(&self.key(component, "infos"), appid.as_str()).await?;
         doc.map(|d| info_from(appid, &d)).transpose()
     }
 
     async fn load_authorizer_infos(&self, component: &AppId) -> Result<Vec<AuthorizerInfoRecord>, StoreError> {
-        let mut conn = self.conn.clone();
         let key = self.key(component, "infos");
         let (mut cursor, mut infos) = (0u64, Vec::new());
         loop {
-            let (next, page): (u64, Vec<(String, String)>) = redis::cmd("HSCAN")
-                .arg(&key)
-                .arg(cursor)
-                .arg("COUNT")
-                .arg(SCAN_COUNT)
-                .query_async(&mut conn)
-                .await
-                .map_err(unavailable)?;
+            let key = key.clone();
+            let (next, page): (u64, Vec<(String, String)>) = self
+                .link
+                .run(|mut c| async move {
+                    redis::cmd("HSCAN").arg(key).arg(cursor).arg("COUNT").arg(SCAN_COUNT).query_async(&mut c).await
+                })
+                .await?;
             for (appid, doc) in page {
                 let appid =
                     AppId::parse(&appid).map_err(|_| StoreError::Corrupt("info of a malformed appid".into()))?;
@@ -664,8 +824,7 @@ impl Store for RedisStore {
     }
 
     async fn find_user_name(&self, component: &AppId, user_name: &str) -> Result<Option<AppId>, StoreError> {
-        let found: Option<String> =
-            self.conn.clone().hget(self.key(component, "user_names"), user_name).await.map_err(unavailable)?;
+        let found = self.hget(&self.key(component, "user_names"), user_name).await?;
         Ok(found.and_then(|a| AppId::parse(&a).ok()))
     }
 }
@@ -691,7 +850,7 @@ mod tests {
     }
 
     async fn store(prefix: &str) -> RedisStore {
-        RedisStore::connect(&Secret::new(URL), prefix, &contract_tests::component())
+        RedisStore::connect(&Secret::new(URL), prefix, &contract_tests::component(), &RedisOptions::default())
             .await
             .expect("a Redis at 127.0.0.1:6379")
     }
@@ -711,11 +870,15 @@ mod tests {
         contract_tests::newer_ticket_wins(&s).await;
         contract_tests::events_are_recorded_once(&s).await;
         // Keys are namespaced by component: another component's store is empty.
-        let other = RedisStore::connect(&Secret::new(URL), &p, &contract_tests::component_b()).await.unwrap();
+        let other =
+            RedisStore::connect(&Secret::new(URL), &p, &contract_tests::component_b(), &RedisOptions::default())
+                .await
+                .unwrap();
         assert!(other.load_ticket(&contract_tests::component_b()).await.unwrap().is_none());
         clean(&p).await;
         let p = prefix();
         contract_tests::tokens_and_authorizers_round_trip(&store(&p).await).await;
+        contract_tests::js_tickets_round_trip(&store(&p).await).await;
         clean(&p).await;
         let p = prefix();
         contract_tests::authorizer_info_round_trips(&store(&p).await).await;
@@ -731,11 +894,14 @@ mod tests {
         let ttl = Duration::from_millis(300);
         let held = one.lease(&c, "wx1111111111111111", ttl).await.unwrap().expect("free");
         assert!(two.lease(&c, "wx1111111111111111", ttl).await.unwrap().is_none(), "held by one");
-        assert!(one.save_authorizer_leased(&c, &record, &held).await.unwrap());
+        assert!(one.save_authorizer_leased(&c, &record, Fence::Lease(&held)).await.unwrap());
         tokio::time::sleep(ttl + Duration::from_millis(100)).await;
         let taken = two.lease(&c, "wx1111111111111111", ttl).await.unwrap().expect("expired, so free");
         let late = AuthorizerRecord { refresh_token: Some(Secret::new("stale")), ..record.clone() };
-        assert!(!one.save_authorizer_leased(&c, &late, &held).await.unwrap(), "fenced: the lease passed on");
+        assert!(
+            !one.save_authorizer_leased(&c, &late, Fence::Lease(&held)).await.unwrap(),
+            "fenced: the lease passed on"
+        );
         assert_eq!(two.load_authorizer(&c, &record.appid).await.unwrap().unwrap(), record);
         two.release(&taken).await.unwrap();
         assert!(one.lease(&c, "wx1111111111111111", ttl).await.unwrap().is_some(), "released");
@@ -750,12 +916,12 @@ mod tests {
         for i in 1..=5u32 {
             one.save_authorizer(&c, &contract_tests::authorizer(&format!("wx{i:016x}"), "r")).await.unwrap();
         }
-        let heard: u64 = one.conn.clone().get(one.key(&c, "version")).await.unwrap();
+        let heard: u64 = one.get_u64(&one.key(&c, "version")).await.unwrap().unwrap();
         let changed = contract_tests::authorizer(&format!("wx{:016x}", 2), "r2");
         two.save_authorizer(&c, &changed).await.unwrap();
         let gone = AppId::parse(&format!("wx{:016x}", 4)).unwrap();
         assert!(two.delete_authorizer(&c, &gone).await.unwrap());
-        let follower = Follower { store: one.clone(), component: c, heard };
+        let follower = Follower::new(&one, c, heard);
         let (version, batches, deleted) = follower.changed_since().await.unwrap().expect("a delta");
         assert_eq!(version, heard + 2);
         assert_eq!(batches.concat(), [changed]);
