@@ -69,12 +69,13 @@ pub fn build(config: &Config, source: Option<Source>, sockets: Sockets) -> Resul
     metrics::init();
     let rt = store_runtime()?;
     let store = rt.block_on(open_store(&config.store, &config.component.appid))?;
-    let api: Arc<dyn ComponentApi> = Arc::new(WechatClient::new(
+    let client = Arc::new(WechatClient::new(
         config.upstream.base_url.clone(),
         config.upstream.timeout,
         config.component.appid,
         config.component.appsecret.clone(),
     )?);
+    let api: Arc<dyn ComponentApi> = Arc::clone(&client) as _;
     let tokens = load_tokens(rt, config, store, api)?;
     let crypt =
         MsgCrypt::new(&config.component.token, &config.component.encoding_aes_key, config.component.appid.as_str())?;
@@ -107,7 +108,7 @@ pub fn build(config: &Config, source: Option<Source>, sockets: Sockets) -> Resul
 
     let admin = Service::new(
         "wxgate admin".to_owned(),
-        HttpServer::new_app(AdminApp::new(Arc::clone(&tokens), links, admin_token)),
+        HttpServer::new_app(AdminApp::new(Arc::clone(&tokens), links, admin_token, client)),
     );
     server.add_service(Prebound::new(admin, sockets.admin));
 
@@ -175,6 +176,7 @@ fn load_tokens(
     let settings = Settings {
         // A lease outlasts a call to WeChat (bounded by the upstream timeout) and the write after.
         lease_ttl: config.upstream.timeout + std::time::Duration::from_secs(5),
+        reconcile_every: config.refresh.reconcile_every,
         budget_per_minute: config.refresh.budget_per_minute,
         ..Settings::new(config.refresh.ahead)
     };

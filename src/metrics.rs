@@ -97,6 +97,24 @@ pub static AUTHORIZERS: LazyLock<IntGaugeVec> = LazyLock::new(|| {
     register_int_gauge_vec!("wxgate_authorizers", "Authorizers held, by state", &["state"]).expect("metric")
 });
 
+pub static WECHAT_ERRORS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "wxgate_wechat_errors_total",
+        "Non-zero errcodes WeChat answered, to token refreshes and proxied calls alike, by errcode (a fixed set, else other)",
+        &["errcode"]
+    )
+    .expect("metric")
+});
+
+pub static RECONCILE: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "wxgate_reconcile_total",
+        "Reconciliations with api_get_authorizer_list, by result (ok|error|busy)",
+        &["result"]
+    )
+    .expect("metric")
+});
+
 pub static STORE_UP: LazyLock<IntGauge> = LazyLock::new(|| {
     register_int_gauge!("wxgate_store_up", "1 while the store answers, 0 while Redis is known to be unreachable")
         .expect("metric")
@@ -114,6 +132,23 @@ pub static CONFIG_RELOADS: LazyLock<IntCounterVec> = LazyLock::new(|| {
     )
     .expect("metric")
 });
+
+/// The errcodes `wxgate_wechat_errors_total` names; any other is `other`, so that the label set
+/// stays bounded whatever WeChat answers.
+pub const WECHAT_ERRCODES: [i64; 8] = [40001, 40014, 42001, 45009, 61003, 61004, 61023, 40164];
+
+static WECHAT_ERROR_COUNTERS: LazyLock<Vec<IntCounter>> = LazyLock::new(|| {
+    let mut labels: Vec<String> = WECHAT_ERRCODES.iter().map(i64::to_string).collect();
+    labels.push("other".into());
+    labels.iter().map(|l| WECHAT_ERRORS.with_label_values(&[l.as_str()])).collect()
+});
+
+/// Counts a WeChat answer's errcode in `wxgate_wechat_errors_total`; 0 (and none) is not an error.
+pub fn count_wechat_errcode(errcode: Option<i64>) {
+    let Some(code) = errcode.filter(|c| *c != 0) else { return };
+    let i = WECHAT_ERRCODES.iter().position(|c| *c == code).unwrap_or(WECHAT_ERRCODES.len());
+    WECHAT_ERROR_COUNTERS[i].inc();
+}
 
 const SCOPES: [&str; 4] = ["authorizer", "component", "token_endpoint", "none"];
 const STATUSES: [u16; 10] = [200, 302, 400, 401, 403, 404, 413, 502, 503, 504];
@@ -161,6 +196,8 @@ pub fn init() {
     LazyLock::force(&CALLBACK_EVENTS);
     LazyLock::force(&CALLBACK_REJECTED);
     LazyLock::force(&AUTHORIZERS);
+    LazyLock::force(&WECHAT_ERROR_COUNTERS);
+    LazyLock::force(&RECONCILE);
     LazyLock::force(&STORE_OUTAGES);
     STORE_UP.set(1);
     for result in ["ok", "invalid", "refused"] {
@@ -181,5 +218,13 @@ mod tests {
         assert!(names.iter().any(|n| n == "wxgate_ticket_age_seconds"));
         assert_eq!(info_type_label("authorized"), "authorized");
         assert_eq!(info_type_label("<script>"), "other");
+        let other = WECHAT_ERRORS.with_label_values(&["other"]);
+        let quota = WECHAT_ERRORS.with_label_values(&["45009"]);
+        let (o, q) = (other.get(), quota.get());
+        count_wechat_errcode(Some(45009));
+        count_wechat_errcode(Some(12345));
+        count_wechat_errcode(Some(0));
+        count_wechat_errcode(None);
+        assert_eq!((other.get() - o, quota.get() - q), (1, 1));
     }
 }

@@ -29,6 +29,9 @@ async fn state_of(gw: &Gateway, appid: &AppId) -> Option<String> {
 /// and so a component token.
 async fn ready(lifetime: u64) -> (Setup, Sandbox, Gateway) {
     let mut setup = Setup::new();
+    // These stories make every change themselves: a reconciliation (tests/fleet.rs) retried
+    // after start-up would import the account "another system" authorized before the test does.
+    setup.extra_toml = "\n[refresh]\nreconcile_hours = 0\n".into();
     let sandbox = setup.sandbox(lifetime).await;
     let gw = setup.start().await;
     sandbox.push_ticket().await.unwrap();
@@ -151,11 +154,7 @@ async fn tokens_stay_fresh_through_many_lifetimes_and_a_crash_loses_nothing() {
     }
 
     let stats = sandbox.stats();
-    assert_eq!(
-        stats.authorizer_info_calls + stats.authorizer_list_calls,
-        0,
-        "no refresh token was ever lost (no 61023 recovery)"
-    );
+    assert_eq!(stats.errcodes.get(&61023), None, "no refresh token was ever lost (no 61023 recovery)");
     let lifetimes = run.as_secs() / lifetime;
     for a in &accounts {
         let refreshes = stats.authorizer_token_calls.get(a.as_str()).copied().unwrap_or(0);

@@ -3,11 +3,14 @@
 //! It reads the token service and may ask it for a refresh; it never shows a token.
 
 mod console;
+mod info;
+mod quota;
 mod routes;
 
 use crate::authorize::AuthorizeLinks;
 use crate::reply::Reply;
 use crate::tokens::TokenService;
+use crate::wechat::QuotaApi;
 use crate::Secret;
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
@@ -21,11 +24,17 @@ pub struct AdminApp {
     links: AuthorizeLinks,
     /// `admin.token`, replaced by a config reload.
     token: Arc<ArcSwap<Secret>>,
+    quota: Arc<dyn QuotaApi>,
 }
 
 impl AdminApp {
-    pub fn new(tokens: Arc<TokenService>, links: AuthorizeLinks, token: Arc<ArcSwap<Secret>>) -> Self {
-        Self { tokens, links, token }
+    pub fn new(
+        tokens: Arc<TokenService>,
+        links: AuthorizeLinks,
+        token: Arc<ArcSwap<Secret>>,
+        quota: Arc<dyn QuotaApi>,
+    ) -> Self {
+        Self { tokens, links, token, quota }
     }
 
     fn authorized(&self, session: &ServerSession) -> bool {

@@ -19,8 +19,10 @@ pub(super) async fn handle(app: &AdminApp, session: &mut ServerSession, method: 
     let segments: Vec<&str> = path.trim_start_matches("/admin/").split('/').collect();
     match (method, segments.as_slice()) {
         (&Method::GET, ["component"]) => Reply::json(200, &json!(app.tokens.component_status())),
-        (&Method::GET, ["authorizers"]) => list(app, &query),
+        (&Method::GET, ["authorizers"]) => list(app, &query).await,
         (&Method::GET, ["authorize-url"]) => authorize_url(app, &query).await,
+        (&Method::POST, ["reconcile"]) => super::info::reconcile(app).await,
+        (&Method::POST, ["component", "clear-quota"]) => super::quota::clear_component(app).await,
         (&Method::GET, ["authorize-qr"]) => authorize_qr(app, &query).await,
         (_, ["authorizers", appid, rest @ ..]) => match AppId::parse(appid) {
             Ok(appid) => authorizer(app, session, method, &appid, rest).await,
@@ -38,10 +40,11 @@ async fn authorizer(
     rest: &[&str],
 ) -> Reply {
     match (method, rest) {
-        (&Method::GET, []) => match app.tokens.authorizer_status(appid) {
-            Some(status) => Reply::json(200, &json!(status)),
-            None => Reply::error(404, "unknown authorizer"),
-        },
+        (&Method::GET, []) => super::info::one(app, appid).await,
+        (&Method::GET, ["quota"]) => {
+            super::quota::get(app, appid, session.req_header().uri.query().unwrap_or_default()).await
+        }
+        (&Method::POST, ["clear-quota"]) => super::quota::clear_authorizer(app, appid).await,
         (&Method::PUT, []) => import(app, session, appid).await,
         (&Method::DELETE, []) => match app.tokens.forget_authorizer(appid).await {
             Ok(true) => Reply::json(200, &json!({ "deleted": appid.as_str() })),
@@ -56,9 +59,9 @@ async fn authorizer(
     }
 }
 
-/// `?offset=N&limit=N` pages through every authorizer by appid; `q=TEXT` keeps those whose
-/// appid or account names contain it (ignoring case), and `total` counts those.
-fn list(app: &AdminApp, query: &str) -> Reply {
+/// `?offset=N&limit=N` pages through every authorizer by appid, with each one's info; `q=TEXT`
+/// keeps those whose appid or account names contain it (ignoring case), and `total` counts those.
+async fn list(app: &AdminApp, query: &str) -> Reply {
     let text = |name: &str| {
         url::form_urlencoded::parse(query.as_bytes()).find(|(k, _)| k == name).map(|(_, v)| v.into_owned())
     };
@@ -66,15 +69,16 @@ fn list(app: &AdminApp, query: &str) -> Reply {
     let (offset, limit) = (number("offset").unwrap_or(0), number("limit").unwrap_or(DEFAULT_PAGE).min(10_000));
     let q = text("q").map(|q| q.trim().to_lowercase()).unwrap_or_default();
     if q.is_empty() {
-        let (total, page) = app.tokens.authorizer_statuses(offset, limit);
-        return Reply::json(200, &json!({ "total": total, "offset": offset, "authorizers": page }));
+        return super::info::page(app, offset, limit).await;
     }
-    let (_, all) = app.tokens.authorizer_statuses(0, usize::MAX);
-    let matching: Vec<serde_json::Value> = all.iter().map(|s| json!(s)).filter(|s| matches(s, &q)).collect();
+    let all = match super::info::all(app).await {
+        Ok(all) => all,
+        Err(reply) => return reply,
+    };
+    let matching: Vec<serde_json::Value> = all.into_iter().filter(|s| matches(s, &q)).collect();
     let page: Vec<&serde_json::Value> = matching.iter().skip(offset).take(limit).collect();
     Reply::json(200, &json!({ "total": matching.len(), "offset": offset, "q": q, "authorizers": page }))
 }
-
 /// The fields a search looks in, at the top of an authorizer's status or one object down
 /// (the account's info, however it is nested).
 const SEARCHED: [&str; 4] = ["appid", "nick_name", "user_name", "principal_name"];

@@ -72,6 +72,7 @@ pub(super) struct StoreFile {
 #[serde(default, deny_unknown_fields)]
 pub(super) struct RefreshFile {
     pub ahead_secs: Option<i64>,
+    pub reconcile_hours: Option<i64>,
     pub budget_per_minute: Option<i64>,
 }
 

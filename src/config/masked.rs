@@ -29,6 +29,7 @@ pub(super) fn masked(config: &Config) -> String {
         store: masked_store(&config.store),
         refresh: RefreshFile {
             ahead_secs: int(config.refresh.ahead.as_secs().into()),
+            reconcile_hours: int(config.refresh.reconcile_every.map_or(0, |d| d.as_secs() / 3600).into()),
             budget_per_minute: int(config.refresh.budget_per_minute.into()),
         },
         admin: AdminFile { token: Some(MASK.to_owned()) },

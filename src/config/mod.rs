@@ -40,6 +40,7 @@ pub const DEFAULT_STORE_KEY_PREFIX: &str = "wxgate:";
 pub const DEFAULT_STORE_REDIS_TIMEOUT_MS: u64 = 1000;
 pub const DEFAULT_STORE_REDIS_WAIT_TIMEOUT_MS: u64 = 1000;
 pub const DEFAULT_REFRESH_AHEAD_SECS: u64 = 600;
+pub const DEFAULT_REFRESH_RECONCILE_HOURS: u64 = 24;
 pub const DEFAULT_SERVER_SHUTDOWN_GRACE_SECS: u64 = 5;
 /// Environment variables that start with `WXGATE_` but are not config keys.
 pub const NON_KEY_ENV_VARS: [&str; 2] = ["WXGATE_CONFIG", "WXGATE_LOG"];
@@ -107,6 +108,9 @@ pub enum StoreConfig {
 pub struct RefreshConfig {
     /// Refresh a token this long before it expires (60 s ..= 1 h).
     pub ahead: Duration,
+    /// `reconcile_hours`: reconcile with WeChat's authorizer list this often, and at start-up;
+    /// `None` (0) never.
+    pub reconcile_every: Option<Duration>,
     /// Calls a minute one credential may make to its WeChat token endpoint (1 ..= 600).
     pub budget_per_minute: u32,
 }

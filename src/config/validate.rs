@@ -20,6 +20,10 @@ pub(super) fn config(f: &FileConfig, p: &mut Problems) -> Option<Config> {
     let listen = listen(&f.listen, p);
     let store = store(&f.store, p);
     let refresh = p.check("refresh.ahead_secs", int_in(f.refresh.ahead_secs, DEFAULT_REFRESH_AHEAD_SECS, 60..=3600));
+    let reconcile = p.check(
+        "refresh.reconcile_hours",
+        int_in(f.refresh.reconcile_hours, DEFAULT_REFRESH_RECONCILE_HOURS, 0..=24 * 365),
+    );
     let budget = p.check(
         "refresh.budget_per_minute",
         int_in(f.refresh.budget_per_minute, crate::tokens::DEFAULT_BUDGET_PER_MINUTE.into(), 1..=600),
@@ -33,7 +37,11 @@ pub(super) fn config(f: &FileConfig, p: &mut Problems) -> Option<Config> {
         upstream: upstream?,
         listen: listen?,
         store: store?,
-        refresh: RefreshConfig { ahead: Duration::from_secs(refresh?), budget_per_minute: budget? as u32 },
+        refresh: RefreshConfig {
+            ahead: Duration::from_secs(refresh?),
+            reconcile_every: Some(reconcile?).filter(|h| *h > 0).map(|h| Duration::from_secs(h * 3600)),
+            budget_per_minute: budget? as u32,
+        },
         admin: AdminConfig { token: admin? },
         proxy: proxy?,
         server: server?,

@@ -60,17 +60,19 @@ pub async fn read_whole(session: &mut HttpSession) -> std::result::Result<Bytes,
 /// Whether WeChat refused the token: 40001 (invalid or not the latest), 40014 (invalid),
 /// 42001 (expired). Parsed only when the body mentions an errcode at all.
 pub fn is_token_error(body: &[u8]) -> bool {
+    errcode(body).is_some_and(|c| matches!(c, 40001 | 40014 | 42001))
+}
+
+/// The errcode of a JSON answer, if it has one. Parsed only when the body mentions an errcode.
+pub fn errcode(body: &[u8]) -> Option<i64> {
     if !body.windows(7).any(|w| w == b"errcode") {
-        return false;
+        return None;
     }
     #[derive(serde::Deserialize)]
     struct Errcode {
         errcode: Option<i64>,
     }
-    serde_json::from_slice::<Errcode>(body)
-        .ok()
-        .and_then(|e| e.errcode)
-        .is_some_and(|c| matches!(c, 40001 | 40014 | 42001))
+    serde_json::from_slice::<Errcode>(body).ok().and_then(|e| e.errcode)
 }
 
 /// Streams the rest of the answer to the client, chunk by chunk: memory stays flat whatever

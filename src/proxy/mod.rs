@@ -194,6 +194,7 @@ impl Gateway {
                 return streamed.map_err(|e| downstream_gone(&e));
             }
             let whole = exchange::read_whole(&mut answer.session).await.map_err(|f| f.reply())?;
+            metrics::count_wechat_errcode(exchange::errcode(&whole));
             if !replayed && exchange::is_token_error(&whole) {
                 self.upstream.release(answer).await;
                 metrics::TOKEN_RETRY.inc();

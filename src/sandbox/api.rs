@@ -50,7 +50,8 @@ pub(super) async fn handle(sandbox: &Sandbox, req: Request) -> Response {
         return answer(sns::handle(sandbox, path, &query));
     }
     let token_value = token.as_ref().map(|(_, t)| t.clone());
-    if let Err(e) = check(sandbox, token) {
+    if let Err(e) = check(sandbox, path, token) {
+        *sandbox.ledger().record.stats.errcodes.entry(e.code).or_default() += 1;
         return e.into_response();
     }
     if path == TICKET_PATH {
@@ -70,13 +71,15 @@ fn find_token(query: &str) -> Option<(&'static str, String)> {
 }
 
 /// 41001 without a token; `component_access_token` must carry the component's own token.
-fn check(sandbox: &Sandbox, token: Option<(&'static str, String)>) -> Result<(), WxError> {
+/// A call that passes counts against its caller's daily quota for `path`.
+fn check(sandbox: &Sandbox, path: &str, token: Option<(&'static str, String)>) -> Result<(), WxError> {
     let (param, token) = token.ok_or_else(WxError::token_missing)?;
-    let ledger = sandbox.ledger();
-    let owner = ledger.tokens.check(&token, Instant::now())?;
-    if param == "component_access_token" && *owner != Owner::Component {
+    let mut ledger = sandbox.ledger();
+    let owner = ledger.tokens.check(&token, Instant::now())?.clone();
+    if param == "component_access_token" && owner != Owner::Component {
         return Err(WxError::invalid_credential());
     }
+    ledger.quota.count(&owner.label(), path);
     Ok(())
 }
 

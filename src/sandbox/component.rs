@@ -45,7 +45,12 @@ pub(super) async fn handle(sandbox: &Sandbox, name: &str, req: Request) -> Respo
         return answer(start_push_ticket(sandbox, &body));
     }
     let query = parts.uri.query().unwrap_or_default();
-    let result = endpoint(sandbox, &mut sandbox.ledger(), name, query, &body, Instant::now());
+    let mut ledger = sandbox.ledger();
+    let result = endpoint(sandbox, &mut ledger, name, query, &body, Instant::now());
+    if let Err(e) = &result {
+        *ledger.record.stats.errcodes.entry(e.code).or_default() += 1;
+    }
+    drop(ledger);
     answer(result)
 }
 
@@ -134,19 +139,23 @@ fn start_push_ticket(sb: &Sandbox, body: &Body) -> Result<Value, WxError> {
 fn authorizer_info(ledger: &Ledger, body: &Body) -> Result<Value, WxError> {
     let appid = text(body, "authorizer_appid").ok_or_else(|| WxError::format("authorizer_appid missing"))?;
     let account = ledger.authorized(appid)?;
-    let digits = appid.trim_start_matches("wx");
+    let mut info = json!({
+        "nick_name": format!("Sandbox account {}", appid.trim_start_matches("wx")),
+        "head_img": "",
+        "service_type_info": { "id": 2 },
+        "verify_type_info": { "id": 0 },
+        "user_name": user_name(appid),
+        "principal_name": "wxgate sandbox",
+        "alias": "",
+        "qrcode_url": "",
+        "signature": "",
+        "account_status": account.account_status,
+    });
+    if account.mini_program {
+        info["MiniProgramInfo"] = json!({ "network": { "RequestDomain": [] }, "categories": [], "visit_status": 0 });
+    }
     Ok(json!({
-        "authorizer_info": {
-            "nick_name": format!("Sandbox account {digits}"),
-            "head_img": "",
-            "service_type_info": { "id": 2 },
-            "verify_type_info": { "id": 0 },
-            "user_name": format!("gh_{}", &digits[..digits.len().min(12)]),
-            "principal_name": "wxgate sandbox",
-            "alias": "",
-            "qrcode_url": "",
-            "signature": "",
-        },
+        "authorizer_info": info,
         "authorization_info": {
             "authorizer_appid": appid,
             "authorizer_refresh_token": account.refresh_token.clone().unwrap_or_default(),
@@ -167,11 +176,16 @@ fn authorizer_list(ledger: &Ledger, body: &Body) -> Result<Value, WxError> {
         .skip(offset as usize)
         .take(count as usize)
         .map(|(appid, a)| {
-            let refresh = a.refresh_token.clone().unwrap_or_default();
+            let refresh = a.listed_refresh_token.clone().unwrap_or_default();
             json!({ "authorizer_appid": appid, "refresh_token": refresh, "auth_time": a.auth_time })
         })
         .collect();
     Ok(json!({ "total_count": authorized.count(), "list": list }))
+}
+
+/// The `gh_` id the sandbox gives an account: `gh_` and the last 12 hex digits of its appid.
+pub fn user_name(appid: &str) -> String {
+    format!("gh_{}", &appid[appid.len().saturating_sub(12)..])
 }
 
 fn grant_json(sb: &Sandbox, appid: &str, grant: &Grant) -> Value {

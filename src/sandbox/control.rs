@@ -27,16 +27,45 @@ pub(super) async fn authorize(State(sandbox): State<Sandbox>, uri: Uri) -> Respo
     ok(body)
 }
 
-/// `POST /sandbox/unauthorize?appid=wx...`: 404 if that account has not authorized.
+/// `POST /sandbox/unauthorize?appid=wx...[&push=false]`: 404 if that account has not
+/// authorized. `push=false` is a push that never arrived: only the authorizer list tells.
 pub(super) async fn unauthorize(State(sandbox): State<Sandbox>, uri: Uri) -> Response {
     let appid = match required_appid(&uri) {
         Ok(appid) => appid,
         Err(why) => return error(StatusCode::BAD_REQUEST, &why),
     };
+    if query_param(uri.query().unwrap_or_default(), "push").as_deref() == Some("false") {
+        return match sandbox.unauthorize_silently(&appid) {
+            true => ok(json!({ "pushed": false })),
+            false => error(StatusCode::NOT_FOUND, &format!("{appid} has not authorized the component")),
+        };
+    }
     match sandbox.unauthorize(&appid).await {
         Ok(()) => ok(json!({ "pushed": true })),
         Err(e @ super::SandboxError::NotAuthorized(_)) => error(StatusCode::NOT_FOUND, &e.to_string()),
         Err(e) => ok(json!({ "pushed": false, "push_error": e.to_string() })),
+    }
+}
+
+/// `POST /sandbox/account?appid=wx...&status=19[&kind=mini_program|official_account]`: what
+/// `api_get_authorizer_info` reports of the account from now on.
+pub(super) async fn account(State(sandbox): State<Sandbox>, uri: Uri) -> Response {
+    let appid = match required_appid(&uri) {
+        Ok(appid) => appid,
+        Err(why) => return error(StatusCode::BAD_REQUEST, &why),
+    };
+    let query = uri.query().unwrap_or_default();
+    let Some(status) = query_param(query, "status").and_then(|s| s.parse::<i64>().ok()) else {
+        return error(StatusCode::BAD_REQUEST, "status must be a number (1, 14, 16, 18, 19)");
+    };
+    let mini_program = match query_param(query, "kind").as_deref() {
+        None | Some("official_account") => false,
+        Some("mini_program") => true,
+        Some(_) => return error(StatusCode::BAD_REQUEST, "kind must be official_account or mini_program"),
+    };
+    match sandbox.set_account(&appid, status, mini_program) {
+        true => ok(json!({ "appid": appid.as_str(), "account_status": status, "mini_program": mini_program })),
+        false => error(StatusCode::NOT_FOUND, "no such account"),
     }
 }
 

@@ -33,7 +33,28 @@ pub(crate) struct Authorizer {
     pub authorized: bool,
     /// None until an auth code is exchanged: `api_get_authorizer_list` then shows it empty, as WeChat does.
     pub refresh_token: Option<String>,
+    /// The refresh token `api_get_authorizer_list` shows: the one issued when the code was
+    /// exchanged, not updated by later rotations — a list that lags, so that a gateway that
+    /// writes a listed token over the one it rotated since is caught (the next refresh is 61023).
+    pub listed_refresh_token: Option<String>,
     pub auth_time: u64,
+    /// What `api_get_authorizer_info` reports: 1 normal, 14 closed, 16 banned, 18 warned, 19 frozen.
+    pub account_status: i64,
+    /// Reported with `MiniProgramInfo`.
+    pub mini_program: bool,
+}
+
+impl Authorizer {
+    fn new(authorized: bool, auth_time: u64) -> Self {
+        Self {
+            authorized,
+            refresh_token: None,
+            listed_refresh_token: None,
+            auth_time,
+            account_status: 1,
+            mini_program: false,
+        }
+    }
 }
 
 /// What `api_query_auth` and `api_authorizer_token` hand out.
@@ -62,6 +83,7 @@ pub(crate) struct Ledger {
     pub record: Record,
     pub faults: Faults,
     pub paused: bool,
+    pub quota: super::quota::QuotaBook,
 }
 
 impl Ledger {
@@ -77,6 +99,7 @@ impl Ledger {
             record: Record::default(),
             faults: Faults::default(),
             paused: false,
+            quota: Default::default(),
         }
     }
 
@@ -143,14 +166,11 @@ impl Ledger {
     /// An owner authorizes: `updateauthorized` if the account already was, else `authorized` with
     /// a fresh start (a re-authorization after revoking gets a new refresh token).
     pub fn authorize(&mut self, appid: &str, now: Instant, unix_now: u64, pre_auth: Option<String>) -> AuthEvent {
-        let account = self.authorizers.entry(appid.to_owned()).or_insert(Authorizer {
-            authorized: false,
-            refresh_token: None,
-            auth_time: unix_now,
-        });
+        let account = self.authorizers.entry(appid.to_owned()).or_insert(Authorizer::new(false, unix_now));
         let info_type = if account.authorized { "updateauthorized" } else { "authorized" };
         if !account.authorized {
-            *account = Authorizer { authorized: true, refresh_token: None, auth_time: unix_now };
+            let (status, mini_program) = (account.account_status, account.mini_program);
+            *account = Authorizer { account_status: status, mini_program, ..Authorizer::new(true, unix_now) };
         }
         prune(&mut self.codes, now);
         let code = format!("queryauthcode@@@{}", random_text(86));
@@ -177,6 +197,9 @@ impl Ledger {
         entry.used = true;
         let appid = entry.appid.clone();
         let grant = self.grant(&appid, now)?;
+        if let Some(account) = self.authorizers.get_mut(&appid) {
+            account.listed_refresh_token = Some(grant.refresh_token.clone());
+        }
         Ok((appid, grant))
     }
 
@@ -216,6 +239,7 @@ impl Ledger {
         };
         account.authorized = false;
         account.refresh_token = None;
+        account.listed_refresh_token = None;
         self.codes.retain(|_, c| c.appid != appid);
         self.tokens.forget(&Owner::Authorizer(appid.to_owned()));
         true

@@ -13,6 +13,7 @@ mod faults;
 mod ledger;
 mod pages;
 mod push;
+mod quota;
 mod record;
 mod server;
 mod sns;
@@ -147,6 +148,27 @@ impl Sandbox {
         tracing::info!(authorizer = %authorizer, "sandbox: authorization revoked");
         let _turn = self.inner.push_turn.lock().await;
         self.send(&push::unauthorized_message(self.appid(), authorizer.as_str())).await
+    }
+
+    /// The account revokes and WeChat's push never arrives (the gateway was down, or the push
+    /// failed every retry): only `api_get_authorizer_list` tells. `false` if it had not authorized.
+    pub fn unauthorize_silently(&self, authorizer: &AppId) -> bool {
+        self.ledger().unauthorize(authorizer.as_str())
+    }
+
+    /// What `api_get_authorizer_info` reports of the account from now on: its `account_status`
+    /// (19 frozen, 14 closed, ...) and whether it is a mini program. `false` for an unknown account.
+    pub fn set_account(&self, authorizer: &AppId, account_status: i64, mini_program: bool) -> bool {
+        let mut ledger = self.ledger();
+        let Some(account) = ledger.authorizers.get_mut(authorizer.as_str()) else { return false };
+        account.account_status = account_status;
+        account.mini_program = mini_program;
+        true
+    }
+
+    /// The `gh_` id the sandbox reports for an account.
+    pub fn user_name(authorizer: &AppId) -> String {
+        component::user_name(authorizer.as_str())
     }
 
     /// The current access token of that authorizer (None: the component's) answers 40001 from

@@ -4,6 +4,7 @@
 //! |---|---|
 //! | `/cgi-bin/component/api_*` (the seven component endpoints) | [`super::component`] |
 //! | `GET /cgi-bin/componentloginpage`, `GET /safe/bindcomponent`, `GET /sandbox/consent` | [`super::pages`] |
+//! | `/cgi-bin/openapi/quota/get`, `/cgi-bin/clear_quota`, `/cgi-bin/component/clear_quota/v2` | [`super::quota`] |
 //! | `/sandbox/*` control routes | [`super::control`] |
 //! | anything else | an app's API call: [`super::api`] (`/cgi-bin/ticket/getticket` issues JS-SDK tickets) |
 
@@ -14,7 +15,7 @@ use axum::routing::{get, post};
 use axum::Router;
 use tokio::sync::watch;
 
-use super::{api, component, control, pages, Sandbox};
+use super::{api, component, control, pages, quota, Sandbox};
 
 pub(super) fn spawn(sandbox: Sandbox, listener: tokio::net::TcpListener, mut shutdown: watch::Receiver<bool>) {
     let app = router(sandbox);
@@ -32,6 +33,7 @@ fn router(sandbox: Sandbox) -> Router {
     Router::new()
         .route("/sandbox/authorize", post(control::authorize))
         .route("/sandbox/unauthorize", post(control::unauthorize))
+        .route("/sandbox/account", post(control::account))
         .route("/sandbox/revoke", post(control::revoke))
         .route("/sandbox/faults", post(control::faults))
         .route("/sandbox/stats", get(control::stats))
@@ -49,6 +51,9 @@ async fn dispatch(State(sandbox): State<Sandbox>, req: Request) -> Response {
         return component::handle(&sandbox, &name, req).await;
     }
     match path {
+        "/cgi-bin/openapi/quota/get" => quota::get(&sandbox, req).await,
+        "/cgi-bin/clear_quota" => quota::clear(&sandbox, req).await,
+        "/cgi-bin/component/clear_quota/v2" => quota::clear_v2(&sandbox, req).await,
         "/cgi-bin/componentloginpage" | "/safe/bindcomponent" => pages::login(&sandbox, req),
         p if p.starts_with("/sandbox/") => (StatusCode::NOT_FOUND, "no such sandbox route\n").into_response(),
         _ => api::handle(&sandbox, req).await,

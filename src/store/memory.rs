@@ -1,7 +1,8 @@
 //! The in-memory store, for tests and throwaway runs: nothing survives the process.
 
 use super::{
-    AuthEvent, AuthorizerRecord, ComponentToken, Fence, JsTicket, Store, StoreError, StoredEvent, Ticket, TicketKind,
+    AuthEvent, AuthorizerInfoRecord, AuthorizerRecord, ComponentToken, Fence, JsTicket, Store, StoreError, StoredEvent,
+    Ticket, TicketKind,
 };
 use crate::AppId;
 use async_trait::async_trait;
@@ -20,6 +21,7 @@ struct State {
     next_event_id: i64,
     component_tokens: HashMap<AppId, ComponentToken>,
     authorizers: HashMap<(AppId, AppId), AuthorizerRecord>,
+    infos: HashMap<(AppId, AppId), AuthorizerInfoRecord>,
     js_tickets: HashMap<(AppId, AppId, TicketKind), JsTicket>,
 }
 
@@ -123,6 +125,29 @@ impl Store for MemoryStore {
         Ok(self.state().authorizers.remove(&(*component, *appid)).is_some())
     }
 
+    async fn save_authorizer_info(&self, component: &AppId, info: &AuthorizerInfoRecord) -> Result<(), StoreError> {
+        self.state().infos.insert((*component, info.appid), info.clone());
+        Ok(())
+    }
+
+    async fn load_authorizer_info(
+        &self,
+        component: &AppId,
+        appid: &AppId,
+    ) -> Result<Option<AuthorizerInfoRecord>, StoreError> {
+        Ok(self.state().infos.get(&(*component, *appid)).cloned())
+    }
+
+    async fn load_authorizer_infos(&self, component: &AppId) -> Result<Vec<AuthorizerInfoRecord>, StoreError> {
+        Ok(self.state().infos.iter().filter(|((c, _), _)| c == component).map(|(_, i)| i.clone()).collect())
+    }
+
+    async fn find_user_name(&self, component: &AppId, user_name: &str) -> Result<Option<AppId>, StoreError> {
+        let state = self.state();
+        let found = state.infos.iter().find(|((c, _), i)| c == component && i.user_name.as_deref() == Some(user_name));
+        Ok(found.map(|((_, a), _)| *a))
+    }
+
     async fn load_js_ticket(&self, c: &AppId, a: &AppId, kind: TicketKind) -> Result<Option<JsTicket>, StoreError> {
         Ok(self.state().js_tickets.get(&(*c, *a, kind)).cloned())
     }
@@ -159,5 +184,10 @@ mod tests {
     async fn tokens_and_authorizers_round_trip() {
         contract_tests::tokens_and_authorizers_round_trip(&MemoryStore::new()).await;
         contract_tests::js_tickets_round_trip(&MemoryStore::new()).await;
+    }
+
+    #[tokio::test]
+    async fn authorizer_info_round_trips() {
+        contract_tests::authorizer_info_round_trips(&MemoryStore::new()).await;
     }
 }

@@ -6,12 +6,14 @@
 //! Every write returns only once it is durable for its backend, so that a caller may answer
 //! WeChat `success` (or use a rotated token) as soon as the call returns.
 
+mod info;
 mod memory;
 pub mod migrate;
 mod redis;
 mod sqlite;
 
 pub use self::redis::{parse_sentinel_url, RedisOptions, RedisStore, SentinelUrl, SENTINEL_SCHEME};
+pub use info::{AccountKind, AuthorizerInfoRecord};
 pub use memory::MemoryStore;
 pub use sqlite::SqliteStore;
 
@@ -173,6 +175,27 @@ impl<'a> Fence<'a> {
     }
 }
 
+/// Where a scan of the authorizers goes on from; opaque outside the backend that made it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ScanCursor(pub(crate) String);
+
+impl ScanCursor {
+    /// The first page.
+    pub fn start() -> Self {
+        Self::default()
+    }
+
+    pub fn is_start(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ScanPage {
+    pub records: Vec<AuthorizerRecord>,
+    pub next: Option<ScanCursor>,
+}
+
 /// What another instance changed, announced by a shared store.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Change {
@@ -180,6 +203,9 @@ pub enum Change {
     ComponentToken,
     Authorizer(AppId),
     Deleted(AppId),
+    /// Records changed while announcements were not heard (a reconnect), read in one batch:
+    /// a catch-up costs what changed, not the whole fleet.
+    Authorizers(Vec<AuthorizerRecord>),
     JsTicket(AppId, TicketKind),
     /// Announcements may have been missed (a reconnect): reload everything.
     Resync,
@@ -217,19 +243,20 @@ pub trait Store: Send + Sync + 'static {
 
     async fn load_authorizer(&self, component: &AppId, appid: &AppId) -> Result<Option<AuthorizerRecord>, StoreError>;
 
-    /// Up to `limit` authorizers with appids after `after`, in appid order: start-up reads a
-    /// large fleet a page at a time instead of holding every record at once.
-    async fn load_authorizers_page(
+    /// About `limit` authorizers from `cursor` on, in an order of the backend's choosing, and
+    /// where to go on (`None`: that was the last page). Start-up reads a million authorizers
+    /// this way, so each backend answers a page in a fixed number of round trips, whatever the
+    /// fleet's size (SQLite: one indexed query; Redis: one SSCAN and one pipeline). A page may
+    /// repeat a record of an earlier one (Redis's SCAN guarantees no more). The default reads
+    /// everything as one page: right for the memory store only.
+    async fn scan_authorizers(
         &self,
         component: &AppId,
-        after: Option<&AppId>,
-        limit: usize,
-    ) -> Result<Vec<AuthorizerRecord>, StoreError> {
-        let mut all = self.load_authorizers(component).await?;
-        all.retain(|r| after.is_none_or(|a| r.appid > *a));
-        all.sort_by_key(|a| a.appid);
-        all.truncate(limit);
-        Ok(all)
+        cursor: &ScanCursor,
+        _limit: usize,
+    ) -> Result<ScanPage, StoreError> {
+        let records = if cursor.is_start() { self.load_authorizers(component).await? } else { Vec::new() };
+        Ok(ScanPage { records, next: None })
     }
 
     /// Inserts or replaces the whole record, durably, before it returns.
@@ -278,6 +305,22 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<bool, StoreError> {
         self.save_authorizer(component, record).await.map(|()| true)
     }
+
+    /// Keeps what WeChat said of an account, replacing what was kept before.
+    async fn save_authorizer_info(&self, component: &AppId, info: &AuthorizerInfoRecord) -> Result<(), StoreError>;
+
+    async fn load_authorizer_info(
+        &self,
+        component: &AppId,
+        appid: &AppId,
+    ) -> Result<Option<AuthorizerInfoRecord>, StoreError>;
+
+    /// Every account's info, for start-up (the `gh_` map, frozen and closed accounts).
+    async fn load_authorizer_infos(&self, component: &AppId) -> Result<Vec<AuthorizerInfoRecord>, StoreError>;
+
+    /// The appid whose info names `user_name` (`gh_...`): one indexed lookup, so that an
+    /// instance that did not fetch that info itself can still answer.
+    async fn find_user_name(&self, component: &AppId, user_name: &str) -> Result<Option<AppId>, StoreError>;
 
     async fn load_js_ticket(
         &self,
@@ -383,10 +426,17 @@ pub(crate) mod contract_tests {
 
         let all = store.load_authorizers(&c).await.unwrap();
         assert_eq!(all.len(), 2);
-        let first = store.load_authorizers_page(&c, None, 1).await.unwrap();
-        assert_eq!(first.iter().map(|r| r.appid).collect::<Vec<_>>(), [a.appid]);
-        let second = store.load_authorizers_page(&c, Some(&a.appid), 5).await.unwrap();
-        assert_eq!(second.iter().map(|r| r.appid).collect::<Vec<_>>(), [b.appid]);
+        let mut scanned = std::collections::BTreeMap::new();
+        let mut cursor = ScanCursor::start();
+        for _ in 0..10 {
+            let page = store.scan_authorizers(&c, &cursor, 1).await.unwrap();
+            scanned.extend(page.records.into_iter().map(|r| (r.appid, r)));
+            match page.next {
+                Some(next) => cursor = next,
+                None => break,
+            }
+        }
+        assert_eq!(scanned.keys().copied().collect::<Vec<_>>(), [a.appid, b.appid], "a scan finds each once");
         assert_eq!(store.load_authorizer(&c, &a.appid).await.unwrap().unwrap(), rotated);
         assert_eq!(store.load_authorizer(&c, &b.appid).await.unwrap().unwrap(), b);
         assert!(store.delete_authorizer(&c, &a.appid).await.unwrap());
@@ -397,6 +447,41 @@ pub(crate) mod contract_tests {
 
     pub fn component_b() -> AppId {
         AppId::parse("wxfedcba9876543210").unwrap()
+    }
+
+    pub fn info(appid: &str, user_name: &str, status: i64) -> AuthorizerInfoRecord {
+        AuthorizerInfoRecord {
+            appid: AppId::parse(appid).unwrap(),
+            nick_name: Some(format!("Account {appid}")),
+            user_name: Some(user_name.into()),
+            principal_name: Some("某某有限公司".into()),
+            kind: AccountKind::OfficialAccount,
+            account_status: Some(status),
+            func_info: vec![1, 15, 17],
+            fetched_at: 1_700_000_000_000,
+        }
+    }
+
+    pub async fn authorizer_info_round_trips(store: &dyn Store) {
+        let c = component();
+        let a = info("wx1111111111111111", "gh_aaaaaaaaaaaa", 1);
+        assert_eq!(store.load_authorizer_info(&c, &a.appid).await.unwrap(), None);
+        store.save_authorizer_info(&c, &a).await.unwrap();
+        let mut b = info("wx2222222222222222", "gh_bbbbbbbbbbbb", 19);
+        b.kind = AccountKind::MiniProgram;
+        b.nick_name = None;
+        store.save_authorizer_info(&c, &b).await.unwrap();
+        let frozen_then_normal = AuthorizerInfoRecord { account_status: Some(1), fetched_at: 9, ..b.clone() };
+        store.save_authorizer_info(&c, &frozen_then_normal).await.unwrap();
+        assert_eq!(store.load_authorizer_info(&c, &a.appid).await.unwrap(), Some(a.clone()));
+        assert_eq!(store.load_authorizer_info(&c, &b.appid).await.unwrap(), Some(frozen_then_normal.clone()));
+        let mut all = store.load_authorizer_infos(&c).await.unwrap();
+        all.sort_by_key(|i| i.appid);
+        assert_eq!(all, [a.clone(), frozen_then_normal]);
+        assert_eq!(store.find_user_name(&c, "gh_bbbbbbbbbbbb").await.unwrap(), Some(b.appid));
+        assert_eq!(store.find_user_name(&c, "gh_cccccccccccc").await.unwrap(), None);
+        assert!(store.load_authorizer_infos(&component_b()).await.unwrap().is_empty(), "kept per component");
+        assert_eq!(store.find_user_name(&component_b(), "gh_aaaaaaaaaaaa").await.unwrap(), None);
     }
 
     pub async fn js_tickets_round_trip(store: &dyn Store) {

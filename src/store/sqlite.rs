@@ -5,8 +5,8 @@
 //! authorizer every ~2 hours) and keeps every write serialised.
 
 use super::{
-    AuthEvent, AuthorizerRecord, AuthorizerState, ComponentToken, Fence, JsTicket, Store, StoreError, StoredEvent,
-    Ticket, TicketKind,
+    AuthEvent, AuthorizerInfoRecord, AuthorizerRecord, AuthorizerState, ComponentToken, Fence, JsTicket, Store,
+    StoreError, StoredEvent, Ticket, TicketKind,
 };
 use crate::{AppId, Secret};
 use async_trait::async_trait;
@@ -16,6 +16,9 @@ use std::sync::{Arc, Mutex};
 
 /// Each entry brings the schema from its index to the next version; `PRAGMA user_version`
 /// records how many have run. Append, never edit: released files depend on them.
+/// The steps, in order: 0 → 1 tickets and events; 1 → 2 component and authorizer tokens;
+/// 2 → 3 JS-SDK tickets (refresher); 3 → 4 authorizer info (fleet). A new step takes the next
+/// number after the last one here (the outbox's would be 4 → 5).
 const MIGRATIONS: &[&str] = &[
     // 0 → 1: the ticket and the events WeChat pushed.
     "CREATE TABLE tickets (
@@ -65,7 +68,24 @@ const MIGRATIONS: &[&str] = &[
          obtained_at      INTEGER NOT NULL,
          PRIMARY KEY (component_appid, authorizer_appid, kind)
      ) WITHOUT ROWID;",
+    // 3 → 4: what api_get_authorizer_info says of each account (no token in it).
+    "CREATE TABLE authorizer_info (
+         component_appid  TEXT NOT NULL,
+         authorizer_appid TEXT NOT NULL,
+         nick_name        TEXT,
+         user_name        TEXT,
+         principal_name   TEXT,
+         kind             TEXT NOT NULL,
+         account_status   INTEGER,
+         func_info        TEXT NOT NULL,
+         fetched_at       INTEGER NOT NULL,
+         PRIMARY KEY (component_appid, authorizer_appid)
+     ) WITHOUT ROWID;
+     CREATE INDEX authorizer_info_user_name ON authorizer_info (component_appid, user_name);",
 ];
+
+const INFO_COLUMNS: &str =
+    "authorizer_appid, nick_name, user_name, principal_name, kind, account_status, func_info, fetched_at";
 
 const AUTHORIZER_COLUMNS: &str = "authorizer_appid, state, refresh_token, access_token, access_expires_at, \
      authorized_at, last_refresh_at, last_error, auth_code_sha1";
@@ -179,6 +199,24 @@ fn row_to_authorizer(row: &rusqlite::Row<'_>) -> rusqlite::Result<AuthorizerReco
         last_refresh_at: row.get(6)?,
         last_error: row.get(7)?,
         auth_code_sha1: row.get(8)?,
+    })
+}
+
+fn row_to_info(row: &rusqlite::Row<'_>) -> rusqlite::Result<AuthorizerInfoRecord> {
+    let corrupt = |i: usize, what: &str| {
+        rusqlite::Error::FromSqlConversionFailure(i, rusqlite::types::Type::Text, format!("not {what}").into())
+    };
+    let appid: String = row.get(0)?;
+    let kind: String = row.get(4)?;
+    Ok(AuthorizerInfoRecord {
+        appid: AppId::parse(&appid).map_err(|_| corrupt(0, "an appid"))?,
+        nick_name: row.get(1)?,
+        user_name: row.get(2)?,
+        principal_name: row.get(3)?,
+        kind: super::AccountKind::parse(&kind).ok_or_else(|| corrupt(4, "a kind"))?,
+        account_status: row.get(5)?,
+        func_info: AuthorizerInfoRecord::parse_func_info(&row.get::<_, String>(6)?),
+        fetched_at: row.get(7)?,
     })
 }
 
@@ -321,23 +359,28 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn load_authorizers_page(
+    /// In appid order; the cursor is the last appid of the page before.
+    async fn scan_authorizers(
         &self,
         component: &AppId,
-        after: Option<&AppId>,
+        cursor: &super::ScanCursor,
         limit: usize,
-    ) -> Result<Vec<AuthorizerRecord>, StoreError> {
-        let (component, after) = (component.to_string(), after.map_or_else(String::new, |a| a.to_string()));
-        self.with_conn(move |c| {
-            let sql = format!(
-                "SELECT {AUTHORIZER_COLUMNS} FROM authorizers
-                 WHERE component_appid = ?1 AND authorizer_appid > ?2 ORDER BY authorizer_appid LIMIT ?3"
-            );
-            let mut stmt = c.prepare_cached(&sql)?;
-            let rows = stmt.query_map(params![component, after, limit as i64], row_to_authorizer)?;
-            rows.collect()
-        })
-        .await
+    ) -> Result<super::ScanPage, StoreError> {
+        let (component, after) = (component.to_string(), cursor.0.clone());
+        let limit = limit.max(1);
+        let records: Vec<AuthorizerRecord> = self
+            .with_conn(move |c| {
+                let sql = format!(
+                    "SELECT {AUTHORIZER_COLUMNS} FROM authorizers
+                     WHERE component_appid = ?1 AND authorizer_appid > ?2 ORDER BY authorizer_appid LIMIT ?3"
+                );
+                let mut stmt = c.prepare_cached(&sql)?;
+                let rows = stmt.query_map(params![component, after, limit as i64], row_to_authorizer)?;
+                rows.collect()
+            })
+            .await?;
+        let next = (records.len() == limit).then(|| super::ScanCursor(records[limit - 1].appid.to_string()));
+        Ok(super::ScanPage { records, next })
     }
 
     async fn save_authorizer(&self, component: &AppId, record: &AuthorizerRecord) -> Result<(), StoreError> {
@@ -375,6 +418,28 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn save_authorizer_info(&self, component: &AppId, info: &AuthorizerInfoRecord) -> Result<(), StoreError> {
+        let (component, i) = (component.to_string(), info.clone());
+        self.with_conn(move |c| {
+            c.execute(
+                &format!("INSERT OR REPLACE INTO authorizer_info (component_appid, {INFO_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)"),
+                params![
+                    component,
+                    i.appid.as_str(),
+                    i.nick_name,
+                    i.user_name,
+                    i.principal_name,
+                    i.kind.as_str(),
+                    i.account_status,
+                    i.func_info_text(),
+                    i.fetched_at,
+                ],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
     async fn load_js_ticket(&self, c: &AppId, a: &AppId, kind: TicketKind) -> Result<Option<JsTicket>, StoreError> {
         let (c, a) = (c.to_string(), a.to_string());
         self.with_conn(move |conn| {
@@ -393,6 +458,47 @@ impl Store for SqliteStore {
             .optional()
         })
         .await
+    }
+
+    async fn load_authorizer_info(
+        &self,
+        component: &AppId,
+        appid: &AppId,
+    ) -> Result<Option<AuthorizerInfoRecord>, StoreError> {
+        let (component, appid) = (component.to_string(), appid.to_string());
+        self.with_conn(move |c| {
+            let sql = format!(
+                "SELECT {INFO_COLUMNS} FROM authorizer_info WHERE component_appid = ?1 AND authorizer_appid = ?2"
+            );
+            c.query_row(&sql, [component, appid], row_to_info).optional()
+        })
+        .await
+    }
+
+    async fn load_authorizer_infos(&self, component: &AppId) -> Result<Vec<AuthorizerInfoRecord>, StoreError> {
+        let component = component.to_string();
+        self.with_conn(move |c| {
+            let sql = format!("SELECT {INFO_COLUMNS} FROM authorizer_info WHERE component_appid = ?1");
+            let mut stmt = c.prepare(&sql)?;
+            let rows = stmt.query_map([component], row_to_info)?;
+            rows.collect()
+        })
+        .await
+    }
+
+    async fn find_user_name(&self, component: &AppId, user_name: &str) -> Result<Option<AppId>, StoreError> {
+        let (component, user_name) = (component.to_string(), user_name.to_owned());
+        let found: Option<String> = self
+            .with_conn(move |c| {
+                c.query_row(
+                    "SELECT authorizer_appid FROM authorizer_info WHERE component_appid = ?1 AND user_name = ?2",
+                    [component, user_name],
+                    |r| r.get(0),
+                )
+                .optional()
+            })
+            .await?;
+        Ok(found.and_then(|a| AppId::parse(&a).ok()))
     }
 
     async fn save_js_ticket(
@@ -446,6 +552,12 @@ mod tests {
         let (_dir, store) = temp_store();
         contract_tests::tokens_and_authorizers_round_trip(&store).await;
         contract_tests::js_tickets_round_trip(&store).await;
+    }
+
+    #[tokio::test]
+    async fn authorizer_info_round_trips() {
+        let (_dir, store) = temp_store();
+        contract_tests::authorizer_info_round_trips(&store).await;
     }
 
     #[tokio::test]

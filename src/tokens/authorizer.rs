@@ -198,6 +198,7 @@ impl TokenService {
         self.adopt(Arc::clone(&slot));
         self.used_codes.insert(hash, appid);
         self.update_gauges();
+        self.plan_info(&appid);
         tracing::info!(authorizer = %appid, "authorizer authorized");
         Ok(appid)
     }
@@ -265,6 +266,7 @@ impl TokenService {
         self.commit_authorization(&slot, mem, tokens).await?;
         self.adopt(Arc::clone(&slot));
         self.update_gauges();
+        self.plan_info(appid);
         self.authorizer_status(appid).ok_or(TokenError::UnknownAuthorizer)
     }
 
@@ -278,6 +280,7 @@ impl TokenService {
         };
         let existed = self.store.delete_authorizer(&self.component, appid).await?;
         let known = self.authorizers.remove(appid).is_some();
+        self.info.forget(appid);
         self.tickets.remove_authorizer(appid);
         self.unplan(&Job::Authorizer(*appid));
         self.update_gauges();

@@ -20,6 +20,13 @@ impl TokenService {
                 Ok(Change::Ticket) => self.current_ticket().await.map(drop),
                 Ok(Change::ComponentToken) => self.adopt_stored_component().await.map(drop),
                 Ok(Change::Authorizer(appid)) => self.reload_authorizer(&appid).await,
+                Ok(Change::Authorizers(records)) => {
+                    for record in records {
+                        self.take_record(record).await;
+                    }
+                    self.update_gauges();
+                    Ok(())
+                }
                 Ok(Change::JsTicket(appid, kind)) => self.adopt_announced_ticket(&appid, kind).await,
                 Ok(Change::Deleted(appid)) => {
                     self.authorizers.remove(&appid);
@@ -104,7 +111,7 @@ impl TokenService {
         Ok(Some(token))
     }
 
-    async fn reload_authorizer(&self, appid: &AppId) -> Result<(), TokenError> {
+    pub(super) async fn reload_authorizer(&self, appid: &AppId) -> Result<(), TokenError> {
         if let Some(record) = self.store.load_authorizer(&self.component, appid).await? {
             self.take_record(record).await;
             self.update_gauges();

@@ -35,6 +35,8 @@ mod clock;
 mod component;
 mod coordination;
 mod events;
+pub mod info;
+mod reconcile;
 mod refresher;
 mod schedule;
 mod scheduler;
@@ -42,12 +44,13 @@ mod slot;
 mod ticket;
 
 pub use clock::Clock;
+pub use reconcile::Reconciled;
 pub use refresher::Endpoint;
 pub use schedule::{backoff_ms, lead_ms, spread_due, steady_due, Job, Schedule};
 pub use slot::AccessToken;
 
 use crate::metrics;
-use crate::store::{unix_now, AuthEvent, AuthorizerState, SharedStore, StoreError, Ticket};
+use crate::store::{unix_now, AuthEvent, SharedStore, StoreError, Ticket};
 use crate::wechat::{ComponentApi, WechatError};
 use crate::AppId;
 use serde::Serialize;
@@ -118,6 +121,11 @@ pub struct Settings {
     /// How long one instance may hold the right to refresh a token (shared stores): longer than
     /// a call to WeChat and the write after it.
     pub lease_ttl: Duration,
+    /// `refresh.reconcile_hours`: how often the authorizers are reconciled with WeChat's list
+    /// (and once at start-up); `None` never.
+    pub reconcile_every: Option<Duration>,
+    /// How often one slice of the daily info pass runs ([`info::SLICES`] of them a day).
+    pub info_slice_every: Duration,
     /// Calls a minute one credential may make to its token endpoint (never fewer than four per
     /// lifetime of its token): the last guard should the backoff be bypassed.
     pub budget_per_minute: u32,
@@ -133,6 +141,8 @@ impl Settings {
             push_ticket_every: Duration::from_secs(5 * 60),
             concurrency: 16,
             lease_ttl: Duration::from_secs(30),
+            reconcile_every: Some(Duration::from_secs(24 * 3600)),
+            info_slice_every: Duration::from_secs(24 * 3600 / info::SLICES),
             budget_per_minute: DEFAULT_BUDGET_PER_MINUTE,
         }
     }
@@ -191,6 +201,10 @@ pub struct TokenService {
     event_failures: Mutex<u32>,
     /// When the last ticket arrived, by `clock`; the start time until one does.
     last_ticket_ms: AtomicI64,
+    /// What memory keeps of the accounts' info (`gh_` ids, frozen and closed accounts).
+    info: info::InfoIndex,
+    /// Reconciliations that failed in a row, for the retry's backoff.
+    reconcile_failures: std::sync::atomic::AtomicU32,
 }
 
 impl TokenService {
@@ -224,9 +238,12 @@ impl TokenService {
             last_push_request_ms: Mutex::new(0),
             event_failures: Mutex::new(0),
             last_ticket_ms: AtomicI64::new(clock.now_ms()),
+            info: Default::default(),
+            reconcile_failures: Default::default(),
             clock,
         });
         service.load_authorizers().await?;
+        service.load_infos().await?;
         service.update_gauges();
         Ok(service)
     }
@@ -240,15 +257,18 @@ impl TokenService {
             schedule.set(Job::ComponentToken, self.component_token.due_after_load(now, &self.settings));
             schedule.set(Job::Events, now);
             schedule.set(Job::TicketWatch, now + 60_000);
+            if self.settings.reconcile_every.is_some() {
+                schedule.set(Job::Reconcile, now);
+            }
+            schedule.set(Job::InfoPass, now + self.settings.info_slice_every.as_millis() as i64);
         }
-        let mut after: Option<AppId> = None;
+        let mut cursor = crate::store::ScanCursor::start();
         loop {
-            let page = self.store.load_authorizers_page(&self.component, after.as_ref(), PAGE).await?;
-            let full = page.len() == PAGE;
-            after = page.last().map(|r| r.appid);
-            self.plan_loaded(page, now);
-            if !full {
-                return Ok(());
+            let page = self.store.scan_authorizers(&self.component, &cursor, PAGE).await?;
+            self.plan_loaded(page.records, now);
+            match page.next {
+                Some(next) => cursor = next,
+                None => return Ok(()),
             }
         }
     }
@@ -343,12 +363,12 @@ impl TokenService {
 
     /// Sets `wxgate_authorizers` by state; called on changes of state and before every scrape.
     pub fn update_gauges(&self) {
-        let mut counts = [0i64; 3];
+        let mut counts: std::collections::HashMap<&'static str, i64> = Self::state_labels().map(|l| (l, 0)).collect();
         for slot in self.authorizers.all() {
-            counts[slot.state() as usize] += 1;
+            *counts.entry(self.state_label(&slot.appid, slot.state())).or_default() += 1;
         }
-        for state in AuthorizerState::ALL {
-            metrics::AUTHORIZERS.with_label_values(&[state.as_str()]).set(counts[state as usize]);
+        for (label, count) in counts {
+            metrics::AUTHORIZERS.with_label_values(&[label]).set(count);
         }
         self.update_ticket_age();
     }

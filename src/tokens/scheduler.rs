@@ -44,6 +44,9 @@ impl TokenService {
             Job::Ticket(appid, kind) => self.refresh_ticket_planned(&appid, kind).await,
             Job::Events => self.run_events().await,
             Job::TicketWatch => self.watch_ticket().await,
+            Job::Info(appid) => self.run_info(&appid).await,
+            Job::InfoPass => self.run_info_pass().await,
+            Job::Reconcile => self.run_reconcile().await,
         }
     }
 

@@ -2,7 +2,9 @@
 //! switched on, and a harness that starts the service with its scheduler.
 
 use super::*;
-use crate::store::{AuthorizerRecord, ComponentToken, Fence, Lease, MemoryStore, Store, StoredEvent};
+use crate::store::{
+    AuthorizerInfoRecord, AuthorizerRecord, ComponentToken, Fence, Lease, MemoryStore, Store, StoredEvent,
+};
 use crate::wechat::{ApiErrorKind, Authorization, AuthorizerInfo, AuthorizerTokens, Issued, ListedAuthorizer};
 use crate::Secret;
 use async_trait::async_trait;
@@ -153,7 +155,7 @@ impl ComponentApi for FakeApi {
     async fn authorizer_info(&self, _: &Secret, authorizer: &AppId) -> Result<AuthorizerInfo, WechatError> {
         self.with(|f| {
             let refresh_token = f.refresh.get(authorizer).filter(|_| f.info_knows_refresh).cloned().map(Secret::new);
-            Ok(AuthorizerInfo { nick_name: None, refresh_token })
+            Ok(AuthorizerInfo { refresh_token, ..AuthorizerInfo::default() })
         })
     }
 
@@ -264,6 +266,18 @@ impl Store for FlakyStore {
     }
     async fn delete_authorizer(&self, c: &AppId, a: &AppId) -> Result<bool, StoreError> {
         self.inner.delete_authorizer(c, a).await
+    }
+    async fn save_authorizer_info(&self, c: &AppId, i: &AuthorizerInfoRecord) -> Result<(), StoreError> {
+        self.inner.save_authorizer_info(c, i).await
+    }
+    async fn load_authorizer_info(&self, c: &AppId, a: &AppId) -> Result<Option<AuthorizerInfoRecord>, StoreError> {
+        self.inner.load_authorizer_info(c, a).await
+    }
+    async fn load_authorizer_infos(&self, c: &AppId) -> Result<Vec<AuthorizerInfoRecord>, StoreError> {
+        self.inner.load_authorizer_infos(c).await
+    }
+    async fn find_user_name(&self, c: &AppId, u: &str) -> Result<Option<AppId>, StoreError> {
+        self.inner.find_user_name(c, u).await
     }
     fn shared(&self) -> bool {
         self.shared

@@ -3,7 +3,7 @@
 
 use super::testing::*;
 use super::*;
-use crate::store::Store;
+use crate::store::{AuthorizerState, Store};
 use crate::Secret;
 use std::sync::atomic::Ordering;
 

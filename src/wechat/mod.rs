@@ -2,8 +2,11 @@
 //! errors, no caching — caching and retries belong to the token service.
 
 mod error;
+mod quota;
+mod watch;
 
 pub use error::{ApiErrorKind, WechatError};
+pub use quota::{Quota, QuotaApi};
 
 use crate::{AppId, Secret};
 use async_trait::async_trait;
@@ -35,9 +38,19 @@ pub struct AuthorizerTokens {
     pub refresh_token: Secret,
 }
 
+/// What `api_get_authorizer_info` says of an account (PROTOCOL.md §11), less its pictures.
 #[derive(Debug, Clone, Default)]
 pub struct AuthorizerInfo {
     pub nick_name: Option<String>,
+    /// The `gh_...` id that the account's messages carry as `ToUserName`.
+    pub user_name: Option<String>,
+    pub principal_name: Option<String>,
+    /// `MiniProgramInfo` was present: a mini program rather than an official account.
+    pub mini_program: bool,
+    /// 1 normal, 14 closed, 16 banned, 18 warned, 19 frozen; `None` when WeChat left it out.
+    pub account_status: Option<i64>,
+    /// The permission set ids granted to the component.
+    pub func_info: Vec<i64>,
     pub refresh_token: Option<Secret>,
 }
 
@@ -132,6 +145,7 @@ fn decode<T: DeserializeOwned>(endpoint: &'static str, bytes: &[u8]) -> Result<T
     let value: Value =
         serde_json::from_slice(bytes).map_err(|_| WechatError::Decode { endpoint, reason: "not JSON".into() })?;
     let errcode = value.get("errcode").and_then(Value::as_i64).unwrap_or(0);
+    watch::observe_errcode(endpoint, errcode);
     if errcode != 0 {
         let errmsg = value.get("errmsg").and_then(Value::as_str).unwrap_or_default().chars().take(200).collect();
         return Err(WechatError::Api { endpoint, errcode, errmsg, kind: ApiErrorKind::of(errcode) });
@@ -211,6 +225,12 @@ fn appid(endpoint: &'static str, s: &str) -> Result<AppId, WechatError> {
     AppId::parse(s).map_err(|_| WechatError::Decode { endpoint, reason: "authorizer_appid is not an appid".into() })
 }
 
+/// The ids of `func_info: [{funcscope_category: {id}}, ...]`.
+fn func_ids(func_info: Option<&Value>) -> Vec<i64> {
+    let items = func_info.and_then(Value::as_array).map(Vec::as_slice).unwrap_or_default();
+    items.iter().filter_map(|f| f.pointer("/funcscope_category/id").and_then(Value::as_i64)).collect()
+}
+
 fn non_empty(s: Option<String>) -> Option<Secret> {
     s.filter(|s| !s.is_empty()).map(Secret::new)
 }
@@ -246,11 +266,7 @@ impl ComponentApi for WechatClient {
             authorizer_appid: appid(EP, &info.authorizer_appid)?,
             access_token: Issued { value: access, expires_in: info.expires_in.unwrap_or(0) },
             refresh_token: refresh,
-            func_info: info
-                .func_info
-                .iter()
-                .filter_map(|f| f.pointer("/funcscope_category/id").and_then(Value::as_i64))
-                .collect(),
+            func_info: func_ids(Some(&Value::Array(info.func_info))),
         })
     }
 
@@ -276,9 +292,15 @@ impl ComponentApi for WechatClient {
     async fn authorizer_info(&self, token: &Secret, authorizer: &AppId) -> Result<AuthorizerInfo, WechatError> {
         let body = json!({ "component_appid": self.appid.as_str(), "authorizer_appid": authorizer.as_str() });
         let a: AuthorizerInfoAnswer = self.post("api_get_authorizer_info", Some(token), body).await?;
-        let text = |v: &Value, k: &str| v.get(k).and_then(Value::as_str).map(str::to_owned);
+        let text = |v: &Value, k: &str| v.get(k).and_then(Value::as_str).filter(|s| !s.is_empty()).map(str::to_owned);
+        let info = &a.authorizer_info;
         Ok(AuthorizerInfo {
-            nick_name: text(&a.authorizer_info, "nick_name"),
+            nick_name: text(info, "nick_name"),
+            user_name: text(info, "user_name"),
+            principal_name: text(info, "principal_name"),
+            mini_program: info.get("MiniProgramInfo").is_some_and(|m| !m.is_null()),
+            account_status: info.get("account_status").and_then(Value::as_i64),
+            func_info: func_ids(a.authorization_info.get("func_info")),
             refresh_token: non_empty(text(&a.authorization_info, "authorizer_refresh_token")),
         })
     }

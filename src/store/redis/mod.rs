@@ -2,7 +2,13 @@
 //! leases (one refresher per token), fenced writes and change announcements (pub/sub).
 //!
 //! Keys live under `{key_prefix}{component_appid}:` so that several platforms, or test runs,
-//! can share one Redis. Refresh tokens live here: run Redis with AOF (`appendonly yes`,
+//! can share one Redis.
+//!
+//! Every authorizer write and delete takes the next number of a version counter (`version`) and
+//! records it against the appid in a sorted set (`changed`), and its announcement carries it
+//! (`authorizer:{appid}@{version}`). An instance remembers the highest version it heard; after
+//! a reconnect it reads only what `changed` holds above it, in pipelined batches, instead of
+//! every record. Refresh tokens live here: run Redis with AOF (`appendonly yes`,
 //! `appendfsync everysec` or `always`); start-up warns when it keeps nothing on disk.
 
 mod link;
@@ -11,8 +17,8 @@ mod target;
 pub use target::{parse_sentinel_url, SentinelUrl, SENTINEL_SCHEME};
 
 use super::{
-    AuthEvent, AuthorizerRecord, AuthorizerState, Change, ComponentToken, Fence, JsTicket, Lease, Store, StoreError,
-    StoredEvent, Ticket, TicketKind,
+    AuthEvent, AuthorizerInfoRecord, AuthorizerRecord, AuthorizerState, Change, ComponentToken, Fence, JsTicket, Lease,
+    Store, StoreError, StoredEvent, Ticket, TicketKind,
 };
 use crate::{AppId, Secret};
 use async_trait::async_trait;
@@ -49,17 +55,43 @@ static RECORD_EVENT: LazyLock<Script> = LazyLock::new(|| {
 });
 
 /// Replaces a hash whole, only while the lease is held (an empty owner: no lease needed), adds
-/// the member to a set, and announces the change: checked and written in one step.
+/// the member to a set with its version, and announces the change: checked and written in one step.
 static FENCED_WRITE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"if ARGV[1] ~= '' and redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
           redis.call('DEL', KEYS[2])
           redis.call('HSET', KEYS[2], unpack(ARGV, 4))
-          if ARGV[2] ~= '' then redis.call('SADD', KEYS[3], ARGV[2]) end
-          redis.call('PUBLISH', KEYS[4], ARGV[3])
+          local announce = ARGV[3]
+          if ARGV[2] ~= '' then
+            redis.call('SADD', KEYS[3], ARGV[2])
+            local v = redis.call('INCR', KEYS[5])
+            redis.call('ZADD', KEYS[6], v, ARGV[2])
+            announce = announce .. '@' .. v
+          end
+          redis.call('PUBLISH', KEYS[4], announce)
           return 1",
     )
 });
+
+/// Forgets an authorizer, recording the deletion as a change like any write.
+static DELETE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"local n = redis.call('SREM', KEYS[1], ARGV[1]) + redis.call('DEL', KEYS[2])
+          local v = redis.call('INCR', KEYS[3])
+          redis.call('ZADD', KEYS[4], v, ARGV[1])
+          redis.call('PUBLISH', KEYS[5], 'deleted:' .. ARGV[1] .. '@' .. v)
+          return n",
+    )
+});
+
+/// More changes than this since the last one heard: reload everything rather than announce
+/// each (the follower's channel holds 1024 announcements; a batch carries [`SCAN_COUNT`]).
+const CATCH_UP_MAX: usize = 200_000;
+/// Tries of a catch-up, 250 ms apart, before everything is reloaded instead.
+const CATCH_UP_ATTEMPTS: usize = 120;
+
+/// How many entries one SCAN-family step asks for: large pages, few round trips.
+const SCAN_COUNT: usize = 1000;
 
 static RELEASE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(r"if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0")
@@ -113,7 +145,9 @@ impl RedisStore {
         let store =
             Self { link, options: options.clone(), key_prefix: key_prefix.to_owned(), channel, instance, changes };
         store.warn_without_persistence().await;
-        tokio::spawn(listen(store.link.downgrade(), store.channel.clone(), store.changes.clone(), options.timeout));
+        // What is in the store now is what the caller loads next: changes after it are caught up.
+        let heard: Option<u64> = store.get_u64(&store.key(component, "version")).await?;
+        tokio::spawn(Follower::new(&store, *component, heard.unwrap_or(0)).listen());
         Ok(store)
     }
 
@@ -141,6 +175,16 @@ impl RedisStore {
             Ok((Ok(_), Ok(_))) => {}
             _ => tracing::warn!("cannot read Redis's persistence settings (CONFIG GET refused); make sure it keeps refresh tokens on disk"),
         }
+    }
+
+    async fn get_u64(&self, key: &str) -> Result<Option<u64>, StoreError> {
+        let key = key.to_owned();
+        self.link.run(|mut c| async move { c.get(key).await }).await
+    }
+
+    async fn hget(&self, key: &str, field: &str) -> Result<Option<String>, StoreError> {
+        let (key, field) = (key.to_owned(), field.to_owned());
+        self.link.run(|mut c| async move { c.hget(key, field).await }).await
     }
 
     async fn hgetall(&self, key: &str) -> Result<HashMap<String, String>, StoreError> {
@@ -185,6 +229,69 @@ impl RedisStore {
         }
     }
 
+    /// What a catch-up reads: the current version, the records changed since `heard` (in batches) and the appids
+    /// deleted; `None` when only a full reload will do.
+    #[allow(clippy::type_complexity)]
+    pub async fn changed_since(
+        &self,
+        component: &AppId,
+        heard: u64,
+    ) -> Result<Option<(u64, Vec<Vec<AuthorizerRecord>>, Vec<AppId>)>, StoreError> {
+        let (store, c) = (self, component);
+        let version = store.get_u64(&store.key(c, "version")).await?;
+        let version = version.unwrap_or(0);
+        if version < heard {
+            return Ok(None);
+        }
+        if version == heard {
+            return Ok(Some((version, Vec::new(), Vec::new())));
+        }
+        let changed = store.key(c, "changed");
+        let appids: Vec<String> = store
+            .link
+            .run(|mut conn| async move {
+                redis::cmd("ZRANGEBYSCORE")
+                    .arg(changed)
+                    .arg(format!("({heard}"))
+                    .arg("+inf")
+                    .query_async(&mut conn)
+                    .await
+            })
+            .await?;
+        if appids.len() > CATCH_UP_MAX {
+            return Ok(None);
+        }
+        let appids: Vec<AppId> = appids.iter().filter_map(|a| AppId::parse(a).ok()).collect();
+        let (mut batches, mut deleted) = (Vec::new(), Vec::new());
+        for chunk in appids.chunks(SCAN_COUNT) {
+            let records = store.load_many(c, chunk).await?;
+            let found: std::collections::HashSet<AppId> = records.iter().map(|r| r.appid).collect();
+            deleted.extend(chunk.iter().filter(|a| !found.contains(a)).copied());
+            batches.push(records);
+        }
+        Ok(Some((version, batches, deleted)))
+    }
+
+    /// The records of `appids`, read in one pipeline; an appid without a record is left out.
+    async fn load_many(&self, component: &AppId, appids: &[AppId]) -> Result<Vec<AuthorizerRecord>, StoreError> {
+        if appids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut pipe = redis::pipe();
+        for appid in appids {
+            pipe.hgetall(self.key(component, &format!("authorizer:{appid}")));
+        }
+        let maps: Vec<HashMap<String, String>> =
+            self.link.run(|mut c| async move { pipe.query_async(&mut c).await }).await?;
+        let mut records = Vec::with_capacity(maps.len());
+        for (appid, map) in appids.iter().zip(maps) {
+            if !map.is_empty() {
+                records.push(authorizer_from(appid, &map)?);
+            }
+        }
+        Ok(records)
+    }
+
     async fn fenced_write(
         &self,
         component: &AppId,
@@ -197,6 +304,7 @@ impl RedisStore {
         let lease_key = lease.map_or_else(String::new, |l| l.key.clone());
         let mut invocation = FENCED_WRITE.key(lease_key);
         invocation.key(hash).key(self.key(component, "authorizers")).key(self.key(component, "changes"));
+        invocation.key(self.key(component, "version")).key(self.key(component, "changed"));
         invocation.arg(lease.map_or("", |l| l.owner.as_str())).arg(member).arg(announce);
         for (field, value) in fields {
             invocation.arg(field).arg(value);
@@ -208,69 +316,161 @@ impl RedisStore {
     }
 }
 
-/// Follows the change channel on a connection of its own to the master in use, subscribing
-/// again after every reconnect of the store's link (a Redis restart, a failover); after every
-/// subscription it announces a resync, since changes made meanwhile were not heard.
-async fn listen(link: WeakLink, channel: String, tx: broadcast::Sender<Change>, timeout: Duration) {
-    let Some(mut generations) = link.upgrade().map(|l| l.generations()) else { return };
-    loop {
-        generations.borrow_and_update();
-        let Some(client) = link.upgrade().and_then(|l| l.client()) else {
-            // Redis is away: wait for the link to reconnect (or the store to go).
-            if generations.changed().await.is_err() {
-                return;
-            }
-            continue;
-        };
-        let subscribed = tokio::time::timeout(timeout, async {
-            let mut pubsub = client.get_async_pubsub().await?;
-            pubsub.subscribe(&channel).await?;
-            redis::RedisResult::Ok(pubsub)
+/// Follows one component's change channel on a connection of its own to the master in use,
+/// subscribing again after every reconnect of the store's link (a Redis restart, a failover).
+/// It holds the link weakly: the follower ends with the store.
+struct Follower {
+    link: WeakLink,
+    options: RedisOptions,
+    key_prefix: String,
+    channel: String,
+    instance: String,
+    changes: broadcast::Sender<Change>,
+    component: AppId,
+    /// The highest version announced and heard: after a reconnect, only later ones are read.
+    heard: u64,
+}
+
+impl Follower {
+    fn new(store: &RedisStore, component: AppId, heard: u64) -> Self {
+        Self {
+            link: store.link.downgrade(),
+            options: store.options.clone(),
+            key_prefix: store.key_prefix.clone(),
+            channel: store.channel.clone(),
+            instance: store.instance.clone(),
+            changes: store.changes.clone(),
+            component,
+            heard,
+        }
+    }
+
+    /// The store while it lives, to read on its link (every command with its deadline).
+    fn store(&self) -> Option<RedisStore> {
+        Some(RedisStore {
+            link: self.link.upgrade()?,
+            options: self.options.clone(),
+            key_prefix: self.key_prefix.clone(),
+            channel: self.channel.clone(),
+            instance: self.instance.clone(),
+            changes: self.changes.clone(),
         })
-        .await;
-        match subscribed {
-            Ok(Ok(mut pubsub)) => {
-                let _ = tx.send(Change::Resync);
-                let mut messages = pubsub.on_message();
-                loop {
-                    tokio::select! {
-                        message = messages.next() => match message {
-                            Some(message) => {
-                                if let Some(change) = message.get_payload::<String>().ok().and_then(|p| parse_change(&p)) {
-                                    let _ = tx.send(change);
+    }
+
+    /// Runs while the store lives. After every (re)subscription it catches up with what was
+    /// written meanwhile, since announcements made while unsubscribed are lost.
+    async fn listen(mut self) {
+        let Some(mut generations) = self.link.upgrade().map(|l| l.generations()) else { return };
+        let (channel, tx, timeout) = (self.channel.clone(), self.changes.clone(), self.options.timeout);
+        loop {
+            generations.borrow_and_update();
+            let Some(client) = self.link.upgrade().and_then(|l| l.client()) else {
+                // Redis is away: wait for the link to reconnect (or the store to go).
+                if generations.changed().await.is_err() {
+                    return;
+                }
+                continue;
+            };
+            let subscribed = tokio::time::timeout(timeout, async {
+                let mut pubsub = client.get_async_pubsub().await?;
+                pubsub.subscribe(&channel).await?;
+                redis::RedisResult::Ok(pubsub)
+            })
+            .await;
+            match subscribed {
+                Ok(Ok(mut pubsub)) => {
+                    self.catch_up(&tx).await;
+                    let mut messages = pubsub.on_message();
+                    loop {
+                        tokio::select! {
+                            message = messages.next() => match message {
+                                Some(message) => {
+                                    let payload = message.get_payload::<String>().ok();
+                                    if let Some((change, version)) = payload.as_deref().and_then(parse_change) {
+                                        self.heard = self.heard.max(version.unwrap_or(0));
+                                        let _ = tx.send(change);
+                                    }
                                 }
+                                None => break,
+                            },
+                            changed = generations.changed() => {
+                                if changed.is_err() {
+                                    return;
+                                }
+                                break;
                             }
-                            None => break,
-                        },
-                        changed = generations.changed() => {
-                            if changed.is_err() {
-                                return;
-                            }
-                            break;
                         }
                     }
+                    tracing::warn!("lost the Redis change channel; subscribing again");
                 }
-                tracing::warn!("lost the Redis change channel; subscribing again");
+                Ok(Err(e)) => tracing::warn!(error = %e, "cannot subscribe to Redis changes; retrying"),
+                Err(_) => tracing::warn!("cannot subscribe to Redis changes: no answer in time; retrying"),
             }
-            Ok(Err(e)) => tracing::warn!(error = %e, "cannot subscribe to Redis changes; retrying"),
-            Err(_) => tracing::warn!("cannot subscribe to Redis changes: no answer in time; retrying"),
+            tokio::time::sleep(Duration::from_millis(200)).await;
         }
-        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    /// Announces what changed above `heard`: the ticket and component token (two small reads),
+    /// and the authorizers in batches. A version counter lower than `heard` means Redis lost
+    /// data (a restart without persistence): everything is reloaded.
+    async fn catch_up(&mut self, tx: &broadcast::Sender<Change>) {
+        // A Redis that has just restarted answers LOADING while it reads its data back: wait
+        // for it (a few seconds) rather than fall back to reloading everything.
+        let mut result = self.changed_since().await;
+        for _ in 0..CATCH_UP_ATTEMPTS {
+            if result.is_ok() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+            result = self.changed_since().await;
+        }
+        match result {
+            Ok(Some((version, records, deleted))) => {
+                let _ = tx.send(Change::Ticket);
+                let _ = tx.send(Change::ComponentToken);
+                for batch in records {
+                    let _ = tx.send(Change::Authorizers(batch));
+                }
+                for appid in deleted {
+                    let _ = tx.send(Change::Deleted(appid));
+                }
+                self.heard = version;
+            }
+            Ok(None) => {
+                let _ = tx.send(Change::Resync);
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read what changed in Redis meanwhile; reloading everything");
+                let _ = tx.send(Change::Resync);
+            }
+        }
+    }
+
+    #[allow(clippy::type_complexity)]
+    async fn changed_since(&self) -> Result<Option<(u64, Vec<Vec<AuthorizerRecord>>, Vec<AppId>)>, StoreError> {
+        let store = self.store().ok_or_else(|| StoreError::Unavailable("redis: the store is gone".into()))?;
+        store.changed_since(&self.component, self.heard).await
     }
 }
 
-fn parse_change(payload: &str) -> Option<Change> {
-    match payload.split_once(':') {
-        None if payload == "ticket" => Some(Change::Ticket),
-        None if payload == "component" => Some(Change::ComponentToken),
-        Some(("authorizer", appid)) => AppId::parse(appid).ok().map(Change::Authorizer),
-        Some(("deleted", appid)) => AppId::parse(appid).ok().map(Change::Deleted),
+/// A change and, for authorizers, its version (`authorizer:{appid}@{version}`).
+fn parse_change(payload: &str) -> Option<(Change, Option<u64>)> {
+    let (body, version) = match payload.rsplit_once('@') {
+        Some((body, v)) => (body, Some(v.parse().ok()?)),
+        None => (payload, None),
+    };
+    let change = match body.split_once(':') {
+        None if body == "ticket" => Change::Ticket,
+        None if body == "component" => Change::ComponentToken,
+        Some(("authorizer", appid)) => Change::Authorizer(AppId::parse(appid).ok()?),
+        Some(("deleted", appid)) => Change::Deleted(AppId::parse(appid).ok()?),
         Some(("js_ticket", rest)) => {
             let (kind, appid) = rest.split_once(':')?;
-            Some(Change::JsTicket(AppId::parse(appid).ok()?, TicketKind::parse(kind)?))
+            Change::JsTicket(AppId::parse(appid).ok()?, TicketKind::parse(kind)?)
         }
-        _ => None,
-    }
+        _ => return None,
+    };
+    Some((change, version))
 }
 
 fn field<T: std::str::FromStr>(map: &HashMap<String, String>, name: &str) -> Result<T, StoreError> {
@@ -410,16 +610,42 @@ impl Store for RedisStore {
         .map(drop)
     }
 
+    /// Page by page (SSCAN and a pipeline each), never one round trip per authorizer.
     async fn load_authorizers(&self, component: &AppId) -> Result<Vec<AuthorizerRecord>, StoreError> {
-        let set = self.key(component, "authorizers");
-        let appids: Vec<String> = self.link.run(|mut c| async move { c.smembers(set).await }).await?;
-        let mut records = Vec::with_capacity(appids.len());
-        for appid in appids.iter().filter_map(|a| AppId::parse(a).ok()) {
-            if let Some(r) = self.load_authorizer(component, &appid).await? {
-                records.push(r);
+        let mut all = HashMap::new();
+        let mut cursor = super::ScanCursor::start();
+        loop {
+            let page = self.scan_authorizers(component, &cursor, SCAN_COUNT).await?;
+            all.extend(page.records.into_iter().map(|r| (r.appid, r)));
+            match page.next {
+                Some(next) => cursor = next,
+                None => return Ok(all.into_values().collect()),
             }
         }
-        Ok(records)
+    }
+
+    /// One SSCAN step of the set of appids, then one pipeline for their records.
+    async fn scan_authorizers(
+        &self,
+        component: &AppId,
+        cursor: &super::ScanCursor,
+        limit: usize,
+    ) -> Result<super::ScanPage, StoreError> {
+        let from: u64 = if cursor.is_start() {
+            0
+        } else {
+            cursor.0.parse().map_err(|_| StoreError::Corrupt("scan cursor".into()))?
+        };
+        let set = self.key(component, "authorizers");
+        let (next, appids): (u64, Vec<String>) = self
+            .link
+            .run(|mut c| async move {
+                redis::cmd("SSCAN").arg(set).arg(from).arg("COUNT").arg(limit.max(1)).query_async(&mut c).await
+            })
+            .await?;
+        let appids: Vec<AppId> = appids.iter().filter_map(|a| AppId::parse(a).ok()).collect();
+        let records = self.load_many(component, &appids).await?;
+        Ok(super::ScanPage { records, next: (next != 0).then(|| super::ScanCursor(next.to_string())) })
     }
 
     async fn load_authorizer(&self, component: &AppId, appid: &AppId) -> Result<Option<AuthorizerRecord>, StoreError> {
@@ -445,20 +671,12 @@ impl Store for RedisStore {
     }
 
     async fn delete_authorizer(&self, component: &AppId, appid: &AppId) -> Result<bool, StoreError> {
-        let (set, hash, channel) = (
-            self.key(component, "authorizers"),
-            self.key(component, &format!("authorizer:{appid}")),
-            self.key(component, "changes"),
-        );
-        let (member, announce) = (appid.as_str().to_owned(), format!("deleted:{appid}"));
-        self.link
-            .run(|mut c| async move {
-                let removed: i64 = c.srem(set, member).await?;
-                let deleted: i64 = c.del(hash).await?;
-                let _: i64 = c.publish(channel, announce).await?;
-                Ok(removed + deleted > 0)
-            })
-            .await
+        let mut invocation = DELETE.key(self.key(component, "authorizers"));
+        invocation.key(self.key(component, &format!("authorizer:{appid}")));
+        invocation.key(self.key(component, "version")).key(self.key(component, "changed"));
+        invocation.key(self.key(component, "changes")).arg(appid.as_str());
+        let n: i64 = self.invoke(invocation, false).await?;
+        Ok(n > 0)
     }
 
     fn shared(&self) -> bool {
@@ -561,6 +779,61 @@ impl Store for RedisStore {
     fn changes(&self) -> Option<broadcast::Receiver<Change>> {
         Some(self.changes.subscribe())
     }
+
+    /// One hash of documents (`infos`, appid → JSON) and one index (`user_names`, gh → appid),
+    /// written together.
+    async fn save_authorizer_info(&self, component: &AppId, info: &AuthorizerInfoRecord) -> Result<(), StoreError> {
+        let mut pipe = redis::pipe();
+        pipe.atomic().hset(self.key(component, "infos"), info.appid.as_str(), info.to_json().to_string()).ignore();
+        if let Some(user_name) = &info.user_name {
+            pipe.hset(self.key(component, "user_names"), user_name, info.appid.as_str()).ignore();
+        }
+        self.link.run(|mut c| async move { pipe.query_async::<()>(&mut c).await }).await
+    }
+
+    async fn load_authorizer_info(
+        &self,
+        component: &AppId,
+        appid: &AppId,
+    ) -> Result<Option<AuthorizerInfoRecord>, StoreError> {
+        let doc = self.hget(&self.key(component, "infos"), appid.as_str()).await?;
+        doc.map(|d| info_from(appid, &d)).transpose()
+    }
+
+    async fn load_authorizer_infos(&self, component: &AppId) -> Result<Vec<AuthorizerInfoRecord>, StoreError> {
+        let key = self.key(component, "infos");
+        let (mut cursor, mut infos) = (0u64, Vec::new());
+        loop {
+            let key = key.clone();
+            let (next, page): (u64, Vec<(String, String)>) = self
+                .link
+                .run(|mut c| async move {
+                    redis::cmd("HSCAN").arg(key).arg(cursor).arg("COUNT").arg(SCAN_COUNT).query_async(&mut c).await
+                })
+                .await?;
+            for (appid, doc) in page {
+                let appid =
+                    AppId::parse(&appid).map_err(|_| StoreError::Corrupt("info of a malformed appid".into()))?;
+                infos.push(info_from(&appid, &doc)?);
+            }
+            if next == 0 {
+                return Ok(infos);
+            }
+            cursor = next;
+        }
+    }
+
+    async fn find_user_name(&self, component: &AppId, user_name: &str) -> Result<Option<AppId>, StoreError> {
+        let found = self.hget(&self.key(component, "user_names"), user_name).await?;
+        Ok(found.and_then(|a| AppId::parse(&a).ok()))
+    }
+}
+
+fn info_from(appid: &AppId, doc: &str) -> Result<AuthorizerInfoRecord, StoreError> {
+    serde_json::from_str(doc)
+        .ok()
+        .and_then(|v| AuthorizerInfoRecord::from_json(*appid, &v))
+        .ok_or_else(|| StoreError::Corrupt(format!("info of {appid}")))
 }
 
 #[cfg(test)]
@@ -607,6 +880,9 @@ mod tests {
         contract_tests::tokens_and_authorizers_round_trip(&store(&p).await).await;
         contract_tests::js_tickets_round_trip(&store(&p).await).await;
         clean(&p).await;
+        let p = prefix();
+        contract_tests::authorizer_info_round_trips(&store(&p).await).await;
+        clean(&p).await;
     }
 
     #[tokio::test]
@@ -629,6 +905,35 @@ mod tests {
         assert_eq!(two.load_authorizer(&c, &record.appid).await.unwrap().unwrap(), record);
         two.release(&taken).await.unwrap();
         assert!(one.lease(&c, "wx1111111111111111", ttl).await.unwrap().is_some(), "released");
+        clean(&p).await;
+    }
+
+    #[tokio::test]
+    async fn a_catch_up_reads_only_what_changed_since_the_last_version_heard() {
+        let p = prefix();
+        let (one, two) = (store(&p).await, store(&p).await);
+        let c = contract_tests::component();
+        for i in 1..=5u32 {
+            one.save_authorizer(&c, &contract_tests::authorizer(&format!("wx{i:016x}"), "r")).await.unwrap();
+        }
+        let heard: u64 = one.get_u64(&one.key(&c, "version")).await.unwrap().unwrap();
+        let changed = contract_tests::authorizer(&format!("wx{:016x}", 2), "r2");
+        two.save_authorizer(&c, &changed).await.unwrap();
+        let gone = AppId::parse(&format!("wx{:016x}", 4)).unwrap();
+        assert!(two.delete_authorizer(&c, &gone).await.unwrap());
+        let follower = Follower::new(&one, c, heard);
+        let (version, batches, deleted) = follower.changed_since().await.unwrap().expect("a delta");
+        assert_eq!(version, heard + 2);
+        assert_eq!(batches.concat(), [changed]);
+        assert_eq!(deleted, [gone]);
+        let caught_up = Follower { heard: version, ..follower };
+        let (_, batches, deleted) = caught_up.changed_since().await.unwrap().unwrap();
+        assert!(batches.concat().is_empty() && deleted.is_empty());
+        let ahead = Follower { heard: version + 10, ..caught_up };
+        assert!(ahead.changed_since().await.unwrap().is_none(), "Redis lost data: reload everything");
+        assert_eq!(parse_change(&format!("authorizer:{gone}@7")), Some((Change::Authorizer(gone), Some(7))));
+        assert_eq!(parse_change("ticket"), Some((Change::Ticket, None)));
+        assert_eq!(parse_change("authorizer:wx@x"), None);
         clean(&p).await;
     }
 

@@ -1,0 +1,266 @@
+//! Who each account is (`api_get_authorizer_info`): fetched when it is authorized and again
+//! once a day, kept in the store, with two small maps in memory — the `gh_` id → appid map the
+//! message receiver needs, and the accounts WeChat reports as frozen, closed or banned.
+//!
+//! The daily pass is cut into [`SLICES`] slices by a hash of the appid, one slice per
+//! `Settings::info_slice_every`, so that a large fleet is asked about evenly over the day
+//! rather than all at once.
+
+use super::{Job, TokenError, TokenService};
+use crate::store::{AccountKind, AuthorizerInfoRecord, AuthorizerState};
+use crate::wechat::AuthorizerInfo;
+use crate::AppId;
+use futures_util::StreamExt;
+use std::collections::HashMap;
+use std::sync::RwLock;
+use std::time::Duration;
+
+/// Slices of the daily pass: one every 10 minutes by default.
+pub const SLICES: u64 = 144;
+/// Info fetches under way at once in a pass.
+const PASS_CONCURRENCY: usize = 4;
+
+/// The state labels beyond [`AuthorizerState`]'s: an account whose tokens work but that WeChat
+/// reports as unusable. Shown as its `state` on the admin API and counted so in
+/// `wxgate_authorizers{state}`.
+pub const ACCOUNT_STATES: [(i64, &str); 3] = [(14, "closed"), (16, "banned"), (19, "frozen")];
+
+/// What memory keeps of the infos: only what is asked for on a hot path or per scrape.
+#[derive(Default)]
+pub(super) struct InfoIndex {
+    user_names: RwLock<HashMap<Box<str>, AppId>>,
+    /// Accounts whose `account_status` is one of [`ACCOUNT_STATES`] (few), by appid.
+    unusual: RwLock<HashMap<AppId, &'static str>>,
+}
+
+impl InfoIndex {
+    fn take(&self, info: &AuthorizerInfoRecord) {
+        if let Some(user_name) = &info.user_name {
+            let mut map = self.user_names.write().unwrap_or_else(|p| p.into_inner());
+            map.insert(user_name.as_str().into(), info.appid);
+        }
+        let mut unusual = self.unusual.write().unwrap_or_else(|p| p.into_inner());
+        match account_state(info.account_status) {
+            Some(label) => unusual.insert(info.appid, label),
+            None => unusual.remove(&info.appid),
+        };
+    }
+
+    pub fn forget(&self, appid: &AppId) {
+        self.user_names.write().unwrap_or_else(|p| p.into_inner()).retain(|_, a| a != appid);
+        self.unusual.write().unwrap_or_else(|p| p.into_inner()).remove(appid);
+    }
+
+    /// The label an account WeChat reports as unusable is shown under, if it is one.
+    pub fn unusual(&self, appid: &AppId) -> Option<&'static str> {
+        self.unusual.read().unwrap_or_else(|p| p.into_inner()).get(appid).copied()
+    }
+
+    fn user_name(&self, user_name: &str) -> Option<AppId> {
+        self.user_names.read().unwrap_or_else(|p| p.into_inner()).get(user_name).copied()
+    }
+}
+
+/// The label of an `account_status` that makes an account unusable, if it does.
+pub fn account_state(status: Option<i64>) -> Option<&'static str> {
+    ACCOUNT_STATES.iter().find(|(code, _)| Some(*code) == status).map(|(_, label)| *label)
+}
+
+/// Which slice of the daily pass an appid belongs to: FNV-1a of its bytes, stable across
+/// instances and restarts.
+pub fn slice_of(appid: &AppId) -> u64 {
+    let hash =
+        appid.as_str().bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3));
+    hash % SLICES
+}
+
+fn record_of(appid: &AppId, info: AuthorizerInfo, now_ms: i64) -> AuthorizerInfoRecord {
+    AuthorizerInfoRecord {
+        appid: *appid,
+        nick_name: info.nick_name,
+        user_name: info.user_name,
+        principal_name: info.principal_name,
+        kind: if info.mini_program { AccountKind::MiniProgram } else { AccountKind::OfficialAccount },
+        account_status: info.account_status,
+        func_info: info.func_info,
+        fetched_at: now_ms,
+    }
+}
+
+impl TokenService {
+    /// Fills the maps from the store at start-up.
+    pub(super) async fn load_infos(&self) -> Result<(), TokenError> {
+        for info in self.store.load_authorizer_infos(&self.component).await? {
+            self.info.take(&info);
+        }
+        Ok(())
+    }
+
+    /// Asks WeChat who the account is, and keeps the answer (never its refresh token).
+    pub async fn fetch_info(&self, appid: &AppId) -> Result<AuthorizerInfoRecord, TokenError> {
+        let info = with_component_token!(self, |t| self.api.authorizer_info(t, appid))?;
+        let record = record_of(appid, info, self.clock.now_ms());
+        self.store.save_authorizer_info(&self.component, &record).await?;
+        let was = self.info.unusual(appid);
+        self.info.take(&record);
+        let now = self.info.unusual(appid);
+        if was != now {
+            match now {
+                Some(label) => {
+                    tracing::warn!(authorizer = %appid, account_status = ?record.account_status, "WeChat reports the account as {label}")
+                }
+                None => tracing::info!(authorizer = %appid, "WeChat reports the account as usable again"),
+            }
+            self.update_gauges();
+        }
+        Ok(record)
+    }
+
+    /// What the store holds of the account's info.
+    pub async fn authorizer_info(&self, appid: &AppId) -> Result<Option<AuthorizerInfoRecord>, TokenError> {
+        Ok(self.store.load_authorizer_info(&self.component, appid).await?)
+    }
+
+    /// Every account's info the store holds.
+    pub async fn authorizer_infos(&self) -> Result<Vec<AuthorizerInfoRecord>, TokenError> {
+        Ok(self.store.load_authorizer_infos(&self.component).await?)
+    }
+
+    /// The appid of the account whose messages carry `user_name` (`gh_...`) as `ToUserName`,
+    /// from memory: what this instance fetched or loaded.
+    pub fn appid_for_user_name(&self, user_name: &str) -> Option<AppId> {
+        self.info.user_name(user_name)
+    }
+
+    /// [`Self::appid_for_user_name`], and on a miss the store, which another instance may have
+    /// written (a shared store) since this one loaded.
+    pub async fn find_user_name(&self, user_name: &str) -> Result<Option<AppId>, TokenError> {
+        if let Some(appid) = self.info.user_name(user_name) {
+            return Ok(Some(appid));
+        }
+        let Some(appid) = self.store.find_user_name(&self.component, user_name).await? else { return Ok(None) };
+        if let Some(info) = self.store.load_authorizer_info(&self.component, &appid).await? {
+            self.info.take(&info);
+        }
+        Ok(Some(appid))
+    }
+
+    /// `frozen`, `closed` or `banned` when WeChat reports the account so.
+    pub fn account_state(&self, appid: &AppId) -> Option<&'static str> {
+        self.info.unusual(appid)
+    }
+
+    /// The state label for the admin API and the gauge: an active account WeChat reports as
+    /// frozen, closed or banned shows that instead.
+    pub fn state_label(&self, appid: &AppId, state: AuthorizerState) -> &'static str {
+        match state {
+            AuthorizerState::Active => self.info.unusual(appid).unwrap_or(state.as_str()),
+            _ => state.as_str(),
+        }
+    }
+
+    /// Every label `wxgate_authorizers{state}` has.
+    pub fn state_labels() -> impl Iterator<Item = &'static str> {
+        AuthorizerState::ALL.into_iter().map(AuthorizerState::as_str).chain(ACCOUNT_STATES.iter().map(|(_, l)| *l))
+    }
+
+    /// Plans an info fetch for an account just authorized or imported.
+    pub(super) fn plan_info(&self, appid: &AppId) {
+        self.plan(Job::Info(*appid), self.clock.now_ms());
+    }
+
+    /// The one-off fetch after an authorization; a failure is left to the daily pass.
+    pub(super) async fn run_info(&self, appid: &AppId) {
+        if self.authorizers.get(appid).is_none() {
+            return;
+        }
+        if let Err(e) = self.fetch_info(appid).await {
+            tracing::warn!(authorizer = %appid, error = %e, "api_get_authorizer_info failed; the daily pass tries again");
+        }
+    }
+
+    /// One slice of the daily pass: every active account in it. On a shared store one instance
+    /// takes each slice (a lease that outlives the slice's period is never released).
+    pub(super) async fn run_info_pass(&self) {
+        let every = self.settings.info_slice_every;
+        let now = self.clock.now_ms();
+        let period = (every.as_millis() as i64).max(1);
+        self.plan(Job::InfoPass, (now / period + 1) * period);
+        let slice = (now / period) as u64 % SLICES;
+        let lease_ttl =
+            every.saturating_sub(Duration::from_millis(every.as_millis() as u64 / 10)).max(Duration::from_millis(1));
+        match self.store.lease(&self.component, &format!("info-pass:{slice}"), lease_ttl).await {
+            Ok(Some(_)) => {}
+            Ok(None) => return,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot take the info pass's lease; skipping this slice");
+                return;
+            }
+        }
+        let due: Vec<AppId> = self
+            .authorizers
+            .all()
+            .into_iter()
+            .filter(|s| s.state() == AuthorizerState::Active && slice_of(&s.appid) == slice)
+            .map(|s| s.appid)
+            .collect();
+        let failed = futures_util::stream::iter(due)
+            .map(|appid| async move { self.fetch_info(&appid).await.is_err() })
+            .buffer_unordered(PASS_CONCURRENCY)
+            .filter(|failed| std::future::ready(*failed))
+            .count()
+            .await;
+        if failed > 0 {
+            tracing::warn!(slice, failed, "api_get_authorizer_info failed for some accounts; tried again tomorrow");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_appid_is_in_one_slice_and_slices_are_even() {
+        let mut counts = vec![0u32; SLICES as usize];
+        for i in 0..144_000u64 {
+            let appid = AppId::parse(&format!("wx{:016x}", i.wrapping_mul(0x9e37_79b9_7f4a_7c15))).unwrap();
+            counts[slice_of(&appid) as usize] += 1;
+        }
+        let (min, max) = (*counts.iter().min().unwrap(), *counts.iter().max().unwrap());
+        assert!(min > 800 && max < 1200, "{min}..{max}");
+    }
+
+    #[test]
+    fn the_index_maps_gh_ids_and_keeps_only_unusual_accounts() {
+        let index = InfoIndex::default();
+        let appid = AppId::parse("wx1111111111111111").unwrap();
+        let mut info = record_of(
+            &appid,
+            AuthorizerInfo {
+                user_name: Some("gh_111111111111".into()),
+                account_status: Some(19),
+                ..Default::default()
+            },
+            5,
+        );
+        index.take(&info);
+        assert_eq!(index.user_name("gh_111111111111"), Some(appid));
+        assert_eq!(index.unusual(&appid), Some("frozen"));
+        info.account_status = Some(1);
+        index.take(&info);
+        assert_eq!(index.unusual(&appid), None);
+        index.forget(&appid);
+        assert_eq!(index.user_name("gh_111111111111"), None);
+    }
+
+    #[test]
+    fn frozen_and_closed_accounts_are_named() {
+        assert_eq!(account_state(Some(19)), Some("frozen"));
+        assert_eq!(account_state(Some(14)), Some("closed"));
+        assert_eq!(account_state(Some(16)), Some("banned"));
+        assert_eq!(account_state(Some(18)), None, "warned accounts still work");
+        assert_eq!(account_state(Some(1)), None);
+        assert_eq!(account_state(None), None);
+    }
+}
