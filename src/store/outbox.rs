@@ -1,0 +1,232 @@
+//! The outbox's part of the store: messages of authorized accounts waiting for their handler,
+//! and the keys that recognise WeChat's retries of a message already taken.
+//!
+//! A trait of its own, reached through [`super::Store::outbox`], because its load differs from
+//! the records': it is written at WeChat's push rate (an enqueue, a claim and a settle per
+//! message), so each backend must make those three cheap under concurrency (SQLite commits
+//! concurrent calls together, one fsync for many; Redis does each in one script). Listing and
+//! counting are for the admin API and the gauges, and may scan.
+//!
+//! A delivery is guarded by a claim instead of a separate lease: claiming a message counts the
+//! attempt and pushes its next attempt `lease` ahead, under a fresh token, in one write. Another
+//! instance does not take it until then; if this one dies mid-call, the message falls due again
+//! when the lease runs out and is delivered again with a higher attempt number. Settling checks
+//! the token, so an instance whose lease ran out cannot overwrite the newer holder's work.
+
+use super::StoreError;
+use crate::{AppId, Secret};
+use async_trait::async_trait;
+use std::fmt;
+use std::time::Duration;
+
+/// One message's identity for its whole life: `X-Wxgate-Delivery`, the admin API's `{id}`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct DeliveryId(String);
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("a delivery id is 32 lowercase hex characters")]
+pub struct BadDeliveryId;
+
+impl DeliveryId {
+    pub fn generate() -> Self {
+        Self(hex::encode(rand::random::<[u8; 16]>()))
+    }
+
+    pub fn parse(s: &str) -> Result<Self, BadDeliveryId> {
+        let ok = s.len() == 32 && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+        if ok {
+            Ok(Self(s.to_owned()))
+        } else {
+            Err(BadDeliveryId)
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for DeliveryId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::str::FromStr for DeliveryId {
+    type Err = BadDeliveryId;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Self::parse(s)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum OutboxState {
+    /// Waiting for its next attempt, or in flight.
+    Pending,
+    /// Taken by the handler. Backends remove a delivered message, so a listing never shows one;
+    /// the state exists for the worker's and the admin API's vocabulary.
+    Delivered,
+    /// Not delivered within `max_age`: kept until an operator redelivers or deletes it.
+    Failed,
+}
+
+impl OutboxState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Pending => "pending",
+            Self::Delivered => "delivered",
+            Self::Failed => "failed",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        [Self::Pending, Self::Delivered, Self::Failed].into_iter().find(|st| st.as_str() == s)
+    }
+}
+
+/// One message as the outbox holds it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutboxMessage {
+    pub id: DeliveryId,
+    pub authorizer: AppId,
+    /// The `[[messages.routes]]` name.
+    pub route: String,
+    pub msg_type: String,
+    pub event: Option<String>,
+    /// The decrypted XML as WeChat sent it: personal data, never logged or listed.
+    pub payload: Secret,
+    /// Unix milliseconds.
+    pub received_at_ms: i64,
+    /// Attempts made so far, counted before each call.
+    pub attempts: u32,
+    pub next_attempt_at_ms: i64,
+    pub state: OutboxState,
+    /// Why the last attempt failed: a status, "timeout", never content.
+    pub last_error: Option<String>,
+}
+
+impl OutboxMessage {
+    /// What may be shown: everything but the payload.
+    pub fn entry(&self) -> OutboxEntry {
+        OutboxEntry {
+            id: self.id.clone(),
+            authorizer: self.authorizer,
+            route: self.route.clone(),
+            msg_type: self.msg_type.clone(),
+            event: self.event.clone(),
+            received_at_ms: self.received_at_ms,
+            attempts: self.attempts,
+            next_attempt_at_ms: self.next_attempt_at_ms,
+            state: self.state,
+            last_error: self.last_error.clone(),
+        }
+    }
+}
+
+/// A message's metadata, as listings return it: no payload.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutboxEntry {
+    pub id: DeliveryId,
+    pub authorizer: AppId,
+    pub route: String,
+    pub msg_type: String,
+    pub event: Option<String>,
+    pub received_at_ms: i64,
+    pub attempts: u32,
+    pub next_attempt_at_ms: i64,
+    pub state: OutboxState,
+    pub last_error: Option<String>,
+}
+
+/// A message taken for one attempt; `token` proves the claim when it is settled.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Claim {
+    pub message: OutboxMessage,
+    pub token: String,
+}
+
+/// How an attempt ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// The handler took it: the message is removed.
+    Delivered,
+    /// Try again at `at_ms`.
+    Retry { at_ms: i64, error: String },
+    /// Given up (too old): kept as failed.
+    Failed { error: String },
+}
+
+/// The outbox's store. Every write is committed before it returns.
+#[async_trait]
+pub trait OutboxStore: Send + Sync {
+    /// Adds a pending message. On the push path, before WeChat gets `success`: must stay cheap
+    /// when many run at once. An id already held is left as it is (a repeated enqueue).
+    async fn enqueue(&self, component: &AppId, message: &OutboxMessage) -> Result<(), StoreError>;
+
+    /// Records WeChat's dedupe `key` for `authorizer` unless it was recorded within `ttl` before
+    /// `now_ms`; says whether it is new. On the push path: cheap.
+    async fn first_time(
+        &self,
+        component: &AppId,
+        authorizer: &AppId,
+        key: &str,
+        now_ms: i64,
+        ttl: Duration,
+    ) -> Result<bool, StoreError>;
+
+    /// The routes that have a pending message due at `now_ms`, each once.
+    async fn due_routes(&self, component: &AppId, now_ms: i64) -> Result<Vec<String>, StoreError>;
+
+    /// When the earliest pending message falls due (in flight ones included: when their lease
+    /// runs out), `None` if nothing is pending.
+    async fn next_due(&self, component: &AppId) -> Result<Option<i64>, StoreError>;
+
+    /// Takes up to `limit` messages of `route` due at `now_ms`, earliest due first: each gets
+    /// its attempt counted and its next attempt `lease` ahead, under a fresh claim token.
+    async fn claim(
+        &self,
+        component: &AppId,
+        route: &str,
+        now_ms: i64,
+        limit: usize,
+        lease: Duration,
+    ) -> Result<Vec<Claim>, StoreError>;
+
+    /// Ends a claim; `false` (nothing written) if the claim is no longer held: its lease ran out
+    /// and another took it, or an operator redelivered or deleted the message meanwhile.
+    async fn settle(
+        &self,
+        component: &AppId,
+        id: &DeliveryId,
+        token: &str,
+        outcome: &Outcome,
+    ) -> Result<bool, StoreError>;
+
+    /// Makes every claimed message due at `now_ms`. Only for a store no other instance shares,
+    /// at start-up: the claims are the previous process's, which died with them.
+    async fn release_claims(&self, component: &AppId, now_ms: i64) -> Result<u64, StoreError>;
+
+    /// Messages in `state` (all but delivered when `None`), oldest first, and how many there
+    /// are in all.
+    async fn list(
+        &self,
+        component: &AppId,
+        state: Option<OutboxState>,
+        offset: usize,
+        limit: usize,
+    ) -> Result<(u64, Vec<OutboxEntry>), StoreError>;
+
+    /// Makes a pending or failed message due at `now_ms` (a claim in flight is voided); `false`
+    /// for an unknown id.
+    async fn redeliver(&self, component: &AppId, id: &DeliveryId, now_ms: i64) -> Result<bool, StoreError>;
+
+    /// Removes a message whatever its state; `false` for an unknown id.
+    async fn delete(&self, component: &AppId, id: &DeliveryId) -> Result<bool, StoreError>;
+
+    /// (pending, failed), for the gauges.
+    async fn counts(&self, component: &AppId) -> Result<(u64, u64), StoreError>;
+
+    /// Drops dedupe keys recorded before `before_ms`. Backends whose keys expire by themselves
+    /// (Redis) have nothing to do.
+    async fn prune_seen(&self, component: &AppId, before_ms: i64) -> Result<u64, StoreError>;
+}
