@@ -208,3 +208,26 @@ impl OutboxStore for MemoryOutbox {
         Ok((before - state.seen.len()) as u64)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::outbox::contract_tests;
+    use super::*;
+
+    #[tokio::test]
+    async fn claims_settle_and_fence() {
+        contract_tests::claims_settle_and_fence(&MemoryOutbox::default()).await;
+    }
+
+    #[tokio::test]
+    async fn lists_redelivers_and_deletes() {
+        contract_tests::lists_redelivers_and_deletes(&MemoryOutbox::default()).await;
+    }
+
+    #[tokio::test]
+    async fn dedupe_keys_expire() {
+        let store = MemoryOutbox::default();
+        contract_tests::dedupe_keys_expire(&store).await;
+        assert!(store.state().seen.is_empty(), "pruned");
+    }
+}

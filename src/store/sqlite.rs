@@ -16,7 +16,7 @@ use std::sync::{Arc, Mutex};
 
 /// Each entry brings the schema from its index to the next version; `PRAGMA user_version`
 /// records how many have run. Append, never edit: released files depend on them.
-const MIGRATIONS: &[&str] = &[
+pub(super) const MIGRATIONS: &[&str] = &[
     // 0 → 1: the ticket and the events WeChat pushed.
     "CREATE TABLE tickets (
          component_appid TEXT PRIMARY KEY,
