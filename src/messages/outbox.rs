@@ -357,3 +357,7 @@ impl Outbox {
         }
     }
 }
+
+#[cfg(test)]
+#[path = "outbox_tests.rs"]
+mod tests;
