@@ -80,6 +80,32 @@ pub static AUTHORIZERS: LazyLock<IntGaugeVec> = LazyLock::new(|| {
     register_int_gauge_vec!("wxgate_authorizers", "Authorizers held, by state", &["state"]).expect("metric")
 });
 
+pub static MESSAGE_OUTBOX: LazyLock<IntGaugeVec> = LazyLock::new(|| {
+    register_int_gauge_vec!("wxgate_message_outbox", "Messages in the outbox, by state (pending|failed)", &["state"])
+        .expect("metric")
+});
+
+pub static MESSAGE_DELIVERY: LazyLock<Histogram> = LazyLock::new(|| {
+    register_histogram!(
+        "wxgate_message_delivery_seconds",
+        "Time from a message's arrival to its delivery to the handler from the outbox",
+        vec![
+            0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 1800.0, 3600.0, 21600.0,
+            86400.0
+        ]
+    )
+    .expect("metric")
+});
+
+pub static MESSAGE_ATTEMPTS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "wxgate_message_delivery_attempts_total",
+        "Delivery attempts from the outbox, by result (delivered|retry|failed)",
+        &["result"]
+    )
+    .expect("metric")
+});
+
 const SCOPES: [&str; 4] = ["authorizer", "component", "token_endpoint", "none"];
 const STATUSES: [u16; 10] = [200, 302, 400, 401, 403, 404, 413, 502, 503, 504];
 
@@ -124,6 +150,12 @@ pub fn init() {
     LazyLock::force(&CALLBACK_REJECTED);
     LazyLock::force(&AUTHORIZERS);
     LazyLock::force(&MESSAGES);
+    LazyLock::force(&MESSAGE_OUTBOX);
+    LazyLock::force(&MESSAGE_DELIVERY);
+    LazyLock::force(&MESSAGE_ATTEMPTS);
+    for state in ["pending", "failed"] {
+        MESSAGE_OUTBOX.with_label_values(&[state]).set(0);
+    }
     TICKET_AGE.set(f64::INFINITY);
 }
 

@@ -1,6 +1,7 @@
 //! The in-memory store, for tests and throwaway runs: nothing survives the process.
 
-use super::{AuthEvent, AuthorizerRecord, ComponentToken, Store, StoreError, StoredEvent, Ticket};
+use super::memory_outbox::MemoryOutbox;
+use super::{AuthEvent, AuthorizerRecord, ComponentToken, OutboxStore, Store, StoreError, StoredEvent, Ticket};
 use crate::AppId;
 use async_trait::async_trait;
 use std::collections::HashMap;
@@ -9,6 +10,7 @@ use std::sync::Mutex;
 #[derive(Default)]
 pub struct MemoryStore {
     state: Mutex<State>,
+    outbox: MemoryOutbox,
 }
 
 #[derive(Default)]
@@ -36,6 +38,10 @@ impl MemoryStore {
 impl Store for MemoryStore {
     fn backend(&self) -> &'static str {
         "memory"
+    }
+
+    fn outbox(&self) -> &dyn OutboxStore {
+        &self.outbox
     }
 
     async fn ping(&self) -> Result<(), StoreError> {

@@ -6,7 +6,8 @@
 //! `appendfsync everysec` or `always`); start-up warns when it keeps nothing on disk.
 
 use super::{
-    AuthEvent, AuthorizerRecord, AuthorizerState, Change, ComponentToken, Lease, Store, StoreError, StoredEvent, Ticket,
+    AuthEvent, AuthorizerRecord, AuthorizerState, Change, ComponentToken, Lease, OutboxStore, Store, StoreError,
+    StoredEvent, Ticket,
 };
 use crate::{AppId, Secret};
 use async_trait::async_trait;
@@ -92,6 +93,24 @@ impl RedisStore {
     /// `{key_prefix}{component}:{name}`: every key of one component under one prefix.
     fn key(&self, component: &AppId, name: &str) -> String {
         format!("{}{component}:{name}", self.key_prefix)
+    }
+
+    /// The outbox's keys (`redis_outbox.rs`), in the same scheme as the records'.
+    pub(super) fn outbox_key(&self, component: &AppId, name: &str) -> String {
+        self.key(component, name)
+    }
+
+    /// Who this instance is, for the outbox's claim tokens.
+    pub(super) fn instance_name(&self) -> &str {
+        &self.instance
+    }
+
+    /// Runs one of the outbox's scripts on the store's connection.
+    pub(super) async fn outbox_invoke<T: redis::FromRedisValue>(
+        &self,
+        invocation: redis::ScriptInvocation<'_>,
+    ) -> Result<T, StoreError> {
+        invocation.invoke_async(&mut self.conn.clone()).await.map_err(unavailable)
     }
 
     async fn warn_without_persistence(&self) {
@@ -216,6 +235,10 @@ fn component_fields(t: &ComponentToken) -> Vec<(&'static str, String)> {
 impl Store for RedisStore {
     fn backend(&self) -> &'static str {
         "redis"
+    }
+
+    fn outbox(&self) -> &dyn OutboxStore {
+        self
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
