@@ -461,5 +461,9 @@ async fn the_whole_release_check_passes_for_an_official_account_and_a_mini_progr
     assert!(handler.seen().is_empty(), "the release check never reaches a route");
     let listed: serde_json::Value = gw.admin_get("/admin/authorizers").await.json().await.unwrap();
     assert!(!listed.to_string().contains("wx570bc396a51b8ff8"), "test accounts are not kept: {listed}");
-    assert_no_secrets(&setup.log(), &[]);
+    let sent = sandbox.sent_texts();
+    assert_eq!(sent.len(), 3, "one customer-service text per release check");
+    let codes: Vec<String> = sent.iter().map(|t| t.content.trim_end_matches("_from_api").to_owned()).collect();
+    let codes: Vec<&str> = codes.iter().map(String::as_str).collect();
+    assert_no_secrets(&setup.log(), &codes);
 }

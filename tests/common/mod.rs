@@ -161,7 +161,8 @@ impl Gateway {
         let deadline = Instant::now() + Duration::from_secs(30);
         while Instant::now() < deadline {
             if let Ok(r) = self.http.get(self.admin_url("/healthz")).send().await {
-                if r.status() == 200 {
+                // pingora starts its listeners one by one: the proxy's may come after the admin's.
+                if r.status() == 200 && tokio::net::TcpStream::connect(self.proxy).await.is_ok() {
                     return;
                 }
             }
