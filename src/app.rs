@@ -5,6 +5,7 @@ use crate::authorize::AuthorizeLinks;
 use crate::callback::ComponentReceiver;
 use crate::config::{Config, StoreConfig};
 use crate::crypto::{CryptoError, MsgCrypt};
+use crate::messages::outbox::{Deliver, Outbox, OutboxMessage, OutboxSettings};
 use crate::metrics;
 use crate::proxy::{Clients, Gateway, OwnRoutes, Upstream, UpstreamError};
 use crate::store::{MemoryStore, RedisStore, SharedStore, SqliteStore, StoreError};
@@ -68,6 +69,7 @@ pub fn build(config: &Config) -> Result<Server, AppError> {
         config.component.appid,
         config.component.appsecret.clone(),
     )?);
+    let outbox = Outbox::new(config.component.appid, Arc::clone(&store), OutboxSettings::default());
     let tokens = load_tokens(rt, config, store, api)?;
     let crypt =
         MsgCrypt::new(&config.component.token, &config.component.encoding_aes_key, config.component.appid.as_str())?;
@@ -95,12 +97,16 @@ pub fn build(config: &Config) -> Result<Server, AppError> {
 
     let mut admin = Service::new(
         "wxgate admin".to_owned(),
-        HttpServer::new_app(AdminApp::new(Arc::clone(&tokens), links, config.admin.token.clone())),
+        HttpServer::new_app(
+            AdminApp::new(Arc::clone(&tokens), links, config.admin.token.clone()).with_outbox(Arc::clone(&outbox)),
+        ),
     );
     admin.add_tcp(&config.listen.admin.to_string());
     server.add_service(admin);
 
     server.add_service(background_service("wxgate token scheduler", Scheduler(tokens)));
+    let deliver: Arc<dyn Deliver> = Arc::new(Unrouted);
+    server.add_service(background_service("wxgate message outbox", OutboxWorker { outbox, deliver }));
     Ok(server)
 }
 
@@ -148,6 +154,32 @@ struct Scheduler(Arc<TokenService>);
 impl BackgroundService for Scheduler {
     async fn start(&self, shutdown: ShutdownWatch) {
         Arc::clone(&self.0).run_scheduler(shutdown).await;
+    }
+}
+
+/// The outbox's delivery loop, run by pingora as a background service so that it shares the
+/// server's shutdown.
+struct OutboxWorker {
+    outbox: Arc<Outbox>,
+    deliver: Arc<dyn Deliver>,
+}
+
+#[async_trait]
+impl BackgroundService for OutboxWorker {
+    async fn start(&self, shutdown: ShutdownWatch) {
+        Arc::clone(&self.outbox).run(Arc::clone(&self.deliver), shutdown).await;
+    }
+}
+
+/// The handlers while no `[[messages.routes]]` is configured: a message in the outbox names a
+/// route this gateway does not have, so it waits (retried with backoff) until a route by that
+/// name is configured or `max_age` keeps it as failed.
+struct Unrouted;
+
+#[async_trait]
+impl Deliver for Unrouted {
+    async fn deliver(&self, _message: &OutboxMessage, _attempt: u32) -> Result<(), String> {
+        Err("route gone".to_owned())
     }
 }
 
