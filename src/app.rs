@@ -2,10 +2,13 @@
 
 use crate::admin::AdminApp;
 use crate::authorize::AuthorizeLinks;
-use crate::callback::ComponentReceiver;
+use crate::callback::{AccountReceiver, ComponentReceiver};
 use crate::config::{Config, StoreConfig};
 use crate::crypto::{CryptoError, MsgCrypt};
-use crate::messages::outbox::{Deliver, Outbox, OutboxMessage, OutboxSettings};
+use crate::messages::handler::HandlerClient;
+use crate::messages::outbox::{Deliver, Outbox, OutboxSettings};
+use crate::messages::release_check::ReleaseCheck;
+use crate::messages::{MessageService, Settings as MessageSettings};
 use crate::metrics;
 use crate::proxy::{Clients, Gateway, OwnRoutes, Upstream, UpstreamError};
 use crate::store::{MemoryStore, RedisStore, SharedStore, SqliteStore, StoreError};
@@ -32,6 +35,8 @@ pub enum AppError {
     Upstream(#[from] UpstreamError),
     #[error("WeChat client: {0}")]
     Wechat(#[from] WechatError),
+    #[error("handler HTTP client: {0}")]
+    Handler(#[from] reqwest::Error),
     #[error("start-up runtime: {0}")]
     Runtime(#[from] std::io::Error),
 }
@@ -69,8 +74,7 @@ pub fn build(config: &Config) -> Result<Server, AppError> {
         config.component.appid,
         config.component.appsecret.clone(),
     )?);
-    let outbox = Outbox::new(config.component.appid, Arc::clone(&store), OutboxSettings::default());
-    let tokens = load_tokens(rt, config, store, api)?;
+    let tokens = load_tokens(rt, config, Arc::clone(&store), api)?;
     let crypt =
         MsgCrypt::new(&config.component.token, &config.component.encoding_aes_key, config.component.appid.as_str())?;
     let links = AuthorizeLinks::new(
@@ -78,7 +82,20 @@ pub fn build(config: &Config) -> Result<Server, AppError> {
         config.upstream.mp_base_url.clone(),
         config.listen.public_base_url.clone(),
     );
+    let message_settings = Arc::new(arc_swap::ArcSwap::from_pointee(MessageSettings::new(&config.messages)));
+    let outbox_settings = OutboxSettings { max_age: config.messages.max_age, ..OutboxSettings::default() };
+    let outbox = Outbox::new(config.component.appid, Arc::clone(&store), outbox_settings);
+    let handler = Arc::new(HandlerClient::new(Arc::clone(&message_settings))?);
+    let release = Arc::new(ReleaseCheck::new(Arc::clone(&tokens), config.upstream.base_url.clone())?);
+    let messages = Arc::new(MessageService::new(
+        crypt.clone(),
+        message_settings,
+        Arc::clone(&outbox),
+        Arc::clone(&handler) as Arc<HandlerClient>,
+        release,
+    ));
     let routes = Arc::new(OwnRoutes {
+        accounts: AccountReceiver::new(crypt.clone(), messages),
         callback: ComponentReceiver::new(crypt, Arc::clone(&tokens)),
         tokens: Arc::clone(&tokens),
         links: links.clone(),
@@ -105,8 +122,7 @@ pub fn build(config: &Config) -> Result<Server, AppError> {
     server.add_service(admin);
 
     server.add_service(background_service("wxgate token scheduler", Scheduler(tokens)));
-    let deliver: Arc<dyn Deliver> = Arc::new(Unrouted);
-    server.add_service(background_service("wxgate message outbox", OutboxWorker { outbox, deliver }));
+    server.add_service(background_service("wxgate message outbox", OutboxWorker(outbox, handler)));
     Ok(server)
 }
 
@@ -157,29 +173,14 @@ impl BackgroundService for Scheduler {
     }
 }
 
-/// The outbox's delivery loop, run by pingora as a background service so that it shares the
-/// server's shutdown.
-struct OutboxWorker {
-    outbox: Arc<Outbox>,
-    deliver: Arc<dyn Deliver>,
-}
+/// The outbox's delivery loop, with the handlers' client as its `Deliver`.
+struct OutboxWorker(Arc<Outbox>, Arc<HandlerClient>);
 
 #[async_trait]
 impl BackgroundService for OutboxWorker {
     async fn start(&self, shutdown: ShutdownWatch) {
-        Arc::clone(&self.outbox).run(Arc::clone(&self.deliver), shutdown).await;
-    }
-}
-
-/// The handlers while no `[[messages.routes]]` is configured: a message in the outbox names a
-/// route this gateway does not have, so it waits (retried with backoff) until a route by that
-/// name is configured or `max_age` keeps it as failed.
-struct Unrouted;
-
-#[async_trait]
-impl Deliver for Unrouted {
-    async fn deliver(&self, _message: &OutboxMessage, _attempt: u32) -> Result<(), String> {
-        Err("route gone".to_owned())
+        let deliver: Arc<dyn Deliver> = Arc::clone(&self.1) as Arc<dyn Deliver>;
+        Arc::clone(&self.0).run(deliver, shutdown).await;
     }
 }
 

@@ -13,7 +13,7 @@
 //! - [`tokens`]: the token service, the only writer of ticket, token and authorizer state.
 //! - [`authorize`]: the authorization flow's links (PC and mobile) and pages.
 //! - [`callback`]: WeChat's authorization-event receiver: verify, decrypt, parse, hand to tokens.
-//! - [`messages`]: messages of authorized accounts: the outbox and its delivery worker.
+//! - [`messages`]: authorized accounts' messages: dedupe, release check, routes, handlers, outbox.
 //! - [`admin`]: the admin listener: metrics, health, readiness, admin API.
 //! - [`proxy`]: the proxy listener: `/wxgate/*` routes and, later, the API proxy.
 //! - [`sandbox`]: a local stand-in for api.weixin.qq.com, for tests, `wxgate demo` and users' own tests.

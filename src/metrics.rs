@@ -67,6 +67,15 @@ pub static CALLBACK_REJECTED: LazyLock<IntCounterVec> = LazyLock::new(|| {
         .expect("metric")
 });
 
+pub static MESSAGES: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "wxgate_messages_total",
+        "Messages of authorized accounts, by route (the config's route name, or -) and result",
+        &["route", "result"]
+    )
+    .expect("metric")
+});
+
 pub static AUTHORIZERS: LazyLock<IntGaugeVec> = LazyLock::new(|| {
     register_int_gauge_vec!("wxgate_authorizers", "Authorizers held, by state", &["state"]).expect("metric")
 });
@@ -140,6 +149,7 @@ pub fn init() {
     LazyLock::force(&CALLBACK_EVENTS);
     LazyLock::force(&CALLBACK_REJECTED);
     LazyLock::force(&AUTHORIZERS);
+    LazyLock::force(&MESSAGES);
     LazyLock::force(&MESSAGE_OUTBOX);
     LazyLock::force(&MESSAGE_DELIVERY);
     LazyLock::force(&MESSAGE_ATTEMPTS);

@@ -226,6 +226,8 @@ fn redacted_query(query: &str) -> String {
                         | "auth_code"
                         | "pre_auth_code"
                         | "code"
+                        // The sender of a pushed message: personal data.
+                        | "openid"
                 ) =>
             {
                 format!("{k}=...")

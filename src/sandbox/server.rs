@@ -4,7 +4,7 @@
 //! |---|---|
 //! | `/cgi-bin/component/api_*` (the seven component endpoints) | [`super::component`] |
 //! | `GET /cgi-bin/componentloginpage`, `GET /safe/bindcomponent`, `GET /sandbox/consent` | [`super::pages`] |
-//! | `/sandbox/*` control routes | [`super::control`] |
+//! | `/sandbox/*` control routes (also `message`, `release-check`) | [`super::control`] |
 //! | anything else | an app's API call: [`super::api`] |
 
 use axum::extract::{Request, State};
@@ -37,6 +37,8 @@ fn router(sandbox: Sandbox) -> Router {
         .route("/sandbox/stats", get(control::stats))
         .route("/sandbox/ticket", post(control::ticket))
         .route("/sandbox/pushes", post(control::pushes))
+        .route("/sandbox/message", post(control::message))
+        .route("/sandbox/release-check", post(control::release_check))
         .route("/sandbox/consent", get(pages::consent))
         .fallback(dispatch)
         .with_state(sandbox)
