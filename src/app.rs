@@ -114,7 +114,9 @@ pub fn build(config: &Config) -> Result<Server, AppError> {
 
     let mut admin = Service::new(
         "wxgate admin".to_owned(),
-        HttpServer::new_app(AdminApp::new(Arc::clone(&tokens), links, config.admin.token.clone())),
+        HttpServer::new_app(
+            AdminApp::new(Arc::clone(&tokens), links, config.admin.token.clone()).with_outbox(Arc::clone(&outbox)),
+        ),
     );
     admin.add_tcp(&config.listen.admin.to_string());
     server.add_service(admin);

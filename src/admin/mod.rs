@@ -1,10 +1,13 @@
 //! The admin listener: `/metrics`, `/healthz`, `/readyz` and the bearer-protected `/admin/*` API.
 //!
-//! It reads the token service and may ask it for a refresh; it never shows a token.
+//! It reads the token service and may ask it for a refresh; it never shows a token. It lists
+//! the outbox and may ask it for a redelivery; it never shows a message's content.
 
+mod messages;
 mod routes;
 
 use crate::authorize::AuthorizeLinks;
+use crate::messages::outbox::Outbox;
 use crate::reply::Reply;
 use crate::tokens::TokenService;
 use crate::Secret;
@@ -18,11 +21,17 @@ pub struct AdminApp {
     tokens: Arc<TokenService>,
     links: AuthorizeLinks,
     token: Secret,
+    /// The outbox behind `/admin/messages`.
+    outbox: Option<Arc<Outbox>>,
 }
 
 impl AdminApp {
     pub fn new(tokens: Arc<TokenService>, links: AuthorizeLinks, token: Secret) -> Self {
-        Self { tokens, links, token }
+        Self { tokens, links, token, outbox: None }
+    }
+
+    pub fn with_outbox(self, outbox: Arc<Outbox>) -> Self {
+        Self { outbox: Some(outbox), ..self }
     }
 
     fn authorized(&self, session: &ServerSession) -> bool {

@@ -21,6 +21,7 @@ pub(super) async fn handle(app: &AdminApp, session: &mut ServerSession, method: 
         (&Method::GET, ["component"]) => Reply::json(200, &json!(app.tokens.component_status())),
         (&Method::GET, ["authorizers"]) => list(app, &query),
         (&Method::GET, ["authorize-url"]) => authorize_url(app, &query).await,
+        (_, ["messages", rest @ ..]) => super::messages::handle(app, method, rest, &query).await,
         (_, ["authorizers", appid, rest @ ..]) => match AppId::parse(appid) {
             Ok(appid) => authorizer(app, session, method, &appid, rest).await,
             Err(e) => Reply::error(400, e),
