@@ -49,7 +49,10 @@ fn benches(c: &mut Criterion) {
         "signature=x&timestamp={TIMESTAMP}&nonce={NONCE}&openid=oUser0123456789abcdefghijkl&encrypt_type=aes&msg_signature={}",
         sealed.msg_signature
     );
-    let body = format!("<xml><ToUserName><![CDATA[gh_111111111111]]></ToUserName><Encrypt><![CDATA[{}]]></Encrypt></xml>", sealed.encrypt);
+    let body = format!(
+        "<xml><ToUserName><![CDATA[gh_111111111111]]></ToUserName><Encrypt><![CDATA[{}]]></Encrypt></xml>",
+        sealed.encrypt
+    );
 
     c.bench_function("messages/text_verified_decrypted_routed_reply_encrypted", |b| {
         b.iter(|| {
