@@ -3,6 +3,7 @@
 use crate::admin::AdminApp;
 use crate::authorize::AuthorizeLinks;
 use crate::callback::{AccountReceiver, ComponentReceiver};
+use crate::config::reload::{Live, Source};
 use crate::config::{Config, StoreConfig};
 use crate::crypto::{CryptoError, MsgCrypt};
 use crate::messages::handler::HandlerClient;
@@ -63,8 +64,9 @@ fn store_runtime() -> Result<&'static tokio::runtime::Runtime, AppError> {
     Ok(Box::leak(Box::new(rt)))
 }
 
-/// Builds the server with both listeners, ready to run.
-pub fn build(config: &Config) -> Result<Server, AppError> {
+/// Builds the server with both listeners, ready to run. With a `source` (the config came from a
+/// file), SIGHUP reloads the parts [`Live`] holds.
+pub fn build(config: &Config, source: Option<Source>) -> Result<Server, AppError> {
     metrics::init();
     let rt = store_runtime()?;
     let store = rt.block_on(open_store(&config.store, &config.component.appid))?;
@@ -106,7 +108,10 @@ pub fn build(config: &Config) -> Result<Server, AppError> {
 
     let upstream =
         Arc::new(Upstream::new(&config.upstream.base_url, &config.upstream.fallback_urls, config.upstream.timeout)?);
-    let clients = Arc::new(Clients::new(&config.clients));
+    // What a SIGHUP may replace; see config::reload for how to add a part.
+    let mut live = Live::new(source);
+    let clients = live.part(config, |c| Clients::new(&c.clients));
+    let admin_token = live.part(config, |c| c.admin.token.clone());
     let gateway = Gateway::new(routes, Arc::clone(&tokens), clients, upstream, config.proxy.clone());
     let mut proxy = pingora::proxy::http_proxy_service_with_name(&server.configuration, gateway, "wxgate proxy");
     proxy.add_tcp(&config.listen.proxy.to_string());
@@ -114,21 +119,23 @@ pub fn build(config: &Config) -> Result<Server, AppError> {
 
     let mut admin = Service::new(
         "wxgate admin".to_owned(),
-        HttpServer::new_app(
-            AdminApp::new(Arc::clone(&tokens), links, config.admin.token.clone()).with_outbox(Arc::clone(&outbox)),
-        ),
+        HttpServer::new_app(AdminApp::new(Arc::clone(&tokens), links, admin_token).with_outbox(Arc::clone(&outbox))),
     );
     admin.add_tcp(&config.listen.admin.to_string());
     server.add_service(admin);
 
     server.add_service(background_service("wxgate token scheduler", Scheduler(tokens)));
     server.add_service(background_service("wxgate message outbox", OutboxWorker(outbox, handler)));
+    if live.has_file() {
+        Arc::new(live).reload_on_sighup(rt)?;
+    }
     Ok(server)
 }
 
-/// Runs until SIGTERM (graceful, `server.shutdown_grace_secs`) or SIGINT (at once).
-pub fn run(config: &Config) -> Result<(), AppError> {
-    let server = build(config)?;
+/// Runs until SIGTERM (graceful, `server.shutdown_grace_secs`) or SIGINT (at once); SIGHUP
+/// reloads the file `source` names.
+pub fn run(config: &Config, source: Option<Source>) -> Result<(), AppError> {
+    let server = build(config, source)?;
     tracing::info!(
         proxy = %config.listen.proxy,
         admin = %config.listen.admin,

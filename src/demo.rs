@@ -129,7 +129,7 @@ pub fn run(opts: &DemoOptions) -> Result<(), DemoError> {
             std::future::pending::<()>().await
         });
     });
-    crate::app::run(&config)?;
+    crate::app::run(&config, None)?;
     Ok(())
 }
 
@@ -262,6 +262,9 @@ Demo account {account} has authorized. Try:
   # refresh now, and watch the metrics
   curl -s -X POST {bearer} http://{admin}/admin/authorizers/{account}/refresh
   curl -s http://{admin}/metrics | grep '^wxgate_'
+
+  # the web console: sign in with the admin token {DEMO_ADMIN_TOKEN}
+  open http://{admin}/
 
 Ctrl-C stops it.
 ",

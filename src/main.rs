@@ -103,7 +103,7 @@ fn main() -> ExitCode {
             eprintln!("wxgate: {} is valid", cli.config.display());
             Ok(())
         }),
-        None => with_config(&cli.config, run),
+        None => run(&cli.config),
     };
     match result {
         Ok(code) => code,
@@ -118,11 +118,13 @@ fn main() -> ExitCode {
 fn with_config(path: &std::path::Path, f: impl FnOnce(&Config) -> anyhow::Result<()>) -> anyhow::Result<ExitCode> {
     match Config::load(path) {
         Ok(config) => f(&config).map(|()| ExitCode::SUCCESS),
-        Err(e) => {
-            eprintln!("wxgate: invalid configuration ({}):\n{e}", path.display());
-            Ok(ExitCode::from(EXIT_CONFIG))
-        }
+        Err(e) => Ok(config_error(path, &e)),
     }
+}
+
+fn config_error(path: &std::path::Path, e: &wxgate::config::ConfigError) -> ExitCode {
+    eprintln!("wxgate: invalid configuration ({}):\n{e}", path.display());
+    ExitCode::from(EXIT_CONFIG)
 }
 
 fn migrate(config: &Config, to: &str, key_prefix: &str) -> anyhow::Result<()> {
@@ -182,8 +184,15 @@ fn run_sandbox(args: SandboxArgs) -> anyhow::Result<ExitCode> {
     })
 }
 
-fn run(config: &Config) -> anyhow::Result<()> {
-    wxgate::app::run(config).context("cannot start")
+/// Runs the gateway; SIGHUP reads `path` again.
+fn run(path: &std::path::Path) -> anyhow::Result<ExitCode> {
+    match Config::load_reloadable(path) {
+        Ok((config, source)) => {
+            wxgate::app::run(&config, Some(source)).context("cannot start")?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e) => Ok(config_error(path, &e)),
+    }
 }
 
 /// Logs to stderr, filtered by `WXGATE_LOG` (e.g. `info`, `wxgate=debug`); pingora's own `log`

@@ -106,6 +106,15 @@ pub static MESSAGE_ATTEMPTS: LazyLock<IntCounterVec> = LazyLock::new(|| {
     .expect("metric")
 });
 
+pub static CONFIG_RELOADS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "wxgate_config_reloads_total",
+        "Config reloads on SIGHUP, by result (ok, invalid: the file has errors, refused: a key needs a restart)",
+        &["result"]
+    )
+    .expect("metric")
+});
+
 const SCOPES: [&str; 4] = ["authorizer", "component", "token_endpoint", "none"];
 const STATUSES: [u16; 10] = [200, 302, 400, 401, 403, 404, 413, 502, 503, 504];
 
@@ -155,6 +164,9 @@ pub fn init() {
     LazyLock::force(&MESSAGE_ATTEMPTS);
     for state in ["pending", "failed"] {
         MESSAGE_OUTBOX.with_label_values(&[state]).set(0);
+    }
+    for result in ["ok", "invalid", "refused"] {
+        CONFIG_RELOADS.with_label_values(&[result]);
     }
     TICKET_AGE.set(f64::INFINITY);
 }

@@ -3,6 +3,7 @@
 //! It reads the token service and may ask it for a refresh; it never shows a token. It lists
 //! the outbox and may ask it for a redelivery; it never shows a message's content.
 
+mod console;
 mod messages;
 mod routes;
 
@@ -11,6 +12,7 @@ use crate::messages::outbox::Outbox;
 use crate::reply::Reply;
 use crate::tokens::TokenService;
 use crate::Secret;
+use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use pingora::apps::http_app::ServeHttp;
 use pingora::protocols::http::ServerSession;
@@ -20,13 +22,14 @@ use std::sync::Arc;
 pub struct AdminApp {
     tokens: Arc<TokenService>,
     links: AuthorizeLinks,
-    token: Secret,
+    /// `admin.token`, replaced by a config reload.
+    token: Arc<ArcSwap<Secret>>,
     /// The outbox behind `/admin/messages`.
     outbox: Option<Arc<Outbox>>,
 }
 
 impl AdminApp {
-    pub fn new(tokens: Arc<TokenService>, links: AuthorizeLinks, token: Secret) -> Self {
+    pub fn new(tokens: Arc<TokenService>, links: AuthorizeLinks, token: Arc<ArcSwap<Secret>>) -> Self {
         Self { tokens, links, token, outbox: None }
     }
 
@@ -37,7 +40,7 @@ impl AdminApp {
     fn authorized(&self, session: &ServerSession) -> bool {
         let presented =
             session.get_header(http::header::AUTHORIZATION).and_then(|v| v.as_bytes().strip_prefix(b"Bearer "));
-        presented.is_some_and(|p| self.token.ct_eq(p))
+        presented.is_some_and(|p| self.token.load().ct_eq(p))
     }
 
     async fn readyz(&self) -> Reply {
@@ -58,6 +61,7 @@ impl ServeHttp for AdminApp {
                 self.tokens.update_gauges();
                 return PrometheusHttpApp.response(session).await;
             }
+            (&http::Method::GET, p) if console::is_asset(p) => return console::asset(p),
             (&http::Method::GET, "/healthz") => Reply::text(200, "ok\n"),
             (&http::Method::GET, "/readyz") => self.readyz().await,
             (_, p) if p.starts_with("/admin/") => {

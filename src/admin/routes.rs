@@ -1,7 +1,7 @@
 //! The `/admin/*` routes, once the bearer token has been checked.
 
 use super::AdminApp;
-use crate::authorize::parse_redirect;
+use crate::authorize::{parse_redirect, Links};
 use crate::reply::{read_body, token_error, Reply};
 use crate::tokens::TokenError;
 use crate::wechat::ApiErrorKind;
@@ -21,6 +21,7 @@ pub(super) async fn handle(app: &AdminApp, session: &mut ServerSession, method: 
         (&Method::GET, ["component"]) => Reply::json(200, &json!(app.tokens.component_status())),
         (&Method::GET, ["authorizers"]) => list(app, &query),
         (&Method::GET, ["authorize-url"]) => authorize_url(app, &query).await,
+        (&Method::GET, ["authorize-qr"]) => authorize_qr(app, &query).await,
         (_, ["messages", rest @ ..]) => super::messages::handle(app, method, rest, &query).await,
         (_, ["authorizers", appid, rest @ ..]) => match AppId::parse(appid) {
             Ok(appid) => authorizer(app, session, method, &appid, rest).await,
@@ -56,15 +57,35 @@ async fn authorizer(
     }
 }
 
+/// `?offset=N&limit=N` pages through every authorizer by appid; `q=TEXT` keeps those whose
+/// appid or account names contain it (ignoring case), and `total` counts those.
 fn list(app: &AdminApp, query: &str) -> Reply {
-    let param = |name: &str| {
-        url::form_urlencoded::parse(query.as_bytes())
-            .find(|(k, _)| k == name)
-            .and_then(|(_, v)| v.parse::<usize>().ok())
+    let text = |name: &str| {
+        url::form_urlencoded::parse(query.as_bytes()).find(|(k, _)| k == name).map(|(_, v)| v.into_owned())
     };
-    let (offset, limit) = (param("offset").unwrap_or(0), param("limit").unwrap_or(DEFAULT_PAGE).min(10_000));
-    let (total, page) = app.tokens.authorizer_statuses(offset, limit);
-    Reply::json(200, &json!({ "total": total, "offset": offset, "authorizers": page }))
+    let number = |name: &str| text(name).and_then(|v| v.parse::<usize>().ok());
+    let (offset, limit) = (number("offset").unwrap_or(0), number("limit").unwrap_or(DEFAULT_PAGE).min(10_000));
+    let q = text("q").map(|q| q.trim().to_lowercase()).unwrap_or_default();
+    if q.is_empty() {
+        let (total, page) = app.tokens.authorizer_statuses(offset, limit);
+        return Reply::json(200, &json!({ "total": total, "offset": offset, "authorizers": page }));
+    }
+    let (_, all) = app.tokens.authorizer_statuses(0, usize::MAX);
+    let matching: Vec<serde_json::Value> = all.iter().map(|s| json!(s)).filter(|s| matches(s, &q)).collect();
+    let page: Vec<&serde_json::Value> = matching.iter().skip(offset).take(limit).collect();
+    Reply::json(200, &json!({ "total": matching.len(), "offset": offset, "q": q, "authorizers": page }))
+}
+
+/// The fields a search looks in, at the top of an authorizer's status or one object down
+/// (the account's info, however it is nested).
+const SEARCHED: [&str; 4] = ["appid", "nick_name", "user_name", "principal_name"];
+
+/// `q` is lowercase already.
+fn matches(status: &serde_json::Value, q: &str) -> bool {
+    let hit = |v: &serde_json::Value| {
+        SEARCHED.iter().any(|f| v.get(f).and_then(|s| s.as_str()).is_some_and(|s| s.to_lowercase().contains(q)))
+    };
+    hit(status) || status.as_object().is_some_and(|o| o.values().any(|v| v.is_object() && hit(v)))
 }
 
 /// Imports an authorizer by its refresh token. WeChat is asked first; a token it refuses is
@@ -95,15 +116,45 @@ async fn import(app: &AdminApp, session: &mut ServerSession, appid: &AppId) -> R
     }
 }
 
+/// Both links with fresh pre_auth_codes, and the mobile link's QR code as SVG text.
 async fn authorize_url(app: &AdminApp, query: &str) -> Reply {
+    match fresh_links(app, query).await {
+        Ok(links) => {
+            let qr = super::console::qr_svg(&links.mobile_url);
+            Reply::json(200, &json!({ "pc_url": links.pc_url, "mobile_url": links.mobile_url, "mobile_qr_svg": qr }))
+        }
+        Err(reply) => reply,
+    }
+}
+
+/// `GET /admin/authorize-qr?redirect=URL`: the QR code of a fresh mobile link alone, as SVG.
+async fn authorize_qr(app: &AdminApp, query: &str) -> Reply {
+    match fresh_links(app, query).await.map(|links| super::console::qr_svg(&links.mobile_url)) {
+        Ok(Some(svg)) => Reply { content_type: "image/svg+xml", ..Reply::text(200, svg) },
+        Ok(None) => Reply::error(500, "the mobile link does not fit in a QR code"),
+        Err(reply) => reply,
+    }
+}
+
+async fn fresh_links(app: &AdminApp, query: &str) -> Result<Links, Reply> {
     let redirect =
         url::form_urlencoded::parse(query.as_bytes()).find(|(k, _)| k == "redirect").map(|(_, v)| v.into_owned());
-    let redirect = match parse_redirect(redirect.as_deref()) {
-        Ok(r) => r,
-        Err(e) => return Reply::error(400, e),
-    };
-    match app.links.fresh(&app.tokens, redirect.as_ref()).await {
-        Ok(links) => Reply::json(200, &json!(links)),
-        Err(e) => token_error(&e),
+    let redirect = parse_redirect(redirect.as_deref()).map_err(|e| Reply::error(400, e))?;
+    app.links.fresh(&app.tokens, redirect.as_ref()).await.map_err(|e| token_error(&e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_search_looks_in_the_appid_and_the_account_names() {
+        let flat = json!({ "appid": "wx1111111111111111", "nick_name": "Coffee <Shop>", "state": "active" });
+        let nested = json!({ "appid": "wx2222222222222222", "info": { "principal_name": "ACME Ltd" } });
+        assert!(matches(&flat, "1111"));
+        assert!(matches(&flat, "coffee <s"));
+        assert!(!matches(&flat, "active"));
+        assert!(matches(&nested, "acme"));
+        assert!(!matches(&nested, "1111"));
     }
 }

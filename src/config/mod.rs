@@ -8,6 +8,7 @@
 mod env;
 mod file;
 mod masked;
+pub mod reload;
 mod validate;
 
 use std::fmt;
@@ -246,9 +247,15 @@ fn display_lines(problems: &[Problem]) -> String {
 impl Config {
     /// Reads the file at `path` and the process environment.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        Self::load_reloadable(path).map(|(config, _)| config)
+    }
+
+    /// [`Config::load`], with what a SIGHUP reload compares the file's next version against.
+    pub fn load_reloadable(path: &Path) -> Result<(Config, reload::Source), ConfigError> {
         let text =
             std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
-        Self::from_sources(&text, env::process_vars())
+        let (config, keys) = Self::from_sources_with_keys(&text, env::process_vars())?;
+        Ok((config, reload::Source::new(path.to_owned(), keys)))
     }
 
     /// Builds the configuration from the file's text and `(name, value)` environment pairs;
@@ -257,14 +264,23 @@ impl Config {
         toml_text: &str,
         env: impl IntoIterator<Item = (String, String)>,
     ) -> Result<Config, ConfigError> {
+        Self::from_sources_with_keys(toml_text, env).map(|(config, _)| config)
+    }
+
+    /// [`Config::from_sources`], with every key the file and the environment set.
+    fn from_sources_with_keys(
+        toml_text: &str,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<(Config, reload::Keys), ConfigError> {
         let mut problems = Problems::default();
         let Some(mut table) = file::parse(toml_text, &mut problems) else {
             return Err(problems.into_error(&env::Origins::new()));
         };
         let from_env = env::apply(&mut table, env, &mut problems);
+        let keys = reload::Keys::of(&table);
         let schema = file::read(table, &mut problems);
         match validate::config(&schema, &mut problems) {
-            Some(config) if problems.is_empty() => Ok(config),
+            Some(config) if problems.is_empty() => Ok((config, keys)),
             _ => Err(problems.into_error(&from_env)),
         }
     }

@@ -28,6 +28,7 @@ use crate::config::ProxyConfig;
 use crate::metrics;
 use crate::reply::{read_body, token_error, Reply};
 use crate::tokens::{AccessToken, TokenService};
+use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use pingora::modules::http::HttpModules;
 use pingora::prelude::*;
@@ -43,7 +44,8 @@ const TOKEN_ENDPOINT_BODY: usize = 4096;
 pub struct Gateway {
     routes: Arc<OwnRoutes>,
     tokens: Arc<TokenService>,
-    clients: Arc<Clients>,
+    /// Replaced whole by a config reload; each call reads the set current when it arrives.
+    clients: Arc<ArcSwap<Clients>>,
     upstream: Arc<Upstream>,
     connections: exchange::Connections,
     settings: ProxyConfig,
@@ -68,7 +70,7 @@ impl Gateway {
     pub fn new(
         routes: Arc<OwnRoutes>,
         tokens: Arc<TokenService>,
-        clients: Arc<Clients>,
+        clients: Arc<ArcSwap<Clients>>,
         upstream: Arc<Upstream>,
         settings: ProxyConfig,
     ) -> Self {
@@ -78,9 +80,9 @@ impl Gateway {
 
     /// Resolves and answers an API call; `Ok(false)` hands it to pingora to stream.
     async fn api_call(&self, session: &mut Session, ctx: &mut CallCtx) -> std::result::Result<bool, Reply> {
+        let clients = self.clients.load_full();
         let (scope, outbound, token_endpoint) = {
-            let call =
-                resolve::resolve(&self.clients, session.req_header()).map_err(|e| Reply::error(e.status(), e))?;
+            let call = resolve::resolve(&clients, session.req_header()).map_err(|e| Reply::error(e.status(), e))?;
             ctx.scope = call.scope.as_ref().map_or("token_endpoint", Scope::label);
             if self.settings.access_log {
                 ctx.client = Some(call.client.name.clone());
@@ -102,7 +104,7 @@ impl Gateway {
             // Resolved again (the same answer): the call borrows the request, which reading the
             // body needed mutably. Token endpoints are rare.
             let req = session.req_header();
-            let call = resolve::resolve(&self.clients, req).map_err(|e| Reply::error(e.status(), e))?;
+            let call = resolve::resolve(&clients, req).map_err(|e| Reply::error(e.status(), e))?;
             return Err(token_endpoints::answer(&self.tokens, &call, req.uri.query().unwrap_or_default(), &body).await);
         }
         let (Some(scope), Some(outbound)) = (scope, outbound) else { return Err(Reply::error(400, "no scope")) };
@@ -261,7 +263,8 @@ impl ProxyHttp for Gateway {
         if session.req_header().uri.path().starts_with(ROUTE_PREFIX) {
             ctx.scope = "own";
             ctx.path = session.req_header().uri.path().to_owned();
-            let reply = self.routes.handle(session, &self.clients).await;
+            let clients = self.clients.load_full();
+            let reply = self.routes.handle(session, &clients).await;
             reply.write_to(session.as_downstream_mut()).await?;
             return Ok(true);
         }
