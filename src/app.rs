@@ -11,7 +11,7 @@ use crate::messages::outbox::{Deliver, Outbox, OutboxSettings};
 use crate::messages::release_check::ReleaseCheck;
 use crate::messages::{MessageService, Settings as MessageSettings};
 use crate::metrics;
-use crate::proxy::{Clients, Gateway, OwnRoutes, Upstream, UpstreamError};
+use crate::proxy::{Clients, Edge, Gateway, OwnRoutes, Timeouts, Upstream, UpstreamError};
 use crate::store::{MemoryStore, RedisStore, SharedStore, SqliteStore, StoreError};
 use crate::tokens::{Settings, TokenError, TokenService};
 use crate::wechat::{ComponentApi, WechatClient, WechatError};
@@ -48,7 +48,9 @@ pub async fn open_store(config: &StoreConfig, component: &crate::AppId) -> Resul
     match config {
         StoreConfig::Sqlite { path } => Ok(Arc::new(SqliteStore::open(path)?)),
         StoreConfig::Memory => Ok(Arc::new(MemoryStore::new())),
-        StoreConfig::Redis { url, key_prefix } => Ok(Arc::new(RedisStore::connect(url, key_prefix, component).await?)),
+        StoreConfig::Redis { url, key_prefix, options } => {
+            Ok(Arc::new(RedisStore::connect(url, key_prefix, component, options).await?))
+        }
     }
 }
 
@@ -113,7 +115,10 @@ pub fn build(config: &Config, source: Option<Source>) -> Result<Server, AppError
     let clients = live.part(config, |c| Clients::new(&c.clients));
     let admin_token = live.part(config, |c| c.admin.token.clone());
     let gateway = Gateway::new(routes, Arc::clone(&tokens), clients, upstream, config.proxy.clone());
-    let mut proxy = pingora::proxy::http_proxy_service_with_name(&server.configuration, gateway, "wxgate proxy");
+    let mut http = pingora::proxy::HttpProxy::new(gateway, Arc::clone(&server.configuration));
+    http.handle_init_modules();
+    let timeouts = Timeouts { keepalive: config.proxy.keepalive_timeout, header: config.proxy.header_timeout };
+    let mut proxy = Service::new("wxgate proxy".to_owned(), Edge::new(http, timeouts));
     proxy.add_tcp(&config.listen.proxy.to_string());
     server.add_service(proxy);
 
@@ -158,6 +163,7 @@ fn load_tokens(
     let settings = Settings {
         // A lease outlasts a call to WeChat (bounded by the upstream timeout) and the write after.
         lease_ttl: config.upstream.timeout + std::time::Duration::from_secs(5),
+        budget_per_minute: config.refresh.budget_per_minute,
         ..Settings::new(config.refresh.ahead)
     };
     let changes = store.changes();

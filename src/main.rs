@@ -131,10 +131,11 @@ fn migrate(config: &Config, to: &str, key_prefix: &str) -> anyhow::Result<()> {
     use wxgate::config::StoreConfig;
     let destination = if let Some(path) = to.strip_prefix("sqlite:") {
         StoreConfig::Sqlite { path: PathBuf::from(path) }
-    } else if to.starts_with("redis://") || to.starts_with("rediss://") {
-        StoreConfig::Redis { url: Secret::new(to), key_prefix: key_prefix.to_owned() }
+    } else if ["redis://", "rediss://", wxgate::store::SENTINEL_SCHEME].iter().any(|s| to.starts_with(s)) {
+        let options = wxgate::store::RedisOptions::default();
+        StoreConfig::Redis { url: Secret::new(to), key_prefix: key_prefix.to_owned(), options }
     } else {
-        anyhow::bail!("--to takes sqlite:PATH or redis://HOST:PORT/DB");
+        anyhow::bail!("--to takes sqlite:PATH, redis://HOST:PORT/DB or redis+sentinel://HOST:PORT/SERVICE");
     };
     let rt = tokio::runtime::Runtime::new().context("runtime")?;
     rt.block_on(async {

@@ -4,8 +4,8 @@
 //! authorizer would grow without bound.
 
 use prometheus::{
-    register_gauge, register_histogram, register_int_counter, register_int_counter_vec, register_int_gauge_vec, Gauge,
-    Histogram, IntCounter, IntCounterVec, IntGaugeVec,
+    register_gauge, register_histogram, register_int_counter, register_int_counter_vec, register_int_gauge,
+    register_int_gauge_vec, Gauge, Histogram, IntCounter, IntCounterVec, IntGauge, IntGaugeVec,
 };
 use std::sync::LazyLock;
 
@@ -29,8 +29,17 @@ pub static UPSTREAM_DURATION: LazyLock<Histogram> = LazyLock::new(|| {
 pub static TOKEN_REFRESH: LazyLock<IntCounterVec> = LazyLock::new(|| {
     register_int_counter_vec!(
         "wxgate_token_refresh_total",
-        "Token refreshes, by kind (component|authorizer) and result",
+        "Token refreshes, by kind (component|authorizer|ticket) and result",
         &["kind", "result"]
+    )
+    .expect("metric")
+});
+
+pub static UPSTREAM_SWITCHES: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "wxgate_upstream_switches_total",
+        "Proxied calls moved to another WeChat host: to a fallback after the active host could not be connected to, or back to the primary",
+        &["to"]
     )
     .expect("metric")
 });
@@ -76,6 +85,23 @@ pub static MESSAGES: LazyLock<IntCounterVec> = LazyLock::new(|| {
     .expect("metric")
 });
 
+pub static BUDGET_EXHAUSTED: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "wxgate_wechat_budget_exhausted_total",
+        "Calls to a WeChat token endpoint refused because the credential's budget for the minute was spent, by endpoint",
+        &["endpoint"]
+    )
+    .expect("metric")
+});
+
+pub static LEASE_RELEASE_FAILURES: LazyLock<IntCounter> = LazyLock::new(|| {
+    register_int_counter!(
+        "wxgate_lease_release_failures_total",
+        "Refresh leases that could not be released (they expire on their own)"
+    )
+    .expect("metric")
+});
+
 pub static AUTHORIZERS: LazyLock<IntGaugeVec> = LazyLock::new(|| {
     register_int_gauge_vec!("wxgate_authorizers", "Authorizers held, by state", &["state"]).expect("metric")
 });
@@ -104,6 +130,15 @@ pub static MESSAGE_ATTEMPTS: LazyLock<IntCounterVec> = LazyLock::new(|| {
         &["result"]
     )
     .expect("metric")
+});
+
+pub static STORE_UP: LazyLock<IntGauge> = LazyLock::new(|| {
+    register_int_gauge!("wxgate_store_up", "1 while the store answers, 0 while Redis is known to be unreachable")
+        .expect("metric")
+});
+
+pub static STORE_OUTAGES: LazyLock<IntCounter> = LazyLock::new(|| {
+    register_int_counter!("wxgate_store_outages_total", "Times the connection to Redis was lost").expect("metric")
 });
 
 pub static CONFIG_RELOADS: LazyLock<IntCounterVec> = LazyLock::new(|| {
@@ -151,6 +186,9 @@ pub fn info_type_label(info_type: &str) -> &str {
 pub fn init() {
     LazyLock::force(&REQUESTS);
     LazyLock::force(&UPSTREAM_DURATION);
+    for to in ["fallback", "primary"] {
+        UPSTREAM_SWITCHES.with_label_values(&[to]);
+    }
     LazyLock::force(&TOKEN_REFRESH);
     LazyLock::force(&TOKEN_RETRY);
     LazyLock::force(&TICKET_AGE);
@@ -165,6 +203,8 @@ pub fn init() {
     for state in ["pending", "failed"] {
         MESSAGE_OUTBOX.with_label_values(&[state]).set(0);
     }
+    LazyLock::force(&STORE_OUTAGES);
+    STORE_UP.set(1);
     for result in ["ok", "invalid", "refused"] {
         CONFIG_RELOADS.with_label_values(&[result]);
     }

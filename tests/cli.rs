@@ -96,7 +96,9 @@ async fn migrate_copies_an_sqlite_store_into_redis_and_back() {
         prefix.clone(),
     ]);
     assert!(said.contains("1 authorizers"), "{said}");
-    let redis = RedisStore::connect(&Secret::new("redis://127.0.0.1:6379/0"), &prefix, &component).await.unwrap();
+    let redis = RedisStore::connect(&Secret::new("redis://127.0.0.1:6379/0"), &prefix, &component, &Default::default())
+        .await
+        .unwrap();
     assert_eq!(redis.load_authorizer(&component, &appid).await.unwrap(), Some(record.clone()));
 
     // And back, from a gateway configured on that Redis into a new SQLite file.

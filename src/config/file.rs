@@ -64,12 +64,16 @@ pub(super) struct StoreFile {
     pub path: Option<String>,
     pub redis_url: Option<String>,
     pub key_prefix: Option<String>,
+    pub redis_timeout_ms: Option<i64>,
+    pub redis_wait_replicas: Option<i64>,
+    pub redis_wait_timeout_ms: Option<i64>,
 }
 
 #[derive(Debug, Default, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub(super) struct RefreshFile {
     pub ahead_secs: Option<i64>,
+    pub budget_per_minute: Option<i64>,
 }
 
 #[derive(Debug, Default, Deserialize, Serialize)]
@@ -84,6 +88,8 @@ pub(super) struct ProxyFile {
     pub max_body_bytes: Option<i64>,
     pub replay_body_bytes: Option<i64>,
     pub access_log: Option<bool>,
+    pub keepalive_timeout_secs: Option<i64>,
+    pub header_timeout_secs: Option<i64>,
 }
 
 #[derive(Debug, Default, Deserialize, Serialize)]

@@ -27,12 +27,17 @@ pub(super) fn masked(config: &Config) -> String {
             public_base_url: Some(config.listen.public_base_url.to_string()),
         },
         store: masked_store(&config.store),
-        refresh: RefreshFile { ahead_secs: int(config.refresh.ahead.as_secs().into()) },
+        refresh: RefreshFile {
+            ahead_secs: int(config.refresh.ahead.as_secs().into()),
+            budget_per_minute: int(config.refresh.budget_per_minute.into()),
+        },
         admin: AdminFile { token: Some(MASK.to_owned()) },
         proxy: ProxyFile {
             max_body_bytes: int(config.proxy.max_body_bytes as u128),
             replay_body_bytes: int(config.proxy.replay_body_bytes as u128),
             access_log: Some(config.proxy.access_log),
+            keepalive_timeout_secs: int(config.proxy.keepalive_timeout.as_secs().into()),
+            header_timeout_secs: int(config.proxy.header_timeout.as_secs().into()),
         },
         server: ServerFile {
             threads: int(config.server.threads as u128),
@@ -61,10 +66,13 @@ fn masked_store(store: &StoreConfig) -> StoreFile {
         StoreConfig::Sqlite { path } => {
             StoreFile { backend: backend("sqlite"), path: Some(path.display().to_string()), ..StoreFile::default() }
         }
-        StoreConfig::Redis { url, key_prefix } => StoreFile {
+        StoreConfig::Redis { url, key_prefix, options } => StoreFile {
             backend: backend("redis"),
             redis_url: Some(masked_redis_url(url.expose())),
             key_prefix: Some(key_prefix.clone()),
+            redis_timeout_ms: int(options.timeout.as_millis()),
+            redis_wait_replicas: Some(i64::from(options.wait_replicas)),
+            redis_wait_timeout_ms: int(options.wait_timeout.as_millis()),
             ..StoreFile::default()
         },
         StoreConfig::Memory => StoreFile { backend: backend("memory"), ..StoreFile::default() },
@@ -73,6 +81,14 @@ fn masked_store(store: &StoreConfig) -> StoreFile {
 
 /// The URL with its password, if any, replaced by `...`; the rest helps to spot a wrong host.
 fn masked_redis_url(url: &str) -> String {
+    if let Some(rest) = url.strip_prefix(crate::store::SENTINEL_SCHEME) {
+        // Several hosts are no URL to the url crate: mask whatever precedes the last `@`.
+        let (authority, path) = rest.split_once('/').unwrap_or((rest, ""));
+        return match authority.rsplit_once('@') {
+            Some((_, hosts)) => format!("{}{MASK}@{hosts}/{path}", crate::store::SENTINEL_SCHEME),
+            None => url.to_owned(),
+        };
+    }
     let Ok(mut url) = url::Url::parse(url) else {
         return MASK.to_owned();
     };
@@ -120,6 +136,10 @@ mod tests {
     fn redis_password_is_masked() {
         assert_eq!(masked_redis_url("redis://:hunter2@redis:6379/0"), "redis://:...@redis:6379/0");
         assert_eq!(masked_redis_url("rediss://u:hunter2@redis/1"), "rediss://u:...@redis/1");
+        assert_eq!(
+            masked_redis_url("redis+sentinel://:hunter2@s1:26379,s2:26379/svc/1"),
+            "redis+sentinel://...@s1:26379,s2:26379/svc/1"
+        );
         assert_eq!(masked_redis_url("redis://127.0.0.1:6379/0"), "redis://127.0.0.1:6379/0");
     }
 }

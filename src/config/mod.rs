@@ -21,8 +21,14 @@ use crate::appid::AppId;
 use crate::secret::Secret;
 
 pub const DEFAULT_UPSTREAM_BASE_URL: &str = "https://api.weixin.qq.com";
+/// The fallback when `upstream.base_url` is WeChat's own host and `fallback_urls` is not set.
+pub const DEFAULT_UPSTREAM_FALLBACK_URL: &str = "https://api2.weixin.qq.com";
+pub const WECHAT_API_HOST: &str = "api.weixin.qq.com";
 pub const DEFAULT_PROXY_MAX_BODY_BYTES: u64 = 64 << 20;
 pub const DEFAULT_PROXY_REPLAY_BODY_BYTES: u64 = 1 << 20;
+/// nginx's `keepalive_timeout` and `client_header_timeout`.
+pub const DEFAULT_PROXY_KEEPALIVE_TIMEOUT_SECS: u64 = 75;
+pub const DEFAULT_PROXY_HEADER_TIMEOUT_SECS: u64 = 60;
 pub const DEFAULT_UPSTREAM_MP_BASE_URL: &str = "https://mp.weixin.qq.com";
 pub const DEFAULT_UPSTREAM_TIMEOUT_MS: u64 = 10_000;
 pub const DEFAULT_LISTEN_PROXY: &str = "0.0.0.0:8080";
@@ -31,6 +37,8 @@ pub const DEFAULT_STORE_BACKEND: &str = "sqlite";
 pub const DEFAULT_STORE_PATH: &str = "data/wxgate.sqlite3";
 pub const DEFAULT_STORE_REDIS_URL: &str = "redis://127.0.0.1:6379/0";
 pub const DEFAULT_STORE_KEY_PREFIX: &str = "wxgate:";
+pub const DEFAULT_STORE_REDIS_TIMEOUT_MS: u64 = 1000;
+pub const DEFAULT_STORE_REDIS_WAIT_TIMEOUT_MS: u64 = 1000;
 pub const DEFAULT_REFRESH_AHEAD_SECS: u64 = 600;
 pub const DEFAULT_SERVER_SHUTDOWN_GRACE_SECS: u64 = 5;
 pub const DEFAULT_MESSAGES_REPLY_TIMEOUT_MS: u64 = 4000;
@@ -89,10 +97,11 @@ pub enum StoreConfig {
     Sqlite {
         path: PathBuf,
     },
-    /// `url` is `redis://` or `rediss://` and may carry a password.
+    /// `url` is `redis://`, `rediss://` or `redis+sentinel://` and may carry a password.
     Redis {
         url: Secret,
         key_prefix: String,
+        options: crate::store::RedisOptions,
     },
     Memory,
 }
@@ -101,6 +110,8 @@ pub enum StoreConfig {
 pub struct RefreshConfig {
     /// Refresh a token this long before it expires (60 s ..= 1 h).
     pub ahead: Duration,
+    /// Calls a minute one credential may make to its WeChat token endpoint (1 ..= 600).
+    pub budget_per_minute: u32,
 }
 
 #[derive(Debug, Clone)]
@@ -120,6 +131,11 @@ pub struct ProxyConfig {
     pub replay_body_bytes: usize,
     /// One log line per call, with token and key values redacted.
     pub access_log: bool,
+    /// A client connection idle this long between requests is closed.
+    pub keepalive_timeout: Duration,
+    /// A request head (request line and headers) must arrive whole within this, counted from
+    /// the connection's start or from the head's first byte on a kept-alive connection.
+    pub header_timeout: Duration,
 }
 
 #[derive(Debug, Clone)]

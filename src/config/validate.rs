@@ -11,6 +11,7 @@ use url::Url;
 use super::file::{ClientFile, ComponentFile, FileConfig, ListenFile, MessagesFile, RouteFile, StoreFile};
 use super::*;
 use crate::crypto::decode_aes_key;
+use crate::store::{parse_sentinel_url, RedisOptions, SENTINEL_SCHEME};
 
 /// The whole configuration, or `None` when any part is bad (every problem is in `p`).
 pub(super) fn config(f: &FileConfig, p: &mut Problems) -> Option<Config> {
@@ -19,6 +20,10 @@ pub(super) fn config(f: &FileConfig, p: &mut Problems) -> Option<Config> {
     let listen = listen(&f.listen, p);
     let store = store(&f.store, p);
     let refresh = p.check("refresh.ahead_secs", int_in(f.refresh.ahead_secs, DEFAULT_REFRESH_AHEAD_SECS, 60..=3600));
+    let budget = p.check(
+        "refresh.budget_per_minute",
+        int_in(f.refresh.budget_per_minute, crate::tokens::DEFAULT_BUDGET_PER_MINUTE.into(), 1..=600),
+    );
     let admin = p.check("admin.token", required(&f.admin.token).and_then(secret_of_length(16)));
     let proxy = proxy(f, p);
     let server = server(f, p);
@@ -29,7 +34,7 @@ pub(super) fn config(f: &FileConfig, p: &mut Problems) -> Option<Config> {
         upstream: upstream?,
         listen: listen?,
         store: store?,
-        refresh: RefreshConfig { ahead: Duration::from_secs(refresh?) },
+        refresh: RefreshConfig { ahead: Duration::from_secs(refresh?), budget_per_minute: budget? as u32 },
         admin: AdminConfig { token: admin? },
         proxy: proxy?,
         server: server?,
@@ -53,7 +58,14 @@ fn upstream(f: &FileConfig, p: &mut Problems) -> Option<UpstreamConfig> {
     let timeout = p.check("upstream.timeout_ms", timeout);
     let mp_base_url = or(&f.upstream.mp_base_url, DEFAULT_UPSTREAM_MP_BASE_URL);
     let mp_base_url = p.check("upstream.mp_base_url", http_url(mp_base_url));
-    let fallbacks = f.upstream.fallback_urls.iter().flatten().map(|u| http_url(u)).collect::<Result<Vec<_>, _>>();
+    let fallbacks = match &f.upstream.fallback_urls {
+        Some(urls) => urls.iter().map(|u| http_url(u)).collect::<Result<Vec<_>, _>>(),
+        // WeChat's documented disaster-recovery host, when the primary is WeChat's own.
+        None if base_url.as_ref().is_some_and(|u| u.host_str() == Some(WECHAT_API_HOST)) => {
+            http_url(DEFAULT_UPSTREAM_FALLBACK_URL).map(|u| vec![u])
+        }
+        None => Ok(Vec::new()),
+    };
     let fallback_urls = p.check("upstream.fallback_urls", fallbacks);
     Some(UpstreamConfig {
         base_url: base_url?,
@@ -82,9 +94,26 @@ fn store(f: &StoreFile, p: &mut Problems) -> Option<StoreConfig> {
     let path = p.check("store.path", non_blank(or(&f.path, DEFAULT_STORE_PATH)).map(PathBuf::from));
     let url = p.check("store.redis_url", redis_url(or(&f.redis_url, DEFAULT_STORE_REDIS_URL)));
     let prefix = p.check("store.key_prefix", non_blank(or(&f.key_prefix, DEFAULT_STORE_KEY_PREFIX)));
+    let timeout = int_in(f.redis_timeout_ms, DEFAULT_STORE_REDIS_TIMEOUT_MS, 10..=60_000);
+    let timeout = p.check("store.redis_timeout_ms", timeout);
+    // Behind Sentinel a failover is expected, and a refresh token only the old master held would
+    // be lost with it: wait for one replica unless told otherwise.
+    let sentinel = url.as_ref().is_some_and(|u| u.expose().starts_with(SENTINEL_SCHEME));
+    let wait_replicas = int_in(f.redis_wait_replicas, u64::from(sentinel), 0..=16);
+    let wait_replicas = p.check("store.redis_wait_replicas", wait_replicas);
+    let wait_timeout = int_in(f.redis_wait_timeout_ms, DEFAULT_STORE_REDIS_WAIT_TIMEOUT_MS, 10..=60_000);
+    let wait_timeout = p.check("store.redis_wait_timeout_ms", wait_timeout);
     match or(&f.backend, DEFAULT_STORE_BACKEND) {
         "sqlite" => Some(StoreConfig::Sqlite { path: path? }),
-        "redis" => Some(StoreConfig::Redis { url: url?, key_prefix: prefix?.to_owned() }),
+        "redis" => Some(StoreConfig::Redis {
+            url: url?,
+            key_prefix: prefix?.to_owned(),
+            options: RedisOptions {
+                timeout: Duration::from_millis(timeout?),
+                wait_replicas: u32::try_from(wait_replicas?).ok()?,
+                wait_timeout: Duration::from_millis(wait_timeout?),
+            },
+        }),
         "memory" => Some(StoreConfig::Memory),
         _ => {
             p.push("store.backend", "must be \"sqlite\", \"redis\" or \"memory\"");
@@ -98,10 +127,16 @@ fn proxy(f: &FileConfig, p: &mut Problems) -> Option<ProxyConfig> {
     let max_body = p.check("proxy.max_body_bytes", max_body);
     let replay = int_in(f.proxy.replay_body_bytes, DEFAULT_PROXY_REPLAY_BODY_BYTES, 0..=16 << 20);
     let replay = p.check("proxy.replay_body_bytes", replay);
+    let keepalive = int_in(f.proxy.keepalive_timeout_secs, DEFAULT_PROXY_KEEPALIVE_TIMEOUT_SECS, 1..=3600);
+    let keepalive = p.check("proxy.keepalive_timeout_secs", keepalive);
+    let header = int_in(f.proxy.header_timeout_secs, DEFAULT_PROXY_HEADER_TIMEOUT_SECS, 1..=3600);
+    let header = p.check("proxy.header_timeout_secs", header);
     Some(ProxyConfig {
         max_body_bytes: usize::try_from(max_body?).ok()?,
         replay_body_bytes: usize::try_from(replay?).ok()?,
         access_log: f.proxy.access_log.unwrap_or(true),
+        keepalive_timeout: Duration::from_secs(keepalive?),
+        header_timeout: Duration::from_secs(header?),
     })
 }
 
@@ -358,12 +393,16 @@ fn http_url(value: &str) -> Result<Url, String> {
     Ok(url)
 }
 
-/// A `redis://` or `rediss://` URL with a host. It may hold a password, so it stays a `Secret`
-/// and no message quotes it (url's own errors name the fault, not the text).
+/// A `redis://` or `rediss://` URL with a host, or a `redis+sentinel://` URL naming Sentinels
+/// and a service. It may hold a password, so it stays a `Secret` and no message quotes it
+/// (url's own errors name the fault, not the text).
 fn redis_url(value: &str) -> Result<Secret, String> {
+    if value.starts_with(SENTINEL_SCHEME) {
+        return parse_sentinel_url(value).map(|_| Secret::new(value));
+    }
     let url = Url::parse(value).map_err(|e| format!("is not a URL: {e}"))?;
     if !matches!(url.scheme(), "redis" | "rediss") {
-        return Err("must start with redis:// or rediss://".to_owned());
+        return Err("must start with redis://, rediss:// or redis+sentinel://".to_owned());
     }
     if url.host_str().is_none_or(str::is_empty) {
         return Err("must have a host".to_owned());
@@ -399,6 +438,8 @@ mod tests {
             assert!(http_url(bad).is_err(), "{bad}");
         }
         assert!(redis_url("rediss://:pw@redis.internal:6380/2").is_ok());
+        assert!(redis_url("redis+sentinel://:pw@10.0.0.1:26379,10.0.0.2:26379/mymaster/1").is_ok());
+        assert!(redis_url("redis+sentinel://10.0.0.1:26379").is_err(), "a Sentinel URL names its service");
         for bad in ["http://redis", "redis://", "127.0.0.1:6379"] {
             assert!(redis_url(bad).is_err(), "{bad}");
         }

@@ -4,8 +4,8 @@
 //! |---|---|
 //! | `/cgi-bin/component/api_*` (the seven component endpoints) | [`super::component`] |
 //! | `GET /cgi-bin/componentloginpage`, `GET /safe/bindcomponent`, `GET /sandbox/consent` | [`super::pages`] |
-//! | `/sandbox/*` control routes (also `message`, `release-check`) | [`super::control`] |
-//! | anything else | an app's API call: [`super::api`] |
+//! | `/sandbox/*` control routes | [`super::control`] |
+//! | anything else | an app's API call: [`super::api`] (`/cgi-bin/ticket/getticket` issues JS-SDK tickets) |
 
 use axum::extract::{Request, State};
 use axum::http::StatusCode;

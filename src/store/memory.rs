@@ -1,7 +1,10 @@
 //! The in-memory store, for tests and throwaway runs: nothing survives the process.
 
 use super::memory_outbox::MemoryOutbox;
-use super::{AuthEvent, AuthorizerRecord, ComponentToken, OutboxStore, Store, StoreError, StoredEvent, Ticket};
+use super::{
+    AuthEvent, AuthorizerRecord, ComponentToken, Fence, JsTicket, OutboxStore, Store, StoreError, StoredEvent, Ticket,
+    TicketKind,
+};
 use crate::AppId;
 use async_trait::async_trait;
 use std::collections::HashMap;
@@ -20,6 +23,7 @@ struct State {
     next_event_id: i64,
     component_tokens: HashMap<AppId, ComponentToken>,
     authorizers: HashMap<(AppId, AppId), AuthorizerRecord>,
+    js_tickets: HashMap<(AppId, AppId, TicketKind), JsTicket>,
 }
 
 impl MemoryStore {
@@ -125,6 +129,22 @@ impl Store for MemoryStore {
     async fn delete_authorizer(&self, component: &AppId, appid: &AppId) -> Result<bool, StoreError> {
         Ok(self.state().authorizers.remove(&(*component, *appid)).is_some())
     }
+
+    async fn load_js_ticket(&self, c: &AppId, a: &AppId, kind: TicketKind) -> Result<Option<JsTicket>, StoreError> {
+        Ok(self.state().js_tickets.get(&(*c, *a, kind)).cloned())
+    }
+
+    async fn save_js_ticket(
+        &self,
+        c: &AppId,
+        a: &AppId,
+        kind: TicketKind,
+        ticket: &JsTicket,
+        _fence: Fence<'_>,
+    ) -> Result<bool, StoreError> {
+        self.state().js_tickets.insert((*c, *a, kind), ticket.clone());
+        Ok(true)
+    }
 }
 
 #[cfg(test)]
@@ -145,5 +165,6 @@ mod tests {
     #[tokio::test]
     async fn tokens_and_authorizers_round_trip() {
         contract_tests::tokens_and_authorizers_round_trip(&MemoryStore::new()).await;
+        contract_tests::js_tickets_round_trip(&MemoryStore::new()).await;
     }
 }

@@ -265,7 +265,7 @@ impl OutboxStore for RedisStore {
                 invocation.arg(name).arg(value);
             }
         }
-        let _: i64 = self.outbox_invoke(invocation).await?;
+        let _: i64 = self.outbox_invoke(invocation, true).await?;
         Ok(())
     }
 
@@ -279,20 +279,20 @@ impl OutboxStore for RedisStore {
     ) -> Result<bool, StoreError> {
         let mut invocation = FIRST_TIME.key(self.outbox_key(component, &format!("outbox:seen:{authorizer}:{key}")));
         invocation.arg(ttl.as_millis() as u64);
-        let new: i64 = self.outbox_invoke(invocation).await?;
+        let new: i64 = self.outbox_invoke(invocation, true).await?;
         Ok(new == 1)
     }
 
     async fn due_routes(&self, component: &AppId, now_ms: i64) -> Result<Vec<String>, StoreError> {
         let mut invocation = DUE_ROUTES.key(self.outbox_key(component, "outbox:routes"));
         invocation.arg(self.outbox_key(component, "outbox:due:")).arg(now_ms);
-        self.outbox_invoke(invocation).await
+        self.outbox_invoke(invocation, false).await
     }
 
     async fn next_due(&self, component: &AppId) -> Result<Option<i64>, StoreError> {
         let mut invocation = NEXT_DUE.key(self.outbox_key(component, "outbox:routes"));
         invocation.arg(self.outbox_key(component, "outbox:due:"));
-        let due: Option<String> = self.outbox_invoke(invocation).await?;
+        let due: Option<String> = self.outbox_invoke(invocation, false).await?;
         due.map(|d| d.parse().map_err(|_| corrupt("next_attempt_at"))).transpose()
     }
 
@@ -312,7 +312,7 @@ impl OutboxStore for RedisStore {
             .arg(now_ms + lease.as_millis() as i64)
             .arg(&token)
             .arg(self.outbox_key(component, "outbox:msg:"));
-        let claimed: Vec<Vec<String>> = self.outbox_invoke(invocation).await?;
+        let claimed: Vec<Vec<String>> = self.outbox_invoke(invocation, false).await?;
         claimed.into_iter().map(|flat| Ok(Claim { message: message_from(flat)?, token: token.clone() })).collect()
     }
 
@@ -338,7 +338,7 @@ impl OutboxStore for RedisStore {
             .arg(error)
             .arg(id.as_str())
             .arg(self.outbox_key(component, "outbox:due:"));
-        let settled: i64 = self.outbox_invoke(invocation).await?;
+        let settled: i64 = self.outbox_invoke(invocation, false).await?;
         Ok(settled == 1)
     }
 
@@ -348,7 +348,7 @@ impl OutboxStore for RedisStore {
             .arg(now_ms)
             .arg(self.outbox_key(component, "outbox:msg:"))
             .arg(self.outbox_key(component, "outbox:due:"));
-        self.outbox_invoke(invocation).await
+        self.outbox_invoke(invocation, false).await
     }
 
     async fn list(
@@ -384,7 +384,7 @@ impl OutboxStore for RedisStore {
                 invocation.arg(field);
             }
             let (count, rows): (String, Vec<Vec<Option<String>>>) = {
-                let mut reply: Vec<redis::Value> = self.outbox_invoke(invocation).await?;
+                let mut reply: Vec<redis::Value> = self.outbox_invoke(invocation, false).await?;
                 if reply.is_empty() {
                     return Err(corrupt("listing"));
                 }
@@ -421,7 +421,7 @@ impl OutboxStore for RedisStore {
             .arg(now_ms)
             .arg(id.as_str())
             .arg(self.outbox_key(component, "outbox:due:"));
-        let found: i64 = self.outbox_invoke(invocation).await?;
+        let found: i64 = self.outbox_invoke(invocation, false).await?;
         Ok(found == 1)
     }
 
@@ -432,14 +432,14 @@ impl OutboxStore for RedisStore {
             .key(self.outbox_key(component, "outbox:failed"))
             .arg(id.as_str())
             .arg(self.outbox_key(component, "outbox:due:"));
-        let found: i64 = self.outbox_invoke(invocation).await?;
+        let found: i64 = self.outbox_invoke(invocation, false).await?;
         Ok(found == 1)
     }
 
     async fn counts(&self, component: &AppId) -> Result<(u64, u64), StoreError> {
         let mut invocation = COUNTS.key(self.outbox_key(component, "outbox:pending"));
         invocation.key(self.outbox_key(component, "outbox:failed"));
-        self.outbox_invoke(invocation).await
+        self.outbox_invoke(invocation, false).await
     }
 
     async fn prune_seen(&self, _component: &AppId, _before_ms: i64) -> Result<u64, StoreError> {
@@ -462,9 +462,14 @@ mod tests {
     }
 
     async fn store(prefix: &str) -> RedisStore {
-        RedisStore::connect(&Secret::new(URL), prefix, &crate::store::contract_tests::component())
-            .await
-            .expect("a Redis at 127.0.0.1:6379")
+        RedisStore::connect(
+            &Secret::new(URL),
+            prefix,
+            &crate::store::contract_tests::component(),
+            &crate::store::RedisOptions::default(),
+        )
+        .await
+        .expect("a Redis at 127.0.0.1:6379")
     }
 
     async fn clean(prefix: &str) {

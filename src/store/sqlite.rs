@@ -6,7 +6,8 @@
 
 use super::sqlite_outbox::GroupCommit;
 use super::{
-    AuthEvent, AuthorizerRecord, AuthorizerState, ComponentToken, OutboxStore, Store, StoreError, StoredEvent, Ticket,
+    AuthEvent, AuthorizerRecord, AuthorizerState, ComponentToken, Fence, JsTicket, OutboxStore, Store, StoreError,
+    StoredEvent, Ticket, TicketKind,
 };
 use crate::{AppId, Secret};
 use async_trait::async_trait;
@@ -55,7 +56,17 @@ pub(super) const MIGRATIONS: &[&str] = &[
          auth_code_sha1    TEXT,
          PRIMARY KEY (component_appid, authorizer_appid)
      ) WITHOUT ROWID;",
-    // 2 → 3: the outbox of messages for the apps' handlers, and WeChat's retry dedupe keys.
+    // 2 → 3: the JS-SDK tickets, so that a restart reuses them.
+    "CREATE TABLE js_tickets (
+         component_appid  TEXT NOT NULL,
+         authorizer_appid TEXT NOT NULL,
+         kind             TEXT NOT NULL,
+         ticket           TEXT NOT NULL,
+         expires_at       INTEGER NOT NULL,
+         obtained_at      INTEGER NOT NULL,
+         PRIMARY KEY (component_appid, authorizer_appid, kind)
+     ) WITHOUT ROWID;",
+    // 3 → 4: the outbox of messages for the apps' handlers, and WeChat's retry dedupe keys.
     "CREATE TABLE outbox (
          component_appid    TEXT NOT NULL,
          id                 TEXT NOT NULL,
@@ -403,6 +414,47 @@ impl Store for SqliteStore {
         })
         .await
     }
+
+    async fn load_js_ticket(&self, c: &AppId, a: &AppId, kind: TicketKind) -> Result<Option<JsTicket>, StoreError> {
+        let (c, a) = (c.to_string(), a.to_string());
+        self.with_conn(move |conn| {
+            conn.query_row(
+                "SELECT ticket, expires_at, obtained_at FROM js_tickets
+                 WHERE component_appid = ?1 AND authorizer_appid = ?2 AND kind = ?3",
+                params![c, a, kind.as_str()],
+                |r| {
+                    Ok(JsTicket {
+                        value: Secret::new(r.get::<_, String>(0)?),
+                        expires_at: r.get(1)?,
+                        obtained_at: r.get(2)?,
+                    })
+                },
+            )
+            .optional()
+        })
+        .await
+    }
+
+    async fn save_js_ticket(
+        &self,
+        c: &AppId,
+        a: &AppId,
+        kind: TicketKind,
+        ticket: &JsTicket,
+        _fence: Fence<'_>,
+    ) -> Result<bool, StoreError> {
+        let (c, a, t) = (c.to_string(), a.to_string(), ticket.clone());
+        self.with_conn(move |conn| {
+            conn.execute(
+                "INSERT OR REPLACE INTO js_tickets
+                     (component_appid, authorizer_appid, kind, ticket, expires_at, obtained_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                params![c, a, kind.as_str(), t.value.expose(), t.expires_at, t.obtained_at],
+            )?;
+            Ok(true)
+        })
+        .await
+    }
 }
 
 #[cfg(test)]
@@ -433,6 +485,7 @@ mod tests {
     async fn tokens_and_authorizers_round_trip() {
         let (_dir, store) = temp_store();
         contract_tests::tokens_and_authorizers_round_trip(&store).await;
+        contract_tests::js_tickets_round_trip(&store).await;
     }
 
     #[tokio::test]

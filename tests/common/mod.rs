@@ -2,6 +2,8 @@
 //! WeChat-style pushes encrypted with the crate's own crypto.
 #![allow(dead_code)]
 
+pub mod redis_server;
+
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -160,8 +162,8 @@ impl Gateway {
     async fn wait_healthy(&self, log: PathBuf) {
         let deadline = Instant::now() + Duration::from_secs(30);
         while Instant::now() < deadline {
+            // Both listeners: pingora starts its services one after the other.
             if let Ok(r) = self.http.get(self.admin_url("/healthz")).send().await {
-                // pingora starts its listeners one by one: the proxy's may come after the admin's.
                 if r.status() == 200 && tokio::net::TcpStream::connect(self.proxy).await.is_ok() {
                     return;
                 }
@@ -222,12 +224,17 @@ impl Gateway {
 
     /// Posts a push to the authorization-event URL as WeChat would: encrypted, signed.
     pub async fn push(&self, crypt: &MsgCrypt, message: &str) -> reqwest::Response {
+        self.try_push(crypt, message).await.unwrap()
+    }
+
+    /// [`Gateway::push`], with a failure to get an answer returned.
+    pub async fn try_push(&self, crypt: &MsgCrypt, message: &str) -> reqwest::Result<reqwest::Response> {
         let (timestamp, nonce) = ("1700000000", "nonce123");
         let sealed = crypt.seal(message, timestamp, nonce);
         let body = envelope(&sealed.encrypt);
         let query =
             format!("timestamp={timestamp}&nonce={nonce}&encrypt_type=aes&msg_signature={}", sealed.msg_signature);
-        self.post_callback(&query, body).await
+        self.http.post(self.proxy_url(&format!("/wxgate/callback/component?{query}"))).body(body).send().await
     }
 
     pub async fn post_callback(&self, query: &str, body: impl Into<reqwest::Body>) -> reqwest::Response {

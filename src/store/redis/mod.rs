@@ -5,18 +5,24 @@
 //! can share one Redis. Refresh tokens live here: run Redis with AOF (`appendonly yes`,
 //! `appendfsync everysec` or `always`); start-up warns when it keeps nothing on disk.
 
+mod link;
+mod target;
+
+pub use target::{parse_sentinel_url, SentinelUrl, SENTINEL_SCHEME};
+
 use super::{
-    AuthEvent, AuthorizerRecord, AuthorizerState, Change, ComponentToken, Lease, OutboxStore, Store, StoreError,
-    StoredEvent, Ticket,
+    AuthEvent, AuthorizerRecord, AuthorizerState, Change, ComponentToken, Fence, JsTicket, Lease, OutboxStore, Store,
+    StoreError, StoredEvent, Ticket, TicketKind,
 };
 use crate::{AppId, Secret};
 use async_trait::async_trait;
 use futures_util::StreamExt;
-use redis::aio::ConnectionManager;
-use redis::{AsyncCommands, Script};
+use link::{Link, WeakLink};
+use redis::{AsyncCommands, Script, ScriptInvocation};
 use std::collections::HashMap;
 use std::sync::LazyLock;
 use std::time::Duration;
+use target::Target;
 use tokio::sync::broadcast;
 
 /// Keeps `ticket` unless the one held has a later CreateTime.
@@ -59,9 +65,28 @@ static RELEASE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(r"if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0")
 });
 
+/// How the store talks to Redis, from the `store.redis_*` keys.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RedisOptions {
+    /// The deadline of every command (`store.redis_timeout_ms`).
+    pub timeout: Duration,
+    /// Replicas that must hold an authorizer's record (its refresh token) or an event before the
+    /// write counts as done (`store.redis_wait_replicas`): `WAIT` after the write.
+    pub wait_replicas: u32,
+    /// How long `WAIT` may take (`store.redis_wait_timeout_ms`).
+    pub wait_timeout: Duration,
+}
+
+impl Default for RedisOptions {
+    fn default() -> Self {
+        Self { timeout: Duration::from_millis(1000), wait_replicas: 0, wait_timeout: Duration::from_millis(1000) }
+    }
+}
+
 #[derive(Clone)]
 pub struct RedisStore {
-    conn: ConnectionManager,
+    link: Link,
+    options: RedisOptions,
     key_prefix: String,
     /// The component this instance serves: its change channel.
     channel: String,
@@ -70,23 +95,25 @@ pub struct RedisStore {
     changes: broadcast::Sender<Change>,
 }
 
-fn unavailable(e: redis::RedisError) -> StoreError {
-    StoreError::Unavailable(format!("redis: {e}"))
-}
-
 impl RedisStore {
     /// Connects, checks persistence, and starts listening for other instances' changes (on the
     /// current runtime, which must outlive the store).
-    pub async fn connect(url: &Secret, key_prefix: &str, component: &AppId) -> Result<Self, StoreError> {
-        let client = redis::Client::open(url.expose())
+    pub async fn connect(
+        url: &Secret,
+        key_prefix: &str,
+        component: &AppId,
+        options: &RedisOptions,
+    ) -> Result<Self, StoreError> {
+        let target = Target::open(url.expose())
             .map_err(|e| StoreError::Open { path: "store.redis_url".into(), reason: e.to_string() })?;
-        let conn = ConnectionManager::new(client.clone()).await.map_err(unavailable)?;
+        let link = Link::connect(target, options.timeout).await?;
         let (changes, _) = broadcast::channel(1024);
         let instance = format!("{}-{}", std::process::id(), hex::encode(rand::random::<[u8; 6]>()));
         let channel = format!("{key_prefix}{component}:changes");
-        let store = Self { conn, key_prefix: key_prefix.to_owned(), channel, instance, changes };
+        let store =
+            Self { link, options: options.clone(), key_prefix: key_prefix.to_owned(), channel, instance, changes };
         store.warn_without_persistence().await;
-        tokio::spawn(listen(client, store.channel.clone(), store.changes.clone()));
+        tokio::spawn(listen(store.link.downgrade(), store.channel.clone(), store.changes.clone(), options.timeout));
         Ok(store)
     }
 
@@ -105,32 +132,81 @@ impl RedisStore {
         &self.instance
     }
 
-    /// Runs one of the outbox's scripts on the store's connection.
-    pub(super) async fn outbox_invoke<T: redis::FromRedisValue>(
+    /// Runs one of the outbox's scripts through the link (its deadline, fail-fast while Redis is
+    /// away); with `durable`, also waits for `store.redis_wait_replicas` replicas, as for events:
+    /// a message accepted from WeChat must survive a failover.
+    pub(super) async fn outbox_invoke<T>(
         &self,
-        invocation: redis::ScriptInvocation<'_>,
-    ) -> Result<T, StoreError> {
-        invocation.invoke_async(&mut self.conn.clone()).await.map_err(unavailable)
+        invocation: ScriptInvocation<'static>,
+        durable: bool,
+    ) -> Result<T, StoreError>
+    where
+        T: redis::FromRedisValue + Send + 'static,
+    {
+        self.invoke(invocation, durable).await
     }
 
     async fn warn_without_persistence(&self) {
-        let mut conn = self.conn.clone();
-        let aof: redis::RedisResult<(String, String)> =
-            redis::cmd("CONFIG").arg("GET").arg("appendonly").query_async(&mut conn).await;
-        let rdb: redis::RedisResult<(String, String)> =
-            redis::cmd("CONFIG").arg("GET").arg("save").query_async(&mut conn).await;
-        match (aof, rdb) {
-            (Ok((_, aof)), Ok((_, save))) if aof == "no" && save.trim().is_empty() => tracing::warn!(
+        let settings = self
+            .link
+            .run(|mut conn| async move {
+                let aof: redis::RedisResult<(String, String)> =
+                    redis::cmd("CONFIG").arg("GET").arg("appendonly").query_async(&mut conn).await;
+                let rdb: redis::RedisResult<(String, String)> =
+                    redis::cmd("CONFIG").arg("GET").arg("save").query_async(&mut conn).await;
+                Ok((aof, rdb))
+            })
+            .await;
+        match settings {
+            Ok((Ok((_, aof)), Ok((_, save)))) if aof == "no" && save.trim().is_empty() => tracing::warn!(
                 "Redis keeps nothing on disk (appendonly no, no save points): a Redis restart loses every refresh token; enable appendonly"
             ),
-            (Ok((_, aof)), _) if aof == "no" => tracing::warn!("Redis runs without AOF: refresh tokens written since the last snapshot are lost if it crashes"),
-            (Err(_), _) | (_, Err(_)) => tracing::warn!("cannot read Redis's persistence settings (CONFIG GET refused); make sure it keeps refresh tokens on disk"),
-            _ => {}
+            Ok((Ok((_, aof)), _)) if aof == "no" => tracing::warn!("Redis runs without AOF: refresh tokens written since the last snapshot are lost if it crashes"),
+            Ok((Ok(_), Ok(_))) => {}
+            _ => tracing::warn!("cannot read Redis's persistence settings (CONFIG GET refused); make sure it keeps refresh tokens on disk"),
         }
     }
 
     async fn hgetall(&self, key: &str) -> Result<HashMap<String, String>, StoreError> {
-        self.conn.clone().hgetall(key).await.map_err(unavailable)
+        let key = key.to_owned();
+        self.link.run(|mut c| async move { c.hgetall(key).await }).await
+    }
+
+    /// Runs a script; with `durable`, waits for `store.redis_wait_replicas` replicas to hold what
+    /// it wrote, on the same connection (WAIT counts that connection's writes), and fails unless
+    /// they did: a write only the master holds could be lost in a failover.
+    async fn invoke<T>(&self, invocation: ScriptInvocation<'static>, durable: bool) -> Result<T, StoreError>
+    where
+        T: redis::FromRedisValue + Send + 'static,
+    {
+        let wait = (durable && self.options.wait_replicas > 0)
+            .then_some((self.options.wait_replicas, self.options.wait_timeout));
+        let deadline = self.options.timeout + wait.map_or(Duration::ZERO, |(_, t)| t);
+        let command = |mut c: redis::aio::MultiplexedConnection| async move {
+            let value: T = invocation.invoke_async(&mut c).await?;
+            let acked = match wait {
+                Some((n, t)) => {
+                    let ms = u64::try_from(t.as_millis()).unwrap_or(u64::MAX).max(1);
+                    Some(redis::cmd("WAIT").arg(n).arg(ms).query_async::<u32>(&mut c).await?)
+                }
+                None => None,
+            };
+            Ok((value, acked))
+        };
+        let (value, acked) = match wait {
+            Some(_) => self.link.run_alone(deadline, command).await?,
+            None => self.link.run_within(deadline, command).await?,
+        };
+        match (wait, acked) {
+            (Some((n, t)), Some(acked)) if acked < n => {
+                // Most often a failover under way: the master we write to has lost its replica.
+                self.link.suspect();
+                Err(StoreError::Unavailable(format!(
+                    "redis: the write reached {acked} of the {n} replicas required within {t:?} (WAIT)"
+                )))
+            }
+            _ => Ok(value),
+        }
     }
 
     async fn fenced_write(
@@ -149,31 +225,61 @@ impl RedisStore {
         for (field, value) in fields {
             invocation.arg(field).arg(value);
         }
-        let written: i64 = invocation.invoke_async(&mut self.conn.clone()).await.map_err(unavailable)?;
+        // Authorizer records carry the refresh token: they must survive a failover.
+        let durable = !member.is_empty();
+        let written: i64 = self.invoke(invocation, durable).await?;
         Ok(written == 1)
     }
 }
 
-/// Follows the change channel, reconnecting after a Redis restart; after every (re)connect it
-/// announces a resync, since changes made meanwhile were not heard.
-async fn listen(client: redis::Client, channel: String, tx: broadcast::Sender<Change>) {
+/// Follows the change channel on a connection of its own to the master in use, subscribing
+/// again after every reconnect of the store's link (a Redis restart, a failover); after every
+/// subscription it announces a resync, since changes made meanwhile were not heard.
+async fn listen(link: WeakLink, channel: String, tx: broadcast::Sender<Change>, timeout: Duration) {
+    let Some(mut generations) = link.upgrade().map(|l| l.generations()) else { return };
     loop {
-        match client.get_async_pubsub().await {
-            Ok(mut pubsub) => {
-                if pubsub.subscribe(&channel).await.is_ok() {
-                    let _ = tx.send(Change::Resync);
-                    let mut messages = pubsub.on_message();
-                    while let Some(message) = messages.next().await {
-                        if let Some(change) = message.get_payload::<String>().ok().and_then(|p| parse_change(&p)) {
-                            let _ = tx.send(change);
+        generations.borrow_and_update();
+        let Some(client) = link.upgrade().and_then(|l| l.client()) else {
+            // Redis is away: wait for the link to reconnect (or the store to go).
+            if generations.changed().await.is_err() {
+                return;
+            }
+            continue;
+        };
+        let subscribed = tokio::time::timeout(timeout, async {
+            let mut pubsub = client.get_async_pubsub().await?;
+            pubsub.subscribe(&channel).await?;
+            redis::RedisResult::Ok(pubsub)
+        })
+        .await;
+        match subscribed {
+            Ok(Ok(mut pubsub)) => {
+                let _ = tx.send(Change::Resync);
+                let mut messages = pubsub.on_message();
+                loop {
+                    tokio::select! {
+                        message = messages.next() => match message {
+                            Some(message) => {
+                                if let Some(change) = message.get_payload::<String>().ok().and_then(|p| parse_change(&p)) {
+                                    let _ = tx.send(change);
+                                }
+                            }
+                            None => break,
+                        },
+                        changed = generations.changed() => {
+                            if changed.is_err() {
+                                return;
+                            }
+                            break;
                         }
                     }
                 }
-                tracing::warn!("lost the Redis change channel; reconnecting");
+                tracing::warn!("lost the Redis change channel; subscribing again");
             }
-            Err(e) => tracing::warn!(error = %e, "cannot subscribe to Redis changes; retrying"),
+            Ok(Err(e)) => tracing::warn!(error = %e, "cannot subscribe to Redis changes; retrying"),
+            Err(_) => tracing::warn!("cannot subscribe to Redis changes: no answer in time; retrying"),
         }
-        tokio::time::sleep(Duration::from_secs(1)).await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
 
@@ -183,6 +289,10 @@ fn parse_change(payload: &str) -> Option<Change> {
         None if payload == "component" => Some(Change::ComponentToken),
         Some(("authorizer", appid)) => AppId::parse(appid).ok().map(Change::Authorizer),
         Some(("deleted", appid)) => AppId::parse(appid).ok().map(Change::Deleted),
+        Some(("js_ticket", rest)) => {
+            let (kind, appid) = rest.split_once(':')?;
+            Some(Change::JsTicket(AppId::parse(appid).ok()?, TicketKind::parse(kind)?))
+        }
         _ => None,
     }
 }
@@ -242,7 +352,7 @@ impl Store for RedisStore {
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
-        let _: String = redis::cmd("PING").query_async(&mut self.conn.clone()).await.map_err(unavailable)?;
+        let _: String = self.link.run(|mut c| async move { redis::cmd("PING").query_async(&mut c).await }).await?;
         Ok(())
     }
 
@@ -259,40 +369,27 @@ impl Store for RedisStore {
     }
 
     async fn save_ticket(&self, component: &AppId, t: &Ticket) -> Result<bool, StoreError> {
-        let kept: i64 = SAVE_TICKET
-            .key(self.key(component, "ticket"))
-            .key(self.key(component, "changes"))
-            .arg(t.value.expose())
-            .arg(t.create_time)
-            .arg(t.received_at)
-            .invoke_async(&mut self.conn.clone())
-            .await
-            .map_err(unavailable)?;
+        let mut invocation = SAVE_TICKET.key(self.key(component, "ticket"));
+        invocation.key(self.key(component, "changes")).arg(t.value.expose()).arg(t.create_time).arg(t.received_at);
+        // A ticket lost in a failover is replaced by WeChat's next push within 10 minutes.
+        let kept: i64 = self.invoke(invocation, false).await?;
         Ok(kept == 1)
     }
 
     async fn record_event(&self, component: &AppId, e: &AuthEvent) -> Result<bool, StoreError> {
         let dedupe = format!("{}|{}|{}", e.info_type, e.authorizer_appid, e.create_time);
-        let id: i64 = RECORD_EVENT
-            .key(self.key(component, "events:dedupe"))
-            .key(self.key(component, "events:seq"))
-            .key(self.key(component, "events:pending"))
-            .arg(dedupe)
-            .arg(self.key(component, "event:"))
-            .arg(&e.info_type)
-            .arg(&e.authorizer_appid)
-            .arg(e.create_time)
-            .arg(e.payload.expose())
-            .arg(e.received_at)
-            .invoke_async(&mut self.conn.clone())
-            .await
-            .map_err(unavailable)?;
+        let mut invocation = RECORD_EVENT.key(self.key(component, "events:dedupe"));
+        invocation.key(self.key(component, "events:seq")).key(self.key(component, "events:pending"));
+        invocation.arg(dedupe).arg(self.key(component, "event:")).arg(&e.info_type).arg(&e.authorizer_appid);
+        invocation.arg(e.create_time).arg(e.payload.expose()).arg(e.received_at);
+        // WeChat is answered `success` once this returns, and does not send the event again.
+        let id: i64 = self.invoke(invocation, true).await?;
         Ok(id > 0)
     }
 
     async fn pending_events(&self, component: &AppId) -> Result<Vec<StoredEvent>, StoreError> {
-        let ids: Vec<i64> =
-            self.conn.clone().zrange(self.key(component, "events:pending"), 0, -1).await.map_err(unavailable)?;
+        let pending = self.key(component, "events:pending");
+        let ids: Vec<i64> = self.link.run(|mut c| async move { c.zrange(pending, 0, -1).await }).await?;
         let mut events = Vec::with_capacity(ids.len());
         for id in ids {
             let map = self.hgetall(&self.key(component, &format!("event:{id}"))).await?;
@@ -311,7 +408,8 @@ impl Store for RedisStore {
     }
 
     async fn finish_event(&self, component: &AppId, id: i64) -> Result<(), StoreError> {
-        let _: i64 = self.conn.clone().zrem(self.key(component, "events:pending"), id).await.map_err(unavailable)?;
+        let pending = self.key(component, "events:pending");
+        let _: i64 = self.link.run(|mut c| async move { c.zrem(pending, id).await }).await?;
         Ok(())
     }
 
@@ -341,8 +439,8 @@ impl Store for RedisStore {
     }
 
     async fn load_authorizers(&self, component: &AppId) -> Result<Vec<AuthorizerRecord>, StoreError> {
-        let appids: Vec<String> =
-            self.conn.clone().smembers(self.key(component, "authorizers")).await.map_err(unavailable)?;
+        let set = self.key(component, "authorizers");
+        let appids: Vec<String> = self.link.run(|mut c| async move { c.smembers(set).await }).await?;
         let mut records = Vec::with_capacity(appids.len());
         for appid in appids.iter().filter_map(|a| AppId::parse(a).ok()) {
             if let Some(r) = self.load_authorizer(component, &appid).await? {
@@ -375,12 +473,20 @@ impl Store for RedisStore {
     }
 
     async fn delete_authorizer(&self, component: &AppId, appid: &AppId) -> Result<bool, StoreError> {
-        let mut conn = self.conn.clone();
-        let removed: i64 = conn.srem(self.key(component, "authorizers"), appid.as_str()).await.map_err(unavailable)?;
-        let deleted: i64 = conn.del(self.key(component, &format!("authorizer:{appid}"))).await.map_err(unavailable)?;
-        let _: i64 =
-            conn.publish(self.key(component, "changes"), format!("deleted:{appid}")).await.map_err(unavailable)?;
-        Ok(removed + deleted > 0)
+        let (set, hash, channel) = (
+            self.key(component, "authorizers"),
+            self.key(component, &format!("authorizer:{appid}")),
+            self.key(component, "changes"),
+        );
+        let (member, announce) = (appid.as_str().to_owned(), format!("deleted:{appid}"));
+        self.link
+            .run(|mut c| async move {
+                let removed: i64 = c.srem(set, member).await?;
+                let deleted: i64 = c.del(hash).await?;
+                let _: i64 = c.publish(channel, announce).await?;
+                Ok(removed + deleted > 0)
+            })
+            .await
     }
 
     fn shared(&self) -> bool {
@@ -388,29 +494,31 @@ impl Store for RedisStore {
     }
 
     async fn lease(&self, component: &AppId, what: &str, ttl: Duration) -> Result<Option<Lease>, StoreError> {
-        let mut conn = self.conn.clone();
-        let fence: i64 = conn.incr(self.key(component, "fence"), 1).await.map_err(unavailable)?;
-        let lease =
-            Lease { key: self.key(component, &format!("lease:{what}")), owner: format!("{}:{fence}", self.instance) };
-        let taken: Option<String> = redis::cmd("SET")
-            .arg(&lease.key)
-            .arg(&lease.owner)
-            .arg("NX")
-            .arg("PX")
-            .arg(ttl.as_millis() as u64)
-            .query_async(&mut conn)
+        let fence_key = self.key(component, "fence");
+        let key = self.key(component, &format!("lease:{what}"));
+        let instance = self.instance.clone();
+        let ttl_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX);
+        self.link
+            .run(|mut c| async move {
+                let fence: i64 = c.incr(fence_key, 1).await?;
+                let lease = Lease { key, owner: format!("{instance}:{fence}") };
+                let taken: Option<String> = redis::cmd("SET")
+                    .arg(&lease.key)
+                    .arg(&lease.owner)
+                    .arg("NX")
+                    .arg("PX")
+                    .arg(ttl_ms)
+                    .query_async(&mut c)
+                    .await?;
+                Ok(taken.map(|_| lease))
+            })
             .await
-            .map_err(unavailable)?;
-        Ok(taken.map(|_| lease))
     }
 
     async fn release(&self, lease: &Lease) -> Result<(), StoreError> {
-        let _: i64 = RELEASE
-            .key(&lease.key)
-            .arg(&lease.owner)
-            .invoke_async(&mut self.conn.clone())
-            .await
-            .map_err(unavailable)?;
+        let mut invocation = RELEASE.key(&lease.key);
+        invocation.arg(&lease.owner);
+        let _: i64 = self.invoke(invocation, false).await?;
         Ok(())
     }
 
@@ -418,11 +526,11 @@ impl Store for RedisStore {
         &self,
         component: &AppId,
         token: &ComponentToken,
-        lease: &Lease,
+        fence: Fence<'_>,
     ) -> Result<bool, StoreError> {
         self.fenced_write(
             component,
-            Some(lease),
+            fence.lease(),
             &self.key(component, "component_token"),
             "",
             "component",
@@ -435,18 +543,47 @@ impl Store for RedisStore {
         &self,
         component: &AppId,
         r: &AuthorizerRecord,
-        lease: &Lease,
+        fence: Fence<'_>,
     ) -> Result<bool, StoreError> {
         let hash = self.key(component, &format!("authorizer:{}", r.appid));
         self.fenced_write(
             component,
-            Some(lease),
+            fence.lease(),
             &hash,
             r.appid.as_str(),
             &format!("authorizer:{}", r.appid),
             authorizer_fields(r),
         )
         .await
+    }
+
+    async fn load_js_ticket(&self, c: &AppId, a: &AppId, kind: TicketKind) -> Result<Option<JsTicket>, StoreError> {
+        let map = self.hgetall(&self.key(c, &format!("js_ticket:{}:{a}", kind.as_str()))).await?;
+        if map.is_empty() {
+            return Ok(None);
+        }
+        Ok(Some(JsTicket {
+            value: Secret::new(field::<String>(&map, "value")?),
+            expires_at: field(&map, "expires_at")?,
+            obtained_at: field(&map, "obtained_at")?,
+        }))
+    }
+
+    async fn save_js_ticket(
+        &self,
+        c: &AppId,
+        a: &AppId,
+        kind: TicketKind,
+        t: &JsTicket,
+        fence: Fence<'_>,
+    ) -> Result<bool, StoreError> {
+        let name = format!("js_ticket:{}:{a}", kind.as_str());
+        let fields = vec![
+            ("value", t.value.expose().to_owned()),
+            ("expires_at", t.expires_at.to_string()),
+            ("obtained_at", t.obtained_at.to_string()),
+        ];
+        self.fenced_write(c, fence.lease(), &self.key(c, &name), "", &name, fields).await
     }
 
     fn changes(&self) -> Option<broadcast::Receiver<Change>> {
@@ -468,7 +605,7 @@ mod tests {
     }
 
     async fn store(prefix: &str) -> RedisStore {
-        RedisStore::connect(&Secret::new(URL), prefix, &contract_tests::component())
+        RedisStore::connect(&Secret::new(URL), prefix, &contract_tests::component(), &RedisOptions::default())
             .await
             .expect("a Redis at 127.0.0.1:6379")
     }
@@ -488,11 +625,15 @@ mod tests {
         contract_tests::newer_ticket_wins(&s).await;
         contract_tests::events_are_recorded_once(&s).await;
         // Keys are namespaced by component: another component's store is empty.
-        let other = RedisStore::connect(&Secret::new(URL), &p, &contract_tests::component_b()).await.unwrap();
+        let other =
+            RedisStore::connect(&Secret::new(URL), &p, &contract_tests::component_b(), &RedisOptions::default())
+                .await
+                .unwrap();
         assert!(other.load_ticket(&contract_tests::component_b()).await.unwrap().is_none());
         clean(&p).await;
         let p = prefix();
         contract_tests::tokens_and_authorizers_round_trip(&store(&p).await).await;
+        contract_tests::js_tickets_round_trip(&store(&p).await).await;
         clean(&p).await;
     }
 
@@ -505,11 +646,14 @@ mod tests {
         let ttl = Duration::from_millis(300);
         let held = one.lease(&c, "wx1111111111111111", ttl).await.unwrap().expect("free");
         assert!(two.lease(&c, "wx1111111111111111", ttl).await.unwrap().is_none(), "held by one");
-        assert!(one.save_authorizer_leased(&c, &record, &held).await.unwrap());
+        assert!(one.save_authorizer_leased(&c, &record, Fence::Lease(&held)).await.unwrap());
         tokio::time::sleep(ttl + Duration::from_millis(100)).await;
         let taken = two.lease(&c, "wx1111111111111111", ttl).await.unwrap().expect("expired, so free");
         let late = AuthorizerRecord { refresh_token: Some(Secret::new("stale")), ..record.clone() };
-        assert!(!one.save_authorizer_leased(&c, &late, &held).await.unwrap(), "fenced: the lease passed on");
+        assert!(
+            !one.save_authorizer_leased(&c, &late, Fence::Lease(&held)).await.unwrap(),
+            "fenced: the lease passed on"
+        );
         assert_eq!(two.load_authorizer(&c, &record.appid).await.unwrap().unwrap(), record);
         two.release(&taken).await.unwrap();
         assert!(one.lease(&c, "wx1111111111111111", ttl).await.unwrap().is_some(), "released");
