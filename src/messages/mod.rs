@@ -12,7 +12,12 @@
 //!        └─► reply ─► handler within reply_timeout_ms ─► XML: encrypted passive reply
 //!                                                   └─► empty/success: success
 //!                                                   └─► error/timeout/not XML: outbox, success
+//!                                                       (503 if the store fails)
 //! ```
+//!
+//! The retry key and a deliver-mode message are written in one transaction, and a reply-mode
+//! key is forgotten when its message cannot be kept: a 503 is always followed by WeChat's retry
+//! being taken, never dropped as a duplicate.
 
 pub mod handler;
 pub mod outbox;
@@ -86,6 +91,13 @@ pub mod result {
     pub const STORE_ERROR: &str = "store_error";
 }
 
+/// WeChat's retry of a message already taken: `success`, nothing else.
+fn duplicate(authorizer: &AppId, msg_type: &str) -> Reply {
+    count(NO_ROUTE, result::DUPLICATE);
+    tracing::debug!(authorizer = %authorizer, msg_type, "WeChat's retry of a message already taken");
+    Reply::Success
+}
+
 /// The `route` label when no route took the message.
 pub const NO_ROUTE: &str = "-";
 
@@ -133,21 +145,26 @@ impl MessageService {
             return Ok(Reply::Success);
         };
         let event = fields.get("Event").filter(|e| !e.is_empty());
-        if let Some(key) = retry_key(fields) {
-            let first = self.outbox.first_time(&authorizer, &key).await.inspect_err(|_| {
+        let key = retry_key(fields);
+        let settings = self.settings.load();
+        let release = settings.release_check && release_check::is_test_account(&authorizer);
+        let route = if release { None } else { settings.routes.find(&authorizer, msg_type, event) };
+        // A deliver-mode message records its key with its enqueue, in one transaction: were the
+        // key recorded first and the enqueue to fail, WeChat's retry would be dropped as a
+        // duplicate and the message lost. Every other path records the key first.
+        let atomic = matches!(route, Some(r) if matches!(r.mode, DeliveryMode::Deliver));
+        if let Some(key) = key.as_deref().filter(|_| !atomic) {
+            let first = self.outbox.first_time(&authorizer, key).await.inspect_err(|_| {
                 count(NO_ROUTE, result::STORE_ERROR);
             })?;
             if !first {
-                count(NO_ROUTE, result::DUPLICATE);
-                tracing::debug!(authorizer = %authorizer, msg_type, "WeChat's retry of a message already taken");
-                return Ok(Reply::Success);
+                return Ok(duplicate(&authorizer, msg_type));
             }
         }
-        let settings = self.settings.load();
-        if settings.release_check && release_check::is_test_account(&authorizer) {
+        if release {
             return Ok(self.release_check(authorizer, fields, nonce));
         }
-        let Some(route) = settings.routes.find(&authorizer, msg_type, event) else {
+        let Some(route) = route else {
             count(NO_ROUTE, result::UNROUTED);
             tracing::debug!(authorizer = %authorizer, msg_type, event, "message matched no route");
             return Ok(Reply::Success);
@@ -164,8 +181,16 @@ impl MessageService {
             last_error: None,
         };
         match route.mode {
-            DeliveryMode::Deliver => self.enqueue(route, message, result::QUEUED).await.map(|()| Reply::Success),
-            DeliveryMode::Reply => self.reply(route, message, fields, nonce, settings.reply_timeout).await,
+            DeliveryMode::Deliver => {
+                let (authorizer, msg_type) = (message.authorizer, message.msg_type.clone());
+                match self.enqueue(route, message, result::QUEUED, key.as_deref()).await? {
+                    true => Ok(Reply::Success),
+                    false => Ok(duplicate(&authorizer, &msg_type)),
+                }
+            }
+            DeliveryMode::Reply => {
+                self.reply(route, message, fields, nonce, settings.reply_timeout, key.as_deref()).await
+            }
         }
     }
 
@@ -176,6 +201,7 @@ impl MessageService {
         fields: &Fields,
         nonce: &str,
         timeout: Duration,
+        key: Option<&str>,
     ) -> Result<Reply, MessageError> {
         let delivery = message.id.to_string();
         let call = Call {
@@ -202,24 +228,45 @@ impl MessageService {
                 );
                 message.attempts_made = 1;
                 message.last_error = Some(e.to_string());
-                // The user gets no reply either way; WeChat must not retry a message the
-                // handler may have seen, so `success` even if the outbox fails.
-                if let Err(e) = self.enqueue(route, message, result::DEFERRED).await {
+                // The handler may have seen it, but a message lost is worse than one delivered
+                // twice (redeliveries are flagged): if the outbox cannot keep it, the key is
+                // forgotten and WeChat gets 503, so that its retry calls the handler again.
+                let authorizer = message.authorizer;
+                if let Err(e) = self.enqueue(route, message, result::DEFERRED, None).await {
                     tracing::error!(route = %route.name, error = %e, "a failed reply-mode message could not be kept");
+                    if let Some(key) = key {
+                        if let Err(e) = self.outbox.forget(&authorizer, key).await {
+                            tracing::error!(route = %route.name, error = %e, "the retry key could not be forgotten");
+                        }
+                    }
+                    return Err(e);
                 }
                 Ok(Reply::Success)
             }
         }
     }
 
-    async fn enqueue(&self, route: &Route, message: NewMessage, outcome: &'static str) -> Result<(), MessageError> {
+    /// Puts `message` in the outbox; with `key`, records it in the same transaction and says
+    /// false (nothing enqueued) when it was there already.
+    async fn enqueue(
+        &self,
+        route: &Route,
+        message: NewMessage,
+        outcome: &'static str,
+        key: Option<&str>,
+    ) -> Result<bool, MessageError> {
         let (authorizer, id) = (message.authorizer, message.id.to_string());
-        match self.outbox.enqueue(message).await {
-            Ok(()) => {
+        let taken = match key {
+            Some(key) => self.outbox.enqueue_first(message, key).await,
+            None => self.outbox.enqueue(message).await.map(|()| true),
+        };
+        match taken {
+            Ok(true) => {
                 count(&route.name, outcome);
                 tracing::debug!(route = %route.name, authorizer = %authorizer, delivery = %id, "message in the outbox");
-                Ok(())
+                Ok(true)
             }
+            Ok(false) => Ok(false),
             Err(e) => {
                 count(&route.name, result::STORE_ERROR);
                 Err(e.into())

@@ -121,8 +121,33 @@ impl Outbox {
 
     /// Durable (committed to the store) before it returns: the receiver answers `success` after.
     pub async fn enqueue(&self, message: NewMessage) -> Result<(), OutboxError> {
+        let held = self.held(message);
+        self.store.outbox().enqueue(&self.component, &held).await?;
+        self.enqueued(&held);
+        Ok(())
+    }
+
+    /// [`Outbox::first_time`] and [`Outbox::enqueue`] at once, atomically: WeChat's dedupe `key`
+    /// is recorded only with its message, so a retry of a message that could not be kept is
+    /// taken again. False (and nothing enqueued): a retry of a message already taken.
+    pub async fn enqueue_first(&self, message: NewMessage, key: &str) -> Result<bool, OutboxError> {
+        let held = self.held(message);
         let now = self.clock.now_ms();
-        let held = OutboxMessage {
+        let new = self.store.outbox().enqueue_first(&self.component, &held, key, now, DEDUPE_TTL).await?;
+        if new {
+            self.enqueued(&held);
+        }
+        Ok(new)
+    }
+
+    /// Forgets a key [`Outbox::first_time`] recorded when its message could not be kept.
+    pub async fn forget(&self, authorizer: &AppId, key: &str) -> Result<(), OutboxError> {
+        Ok(self.store.outbox().forget(&self.component, authorizer, key).await?)
+    }
+
+    fn held(&self, message: NewMessage) -> OutboxMessage {
+        let now = self.clock.now_ms();
+        OutboxMessage {
             id: message.id,
             authorizer: message.authorizer,
             route: message.route,
@@ -139,11 +164,12 @@ impl Outbox {
             },
             state: OutboxState::Pending,
             last_error: message.last_error,
-        };
-        self.store.outbox().enqueue(&self.component, &held).await?;
+        }
+    }
+
+    fn enqueued(&self, held: &OutboxMessage) {
         tracing::debug!(delivery = %held.id, authorizer = %held.authorizer, route = %held.route, "message enqueued");
         self.wake.notify_one();
-        Ok(())
     }
 
     /// WeChat's retries: records `key` (per authorizer) and says whether it is new. Durable, kept

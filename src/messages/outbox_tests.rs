@@ -259,3 +259,31 @@ async fn returns_on_shutdown() {
     r._shutdown.send(true).unwrap();
     tokio::time::timeout(Duration::from_secs(10), r.worker).await.expect("the worker stopped").unwrap();
 }
+
+/// The receiver's two paths when the store refuses the message (a full disk, here a trigger):
+/// it answers 503 and WeChat's retry must then be taken, not dropped as a duplicate.
+#[tokio::test]
+async fn a_message_the_store_refuses_leaves_its_retry_key_untaken() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("wxgate.sqlite3");
+    let store: SharedStore = Arc::new(crate::store::SqliteStore::open(&path).unwrap());
+    let outbox = Outbox::new(component(), store, OutboxSettings::default());
+    let sql = rusqlite::Connection::open(&path).unwrap();
+    let refuse = "CREATE TRIGGER refuse BEFORE INSERT ON outbox BEGIN SELECT RAISE(ABORT, 'full'); END;";
+    sql.execute_batch(refuse).unwrap();
+    let m = new_message("r", 1);
+    let authorizer = m.authorizer;
+
+    // Deliver mode: the key and the message in one transaction.
+    assert!(outbox.enqueue_first(m.clone(), "msgid:1").await.is_err(), "refused: the receiver answers 503");
+    // Reply mode: the key recorded first, forgotten when the deferred message is refused.
+    assert!(outbox.first_time(&authorizer, "msgid:2").await.unwrap());
+    assert!(outbox.enqueue(NewMessage { id: DeliveryId::generate(), ..m.clone() }).await.is_err());
+    outbox.forget(&authorizer, "msgid:2").await.unwrap();
+
+    sql.execute_batch("DROP TRIGGER refuse").unwrap();
+    assert!(outbox.enqueue_first(NewMessage { id: DeliveryId::generate(), ..m.clone() }, "msgid:1").await.unwrap());
+    assert!(outbox.first_time(&authorizer, "msgid:2").await.unwrap(), "WeChat's retry is taken");
+    assert!(!outbox.enqueue_first(NewMessage { id: DeliveryId::generate(), ..m }, "msgid:1").await.unwrap());
+    assert_eq!(outbox.store.outbox().counts(&component()).await.unwrap(), (1, 0));
+}

@@ -57,6 +57,30 @@ impl OutboxStore for MemoryOutbox {
         Ok(new)
     }
 
+    async fn enqueue_first(
+        &self,
+        component: &AppId,
+        message: &OutboxMessage,
+        key: &str,
+        now_ms: i64,
+        ttl: Duration,
+    ) -> Result<bool, StoreError> {
+        // One lock for both: the key is recorded only with its message.
+        let mut state = self.state();
+        let slot = state.seen.entry((*component, message.authorizer, key.to_owned())).or_insert(i64::MIN);
+        if *slot > now_ms - ttl.as_millis() as i64 {
+            return Ok(false);
+        }
+        *slot = now_ms;
+        state.messages.entry((*component, message.id.clone())).or_insert_with(|| (message.clone(), None));
+        Ok(true)
+    }
+
+    async fn forget(&self, component: &AppId, authorizer: &AppId, key: &str) -> Result<(), StoreError> {
+        self.state().seen.remove(&(*component, *authorizer, key.to_owned()));
+        Ok(())
+    }
+
     async fn due_routes(&self, component: &AppId, now_ms: i64) -> Result<Vec<String>, StoreError> {
         let state = self.state();
         let mut routes: Vec<String> = state
@@ -222,6 +246,11 @@ mod tests {
     #[tokio::test]
     async fn lists_redelivers_and_deletes() {
         contract_tests::lists_redelivers_and_deletes(&MemoryOutbox::default()).await;
+    }
+
+    #[tokio::test]
+    async fn enqueue_first_takes_each_key_once() {
+        contract_tests::enqueue_first_takes_each_key_once(&MemoryOutbox::default()).await;
     }
 
     #[tokio::test]

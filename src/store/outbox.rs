@@ -174,6 +174,22 @@ pub trait OutboxStore: Send + Sync {
         ttl: Duration,
     ) -> Result<bool, StoreError>;
 
+    /// [`OutboxStore::first_time`] and [`OutboxStore::enqueue`] in one transaction: records
+    /// `key` for the message's authorizer and adds the message only if the key is new; says
+    /// whether it was. A failure leaves neither behind, so that WeChat's retry of a message that
+    /// could not be kept is taken, not dropped as a duplicate.
+    async fn enqueue_first(
+        &self,
+        component: &AppId,
+        message: &OutboxMessage,
+        key: &str,
+        now_ms: i64,
+        ttl: Duration,
+    ) -> Result<bool, StoreError>;
+
+    /// Forgets a key recorded by [`OutboxStore::first_time`] whose message could not be kept.
+    async fn forget(&self, component: &AppId, authorizer: &AppId, key: &str) -> Result<(), StoreError>;
+
     /// The routes that have a pending message due at `now_ms`, each once.
     async fn due_routes(&self, component: &AppId, now_ms: i64) -> Result<Vec<String>, StoreError>;
 
@@ -373,6 +389,24 @@ pub(crate) mod contract_tests {
         assert!(!store.delete(&c, &msgs[0].id).await.unwrap());
         assert_eq!(store.counts(&c).await.unwrap(), (4, 0));
         assert!(store.claim(&c, "a", 100, 10, LEASE).await.unwrap().iter().all(|cl| cl.message.id != msgs[0].id));
+    }
+
+    /// A deliver-mode message and its retry key go in together; a forgotten key is new again.
+    pub async fn enqueue_first_takes_each_key_once(store: &dyn OutboxStore) {
+        let c = component();
+        let now = || crate::tokens::Clock::new().now_ms();
+        let day = Duration::from_secs(86_400);
+        let first = message("r", 1, 1);
+        assert!(store.enqueue_first(&c, &first, "msgid:9", now(), day).await.unwrap());
+        let retry = OutboxMessage { id: DeliveryId::generate(), ..first.clone() };
+        assert!(!store.enqueue_first(&c, &retry, "msgid:9", now(), day).await.unwrap(), "WeChat's retry");
+        assert_eq!(store.counts(&c).await.unwrap(), (1, 0), "the retry enqueued nothing");
+        assert!(!store.first_time(&c, &first.authorizer, "msgid:9", now(), day).await.unwrap(), "the key is kept");
+
+        assert!(store.first_time(&c, &first.authorizer, "msgid:10", now(), day).await.unwrap());
+        store.forget(&c, &first.authorizer, "msgid:10").await.unwrap();
+        assert!(store.first_time(&c, &first.authorizer, "msgid:10", now(), day).await.unwrap(), "forgotten");
+        store.prune_seen(&c, now() + 1).await.unwrap();
     }
 
     pub async fn dedupe_keys_expire(store: &dyn OutboxStore) {

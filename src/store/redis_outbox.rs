@@ -32,6 +32,22 @@ static ENQUEUE: LazyLock<Script> = LazyLock::new(|| {
     )
 });
 
+/// KEYS: the dedupe key, then ENQUEUE's. ARGV: the key's lifetime (ms), then ENQUEUE's. The
+/// key is set only with its message, in one script: nothing half done survives a failure.
+static ENQUEUE_FIRST: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"if not redis.call('SET', KEYS[1], '1', 'NX', 'PX', ARGV[1]) then return 0 end
+          if redis.call('EXISTS', KEYS[2]) == 1 then return 1 end
+          redis.call('HSET', KEYS[2], unpack(ARGV, 6))
+          redis.call('ZADD', KEYS[3], ARGV[4], ARGV[2])
+          redis.call('SADD', KEYS[4], ARGV[3])
+          redis.call('ZADD', KEYS[5], ARGV[5], ARGV[2])
+          return 1",
+    )
+});
+
+static FORGET: LazyLock<Script> = LazyLock::new(|| Script::new(r"return redis.call('DEL', KEYS[1])"));
+
 static FIRST_TIME: LazyLock<Script> = LazyLock::new(|| {
     Script::new(r"if redis.call('SET', KEYS[1], '1', 'NX', 'PX', ARGV[1]) then return 1 end return 0")
 });
@@ -184,6 +200,41 @@ static COUNTS: LazyLock<Script> =
     LazyLock::new(|| Script::new(r"return { redis.call('ZCARD', KEYS[1]), redis.call('ZCARD', KEYS[2]) }"));
 
 impl RedisStore {
+    fn seen_key(&self, component: &AppId, authorizer: &AppId, key: &str) -> String {
+        self.outbox_key(component, &format!("outbox:seen:{authorizer}:{key}"))
+    }
+
+    /// ENQUEUE's keys and arguments, after whatever the invocation holds already.
+    fn enqueue_args(&self, invocation: &mut redis::ScriptInvocation<'static>, component: &AppId, m: &OutboxMessage) {
+        invocation
+            .key(self.msg_key(component, &m.id))
+            .key(self.outbox_key(component, &format!("outbox:due:{}", m.route)))
+            .key(self.outbox_key(component, "outbox:routes"))
+            .key(self.outbox_key(component, "outbox:pending"))
+            .arg(m.id.as_str())
+            .arg(&m.route)
+            .arg(m.next_attempt_at_ms)
+            .arg(m.received_at_ms);
+        let fields = [
+            ("id", Some(m.id.to_string())),
+            ("authorizer", Some(m.authorizer.to_string())),
+            ("route", Some(m.route.clone())),
+            ("msg_type", Some(m.msg_type.clone())),
+            ("event", m.event.clone()),
+            ("payload", Some(m.payload.expose().to_owned())),
+            ("received_at", Some(m.received_at_ms.to_string())),
+            ("attempts", Some(m.attempts.to_string())),
+            ("next_attempt_at", Some(m.next_attempt_at_ms.to_string())),
+            ("state", Some(m.state.as_str().to_owned())),
+            ("last_error", m.last_error.clone()),
+        ];
+        for (name, value) in fields {
+            if let Some(value) = value {
+                invocation.arg(name).arg(value);
+            }
+        }
+    }
+
     fn msg_key(&self, component: &AppId, id: &DeliveryId) -> String {
         self.outbox_key(component, &format!("outbox:msg:{id}"))
     }
@@ -238,34 +289,30 @@ fn message_from(flat: Vec<String>) -> Result<OutboxMessage, StoreError> {
 #[async_trait]
 impl OutboxStore for RedisStore {
     async fn enqueue(&self, component: &AppId, m: &OutboxMessage) -> Result<(), StoreError> {
-        let mut invocation = ENQUEUE.key(self.msg_key(component, &m.id));
-        invocation
-            .key(self.outbox_key(component, &format!("outbox:due:{}", m.route)))
-            .key(self.outbox_key(component, "outbox:routes"))
-            .key(self.outbox_key(component, "outbox:pending"))
-            .arg(m.id.as_str())
-            .arg(&m.route)
-            .arg(m.next_attempt_at_ms)
-            .arg(m.received_at_ms);
-        let fields = [
-            ("id", Some(m.id.to_string())),
-            ("authorizer", Some(m.authorizer.to_string())),
-            ("route", Some(m.route.clone())),
-            ("msg_type", Some(m.msg_type.clone())),
-            ("event", m.event.clone()),
-            ("payload", Some(m.payload.expose().to_owned())),
-            ("received_at", Some(m.received_at_ms.to_string())),
-            ("attempts", Some(m.attempts.to_string())),
-            ("next_attempt_at", Some(m.next_attempt_at_ms.to_string())),
-            ("state", Some(m.state.as_str().to_owned())),
-            ("last_error", m.last_error.clone()),
-        ];
-        for (name, value) in fields {
-            if let Some(value) = value {
-                invocation.arg(name).arg(value);
-            }
-        }
+        let mut invocation = ENQUEUE.prepare_invoke();
+        self.enqueue_args(&mut invocation, component, m);
         let _: i64 = self.outbox_invoke(invocation, true).await?;
+        Ok(())
+    }
+
+    async fn enqueue_first(
+        &self,
+        component: &AppId,
+        m: &OutboxMessage,
+        key: &str,
+        _now_ms: i64,
+        ttl: Duration,
+    ) -> Result<bool, StoreError> {
+        let mut invocation = ENQUEUE_FIRST.key(self.seen_key(component, &m.authorizer, key));
+        invocation.arg(ttl.as_millis() as u64);
+        self.enqueue_args(&mut invocation, component, m);
+        let new: i64 = self.outbox_invoke(invocation, true).await?;
+        Ok(new == 1)
+    }
+
+    async fn forget(&self, component: &AppId, authorizer: &AppId, key: &str) -> Result<(), StoreError> {
+        let invocation = FORGET.key(self.seen_key(component, authorizer, key));
+        let _: i64 = self.outbox_invoke(invocation, false).await?;
         Ok(())
     }
 
@@ -277,7 +324,7 @@ impl OutboxStore for RedisStore {
         _now_ms: i64,
         ttl: Duration,
     ) -> Result<bool, StoreError> {
-        let mut invocation = FIRST_TIME.key(self.outbox_key(component, &format!("outbox:seen:{authorizer}:{key}")));
+        let mut invocation = FIRST_TIME.key(self.seen_key(component, authorizer, key));
         invocation.arg(ttl.as_millis() as u64);
         let new: i64 = self.outbox_invoke(invocation, true).await?;
         Ok(new == 1)
@@ -482,12 +529,13 @@ mod tests {
 
     #[tokio::test]
     async fn keeps_the_outbox_contract() {
-        for run in [0, 1, 2] {
+        for run in [0, 1, 2, 3] {
             let p = prefix();
             let s = store(&p).await;
             match run {
                 0 => contract_tests::claims_settle_and_fence(&s).await,
                 1 => contract_tests::lists_redelivers_and_deletes(&s).await,
+                2 => contract_tests::enqueue_first_takes_each_key_once(&s).await,
                 _ => contract_tests::dedupe_keys_expire(&s).await,
             }
             clean(&p).await;

@@ -139,33 +139,52 @@ fn row_to_message(row: &rusqlite::Row<'_>) -> rusqlite::Result<OutboxMessage> {
     })
 }
 
+fn insert_message(conn: &Connection, c: &str, m: &OutboxMessage) -> rusqlite::Result<()> {
+    conn.prepare_cached(
+        "INSERT OR IGNORE INTO outbox (component_appid, id, authorizer_appid, route, msg_type, event,
+             payload, received_at, attempts, next_attempt_at, state, last_error)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+    )?
+    .execute(params![
+        c,
+        m.id.as_str(),
+        m.authorizer.as_str(),
+        m.route,
+        m.msg_type,
+        m.event,
+        m.payload.expose(),
+        m.received_at_ms,
+        m.attempts,
+        m.next_attempt_at_ms,
+        m.state.as_str(),
+        m.last_error,
+    ])
+    .map(drop)
+}
+
+/// Records a dedupe key unless it was recorded after `stale_before`; whether it is new.
+fn record_seen(
+    conn: &Connection,
+    c: &str,
+    a: &str,
+    key: &str,
+    now_ms: i64,
+    stale_before: i64,
+) -> rusqlite::Result<bool> {
+    let changed = conn
+        .prepare_cached(
+            "INSERT INTO outbox_seen (component_appid, authorizer_appid, key, seen_at) VALUES (?1, ?2, ?3, ?4)
+             ON CONFLICT DO UPDATE SET seen_at = excluded.seen_at WHERE outbox_seen.seen_at <= ?5",
+        )?
+        .execute(params![c, a, key, now_ms, stale_before])?;
+    Ok(changed > 0)
+}
+
 #[async_trait]
 impl OutboxStore for SqliteStore {
     async fn enqueue(&self, component: &AppId, message: &OutboxMessage) -> Result<(), StoreError> {
         let (c, m) = (component.to_string(), message.clone());
-        self.batched(move |conn| {
-            conn.prepare_cached(
-                "INSERT OR IGNORE INTO outbox (component_appid, id, authorizer_appid, route, msg_type, event,
-                     payload, received_at, attempts, next_attempt_at, state, last_error)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
-            )?
-            .execute(params![
-                c,
-                m.id.as_str(),
-                m.authorizer.as_str(),
-                m.route,
-                m.msg_type,
-                m.event,
-                m.payload.expose(),
-                m.received_at_ms,
-                m.attempts,
-                m.next_attempt_at_ms,
-                m.state.as_str(),
-                m.last_error,
-            ])
-            .map(drop)
-        })
-        .await
+        self.batched(move |conn| insert_message(conn, &c, &m)).await
     }
 
     async fn first_time(
@@ -178,14 +197,38 @@ impl OutboxStore for SqliteStore {
     ) -> Result<bool, StoreError> {
         let (c, a, key) = (component.to_string(), authorizer.to_string(), key.to_owned());
         let stale_before = now_ms - ttl.as_millis() as i64;
+        self.batched(move |conn| record_seen(conn, &c, &a, &key, now_ms, stale_before)).await
+    }
+
+    async fn enqueue_first(
+        &self,
+        component: &AppId,
+        message: &OutboxMessage,
+        key: &str,
+        now_ms: i64,
+        ttl: Duration,
+    ) -> Result<bool, StoreError> {
+        let (c, m, key) = (component.to_string(), message.clone(), key.to_owned());
+        let stale_before = now_ms - ttl.as_millis() as i64;
+        // One job is one savepoint: a failed insert of the message rolls the key back too.
         self.batched(move |conn| {
-            let changed = conn
-                .prepare_cached(
-                    "INSERT INTO outbox_seen (component_appid, authorizer_appid, key, seen_at) VALUES (?1, ?2, ?3, ?4)
-                     ON CONFLICT DO UPDATE SET seen_at = excluded.seen_at WHERE outbox_seen.seen_at <= ?5",
-                )?
-                .execute(params![c, a, key, now_ms, stale_before])?;
-            Ok(changed > 0)
+            if !record_seen(conn, &c, m.authorizer.as_str(), &key, now_ms, stale_before)? {
+                return Ok(false);
+            }
+            insert_message(conn, &c, &m)?;
+            Ok(true)
+        })
+        .await
+    }
+
+    async fn forget(&self, component: &AppId, authorizer: &AppId, key: &str) -> Result<(), StoreError> {
+        let (c, a, key) = (component.to_string(), authorizer.to_string(), key.to_owned());
+        self.batched(move |conn| {
+            conn.prepare_cached(
+                "DELETE FROM outbox_seen WHERE component_appid = ?1 AND authorizer_appid = ?2 AND key = ?3",
+            )?
+            .execute(params![c, a, key])
+            .map(drop)
         })
         .await
     }
@@ -387,6 +430,33 @@ mod tests {
     async fn lists_redelivers_and_deletes() {
         let (_dir, store) = temp_store();
         contract_tests::lists_redelivers_and_deletes(&store).await;
+    }
+
+    #[tokio::test]
+    async fn enqueue_first_takes_each_key_once() {
+        let (_dir, store) = temp_store();
+        contract_tests::enqueue_first_takes_each_key_once(&store).await;
+    }
+
+    /// A message the file refuses (a full disk, here a trigger) leaves no retry key behind:
+    /// WeChat's retry after the 503 is taken, not dropped as a duplicate.
+    #[tokio::test]
+    async fn a_refused_enqueue_leaves_no_retry_key() {
+        let (_dir, store) = temp_store();
+        let c = crate::store::contract_tests::component();
+        let day = Duration::from_secs(86_400);
+        store
+            .with_conn(|c| {
+                c.execute_batch("CREATE TRIGGER refuse BEFORE INSERT ON outbox BEGIN SELECT RAISE(ABORT, 'full'); END;")
+            })
+            .await
+            .unwrap();
+        let m = contract_tests::message("r", 1, 1);
+        assert!(store.enqueue_first(&c, &m, "msgid:7", 1, day).await.is_err(), "the store refused it");
+        store.with_conn(|c| c.execute_batch("DROP TRIGGER refuse")).await.unwrap();
+        let retry = OutboxMessage { id: DeliveryId::generate(), ..m };
+        assert!(store.enqueue_first(&c, &retry, "msgid:7", 2, day).await.unwrap(), "WeChat's retry is taken");
+        assert_eq!(store.counts(&c).await.unwrap(), (1, 0));
     }
 
     #[tokio::test]
