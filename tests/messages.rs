@@ -467,3 +467,38 @@ async fn the_whole_release_check_passes_for_an_official_account_and_a_mini_progr
     let codes: Vec<&str> = codes.iter().map(String::as_str).collect();
     assert_no_secrets(&setup.log(), &codes);
 }
+
+/// A message the store refuses (a full disk, here a trigger) gets 503, and WeChat's retry of it
+/// is then taken and delivered, not dropped as a duplicate: the retry key is recorded only with
+/// the message (deliver mode), or forgotten when the deferred message is refused (reply mode).
+#[tokio::test]
+async fn a_message_the_store_refuses_gets_503_and_wechats_retry_is_taken() {
+    let (setup, gw, handler) = gateway_with(|h| {
+        format!(
+            "{}\n{}",
+            route_toml("orders", &h.url(), "deliver", "msg_types = [\"event\"]"),
+            route_toml("shop", &h.url(), "reply", "msg_types = [\"text\"]")
+        )
+    })
+    .await;
+    // The reply-mode call fails, then the retry's call answers nothing.
+    handler.script(vec![Behaviour::Status(500), Behaviour::Body("")]);
+    let db = rusqlite::Connection::open(setup.db_path()).unwrap();
+    db.execute_batch("CREATE TRIGGER refuse BEFORE INSERT ON outbox BEGIN SELECT RAISE(ABORT, 'full'); END;").unwrap();
+    let event = event_xml("subscribe", 1_700_000_300);
+    let text = text_xml(USER_TEXT, 5001);
+    for message in [&event, &text] {
+        let r = post_message(&gw, SHOP, &sealed_push(&crypt(), message)).await;
+        assert_eq!(r.status(), 503, "the message could not be kept");
+    }
+    db.execute_batch("DROP TRIGGER refuse").unwrap();
+    for message in [&event, &text] {
+        let retry = post_message(&gw, SHOP, &sealed_push(&crypt(), message)).await;
+        assert_eq!(retry.status(), 200);
+        assert_eq!(retry.text().await.unwrap(), "success");
+    }
+    // The reply-mode message: two calls (the failed one, the retry's); the event: delivered.
+    wait_seen(&handler, 3, Duration::from_secs(20)).await;
+    assert_eq!(gw.metric("wxgate_messages_total{result=\"queued\",route=\"orders\"}").await, Some(1.0));
+    assert_eq!(gw.metric("wxgate_messages_total{result=\"duplicate\",route=\"-\"}").await, None);
+}
