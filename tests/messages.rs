@@ -442,6 +442,12 @@ async fn the_whole_release_check_passes_for_an_official_account_and_a_mini_progr
         format!("\n[[messages.routes]]\nname = \"all\"\nauthorizers = [\"*\"]\nurl = \"{}\"\ntoken = \"{HANDLER_TOKEN}\"\nmode = \"reply\"\n", handler.url());
     let gw = setup.start().await;
     sandbox.push_ticket().await.unwrap();
+    // The QUERY_AUTH_CODE step exchanges the code with the component token: WeChat runs the
+    // check against a platform that holds one, so wait for it (under load it takes a while).
+    common::eventually(Duration::from_secs(10), "readyz", || async {
+        gw.http.get(gw.admin_url("/readyz")).send().await.is_ok_and(|r| r.status() == 200)
+    })
+    .await;
     for appid in ["wx570bc396a51b8ff8", "wxd101a85aa106f53e"] {
         let report = sandbox.release_check(&AppId::parse(appid).unwrap()).await;
         assert!(report.passed, "{appid}: {report:?}");
