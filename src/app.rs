@@ -2,11 +2,15 @@
 
 use crate::admin::AdminApp;
 use crate::authorize::AuthorizeLinks;
-use crate::callback::ComponentReceiver;
+use crate::callback::{AccountReceiver, ComponentReceiver};
 use crate::config::reload::{Live, Source};
 use crate::config::{Config, StoreConfig};
 use crate::crypto::{CryptoError, MsgCrypt};
 use crate::listeners::{ListenError, Prebound, Sockets};
+use crate::messages::handler::HandlerClient;
+use crate::messages::outbox::{Deliver, Outbox, OutboxSettings};
+use crate::messages::release_check::ReleaseCheck;
+use crate::messages::{MessageService, Settings as MessageSettings};
 use crate::metrics;
 use crate::proxy::{Clients, Edge, Gateway, OwnRoutes, Timeouts, Upstream, UpstreamError};
 use crate::store::{MemoryStore, RedisStore, SharedStore, SqliteStore, StoreError};
@@ -35,6 +39,8 @@ pub enum AppError {
     Wechat(#[from] WechatError),
     #[error(transparent)]
     Listen(#[from] ListenError),
+    #[error("handler HTTP client: {0}")]
+    Handler(#[from] reqwest::Error),
     #[error("start-up runtime: {0}")]
     Runtime(#[from] std::io::Error),
 }
@@ -76,7 +82,7 @@ pub fn build(config: &Config, source: Option<Source>, sockets: Sockets) -> Resul
         config.component.appsecret.clone(),
     )?);
     let api: Arc<dyn ComponentApi> = Arc::clone(&client) as _;
-    let tokens = load_tokens(rt, config, store, api)?;
+    let tokens = load_tokens(rt, config, Arc::clone(&store), api)?;
     let crypt =
         MsgCrypt::new(&config.component.token, &config.component.encoding_aes_key, config.component.appid.as_str())?;
     let links = AuthorizeLinks::new(
@@ -84,7 +90,22 @@ pub fn build(config: &Config, source: Option<Source>, sockets: Sockets) -> Resul
         config.upstream.mp_base_url.clone(),
         config.listen.public_base_url.clone(),
     );
+    // What a SIGHUP may replace; see config::reload for how to add a part.
+    let mut live = Live::new(source);
+    let message_settings = live.part(config, |c| MessageSettings::new(&c.messages));
+    let outbox_settings = OutboxSettings { max_age: config.messages.max_age, ..OutboxSettings::default() };
+    let outbox = Outbox::new(config.component.appid, Arc::clone(&store), outbox_settings);
+    let handler = Arc::new(HandlerClient::new(Arc::clone(&message_settings))?);
+    let release = Arc::new(ReleaseCheck::new(Arc::clone(&tokens), config.upstream.base_url.clone())?);
+    let messages = Arc::new(MessageService::new(
+        crypt.clone(),
+        message_settings,
+        Arc::clone(&outbox),
+        Arc::clone(&handler) as Arc<HandlerClient>,
+        release,
+    ));
     let routes = Arc::new(OwnRoutes {
+        accounts: AccountReceiver::new(crypt.clone(), messages),
         callback: ComponentReceiver::new(crypt, Arc::clone(&tokens)),
         tokens: Arc::clone(&tokens),
         links: links.clone(),
@@ -95,8 +116,6 @@ pub fn build(config: &Config, source: Option<Source>, sockets: Sockets) -> Resul
 
     let upstream =
         Arc::new(Upstream::new(&config.upstream.base_url, &config.upstream.fallback_urls, config.upstream.timeout)?);
-    // What a SIGHUP may replace; see config::reload for how to add a part.
-    let mut live = Live::new(source);
     let clients = live.part(config, |c| Clients::new(&c.clients));
     let admin_token = live.part(config, |c| c.admin.token.clone());
     let gateway = Gateway::new(routes, Arc::clone(&tokens), clients, upstream, config.proxy.clone());
@@ -108,11 +127,14 @@ pub fn build(config: &Config, source: Option<Source>, sockets: Sockets) -> Resul
 
     let admin = Service::new(
         "wxgate admin".to_owned(),
-        HttpServer::new_app(AdminApp::new(Arc::clone(&tokens), links, admin_token, client)),
+        HttpServer::new_app(
+            AdminApp::new(Arc::clone(&tokens), links, admin_token, client).with_outbox(Arc::clone(&outbox)),
+        ),
     );
     server.add_service(Prebound::new(admin, sockets.admin));
 
     server.add_service(background_service("wxgate token scheduler", Scheduler(tokens)));
+    server.add_service(background_service("wxgate message outbox", OutboxWorker(outbox, handler)));
     if live.has_file() {
         Arc::new(live).reload_on_sighup(rt)?;
     }
@@ -197,6 +219,17 @@ struct Scheduler(Arc<TokenService>);
 impl BackgroundService for Scheduler {
     async fn start(&self, shutdown: ShutdownWatch) {
         Arc::clone(&self.0).run_scheduler(shutdown).await;
+    }
+}
+
+/// The outbox's delivery loop, with the handlers' client as its `Deliver`.
+struct OutboxWorker(Arc<Outbox>, Arc<HandlerClient>);
+
+#[async_trait]
+impl BackgroundService for OutboxWorker {
+    async fn start(&self, shutdown: ShutdownWatch) {
+        let deliver: Arc<dyn Deliver> = Arc::clone(&self.1) as Arc<dyn Deliver>;
+        Arc::clone(&self.0).run(deliver, shutdown).await;
     }
 }
 

@@ -11,6 +11,8 @@ use std::time::{Duration, Instant};
 
 pub const DEMO_ADMIN_TOKEN: &str = "demo-admin-token-0000";
 pub const DEMO_CLIENT_KEY: &str = "demo-client-key-00000";
+/// The demo handler's own WeChat token (plaintext mode), as `[[messages.routes]]` names it.
+pub const DEMO_HANDLER_TOKEN: &str = "demohandlertoken";
 
 #[derive(Debug, Clone)]
 pub struct DemoOptions {
@@ -29,6 +31,8 @@ pub enum DemoError {
     Config(#[from] crate::config::ConfigError),
     #[error("demo data directory: {0}")]
     Data(std::io::Error),
+    #[error("demo message handler on {addr}: {source}")]
+    Bind { addr: SocketAddr, source: std::io::Error },
     #[error(transparent)]
     App(#[from] crate::app::AppError),
 }
@@ -43,7 +47,7 @@ fn sandbox_config(opts: &DemoOptions) -> SandboxConfig {
     }
 }
 
-fn gateway_config(opts: &DemoOptions, sandbox: &SandboxConfig) -> Result<Config, DemoError> {
+fn gateway_config(opts: &DemoOptions, sandbox: &SandboxConfig, handler: SocketAddr) -> Result<Config, DemoError> {
     let toml = format!(
         r#"
 [component]
@@ -80,6 +84,15 @@ key = "{DEMO_CLIENT_KEY}"
 authorizers = ["*"]
 component = true
 reveal_tokens = true
+
+# The demo's own handler, written as for an official account in plaintext mode.
+[[messages.routes]]
+name = "demo-handler"
+authorizers = ["*"]
+msg_types = ["text"]
+url = "http://{handler}/wechat"
+token = "{DEMO_HANDLER_TOKEN}"
+mode = "reply"
 "#,
         appid = sandbox.component_appid,
         appsecret = sandbox.component_appsecret.expose(),
@@ -110,7 +123,12 @@ pub fn run(opts: &DemoOptions) -> Result<(), DemoError> {
         data_dir: opts.data_dir.clone(),
     };
     let sandbox_config = sandbox_config(opts);
-    let config = gateway_config(opts, &sandbox_config)?;
+    let any_port = SocketAddr::from(([127, 0, 0, 1], 0));
+    let handler_listener =
+        std::net::TcpListener::bind(any_port).map_err(|source| DemoError::Bind { addr: any_port, source })?;
+    handler_listener.set_nonblocking(true).map_err(|source| DemoError::Bind { addr: any_port, source })?;
+    let handler_addr = handler_listener.local_addr().map_err(|source| DemoError::Bind { addr: any_port, source })?;
+    let config = gateway_config(opts, &sandbox_config, handler_addr)?;
     let listener = sandbox_socket.into_std();
     let tour_opts = opts.clone();
     // The sandbox's runtime lives as long as the process: it is not dropped when the gateway
@@ -119,6 +137,8 @@ pub fn run(opts: &DemoOptions) -> Result<(), DemoError> {
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a runtime for the sandbox");
         rt.block_on(async move {
             let listener = tokio::net::TcpListener::from_std(listener).expect("a bound listener");
+            let handler_listener = tokio::net::TcpListener::from_std(handler_listener).expect("a bound listener");
+            tokio::spawn(demo_handler(handler_listener));
             tour(sandbox_config, listener, &tour_opts).await;
             std::future::pending::<()>().await
         });
@@ -170,6 +190,31 @@ async fn tour(config: SandboxConfig, listener: tokio::net::TcpListener, opts: &D
     let _ = writeln!(std::io::stdout(), "{}", instructions(opts, &demo_account));
 }
 
+/// A handler as an app would write it for an official account in plaintext mode: check
+/// `signature` (sha1 of the sorted token, timestamp, nonce), read the XML, answer a text.
+async fn demo_handler(listener: tokio::net::TcpListener) {
+    async fn answer(uri: axum::http::Uri, body: String) -> (axum::http::StatusCode, String) {
+        let q: std::collections::HashMap<String, String> =
+            url::form_urlencoded::parse(uri.query().unwrap_or_default().as_bytes()).into_owned().collect();
+        let get = |k: &str| q.get(k).map(String::as_str).unwrap_or_default();
+        let expected = crate::messages::handler::plain_signature(DEMO_HANDLER_TOKEN, get("timestamp"), get("nonce"));
+        if expected != get("signature") {
+            return (axum::http::StatusCode::FORBIDDEN, "bad signature".to_owned());
+        }
+        let Ok(fields) = crate::xml::parse(&body) else {
+            return (axum::http::StatusCode::BAD_REQUEST, "not XML".to_owned());
+        };
+        let said = fields.get("Content").unwrap_or_default();
+        let reply =
+            crate::messages::release_check::text_reply(&fields, &format!("you said: {said}"), crate::store::unix_now());
+        (axum::http::StatusCode::OK, reply)
+    }
+    let app = axum::Router::new().route("/wechat", axum::routing::post(answer));
+    if let Err(e) = axum::serve(listener, app).await {
+        eprintln!("wxgate demo: the demo handler stopped: {e}");
+    }
+}
+
 /// Polls `url` until it answers 200, for at most 30 s.
 async fn wait_for(http: &reqwest::Client, url: &str, bearer: Option<&str>) -> bool {
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -204,6 +249,14 @@ Demo account {account} has authorized. Try:
   # WeChat invalidates the token behind the gateway's back: the next call is replayed with a new one
   curl -s -X POST 'http://{sandbox}/sandbox/revoke?appid={account}'
   curl -s 'http://{proxy}/{account}/cgi-bin/user/info?openid=o1&access_token={DEMO_CLIENT_KEY}'
+
+  # WeChat pushes a user's text to the message URL (/wxgate/callback/$APPID$); the gateway
+  # verifies and decrypts it, the demo handler answers in plaintext mode, and the sandbox
+  # shows the encrypted passive reply it got, decrypted
+  curl -s -X POST 'http://{sandbox}/sandbox/message?appid={account}&type=text&content=hello'
+
+  # WeChat's whole release check (全网发布) against the gateway, for one of its test accounts
+  curl -s -X POST 'http://{sandbox}/sandbox/release-check?appid=wx570bc396a51b8ff8'
 
   # the raw token, for clients with reveal_tokens (a JS-SDK signer, a central token server)
   curl -s -H 'Authorization: Bearer {DEMO_CLIENT_KEY}' http://{proxy}/wxgate/token/{account}

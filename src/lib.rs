@@ -15,6 +15,7 @@
 //! - [`authorize`]: the authorization flow's links (PC and mobile) and pages.
 //! - [`callback`]: WeChat's authorization-event receiver: verify, decrypt, parse, hand to tokens.
 //! - [`reply`]: the gateway's own replies in the contract's JSON error shape; bodies read with a limit.
+//! - [`messages`]: authorized accounts' messages: dedupe, release check, routes, handlers, outbox.
 //! - [`admin`]: the admin listener: metrics, health, readiness, admin API.
 //! - [`proxy`]: the proxy listener: the `/wxgate/*` routes, the token endpoints, and every other
 //!   path proxied to WeChat with the real token injected (and replayed once after a token error).
@@ -35,6 +36,7 @@ pub mod config;
 pub mod crypto;
 pub mod demo;
 pub mod listeners;
+pub mod messages;
 pub mod metrics;
 pub mod proxy;
 pub mod reply;

@@ -183,6 +183,41 @@ pub fn info_type_label(info_type: &str) -> &str {
 }
 
 /// Registers every family, so that `/metrics` lists them all from the first scrape on.
+pub static MESSAGES: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "wxgate_messages_total",
+        "Messages of authorized accounts, by route (the config's route name, or -) and result",
+        &["route", "result"]
+    )
+    .expect("metric")
+});
+
+pub static MESSAGE_OUTBOX: LazyLock<IntGaugeVec> = LazyLock::new(|| {
+    register_int_gauge_vec!("wxgate_message_outbox", "Messages in the outbox, by state (pending|failed)", &["state"])
+        .expect("metric")
+});
+
+pub static MESSAGE_DELIVERY: LazyLock<Histogram> = LazyLock::new(|| {
+    register_histogram!(
+        "wxgate_message_delivery_seconds",
+        "Time from a message's arrival to its delivery to the handler from the outbox",
+        vec![
+            0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 1800.0, 3600.0, 21600.0,
+            86400.0
+        ]
+    )
+    .expect("metric")
+});
+
+pub static MESSAGE_ATTEMPTS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "wxgate_message_delivery_attempts_total",
+        "Delivery attempts from the outbox, by result (delivered|retry|failed)",
+        &["result"]
+    )
+    .expect("metric")
+});
+
 pub fn init() {
     LazyLock::force(&REQUESTS);
     LazyLock::force(&UPSTREAM_DURATION);
@@ -196,6 +231,13 @@ pub fn init() {
     LazyLock::force(&CALLBACK_EVENTS);
     LazyLock::force(&CALLBACK_REJECTED);
     LazyLock::force(&AUTHORIZERS);
+    LazyLock::force(&MESSAGES);
+    LazyLock::force(&MESSAGE_OUTBOX);
+    LazyLock::force(&MESSAGE_DELIVERY);
+    LazyLock::force(&MESSAGE_ATTEMPTS);
+    for state in ["pending", "failed"] {
+        MESSAGE_OUTBOX.with_label_values(&[state]).set(0);
+    }
     LazyLock::force(&WECHAT_ERROR_COUNTERS);
     LazyLock::force(&RECONCILE);
     LazyLock::force(&STORE_OUTAGES);

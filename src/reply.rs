@@ -37,6 +37,11 @@ impl Reply {
         Self::json(status, &serde_json::json!({ "errcode": errcode(status), "errmsg": errmsg }))
     }
 
+    /// An encrypted passive reply to WeChat.
+    pub fn xml(status: u16, body: String) -> Self {
+        Self { status, content_type: "application/xml; charset=utf-8", body: body.into(), location: None }
+    }
+
     pub fn html(status: u16, body: String) -> Self {
         Self { status, content_type: "text/html; charset=utf-8", body: body.into(), location: None }
     }

@@ -438,3 +438,65 @@ fn load_reads_the_file_and_names_a_missing_one() {
     assert!(matches!(error, ConfigError::Read { .. }));
     assert!(error.to_string().contains(&*missing.to_string_lossy()), "{error}");
 }
+
+#[test]
+fn messages_routes_are_read_in_order_with_defaults() {
+    use wxgate::config::DeliveryMode;
+    let text = format!(
+        "{}[messages]\nreply_timeout_ms = 3000\n\
+         [[messages.routes]]\nname = \"shop\"\nauthorizers = [\"wx1111111111111111\"]\nmsg_types = [\"text\", \"event\"]\n\
+         events = [\"subscribe\"]\nurl = \"http://127.0.0.1:7001/wechat?x=1\"\ntoken = \"{TOKEN}\"\nmode = \"reply\"\n\
+         [[messages.routes]]\nname = \"rest\"\nauthorizers = [\"*\"]\nurl = \"https://h.example.com/wx\"\n\
+         token = \"{TOKEN}\"\nmode = \"deliver\"\n",
+        minimal()
+    );
+    let config = Config::from_sources(&text, no_env()).unwrap();
+    let m = &config.messages;
+    assert_eq!(m.reply_timeout, Duration::from_millis(3000));
+    assert_eq!(m.max_age, Duration::from_secs(72 * 3600));
+    assert!(m.release_check);
+    assert_eq!(m.routes.len(), 2);
+    assert_eq!(m.routes[0].name, "shop");
+    assert_eq!(m.routes[0].mode, DeliveryMode::Reply);
+    assert_eq!(m.routes[0].events.as_deref(), Some(&["subscribe".to_owned()][..]));
+    assert_eq!(m.routes[0].url.query(), Some("x=1"));
+    assert_eq!(m.routes[1].authorizers, AuthorizerScope::All);
+    assert_eq!(m.routes[1].msg_types, None);
+    let masked = config.masked();
+    assert!(masked.contains("[[messages.routes]]"), "{masked}");
+    assert_no_secret(&masked);
+    let defaults = Config::from_sources(&minimal(), no_env()).unwrap();
+    assert!(defaults.messages.routes.is_empty() && defaults.messages.release_check);
+}
+
+#[test]
+fn bad_messages_keys_are_named() {
+    let route = |body: &str| format!("{}[[messages.routes]]\n{body}\n", minimal());
+    let good = format!(
+        "name = \"a\"\nauthorizers = [\"*\"]\nurl = \"http://127.0.0.1:1/\"\ntoken = \"{TOKEN}\"\nmode = \"reply\""
+    );
+    assert!(Config::from_sources(&route(&good), no_env()).is_ok());
+    let msg = only_problem(&route(&good.replace("mode = \"reply\"", "mode = \"push\"")), "messages.routes[0].mode");
+    assert!(msg.contains("\"reply\" or \"deliver\""), "{msg}");
+    only_problem(&route(&good.replace("http://127.0.0.1:1/", "ftp://x")), "messages.routes[0].url");
+    only_problem(&route(&good.replace("authorizers = [\"*\"]", "authorizers = []")), "messages.routes[0].authorizers");
+    only_problem(&route(&good.replace("name = \"a\"", "name = \"a b\"")), "messages.routes[0].name");
+    only_problem(&route(&format!("{good}\nurll = \"x\"")), "messages.routes[0].urll");
+    let msg = only_problem(
+        &route(&format!("{good}\nmsg_types = [\"text\"]\nevents = [\"subscribe\"]")),
+        "messages.routes[0].events",
+    );
+    assert!(msg.contains("add \"event\""), "{msg}");
+    let twice = format!("{}[[messages.routes]]\n{good}\n", route(&good));
+    only_problem(&twice, "messages.routes[1].name");
+    let timeout = format!("{}[messages]\nreply_timeout_ms = 5000\n", minimal());
+    only_problem(&timeout, "messages.reply_timeout_ms");
+    let not_array = format!("{}[messages]\nroutes = 1\n", minimal());
+    only_problem(&not_array, "messages.routes");
+    let bad_token = route(&good.replace(&format!("token = \"{TOKEN}\""), "token = \"has space\""));
+    only_problem(&bad_token, "messages.routes[0].token");
+    let found = problems(&minimal(), env(&[("WXGATE_MESSAGES_RELEASE_CHECK", "maybe")]));
+    assert_eq!(keys(&found), ["messages.release_check"]);
+    let off = Config::from_sources(&minimal(), env(&[("WXGATE_MESSAGES_RELEASE_CHECK", "false")])).unwrap();
+    assert!(!off.messages.release_check);
+}

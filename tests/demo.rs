@@ -55,6 +55,23 @@ async fn the_demo_authorizes_an_account_and_its_curl_lines_work() {
         "{answer}\n{}",
         std::fs::read_to_string(dir.path().join("demo.log")).unwrap_or_default()
     );
+    // A message round trip: the push, the demo handler's answer, the decrypted passive reply.
+    let message = printed
+        .lines()
+        .find_map(|l| {
+            l.trim().strip_prefix("curl -s -X POST '")?.strip_suffix('\'').filter(|u| u.contains("/sandbox/message"))
+        })
+        .unwrap();
+    let pushed: serde_json::Value = client().post(message).send().await.unwrap().json().await.unwrap();
+    assert_eq!(pushed["reply_content"], "you said: hello", "{pushed}");
+    let check = printed
+        .lines()
+        .find_map(|l| {
+            l.trim().strip_prefix("curl -s -X POST '")?.strip_suffix('\'').filter(|u| u.contains("release-check"))
+        })
+        .unwrap();
+    let report: serde_json::Value = client().post(check).send().await.unwrap().json().await.unwrap();
+    assert_eq!(report["passed"], true, "{report}");
     let ready = client().get(format!("http://{admin_addr}/readyz")).send().await.unwrap();
     assert_eq!(ready.status(), 200);
 

@@ -1,13 +1,16 @@
 //! The admin listener: `/metrics`, `/healthz`, `/readyz` and the bearer-protected `/admin/*` API.
 //!
-//! It reads the token service and may ask it for a refresh; it never shows a token.
+//! It reads the token service and may ask it for a refresh; it never shows a token. It lists
+//! the outbox and may ask it for a redelivery; it never shows a message's content.
 
 mod console;
 mod info;
+mod messages;
 mod quota;
 mod routes;
 
 use crate::authorize::AuthorizeLinks;
+use crate::messages::outbox::Outbox;
 use crate::reply::Reply;
 use crate::tokens::TokenService;
 use crate::wechat::QuotaApi;
@@ -25,6 +28,8 @@ pub struct AdminApp {
     /// `admin.token`, replaced by a config reload.
     token: Arc<ArcSwap<Secret>>,
     quota: Arc<dyn QuotaApi>,
+    /// The outbox behind `/admin/messages`.
+    outbox: Option<Arc<Outbox>>,
 }
 
 impl AdminApp {
@@ -34,7 +39,11 @@ impl AdminApp {
         token: Arc<ArcSwap<Secret>>,
         quota: Arc<dyn QuotaApi>,
     ) -> Self {
-        Self { tokens, links, token, quota }
+        Self { tokens, links, token, quota, outbox: None }
+    }
+
+    pub fn with_outbox(self, outbox: Arc<Outbox>) -> Self {
+        Self { outbox: Some(outbox), ..self }
     }
 
     fn authorized(&self, session: &ServerSession) -> bool {

@@ -23,6 +23,7 @@ pub(super) async fn handle(app: &AdminApp, session: &mut ServerSession, method: 
         (&Method::GET, ["authorize-url"]) => authorize_url(app, &query).await,
         (&Method::POST, ["reconcile"]) => super::info::reconcile(app).await,
         (&Method::POST, ["component", "clear-quota"]) => super::quota::clear_component(app).await,
+        (_, ["messages", rest @ ..]) => super::messages::handle(app, method, rest, &query).await,
         (&Method::GET, ["authorize-qr"]) => authorize_qr(app, &query).await,
         (_, ["authorizers", appid, rest @ ..]) => match AppId::parse(appid) {
             Ok(appid) => authorizer(app, session, method, &appid, rest).await,

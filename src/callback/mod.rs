@@ -5,6 +5,10 @@
 //! changes nothing and is refused with a 4xx. See PROTOCOL.md §3 and
 //! <https://developers.weixin.qq.com/doc/oplatform/Third-party_Platforms/2.0/api/Before_Develop/component_verify_ticket.html>.
 
+mod account;
+
+pub use account::AccountReceiver;
+
 use crate::xml::{self, XmlError};
 
 use crate::crypto::{CryptoError, MsgCrypt};
@@ -13,6 +17,9 @@ use crate::store::{unix_now, AuthEvent, Ticket};
 use crate::tokens::{TokenError, TokenService};
 use crate::{AppId, Secret};
 use std::sync::Arc;
+
+/// How a verified push without InfoType is recorded.
+pub const UNKNOWN_INFO_TYPE: &str = "unknown";
 
 /// The largest push accepted. WeChat's authorization events are well under 2 KiB.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
@@ -39,6 +46,8 @@ pub enum CallbackError {
     Crypto(#[from] CryptoError),
     #[error("could not record the event: {0}")]
     Tokens(#[from] TokenError),
+    #[error("could not record the message: {0}")]
+    Messages(#[from] crate::messages::MessageError),
 }
 
 impl CallbackError {
@@ -48,7 +57,7 @@ impl CallbackError {
         match self {
             Self::TooLarge => 413,
             Self::Crypto(CryptoError::BadSignature) => 403,
-            Self::Tokens(_) => 503,
+            Self::Tokens(_) | Self::Messages(_) => 503,
             _ => 400,
         }
     }
@@ -63,7 +72,7 @@ impl CallbackError {
             Self::Field(_) => "field",
             Self::WrongComponent => "appid",
             Self::Crypto(e) => e.reason(),
-            Self::Tokens(_) => "store",
+            Self::Tokens(_) | Self::Messages(_) => "store",
         }
     }
 }
@@ -104,7 +113,13 @@ impl ComponentReceiver {
         if fields.get("AppId").is_some_and(|a| a != self.tokens.component().as_str()) {
             return Err(CallbackError::WrongComponent);
         }
-        let info_type = fields.get("InfoType").filter(|t| !t.is_empty()).ok_or(CallbackError::Field("InfoType"))?;
+        let Some(info_type) = fields.get("InfoType").filter(|t| !t.is_empty()) else {
+            // Authentic, but of a shape WeChat does not document: kept as it came, and answered
+            // `success`, or WeChat would retry it and report the URL as failing.
+            let create_time = fields.get("CreateTime").and_then(|t| t.parse::<i64>().ok()).unwrap_or_else(unix_now);
+            let new = self.record_event(UNKNOWN_INFO_TYPE, &fields, create_time, message.clone()).await?;
+            return Ok(Received { info_type: UNKNOWN_INFO_TYPE.to_owned(), new });
+        };
         let create_time =
             fields.get("CreateTime").and_then(|t| t.parse::<i64>().ok()).ok_or(CallbackError::Field("CreateTime"))?;
         let new = match info_type {
@@ -175,14 +190,14 @@ fn authorizer_of(info_type: &str, fields: &xml::Fields) -> Result<String, Callba
 }
 
 /// The query WeChat signs a push with.
-struct SignedQuery {
-    timestamp: String,
-    nonce: String,
-    msg_signature: String,
+pub(crate) struct SignedQuery {
+    pub timestamp: String,
+    pub nonce: String,
+    pub msg_signature: String,
 }
 
 impl SignedQuery {
-    fn parse(query: &str) -> Result<Self, CallbackError> {
+    pub(crate) fn parse(query: &str) -> Result<Self, CallbackError> {
         let (mut timestamp, mut nonce, mut msg_signature, mut encrypt_type) = (None, None, None, None);
         for (k, v) in url::form_urlencoded::parse(query.as_bytes()) {
             let slot = match k.as_ref() {

@@ -11,8 +11,8 @@ use toml::{Table, Value};
 use super::Problems;
 
 /// The top-level tables of the file, in the order they are documented.
-pub(super) const SECTIONS: [&str; 9] =
-    ["component", "upstream", "listen", "store", "refresh", "admin", "proxy", "server", "clients"];
+pub(super) const SECTIONS: [&str; 10] =
+    ["component", "upstream", "listen", "store", "refresh", "admin", "proxy", "server", "clients", "messages"];
 
 /// What the file (with the environment applied) said, before any value is checked. Absent keys
 /// are `None`, so that `validate` can tell "not set" (take the default) from "set".
@@ -28,6 +28,7 @@ pub(super) struct FileConfig {
     pub proxy: ProxyFile,
     pub server: ServerFile,
     pub clients: Vec<ClientFile>,
+    pub messages: MessagesFile,
 }
 
 #[derive(Debug, Default, Deserialize, Serialize)]
@@ -109,6 +110,28 @@ pub(super) struct ClientFile {
     pub reveal_tokens: Option<bool>,
 }
 
+#[derive(Debug, Default, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub(super) struct MessagesFile {
+    pub reply_timeout_ms: Option<i64>,
+    pub max_age_hours: Option<i64>,
+    pub release_check: Option<bool>,
+    /// Last, so that TOML writes the scalar keys before the `[[messages.routes]]` tables.
+    pub routes: Vec<RouteFile>,
+}
+
+#[derive(Debug, Default, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub(super) struct RouteFile {
+    pub name: Option<String>,
+    pub authorizers: Option<Vec<String>>,
+    pub msg_types: Option<Vec<String>>,
+    pub events: Option<Vec<String>>,
+    pub url: Option<String>,
+    pub token: Option<String>,
+    pub mode: Option<String>,
+}
+
 /// Why one key was refused by its section's struct.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) enum KeyError {
@@ -180,6 +203,8 @@ pub(super) fn probe(section: &str, key: &str, value: &Value) -> Result<(), KeyEr
         "proxy" => ProxyFile::deserialize(one).map(drop),
         "server" => ServerFile::deserialize(one).map(drop),
         "clients" => ClientFile::deserialize(one).map(drop),
+        "messages" => MessagesFile::deserialize(one).map(drop),
+        "messages.routes" => RouteFile::deserialize(one).map(drop),
         _ => return Err(KeyError::UnknownSection),
     };
     result.map_err(|e| KeyError::from_serde(e.message()))
@@ -249,6 +274,7 @@ fn read_section(name: &str, value: Value, problems: &mut Problems) -> Option<Val
             problems.push(name, "must be an array of tables: write each client as [[clients]]");
             None
         }
+        ("messages", Value::Table(table)) => Some(Value::Table(read_messages(table, problems))),
         (_, Value::Table(table)) if SECTIONS.contains(&name) => {
             Some(Value::Table(read_keys(name, name, table, problems)))
         }
@@ -282,6 +308,33 @@ fn read_clients(items: Vec<Value>, problems: &mut Problems) -> Vec<Value> {
         Value::Table(table)
     };
     items.into_iter().enumerate().map(read).collect()
+}
+
+/// `[messages]`: its own keys, then each `[[messages.routes]]` table as `messages.routes[i]`.
+fn read_messages(mut table: Table, problems: &mut Problems) -> Table {
+    let routes = table.remove("routes");
+    let mut kept = read_keys("messages", "messages", table, problems);
+    match routes {
+        Some(Value::Array(items)) => {
+            let read = |(i, item): (usize, Value)| {
+                let at = format!("messages.routes[{i}]");
+                let table = match item {
+                    Value::Table(table) => read_keys(&at, "messages.routes", table, problems),
+                    _ => {
+                        problems.push(&at, "must be a table");
+                        Table::new()
+                    }
+                };
+                Value::Table(table)
+            };
+            kept.insert("routes".to_owned(), Value::Array(items.into_iter().enumerate().map(read).collect()));
+        }
+        Some(_) => {
+            problems.push("messages.routes", "must be an array of tables: write each route as [[messages.routes]]")
+        }
+        None => {}
+    }
+    kept
 }
 
 fn read_keys(at: &str, section: &str, table: Table, problems: &mut Problems) -> Table {

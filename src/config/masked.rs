@@ -1,10 +1,10 @@
 //! `Config::masked`: the effective configuration as TOML, every secret printed as `"..."`.
 
 use super::file::{
-    AdminFile, ClientFile, ComponentFile, FileConfig, ListenFile, ProxyFile, RefreshFile, ServerFile, StoreFile,
-    UpstreamFile,
+    AdminFile, ClientFile, ComponentFile, FileConfig, ListenFile, MessagesFile, ProxyFile, RefreshFile, RouteFile,
+    ServerFile, StoreFile, UpstreamFile,
 };
-use super::{AuthorizerScope, ClientConfig, Config, StoreConfig};
+use super::{AuthorizerScope, ClientConfig, Config, RouteConfig, StoreConfig};
 
 /// The effective configuration in the file's own schema, every secret as `"..."`.
 pub(super) fn masked(config: &Config) -> String {
@@ -45,6 +45,12 @@ pub(super) fn masked(config: &Config) -> String {
             shutdown_grace_secs: int(config.server.shutdown_grace.as_secs().into()),
         },
         clients: config.clients.iter().map(masked_client).collect(),
+        messages: MessagesFile {
+            reply_timeout_ms: int(config.messages.reply_timeout.as_millis()),
+            max_age_hours: int((config.messages.max_age.as_secs() / 3600).into()),
+            release_check: Some(config.messages.release_check),
+            routes: config.messages.routes.iter().map(masked_route).collect(),
+        },
     };
     toml::to_string(&file).unwrap_or_else(|e| format!("# cannot print the configuration: {e}\n"))
 }
@@ -93,11 +99,27 @@ fn masked_redis_url(url: &str) -> String {
     url.to_string()
 }
 
-fn masked_client(client: &ClientConfig) -> ClientFile {
-    let authorizers = match &client.authorizers {
+fn scope_list(scope: &AuthorizerScope) -> Vec<String> {
+    match scope {
         AuthorizerScope::All => vec!["*".to_owned()],
         AuthorizerScope::Only(appids) => appids.iter().map(ToString::to_string).collect(),
-    };
+    }
+}
+
+fn masked_route(route: &RouteConfig) -> RouteFile {
+    RouteFile {
+        name: Some(route.name.clone()),
+        authorizers: Some(scope_list(&route.authorizers)),
+        msg_types: route.msg_types.clone(),
+        events: route.events.clone(),
+        url: Some(route.url.to_string()),
+        token: Some(MASK.to_owned()),
+        mode: Some(route.mode.as_str().to_owned()),
+    }
+}
+
+fn masked_client(client: &ClientConfig) -> ClientFile {
+    let authorizers = scope_list(&client.authorizers);
     ClientFile {
         name: Some(client.name.clone()),
         key: Some(MASK.to_owned()),

@@ -42,6 +42,8 @@ pub const DEFAULT_STORE_REDIS_WAIT_TIMEOUT_MS: u64 = 1000;
 pub const DEFAULT_REFRESH_AHEAD_SECS: u64 = 600;
 pub const DEFAULT_REFRESH_RECONCILE_HOURS: u64 = 24;
 pub const DEFAULT_SERVER_SHUTDOWN_GRACE_SECS: u64 = 5;
+pub const DEFAULT_MESSAGES_REPLY_TIMEOUT_MS: u64 = 4000;
+pub const DEFAULT_MESSAGES_MAX_AGE_HOURS: u64 = 72;
 /// Environment variables that start with `WXGATE_` but are not config keys.
 pub const NON_KEY_ENV_VARS: [&str; 2] = ["WXGATE_CONFIG", "WXGATE_LOG"];
 
@@ -57,6 +59,7 @@ pub struct Config {
     pub proxy: ProxyConfig,
     pub server: ServerConfig,
     pub clients: Vec<ClientConfig>,
+    pub messages: MessagesConfig,
 }
 
 /// The third-party platform itself. `encoding_aes_key` is known to decode to 32 bytes.
@@ -170,6 +173,65 @@ impl AuthorizerScope {
         match self {
             Self::All => true,
             Self::Only(appids) => appids.binary_search(appid).is_ok(),
+        }
+    }
+}
+
+/// `[messages]`: the authorized accounts' messages and where they go.
+#[derive(Debug, Clone)]
+pub struct MessagesConfig {
+    /// How long a reply-mode handler may take (100 ms ..= 4.5 s: WeChat waits 5 s).
+    pub reply_timeout: Duration,
+    /// How long an undelivered message is retried before it is kept as failed.
+    pub max_age: Duration,
+    /// Answer WeChat's release-check test accounts in the gateway itself.
+    pub release_check: bool,
+    /// First match wins. Names are unique.
+    pub routes: Vec<RouteConfig>,
+}
+
+impl Default for MessagesConfig {
+    fn default() -> Self {
+        Self {
+            reply_timeout: Duration::from_millis(DEFAULT_MESSAGES_REPLY_TIMEOUT_MS),
+            max_age: Duration::from_secs(DEFAULT_MESSAGES_MAX_AGE_HOURS * 3600),
+            release_check: true,
+            routes: Vec::new(),
+        }
+    }
+}
+
+/// One `[[messages.routes]]`: which messages, to which handler, how.
+#[derive(Debug, Clone)]
+pub struct RouteConfig {
+    /// Letters, digits, `-` and `_`: it is a metric label and is stored with each message.
+    pub name: String,
+    pub authorizers: AuthorizerScope,
+    /// MsgType values; `None` matches all.
+    pub msg_types: Option<Vec<String>>,
+    /// Event values of MsgType `event`; `None` matches all.
+    pub events: Option<Vec<String>>,
+    /// The handler; its own query is kept and WeChat's parameters appended.
+    pub url: url::Url,
+    /// The handler's own WeChat token, for the plaintext-mode `signature`.
+    pub token: Secret,
+    pub mode: DeliveryMode,
+}
+
+/// How a route hands a message over.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeliveryMode {
+    /// Called while WeChat waits; its answer becomes the passive reply.
+    Reply,
+    /// Committed to the outbox, answered `success`, delivered with retries.
+    Deliver,
+}
+
+impl DeliveryMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Reply => "reply",
+            Self::Deliver => "deliver",
         }
     }
 }
@@ -290,14 +352,17 @@ impl Problems {
 fn order(key: &str) -> (usize, usize) {
     let head = key.split(['.', '[']).next().unwrap_or(key);
     let section = file::SECTIONS.iter().position(|s| *s == head).unwrap_or(file::SECTIONS.len());
-    let client = key.strip_prefix("clients[").and_then(|rest| rest.split(']').next()?.parse().ok());
+    let client = key
+        .strip_prefix("clients[")
+        .or_else(|| key.strip_prefix("messages.routes["))
+        .and_then(|rest| rest.split(']').next()?.parse().ok());
     (section, client.unwrap_or(0))
 }
 
 /// True when a problem with `earlier` makes one with `key` redundant: the same key, or a key
 /// inside it (`component` covers `component.appid`, `clients[1]` covers `clients[1].key`).
 fn covers(earlier: &str, key: &str) -> bool {
-    key.strip_prefix(earlier).is_some_and(|rest| rest.is_empty() || rest.starts_with('.'))
+    key.strip_prefix(earlier).is_some_and(|rest| rest.is_empty() || rest.starts_with('.') || rest.starts_with('['))
 }
 
 #[cfg(test)]

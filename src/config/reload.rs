@@ -30,7 +30,9 @@ use crate::metrics;
 
 /// The keys a reload may change, each with everything under it; every other key needs a
 /// restart. Each is taken from [`Live::part`] in `app.rs`.
-pub const RELOADABLE: [&str; 2] = ["clients", "admin.token"];
+/// `messages.max_age_hours` is not among them: the outbox takes it at start-up.
+pub const RELOADABLE: [&str; 5] =
+    ["clients", "admin.token", "messages.routes", "messages.reply_timeout_ms", "messages.release_check"];
 
 /// Every key a config's sources set (the file with the environment applied), by dotted path.
 /// Tables are walked; arrays (`[[clients]]`, `fallback_urls`) are one value each.

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use url::Url;
 
-use super::file::{ClientFile, ComponentFile, FileConfig, ListenFile, StoreFile};
+use super::file::{ClientFile, ComponentFile, FileConfig, ListenFile, MessagesFile, RouteFile, StoreFile};
 use super::*;
 use crate::crypto::decode_aes_key;
 use crate::store::{parse_sentinel_url, RedisOptions, SENTINEL_SCHEME};
@@ -32,6 +32,7 @@ pub(super) fn config(f: &FileConfig, p: &mut Problems) -> Option<Config> {
     let proxy = proxy(f, p);
     let server = server(f, p);
     let clients = clients(&f.clients, p);
+    let messages = messages(&f.messages, p);
     Some(Config {
         component: component?,
         upstream: upstream?,
@@ -46,6 +47,7 @@ pub(super) fn config(f: &FileConfig, p: &mut Problems) -> Option<Config> {
         proxy: proxy?,
         server: server?,
         clients: clients?,
+        messages: messages?,
     })
 }
 
@@ -193,6 +195,99 @@ fn duplicates(files: &[ClientFile], p: &mut Problems) {
             p.push(format!("clients[{i}].key"), format!("same key as clients[{j}]: each client needs its own"));
         }
     }
+}
+
+fn messages(f: &MessagesFile, p: &mut Problems) -> Option<MessagesConfig> {
+    let timeout = int_in(f.reply_timeout_ms, DEFAULT_MESSAGES_REPLY_TIMEOUT_MS, 100..=4500);
+    let timeout = p.check("messages.reply_timeout_ms", timeout.map_err(|e| format!("{e} (WeChat waits 5 s)")));
+    let max_age = p.check("messages.max_age_hours", int_in(f.max_age_hours, DEFAULT_MESSAGES_MAX_AGE_HOURS, 1..=720));
+    let built: Vec<Option<RouteConfig>> = f.routes.iter().enumerate().map(|(i, r)| route(i, r, p)).collect();
+    for (i, r) in f.routes.iter().enumerate() {
+        let Some(name) = &r.name else { continue };
+        if let Some(j) = f.routes[..i].iter().position(|e| e.name.as_ref() == Some(name)) {
+            p.push(format!("messages.routes[{i}].name"), format!("same name as messages.routes[{j}]"));
+        }
+    }
+    Some(MessagesConfig {
+        reply_timeout: Duration::from_millis(timeout?),
+        max_age: Duration::from_secs(max_age? * 3600),
+        release_check: f.release_check.unwrap_or(true),
+        routes: built.into_iter().collect::<Option<Vec<_>>>()?,
+    })
+}
+
+fn route(i: usize, f: &RouteFile, p: &mut Problems) -> Option<RouteConfig> {
+    let at = |key: &str| format!("messages.routes[{i}].{key}");
+    let name = p.check(&at("name"), required(&f.name).and_then(route_name));
+    let scope = match f.authorizers.as_deref() {
+        None | Some([]) => Err("is required: the appids this route takes, or [\"*\"]".to_owned()),
+        Some(entries) => scope(entries),
+    };
+    let scope = p.check(&at("authorizers"), scope);
+    let msg_types = p.check(&at("msg_types"), value_list(f.msg_types.as_deref()));
+    let events = p.check(&at("events"), value_list(f.events.as_deref()));
+    if let (Some(Some(types)), Some(Some(_))) = (&msg_types, &events) {
+        if !types.iter().any(|t| t == "event") {
+            p.push(at("events"), "only match MsgType event, which msg_types leaves out: add \"event\" to msg_types");
+        }
+    }
+    let url = p.check(&at("url"), required(&f.url).and_then(handler_url));
+    let token = p.check(&at("token"), required(&f.token).and_then(message_token));
+    let mode = match f.mode.as_deref() {
+        Some("reply") => Ok(DeliveryMode::Reply),
+        Some("deliver") => Ok(DeliveryMode::Deliver),
+        Some(_) => Err("must be \"reply\" or \"deliver\"".to_owned()),
+        None => Err("is required: \"reply\" (the handler answers while WeChat waits) or \"deliver\"".to_owned()),
+    };
+    let mode = p.check(&at("mode"), mode);
+    Some(RouteConfig {
+        name: name?.to_owned(),
+        authorizers: scope?,
+        msg_types: msg_types?,
+        events: events?,
+        url: url?,
+        token: token?,
+        mode: mode?,
+    })
+}
+
+/// A route's name is a metric label and is stored with each message: short and plain.
+fn route_name(value: &str) -> Result<&str, String> {
+    let plain = value.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+    match (1..=64).contains(&value.len()) && plain {
+        true => Ok(value),
+        false => Err("must be 1 to 64 letters, digits, - or _".to_owned()),
+    }
+}
+
+/// An optional list of MsgType or Event values: absent matches all; present must not be empty.
+fn value_list(values: Option<&[String]>) -> Result<Option<Vec<String>>, String> {
+    let Some(values) = values else { return Ok(None) };
+    if values.is_empty() {
+        return Err("must not be empty: leave the key out to match every value".to_owned());
+    }
+    if values.iter().any(|v| v.trim().is_empty() || v.trim() != v) {
+        return Err("entries must not be empty or start or end with whitespace".to_owned());
+    }
+    Ok(Some(values.to_vec()))
+}
+
+/// A handler's URL: http(s) with a host and no fragment; its own query is kept.
+fn handler_url(value: &str) -> Result<Url, String> {
+    let url = Url::parse(value).map_err(|e| format!("is not a URL: {e}"))?;
+    if !matches!(url.scheme(), "http" | "https") {
+        return Err("must start with http:// or https://".to_owned());
+    }
+    if url.host_str().is_none_or(str::is_empty) {
+        return Err("must have a host".to_owned());
+    }
+    if url.fragment().is_some() {
+        return Err("must not have a fragment (#)".to_owned());
+    }
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err("must not carry a user name or password".to_owned());
+    }
+    Ok(url)
 }
 
 /// `["*"]` is every authorizer; otherwise each entry is an appid. Duplicates are dropped.

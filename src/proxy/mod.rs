@@ -264,6 +264,8 @@ fn redacted_query(query: &str) -> String {
                         | "auth_code"
                         | "pre_auth_code"
                         | "code"
+                        // The sender of a pushed message: personal data.
+                        | "openid"
                         | "js_code"
                         | "refresh_token"
                 ) =>
@@ -352,7 +354,7 @@ mod tests {
     fn the_access_log_never_shows_a_token_or_key() {
         assert_eq!(
             redacted_query("openid=o&access_token=SECRET&component_access_token=C&key=K"),
-            "openid=o&access_token=...&component_access_token=...&key=..."
+            "openid=...&access_token=...&component_access_token=...&key=..."
         );
     }
 }

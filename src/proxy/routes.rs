@@ -6,7 +6,8 @@ use super::jssdk;
 use super::resolve::client_from_headers;
 use super::token_endpoints;
 use crate::authorize::{done_page, done_redirect, error_page, parse_redirect, start_page, AuthorizeLinks};
-use crate::callback::{ComponentReceiver, MAX_BODY_BYTES};
+use crate::callback::{AccountReceiver, ComponentReceiver, MAX_BODY_BYTES};
+use crate::messages::Reply as MessageReply;
 use crate::metrics;
 use crate::reply::{read_body, BodyError, Reply};
 use crate::tokens::TokenService;
@@ -18,6 +19,8 @@ pub const ROUTE_PREFIX: &str = "/wxgate/";
 
 pub struct OwnRoutes {
     pub callback: ComponentReceiver,
+    /// The message-and-event URL, `callback/{authorizer_appid}`.
+    pub accounts: AccountReceiver,
     pub tokens: Arc<TokenService>,
     pub links: AuthorizeLinks,
 }
@@ -30,6 +33,11 @@ impl OwnRoutes {
         match (&method, path.strip_prefix(ROUTE_PREFIX).unwrap_or_default()) {
             (&Method::POST, "callback/component") => self.component_callback(session, &query).await,
             (_, "callback/component") => Reply::error(405, "the authorization-event URL takes POST"),
+            (&Method::POST, p) if p.starts_with("callback/") => {
+                let appid = p["callback/".len()..].to_owned();
+                self.account_callback(session, &appid, &query).await
+            }
+            (_, p) if p.starts_with("callback/") => Reply::error(405, "the message URL takes POST"),
             (&Method::GET, "authorize") => self.authorize_page(&query).await,
             (&Method::GET, "authorize/done") => self.authorize_done(&query).await,
             (&Method::GET, p) if p.starts_with("token/") => match client_from_headers(clients, session.req_header()) {
@@ -65,6 +73,35 @@ impl OwnRoutes {
             }
             Err(e) => {
                 tracing::warn!(reason = e.reason(), error = %e, "authorization event refused");
+                Reply::error(e.status(), format!("callback refused: {e}"))
+            }
+        }
+    }
+
+    /// A message or event of an authorized account: `success`, or an encrypted passive reply.
+    async fn account_callback(&self, session: &mut Session, appid: &str, query: &str) -> Reply {
+        let Ok(authorizer) = crate::AppId::parse(appid) else {
+            metrics::CALLBACK_REJECTED.with_label_values(&["appid"]).inc();
+            return Reply::error(404, "the message URL is /wxgate/callback/$APPID$ with an authorizer appid");
+        };
+        let body = match read_body(session.as_downstream_mut(), MAX_BODY_BYTES).await {
+            Ok(body) => body,
+            Err(e) => {
+                let reason = if matches!(e, BodyError::TooLarge(_)) { "too_large" } else { "read" };
+                metrics::CALLBACK_REJECTED.with_label_values(&[reason]).inc();
+                tracing::warn!(reason, authorizer = %authorizer, "message push refused");
+                return e.reply();
+            }
+        };
+        match self.accounts.receive(authorizer, query, &body).await {
+            Ok(MessageReply::Success) => Reply::text(200, "success"),
+            Ok(MessageReply::Encrypted(xml)) => Reply::xml(200, xml),
+            Err(e) if e.status() >= 500 => {
+                tracing::error!(authorizer = %authorizer, error = %e, "message could not be recorded; WeChat will retry");
+                Reply::error(e.status(), "the message could not be recorded")
+            }
+            Err(e) => {
+                tracing::warn!(authorizer = %authorizer, reason = e.reason(), error = %e, "message push refused");
                 Reply::error(e.status(), format!("callback refused: {e}"))
             }
         }

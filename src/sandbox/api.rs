@@ -21,6 +21,9 @@ use super::{faults, sns, Sandbox};
 pub const MAX_MEDIA_BYTES: u64 = 50 * 1024 * 1024;
 const MEDIA_CHUNK: usize = 64 * 1024;
 const MEDIA_PATH: &str = "/cgi-bin/media/get";
+const CUSTOM_SEND_PATH: &str = "/cgi-bin/message/custom/send";
+/// A customer-service message body is a few hundred bytes.
+const CUSTOM_SEND_MAX: usize = 64 * 1024;
 const TICKET_PATH: &str = "/cgi-bin/ticket/getticket";
 
 /// The bytes `GET /cgi-bin/media/get?media_id=N` serves, for tests to compare a download with.
@@ -37,9 +40,17 @@ pub(super) async fn handle(sandbox: &Sandbox, req: Request) -> Response {
     let (parts, body) = req.into_parts();
     let query = parts.uri.query().unwrap_or_default().to_owned();
     let token = find_token(&query);
-    let (body_len, body_sha1) = match digest(body).await {
-        Ok(d) => d,
-        Err(_) => return (StatusCode::BAD_REQUEST, "the request body could not be read\n").into_response(),
+    let custom_send = parts.uri.path() == CUSTOM_SEND_PATH;
+    let (body_len, body_sha1, kept) = if custom_send {
+        match axum::body::to_bytes(body, CUSTOM_SEND_MAX).await {
+            Ok(b) => (b.len(), hex::encode(Sha1::digest(&b)), Some(b)),
+            Err(_) => return (StatusCode::BAD_REQUEST, "the request body could not be read\n").into_response(),
+        }
+    } else {
+        match digest(body).await {
+            Ok((len, sha1)) => (len, sha1, None),
+            Err(_) => return (StatusCode::BAD_REQUEST, "the request body could not be read\n").into_response(),
+        }
     };
     record(sandbox, &parts, token.as_ref(), body_len);
     let path = parts.uri.path();
@@ -57,10 +68,31 @@ pub(super) async fn handle(sandbox: &Sandbox, req: Request) -> Response {
     if path == TICKET_PATH {
         return getticket(sandbox, token_value.as_deref().unwrap_or_default(), &query);
     }
+    if let Some(body) = kept {
+        custom_text(sandbox, token_value.as_deref(), &body);
+    }
     if path == MEDIA_PATH {
         return media(&query);
     }
     ok_json(json!({ "errcode": 0, "errmsg": "ok", "path": path, "body_bytes": body_len, "body_sha1": body_sha1 }))
+}
+
+/// A text sent with `message/custom/send` is kept, with whose token it came, so that the
+/// release check can look for its `_from_api` message. Other bodies pass as any call does.
+fn custom_text(sandbox: &Sandbox, token: Option<&str>, body: &[u8]) {
+    let Ok(value) = serde_json::from_slice::<serde_json::Value>(body) else { return };
+    let text = |v: Option<&serde_json::Value>| v.and_then(serde_json::Value::as_str).map(str::to_owned);
+    if text(value.get("msgtype")).as_deref() != Some("text") {
+        return;
+    }
+    let (Some(touser), Some(content)) =
+        (text(value.get("touser")), text(value.get("text").and_then(|t| t.get("content"))))
+    else {
+        return;
+    };
+    let mut ledger = sandbox.ledger();
+    let authorizer = token.and_then(|t| ledger.tokens.owner_of(t)).map(Owner::label).unwrap_or_default();
+    ledger.record.push_sent_text(super::messages::SentText { authorizer, touser, content });
 }
 
 /// Which parameter carries the token, and its value; `access_token` wins when both are there.

@@ -117,6 +117,47 @@ pub(super) async fn pushes(State(sandbox): State<Sandbox>, uri: Uri) -> Response
     ok(json!({ "paused": sandbox.ledger().paused }))
 }
 
+/// `POST /sandbox/message?appid=wx...&type=text&content=...` (or `type=event&event=subscribe`;
+/// also `openid`, `msg_id`): pushed to the account's message URL; answers what the gateway
+/// said, with the passive reply decrypted.
+pub(super) async fn message(State(sandbox): State<Sandbox>, uri: Uri) -> Response {
+    let appid = match required_appid(&uri) {
+        Ok(appid) => appid,
+        Err(why) => return error(StatusCode::BAD_REQUEST, &why),
+    };
+    let q = uri.query().unwrap_or_default();
+    let msg_id = match query_param(q, "msg_id").map(|m| m.parse::<u64>()) {
+        Some(Err(_)) => return error(StatusCode::BAD_REQUEST, "msg_id must be a number"),
+        other => other.and_then(Result::ok),
+    };
+    let spec = super::MessageSpec {
+        msg_type: query_param(q, "type").unwrap_or_else(|| "text".to_owned()),
+        content: query_param(q, "content"),
+        event: query_param(q, "event"),
+        openid: query_param(q, "openid"),
+        msg_id,
+    };
+    match sandbox.push_message(&appid, &spec).await {
+        Ok(outcome) => ok(serde_json::to_value(outcome).unwrap_or_default()),
+        Err(e) => error(StatusCode::BAD_GATEWAY, &e.to_string()),
+    }
+}
+
+/// `POST /sandbox/release-check?appid=wx...` (default: the first official test account): WeChat's
+/// release check against the gateway, pass/fail per step.
+pub(super) async fn release_check(State(sandbox): State<Sandbox>, uri: Uri) -> Response {
+    let appid = match appid_param(&uri) {
+        Ok(appid) => appid.unwrap_or_else(|| {
+            AppId::parse(crate::messages::release_check::TEST_ACCOUNTS[0].0).expect("a valid test appid")
+        }),
+        Err(why) => return error(StatusCode::BAD_REQUEST, &why),
+    };
+    if !crate::messages::release_check::is_test_account(&appid) {
+        return error(StatusCode::BAD_REQUEST, "appid must be one of WeChat's release-check test accounts");
+    }
+    ok(serde_json::to_value(sandbox.release_check(&appid).await).unwrap_or_default())
+}
+
 /// The `appid` parameter, if any; a malformed one is refused rather than ignored.
 fn appid_param(uri: &Uri) -> Result<Option<AppId>, String> {
     match query_param(uri.query().unwrap_or_default(), "appid") {

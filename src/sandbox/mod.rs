@@ -11,6 +11,7 @@ mod config;
 mod control;
 mod faults;
 mod ledger;
+mod messages;
 mod pages;
 mod push;
 mod quota;
@@ -29,6 +30,7 @@ use tokio::time::Instant;
 
 pub use api::{media_content, MAX_MEDIA_BYTES};
 pub use config::{Faults, SandboxConfig, DEMO_AUTHORIZER_APPID, DEMO_COMPONENT_APPID};
+pub use messages::{original_id, MessageSpec, PushOutcome, ReleaseReport, SentText, Step, SANDBOX_OPENID};
 pub use record::{SeenRequest, Stats, MAX_SEEN};
 
 use crate::appid::AppId;

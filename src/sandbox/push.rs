@@ -32,6 +32,14 @@ impl Pusher {
         Self { client, crypt, token, url }
     }
 
+    pub fn crypt(&self) -> &MsgCrypt {
+        &self.crypt
+    }
+
+    pub fn client(&self) -> &reqwest::Client {
+        &self.client
+    }
+
     pub fn has_target(&self) -> bool {
         self.url.is_some()
     }
@@ -75,7 +83,7 @@ impl Pusher {
     }
 
     /// The old three-field `signature` WeChat also sends; gateways must check msg_signature instead.
-    fn plain_signature(&self, timestamp: &str, nonce: &str) -> String {
+    pub fn plain_signature(&self, timestamp: &str, nonce: &str) -> String {
         let mut parts = [self.token.expose(), timestamp, nonce];
         parts.sort_unstable();
         hex::encode(Sha1::digest(parts.concat()))

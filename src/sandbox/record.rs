@@ -50,6 +50,7 @@ pub struct SeenRequest {
 pub(crate) struct Record {
     pub stats: Stats,
     seen: VecDeque<SeenRequest>,
+    sent_texts: VecDeque<super::messages::SentText>,
 }
 
 impl Record {
@@ -62,6 +63,17 @@ impl Record {
 
     pub fn seen(&self) -> Vec<SeenRequest> {
         self.seen.iter().cloned().collect()
+    }
+
+    pub fn push_sent_text(&mut self, text: super::messages::SentText) {
+        if self.sent_texts.len() == MAX_SEEN {
+            self.sent_texts.pop_front();
+        }
+        self.sent_texts.push_back(text);
+    }
+
+    pub fn sent_texts(&self) -> Vec<super::messages::SentText> {
+        self.sent_texts.iter().cloned().collect()
     }
 }
 

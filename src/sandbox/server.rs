@@ -39,6 +39,8 @@ fn router(sandbox: Sandbox) -> Router {
         .route("/sandbox/stats", get(control::stats))
         .route("/sandbox/ticket", post(control::ticket))
         .route("/sandbox/pushes", post(control::pushes))
+        .route("/sandbox/message", post(control::message))
+        .route("/sandbox/release-check", post(control::release_check))
         .route("/sandbox/consent", get(pages::consent))
         .fallback(dispatch)
         .with_state(sandbox)

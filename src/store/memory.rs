@@ -1,8 +1,9 @@
 //! The in-memory store, for tests and throwaway runs: nothing survives the process.
 
+use super::memory_outbox::MemoryOutbox;
 use super::{
-    AuthEvent, AuthorizerInfoRecord, AuthorizerRecord, ComponentToken, Fence, JsTicket, Store, StoreError, StoredEvent,
-    Ticket, TicketKind,
+    AuthEvent, AuthorizerInfoRecord, AuthorizerRecord, ComponentToken, Fence, JsTicket, OutboxStore, Store, StoreError,
+    StoredEvent, Ticket, TicketKind,
 };
 use crate::AppId;
 use async_trait::async_trait;
@@ -12,6 +13,7 @@ use std::sync::Mutex;
 #[derive(Default)]
 pub struct MemoryStore {
     state: Mutex<State>,
+    outbox: MemoryOutbox,
 }
 
 #[derive(Default)]
@@ -41,6 +43,10 @@ impl MemoryStore {
 impl Store for MemoryStore {
     fn backend(&self) -> &'static str {
         "memory"
+    }
+
+    fn outbox(&self) -> &dyn OutboxStore {
+        &self.outbox
     }
 
     async fn ping(&self) -> Result<(), StoreError> {

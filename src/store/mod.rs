@@ -8,13 +8,18 @@
 
 mod info;
 mod memory;
+mod memory_outbox;
 pub mod migrate;
+pub mod outbox;
 mod redis;
+mod redis_outbox;
 mod sqlite;
+mod sqlite_outbox;
 
 pub use self::redis::{parse_sentinel_url, RedisOptions, RedisStore, SentinelUrl, SENTINEL_SCHEME};
 pub use info::{AccountKind, AuthorizerInfoRecord};
 pub use memory::MemoryStore;
+pub use outbox::OutboxStore;
 pub use sqlite::SqliteStore;
 
 use crate::{AppId, Secret};
@@ -211,10 +216,15 @@ pub enum Change {
     Resync,
 }
 
+/// The records (ticket, events, tokens, authorizers) and their coordination (leases, changes);
+/// the outbox, written at another rate, is a trait of its own reached through [`Store::outbox`].
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
     /// A short name for logs and `/readyz`: "sqlite", "redis", "memory".
     fn backend(&self) -> &'static str;
+
+    /// The outbox of messages for the apps' handlers, in the same backend.
+    fn outbox(&self) -> &dyn OutboxStore;
 
     /// Answers once the backend can serve reads and writes.
     async fn ping(&self) -> Result<(), StoreError>;

@@ -4,9 +4,10 @@
 //! mutex is enough for the gateway's write rate (a ticket every 10 minutes, a token refresh per
 //! authorizer every ~2 hours) and keeps every write serialised.
 
+use super::sqlite_outbox::GroupCommit;
 use super::{
-    AuthEvent, AuthorizerInfoRecord, AuthorizerRecord, AuthorizerState, ComponentToken, Fence, JsTicket, Store,
-    StoreError, StoredEvent, Ticket, TicketKind,
+    AuthEvent, AuthorizerInfoRecord, AuthorizerRecord, AuthorizerState, ComponentToken, Fence, JsTicket, OutboxStore,
+    Store, StoreError, StoredEvent, Ticket, TicketKind,
 };
 use crate::{AppId, Secret};
 use async_trait::async_trait;
@@ -17,9 +18,9 @@ use std::sync::{Arc, Mutex};
 /// Each entry brings the schema from its index to the next version; `PRAGMA user_version`
 /// records how many have run. Append, never edit: released files depend on them.
 /// The steps, in order: 0 → 1 tickets and events; 1 → 2 component and authorizer tokens;
-/// 2 → 3 JS-SDK tickets (refresher); 3 → 4 authorizer info (fleet). A new step takes the next
-/// number after the last one here (the outbox's would be 4 → 5).
-const MIGRATIONS: &[&str] = &[
+/// 2 → 3 JS-SDK tickets; 3 → 4 authorizer info; 4 → 5 the outbox and its dedupe keys. A new
+/// step takes the next number after the last one here.
+pub(super) const MIGRATIONS: &[&str] = &[
     // 0 → 1: the ticket and the events WeChat pushed.
     "CREATE TABLE tickets (
          component_appid TEXT PRIMARY KEY,
@@ -82,6 +83,33 @@ const MIGRATIONS: &[&str] = &[
          PRIMARY KEY (component_appid, authorizer_appid)
      ) WITHOUT ROWID;
      CREATE INDEX authorizer_info_user_name ON authorizer_info (component_appid, user_name);",
+    // 4 → 5: the outbox of messages for the apps' handlers, and WeChat's retry dedupe keys.
+    "CREATE TABLE outbox (
+         component_appid    TEXT NOT NULL,
+         id                 TEXT NOT NULL,
+         authorizer_appid   TEXT NOT NULL,
+         route              TEXT NOT NULL,
+         msg_type           TEXT NOT NULL,
+         event              TEXT,
+         payload            TEXT NOT NULL,
+         received_at        INTEGER NOT NULL,
+         attempts           INTEGER NOT NULL,
+         next_attempt_at    INTEGER NOT NULL,
+         state              TEXT NOT NULL,
+         last_error         TEXT,
+         claim              TEXT,
+         PRIMARY KEY (component_appid, id)
+     ) WITHOUT ROWID;
+     CREATE INDEX outbox_due ON outbox (component_appid, state, route, next_attempt_at);
+     CREATE INDEX outbox_next ON outbox (component_appid, state, next_attempt_at);
+     CREATE TABLE outbox_seen (
+         component_appid  TEXT NOT NULL,
+         authorizer_appid TEXT NOT NULL,
+         key              TEXT NOT NULL,
+         seen_at          INTEGER NOT NULL,
+         PRIMARY KEY (component_appid, authorizer_appid, key)
+     ) WITHOUT ROWID;
+     CREATE INDEX outbox_seen_at ON outbox_seen (component_appid, seen_at);",
 ];
 
 const INFO_COLUMNS: &str =
@@ -94,6 +122,8 @@ const AUTHORIZER_COLUMNS: &str = "authorizer_appid, state, refresh_token, access
 pub struct SqliteStore {
     conn: Arc<Mutex<Connection>>,
     path: PathBuf,
+    /// The outbox's writes, many per transaction (`sqlite_outbox.rs`).
+    group_commit: GroupCommit,
 }
 
 impl SqliteStore {
@@ -112,7 +142,13 @@ impl SqliteStore {
             StoreError::Unavailable(reason) => open_err(reason),
             other => other,
         })?;
-        Ok(Self { conn: Arc::new(Mutex::new(conn)), path: path.to_owned() })
+        let conn = Arc::new(Mutex::new(conn));
+        let group_commit = GroupCommit::start(Arc::clone(&conn)).map_err(|e| open_err(e.to_string()))?;
+        Ok(Self { conn, path: path.to_owned(), group_commit })
+    }
+
+    pub(super) fn group_commit(&self) -> &GroupCommit {
+        &self.group_commit
     }
 
     pub fn path(&self) -> &Path {
@@ -120,7 +156,7 @@ impl SqliteStore {
     }
 
     /// Runs `f` on the connection in tokio's blocking pool.
-    async fn with_conn<T, F>(&self, f: F) -> Result<T, StoreError>
+    pub(super) async fn with_conn<T, F>(&self, f: F) -> Result<T, StoreError>
     where
         T: Send + 'static,
         F: FnOnce(&mut Connection) -> rusqlite::Result<T> + Send + 'static,
@@ -135,7 +171,7 @@ impl SqliteStore {
     }
 }
 
-fn unavailable(e: rusqlite::Error) -> StoreError {
+pub(super) fn unavailable(e: rusqlite::Error) -> StoreError {
     StoreError::Unavailable(e.to_string())
 }
 
@@ -224,6 +260,10 @@ fn row_to_info(row: &rusqlite::Row<'_>) -> rusqlite::Result<AuthorizerInfoRecord
 impl Store for SqliteStore {
     fn backend(&self) -> &'static str {
         "sqlite"
+    }
+
+    fn outbox(&self) -> &dyn OutboxStore {
+        self
     }
 
     async fn ping(&self) -> Result<(), StoreError> {

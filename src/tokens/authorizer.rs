@@ -203,6 +203,12 @@ impl TokenService {
         Ok(appid)
     }
 
+    /// Exchanges an authorization code and keeps nothing: WeChat's release-check test accounts
+    /// send a code that must be used once, by the gateway, and never become authorizers.
+    pub async fn query_auth_unkept(&self, code: &str) -> Result<crate::wechat::Authorization, TokenError> {
+        with_component_token!(self, |t| self.api.query_auth(t, code))
+    }
+
     /// Whether `code` is the one last exchanged for `appid` (a push that follows the redirect).
     pub(super) fn code_already_used(&self, appid: &AppId, code: &str) -> bool {
         let hash = hex::encode(Sha1::digest(code.as_bytes()));

@@ -53,6 +53,11 @@ impl TokenService {
     }
 
     async fn apply_authorized(&self, appid: &AppId, event: &AuthEvent) -> Result<(), TokenError> {
+        if crate::messages::release_check::is_test_account(appid) {
+            // WeChat's release-check accounts authorize every platform; they are not kept.
+            tracing::info!(authorizer = %appid, "authorization by a release-check test account ignored");
+            return Ok(());
+        }
         let fields = xml::parse(event.payload.expose()).unwrap_or_default();
         let Some(code) = fields.get("AuthorizationCode").filter(|c| !c.is_empty()) else {
             tracing::warn!(authorizer = %appid, info_type = %event.info_type, "authorization event without AuthorizationCode");

@@ -229,6 +229,9 @@ impl Store for FlakyStore {
     fn backend(&self) -> &'static str {
         "flaky"
     }
+    fn outbox(&self) -> &dyn crate::store::OutboxStore {
+        self.inner.outbox()
+    }
     async fn ping(&self) -> Result<(), StoreError> {
         self.inner.ping().await
     }

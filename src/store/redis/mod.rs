@@ -18,7 +18,7 @@ pub use target::{parse_sentinel_url, SentinelUrl, SENTINEL_SCHEME};
 
 use super::{
     AuthEvent, AuthorizerInfoRecord, AuthorizerRecord, AuthorizerState, Change, ComponentToken, Fence, JsTicket, Lease,
-    Store, StoreError, StoredEvent, Ticket, TicketKind,
+    OutboxStore, Store, StoreError, StoredEvent, Ticket, TicketKind,
 };
 use crate::{AppId, Secret};
 use async_trait::async_trait;
@@ -154,6 +154,30 @@ impl RedisStore {
     /// `{key_prefix}{component}:{name}`: every key of one component under one prefix.
     fn key(&self, component: &AppId, name: &str) -> String {
         format!("{}{component}:{name}", self.key_prefix)
+    }
+
+    /// The outbox's keys (`redis_outbox.rs`), in the same scheme as the records'.
+    pub(super) fn outbox_key(&self, component: &AppId, name: &str) -> String {
+        self.key(component, name)
+    }
+
+    /// Who this instance is, for the outbox's claim tokens.
+    pub(super) fn instance_name(&self) -> &str {
+        &self.instance
+    }
+
+    /// Runs one of the outbox's scripts through the link (its deadline, fail-fast while Redis is
+    /// away); with `durable`, also waits for `store.redis_wait_replicas` replicas, as for events:
+    /// a message accepted from WeChat must survive a failover.
+    pub(super) async fn outbox_invoke<T>(
+        &self,
+        invocation: ScriptInvocation<'static>,
+        durable: bool,
+    ) -> Result<T, StoreError>
+    where
+        T: redis::FromRedisValue + Send + 'static,
+    {
+        self.invoke(invocation, durable).await
     }
 
     async fn warn_without_persistence(&self) {
@@ -521,6 +545,10 @@ fn component_fields(t: &ComponentToken) -> Vec<(&'static str, String)> {
 impl Store for RedisStore {
     fn backend(&self) -> &'static str {
         "redis"
+    }
+
+    fn outbox(&self) -> &dyn OutboxStore {
+        self
     }
 
     async fn ping(&self) -> Result<(), StoreError> {

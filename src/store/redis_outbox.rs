@@ -1,0 +1,574 @@
+//! The Redis outbox, shared by every instance on one Redis: each step is one Lua script, so
+//! that a claim (attempt counted, next attempt a lease ahead, claim token set) is atomic and
+//! two instances never take the same message at once.
+//!
+//! Keys, under the store's `{key_prefix}{component}:`:
+//! - `outbox:msg:{id}`: the message, a hash (its `claim` field while an attempt holds it);
+//! - `outbox:due:{route}`: a sorted set of the route's pending ids by next attempt;
+//! - `outbox:routes`: the routes that may have pending messages;
+//! - `outbox:pending`, `outbox:failed`: sorted sets of ids by arrival, for listing and counting;
+//! - `outbox:seen:{authorizer}:{key}`: WeChat's dedupe keys, `SET NX PX`, expiring by themselves.
+
+use super::outbox::{Claim, DeliveryId, OutboxEntry, OutboxMessage, OutboxState, OutboxStore, Outcome};
+use super::redis::RedisStore;
+use super::StoreError;
+use crate::{AppId, Secret};
+use async_trait::async_trait;
+use redis::Script;
+use std::collections::HashMap;
+use std::sync::LazyLock;
+use std::time::Duration;
+
+/// KEYS: msg hash, due set, routes set, pending set. ARGV: id, route, next attempt, received,
+/// then the hash's field/value pairs. An id already held is left as it is.
+static ENQUEUE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+          redis.call('HSET', KEYS[1], unpack(ARGV, 5))
+          redis.call('ZADD', KEYS[2], ARGV[3], ARGV[1])
+          redis.call('SADD', KEYS[3], ARGV[2])
+          redis.call('ZADD', KEYS[4], ARGV[4], ARGV[1])
+          return 1",
+    )
+});
+
+/// KEYS: the dedupe key, then ENQUEUE's. ARGV: the key's lifetime (ms), then ENQUEUE's. The
+/// key is set only with its message, in one script: nothing half done survives a failure.
+static ENQUEUE_FIRST: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"if not redis.call('SET', KEYS[1], '1', 'NX', 'PX', ARGV[1]) then return 0 end
+          if redis.call('EXISTS', KEYS[2]) == 1 then return 1 end
+          redis.call('HSET', KEYS[2], unpack(ARGV, 6))
+          redis.call('ZADD', KEYS[3], ARGV[4], ARGV[2])
+          redis.call('SADD', KEYS[4], ARGV[3])
+          redis.call('ZADD', KEYS[5], ARGV[5], ARGV[2])
+          return 1",
+    )
+});
+
+static FORGET: LazyLock<Script> = LazyLock::new(|| Script::new(r"return redis.call('DEL', KEYS[1])"));
+
+static FIRST_TIME: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(r"if redis.call('SET', KEYS[1], '1', 'NX', 'PX', ARGV[1]) then return 1 end return 0")
+});
+
+/// KEYS: routes set. ARGV: due-set prefix, now. Forgets routes whose due set is empty.
+static DUE_ROUTES: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"local out = {}
+          for _, r in ipairs(redis.call('SMEMBERS', KEYS[1])) do
+            local z = ARGV[1] .. r
+            if redis.call('ZCARD', z) == 0 then redis.call('SREM', KEYS[1], r)
+            elseif #redis.call('ZRANGEBYSCORE', z, '-inf', ARGV[2], 'LIMIT', 0, 1) > 0 then table.insert(out, r) end
+          end
+          return out",
+    )
+});
+
+/// KEYS: routes set. ARGV: due-set prefix. The earliest score of any due set, or nil.
+static NEXT_DUE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"local best = nil
+          for _, r in ipairs(redis.call('SMEMBERS', KEYS[1])) do
+            local first = redis.call('ZRANGE', ARGV[1] .. r, 0, 0, 'WITHSCORES')
+            if #first == 2 and (best == nil or tonumber(first[2]) < best) then best = tonumber(first[2]) end
+          end
+          if best == nil then return false end
+          return string.format('%d', best)",
+    )
+});
+
+/// KEYS: due set. ARGV: now, limit, lease end, token, msg-hash prefix. Returns each claimed
+/// message's HGETALL.
+static CLAIM: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"local out = {}
+          for _, id in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[2]))) do
+            local h = ARGV[5] .. id
+            if redis.call('EXISTS', h) == 1 then
+              redis.call('HINCRBY', h, 'attempts', 1)
+              redis.call('HSET', h, 'next_attempt_at', ARGV[3], 'claim', ARGV[4])
+              redis.call('ZADD', KEYS[1], ARGV[3], id)
+              table.insert(out, redis.call('HGETALL', h))
+            else
+              redis.call('ZREM', KEYS[1], id)
+            end
+          end
+          return out",
+    )
+});
+
+/// KEYS: msg hash, pending set, failed set. ARGV: token, outcome, retry at, error, id, due-set
+/// prefix. Nothing happens unless the claim is still the caller's.
+static SETTLE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"local h = KEYS[1]
+          if redis.call('HGET', h, 'claim') ~= ARGV[1] then return 0 end
+          local id = ARGV[5]
+          local due = ARGV[6] .. redis.call('HGET', h, 'route')
+          if ARGV[2] == 'delivered' then
+            redis.call('DEL', h)
+            redis.call('ZREM', due, id)
+            redis.call('ZREM', KEYS[2], id)
+          elseif ARGV[2] == 'retry' then
+            redis.call('HSET', h, 'next_attempt_at', ARGV[3], 'last_error', ARGV[4])
+            redis.call('HDEL', h, 'claim')
+            redis.call('ZADD', due, ARGV[3], id)
+          else
+            redis.call('HSET', h, 'state', 'failed', 'last_error', ARGV[4])
+            redis.call('HDEL', h, 'claim')
+            redis.call('ZREM', due, id)
+            redis.call('ZREM', KEYS[2], id)
+            redis.call('ZADD', KEYS[3], redis.call('HGET', h, 'received_at'), id)
+          end
+          return 1",
+    )
+});
+
+/// KEYS: pending set. ARGV: now, msg-hash prefix, due-set prefix.
+static RELEASE_CLAIMS: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"local n = 0
+          for _, id in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do
+            local h = ARGV[2] .. id
+            if redis.call('HEXISTS', h, 'claim') == 1 then
+              redis.call('HDEL', h, 'claim')
+              redis.call('HSET', h, 'next_attempt_at', ARGV[1])
+              redis.call('ZADD', ARGV[3] .. redis.call('HGET', h, 'route'), ARGV[1], id)
+              n = n + 1
+            end
+          end
+          return n",
+    )
+});
+
+/// The fields a listing shows: never the payload.
+const ENTRY_FIELDS: [&str; 10] = [
+    "id",
+    "authorizer",
+    "route",
+    "msg_type",
+    "event",
+    "received_at",
+    "attempts",
+    "next_attempt_at",
+    "state",
+    "last_error",
+];
+
+/// KEYS: an arrival-ordered set. ARGV: start, stop, msg-hash prefix, then ENTRY_FIELDS.
+/// Returns the set's size, then per id its score and the fields.
+static LIST: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"local out = { tostring(redis.call('ZCARD', KEYS[1])) }
+          local ids = redis.call('ZRANGE', KEYS[1], ARGV[1], ARGV[2])
+          for _, id in ipairs(ids) do
+            table.insert(out, redis.call('HMGET', ARGV[3] .. id, unpack(ARGV, 4)))
+          end
+          return out",
+    )
+});
+
+/// KEYS: msg hash, pending set, failed set, routes set. ARGV: now, id, due-set prefix.
+static REDELIVER: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+          local route = redis.call('HGET', KEYS[1], 'route')
+          redis.call('HSET', KEYS[1], 'state', 'pending', 'next_attempt_at', ARGV[1])
+          redis.call('HDEL', KEYS[1], 'claim')
+          redis.call('ZADD', ARGV[3] .. route, ARGV[1], ARGV[2])
+          redis.call('SADD', KEYS[4], route)
+          redis.call('ZREM', KEYS[3], ARGV[2])
+          redis.call('ZADD', KEYS[2], redis.call('HGET', KEYS[1], 'received_at'), ARGV[2])
+          return 1",
+    )
+});
+
+/// KEYS: msg hash, pending set, failed set. ARGV: id, due-set prefix.
+static DELETE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+          redis.call('ZREM', ARGV[2] .. redis.call('HGET', KEYS[1], 'route'), ARGV[1])
+          redis.call('ZREM', KEYS[2], ARGV[1])
+          redis.call('ZREM', KEYS[3], ARGV[1])
+          redis.call('DEL', KEYS[1])
+          return 1",
+    )
+});
+
+static COUNTS: LazyLock<Script> =
+    LazyLock::new(|| Script::new(r"return { redis.call('ZCARD', KEYS[1]), redis.call('ZCARD', KEYS[2]) }"));
+
+impl RedisStore {
+    fn seen_key(&self, component: &AppId, authorizer: &AppId, key: &str) -> String {
+        self.outbox_key(component, &format!("outbox:seen:{authorizer}:{key}"))
+    }
+
+    /// ENQUEUE's keys and arguments, after whatever the invocation holds already.
+    fn enqueue_args(&self, invocation: &mut redis::ScriptInvocation<'static>, component: &AppId, m: &OutboxMessage) {
+        invocation
+            .key(self.msg_key(component, &m.id))
+            .key(self.outbox_key(component, &format!("outbox:due:{}", m.route)))
+            .key(self.outbox_key(component, "outbox:routes"))
+            .key(self.outbox_key(component, "outbox:pending"))
+            .arg(m.id.as_str())
+            .arg(&m.route)
+            .arg(m.next_attempt_at_ms)
+            .arg(m.received_at_ms);
+        let fields = [
+            ("id", Some(m.id.to_string())),
+            ("authorizer", Some(m.authorizer.to_string())),
+            ("route", Some(m.route.clone())),
+            ("msg_type", Some(m.msg_type.clone())),
+            ("event", m.event.clone()),
+            ("payload", Some(m.payload.expose().to_owned())),
+            ("received_at", Some(m.received_at_ms.to_string())),
+            ("attempts", Some(m.attempts.to_string())),
+            ("next_attempt_at", Some(m.next_attempt_at_ms.to_string())),
+            ("state", Some(m.state.as_str().to_owned())),
+            ("last_error", m.last_error.clone()),
+        ];
+        for (name, value) in fields {
+            if let Some(value) = value {
+                invocation.arg(name).arg(value);
+            }
+        }
+    }
+
+    fn msg_key(&self, component: &AppId, id: &DeliveryId) -> String {
+        self.outbox_key(component, &format!("outbox:msg:{id}"))
+    }
+}
+
+fn corrupt(what: &str) -> StoreError {
+    StoreError::Corrupt(format!("outbox message field {what}"))
+}
+
+fn number<T: std::str::FromStr>(value: Option<&String>, what: &str) -> Result<T, StoreError> {
+    value.and_then(|v| v.parse().ok()).ok_or_else(|| corrupt(what))
+}
+
+fn entry_from(fields: &HashMap<String, String>) -> Result<OutboxEntry, StoreError> {
+    let text = |name: &str| fields.get(name).cloned().ok_or_else(|| corrupt(name));
+    Ok(OutboxEntry {
+        id: DeliveryId::parse(&text("id")?).map_err(|_| corrupt("id"))?,
+        authorizer: AppId::parse(&text("authorizer")?).map_err(|_| corrupt("authorizer"))?,
+        route: text("route")?,
+        msg_type: text("msg_type")?,
+        event: fields.get("event").cloned(),
+        received_at_ms: number(fields.get("received_at"), "received_at")?,
+        attempts: number(fields.get("attempts"), "attempts")?,
+        next_attempt_at_ms: number(fields.get("next_attempt_at"), "next_attempt_at")?,
+        state: fields.get("state").and_then(|s| OutboxState::parse(s)).ok_or_else(|| corrupt("state"))?,
+        last_error: fields.get("last_error").cloned(),
+    })
+}
+
+fn message_from(flat: Vec<String>) -> Result<OutboxMessage, StoreError> {
+    let mut fields = HashMap::new();
+    let mut it = flat.into_iter();
+    while let (Some(k), Some(v)) = (it.next(), it.next()) {
+        fields.insert(k, v);
+    }
+    let e = entry_from(&fields)?;
+    Ok(OutboxMessage {
+        payload: Secret::new(fields.remove("payload").ok_or_else(|| corrupt("payload"))?),
+        id: e.id,
+        authorizer: e.authorizer,
+        route: e.route,
+        msg_type: e.msg_type,
+        event: e.event,
+        received_at_ms: e.received_at_ms,
+        attempts: e.attempts,
+        next_attempt_at_ms: e.next_attempt_at_ms,
+        state: e.state,
+        last_error: e.last_error,
+    })
+}
+
+#[async_trait]
+impl OutboxStore for RedisStore {
+    async fn enqueue(&self, component: &AppId, m: &OutboxMessage) -> Result<(), StoreError> {
+        let mut invocation = ENQUEUE.prepare_invoke();
+        self.enqueue_args(&mut invocation, component, m);
+        let _: i64 = self.outbox_invoke(invocation, true).await?;
+        Ok(())
+    }
+
+    async fn enqueue_first(
+        &self,
+        component: &AppId,
+        m: &OutboxMessage,
+        key: &str,
+        _now_ms: i64,
+        ttl: Duration,
+    ) -> Result<bool, StoreError> {
+        let mut invocation = ENQUEUE_FIRST.key(self.seen_key(component, &m.authorizer, key));
+        invocation.arg(ttl.as_millis() as u64);
+        self.enqueue_args(&mut invocation, component, m);
+        let new: i64 = self.outbox_invoke(invocation, true).await?;
+        Ok(new == 1)
+    }
+
+    async fn forget(&self, component: &AppId, authorizer: &AppId, key: &str) -> Result<(), StoreError> {
+        let invocation = FORGET.key(self.seen_key(component, authorizer, key));
+        let _: i64 = self.outbox_invoke(invocation, false).await?;
+        Ok(())
+    }
+
+    async fn first_time(
+        &self,
+        component: &AppId,
+        authorizer: &AppId,
+        key: &str,
+        _now_ms: i64,
+        ttl: Duration,
+    ) -> Result<bool, StoreError> {
+        let mut invocation = FIRST_TIME.key(self.seen_key(component, authorizer, key));
+        invocation.arg(ttl.as_millis() as u64);
+        let new: i64 = self.outbox_invoke(invocation, true).await?;
+        Ok(new == 1)
+    }
+
+    async fn due_routes(&self, component: &AppId, now_ms: i64) -> Result<Vec<String>, StoreError> {
+        let mut invocation = DUE_ROUTES.key(self.outbox_key(component, "outbox:routes"));
+        invocation.arg(self.outbox_key(component, "outbox:due:")).arg(now_ms);
+        self.outbox_invoke(invocation, false).await
+    }
+
+    async fn next_due(&self, component: &AppId) -> Result<Option<i64>, StoreError> {
+        let mut invocation = NEXT_DUE.key(self.outbox_key(component, "outbox:routes"));
+        invocation.arg(self.outbox_key(component, "outbox:due:"));
+        let due: Option<String> = self.outbox_invoke(invocation, false).await?;
+        due.map(|d| d.parse().map_err(|_| corrupt("next_attempt_at"))).transpose()
+    }
+
+    async fn claim(
+        &self,
+        component: &AppId,
+        route: &str,
+        now_ms: i64,
+        limit: usize,
+        lease: Duration,
+    ) -> Result<Vec<Claim>, StoreError> {
+        let token = format!("{}:{}", self.instance_name(), hex::encode(rand::random::<[u8; 8]>()));
+        let mut invocation = CLAIM.key(self.outbox_key(component, &format!("outbox:due:{route}")));
+        invocation
+            .arg(now_ms)
+            .arg(limit)
+            .arg(now_ms + lease.as_millis() as i64)
+            .arg(&token)
+            .arg(self.outbox_key(component, "outbox:msg:"));
+        let claimed: Vec<Vec<String>> = self.outbox_invoke(invocation, false).await?;
+        claimed.into_iter().map(|flat| Ok(Claim { message: message_from(flat)?, token: token.clone() })).collect()
+    }
+
+    async fn settle(
+        &self,
+        component: &AppId,
+        id: &DeliveryId,
+        token: &str,
+        outcome: &Outcome,
+    ) -> Result<bool, StoreError> {
+        let (kind, at_ms, error) = match outcome {
+            Outcome::Delivered => ("delivered", 0, ""),
+            Outcome::Retry { at_ms, error } => ("retry", *at_ms, error.as_str()),
+            Outcome::Failed { error } => ("failed", 0, error.as_str()),
+        };
+        let mut invocation = SETTLE.key(self.msg_key(component, id));
+        invocation
+            .key(self.outbox_key(component, "outbox:pending"))
+            .key(self.outbox_key(component, "outbox:failed"))
+            .arg(token)
+            .arg(kind)
+            .arg(at_ms)
+            .arg(error)
+            .arg(id.as_str())
+            .arg(self.outbox_key(component, "outbox:due:"));
+        let settled: i64 = self.outbox_invoke(invocation, false).await?;
+        Ok(settled == 1)
+    }
+
+    async fn release_claims(&self, component: &AppId, now_ms: i64) -> Result<u64, StoreError> {
+        let mut invocation = RELEASE_CLAIMS.key(self.outbox_key(component, "outbox:pending"));
+        invocation
+            .arg(now_ms)
+            .arg(self.outbox_key(component, "outbox:msg:"))
+            .arg(self.outbox_key(component, "outbox:due:"));
+        self.outbox_invoke(invocation, false).await
+    }
+
+    async fn list(
+        &self,
+        component: &AppId,
+        state: Option<OutboxState>,
+        offset: usize,
+        limit: usize,
+    ) -> Result<(u64, Vec<OutboxEntry>), StoreError> {
+        if limit == 0 {
+            let (pending, failed) = self.counts(component).await?;
+            let total = match state {
+                Some(OutboxState::Pending) => pending,
+                Some(OutboxState::Failed) => failed,
+                Some(OutboxState::Delivered) => 0,
+                None => pending + failed,
+            };
+            return Ok((total, Vec::new()));
+        }
+        let sets: &[&str] = match state {
+            Some(OutboxState::Pending) => &["outbox:pending"],
+            Some(OutboxState::Failed) => &["outbox:failed"],
+            Some(OutboxState::Delivered) => &[],
+            None => &["outbox:pending", "outbox:failed"],
+        };
+        // From one set, the page itself; from both, each set's first offset+limit, merged.
+        let (start, stop) = if sets.len() == 1 { (offset, offset + limit - 1) } else { (0, offset + limit - 1) };
+        let (mut total, mut entries) = (0, Vec::new());
+        for set in sets {
+            let mut invocation = LIST.key(self.outbox_key(component, set));
+            invocation.arg(start).arg(stop).arg(self.outbox_key(component, "outbox:msg:"));
+            for field in ENTRY_FIELDS {
+                invocation.arg(field);
+            }
+            let (count, rows): (String, Vec<Vec<Option<String>>>) = {
+                let mut reply: Vec<redis::Value> = self.outbox_invoke(invocation, false).await?;
+                if reply.is_empty() {
+                    return Err(corrupt("listing"));
+                }
+                let count = redis::from_redis_value(&reply.remove(0)).map_err(|_| corrupt("listing"))?;
+                let rows = reply
+                    .iter()
+                    .map(|row| redis::from_redis_value(row).map_err(|_| corrupt("listing")))
+                    .collect::<Result<_, _>>()?;
+                (count, rows)
+            };
+            total += count.parse::<u64>().map_err(|_| corrupt("listing"))?;
+            for row in rows {
+                let fields: HashMap<String, String> =
+                    ENTRY_FIELDS.iter().zip(row).filter_map(|(k, v)| v.map(|v| ((*k).to_owned(), v))).collect();
+                // Removed between the set's read and the hash's: skip it.
+                if fields.contains_key("id") {
+                    entries.push(entry_from(&fields)?);
+                }
+            }
+        }
+        if sets.len() > 1 {
+            entries.sort_by(|a, b| (a.received_at_ms, &a.id).cmp(&(b.received_at_ms, &b.id)));
+            entries = entries.into_iter().skip(offset).take(limit).collect();
+        }
+        Ok((total, entries))
+    }
+
+    async fn redeliver(&self, component: &AppId, id: &DeliveryId, now_ms: i64) -> Result<bool, StoreError> {
+        let mut invocation = REDELIVER.key(self.msg_key(component, id));
+        invocation
+            .key(self.outbox_key(component, "outbox:pending"))
+            .key(self.outbox_key(component, "outbox:failed"))
+            .key(self.outbox_key(component, "outbox:routes"))
+            .arg(now_ms)
+            .arg(id.as_str())
+            .arg(self.outbox_key(component, "outbox:due:"));
+        let found: i64 = self.outbox_invoke(invocation, false).await?;
+        Ok(found == 1)
+    }
+
+    async fn delete(&self, component: &AppId, id: &DeliveryId) -> Result<bool, StoreError> {
+        let mut invocation = DELETE.key(self.msg_key(component, id));
+        invocation
+            .key(self.outbox_key(component, "outbox:pending"))
+            .key(self.outbox_key(component, "outbox:failed"))
+            .arg(id.as_str())
+            .arg(self.outbox_key(component, "outbox:due:"));
+        let found: i64 = self.outbox_invoke(invocation, false).await?;
+        Ok(found == 1)
+    }
+
+    async fn counts(&self, component: &AppId) -> Result<(u64, u64), StoreError> {
+        let mut invocation = COUNTS.key(self.outbox_key(component, "outbox:pending"));
+        invocation.key(self.outbox_key(component, "outbox:failed"));
+        self.outbox_invoke(invocation, false).await
+    }
+
+    async fn prune_seen(&self, _component: &AppId, _before_ms: i64) -> Result<u64, StoreError> {
+        // Dedupe keys carry their own expiry (PX).
+        Ok(0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! Against the real Redis at 127.0.0.1:6379, each test under a key prefix of its own.
+    use super::super::outbox::contract_tests;
+    use super::*;
+    use redis::AsyncCommands;
+
+    const URL: &str = "redis://127.0.0.1:6379/0";
+
+    fn prefix() -> String {
+        format!("wxgate-test-outbox-{}:", hex::encode(rand::random::<[u8; 6]>()))
+    }
+
+    async fn store(prefix: &str) -> RedisStore {
+        RedisStore::connect(
+            &Secret::new(URL),
+            prefix,
+            &crate::store::contract_tests::component(),
+            &crate::store::RedisOptions::default(),
+        )
+        .await
+        .expect("a Redis at 127.0.0.1:6379")
+    }
+
+    async fn clean(prefix: &str) {
+        let mut conn = redis::Client::open(URL).unwrap().get_multiplexed_async_connection().await.unwrap();
+        let keys: Vec<String> = conn.keys(format!("{prefix}*")).await.unwrap();
+        if !keys.is_empty() {
+            let _: i64 = conn.del(keys).await.unwrap();
+        }
+    }
+
+    #[tokio::test]
+    async fn keeps_the_outbox_contract() {
+        for run in [0, 1, 2, 3] {
+            let p = prefix();
+            let s = store(&p).await;
+            match run {
+                0 => contract_tests::claims_settle_and_fence(&s).await,
+                1 => contract_tests::lists_redelivers_and_deletes(&s).await,
+                2 => contract_tests::enqueue_first_takes_each_key_once(&s).await,
+                _ => contract_tests::dedupe_keys_expire(&s).await,
+            }
+            clean(&p).await;
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn two_instances_never_claim_one_message_twice() {
+        let p = prefix();
+        let (one, two) = (store(&p).await, store(&p).await);
+        let c = crate::store::contract_tests::component();
+        let messages: Vec<OutboxMessage> = (0..100).map(|i| contract_tests::message("r", i, 0)).collect();
+        for m in &messages {
+            one.enqueue(&c, m).await.unwrap();
+        }
+        let take = |s: RedisStore| async move {
+            let mut ids = Vec::new();
+            loop {
+                let claims = s.claim(&c, "r", 10, 3, Duration::from_secs(60)).await.unwrap();
+                if claims.is_empty() {
+                    return ids;
+                }
+                ids.extend(claims.into_iter().map(|cl| cl.message.id));
+            }
+        };
+        let (a, b) = tokio::join!(tokio::spawn(take(one.clone())), tokio::spawn(take(two.clone())));
+        let (a, b) = (a.unwrap(), b.unwrap());
+        let mut all: Vec<DeliveryId> = a.iter().chain(&b).cloned().collect();
+        all.sort();
+        let before = all.len();
+        all.dedup();
+        assert_eq!(before, all.len(), "no message claimed by both");
+        assert_eq!(all.len(), 100, "every message claimed");
+        clean(&p).await;
+    }
+}
