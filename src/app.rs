@@ -7,7 +7,7 @@ use crate::config::reload::{Live, Source};
 use crate::config::{Config, StoreConfig};
 use crate::crypto::{CryptoError, MsgCrypt};
 use crate::metrics;
-use crate::proxy::{Clients, Gateway, OwnRoutes, Upstream, UpstreamError};
+use crate::proxy::{Clients, Edge, Gateway, OwnRoutes, Timeouts, Upstream, UpstreamError};
 use crate::store::{MemoryStore, RedisStore, SharedStore, SqliteStore, StoreError};
 use crate::tokens::{Settings, TokenError, TokenService};
 use crate::wechat::{ComponentApi, WechatClient, WechatError};
@@ -96,7 +96,10 @@ pub fn build(config: &Config, source: Option<Source>) -> Result<Server, AppError
     let clients = live.part(config, |c| Clients::new(&c.clients));
     let admin_token = live.part(config, |c| c.admin.token.clone());
     let gateway = Gateway::new(routes, Arc::clone(&tokens), clients, upstream, config.proxy.clone());
-    let mut proxy = pingora::proxy::http_proxy_service_with_name(&server.configuration, gateway, "wxgate proxy");
+    let mut http = pingora::proxy::HttpProxy::new(gateway, Arc::clone(&server.configuration));
+    http.handle_init_modules();
+    let timeouts = Timeouts { keepalive: config.proxy.keepalive_timeout, header: config.proxy.header_timeout };
+    let mut proxy = Service::new("wxgate proxy".to_owned(), Edge::new(http, timeouts));
     proxy.add_tcp(&config.listen.proxy.to_string());
     server.add_service(proxy);
 

@@ -35,6 +35,15 @@ pub static TOKEN_REFRESH: LazyLock<IntCounterVec> = LazyLock::new(|| {
     .expect("metric")
 });
 
+pub static UPSTREAM_SWITCHES: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "wxgate_upstream_switches_total",
+        "Proxied calls moved to another WeChat host: to a fallback after the active host could not be connected to, or back to the primary",
+        &["to"]
+    )
+    .expect("metric")
+});
+
 pub static TOKEN_RETRY: LazyLock<IntCounter> = LazyLock::new(|| {
     register_int_counter!("wxgate_token_retry_total", "Proxied calls replayed after WeChat reported a token error")
         .expect("metric")
@@ -125,6 +134,9 @@ pub fn info_type_label(info_type: &str) -> &str {
 pub fn init() {
     LazyLock::force(&REQUESTS);
     LazyLock::force(&UPSTREAM_DURATION);
+    for to in ["fallback", "primary"] {
+        UPSTREAM_SWITCHES.with_label_values(&[to]);
+    }
     LazyLock::force(&TOKEN_REFRESH);
     LazyLock::force(&TOKEN_RETRY);
     LazyLock::force(&TICKET_AGE);

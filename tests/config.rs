@@ -70,6 +70,12 @@ fn example_file_loads() {
     assert_eq!(config.component.appid, appid("wx0123456789abcdef"));
     assert_eq!(config.upstream.base_url.as_str(), "https://api.weixin.qq.com/");
     assert_eq!(config.upstream.timeout, Duration::from_millis(10_000));
+    let fallbacks: Vec<&str> = config.upstream.fallback_urls.iter().map(url::Url::as_str).collect();
+    assert_eq!(fallbacks, ["https://api2.weixin.qq.com/"], "WeChat's disaster-recovery host by default");
+    let off = EXAMPLE.replace("# fallback_urls = [\"https://api2.weixin.qq.com\"]", "fallback_urls = []");
+    assert!(Config::from_sources(&off, no_env()).unwrap().upstream.fallback_urls.is_empty(), "[] turns it off");
+    assert_eq!(config.proxy.keepalive_timeout, Duration::from_secs(75));
+    assert_eq!(config.proxy.header_timeout, Duration::from_secs(60));
     assert_eq!(config.listen.proxy, "0.0.0.0:8080".parse().unwrap());
     assert_eq!(config.listen.admin, "127.0.0.1:9090".parse().unwrap());
     assert_eq!(config.listen.public_base_url.as_str(), "https://wx.example.com/");
@@ -134,6 +140,7 @@ fn environment_wins_over_the_file() {
     let config = Config::from_sources(&text, vars).unwrap();
     assert_eq!(config.upstream.timeout, Duration::from_millis(2500));
     assert_eq!(config.upstream.base_url.as_str(), "http://127.0.0.1:18080/");
+    assert!(config.upstream.fallback_urls.is_empty(), "no default fallback for another host");
     assert_eq!(config.server.threads, 3);
     assert_eq!(config.component.appsecret.expose(), "from-the-environment");
     let StoreConfig::Redis { url, key_prefix, .. } = &config.store else { panic!("{:?}", config.store) };

@@ -342,6 +342,129 @@ async fn token_endpoints_are_answered_from_the_cache_and_never_forwarded() {
     assert_eq!(after.authorizer_token_calls, stats.authorizer_token_calls);
 }
 
+/// Token endpoints under every other spelling: each refused or answered by the gateway, never
+/// forwarded with a token, whoever asks.
+#[tokio::test(flavor = "multi_thread")]
+async fn no_spelling_of_a_token_endpoint_is_forwarded() {
+    let (setup, sandbox, gw) = started("").await;
+    let before = sandbox.stats();
+    let spellings = [
+        format!("/{A}/cgi-bin//token"),
+        format!("/{A}/cgi-bin/%74oken"),
+        format!("/{A}/cgi-bin/%2574oken"),
+        format!("/{A}/cgi-bin/TOKEN"),
+        format!("/{A}/CGI-BIN/Token"),
+        format!("/{A}/cgi-bin/token/"),
+        format!("/{A}/cgi-bin/./token"),
+        format!("/{A}/cgi-bin/x/../token"),
+        format!("/{A}/cgi-bin/token;jsessionid=1"),
+        format!("/{A}/cgi-bin/token."),
+        format!("/{A}/cgi-bin/token%00"),
+        format!("/{A}//cgi-bin/token"),
+        format!("/{A}/cgi-bin\\token"),
+        "//cgi-bin/token".into(),
+        "/cgi-bin/token%3F".into(),
+        "/component/cgi-bin/component/api%5Fauthorizer%5Ftoken".into(),
+        "/component/cgi-bin/component//api_component_token".into(),
+        "/component//cgi-bin/component/api_component_token".into(),
+        "/component/cgi-bin/component/API_COMPONENT_TOKEN".into(),
+        "/component/cgi-bin/component/api_authorizer_token/".into(),
+        "/cgi-bin/component/%61pi_component_token".into(),
+    ];
+    for path in &spellings {
+        for key in [CLIENT_KEY, SINGLE_KEY] {
+            let status = raw_status(&gw, path, key).await;
+            assert!(matches!(status, 400 | 403), "{path} with {key:.6}: {status}");
+        }
+    }
+    let after = sandbox.stats();
+    assert_eq!(
+        (after.api_calls, after.component_token_calls, &after.authorizer_token_calls),
+        (before.api_calls, before.component_token_calls, &before.authorizer_token_calls),
+        "no spelling reached WeChat"
+    );
+    assert_clean_log(&setup);
+}
+
+/// A mini program's user login and an official account's web authorization: made for an
+/// authorizer by a client allowed that authorizer, carrying the component's token.
+#[tokio::test(flavor = "multi_thread")]
+async fn calls_on_an_accounts_behalf_carry_the_component_token() {
+    let (setup, sandbox, gw) = started("").await;
+    let get = |path: String, key: &'static str| {
+        let http = gw.http.clone();
+        let url = gw.proxy_url(&path);
+        async move {
+            let r = http.get(url).bearer_auth(key).send().await.unwrap();
+            (r.status().as_u16(), r.json::<serde_json::Value>().await.unwrap())
+        }
+    };
+    let (status, login) =
+        get(format!("/sns/component/jscode2session?appid={A}&js_code=c0de&grant_type=authorization_code"), SINGLE_KEY)
+            .await;
+    assert_eq!(status, 200, "{login}");
+    assert!(login["openid"].as_str().unwrap().starts_with('o') && login["session_key"].is_string(), "{login}");
+    let seen = sandbox.requests().pop().unwrap();
+    assert_eq!(
+        (seen.path.as_str(), seen.token_param.as_deref(), seen.authorizer.as_deref()),
+        ("/sns/component/jscode2session", Some("component_access_token"), Some("component"))
+    );
+    assert!(seen.query.contains(&format!("component_appid={COMPONENT_APPID}")), "{}", seen.query);
+
+    let (status, web) = get(
+        format!("/{A}/sns/oauth2/component/access_token?appid={A}&code=c1&grant_type=authorization_code&component_appid=wxffffffffffffffff"),
+        CLIENT_KEY,
+    )
+    .await;
+    assert_eq!(status, 200, "the gateway's component_appid replaces the client's: {web}");
+    assert_eq!(web["openid"].as_str().unwrap().len(), 28, "{web}");
+    let (status, refreshed) = get(
+        format!("/{A}/sns/oauth2/component/refresh_token?appid={A}&grant_type=refresh_token&refresh_token=r1"),
+        CLIENT_KEY,
+    )
+    .await;
+    assert_eq!((status, refreshed["expires_in"].as_i64()), (200, Some(7200)), "{refreshed}");
+
+    // The component token refused once: replaced, and the call replayed.
+    let refreshes = sandbox.stats().component_token_calls;
+    sandbox.revoke_access_token(None);
+    let (status, again) =
+        get(format!("/sns/component/jscode2session?appid={A}&js_code=c2&grant_type=authorization_code"), SINGLE_KEY)
+            .await;
+    assert_eq!((status, again["openid"].is_string()), (200, true), "{again}");
+    assert_eq!(sandbox.stats().component_token_calls, refreshes + 1);
+
+    let before = sandbox.stats().api_calls;
+    for (path, key, expected) in [
+        (format!("/sns/component/jscode2session?appid={B}&js_code=c"), SINGLE_KEY, 400),
+        ("/sns/component/jscode2session?js_code=c".to_owned(), SINGLE_KEY, 400),
+        (format!("/{B}/sns/component/jscode2session?appid={B}&js_code=c"), SINGLE_KEY, 403),
+        (format!("/{A}/sns/oauth2/component/access_token?appid={B}&code=c"), CLIENT_KEY, 400),
+    ] {
+        let (status, err) = get(path.clone(), key).await;
+        assert_eq!(status, expected, "{path}: {err}");
+    }
+    assert_eq!(sandbox.stats().api_calls, before, "none of those reached WeChat");
+
+    // The sandbox is as strict as WeChat with these calls.
+    let component: String = rusqlite::Connection::open(setup.db_path())
+        .unwrap()
+        .query_row("SELECT token FROM component_tokens", [], |r| r.get(0))
+        .unwrap();
+    let direct = |query: String| {
+        let url = format!("{}/sns/component/jscode2session?{query}", sandbox.base_url());
+        async move { client().get(url).send().await.unwrap().json::<serde_json::Value>().await.unwrap()["errcode"].clone() }
+    };
+    let good = format!("appid={A}&js_code=c&grant_type=authorization_code&component_appid={COMPONENT_APPID}");
+    assert_eq!(direct(format!("{good}&component_access_token={component}")).await, serde_json::Value::Null);
+    assert_eq!(direct(format!("{good}&component_access_token=forged")).await, 40001);
+    let other = good.replace(COMPONENT_APPID, "wxffffffffffffffff");
+    assert_eq!(direct(format!("{other}&component_access_token={component}")).await, 61011);
+    let stranger = good.replace(A, "wx9999999999999999");
+    assert_eq!(direct(format!("{stranger}&component_access_token={component}")).await, 61003);
+    assert_clean_log(&setup);
+}
+
 /// Sends a request line exactly as given and returns the status.
 async fn raw_status(gw: &Gateway, path: &str, key: &str) -> u16 {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};

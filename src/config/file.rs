@@ -86,6 +86,8 @@ pub(super) struct ProxyFile {
     pub max_body_bytes: Option<i64>,
     pub replay_body_bytes: Option<i64>,
     pub access_log: Option<bool>,
+    pub keepalive_timeout_secs: Option<i64>,
+    pub header_timeout_secs: Option<i64>,
 }
 
 #[derive(Debug, Default, Deserialize, Serialize)]

@@ -33,6 +33,8 @@ pub(super) fn masked(config: &Config) -> String {
             max_body_bytes: int(config.proxy.max_body_bytes as u128),
             replay_body_bytes: int(config.proxy.replay_body_bytes as u128),
             access_log: Some(config.proxy.access_log),
+            keepalive_timeout_secs: int(config.proxy.keepalive_timeout.as_secs().into()),
+            header_timeout_secs: int(config.proxy.header_timeout.as_secs().into()),
         },
         server: ServerFile {
             threads: int(config.server.threads as u128),

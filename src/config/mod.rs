@@ -21,8 +21,14 @@ use crate::appid::AppId;
 use crate::secret::Secret;
 
 pub const DEFAULT_UPSTREAM_BASE_URL: &str = "https://api.weixin.qq.com";
+/// The fallback when `upstream.base_url` is WeChat's own host and `fallback_urls` is not set.
+pub const DEFAULT_UPSTREAM_FALLBACK_URL: &str = "https://api2.weixin.qq.com";
+pub const WECHAT_API_HOST: &str = "api.weixin.qq.com";
 pub const DEFAULT_PROXY_MAX_BODY_BYTES: u64 = 64 << 20;
 pub const DEFAULT_PROXY_REPLAY_BODY_BYTES: u64 = 1 << 20;
+/// nginx's `keepalive_timeout` and `client_header_timeout`.
+pub const DEFAULT_PROXY_KEEPALIVE_TIMEOUT_SECS: u64 = 75;
+pub const DEFAULT_PROXY_HEADER_TIMEOUT_SECS: u64 = 60;
 pub const DEFAULT_UPSTREAM_MP_BASE_URL: &str = "https://mp.weixin.qq.com";
 pub const DEFAULT_UPSTREAM_TIMEOUT_MS: u64 = 10_000;
 pub const DEFAULT_LISTEN_PROXY: &str = "0.0.0.0:8080";
@@ -120,6 +126,11 @@ pub struct ProxyConfig {
     pub replay_body_bytes: usize,
     /// One log line per call, with token and key values redacted.
     pub access_log: bool,
+    /// A client connection idle this long between requests is closed.
+    pub keepalive_timeout: Duration,
+    /// A request head (request line and headers) must arrive whole within this, counted from
+    /// the connection's start or from the head's first byte on a kept-alive connection.
+    pub header_timeout: Duration,
 }
 
 #[derive(Debug, Clone)]

@@ -52,7 +52,14 @@ fn upstream(f: &FileConfig, p: &mut Problems) -> Option<UpstreamConfig> {
     let timeout = p.check("upstream.timeout_ms", timeout);
     let mp_base_url = or(&f.upstream.mp_base_url, DEFAULT_UPSTREAM_MP_BASE_URL);
     let mp_base_url = p.check("upstream.mp_base_url", http_url(mp_base_url));
-    let fallbacks = f.upstream.fallback_urls.iter().flatten().map(|u| http_url(u)).collect::<Result<Vec<_>, _>>();
+    let fallbacks = match &f.upstream.fallback_urls {
+        Some(urls) => urls.iter().map(|u| http_url(u)).collect::<Result<Vec<_>, _>>(),
+        // WeChat's documented disaster-recovery host, when the primary is WeChat's own.
+        None if base_url.as_ref().is_some_and(|u| u.host_str() == Some(WECHAT_API_HOST)) => {
+            http_url(DEFAULT_UPSTREAM_FALLBACK_URL).map(|u| vec![u])
+        }
+        None => Ok(Vec::new()),
+    };
     let fallback_urls = p.check("upstream.fallback_urls", fallbacks);
     Some(UpstreamConfig {
         base_url: base_url?,
@@ -114,10 +121,16 @@ fn proxy(f: &FileConfig, p: &mut Problems) -> Option<ProxyConfig> {
     let max_body = p.check("proxy.max_body_bytes", max_body);
     let replay = int_in(f.proxy.replay_body_bytes, DEFAULT_PROXY_REPLAY_BODY_BYTES, 0..=16 << 20);
     let replay = p.check("proxy.replay_body_bytes", replay);
+    let keepalive = int_in(f.proxy.keepalive_timeout_secs, DEFAULT_PROXY_KEEPALIVE_TIMEOUT_SECS, 1..=3600);
+    let keepalive = p.check("proxy.keepalive_timeout_secs", keepalive);
+    let header = int_in(f.proxy.header_timeout_secs, DEFAULT_PROXY_HEADER_TIMEOUT_SECS, 1..=3600);
+    let header = p.check("proxy.header_timeout_secs", header);
     Some(ProxyConfig {
         max_body_bytes: usize::try_from(max_body?).ok()?,
         replay_body_bytes: usize::try_from(replay?).ok()?,
         access_log: f.proxy.access_log.unwrap_or(true),
+        keepalive_timeout: Duration::from_secs(keepalive?),
+        header_timeout: Duration::from_secs(header?),
     })
 }
 

@@ -2,18 +2,18 @@
 //! API call made on a client's behalf with the real token.
 //!
 //! ```text
-//!  request_filter ─► /wxgate/* ──────────────────────────► routes (callback, authorize, token)
-//!        │
-//!        ├─► resolve: client → scope → permission (401/400/403, never forwarded)
-//!        ├─► token endpoint? ────────────────────────────► answered from the cache (or 403)
-//!        ├─► token for the scope (404 unknown or revoked)
-//!        ├─► body ≤ replay_body_bytes ─► exchange: send, read small JSON, on 40001/40014/42001
-//!        │                               replace that token once and replay; else stream back
-//!        └─► larger body ─► pingora streams it: upstream_peer → upstream_request_filter (aim,
-//!                           token, Host) → request_body_filter (limit) → response, no replay
+//!  edge: GET/POST only, Host, one framing; keep-alive and header timeouts (edge.rs)
+//!    └─► resolve once (resolve.rs): plain path, client, scope, permission → a Route
+//!          ├─► Own ────────────► /wxgate/* routes (callback, authorize, token)
+//!          ├─► TokenEndpoint ──► answered from the cache (or 403), never forwarded
+//!          └─► Api ────────────► token for the call (404 unknown or revoked), then upstream.rs:
+//!                ├─ body ≤ replay_body_bytes: read first and kept; a small JSON answer is read
+//!                │  whole, and on 40001/40014/42001 that token is replaced and the call replayed
+//!                └─ larger body: streams through as it is sent, no replay
 //! ```
 
 mod clients;
+mod edge;
 mod exchange;
 mod resolve;
 mod routes;
@@ -21,49 +21,51 @@ mod token_endpoints;
 mod upstream;
 
 pub use clients::Clients;
+pub use edge::{Edge, Timeouts};
 pub use routes::{OwnRoutes, ROUTE_PREFIX};
 pub use upstream::{Upstream, UpstreamError};
 
 use crate::config::ProxyConfig;
 use crate::metrics;
-use crate::reply::{read_body, token_error, Reply};
+use crate::reply::{read_body, token_error, BodyError, Reply};
 use crate::tokens::{AccessToken, TokenService};
+use crate::AppId;
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
+use bytes::{Bytes, BytesMut};
 use pingora::modules::http::HttpModules;
 use pingora::prelude::*;
-use pingora::proxy::{FailToProxy, ProxyHttp, Session};
-use resolve::Scope;
+use pingora::proxy::{ProxyHttp, Session};
+use resolve::{ApiCall, Route, Scope, TokenCall};
 use std::sync::Arc;
 use std::time::Instant;
+use upstream::Body;
 
 /// A token endpoint's body is a few fields of JSON.
 const TOKEN_ENDPOINT_BODY: usize = 4096;
 
-/// The `ProxyHttp` of the proxy listener.
+/// The `ProxyHttp` of the proxy listener. Every request is answered in `request_filter`:
+/// pingora's proxy phases after it are not used.
 pub struct Gateway {
     routes: Arc<OwnRoutes>,
     tokens: Arc<TokenService>,
     /// Replaced whole by a config reload; each call reads the set current when it arrives.
     clients: Arc<ArcSwap<Clients>>,
     upstream: Arc<Upstream>,
-    connections: exchange::Connections,
     settings: ProxyConfig,
+    component: AppId,
 }
 
-/// Per request: what the access log, the metrics and the streaming path need. The client's
-/// name and the path are only kept when the access log is on.
+/// Per request: what the access log and the metrics need. The client's name and the path are
+/// only kept when the access log is on.
 pub struct CallCtx {
     /// When the call began, for the access log's `ms` (a clock read saved when it is off).
     started: Option<Instant>,
-    scope: &'static str,
+    /// The `scope` label: `none` until the request is resolved.
+    label: &'static str,
     client: Option<String>,
     /// The path WeChat sees, without the query (which carries the token).
     path: String,
-    /// For calls pingora streams: the path and query with the real token, and the attempt
-    /// (0 = the primary host, then the fallbacks).
-    stream: Option<(String, usize)>,
-    body_seen: usize,
 }
 
 impl Gateway {
@@ -74,48 +76,71 @@ impl Gateway {
         upstream: Arc<Upstream>,
         settings: ProxyConfig,
     ) -> Self {
-        let connections = exchange::Connections::new(upstream.len());
-        Self { routes, tokens, clients, upstream, connections, settings }
+        let component = *tokens.component();
+        Self { routes, tokens, clients, upstream, settings, component }
     }
 
-    /// Resolves and answers an API call; `Ok(false)` hands it to pingora to stream.
-    async fn api_call(&self, session: &mut Session, ctx: &mut CallCtx) -> std::result::Result<bool, Reply> {
+    /// Resolves the request once and answers it; the reply to write, if it is not written yet.
+    async fn serve(&self, session: &mut Session, ctx: &mut CallCtx) -> Option<Reply> {
         let clients = self.clients.load_full();
-        let (scope, outbound, token_endpoint) = {
-            let call = resolve::resolve(&clients, session.req_header()).map_err(|e| Reply::error(e.status(), e))?;
-            ctx.scope = call.scope.as_ref().map_or("token_endpoint", Scope::label);
-            if self.settings.access_log {
-                ctx.client = Some(call.client.name.clone());
-                call.path.clone_into(&mut ctx.path);
-            }
-            let token_endpoint = resolve::is_token_endpoint(call.path);
-            let outbound = if token_endpoint { None } else { Some(call.outbound()) };
-            (call.scope, outbound, token_endpoint)
+        let route = match resolve::route(&clients, &self.component, session.req_header()) {
+            Ok(route) => route,
+            Err(e) => return Some(Reply::error(e.status(), e)),
         };
+        ctx.label = route.label();
+        if self.settings.access_log {
+            let (client, path) = match &route {
+                Route::Own => (None, session.req_header().uri.path()),
+                Route::TokenEndpoint(call) => (Some(call.client), session.req_header().uri.path()),
+                Route::Api(call) => (Some(call.client), call.outbound.path()),
+            };
+            ctx.client = client.map(|c| c.name.clone());
+            path.clone_into(&mut ctx.path);
+        }
+        match route {
+            Route::Own => Some(self.routes.handle(session, &clients).await),
+            Route::TokenEndpoint(call) => Some(self.token_endpoint(session, &call).await),
+            Route::Api(call) => self.api_call(session, &call).await.err(),
+        }
+    }
+
+    async fn token_endpoint(&self, session: &mut Session, call: &TokenCall<'_>) -> Reply {
+        match read_body(session.as_downstream_mut(), TOKEN_ENDPOINT_BODY).await {
+            Ok(body) => token_endpoints::answer(&self.tokens, call, &body).await,
+            Err(e) => e.reply(),
+        }
+    }
+
+    /// Sends an API call with the real token and passes the answer on. A body up to
+    /// `replay_body_bytes` is read first and kept, so that the call can be replayed after a
+    /// token error, and so that a body that cannot be read (malformed chunked encoding) is
+    /// refused before anything goes out. A larger one streams through.
+    async fn api_call(&self, session: &mut Session, call: &ApiCall<'_>) -> Result<(), Reply> {
         let declared = content_length(session.req_header());
-        if declared.is_some_and(|n| n > self.settings.max_body_bytes) {
-            return Err(Reply::error(
-                413,
-                format!("request body is larger than {} bytes", self.settings.max_body_bytes),
-            ));
+        let max = self.settings.max_body_bytes;
+        if declared.is_some_and(|n| n > max) {
+            return Err(BodyError::TooLarge(max).reply());
         }
-        if token_endpoint {
-            let body = read_body(session.as_downstream_mut(), TOKEN_ENDPOINT_BODY).await.map_err(|e| e.reply())?;
-            // Resolved again (the same answer): the call borrows the request, which reading the
-            // body needed mutably. Token endpoints are rare.
-            let req = session.req_header();
-            let call = resolve::resolve(&clients, req).map_err(|e| Reply::error(e.status(), e))?;
-            return Err(token_endpoints::answer(&self.tokens, &call, req.uri.query().unwrap_or_default(), &body).await);
-        }
-        let (Some(scope), Some(outbound)) = (scope, outbound) else { return Err(Reply::error(400, "no scope")) };
-        let token = self.token_for(&scope).await.map_err(|e| token_error(&e))?;
+        let token = self.token_for(&call.token).await.map_err(|e| token_error(&e))?;
         let chunked = session.req_header().headers.contains_key(http::header::TRANSFER_ENCODING);
-        if !chunked && declared.unwrap_or(0) <= self.settings.replay_body_bytes {
-            self.replayable(session, &outbound, &scope, token, declared.unwrap_or(0) > 0).await?;
-            return Ok(true);
+        let replay = self.settings.replay_body_bytes;
+        let (kept, whole) = match (chunked, declared.unwrap_or(0)) {
+            (false, 0) => (Bytes::new(), true),
+            (false, n) if n > replay => (Bytes::new(), false),
+            _ => read_kept(session, replay).await.map_err(|e| e.reply())?,
+        };
+        if whole {
+            return self.replayable(session, call, token, kept).await;
         }
-        ctx.stream = Some((outbound.uri("", token.value.expose()), 0));
-        Ok(false)
+        let client_req = session.req_header().clone();
+        let length = if chunked { None } else { declared };
+        let mut body = Body::Streamed { kept, from: session.as_downstream_mut(), length, limit: max };
+        let answer = self.upstream.send(&client_req, &call.outbound, token.value.expose(), &mut body).await;
+        drop(body);
+        let mut answer = answer.map_err(|f| f.reply())?;
+        let streamed = exchange::stream_to(session.as_downstream_mut(), &mut answer).await;
+        self.upstream.release(answer).await;
+        streamed.map_err(|e| downstream_gone(&e))
     }
 
     async fn token_for(&self, scope: &Scope) -> std::result::Result<Arc<AccessToken>, crate::tokens::TokenError> {
@@ -136,61 +161,63 @@ impl Gateway {
         }
     }
 
-    /// The call with a body small enough to keep: sent, and replayed once with a new token if
-    /// WeChat refuses the one it got.
+    /// The call with its body kept: sent, and replayed once with a new token if WeChat refuses
+    /// the one it got.
     async fn replayable(
         &self,
         session: &mut Session,
-        outbound: &resolve::Outbound,
-        scope: &Scope,
+        call: &ApiCall<'_>,
         mut token: Arc<AccessToken>,
-        has_body: bool,
-    ) -> std::result::Result<(), Reply> {
-        let body = match has_body {
-            true => {
-                read_body(session.as_downstream_mut(), self.settings.replay_body_bytes).await.map_err(|e| e.reply())?
-            }
-            false => bytes::Bytes::new(),
-        };
+        body: Bytes,
+    ) -> Result<(), Reply> {
         let mut replayed = false;
         loop {
-            let mut answer = exchange::send(
-                &self.connections,
-                &self.upstream,
-                session.req_header(),
-                outbound,
-                token.value.expose(),
-                &body,
-            )
-            .await
-            .map_err(|f| f.reply())?;
+            let mut answer = self
+                .upstream
+                .send(session.req_header(), &call.outbound, token.value.expose(), &mut Body::Whole(body.clone()))
+                .await
+                .map_err(|f| f.reply())?;
             let Some(header) = answer.session.response_header() else {
                 return Err(Reply::error(502, "no answer header"));
             };
             if !exchange::inspectable(header) {
                 let streamed = exchange::stream_to(session.as_downstream_mut(), &mut answer).await;
-                self.connections.release(answer).await;
+                self.upstream.release(answer).await;
                 return streamed.map_err(|e| downstream_gone(&e));
             }
             let whole = exchange::read_whole(&mut answer.session).await.map_err(|f| f.reply())?;
             if !replayed && exchange::is_token_error(&whole) {
-                self.connections.release(answer).await;
+                self.upstream.release(answer).await;
                 metrics::TOKEN_RETRY.inc();
                 tracing::info!(
-                    scope = scope.label(),
+                    scope = call.scope.label(),
                     "WeChat refused the token; replacing it and replaying the call once"
                 );
-                token = self.replace_token(scope, &token).await.map_err(|e| token_error(&e))?;
+                token = self.replace_token(&call.token, &token).await.map_err(|e| token_error(&e))?;
                 replayed = true;
                 continue;
             }
             let header = answer.session.response_header().ok_or_else(|| Reply::error(502, "no answer header"))?;
-            let header = exchange::downstream_header(header, Some(whole.len()))
+            let header = upstream::downstream_header(header, Some(whole.len()))
                 .map_err(|_| Reply::error(502, "a header WeChat sent cannot be passed on"))?;
-            self.connections.release(answer).await;
+            self.upstream.release(answer).await;
             return write_whole(session, header, whole).await.map_err(|e| downstream_gone(&e));
         }
     }
+}
+
+/// Reads the request body up to `limit` bytes: all of it (`true`), or, for a larger one, what
+/// was read when it passed the limit (`false`): the rest then streams.
+async fn read_kept(session: &mut Session, limit: usize) -> std::result::Result<(Bytes, bool), BodyError> {
+    let client = session.as_downstream_mut();
+    let mut kept = BytesMut::new();
+    while let Some(chunk) = client.read_request_body().await.map_err(|_| BodyError::Read)? {
+        kept.extend_from_slice(&chunk);
+        if kept.len() > limit {
+            return Ok((kept.freeze(), false));
+        }
+    }
+    Ok((kept.freeze(), true))
 }
 
 fn downstream_gone(e: &pingora::Error) -> Reply {
@@ -228,6 +255,8 @@ fn redacted_query(query: &str) -> String {
                         | "auth_code"
                         | "pre_auth_code"
                         | "code"
+                        | "js_code"
+                        | "refresh_token"
                 ) =>
             {
                 format!("{k}=...")
@@ -249,121 +278,39 @@ impl ProxyHttp for Gateway {
     fn new_ctx(&self) -> Self::CTX {
         CallCtx {
             started: self.settings.access_log.then(Instant::now),
-            scope: "none",
+            label: "none",
             client: None,
             path: String::new(),
-            stream: None,
-            body_seen: 0,
         }
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut Self::CTX) -> Result<bool> {
-        if session.req_header().uri.path().starts_with(ROUTE_PREFIX) {
-            ctx.scope = "own";
-            ctx.path = session.req_header().uri.path().to_owned();
-            let clients = self.clients.load_full();
-            let reply = self.routes.handle(session, &clients).await;
-            reply.write_to(session.as_downstream_mut()).await?;
-            return Ok(true);
-        }
-        match self.api_call(session, ctx).await {
-            Ok(handled) => Ok(handled),
+        edge::head_read(session.as_downstream());
+        let reply = match edge::check_request(session.as_downstream()) {
+            Ok(()) => self.serve(session, ctx).await,
             Err(reply) => {
-                if session.response_written().is_none() {
-                    reply.write_to(session.as_downstream_mut()).await?;
-                }
-                Ok(true)
+                // Whatever body may follow is not read: the connection is not reused.
+                session.as_downstream_mut().set_keepalive(None);
+                Some(reply)
             }
-        }
-    }
-
-    async fn upstream_peer(&self, _session: &mut Session, ctx: &mut Self::CTX) -> Result<Box<HttpPeer>> {
-        let attempt = ctx.stream.as_ref().map_or(0, |(_, a)| *a);
-        self.upstream
-            .peer(attempt)
-            .map(|p| Box::new(HttpPeer::clone(&p)))
-            .ok_or_else(|| Error::explain(ErrorType::ConnectError, "no WeChat host left to try"))
-    }
-
-    async fn upstream_request_filter(
-        &self,
-        _session: &mut Session,
-        req: &mut pingora::http::RequestHeader,
-        ctx: &mut Self::CTX,
-    ) -> Result<()> {
-        let (path_and_query, attempt) =
-            ctx.stream.as_ref().ok_or_else(|| Error::explain(ErrorType::InternalError, "not a streamed call"))?;
-        let private: Vec<http::HeaderName> = req
-            .headers
-            .keys()
-            .filter(|n| {
-                exchange::is_private_request_header(n.as_str())
-                    && n.as_str() != "content-length"
-                    && n.as_str() != "transfer-encoding"
-            })
-            .cloned()
-            .collect();
-        for name in private {
-            req.remove_header(&name);
-        }
-        self.upstream.aim(req, *attempt, path_and_query)
-    }
-
-    async fn request_body_filter(
-        &self,
-        _session: &mut Session,
-        body: &mut Option<bytes::Bytes>,
-        _end: bool,
-        ctx: &mut Self::CTX,
-    ) -> Result<()> {
-        ctx.body_seen += body.as_ref().map_or(0, |b| b.len());
-        if ctx.body_seen > self.settings.max_body_bytes {
-            return Err(Error::explain(ErrorType::HTTPStatus(413), "request body over proxy.max_body_bytes"));
-        }
-        Ok(())
-    }
-
-    fn fail_to_connect(
-        &self,
-        _session: &mut Session,
-        _peer: &HttpPeer,
-        ctx: &mut Self::CTX,
-        mut e: Box<Error>,
-    ) -> Box<Error> {
-        if let Some((_, attempt)) = ctx.stream.as_mut() {
-            if *attempt + 1 < self.upstream.len() {
-                *attempt += 1;
-                e.set_retry(true);
-            }
-        }
-        e
-    }
-
-    async fn fail_to_proxy(&self, session: &mut Session, e: &Error, _ctx: &mut Self::CTX) -> FailToProxy {
-        let code = match e.etype() {
-            ErrorType::HTTPStatus(code) => *code,
-            ErrorType::ConnectTimedout | ErrorType::ReadTimedout | ErrorType::WriteTimedout => 504,
-            ErrorType::ReadError | ErrorType::WriteError | ErrorType::ConnectionClosed
-                if e.esource() == &pingora::ErrorSource::Downstream =>
-            {
-                0
-            }
-            _ => 502,
         };
-        if code > 0 && session.response_written().is_none() {
-            let reply = Reply::error(
-                code,
-                if code == 413 { "request body is too large" } else { "WeChat could not be reached" },
-            );
-            let _ = reply.write_to(session.as_downstream_mut()).await;
+        if let Some(reply) = reply {
+            if session.response_written().is_none() {
+                reply.write_to(session.as_downstream_mut()).await?;
+            }
         }
-        FailToProxy { error_code: code, can_reuse_downstream: false }
+        Ok(true)
+    }
+
+    /// Never reached: every request is answered in `request_filter`.
+    async fn upstream_peer(&self, _session: &mut Session, _ctx: &mut Self::CTX) -> Result<Box<HttpPeer>> {
+        Err(Error::explain(ErrorType::InternalError, "every request is answered in request_filter"))
     }
 
     async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut Self::CTX) {
         let status = session.response_written().map_or(0, |r| r.status.as_u16());
-        if ctx.scope != "own" {
-            metrics::count_request(ctx.scope, status);
+        if ctx.label != "own" {
+            metrics::count_request(ctx.label, status);
         }
         if self.settings.access_log {
             let req = session.req_header();
@@ -373,7 +320,7 @@ impl ProxyHttp for Gateway {
                 path = %ctx.path,
                 query = %redacted_query(req.uri.query().unwrap_or_default()),
                 status,
-                scope = ctx.scope,
+                scope = ctx.label,
                 client = ctx.client.as_deref().unwrap_or("-"),
                 ms = ctx.started.map_or(0, |t| t.elapsed().as_millis() as u64),
             );

@@ -26,40 +26,54 @@ impl Scope {
     }
 }
 
-/// A call the gateway will make on a client's behalf. It borrows from the request: resolving
-/// a call allocates nothing but the appid.
+/// What a request on the proxy listener is: resolved once, owning what it needs (the request
+/// is used mutably afterwards: its body read, the answer written).
 #[derive(Debug)]
-pub struct Call<'c, 'r> {
+pub enum Route<'c> {
+    /// Under `/wxgate/`: the gateway's own routes, which check their callers themselves.
+    Own,
+    /// One of WeChat's token endpoints: answered from the cache, never forwarded.
+    TokenEndpoint(TokenCall<'c>),
+    /// A WeChat API call, forwarded with the real token.
+    Api(ApiCall<'c>),
+}
+
+impl Route<'_> {
+    /// The `scope` label of `wxgate_requests_total`.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Self::Own => "own",
+            Self::TokenEndpoint(_) => "token_endpoint",
+            Self::Api(call) => call.scope.label(),
+        }
+    }
+}
+
+#[derive(Debug)]
+pub struct TokenCall<'c> {
     pub client: &'c Client,
-    /// `None` only for WeChat's token endpoints, which name their account in the body or query.
+    pub endpoint: TokenEndpoint,
+    /// The account named by a path prefix or header; else the body or query names it.
     pub scope: Option<Scope>,
-    /// The path WeChat sees: the scope prefix removed.
-    pub path: &'r str,
-    /// The client's query, token parameters included: see [`Call::query_rest`].
-    pub raw_query: &'r str,
-    pub token_param: &'static str,
+    /// The query's `appid` (`/cgi-bin/token?appid=...`).
+    pub query_appid: Option<AppId>,
 }
 
-impl Call<'_, '_> {
-    /// The query without any token the client sent; the real one is added under `token_param`.
-    #[cfg(test)]
-    pub fn query_rest(&self) -> String {
-        let mut rest = String::with_capacity(self.raw_query.len());
-        push_query_rest(&mut rest, self.raw_query);
-        rest
-    }
-
-    /// What the call sends WeChat, owned: the request it came from is needed mutably while the
-    /// call is made (its body read, the answer written).
-    pub fn outbound(&self) -> Outbound {
-        let mut path_and_rest = String::with_capacity(self.path.len() + self.raw_query.len() + 1);
-        path_and_rest.push_str(self.path);
-        path_and_rest.push('?');
-        push_query_rest(&mut path_and_rest, self.raw_query);
-        let has_rest = path_and_rest.len() > self.path.len() + 1;
-        Outbound { path_and_rest, has_rest, token_param: self.token_param }
-    }
+#[derive(Debug)]
+pub struct ApiCall<'c> {
+    pub client: &'c Client,
+    /// Whom the call acts for: what the client must be allowed.
+    pub scope: Scope,
+    /// Whose token it carries: the scope's own, or the component's for the calls the component
+    /// makes on an authorizer's behalf ([`ON_BEHALF`]).
+    pub token: Scope,
+    pub outbound: Outbound,
 }
+
+/// Calls made for an authorizer with the component's token: a mini program's user login and
+/// an official account's web authorization, made by the platform on the account's behalf.
+pub const ON_BEHALF: [&str; 3] =
+    ["/sns/component/jscode2session", "/sns/oauth2/component/access_token", "/sns/oauth2/component/refresh_token"];
 
 /// The path and the query WeChat gets, less the token.
 #[derive(Debug, Clone)]
@@ -71,9 +85,38 @@ pub struct Outbound {
 }
 
 impl Outbound {
+    /// `path` and the client's `raw_query` less its token parameters; `component_appid`, when
+    /// given, replaces any the client sent.
+    fn build(path: &str, raw_query: &str, token_param: &'static str, component_appid: Option<&str>) -> Self {
+        let mut path_and_rest = String::with_capacity(path.len() + raw_query.len() + 40);
+        path_and_rest.push_str(path);
+        path_and_rest.push('?');
+        push_query_rest(&mut path_and_rest, raw_query, component_appid.is_some());
+        if let Some(component) = component_appid {
+            if path_and_rest.len() > path.len() + 1 {
+                path_and_rest.push('&');
+            }
+            path_and_rest.push_str("component_appid=");
+            path_and_rest.push_str(component);
+        }
+        let has_rest = path_and_rest.len() > path.len() + 1;
+        Self { path_and_rest, has_rest, token_param }
+    }
+
     #[cfg(test)]
     pub fn for_test(path: &str, rest: &str) -> Self {
-        Self { path_and_rest: format!("{path}?{rest}"), has_rest: !rest.is_empty(), token_param: "access_token" }
+        Self::build(path, rest, "access_token", None)
+    }
+
+    /// The path WeChat sees, without the query.
+    pub fn path(&self) -> &str {
+        self.path_and_rest.split_once('?').map_or(&self.path_and_rest, |(p, _)| p)
+    }
+
+    /// The query WeChat sees, less the token.
+    #[cfg(test)]
+    pub fn rest(&self) -> &str {
+        self.path_and_rest.split_once('?').map_or("", |(_, r)| r)
     }
 
     /// The path and query WeChat gets, after `base_path`: the client's query less its token,
@@ -98,12 +141,13 @@ impl Outbound {
     }
 }
 
-/// Appends the pairs of `raw` that are not token parameters, byte for byte, `&`-separated.
-fn push_query_rest(out: &mut String, raw: &str) {
+/// Appends the pairs of `raw` that are not token parameters (nor `component_appid` when
+/// `drop_component_appid`), byte for byte, `&`-separated.
+fn push_query_rest(out: &mut String, raw: &str, drop_component_appid: bool) {
     let start = out.len();
     for pair in raw.split('&').filter(|p| !p.is_empty()) {
         let name = pair.split_once('=').map_or(pair, |(name, _)| name);
-        if is_token_param(name) {
+        if is_token_param(name) || (drop_component_appid && name == "component_appid") {
             continue;
         }
         if out.len() > start {
@@ -123,7 +167,7 @@ pub enum ResolveError {
     NoKey,
     #[error("the client key is not valid")]
     BadKey,
-    #[error("the path may not hold '..', '.', backslashes or encoded dots and slashes")]
+    #[error("the path must be plain: segments of letters, digits, '-', '_' and inner dots, one '/' apart, nothing percent-encoded")]
     BadPath,
     #[error("which account? Prefix the path with /{{authorizer_appid}}/ or /component/, or send X-Wxgate-Authorizer")]
     NoScope,
@@ -133,6 +177,8 @@ pub enum ResolveError {
     AuthorizerNotAllowed,
     #[error("this client may not call component-scope APIs")]
     ComponentNotAllowed,
+    #[error("the appid parameter must be the authorizer the call is made for")]
+    AppidMismatch,
 }
 
 impl ResolveError {
@@ -140,15 +186,20 @@ impl ResolveError {
         match self {
             Self::NoKey | Self::BadKey => 401,
             Self::AuthorizerNotAllowed | Self::ComponentNotAllowed => 403,
-            Self::BadPath | Self::NoScope | Self::BadScopeHeader => 400,
+            Self::BadPath | Self::NoScope | Self::BadScopeHeader | Self::AppidMismatch => 400,
         }
     }
 }
 
-pub fn resolve<'c, 'r>(clients: &'c Clients, req: &'r RequestHeader) -> Result<Call<'c, 'r>, ResolveError> {
+/// Resolves a request: client → scope → permission → what WeChat will get. `component` is the
+/// gateway's component appid, filled in on the calls made on an authorizer's behalf.
+pub fn route<'c>(clients: &'c Clients, component: &AppId, req: &RequestHeader) -> Result<Route<'c>, ResolveError> {
     let raw_path = req.uri.path();
-    if !is_safe_path(raw_path) {
+    if !is_plain_path(raw_path) {
         return Err(ResolveError::BadPath);
+    }
+    if raw_path.starts_with(super::ROUTE_PREFIX) {
+        return Ok(Route::Own);
     }
     let raw_query = req.uri.query().unwrap_or_default();
     let query = Query::split(raw_query);
@@ -163,17 +214,54 @@ pub fn resolve<'c, 'r>(clients: &'c Clients, req: &'r RequestHeader) -> Result<C
         Some(Scope::Component) if !client.component => return Err(ResolveError::ComponentNotAllowed),
         _ => {}
     }
-    let token_param = scope.as_ref().map_or("access_token", |s| token_param(s, path, &query));
-    Ok(Call { client, scope, path, raw_query, token_param })
+    if let Some(endpoint) = TokenEndpoint::at(path) {
+        let query_appid = query.appid.as_deref().and_then(|a| AppId::parse(a).ok());
+        return Ok(Route::TokenEndpoint(TokenCall { client, endpoint, scope, query_appid }));
+    }
+    let Some(scope) = scope else { return Err(ResolveError::NoScope) };
+    match &scope {
+        Scope::Authorizer(appid) if ON_BEHALF.contains(&path) => {
+            if query.appid.as_deref() != Some(appid.as_str()) {
+                return Err(ResolveError::AppidMismatch);
+            }
+            let outbound = Outbound::build(path, raw_query, "component_access_token", Some(component.as_str()));
+            Ok(Route::Api(ApiCall { client, scope, token: Scope::Component, outbound }))
+        }
+        _ => {
+            let outbound = Outbound::build(path, raw_query, token_param(&scope, path, &query), None);
+            Ok(Route::Api(ApiCall { client, token: scope.clone(), scope, outbound }))
+        }
+    }
 }
 
 /// WeChat's token endpoints: answered by the gateway from its cache, never forwarded, since
 /// forwarding would rotate tokens behind its back.
-pub const TOKEN_ENDPOINTS: [&str; 3] =
-    ["/cgi-bin/component/api_component_token", "/cgi-bin/component/api_authorizer_token", "/cgi-bin/token"];
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenEndpoint {
+    /// `/cgi-bin/component/api_component_token`
+    Component,
+    /// `/cgi-bin/component/api_authorizer_token`
+    Authorizer,
+    /// `/cgi-bin/token`, an account's own token endpoint
+    Account,
+}
+
+impl TokenEndpoint {
+    const ALL: [(&'static str, Self); 3] = [
+        ("/cgi-bin/component/api_component_token", Self::Component),
+        ("/cgi-bin/component/api_authorizer_token", Self::Authorizer),
+        ("/cgi-bin/token", Self::Account),
+    ];
+
+    /// The endpoint at `path` (a plain path), compared without regard to case: a server before
+    /// WeChat might fold it.
+    pub fn at(path: &str) -> Option<Self> {
+        Self::ALL.iter().find(|(p, _)| p.eq_ignore_ascii_case(path)).map(|(_, e)| *e)
+    }
+}
 
 pub fn is_token_endpoint(path: &str) -> bool {
-    TOKEN_ENDPOINTS.contains(&path)
+    TokenEndpoint::at(path).is_some()
 }
 
 /// The client presenting a key in a header (the gateway's own routes take no query keys).
@@ -181,16 +269,19 @@ pub fn client_from_headers<'c>(clients: &'c Clients, req: &RequestHeader) -> Res
     find_client(clients, req, &Query::default())
 }
 
-/// Refuses what could make WeChat (or a proxy before it) read another path than the one the
-/// gateway resolved.
-fn is_safe_path(path: &str) -> bool {
-    let escaped = |e: &[u8]| {
-        matches!([e[0], e[1].to_ascii_lowercase()], [b'2', b'e'] | [b'2', b'f'] | [b'5', b'c'] | [b'0', b'0'])
-    };
-    path.starts_with('/')
-        && !path.contains('\\')
-        && !path.as_bytes().windows(3).any(|w| w[0] == b'%' && escaped(&w[1..]))
-        && !path.split('/').any(|seg| seg == ".." || seg == ".")
+/// Whether the path is plain: segments of letters, digits, `-`, `_` and inner dots, one `/`
+/// apart. WeChat's API paths are all of that form, so anything else (percent-encoding, empty,
+/// `.` or `..` segments, backslashes, `;` parameters, control bytes) is refused rather than
+/// normalised: a plain path reads the same to the gateway, WeChat and every proxy between, so a
+/// token endpoint cannot pass under another spelling, nor a call leave its scope.
+pub fn is_plain_path(path: &str) -> bool {
+    let Some(rest) = path.strip_prefix('/') else { return false };
+    rest.split('/').all(|seg| {
+        !seg.is_empty()
+            && !seg.starts_with('.')
+            && !seg.ends_with('.')
+            && seg.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+    })
 }
 
 fn find_client<'c>(clients: &'c Clients, req: &RequestHeader, query: &Query<'_>) -> Result<&'c Client, ResolveError> {
@@ -242,11 +333,13 @@ fn token_param(scope: &Scope, path: &str, query: &Query<'_>) -> &'static str {
     }
 }
 
-/// The token parameters of a query string (percent-decoded; borrowed when nothing was encoded).
+/// The parameters of a query string the gateway reads (percent-decoded; borrowed when nothing
+/// was encoded).
 #[derive(Debug, Default)]
 pub struct Query<'r> {
     pub access_token: Option<Cow<'r, str>>,
     pub component_access_token: Option<Cow<'r, str>>,
+    pub appid: Option<Cow<'r, str>>,
 }
 
 impl<'r> Query<'r> {
@@ -257,6 +350,7 @@ impl<'r> Query<'r> {
             let slot = match name {
                 "access_token" => &mut q.access_token,
                 "component_access_token" => &mut q.component_access_token,
+                "appid" => &mut q.appid,
                 _ => continue,
             };
             *slot = Some(percent_encoding::percent_decode_str(value).decode_utf8_lossy());
@@ -296,14 +390,27 @@ mod tests {
         r
     }
 
+    const COMPONENT: &str = "wx0123456789abcdef";
+
+    fn route_of<'c>(clients: &'c Clients, r: &RequestHeader) -> Result<Route<'c>, ResolveError> {
+        route(clients, &AppId::parse(COMPONENT).unwrap(), r)
+    }
+
+    fn api_call<'c>(clients: &'c Clients, uri: &str, headers: &[(&str, &str)]) -> Result<ApiCall<'c>, ResolveError> {
+        match route_of(clients, &req(uri, headers))? {
+            Route::Api(call) => Ok(call),
+            other => panic!("not an API call: {other:?}"),
+        }
+    }
+
     fn resolved(
         uri: &str,
         headers: &[(&str, &str)],
     ) -> Result<(String, Scope, String, String, &'static str), ResolveError> {
         let clients = clients();
-        let r = req(uri, headers);
-        let c = resolve(&clients, &r)?;
-        Ok((c.client.name.clone(), c.scope.clone().expect("a scope"), c.path.to_owned(), c.query_rest(), c.token_param))
+        let c = api_call(&clients, uri, headers)?;
+        let o = &c.outbound;
+        Ok((c.client.name.clone(), c.scope.clone(), o.path().to_owned(), o.rest().to_owned(), o.token_param))
     }
 
     fn authorizer(a: &str) -> Scope {
@@ -350,8 +457,11 @@ mod tests {
         assert_eq!(resolved("/cgi-bin/user/info", &[fleet]).unwrap_err(), ResolveError::NoScope);
         let clients = clients();
         let token_req = req("/cgi-bin/component/api_authorizer_token", &[fleet]);
-        let token_call = resolve(&clients, &token_req).unwrap();
+        let Route::TokenEndpoint(token_call) = route_of(&clients, &token_req).unwrap() else { panic!() };
         assert_eq!(token_call.scope, None, "token endpoints name their account in the body");
+        assert_eq!(token_call.endpoint, TokenEndpoint::Authorizer);
+        let own = req("/wxgate/token/component", &[]);
+        assert!(matches!(route_of(&clients, &own), Ok(Route::Own)), "own routes check their callers themselves");
         assert_eq!(
             resolved(&format!("/{B}/cgi-bin/user/info"), &[single]).unwrap_err(),
             ResolveError::AuthorizerNotAllowed
@@ -373,6 +483,13 @@ mod tests {
             format!("/{A}/a%5Cb"),
             format!("/{A}/a%00"),
             format!("/{A}/%2E"),
+            format!("/{A}/cgi-bin//token"),
+            format!("/{A}/cgi-bin/%74oken"),
+            format!("/{A}/cgi-bin/token/"),
+            format!("/{A}/cgi-bin/token;x"),
+            format!("/{A}/cgi-bin/token."),
+            "/".into(),
+            "x".into(),
         ] {
             assert_eq!(resolved(&escape, &[single]).unwrap_err(), ResolveError::BadPath, "{escape}");
         }
@@ -385,29 +502,75 @@ mod tests {
         assert_eq!(q.access_token.as_deref(), Some("k@y"));
         assert_eq!(q.component_access_token.as_deref(), Some("c"));
         let mut rest = String::new();
-        push_query_rest(&mut rest, raw);
+        push_query_rest(&mut rest, raw, false);
         assert_eq!(rest, "a=1&b=%E4%BD%A0&c");
     }
 
     #[test]
     fn the_upstream_uri_has_the_real_token_and_never_the_key() {
         let clients = clients();
-        let r = req(&format!("/{A}/cgi-bin/user/info?openid=o1&access_token=single-key-0123456789&lang=zh_CN"), &[]);
-        let call = resolve(&clients, &r).unwrap();
+        let call = api_call(
+            &clients,
+            &format!("/{A}/cgi-bin/user/info?openid=o1&access_token=single-key-0123456789&lang=zh_CN"),
+            &[],
+        )
+        .unwrap();
         assert_eq!(
-            call.outbound().uri("/base", "T0k-en_1"),
+            call.outbound.uri("/base", "T0k-en_1"),
             "/base/cgi-bin/user/info?openid=o1&lang=zh_CN&access_token=T0k-en_1"
         );
         assert_eq!(
-            call.outbound().uri("", "a b+c/="),
+            call.outbound.uri("", "a b+c/="),
             "/cgi-bin/user/info?openid=o1&lang=zh_CN&access_token=a+b%2Bc%2F%3D"
         );
-        let r = req(&format!("/{A}/cgi-bin/x?access_token=single-key-0123456789"), &[]);
-        assert_eq!(resolve(&clients, &r).unwrap().outbound().uri("", "t"), "/cgi-bin/x?access_token=t");
-        let r = req("/component/cgi-bin/component/x?component_access_token=fleet-key-0123456789&access_token=fleet-key-0123456789", &[]);
+        let call = api_call(&clients, &format!("/{A}/cgi-bin/x?access_token=single-key-0123456789"), &[]).unwrap();
+        assert_eq!(call.outbound.uri("", "t"), "/cgi-bin/x?access_token=t");
+        let call = api_call(
+            &clients,
+            "/component/cgi-bin/component/x?component_access_token=fleet-key-0123456789&access_token=fleet-key-0123456789",
+            &[],
+        )
+        .unwrap();
+        assert_eq!(call.outbound.uri("", "t"), "/cgi-bin/component/x?component_access_token=t");
+    }
+
+    #[test]
+    fn calls_on_an_authorizers_behalf_carry_the_component_token_for_that_authorizer_only() {
+        let clients = clients();
+        let single = ("authorization", "Bearer single-key-0123456789");
+        let call = api_call(
+            &clients,
+            &format!("/sns/component/jscode2session?appid={A}&js_code=c0de&grant_type=authorization_code&component_appid=wxffffffffffffffff"),
+            &[single],
+        )
+        .unwrap();
+        assert_eq!((call.scope.clone(), call.token.clone()), (authorizer(A), Scope::Component));
         assert_eq!(
-            resolve(&clients, &r).unwrap().outbound().uri("", "t"),
-            "/cgi-bin/component/x?component_access_token=t"
+            call.outbound.uri("", "CT"),
+            format!("/sns/component/jscode2session?appid={A}&js_code=c0de&grant_type=authorization_code&component_appid={COMPONENT}&component_access_token=CT"),
+            "component_appid is the gateway's"
+        );
+        let call = api_call(
+            &clients,
+            &format!("/{A}/sns/oauth2/component/refresh_token?appid={A}&grant_type=refresh_token&refresh_token=r"),
+            &[single],
+        )
+        .unwrap();
+        assert_eq!(call.token, Scope::Component);
+        assert!(call
+            .outbound
+            .uri("", "CT")
+            .ends_with(&format!("refresh_token=r&component_appid={COMPONENT}&component_access_token=CT")));
+        for uri in [
+            format!("/sns/oauth2/component/access_token?appid={B}&code=c"),
+            "/sns/oauth2/component/access_token?code=c".to_owned(),
+            format!("/{A}/sns/component/jscode2session?appid={A}x&js_code=c"),
+        ] {
+            assert_eq!(api_call(&clients, &uri, &[single]).unwrap_err(), ResolveError::AppidMismatch, "{uri}");
+        }
+        assert_eq!(
+            api_call(&clients, &format!("/{B}/sns/component/jscode2session?appid={B}"), &[single]).unwrap_err(),
+            ResolveError::AuthorizerNotAllowed
         );
     }
 }

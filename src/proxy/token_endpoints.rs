@@ -2,7 +2,7 @@
 //! own shape, for clients allowed to see them (`reveal_tokens`); 403 for the others.
 
 use super::clients::Client;
-use super::resolve::{Call, Scope};
+use super::resolve::{Scope, TokenCall, TokenEndpoint};
 use crate::reply::{token_error, Reply};
 use crate::tokens::{AccessToken, TokenService};
 use crate::AppId;
@@ -10,12 +10,13 @@ use serde_json::{json, Value};
 use std::sync::Arc;
 
 /// Answers a call to one of WeChat's token endpoints. `body` is the request's (JSON) body.
-pub async fn answer(tokens: &TokenService, call: &Call<'_, '_>, query: &str, body: &[u8]) -> Reply {
+pub async fn answer(tokens: &TokenService, call: &TokenCall<'_>, body: &[u8]) -> Reply {
     if !call.client.reveal_tokens {
         return Reply::error(403, "token endpoints are answered by the gateway, for clients with reveal_tokens; it keeps every token fresh itself");
     }
     let body: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
-    let scope = call.scope.clone().or_else(|| named_account(call.path, query, &body));
+    let endpoint = call.endpoint;
+    let scope = call.scope.clone().or_else(|| named_account(endpoint, call.query_appid, &body));
     let Some(scope) = scope else {
         return Reply::error(400, "which account? name it in the body (authorizer_appid), the query (appid), a path prefix or X-Wxgate-Authorizer");
     };
@@ -27,17 +28,15 @@ pub async fn answer(tokens: &TokenService, call: &Call<'_, '_>, query: &str, bod
     let value = token.value.expose();
     Reply::json(
         200,
-        &match call.path {
-            "/cgi-bin/component/api_component_token" => {
-                json!({ "component_access_token": value, "expires_in": expires_in })
-            }
-            "/cgi-bin/component/api_authorizer_token" => json!({
+        &match endpoint {
+            TokenEndpoint::Component => json!({ "component_access_token": value, "expires_in": expires_in }),
+            TokenEndpoint::Authorizer => json!({
                 "authorizer_access_token": value,
                 "expires_in": expires_in,
                 // The refresh token never leaves the gateway: the client gets back what it sent.
                 "authorizer_refresh_token": body.get("authorizer_refresh_token").and_then(Value::as_str).unwrap_or_default(),
             }),
-            _ => json!({ "access_token": value, "expires_in": expires_in }),
+            TokenEndpoint::Account => json!({ "access_token": value, "expires_in": expires_in }),
         },
     )
 }
@@ -63,18 +62,15 @@ pub async fn raw(tokens: &TokenService, client: &Client, target: &str) -> Reply 
     }
 }
 
-fn named_account(path: &str, query: &str, body: &Value) -> Option<Scope> {
-    match path {
-        "/cgi-bin/component/api_component_token" => Some(Scope::Component),
-        "/cgi-bin/component/api_authorizer_token" => body
+fn named_account(endpoint: TokenEndpoint, query_appid: Option<AppId>, body: &Value) -> Option<Scope> {
+    match endpoint {
+        TokenEndpoint::Component => Some(Scope::Component),
+        TokenEndpoint::Authorizer => body
             .get("authorizer_appid")
             .and_then(Value::as_str)
             .and_then(|a| AppId::parse(a).ok())
             .map(Scope::Authorizer),
-        _ => url::form_urlencoded::parse(query.as_bytes())
-            .find(|(k, _)| k == "appid")
-            .and_then(|(_, v)| AppId::parse(&v).ok())
-            .map(Scope::Authorizer),
+        TokenEndpoint::Account => query_appid.map(Scope::Authorizer),
     }
 }
 

@@ -1,20 +1,103 @@
-//! Where proxied calls go: the configured WeChat host and its fallbacks, resolved once, as
-//! pingora peers with TLS verification, timeouts and pooled connections.
+//! One way to reach WeChat: the configured host and its fallbacks, the idle connections to
+//! each, failover, and the headers as they cross the hop. Every proxied call goes through
+//! [`Upstream::send`], whether its body is kept whole (so that it can be replayed after a token
+//! error) or streams through from the client.
+//!
+//! Failover: a call starts on the active host (the primary, unless a fallback took over) and
+//! moves on to the next when a host cannot be connected to. A call that settles on another
+//! host makes it the active one, counted in `wxgate_upstream_switches_total{to}`. While a
+//! fallback is active, one call in every [`RETRY_PRIMARY_AFTER`] tries the primary first.
+//!
+//! The pool: pingora's own (`Connector::release_http_session`) spawns a task per released
+//! connection to watch it while idle, with a timer, a oneshot channel, a `Notify` and a lock
+//! the next user waits on: on a call that takes tens of microseconds that is most of the
+//! gateway's own work. Here a released connection is pushed on a stack; one the server closed
+//! while idle is noticed when taken (a read that does not block) or, at worst, when the call
+//! on it fails, and the call is then made again on a new connection if that is safe.
 
-use pingora::http::RequestHeader;
+use super::resolve::Outbound;
+use crate::metrics;
+use bytes::Bytes;
+use futures_util::FutureExt;
+use pingora::connectors::TransportConnector;
+use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::protocols::http::client::HttpSession;
+use pingora::protocols::http::v1::client::HttpSession as H1Session;
+use pingora::protocols::http::ServerSession;
+use pingora::protocols::Stream;
 use pingora::upstreams::peer::HttpPeer;
+use pingora::ErrorType;
 use std::net::{SocketAddr, ToSocketAddrs};
-use std::sync::{Arc, RwLock};
-use std::time::Duration;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+use std::time::{Duration, Instant};
+use tokio::io::AsyncReadExt;
 use url::Url;
 
 /// Pooled connections are kept this long idle; WeChat's side closes idle ones after about a minute.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(50);
 
+/// Idle connections kept per WeChat host.
+const MAX_IDLE_PER_TARGET: usize = 128;
+
+/// While a fallback is active, the primary is tried again this often.
+pub const RETRY_PRIMARY_AFTER: Duration = Duration::from_secs(30);
+
+/// Headers of this hop only, in both directions (RFC 9110 §7.6.1), besides those the message
+/// names in `Connection`.
+const HOP_BY_HOP: [&str; 7] =
+    ["connection", "keep-alive", "proxy-connection", "te", "trailer", "transfer-encoding", "upgrade"];
+
+/// Request headers that are the gateway's, or that the gateway sets itself.
+const OWN_REQUEST_HEADERS: [&str; 5] = ["authorization", "proxy-authorization", "host", "content-length", "expect"];
+
 #[derive(Debug, thiserror::Error)]
 pub enum UpstreamError {
     #[error("upstream {url}: cannot resolve: {reason}")]
     Resolve { url: String, reason: String },
+}
+
+/// Why a call got no answer from WeChat.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CallFailure {
+    /// No host could be connected to.
+    Unreachable,
+    TimedOut,
+    Broken,
+    /// The client's body could not be read (malformed chunked encoding, or the client left).
+    BadBody,
+    /// The client's body passed this many bytes.
+    TooLarge(usize),
+}
+
+impl CallFailure {
+    pub fn reply(&self) -> crate::reply::Reply {
+        use crate::reply::Reply;
+        match self {
+            Self::Unreachable => Reply::error(502, "WeChat could not be reached"),
+            Self::TimedOut => Reply::error(504, "WeChat did not answer in time"),
+            Self::Broken => Reply::error(502, "the connection to WeChat broke"),
+            Self::BadBody => Reply::error(400, "the request body could not be read"),
+            Self::TooLarge(limit) => Reply::error(413, format!("request body is larger than {limit} bytes")),
+        }
+    }
+}
+
+/// A call's body.
+pub enum Body<'s> {
+    /// Kept whole (a small body, or none): the call can be sent again.
+    Whole(Bytes),
+    /// Streams from the client: `kept` was read already, the rest is read from `from` as it is
+    /// sent, up to `limit` bytes in all. `length` is the client's `Content-Length`; without one
+    /// the body goes on chunked.
+    Streamed { kept: Bytes, from: &'s mut ServerSession, length: Option<usize>, limit: usize },
+}
+
+/// What WeChat answered (its header read), with the connection it came on.
+pub struct Answer {
+    pub session: HttpSession,
+    /// Which host (0 = the primary) the connection goes to.
+    target: usize,
 }
 
 #[derive(Debug)]
@@ -26,96 +109,386 @@ struct Target {
     base_path: String,
     /// The `Host` header: the host, and the port when it is not the scheme's.
     authority_value: http::HeaderValue,
-    /// The peer for the resolved address, built once: a peer is a few allocations.
-    peer: RwLock<Arc<HttpPeer>>,
+    /// The peer for the resolved address, built once (a peer is a few allocations); `None`
+    /// while the host could not be resolved.
+    peer: RwLock<Option<Arc<HttpPeer>>>,
+    idle: Mutex<Vec<(Stream, Instant)>>,
 }
 
-#[derive(Debug)]
 pub struct Upstream {
     targets: Vec<Target>,
     timeout: Duration,
+    transport: TransportConnector,
+    /// The host calls start on.
+    active: AtomicUsize,
+    /// When `active` last changed or the primary was last tried again, in ms since `epoch`.
+    since_ms: AtomicU64,
+    epoch: Instant,
+    retry_primary_after: Duration,
 }
 
 impl Upstream {
-    /// Resolves every host now, so that a typo fails at start-up rather than under traffic.
+    /// Resolves every host now, so that a typo in the primary fails at start-up rather than
+    /// under traffic; a fallback that does not resolve yet is resolved when it is needed.
     pub fn new(primary: &Url, fallbacks: &[Url], timeout: Duration) -> Result<Self, UpstreamError> {
-        let targets =
-            std::iter::once(primary).chain(fallbacks).map(|url| Target::new(url, timeout)).collect::<Result<_, _>>()?;
-        Ok(Self { targets, timeout })
+        let mut targets = vec![Target::new(primary, timeout, true)?];
+        for url in fallbacks {
+            targets.push(Target::new(url, timeout, false)?);
+        }
+        Ok(Self {
+            targets,
+            timeout,
+            transport: TransportConnector::new(None),
+            active: AtomicUsize::new(0),
+            since_ms: AtomicU64::new(0),
+            epoch: Instant::now(),
+            retry_primary_after: RETRY_PRIMARY_AFTER,
+        })
     }
 
-    pub fn len(&self) -> usize {
-        self.targets.len()
+    #[cfg(test)]
+    fn retrying_primary_after(mut self, after: Duration) -> Self {
+        self.retry_primary_after = after;
+        self
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.targets.is_empty()
+    /// Sends the call with `token` and reads the answer's header, on the active host or the
+    /// next that can be connected to. A pooled connection found broken is replaced by a new
+    /// one once, unless the call was written whole and is not safe to send twice, or part of
+    /// a streamed body is gone.
+    pub async fn send(
+        &self,
+        client: &RequestHeader,
+        outbound: &Outbound,
+        token: &str,
+        body: &mut Body<'_>,
+    ) -> Result<Answer, CallFailure> {
+        let started = Instant::now();
+        let first = self.first_target();
+        for target in (first..self.targets.len()).chain(0..first) {
+            let mut fresh = false;
+            loop {
+                let (mut session, reused) = match self.connect(target, fresh).await {
+                    Ok(s) => s,
+                    Err(e) => {
+                        tracing::warn!(host = %self.targets[target].host, error = ?e.etype(), "could not connect to WeChat; trying the next host");
+                        self.re_resolve(target).await;
+                        break;
+                    }
+                };
+                let uri = outbound.uri(&self.targets[target].base_path, token);
+                let req = self.request(client, target, uri, body).map_err(|_| CallFailure::Broken)?;
+                match exchange(&mut session, req, body).await {
+                    Ok(()) => {
+                        metrics::UPSTREAM_DURATION.observe(started.elapsed().as_secs_f64());
+                        self.settle_on(target);
+                        return Ok(Answer { session, target });
+                    }
+                    Err(Failed::Client(failure)) => return Err(failure),
+                    Err(Failed::Upstream { error, written, body_spent })
+                        if reused && !fresh && !body_spent && (!written || replay_safe(&client.method)) =>
+                    {
+                        tracing::debug!(error = ?error.etype(), "a pooled connection to WeChat was closed; retrying on a new one");
+                        fresh = true;
+                    }
+                    Err(Failed::Upstream { error, .. }) => {
+                        tracing::warn!(error = ?error.etype(), source = ?error.esource(), reused, "the call to WeChat failed");
+                        return Err(failure(&error));
+                    }
+                }
+            }
+        }
+        Err(CallFailure::Unreachable)
     }
 
-    /// The peer for attempt `index` (0 = primary), or `None` when every target was tried.
-    pub fn peer(&self, index: usize) -> Option<Arc<HttpPeer>> {
-        let t = self.targets.get(index)?;
-        Some(Arc::clone(&t.peer.read().unwrap_or_else(|p| p.into_inner())))
-    }
-
-    /// How long a pooled connection to WeChat may stay idle.
-    pub fn idle_timeout(&self) -> Duration {
-        IDLE_TIMEOUT
-    }
-
-    /// Resolves target `index` again, off the async threads: after a failed connect the host's
-    /// addresses may have changed.
-    pub async fn re_resolve(&self, index: usize) {
-        let Some(t) = self.targets.get(index) else { return };
-        let (host, port) = (t.host.clone(), t.port);
-        if let Ok(Ok(addr)) = tokio::task::spawn_blocking(move || resolve(&host, port)).await {
-            *t.peer.write().unwrap_or_else(|p| p.into_inner()) =
-                Arc::new(make_peer(addr, t.tls, &t.host, self.timeout));
+    /// Keeps the connection for the next call when the exchange ended cleanly and the server
+    /// keeps it alive; closes it otherwise.
+    pub async fn release(&self, answer: Answer) {
+        let Answer { mut session, target } = answer;
+        if !session.response_done() {
+            session.shutdown().await;
+            return;
+        }
+        let HttpSession::H1(mut h1) = session else {
+            session.shutdown().await;
+            return;
+        };
+        h1.respect_keepalive();
+        if let Some(stream) = h1.reuse().await {
+            let mut idle = self.targets[target].idle();
+            if idle.len() >= MAX_IDLE_PER_TARGET {
+                idle.remove(0);
+            }
+            idle.push((stream, Instant::now()));
         }
     }
 
-    /// Points `req` at target `index`: its path prefix and its `Host`.
-    pub fn aim(&self, req: &mut RequestHeader, index: usize, path_and_query: &str) -> pingora::Result<()> {
-        let t = self.target(index);
-        let mut uri = String::with_capacity(t.base_path.len() + path_and_query.len());
-        uri.push_str(&t.base_path);
-        uri.push_str(path_and_query);
-        self.aim_owned(req, index, uri)
+    /// The host this call starts on: the active one, or the primary when a fallback has been
+    /// active for a while and no other call is trying the primary now.
+    fn first_target(&self) -> usize {
+        let active = self.active.load(Ordering::Relaxed);
+        if active == 0 {
+            return 0;
+        }
+        let now = self.now_ms();
+        let since = self.since_ms.load(Ordering::Relaxed);
+        let due = now.saturating_sub(since) >= self.retry_primary_after.as_millis() as u64;
+        match due && self.since_ms.compare_exchange(since, now, Ordering::Relaxed, Ordering::Relaxed).is_ok() {
+            true => 0,
+            false => active,
+        }
     }
 
-    /// The path prefix of target `index`, which every path WeChat sees starts with.
-    pub fn base_path(&self, index: usize) -> &str {
-        &self.target(index).base_path
+    /// A call got its answer from `target`: it becomes the active host.
+    fn settle_on(&self, target: usize) {
+        let previous = self.active.swap(target, Ordering::Relaxed);
+        if previous == target {
+            return;
+        }
+        self.since_ms.store(self.now_ms(), Ordering::Relaxed);
+        let (from, to) = (&self.targets[previous].host, &self.targets[target].host);
+        if target == 0 {
+            metrics::UPSTREAM_SWITCHES.with_label_values(&["primary"]).inc();
+            tracing::info!(host = %to, "the primary WeChat host answers again; calls go back to it");
+        } else {
+            metrics::UPSTREAM_SWITCHES.with_label_values(&["fallback"]).inc();
+            tracing::warn!(from = %from, to = %to, "WeChat host could not be reached; calls go to a fallback");
+        }
     }
 
-    /// [`Self::aim`] with the whole path and query (base path included) already built: no copy.
-    pub fn aim_owned(&self, req: &mut RequestHeader, index: usize, uri: String) -> pingora::Result<()> {
-        let t = self.target(index);
-        let uri = http::Uri::from_maybe_shared(bytes::Bytes::from(uri))
-            .map_err(|_| pingora::Error::new(pingora::ErrorType::InvalidHTTPHeader))?;
+    fn now_ms(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64
+    }
+
+    /// A connection to `target`: an idle one if there is one still open, else a new one. The
+    /// flag tells which.
+    async fn connect(&self, target: usize, fresh: bool) -> pingora::Result<(HttpSession, bool)> {
+        let peer = self.peer(target).await.ok_or_else(|| pingora::Error::new(ErrorType::ConnectNoRoute))?;
+        if !fresh {
+            loop {
+                let Some((mut stream, since)) = self.targets[target].idle().pop() else { break };
+                if since.elapsed() < IDLE_TIMEOUT && still_open(&mut stream) {
+                    return Ok((session_on(stream, &peer), true));
+                }
+            }
+        }
+        let stream = self.transport.new_stream(&*peer).await?;
+        Ok((session_on(stream, &peer), false))
+    }
+
+    async fn peer(&self, target: usize) -> Option<Arc<HttpPeer>> {
+        let peer = self.targets[target].peer.read().unwrap_or_else(|p| p.into_inner()).clone();
+        match peer {
+            Some(peer) => Some(peer),
+            None => {
+                self.re_resolve(target).await;
+                self.targets[target].peer.read().unwrap_or_else(|p| p.into_inner()).clone()
+            }
+        }
+    }
+
+    /// Resolves `target` again, off the async threads: after a failed connect the host's
+    /// addresses may have changed.
+    async fn re_resolve(&self, target: usize) {
+        let t = &self.targets[target];
+        let (host, port) = (t.host.clone(), t.port);
+        if let Ok(Ok(addr)) = tokio::task::spawn_blocking(move || resolve(&host, port)).await {
+            *t.peer.write().unwrap_or_else(|p| p.into_inner()) =
+                Some(Arc::new(make_peer(addr, t.tls, &t.host, self.timeout)));
+        }
+    }
+
+    /// The request WeChat gets: the client's method and headers, less this hop's and the
+    /// gateway's, framed for `body`, at `uri` on `target`. Built as plain `http` parts: no
+    /// header is parsed again and no header-case map is kept.
+    fn request(
+        &self,
+        client: &RequestHeader,
+        target: usize,
+        uri: String,
+        body: &Body<'_>,
+    ) -> pingora::Result<RequestHeader> {
+        let (mut parts, ()) = http::Request::new(()).into_parts();
+        parts.method = client.method.clone();
+        parts.headers.reserve(client.headers.len() + 2);
+        let connection = client.headers.contains_key(http::header::CONNECTION);
+        for (name, value) in client.headers.iter() {
+            let name_str = name.as_str();
+            let dropped = OWN_REQUEST_HEADERS.contains(&name_str)
+                || name_str.starts_with("x-wxgate-")
+                || is_hop_by_hop(&client.headers, connection, name_str);
+            if !dropped {
+                parts.headers.append(name.clone(), value.clone());
+            }
+        }
+        match body {
+            Body::Whole(b) if !b.is_empty() || client.method == http::Method::POST => {
+                parts.headers.insert(http::header::CONTENT_LENGTH, http::HeaderValue::from(b.len()));
+            }
+            Body::Whole(_) => {}
+            Body::Streamed { length: Some(n), .. } => {
+                parts.headers.insert(http::header::CONTENT_LENGTH, http::HeaderValue::from(*n));
+            }
+            Body::Streamed { length: None, .. } => {
+                parts.headers.insert(http::header::TRANSFER_ENCODING, http::HeaderValue::from_static("chunked"));
+            }
+        }
+        let mut req = RequestHeader::from(parts);
+        let t = &self.targets[target];
+        let uri = http::Uri::from_maybe_shared(Bytes::from(uri))
+            .map_err(|_| pingora::Error::new(ErrorType::InvalidHTTPHeader))?;
         req.set_uri(uri);
-        req.insert_header(http::header::HOST, t.authority_value.clone())
-    }
-
-    fn target(&self, index: usize) -> &Target {
-        &self.targets[index.min(self.targets.len() - 1)]
+        req.insert_header(http::header::HOST, t.authority_value.clone())?;
+        Ok(req)
     }
 }
 
+/// Whether header `name` is for this hop only: a hop-by-hop header, or one the message names
+/// in `Connection` (`HTTP2-Settings`, ...). `connection`: whether the message has one at all.
+fn is_hop_by_hop(headers: &http::HeaderMap, connection: bool, name: &str) -> bool {
+    HOP_BY_HOP.contains(&name)
+        || (connection
+            && headers
+                .get_all(http::header::CONNECTION)
+                .iter()
+                .any(|v| v.to_str().is_ok_and(|v| v.split(',').any(|token| token.trim().eq_ignore_ascii_case(name)))))
+}
+
+/// The answer's header as the client gets it: without this hop's headers. For an answer read
+/// whole, the length is `whole_body` (the server's own `Content-Length` when it says the same).
+pub fn downstream_header(upstream: &ResponseHeader, whole_body: Option<usize>) -> pingora::Result<ResponseHeader> {
+    let (mut parts, ()) = http::Response::new(()).into_parts();
+    parts.status = upstream.status;
+    parts.headers.reserve(upstream.headers.len() + 1);
+    let mut length_kept = false;
+    let connection = upstream.headers.contains_key(http::header::CONNECTION);
+    for (name, value) in upstream.headers.iter() {
+        // pingora frames the body to the client itself: for a streamed answer, it needs the
+        // server's Transfer-Encoding or Content-Length to know how.
+        let framing = *name == http::header::TRANSFER_ENCODING;
+        if is_hop_by_hop(&upstream.headers, connection, name.as_str()) && !(framing && whole_body.is_none()) {
+            continue;
+        }
+        if let Some(len) = whole_body {
+            if *name == http::header::CONTENT_LENGTH {
+                if !length_kept && value.to_str().ok().and_then(|v| v.parse::<usize>().ok()) == Some(len) {
+                    length_kept = true;
+                    parts.headers.append(name.clone(), value.clone());
+                }
+                continue;
+            }
+        }
+        parts.headers.append(name.clone(), value.clone());
+    }
+    if let (Some(len), false) = (whole_body, length_kept) {
+        parts.headers.insert(http::header::CONTENT_LENGTH, http::HeaderValue::from(len));
+    }
+    Ok(ResponseHeader::from(parts))
+}
+
+/// How an exchange failed.
+enum Failed {
+    /// On WeChat's side. `written`: the request went out whole, so WeChat may have acted on
+    /// it; `body_spent`: part of a streamed body was read from the client and cannot be sent
+    /// again.
+    Upstream { error: Box<pingora::Error>, written: bool, body_spent: bool },
+    /// On the client's side: its body.
+    Client(CallFailure),
+}
+
+/// Sends the request with its body and reads the answer's header.
+async fn exchange(session: &mut HttpSession, req: RequestHeader, body: &mut Body<'_>) -> Result<(), Failed> {
+    let upstream = |body_spent| move |error| Failed::Upstream { error, written: false, body_spent };
+    session.write_request_header(Box::new(req)).await.map_err(upstream(false))?;
+    match body {
+        Body::Whole(b) => {
+            if !b.is_empty() {
+                session.write_request_body(b.clone(), true).await.map_err(upstream(false))?;
+            }
+        }
+        Body::Streamed { kept, from, limit, .. } => {
+            if !kept.is_empty() {
+                session.write_request_body(kept.clone(), false).await.map_err(upstream(false))?;
+            }
+            let mut seen = kept.len();
+            loop {
+                let chunk = from.read_request_body().await.map_err(|_| Failed::Client(CallFailure::BadBody))?;
+                let Some(chunk) = chunk else { break };
+                seen += chunk.len();
+                if seen > *limit {
+                    return Err(Failed::Client(CallFailure::TooLarge(*limit)));
+                }
+                session.write_request_body(chunk, false).await.map_err(upstream(true))?;
+            }
+        }
+    }
+    let spent = matches!(body, Body::Streamed { .. });
+    session.finish_request_body().await.map_err(upstream(spent))?;
+    session.read_response_header().await.map_err(|error| Failed::Upstream { error, written: true, body_spent: spent })
+}
+
+/// Whether a call may be sent again after its connection broke once it was written: only when
+/// sending it twice does no harm. A message sent twice is worse than an error.
+fn replay_safe(method: &http::Method) -> bool {
+    matches!(*method, http::Method::GET | http::Method::HEAD | http::Method::OPTIONS)
+}
+
+fn failure(e: &pingora::Error) -> CallFailure {
+    match e.etype() {
+        ErrorType::ReadTimedout | ErrorType::WriteTimedout | ErrorType::ConnectTimedout => CallFailure::TimedOut,
+        _ => CallFailure::Broken,
+    }
+}
+
+/// An HTTP/1 client session on `stream`, with the upstream timeout on every read and write, so
+/// that a WeChat that stops answering cannot hold a client for ever.
+fn session_on(stream: Stream, peer: &HttpPeer) -> HttpSession {
+    let mut session = HttpSession::H1(H1Session::new_with_options(stream, peer));
+    session.set_read_timeout(peer.options.read_timeout);
+    session.set_write_timeout(peer.options.write_timeout);
+    session
+}
+
+/// Whether an idle connection is still usable: reading must find nothing (no end of stream,
+/// no unexpected data) and not block. Readiness is the runtime's cached state: no system call
+/// unless the server did something.
+fn still_open(stream: &mut Stream) -> bool {
+    let mut byte = [0u8; 1];
+    tokio::task::unconstrained(stream.read(&mut byte)).now_or_never().is_none()
+}
+
 impl Target {
-    fn new(url: &Url, timeout: Duration) -> Result<Self, UpstreamError> {
+    fn new(url: &Url, timeout: Duration, must_resolve: bool) -> Result<Self, UpstreamError> {
         let host = url.host_str().unwrap_or_default().trim_start_matches('[').trim_end_matches(']').to_owned();
         let tls = url.scheme() == "https";
         let port = url.port_or_known_default().unwrap_or(if tls { 443 } else { 80 });
-        let addr = resolve(&host, port).map_err(|reason| UpstreamError::Resolve { url: url.to_string(), reason })?;
+        let peer = match resolve(&host, port) {
+            Ok(addr) => Some(Arc::new(make_peer(addr, tls, &host, timeout))),
+            Err(reason) if must_resolve => return Err(UpstreamError::Resolve { url: url.to_string(), reason }),
+            Err(reason) => {
+                tracing::warn!(url = %url, reason, "fallback host does not resolve now; it is tried again when needed");
+                None
+            }
+        };
         let authority = match url.port() {
             Some(p) => format!("{}:{p}", url.host_str().unwrap_or_default()),
             None => url.host_str().unwrap_or_default().to_owned(),
         };
         let authority_value = http::HeaderValue::from_str(&authority)
             .map_err(|e| UpstreamError::Resolve { url: url.to_string(), reason: e.to_string() })?;
-        let peer = RwLock::new(Arc::new(make_peer(addr, tls, &host, timeout)));
-        Ok(Self { host, port, tls, base_path: url.path().trim_end_matches('/').to_owned(), authority_value, peer })
+        Ok(Self {
+            host,
+            port,
+            tls,
+            base_path: url.path().trim_end_matches('/').to_owned(),
+            authority_value,
+            peer: RwLock::new(peer),
+            idle: Mutex::new(Vec::new()),
+        })
+    }
+
+    fn idle(&self) -> MutexGuard<'_, Vec<(Stream, Instant)>> {
+        self.idle.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
 
@@ -136,25 +509,217 @@ fn resolve(host: &str, port: u16) -> Result<SocketAddr, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::atomic::AtomicU32;
+    use tokio::io::AsyncWriteExt;
+    use tokio::net::{TcpListener, TcpStream};
+
+    const OK: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 13\r\n\r\n{\"errcode\":0}";
+
+    fn url(listener: &TcpListener) -> Url {
+        Url::parse(&format!("http://{}", listener.local_addr().unwrap())).unwrap()
+    }
+
+    /// Reads one request (head and Content-Length body) off `sock`; `None` at end of stream.
+    async fn read_request(sock: &mut TcpStream) -> Option<String> {
+        let mut buf = Vec::new();
+        let mut chunk = [0u8; 4096];
+        loop {
+            if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+                let length = head
+                    .lines()
+                    .find_map(|l| l.strip_prefix("content-length:"))
+                    .and_then(|v| v.trim().parse::<usize>().ok())
+                    .unwrap_or(0);
+                if buf.len() >= end + 4 + length {
+                    return Some(String::from_utf8_lossy(&buf).into_owned());
+                }
+            }
+            let n = sock.read(&mut chunk).await.ok()?;
+            if n == 0 {
+                return None;
+            }
+            buf.extend_from_slice(&chunk[..n]);
+        }
+    }
+
+    async fn call(up: &Upstream, method: &str, body: &'static [u8]) -> Result<Bytes, CallFailure> {
+        let client = RequestHeader::build(method, b"/ignored", None).unwrap();
+        let outbound = Outbound::for_test("/x", "a=1");
+        let mut answer = up.send(&client, &outbound, "T", &mut Body::Whole(Bytes::from_static(body))).await?;
+        let whole = super::super::exchange::read_whole(&mut answer.session).await?;
+        up.release(answer).await;
+        Ok(whole)
+    }
 
     #[test]
-    fn aims_at_the_base_path_and_host() {
+    fn aims_at_the_base_path_and_host_and_drops_this_hops_headers() {
         let up = Upstream::new(
             &Url::parse("http://127.0.0.1:9801/wx/").unwrap(),
             &[Url::parse("http://localhost/").unwrap()],
             Duration::from_secs(3),
         )
         .unwrap();
-        assert_eq!(up.len(), 2);
-        let mut req = RequestHeader::build("GET", b"/ignored", None).unwrap();
-        up.aim(&mut req, 0, "/cgi-bin/user/info?access_token=t").unwrap();
+        let mut client = RequestHeader::build("POST", b"/ignored", None).unwrap();
+        for (k, v) in [
+            ("authorization", "Bearer key"),
+            ("x-wxgate-key", "key"),
+            ("connection", "keep-alive, HTTP2-Settings"),
+            ("http2-settings", "AAAA"),
+            ("transfer-encoding", "chunked"),
+            ("content-type", "application/json"),
+            ("host", "gw"),
+        ] {
+            client.append_header(k, v).unwrap();
+        }
+        let body = Body::Whole(Bytes::from_static(b"{}"));
+        let req = up.request(&client, 0, "/wx/cgi-bin/user/info?access_token=t".into(), &body).unwrap();
         assert_eq!(req.uri.to_string(), "/wx/cgi-bin/user/info?access_token=t");
+        let headers: Vec<(&str, &str)> = req.headers.iter().map(|(k, v)| (k.as_str(), v.to_str().unwrap())).collect();
+        assert_eq!(headers.len(), 3, "{headers:?}");
         assert_eq!(req.headers["host"], "127.0.0.1:9801");
-        up.aim(&mut req, 1, "/x").unwrap();
-        assert_eq!((req.uri.to_string().as_str(), req.headers["host"].to_str().unwrap()), ("/x", "localhost"));
-        assert!(up.peer(2).is_none());
+        assert_eq!(req.headers["content-length"], "2");
+        assert_eq!(req.headers["content-type"], "application/json");
+        let req = up.request(&client, 1, "/x".into(), &body).unwrap();
+        assert_eq!(req.headers["host"], "localhost");
+
+        let mut answer = ResponseHeader::build(200, None).unwrap();
+        for (k, v) in
+            [("connection", "close, x-hop"), ("x-hop", "1"), ("keep-alive", "timeout=5"), ("content-length", "9")]
+        {
+            answer.append_header(k, v).unwrap();
+        }
+        let whole = downstream_header(&answer, Some(2)).unwrap();
+        let names: Vec<&str> = whole.headers.keys().map(|k| k.as_str()).collect();
+        assert_eq!(names, ["content-length"]);
+        assert_eq!(whole.headers["content-length"], "2");
         assert!(
             Upstream::new(&Url::parse("https://no-such-host.invalid/").unwrap(), &[], Duration::from_secs(1)).is_err()
         );
+        assert!(
+            Upstream::new(
+                &Url::parse("http://127.0.0.1:1/").unwrap(),
+                &[Url::parse("https://no-such-host.invalid/").unwrap()],
+                Duration::from_secs(1)
+            )
+            .is_ok(),
+            "a fallback is resolved when needed"
+        );
+    }
+
+    /// A server that answers one call per connection with keep-alive, then closes it: every
+    /// pooled connection is dead by the next call, which must still succeed, on a new one.
+    #[tokio::test]
+    async fn a_pooled_connection_the_server_closed_is_replaced() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let up = Upstream::new(&url(&listener), &[], Duration::from_secs(3)).unwrap();
+        tokio::spawn(async move {
+            loop {
+                let (mut sock, _) = listener.accept().await.unwrap();
+                let request = read_request(&mut sock).await.unwrap();
+                assert!(request.starts_with("GET /x?a=1&access_token=T "), "{request}");
+                let _ = sock.write_all(OK).await;
+            }
+        });
+        for wait in [0, 50, 0] {
+            tokio::time::sleep(Duration::from_millis(wait)).await;
+            assert_eq!(&call(&up, "GET", b"").await.unwrap()[..], br#"{"errcode":0}"#);
+        }
+    }
+
+    /// The server answers the first call on each connection and reads the second whole, then
+    /// closes without answering: the call was written whole on a pooled connection that broke.
+    /// WeChat may have acted on it, so only a call that is safe to repeat is sent again.
+    #[tokio::test]
+    async fn a_call_written_whole_on_a_broken_pooled_connection_is_sent_again_only_if_safe() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = url(&listener);
+        let up = Upstream::new(&base, &[], Duration::from_secs(3)).unwrap();
+        let received: Arc<Mutex<Vec<String>>> = Arc::default();
+        let seen = Arc::clone(&received);
+        tokio::spawn(async move {
+            loop {
+                let (mut sock, _) = listener.accept().await.unwrap();
+                let seen = Arc::clone(&seen);
+                tokio::spawn(async move {
+                    let mut on_this = 0;
+                    while let Some(request) = read_request(&mut sock).await {
+                        seen.lock().unwrap().push(request.lines().next().unwrap_or_default().to_owned());
+                        on_this += 1;
+                        if on_this == 2 {
+                            return;
+                        }
+                        sock.write_all(OK).await.unwrap();
+                    }
+                });
+            }
+        });
+        let lines = || std::mem::take(&mut *received.lock().unwrap());
+        call(&up, "GET", b"").await.unwrap();
+        assert_eq!(call(&up, "GET", b"").await.unwrap().len(), 13, "the GET is sent again on a new connection");
+        assert_eq!(lines().len(), 3, "once, then twice for the call that broke");
+
+        let up = Upstream::new(&base, &[], Duration::from_secs(3)).unwrap();
+        call(&up, "POST", b"{\"touser\":\"o\"}").await.unwrap();
+        assert_eq!(
+            call(&up, "POST", b"{\"touser\":\"o\"}").await,
+            Err(CallFailure::Broken),
+            "a message is not sent twice"
+        );
+        let posts = lines();
+        assert_eq!(posts.len(), 2, "each POST reached the server once: {posts:?}");
+        assert!(posts.iter().all(|l| l.starts_with("POST /x?a=1&access_token=T ")), "{posts:?}");
+    }
+
+    /// The primary refuses connections: calls go to the fallback, which becomes the active
+    /// host (counted); once the primary answers again it gets the calls back, after the wait.
+    #[tokio::test]
+    async fn a_fallback_takes_over_and_the_primary_is_tried_again_after_a_while() {
+        let primary_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let primary = url(&primary_listener);
+        drop(primary_listener);
+        let fallback = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let up = Upstream::new(&primary, &[url(&fallback)], Duration::from_secs(3))
+            .unwrap()
+            .retrying_primary_after(Duration::from_millis(300));
+        let served = |listener: TcpListener, count: Arc<AtomicU32>| {
+            tokio::spawn(async move {
+                loop {
+                    let (mut sock, _) = listener.accept().await.unwrap();
+                    let count = Arc::clone(&count);
+                    tokio::spawn(async move {
+                        while read_request(&mut sock).await.is_some() {
+                            count.fetch_add(1, Ordering::SeqCst);
+                            if sock.write_all(OK).await.is_err() {
+                                return;
+                            }
+                        }
+                    });
+                }
+            })
+        };
+        let on_fallback = Arc::new(AtomicU32::new(0));
+        served(fallback, Arc::clone(&on_fallback));
+        metrics::init();
+        let switches = |to: &str| metrics::UPSTREAM_SWITCHES.with_label_values(&[to]).get();
+        let (to_fallback, to_primary) = (switches("fallback"), switches("primary"));
+
+        call(&up, "GET", b"").await.unwrap();
+        assert_eq!(up.first_target(), 1, "the fallback is the active host");
+        call(&up, "GET", b"").await.unwrap();
+        assert_eq!(on_fallback.load(Ordering::SeqCst), 2);
+        assert_eq!(switches("fallback"), to_fallback + 1, "counted once");
+
+        // The primary comes back on its address.
+        let on_primary = Arc::new(AtomicU32::new(0));
+        served(TcpListener::bind(primary.socket_addrs(|| None).unwrap()[0]).await.unwrap(), Arc::clone(&on_primary));
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while on_primary.load(Ordering::SeqCst) == 0 {
+            assert!(Instant::now() < deadline, "the primary was not tried again");
+            call(&up, "GET", b"").await.unwrap();
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert_eq!(up.first_target(), 0, "calls went back to the primary");
+        assert_eq!(switches("primary"), to_primary + 1);
     }
 }

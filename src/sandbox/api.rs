@@ -14,8 +14,8 @@ use tokio::time::Instant;
 use super::record::SeenRequest;
 use super::server::query_param;
 use super::tokens::Owner;
-use super::wx::{ok_json, WxError};
-use super::{faults, Sandbox};
+use super::wx::{answer, ok_json, WxError};
+use super::{faults, sns, Sandbox};
 
 /// The largest `media_id` (a byte count) `/cgi-bin/media/get` serves.
 pub const MAX_MEDIA_BYTES: u64 = 50 * 1024 * 1024;
@@ -44,6 +44,9 @@ pub(super) async fn handle(sandbox: &Sandbox, req: Request) -> Response {
     let path = parts.uri.path();
     if let Some(fault) = faults::apply(&sandbox.faults(), path).await {
         return fault;
+    }
+    if sns::PATHS.contains(&path) {
+        return answer(sns::handle(sandbox, path, &query));
     }
     if let Err(e) = check(sandbox, token) {
         return e.into_response();

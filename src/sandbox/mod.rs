@@ -15,6 +15,7 @@ mod pages;
 mod push;
 mod record;
 mod server;
+mod sns;
 mod ticker;
 mod tokens;
 mod wx;

@@ -162,8 +162,9 @@ impl Gateway {
     async fn wait_healthy(&self, log: PathBuf) {
         let deadline = Instant::now() + Duration::from_secs(30);
         while Instant::now() < deadline {
+            // Both listeners: pingora starts its services one after the other.
             if let Ok(r) = self.http.get(self.admin_url("/healthz")).send().await {
-                if r.status() == 200 {
+                if r.status() == 200 && tokio::net::TcpStream::connect(self.proxy).await.is_ok() {
                     return;
                 }
             }

@@ -1,0 +1,236 @@
+//! Strict HTTP at the proxy listener's edge, each rule over a raw socket: what HTTP clients
+//! would never send is sent byte for byte, and nothing refused reaches WeChat.
+
+mod common;
+
+use common::*;
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use wxgate::sandbox::Sandbox;
+use wxgate::AppId;
+
+const A: &str = "wx1111111111111111";
+
+/// A gateway in front of a sandbox with authorizer A, and `[proxy]` settings from `proxy`.
+async fn started(proxy: &str) -> (Setup, Sandbox, Gateway) {
+    let mut setup = Setup::new();
+    setup.extra_toml = format!("\n[proxy]\n{proxy}\n");
+    let sandbox = setup.sandbox(7200).await;
+    let gw = setup.start().await;
+    sandbox.push_ticket().await.unwrap_or_else(|e| panic!("{e:?}; log:\n{}", setup.log()));
+    sandbox.authorize(&AppId::parse(A).unwrap()).await.unwrap_or_else(|e| panic!("{e:?}; log:\n{}", setup.log()));
+    eventually(Duration::from_secs(10), "A authorized", || async {
+        let a: serde_json::Value = gw.admin_get(&format!("/admin/authorizers/{A}")).await.json().await.unwrap();
+        a["state"] == "active"
+    })
+    .await;
+    (setup, sandbox, gw)
+}
+
+/// One answer read off a raw connection: status, head, body (by Content-Length).
+struct Answer {
+    status: u16,
+    head: String,
+    body: Vec<u8>,
+}
+
+async fn read_answer(stream: &mut TcpStream) -> Answer {
+    read_answer_to(stream, false).await
+}
+
+/// `head_only` for the answer to HEAD, which has no body whatever its Content-Length.
+async fn read_answer_to(stream: &mut TcpStream, head_only: bool) -> Answer {
+    let mut buf = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&buf[..end]).into_owned();
+            let length = if head_only {
+                0
+            } else {
+                head.lines()
+                    .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().to_owned()))
+                    .and_then(|v| v.parse::<usize>().ok())
+                    .unwrap_or(0)
+            };
+            while buf.len() < end + 4 + length {
+                read_some(stream, &mut buf, deadline).await;
+            }
+            let status = head.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+            return Answer { status, head, body: buf[end + 4..end + 4 + length].to_vec() };
+        }
+        read_some(stream, &mut buf, deadline).await;
+    }
+}
+
+async fn read_some(stream: &mut TcpStream, buf: &mut Vec<u8>, deadline: Instant) {
+    let mut chunk = [0u8; 8192];
+    let n =
+        tokio::time::timeout_at(deadline.into(), stream.read(&mut chunk)).await.expect("an answer in time").unwrap();
+    assert!(n > 0, "connection closed mid-answer after {:?}", String::from_utf8_lossy(buf));
+    buf.extend_from_slice(&chunk[..n]);
+}
+
+/// Sends `request` as it is on a new connection and reads one answer.
+async fn exchange(gw: &Gateway, request: &[u8]) -> Answer {
+    let mut stream = TcpStream::connect(gw.proxy).await.unwrap();
+    stream.write_all(request).await.unwrap();
+    read_answer_to(&mut stream, request.starts_with(b"HEAD ")).await
+}
+
+/// How long until the gateway closes `stream` (reads until end of stream), at most `within`.
+async fn closed_within(stream: &mut TcpStream, within: Duration) -> Duration {
+    let started = Instant::now();
+    let mut rest = Vec::new();
+    tokio::time::timeout(within, stream.read_to_end(&mut rest)).await.expect("the gateway closed the connection").ok();
+    started.elapsed()
+}
+
+fn user_info(method: &str, extra_headers: &str) -> Vec<u8> {
+    format!(
+        "{method} /{A}/cgi-bin/user/info?openid=o1 HTTP/1.1\r\nHost: gw\r\nAuthorization: Bearer {CLIENT_KEY}\r\n{extra_headers}\r\n"
+    )
+    .into_bytes()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn only_get_and_post_are_taken_and_case_counts() {
+    let (setup, sandbox, gw) = started("").await;
+    let ok = exchange(&gw, &user_info("GET", "")).await;
+    assert_eq!(ok.status, 200, "{}", ok.head);
+    let before = sandbox.stats().api_calls;
+    for method in ["TRACE", "get", "Get", "post", "PUT", "DELETE", "PATCH", "OPTIONS", "HEAD", "PROPFIND"] {
+        let answer = exchange(&gw, &user_info(method, "")).await;
+        assert_eq!(answer.status, 405, "{method}: {}", answer.head);
+        if method != "HEAD" {
+            let err: serde_json::Value = serde_json::from_slice(&answer.body).unwrap();
+            assert_eq!(err["errcode"], -20405, "{method}: {err}");
+            assert!(err["errmsg"].as_str().unwrap().starts_with("wxgate: "));
+        }
+    }
+    assert_eq!(sandbox.stats().api_calls, before, "no refused method reached WeChat");
+    assert_no_secrets(&setup.log(), &[]);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn requests_without_a_host_or_framed_two_ways_get_400_and_are_not_forwarded() {
+    let (_setup, sandbox, gw) = started("").await;
+    let before = sandbox.stats().api_calls;
+    let path = format!("/{A}/cgi-bin/message/custom/send");
+    let key = format!("Authorization: Bearer {CLIENT_KEY}\r\n");
+    let cases = [
+        format!("GET {path} HTTP/1.1\r\n{key}\r\n"),
+        format!("GET {path} HTTP/1.1\r\nHost: a\r\nHost: b\r\n{key}\r\n"),
+        format!("POST {path} HTTP/1.1\r\nHost: gw\r\n{key}Content-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n"),
+        format!("POST {path} HTTP/1.1\r\nHost: gw\r\n{key}Transfer-Encoding: chunked\r\nContent-Length: 5\r\n\r\n5\r\nhello\r\n0\r\n\r\n"),
+        format!("POST {path} HTTP/1.1\r\nHost: gw\r\n{key}Content-Length: 5\r\nContent-Length: 6\r\n\r\nhello!"),
+    ];
+    for request in &cases {
+        let answer = exchange(&gw, request.as_bytes()).await;
+        assert_eq!(answer.status, 400, "{request:?}: {}", answer.head);
+    }
+    assert_eq!(sandbox.stats().api_calls, before, "nothing refused reached WeChat");
+    // HTTP/1.0 has no Host requirement.
+    let answer = exchange(&gw, format!("GET /{A}/cgi-bin/user/info HTTP/1.0\r\n{key}\r\n").as_bytes()).await;
+    assert_eq!(answer.status, 200, "{}", answer.head);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_malformed_chunked_body_gets_400_before_anything_is_forwarded() {
+    let (_setup, sandbox, gw) = started("").await;
+    let post = |chunks: &str| {
+        format!(
+            "POST /{A}/cgi-bin/message/custom/send HTTP/1.1\r\nHost: gw\r\nAuthorization: Bearer {CLIENT_KEY}\r\nTransfer-Encoding: chunked\r\n\r\n{chunks}"
+        )
+    };
+    let answer = exchange(&gw, post("5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n").as_bytes()).await;
+    assert_eq!(answer.status, 200, "a well-formed chunked body passes: {}", answer.head);
+    assert_eq!(sandbox.requests().pop().unwrap().body_len, 11);
+    let before = sandbox.stats().api_calls;
+    for chunks in [
+        "fffffffffffffffffffffff\r\nhello\r\n0\r\n\r\n",
+        "5\nhello\n0\n\n",
+        "5\r\nhello\n0\r\n\r\n",
+        "zz\r\nhello\r\n0\r\n\r\n",
+        "5\r\nhelloXX0\r\n\r\n",
+    ] {
+        let answer = exchange(&gw, post(chunks).as_bytes()).await;
+        assert_eq!(answer.status, 400, "{chunks:?}: {}", answer.head);
+    }
+    assert_eq!(sandbox.stats().api_calls, before, "no malformed body was forwarded, not even its head");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn headers_named_in_connection_stay_on_this_hop() {
+    let (_setup, sandbox, gw) = started("").await;
+    let answer = exchange(
+        &gw,
+        &user_info(
+            "GET",
+            "Connection: keep-alive, HTTP2-Settings, X-Hop\r\nHTTP2-Settings: AAMAAABkAAQAoAAAAAIAAAAA\r\nX-Hop: 1\r\nX-Kept: 2\r\n",
+        ),
+    )
+    .await;
+    assert_eq!(answer.status, 200, "{}", answer.head);
+    let seen = sandbox.requests().pop().unwrap();
+    let names: Vec<&str> = seen.headers.iter().map(|(k, _)| k.as_str()).collect();
+    assert!(names.contains(&"x-kept"), "{names:?}");
+    for hop in ["http2-settings", "x-hop", "connection"] {
+        assert!(!names.contains(&hop), "{hop} was forwarded: {names:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_idle_keep_alive_connection_is_closed_after_the_keepalive_timeout() {
+    let (_setup, _sandbox, gw) = started("keepalive_timeout_secs = 1\nheader_timeout_secs = 30").await;
+    let mut stream = TcpStream::connect(gw.proxy).await.unwrap();
+    for _ in 0..2 {
+        stream.write_all(&user_info("GET", "")).await.unwrap();
+        assert_eq!(read_answer(&mut stream).await.status, 200, "kept alive between calls");
+    }
+    let idle = closed_within(&mut stream, Duration::from_secs(10)).await;
+    assert!(idle >= Duration::from_millis(900), "closed after {idle:?}, before the timeout");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_slow_request_head_is_cut_off_after_the_header_timeout() {
+    let (setup, sandbox, gw) = started("keepalive_timeout_secs = 30\nheader_timeout_secs = 2").await;
+    let before = sandbox.stats().api_calls;
+    // A connection that never sends anything.
+    let opened = Instant::now();
+    let mut silent = TcpStream::connect(gw.proxy).await.unwrap();
+    // A head trickled a byte at a time, each well within any per-read timeout.
+    let mut slow = TcpStream::connect(gw.proxy).await.unwrap();
+    let started = Instant::now();
+    let head = user_info("GET", "X-Padding: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\r\n");
+    let mut sent = 0;
+    let cut = loop {
+        if slow.write_all(&head[sent..=sent]).await.is_err() {
+            break started.elapsed();
+        }
+        sent += 1;
+        let mut byte = [0u8; 1];
+        match tokio::time::timeout(Duration::from_millis(100), slow.read(&mut byte)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => break started.elapsed(),
+            Ok(Ok(_)) => panic!("the gateway answered a head it had not received whole"),
+            Err(_) => {}
+        }
+        assert!(sent < head.len(), "the whole head was trickled in {:?} without being cut off", started.elapsed());
+    };
+    assert!(cut >= Duration::from_millis(1900), "cut after {cut:?}");
+    assert!(cut < Duration::from_secs(8), "cut after {cut:?}");
+    closed_within(&mut silent, Duration::from_secs(10)).await;
+    let idle = opened.elapsed();
+    assert!(idle >= Duration::from_millis(1900), "a silent new connection closed after {idle:?}");
+    assert_eq!(sandbox.stats().api_calls, before);
+    // A kept-alive connection has the keep-alive timeout to start its next head, and then the
+    // header timeout for the rest of it.
+    let mut kept = TcpStream::connect(gw.proxy).await.unwrap();
+    kept.write_all(&user_info("GET", "")).await.unwrap();
+    assert_eq!(read_answer(&mut kept).await.status, 200);
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    kept.write_all(&user_info("GET", "")).await.unwrap();
+    assert_eq!(read_answer(&mut kept).await.status, 200, "the keep-alive wait is not the header timeout");
+    assert!(!setup.log().contains(CLIENT_KEY));
+}
