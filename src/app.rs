@@ -71,6 +71,7 @@ pub fn build(config: &Config, source: Option<Source>) -> Result<Server, AppError
         config.upstream.timeout,
         config.component.appid,
         config.component.appsecret.clone(),
+        config.upstream.ca_file.as_ref().map_or(&[][..], |ca| &ca.certs[..]),
     )?);
     let tokens = load_tokens(rt, config, store, api)?;
     let crypt =
@@ -89,8 +90,10 @@ pub fn build(config: &Config, source: Option<Source>) -> Result<Server, AppError
     let mut server = Server::new_with_opt_and_conf(None, server_conf(config));
     server.bootstrap();
 
-    let upstream =
-        Arc::new(Upstream::new(&config.upstream.base_url, &config.upstream.fallback_urls, config.upstream.timeout)?);
+    let extra_roots = config.upstream.ca_file.as_ref().map_or(&[][..], |ca| &ca.certs[..]);
+    let upstream = Upstream::new(&config.upstream.base_url, &config.upstream.fallback_urls, config.upstream.timeout)?
+        .with_extra_roots(extra_roots)?;
+    let upstream = Arc::new(upstream);
     // What a SIGHUP may replace; see config::reload for how to add a part.
     let mut live = Live::new(source);
     let clients = live.part(config, |c| Clients::new(&c.clients));
