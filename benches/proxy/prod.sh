@@ -40,6 +40,8 @@ TLS_PORT=$(free_port); PNGX_PORT=$(free_port); PWXG_PORT=$(free_port); PWXG_ADMI
 $NICE taskset -c "$LOAD_CPU" python3 "$BENCH_DIR/slow_upstream.py" "$TLS_PORT" "$P/up.pem" "$P/up.key" \
     "$(python3 -c "print($DELAY_MS/1000)")" "$P/up.stats" 2>>"$P/upstream.log" &
 PIDS+=($!)
+for _ in $(seq 300); do [ -s "$P/up.stats" ] && break; sleep 0.1; done
+[ -s "$P/up.stats" ] || { echo "the HTTPS upstream did not start" >&2; cat "$P/upstream.log" >&2; exit 1; }
 
 {
     nginx_common "$P/nginx" | sed 's/worker_connections 4096/worker_connections 16384/'

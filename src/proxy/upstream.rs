@@ -17,16 +17,16 @@
 
 use super::resolve::Outbound;
 use crate::metrics;
+use base64::Engine;
 use bytes::Bytes;
 use futures_util::FutureExt;
-use base64::Engine;
 use pingora::connectors::{ConnectorOptions, TransportConnector};
-use pingora::tls::CertificateDer;
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::protocols::http::client::HttpSession;
 use pingora::protocols::http::v1::client::HttpSession as H1Session;
 use pingora::protocols::http::ServerSession;
 use pingora::protocols::Stream;
+use pingora::tls::CertificateDer;
 use pingora::upstreams::peer::HttpPeer;
 use pingora::ErrorType;
 use std::net::{SocketAddr, ToSocketAddrs};
@@ -183,7 +183,7 @@ impl Upstream {
         options.ca_file = Some(path.display().to_string());
         // The connector reads the file as it is built and panics on a bad one; every cert
         // was checked when the config was read, so a panic here is a bug, not an input.
-        let built = std::panic::catch_unwind(|| TransportConnector::new(Some(options)));
+        let built = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| TransportConnector::new(Some(options))));
         let _ = std::fs::remove_file(&path);
         self.transport = built.map_err(|_| roots_error(&"pingora's TLS connector refused the CAs"))?;
         Ok(self)
