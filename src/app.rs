@@ -6,6 +6,7 @@ use crate::callback::ComponentReceiver;
 use crate::config::reload::{Live, Source};
 use crate::config::{Config, StoreConfig};
 use crate::crypto::{CryptoError, MsgCrypt};
+use crate::listeners::{ListenError, Prebound, Sockets};
 use crate::metrics;
 use crate::proxy::{Clients, Edge, Gateway, OwnRoutes, Timeouts, Upstream, UpstreamError};
 use crate::store::{MemoryStore, RedisStore, SharedStore, SqliteStore, StoreError};
@@ -32,6 +33,8 @@ pub enum AppError {
     Upstream(#[from] UpstreamError),
     #[error("WeChat client: {0}")]
     Wechat(#[from] WechatError),
+    #[error(transparent)]
+    Listen(#[from] ListenError),
     #[error("start-up runtime: {0}")]
     Runtime(#[from] std::io::Error),
 }
@@ -60,9 +63,9 @@ fn store_runtime() -> Result<&'static tokio::runtime::Runtime, AppError> {
     Ok(Box::leak(Box::new(rt)))
 }
 
-/// Builds the server with both listeners, ready to run. With a `source` (the config came from a
+/// Builds the server on both listeners, ready to run. With a `source` (the config came from a
 /// file), SIGHUP reloads the parts [`Live`] holds.
-pub fn build(config: &Config, source: Option<Source>) -> Result<Server, AppError> {
+pub fn build(config: &Config, source: Option<Source>, sockets: Sockets) -> Result<Server, AppError> {
     metrics::init();
     let rt = store_runtime()?;
     let store = rt.block_on(open_store(&config.store, &config.component.appid))?;
@@ -102,16 +105,14 @@ pub fn build(config: &Config, source: Option<Source>) -> Result<Server, AppError
     let mut http = pingora::proxy::HttpProxy::new(gateway, Arc::clone(&server.configuration));
     http.handle_init_modules();
     let timeouts = Timeouts { keepalive: config.proxy.keepalive_timeout, header: config.proxy.header_timeout };
-    let mut proxy = Service::new("wxgate proxy".to_owned(), Edge::new(http, timeouts));
-    proxy.add_tcp(&config.listen.proxy.to_string());
-    server.add_service(proxy);
+    let proxy = Service::new("wxgate proxy".to_owned(), Edge::new(http, timeouts));
+    server.add_service(Prebound::new(proxy, sockets.proxy));
 
-    let mut admin = Service::new(
+    let admin = Service::new(
         "wxgate admin".to_owned(),
         HttpServer::new_app(AdminApp::new(Arc::clone(&tokens), links, admin_token)),
     );
-    admin.add_tcp(&config.listen.admin.to_string());
-    server.add_service(admin);
+    server.add_service(Prebound::new(admin, sockets.admin));
 
     server.add_service(background_service("wxgate token scheduler", Scheduler(tokens)));
     if live.has_file() {
@@ -123,16 +124,47 @@ pub fn build(config: &Config, source: Option<Source>) -> Result<Server, AppError
 /// Runs until SIGTERM (graceful, `server.shutdown_grace_secs`) or SIGINT (at once); SIGHUP
 /// reloads the file `source` names.
 pub fn run(config: &Config, source: Option<Source>) -> Result<(), AppError> {
-    let server = build(config, source)?;
+    run_on(config, source, Sockets::take(&config.listen)?)
+}
+
+/// [`run`] on sockets already taken (the demo needs their addresses for its config).
+pub fn run_on(config: &Config, source: Option<Source>, sockets: Sockets) -> Result<(), AppError> {
+    let (proxy, admin) = (sockets.proxy.addr, sockets.admin.addr);
+    let server = build(config, source, sockets)?;
     tracing::info!(
-        proxy = %config.listen.proxy,
-        admin = %config.listen.admin,
+        %proxy,
+        %admin,
         store = store_name(&config.store),
         component = %config.component.appid,
         "wxgate starting"
     );
-    server.run(RunArgs::default());
+    server.run(RunArgs { shutdown_signal: Box::new(Signals) });
     Ok(())
+}
+
+/// SIGTERM: pingora's graceful stop. SIGINT: exit now. pingora's own quick stop shuts its
+/// runtimes down with the listeners still accepting, and its accept loop then spins on the
+/// "runtime is shutting down" error without yielding, so a worker thread never exits and the
+/// process hangs (seen as `wxgate demo` outliving Ctrl-C under load). Nothing is lost by exiting:
+/// every write is durable before it is acknowledged.
+struct Signals;
+
+#[async_trait]
+impl pingora::server::ShutdownSignalWatch for Signals {
+    async fn recv(&self) -> pingora::server::ShutdownSignal {
+        use tokio::signal::unix::{signal, SignalKind};
+        let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+            tracing::error!("cannot listen for SIGTERM and SIGINT; stopping");
+            return pingora::server::ShutdownSignal::FastShutdown;
+        };
+        tokio::select! {
+            _ = term.recv() => pingora::server::ShutdownSignal::GracefulTerminate,
+            _ = int.recv() => {
+                tracing::info!("SIGINT received, exiting");
+                std::process::exit(0)
+            }
+        }
+    }
 }
 
 /// Loads the token service's state before the server starts, on a runtime of its own: pingora
@@ -146,6 +178,7 @@ fn load_tokens(
     let settings = Settings {
         // A lease outlasts a call to WeChat (bounded by the upstream timeout) and the write after.
         lease_ttl: config.upstream.timeout + std::time::Duration::from_secs(5),
+        budget_per_minute: config.refresh.budget_per_minute,
         ..Settings::new(config.refresh.ahead)
     };
     let changes = store.changes();

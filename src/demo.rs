@@ -2,6 +2,7 @@
 //! embedded SQLite store, a demo account authorizes, and the lines to try are printed.
 
 use crate::config::Config;
+use crate::listeners::Sockets;
 use crate::sandbox::{Sandbox, SandboxConfig, DEMO_AUTHORIZER_APPID};
 use crate::AppId;
 use std::net::SocketAddr;
@@ -22,8 +23,8 @@ pub struct DemoOptions {
 
 #[derive(Debug, thiserror::Error)]
 pub enum DemoError {
-    #[error("cannot listen on {addr} for the sandbox: {source}")]
-    Bind { addr: SocketAddr, source: std::io::Error },
+    #[error(transparent)]
+    Listen(#[from] crate::listeners::ListenError),
     #[error("demo config: {0}")]
     Config(#[from] crate::config::ConfigError),
     #[error("demo data directory: {0}")]
@@ -95,11 +96,22 @@ reveal_tokens = true
 /// Runs until Ctrl-C.
 pub fn run(opts: &DemoOptions) -> Result<(), DemoError> {
     reset_data(opts)?;
+    // The sockets first: with port 0, or sockets passed by the launcher, the addresses the
+    // config and the printed lines name are only known once bound.
+    let sandbox_socket = crate::listeners::take("sandbox", "--sandbox", opts.sandbox)?;
+    let sockets = Sockets {
+        proxy: crate::listeners::take("proxy", "--proxy", opts.proxy)?,
+        admin: crate::listeners::take("admin", "--admin", opts.admin)?,
+    };
+    let opts = &DemoOptions {
+        proxy: sockets.proxy.addr,
+        admin: sockets.admin.addr,
+        sandbox: sandbox_socket.addr,
+        data_dir: opts.data_dir.clone(),
+    };
     let sandbox_config = sandbox_config(opts);
     let config = gateway_config(opts, &sandbox_config)?;
-    let listener =
-        std::net::TcpListener::bind(opts.sandbox).map_err(|source| DemoError::Bind { addr: opts.sandbox, source })?;
-    listener.set_nonblocking(true).map_err(|source| DemoError::Bind { addr: opts.sandbox, source })?;
+    let listener = sandbox_socket.into_std();
     let tour_opts = opts.clone();
     // The sandbox's runtime lives as long as the process: it is not dropped when the gateway
     // stops, the process exits.
@@ -111,7 +123,7 @@ pub fn run(opts: &DemoOptions) -> Result<(), DemoError> {
             std::future::pending::<()>().await
         });
     });
-    crate::app::run(&config, None)?;
+    crate::app::run_on(&config, None, sockets)?;
     Ok(())
 }
 

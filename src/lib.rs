@@ -8,19 +8,23 @@
 //! - [`crypto`]: WeChat message crypto (WXBizMsgCrypt); pure, no I/O.
 //! - [`config`]: the TOML file and `WXGATE_*` environment, validated once into `Config`.
 //! - [`metrics`]: every metric name and registration.
-//! - [`store`]: the durable store trait and its SQLite and in-memory backends.
+//! - [`store`]: the durable store trait and its SQLite, Redis (shared by several instances) and
+//!   in-memory backends, and `migrate` between them.
 //! - [`wechat`]: the HTTP client for WeChat's component endpoints; errcodes become typed errors.
 //! - [`tokens`]: the token service, the only writer of ticket, token and authorizer state.
 //! - [`authorize`]: the authorization flow's links (PC and mobile) and pages.
 //! - [`callback`]: WeChat's authorization-event receiver: verify, decrypt, parse, hand to tokens.
+//! - [`reply`]: the gateway's own replies in the contract's JSON error shape; bodies read with a limit.
 //! - [`admin`]: the admin listener: metrics, health, readiness, admin API.
-//! - [`proxy`]: the proxy listener: `/wxgate/*` routes and, later, the API proxy.
+//! - [`proxy`]: the proxy listener: the `/wxgate/*` routes, the token endpoints, and every other
+//!   path proxied to WeChat with the real token injected (and replayed once after a token error).
 //! - [`sandbox`]: a local stand-in for api.weixin.qq.com, for tests, `wxgate demo` and users' own tests.
 //! - [`demo`]: `wxgate demo`, the sandbox and the gateway together, with the lines to try.
+//! - [`listeners`]: the listening sockets, inherited from the launcher or bound, handed to pingora.
 //! - [`app`]: the one place that wires stores, services and pingora together.
 //!
 //! Data flows one way: callbacks and the scheduler write into `tokens`; `proxy` and `admin`
-//! read from it.
+//! read from it, and may only ask it for a refresh.
 
 pub mod admin;
 pub mod app;
@@ -30,6 +34,7 @@ pub mod callback;
 pub mod config;
 pub mod crypto;
 pub mod demo;
+pub mod listeners;
 pub mod metrics;
 pub mod proxy;
 pub mod reply;

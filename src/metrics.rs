@@ -29,7 +29,7 @@ pub static UPSTREAM_DURATION: LazyLock<Histogram> = LazyLock::new(|| {
 pub static TOKEN_REFRESH: LazyLock<IntCounterVec> = LazyLock::new(|| {
     register_int_counter_vec!(
         "wxgate_token_refresh_total",
-        "Token refreshes, by kind (component|authorizer) and result",
+        "Token refreshes, by kind (component|authorizer|ticket) and result",
         &["kind", "result"]
     )
     .expect("metric")
@@ -74,6 +74,23 @@ pub static CALLBACK_EVENTS: LazyLock<IntCounterVec> = LazyLock::new(|| {
 pub static CALLBACK_REJECTED: LazyLock<IntCounterVec> = LazyLock::new(|| {
     register_int_counter_vec!("wxgate_callback_rejected_total", "Callbacks refused, by reason", &["reason"])
         .expect("metric")
+});
+
+pub static BUDGET_EXHAUSTED: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "wxgate_wechat_budget_exhausted_total",
+        "Calls to a WeChat token endpoint refused because the credential's budget for the minute was spent, by endpoint",
+        &["endpoint"]
+    )
+    .expect("metric")
+});
+
+pub static LEASE_RELEASE_FAILURES: LazyLock<IntCounter> = LazyLock::new(|| {
+    register_int_counter!(
+        "wxgate_lease_release_failures_total",
+        "Refresh leases that could not be released (they expire on their own)"
+    )
+    .expect("metric")
 });
 
 pub static AUTHORIZERS: LazyLock<IntGaugeVec> = LazyLock::new(|| {

@@ -123,7 +123,11 @@ pub fn token_error(e: &crate::tokens::TokenError) -> Reply {
     use crate::wechat::WechatError;
     let status = match e {
         TokenError::UnknownAuthorizer | TokenError::Revoked => 404,
-        TokenError::Store(_) | TokenError::NoTicket | TokenError::NeedsReauth | TokenError::Contended => 503,
+        TokenError::Store(_)
+        | TokenError::NoTicket
+        | TokenError::NeedsReauth
+        | TokenError::Contended
+        | TokenError::Budget { .. } => 503,
         TokenError::Wechat(WechatError::Timeout { .. }) => 504,
         TokenError::Wechat(_) => 502,
     };

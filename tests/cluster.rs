@@ -180,22 +180,22 @@ async fn a_dead_lease_holder_is_taken_over_within_the_lease_time() {
     clean(URL, &prefix).await;
 }
 
-/// A Redis of the test's own, with AOF, so that it can be killed and restarted.
+/// A Redis of the test's own, with AOF, so that it can be killed and restarted on its port.
 struct OwnRedis {
     child: Option<Child>,
-    port: u16,
+    port: PortClaim,
     dir: tempfile::TempDir,
 }
 
 impl OwnRedis {
     fn start() -> Self {
-        let mut redis = OwnRedis { child: None, port: free_port(), dir: tempfile::tempdir().unwrap() };
+        let mut redis = OwnRedis { child: None, port: claim_port(), dir: tempfile::tempdir().unwrap() };
         redis.spawn();
         redis
     }
 
     fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}/0", self.port)
+        format!("redis://127.0.0.1:{}/0", self.port.port)
     }
 
     fn spawn(&mut self) {
@@ -204,7 +204,7 @@ impl OwnRedis {
                 "--bind",
                 "127.0.0.1",
                 "--port",
-                &self.port.to_string(),
+                &self.port.port.to_string(),
                 "--appendonly",
                 "yes",
                 "--appendfsync",

@@ -10,16 +10,17 @@ use std::time::Duration;
 #[tokio::test(flavor = "multi_thread")]
 async fn the_demo_authorizes_an_account_and_its_curl_lines_work() {
     let dir = tempfile::tempdir().unwrap();
-    let (proxy, admin, sandbox) = (free_port(), free_port(), free_port());
-    let mut child = Command::new(env!("CARGO_BIN_EXE_wxgate"))
-        .args(["demo", "--proxy", &format!("127.0.0.1:{proxy}"), "--admin", &format!("127.0.0.1:{admin}")])
-        .args(["--sandbox", &format!("127.0.0.1:{sandbox}"), "--data-dir"])
+    let (proxy, admin, sandbox) = (listener(), listener(), listener());
+    let admin_addr = admin.local_addr().unwrap();
+    let mut command = Command::new(env!("CARGO_BIN_EXE_wxgate"));
+    command
+        .args(["demo", "--data-dir"])
         .arg(dir.path())
         .env_remove("WXGATE_CONFIG")
         .stdout(Stdio::piped())
-        .stderr(std::fs::File::create(dir.path().join("demo.log")).unwrap())
-        .spawn()
-        .unwrap();
+        .stderr(std::fs::File::create(dir.path().join("demo.log")).unwrap());
+    pass_sockets(&mut command, &[("proxy", &proxy), ("admin", &admin), ("sandbox", &sandbox)]);
+    let mut child = command.spawn().unwrap();
     let stdout = child.stdout.take().unwrap();
     let mut child = KillOnDrop(child);
     let (tx, rx) = tokio::sync::oneshot::channel();
@@ -54,15 +55,35 @@ async fn the_demo_authorizes_an_account_and_its_curl_lines_work() {
         "{answer}\n{}",
         std::fs::read_to_string(dir.path().join("demo.log")).unwrap_or_default()
     );
-    let ready = client().get(format!("http://127.0.0.1:{admin}/readyz")).send().await.unwrap();
+    let ready = client().get(format!("http://{admin_addr}/readyz")).send().await.unwrap();
     assert_eq!(ready.status(), 200);
 
-    let _ = Command::new("kill").arg("-INT").arg(child.0.id().to_string()).status();
+    let pid = child.0.id();
+    let sent = Command::new("kill").arg("-INT").arg(pid.to_string()).status();
+    assert!(sent.as_ref().is_ok_and(|s| s.success()), "kill -INT {pid}: {sent:?}");
     let exited = (0..300).any(|_| {
         std::thread::sleep(Duration::from_millis(50));
         child.0.try_wait().ok().flatten().is_some()
     });
-    assert!(exited, "Ctrl-C stops the demo");
+    assert!(
+        exited,
+        "Ctrl-C stops the demo; its threads:\n{}\nits log:\n{}",
+        threads_of(pid),
+        std::fs::read_to_string(dir.path().join("demo.log")).unwrap_or_default()
+    );
+}
+
+/// Each thread of a process, its state and where it waits in the kernel: what a hang is stuck on.
+fn threads_of(pid: u32) -> String {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else { return "(gone)".into() };
+    let mut out = Vec::new();
+    for task in tasks.flatten() {
+        let read = |f: &str| std::fs::read_to_string(task.path().join(f)).unwrap_or_default();
+        let stat = read("stat");
+        let state = stat.rsplit(')').next().and_then(|s| s.split_whitespace().next()).unwrap_or("?").to_owned();
+        out.push(format!("{} {} {state} {}", task.file_name().to_string_lossy(), read("comm").trim(), read("wchan")));
+    }
+    out.join("\n")
 }
 
 /// The demo process, killed whatever happens to the test.

@@ -185,7 +185,8 @@ async fn sighup_swaps_clients_and_admin_token_under_load_and_refuses_bad_or_rest
     load.see_more(50).await;
 
     // A restart-only key is refused by name, with the reloadable change beside it.
-    let other_port = free_port();
+    // Never bound: the reload that names it is refused.
+    let other_port = setup.proxy.port().wrapping_add(1).max(1);
     let moved = next
         .replace(&format!("proxy = \"{}\"", setup.proxy), &format!("proxy = \"127.0.0.1:{other_port}\""))
         .replace(&client_toml("arriving", ARRIVING_KEY), &client_toml("back", LEAVING_KEY));

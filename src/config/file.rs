@@ -73,6 +73,7 @@ pub(super) struct StoreFile {
 #[serde(default, deny_unknown_fields)]
 pub(super) struct RefreshFile {
     pub ahead_secs: Option<i64>,
+    pub budget_per_minute: Option<i64>,
 }
 
 #[derive(Debug, Default, Deserialize, Serialize)]

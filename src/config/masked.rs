@@ -28,7 +28,10 @@ pub(super) fn masked(config: &Config) -> String {
             public_base_url: Some(config.listen.public_base_url.to_string()),
         },
         store: masked_store(&config.store),
-        refresh: RefreshFile { ahead_secs: int(config.refresh.ahead.as_secs().into()) },
+        refresh: RefreshFile {
+            ahead_secs: int(config.refresh.ahead.as_secs().into()),
+            budget_per_minute: int(config.refresh.budget_per_minute.into()),
+        },
         admin: AdminFile { token: Some(MASK.to_owned()) },
         proxy: ProxyFile {
             max_body_bytes: int(config.proxy.max_body_bytes as u128),

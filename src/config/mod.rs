@@ -117,6 +117,8 @@ pub enum StoreConfig {
 pub struct RefreshConfig {
     /// Refresh a token this long before it expires (60 s ..= 1 h).
     pub ahead: Duration,
+    /// Calls a minute one credential may make to its WeChat token endpoint (1 ..= 600).
+    pub budget_per_minute: u32,
 }
 
 #[derive(Debug, Clone)]

@@ -20,6 +20,10 @@ pub(super) fn config(f: &FileConfig, p: &mut Problems) -> Option<Config> {
     let listen = listen(&f.listen, p);
     let store = store(&f.store, p);
     let refresh = p.check("refresh.ahead_secs", int_in(f.refresh.ahead_secs, DEFAULT_REFRESH_AHEAD_SECS, 60..=3600));
+    let budget = p.check(
+        "refresh.budget_per_minute",
+        int_in(f.refresh.budget_per_minute, crate::tokens::DEFAULT_BUDGET_PER_MINUTE.into(), 1..=600),
+    );
     let admin = p.check("admin.token", required(&f.admin.token).and_then(secret_of_length(16)));
     let proxy = proxy(f, p);
     let server = server(f, p);
@@ -29,7 +33,7 @@ pub(super) fn config(f: &FileConfig, p: &mut Problems) -> Option<Config> {
         upstream: upstream?,
         listen: listen?,
         store: store?,
-        refresh: RefreshConfig { ahead: Duration::from_secs(refresh?) },
+        refresh: RefreshConfig { ahead: Duration::from_secs(refresh?), budget_per_minute: budget? as u32 },
         admin: AdminConfig { token: admin? },
         proxy: proxy?,
         server: server?,

@@ -15,6 +15,7 @@
 mod clients;
 mod edge;
 mod exchange;
+mod jssdk;
 mod resolve;
 mod routes;
 mod token_endpoints;
@@ -22,6 +23,8 @@ mod upstream;
 
 pub use clients::Clients;
 pub use edge::{Edge, Timeouts};
+// Public for the fuzz targets (fuzz/), which call resolution directly.
+pub use resolve::resolve;
 pub use routes::{OwnRoutes, ROUTE_PREFIX};
 pub use upstream::{Upstream, UpstreamError};
 
@@ -116,6 +119,11 @@ impl Gateway {
     /// token error, and so that a body that cannot be read (malformed chunked encoding) is
     /// refused before anything goes out. A larger one streams through.
     async fn api_call(&self, session: &mut Session, call: &ApiCall<'_>) -> Result<(), Reply> {
+        if call.outbound.path() == jssdk::GETTICKET_PATH {
+            // Answered from the gateway's ticket cache: fetching one would replace it.
+            let query = session.req_header().uri.query().unwrap_or_default();
+            return Err(jssdk::getticket(&self.tokens, Some(&call.scope), query).await);
+        }
         let declared = content_length(session.req_header());
         let max = self.settings.max_body_bytes;
         if declared.is_some_and(|n| n > max) {

@@ -158,7 +158,21 @@ fn push_query_rest(out: &mut String, raw: &str, drop_component_appid: bool) {
 }
 
 fn is_token_param(name: &str) -> bool {
-    matches!(name, "access_token" | "component_access_token")
+    token_param_name(name).is_some()
+}
+
+/// The token parameter a raw query name means, by its decoded form: WeChat decodes names, so
+/// `%61ccess_token` is an `access_token` too, and must not reach WeChat beside the real one
+/// (a client could then make the gateway see token errors and refresh at will). Found by
+/// fuzz/fuzz_targets/resolve.rs.
+fn token_param_name(raw: &str) -> Option<&'static str> {
+    let decoded =
+        if raw.contains('%') { percent_encoding::percent_decode_str(raw).decode_utf8_lossy() } else { raw.into() };
+    match decoded.as_ref() {
+        "access_token" => Some("access_token"),
+        "component_access_token" => Some("component_access_token"),
+        _ => None,
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -347,11 +361,11 @@ impl<'r> Query<'r> {
         let mut q = Query::default();
         for pair in raw.split('&').filter(|p| !p.is_empty()) {
             let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
-            let slot = match name {
-                "access_token" => &mut q.access_token,
-                "component_access_token" => &mut q.component_access_token,
-                "appid" => &mut q.appid,
-                _ => continue,
+            let slot = match (token_param_name(name), name) {
+                (Some("access_token"), _) => &mut q.access_token,
+                (Some(_), _) => &mut q.component_access_token,
+                (None, "appid") => &mut q.appid,
+                (None, _) => continue,
             };
             *slot = Some(percent_encoding::percent_decode_str(value).decode_utf8_lossy());
         }
@@ -504,6 +518,19 @@ mod tests {
         let mut rest = String::new();
         push_query_rest(&mut rest, raw, false);
         assert_eq!(rest, "a=1&b=%E4%BD%A0&c");
+    }
+
+    #[test]
+    fn token_parameters_are_known_by_their_decoded_names() {
+        let raw = "a=1&%61ccess_token=single-key-0123456789&component%5Faccess%5ftoken=c&b=2";
+        let q = Query::split(raw);
+        assert_eq!(q.access_token.as_deref(), Some("single-key-0123456789"));
+        assert_eq!(q.component_access_token.as_deref(), Some("c"));
+        let clients = clients();
+        let r = req(&format!("/{A}/cgi-bin/user/info?{raw}"), &[]);
+        let call = resolve(&clients, &r).unwrap();
+        assert_eq!(call.client.name, "single", "the key is found under its encoded name");
+        assert_eq!(call.outbound().uri("", "REAL"), "/cgi-bin/user/info?a=1&b=2&access_token=REAL");
     }
 
     #[test]

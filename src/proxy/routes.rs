@@ -1,7 +1,8 @@
-//! The gateway's own routes on the proxy listener, under `/wxgate/`: WeChat's callback and the
-//! authorization pages.
+//! The gateway's own routes on the proxy listener, under `/wxgate/`: WeChat's callback, the
+//! authorization pages, tokens for `reveal_tokens` clients and the JS-SDK config.
 
 use super::clients::Clients;
+use super::jssdk;
 use super::resolve::client_from_headers;
 use super::token_endpoints;
 use crate::authorize::{done_page, done_redirect, error_page, parse_redirect, start_page, AuthorizeLinks};
@@ -35,6 +36,9 @@ impl OwnRoutes {
                 Ok(client) => token_endpoints::raw(&self.tokens, client, &p["token/".len()..]).await,
                 Err(e) => Reply::error(e.status(), e),
             },
+            (m, p) if p.starts_with("jssdk/") => {
+                jssdk::config(session, clients, &self.tokens, m, &p["jssdk/".len()..]).await
+            }
             _ => Reply::error(404, "no such route"),
         }
     }

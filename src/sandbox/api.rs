@@ -21,6 +21,7 @@ use super::{faults, sns, Sandbox};
 pub const MAX_MEDIA_BYTES: u64 = 50 * 1024 * 1024;
 const MEDIA_CHUNK: usize = 64 * 1024;
 const MEDIA_PATH: &str = "/cgi-bin/media/get";
+const TICKET_PATH: &str = "/cgi-bin/ticket/getticket";
 
 /// The bytes `GET /cgi-bin/media/get?media_id=N` serves, for tests to compare a download with.
 pub fn media_content(len: usize) -> Vec<u8> {
@@ -48,8 +49,12 @@ pub(super) async fn handle(sandbox: &Sandbox, req: Request) -> Response {
     if sns::PATHS.contains(&path) {
         return answer(sns::handle(sandbox, path, &query));
     }
+    let token_value = token.as_ref().map(|(_, t)| t.clone());
     if let Err(e) = check(sandbox, token) {
         return e.into_response();
+    }
+    if path == TICKET_PATH {
+        return getticket(sandbox, token_value.as_deref().unwrap_or_default(), &query);
     }
     if path == MEDIA_PATH {
         return media(&query);
@@ -106,6 +111,26 @@ async fn digest(body: Body) -> Result<(usize, String), axum::Error> {
         hasher.update(&chunk);
     }
     Ok((len, hex::encode(hasher.finalize())))
+}
+
+/// `getticket?type=jsapi|wx_card` with an authorizer's token: 40097 for any other type, 40001
+/// for the component's token.
+fn getticket(sandbox: &Sandbox, token: &str, query: &str) -> Response {
+    let kind = query_param(query, "type").unwrap_or_default();
+    if kind != "jsapi" && kind != "wx_card" {
+        return WxError::new(40097, "invalid args: type must be jsapi or wx_card").into_response();
+    }
+    let mut ledger = sandbox.ledger();
+    let now = Instant::now();
+    let appid = match ledger.tokens.check(token, now) {
+        Ok(Owner::Authorizer(appid)) => appid.clone(),
+        Ok(Owner::Component) => return WxError::invalid_credential().into_response(),
+        Err(e) => return e.into_response(),
+    };
+    let ticket = ledger.issue_js_ticket(&appid, &kind, now);
+    *ledger.record.stats.getticket_calls.entry(format!("{appid}:{kind}")).or_default() += 1;
+    let expires_in = sandbox.config().token_lifetime.as_secs();
+    ok_json(json!({ "errcode": 0, "errmsg": "ok", "ticket": ticket, "expires_in": expires_in }))
 }
 
 /// `media_id` is the size wanted; the body is generated chunk by chunk, never held whole.

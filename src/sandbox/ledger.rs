@@ -53,6 +53,8 @@ pub(crate) struct AuthEvent {
 pub(crate) struct Ledger {
     limits: Limits,
     pub tokens: TokenBook,
+    /// JS-SDK tickets, by `APPID:kind`: a book of their own, so that a ticket never works as a token.
+    pub js_tickets: TokenBook,
     ticket: Option<String>,
     codes: HashMap<String, Code>,
     pre_auth: HashMap<String, Code>,
@@ -67,6 +69,7 @@ impl Ledger {
         Self {
             limits,
             tokens: TokenBook::default(),
+            js_tickets: TokenBook::default(),
             ticket: None,
             codes: HashMap::new(),
             pre_auth: HashMap::new(),
@@ -95,6 +98,13 @@ impl Ledger {
             Some(t) if t == ticket => Ok(()),
             Some(_) => Err(WxError::new(61006, "component ticket is invalid")),
         }
+    }
+
+    /// `getticket`: a new ticket of that kind for the authorizer; the previous one keeps working
+    /// for the grace, then answers as retired (a page signed with it fails `wx.config`).
+    pub fn issue_js_ticket(&mut self, appid: &str, kind: &str, now: Instant) -> String {
+        let owner = Owner::Authorizer(format!("{appid}:{kind}"));
+        self.js_tickets.issue(owner, now, self.limits.lifetime, self.limits.grace)
     }
 
     pub fn issue_component_token(&mut self, now: Instant) -> String {

@@ -174,6 +174,21 @@ impl Sandbox {
         self.ledger().record.seen()
     }
 
+    /// The JS-SDK ticket of that kind (`jsapi`, `wx_card`) issued last for the authorizer, if it
+    /// still works, for tests to check a `wx.config` signature against.
+    pub fn current_js_ticket(&self, authorizer: &AppId, kind: &str) -> Option<String> {
+        let ledger = self.ledger();
+        let owner = Owner::Authorizer(format!("{authorizer}:{kind}"));
+        let ticket = ledger.js_tickets.current(&owner)?;
+        ledger.js_tickets.check(ticket, Instant::now()).ok().map(|_| ticket.to_owned())
+    }
+
+    /// Whether a JS-SDK ticket of that authorizer still works (issued, not expired, not retired).
+    pub fn js_ticket_works(&self, authorizer: &AppId, kind: &str, ticket: &str) -> bool {
+        let owner = Owner::Authorizer(format!("{authorizer}:{kind}"));
+        self.ledger().js_tickets.check(ticket, Instant::now()).is_ok_and(|o| *o == owner)
+    }
+
     /// The refresh token the sandbox accepts now for this authorizer.
     pub fn refresh_token(&self, authorizer: &AppId) -> Option<String> {
         let ledger = self.ledger();

@@ -24,6 +24,8 @@ pub struct Stats {
     pub preauthcode_calls: u64,
     pub authorizer_info_calls: u64,
     pub authorizer_list_calls: u64,
+    /// `GET /cgi-bin/ticket/getticket` calls that were answered with a ticket, by `APPID:kind`.
+    pub getticket_calls: HashMap<String, u64>,
 }
 
 /// One API call as the sandbox received it.

@@ -5,7 +5,7 @@
 //! | `/cgi-bin/component/api_*` (the seven component endpoints) | [`super::component`] |
 //! | `GET /cgi-bin/componentloginpage`, `GET /safe/bindcomponent`, `GET /sandbox/consent` | [`super::pages`] |
 //! | `/sandbox/*` control routes | [`super::control`] |
-//! | anything else | an app's API call: [`super::api`] |
+//! | anything else | an app's API call: [`super::api`] (`/cgi-bin/ticket/getticket` issues JS-SDK tickets) |
 
 use axum::extract::{Request, State};
 use axum::http::StatusCode;

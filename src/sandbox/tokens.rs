@@ -80,6 +80,11 @@ impl TokenBook {
         Ok(&entry.owner)
     }
 
+    /// The owner's latest token, working or not.
+    pub fn current(&self, owner: &Owner) -> Option<&str> {
+        self.current.get(owner).map(String::as_str)
+    }
+
     /// Whose token this is, working or not (for the request log).
     pub fn owner_of(&self, token: &str) -> Option<&Owner> {
         self.entries.get(token).map(|e| &e.owner)

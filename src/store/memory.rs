@@ -1,6 +1,8 @@
 //! The in-memory store, for tests and throwaway runs: nothing survives the process.
 
-use super::{AuthEvent, AuthorizerRecord, ComponentToken, Store, StoreError, StoredEvent, Ticket};
+use super::{
+    AuthEvent, AuthorizerRecord, ComponentToken, Fence, JsTicket, Store, StoreError, StoredEvent, Ticket, TicketKind,
+};
 use crate::AppId;
 use async_trait::async_trait;
 use std::collections::HashMap;
@@ -18,6 +20,7 @@ struct State {
     next_event_id: i64,
     component_tokens: HashMap<AppId, ComponentToken>,
     authorizers: HashMap<(AppId, AppId), AuthorizerRecord>,
+    js_tickets: HashMap<(AppId, AppId, TicketKind), JsTicket>,
 }
 
 impl MemoryStore {
@@ -119,6 +122,22 @@ impl Store for MemoryStore {
     async fn delete_authorizer(&self, component: &AppId, appid: &AppId) -> Result<bool, StoreError> {
         Ok(self.state().authorizers.remove(&(*component, *appid)).is_some())
     }
+
+    async fn load_js_ticket(&self, c: &AppId, a: &AppId, kind: TicketKind) -> Result<Option<JsTicket>, StoreError> {
+        Ok(self.state().js_tickets.get(&(*c, *a, kind)).cloned())
+    }
+
+    async fn save_js_ticket(
+        &self,
+        c: &AppId,
+        a: &AppId,
+        kind: TicketKind,
+        ticket: &JsTicket,
+        _fence: Fence<'_>,
+    ) -> Result<bool, StoreError> {
+        self.state().js_tickets.insert((*c, *a, kind), ticket.clone());
+        Ok(true)
+    }
 }
 
 #[cfg(test)]
@@ -139,5 +158,6 @@ mod tests {
     #[tokio::test]
     async fn tokens_and_authorizers_round_trip() {
         contract_tests::tokens_and_authorizers_round_trip(&MemoryStore::new()).await;
+        contract_tests::js_tickets_round_trip(&MemoryStore::new()).await;
     }
 }

@@ -1,5 +1,7 @@
-//! The durable store: what must survive a restart (the ticket, the events WeChat pushed, and
-//! later every token and refresh token), behind one trait with SQLite and in-memory backends.
+//! The durable store: what must survive a restart (the ticket, the events WeChat pushed, the
+//! component token, every authorizer with its refresh token), behind one trait with SQLite,
+//! Redis and in-memory backends. Redis adds what several instances sharing one store need:
+//! leases, fenced writes and change announcements.
 //!
 //! Every write returns only once it is durable for its backend, so that a caller may answer
 //! WeChat `success` (or use a rotated token) as soon as the call returns.
@@ -17,7 +19,7 @@ use crate::{AppId, Secret};
 use async_trait::async_trait;
 use std::sync::Arc;
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
     #[error("store unavailable: {0}")]
     Unavailable(String),
@@ -37,6 +39,39 @@ pub struct Ticket {
     pub create_time: i64,
     /// When wxgate received it (unix seconds).
     pub received_at: i64,
+}
+
+/// The JS-SDK tickets an authorizer's pages need (`getticket?type=...`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum TicketKind {
+    Jsapi,
+    WxCard,
+}
+
+impl TicketKind {
+    pub const ALL: [TicketKind; 2] = [Self::Jsapi, Self::WxCard];
+
+    /// WeChat's `type` parameter.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Jsapi => "jsapi",
+            Self::WxCard => "wx_card",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|k| k.as_str() == s)
+    }
+}
+
+/// A JS-SDK ticket, kept so that a restart or another instance uses it rather than fetching a
+/// new one (which would retire the one every page holds).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JsTicket {
+    pub value: Secret,
+    /// Unix milliseconds.
+    pub expires_at: i64,
+    pub obtained_at: i64,
 }
 
 /// An authorization event other than a ticket, kept until the token service has acted on it.
@@ -119,11 +154,22 @@ pub struct Lease {
     pub owner: String,
 }
 
-impl Lease {
-    /// No lease: the write happens whoever holds one (a new authorization, whose code is single
-    /// use, so that no two instances can obtain it).
-    pub fn none() -> Self {
-        Self { key: String::new(), owner: String::new() }
+/// Under what right a token is written.
+#[derive(Debug, Clone, Copy)]
+pub enum Fence<'a> {
+    /// Only while this lease is held: nothing is written once it has passed to another instance.
+    Lease(&'a Lease),
+    /// Whoever holds a lease: a new authorization, whose code is single use, so that no two
+    /// instances can obtain its tokens.
+    Unfenced,
+}
+
+impl<'a> Fence<'a> {
+    pub fn lease(self) -> Option<&'a Lease> {
+        match self {
+            Self::Lease(lease) => Some(lease),
+            Self::Unfenced => None,
+        }
     }
 }
 
@@ -134,6 +180,7 @@ pub enum Change {
     ComponentToken,
     Authorizer(AppId),
     Deleted(AppId),
+    JsTicket(AppId, TicketKind),
     /// Announcements may have been missed (a reconnect): reload everything.
     Resync,
 }
@@ -212,24 +259,45 @@ pub trait Store: Send + Sync + 'static {
         Ok(())
     }
 
-    /// Saves under `lease`; `false` (nothing written) if the lease has passed to another instance.
+    /// Saves under `fence`; `false` (nothing written) if its lease has passed to another instance.
     async fn save_component_token_leased(
         &self,
         component: &AppId,
         token: &ComponentToken,
-        _lease: &Lease,
+        _fence: Fence<'_>,
     ) -> Result<bool, StoreError> {
         self.save_component_token(component, token).await.map(|()| true)
     }
 
-    /// Saves under `lease`; `false` (nothing written) if the lease has passed to another instance.
+    /// Saves under `fence`; `false` (nothing written) if its lease has passed to another instance.
     async fn save_authorizer_leased(
         &self,
         component: &AppId,
         record: &AuthorizerRecord,
-        _lease: &Lease,
+        _fence: Fence<'_>,
     ) -> Result<bool, StoreError> {
         self.save_authorizer(component, record).await.map(|()| true)
+    }
+
+    async fn load_js_ticket(
+        &self,
+        _component: &AppId,
+        _appid: &AppId,
+        _kind: TicketKind,
+    ) -> Result<Option<JsTicket>, StoreError> {
+        Err(StoreError::Unavailable(format!("the {} store keeps no JS-SDK tickets", self.backend())))
+    }
+
+    /// Saves under `fence`; `false` (nothing written) if its lease has passed to another instance.
+    async fn save_js_ticket(
+        &self,
+        _component: &AppId,
+        _appid: &AppId,
+        _kind: TicketKind,
+        _ticket: &JsTicket,
+        _fence: Fence<'_>,
+    ) -> Result<bool, StoreError> {
+        Err(StoreError::Unavailable(format!("the {} store keeps no JS-SDK tickets", self.backend())))
     }
 
     /// Announcements of what other instances changed, for shared stores.
@@ -329,6 +397,17 @@ pub(crate) mod contract_tests {
 
     pub fn component_b() -> AppId {
         AppId::parse("wxfedcba9876543210").unwrap()
+    }
+
+    pub async fn js_tickets_round_trip(store: &dyn Store) {
+        let (c, a) = (component(), AppId::parse("wx1111111111111111").unwrap());
+        assert_eq!(store.load_js_ticket(&c, &a, TicketKind::Jsapi).await.unwrap(), None);
+        let t = JsTicket { value: Secret::new("jt-1"), expires_at: 20, obtained_at: 10 };
+        assert!(store.save_js_ticket(&c, &a, TicketKind::Jsapi, &t, Fence::Unfenced).await.unwrap());
+        let t2 = JsTicket { value: Secret::new("jt-2"), ..t.clone() };
+        assert!(store.save_js_ticket(&c, &a, TicketKind::Jsapi, &t2, Fence::Unfenced).await.unwrap());
+        assert_eq!(store.load_js_ticket(&c, &a, TicketKind::Jsapi).await.unwrap(), Some(t2));
+        assert_eq!(store.load_js_ticket(&c, &a, TicketKind::WxCard).await.unwrap(), None, "kept per kind");
     }
 
     pub async fn events_are_recorded_once(store: &dyn Store) {

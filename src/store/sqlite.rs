@@ -4,7 +4,10 @@
 //! mutex is enough for the gateway's write rate (a ticket every 10 minutes, a token refresh per
 //! authorizer every ~2 hours) and keeps every write serialised.
 
-use super::{AuthEvent, AuthorizerRecord, AuthorizerState, ComponentToken, Store, StoreError, StoredEvent, Ticket};
+use super::{
+    AuthEvent, AuthorizerRecord, AuthorizerState, ComponentToken, Fence, JsTicket, Store, StoreError, StoredEvent,
+    Ticket, TicketKind,
+};
 use crate::{AppId, Secret};
 use async_trait::async_trait;
 use rusqlite::{params, Connection, OptionalExtension};
@@ -51,6 +54,16 @@ const MIGRATIONS: &[&str] = &[
          last_error        TEXT,
          auth_code_sha1    TEXT,
          PRIMARY KEY (component_appid, authorizer_appid)
+     ) WITHOUT ROWID;",
+    // 2 → 3: the JS-SDK tickets, so that a restart reuses them.
+    "CREATE TABLE js_tickets (
+         component_appid  TEXT NOT NULL,
+         authorizer_appid TEXT NOT NULL,
+         kind             TEXT NOT NULL,
+         ticket           TEXT NOT NULL,
+         expires_at       INTEGER NOT NULL,
+         obtained_at      INTEGER NOT NULL,
+         PRIMARY KEY (component_appid, authorizer_appid, kind)
      ) WITHOUT ROWID;",
 ];
 
@@ -361,6 +374,47 @@ impl Store for SqliteStore {
         })
         .await
     }
+
+    async fn load_js_ticket(&self, c: &AppId, a: &AppId, kind: TicketKind) -> Result<Option<JsTicket>, StoreError> {
+        let (c, a) = (c.to_string(), a.to_string());
+        self.with_conn(move |conn| {
+            conn.query_row(
+                "SELECT ticket, expires_at, obtained_at FROM js_tickets
+                 WHERE component_appid = ?1 AND authorizer_appid = ?2 AND kind = ?3",
+                params![c, a, kind.as_str()],
+                |r| {
+                    Ok(JsTicket {
+                        value: Secret::new(r.get::<_, String>(0)?),
+                        expires_at: r.get(1)?,
+                        obtained_at: r.get(2)?,
+                    })
+                },
+            )
+            .optional()
+        })
+        .await
+    }
+
+    async fn save_js_ticket(
+        &self,
+        c: &AppId,
+        a: &AppId,
+        kind: TicketKind,
+        ticket: &JsTicket,
+        _fence: Fence<'_>,
+    ) -> Result<bool, StoreError> {
+        let (c, a, t) = (c.to_string(), a.to_string(), ticket.clone());
+        self.with_conn(move |conn| {
+            conn.execute(
+                "INSERT OR REPLACE INTO js_tickets
+                     (component_appid, authorizer_appid, kind, ticket, expires_at, obtained_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                params![c, a, kind.as_str(), t.value.expose(), t.expires_at, t.obtained_at],
+            )?;
+            Ok(true)
+        })
+        .await
+    }
 }
 
 #[cfg(test)]
@@ -391,6 +445,7 @@ mod tests {
     async fn tokens_and_authorizers_round_trip() {
         let (_dir, store) = temp_store();
         contract_tests::tokens_and_authorizers_round_trip(&store).await;
+        contract_tests::js_tickets_round_trip(&store).await;
     }
 
     #[tokio::test]

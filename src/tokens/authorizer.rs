@@ -1,12 +1,14 @@
 //! Every authorizer's tokens: refreshed single-flight, the rotated refresh token stored before
 //! the new access token is used, 61023 recovered from WeChat's own records when it can be.
 
+use super::refresher::{Committed, Credential, Endpoint, Flight};
 use super::slot::{AuthorizerMem, AuthorizerSlot};
 use super::{AccessToken, AuthorizerStatus, Job, TokenError, TokenService, Want};
 use crate::metrics;
-use crate::store::{AuthorizerState, Lease};
+use crate::store::{AuthorizerState, Fence};
 use crate::wechat::{ApiErrorKind, AuthorizerTokens, WechatError};
 use crate::{AppId, Secret};
+use async_trait::async_trait;
 use sha1::{Digest, Sha1};
 use std::sync::Arc;
 
@@ -52,87 +54,7 @@ impl TokenService {
         want: Want<'_>,
     ) -> Result<Arc<AccessToken>, TokenError> {
         let slot = self.slot(appid)?;
-        let _single_flight = slot.refresh.lock().await;
-        if let Some(current) = self.settled_authorizer(&slot, want).await? {
-            return Ok(current);
-        }
-        let Some(lease) = self.store.lease(&self.component, appid.as_str(), self.settings.lease_ttl).await? else {
-            return self.await_authorizer_from_peer(&slot, want).await;
-        };
-        let result = self.refresh_authorizer_leased(&slot, want, &lease).await;
-        let _ = self.store.release(&lease).await;
-        result
-    }
-
-    /// The token held, if it can stay (after catching up with a shared store); an error when
-    /// the authorizer cannot be refreshed at all.
-    async fn settled_authorizer(
-        &self,
-        slot: &AuthorizerSlot,
-        want: Want<'_>,
-    ) -> Result<Option<Arc<AccessToken>>, TokenError> {
-        if self.store.shared() {
-            self.adopt_stored_authorizer(slot).await?;
-        }
-        let mem = slot.mem();
-        match mem.state {
-            AuthorizerState::Revoked => return Err(TokenError::Revoked),
-            AuthorizerState::NeedsReauth if !matches!(want, Want::Now) => return Err(TokenError::NeedsReauth),
-            _ => {}
-        }
-        let job = Job::Authorizer(slot.appid);
-        Ok(mem.access.filter(|current| self.still_wanted(current, want, self.clock.now_ms(), &job)))
-    }
-
-    /// Another instance holds the lease: wait for the token it stores, as long as a lease lasts.
-    async fn await_authorizer_from_peer(
-        &self,
-        slot: &AuthorizerSlot,
-        want: Want<'_>,
-    ) -> Result<Arc<AccessToken>, TokenError> {
-        let deadline = tokio::time::Instant::now() + self.settings.lease_ttl;
-        while tokio::time::Instant::now() < deadline {
-            tokio::time::sleep(super::coordination::PEER_POLL).await;
-            if let Some(current) = self.settled_authorizer(slot, want).await? {
-                return Ok(current);
-            }
-        }
-        match self.store.lease(&self.component, slot.appid.as_str(), self.settings.lease_ttl).await? {
-            Some(lease) => {
-                let result = self.refresh_authorizer_leased(slot, want, &lease).await;
-                let _ = self.store.release(&lease).await;
-                result
-            }
-            None => Err(TokenError::Contended),
-        }
-    }
-
-    async fn refresh_authorizer_leased(
-        &self,
-        slot: &AuthorizerSlot,
-        want: Want<'_>,
-        lease: &Lease,
-    ) -> Result<Arc<AccessToken>, TokenError> {
-        // Another instance may have refreshed, and released its lease, between our last read
-        // and taking the lease: read again, or we would refresh with a rotated refresh token.
-        if self.store.shared() {
-            if let Some(current) = self.settled_authorizer(slot, want).await? {
-                return Ok(current);
-            }
-        }
-        let mem = slot.mem();
-        let refresh_token = mem.refresh_token.clone().ok_or(TokenError::NeedsReauth)?;
-        match self.call_authorizer_token(&slot.appid, &refresh_token).await {
-            Ok(tokens) => self.commit_authorizer(slot, mem, tokens, lease).await,
-            Err(TokenError::Wechat(e)) if e.kind() == Some(ApiErrorKind::RefreshTokenInvalid) => {
-                self.recover_refresh_token(slot, mem, &refresh_token, e, lease).await
-            }
-            Err(TokenError::Wechat(e)) if e.kind() == Some(ApiErrorKind::NotAuthorized) => {
-                self.mark(slot, mem, AuthorizerState::Revoked, e.to_string()).await?;
-                Err(TokenError::Revoked)
-            }
-            Err(e) => Err(self.authorizer_failed(slot, mem, e).await),
-        }
+        self.refresh(&AuthorizerCredential { service: self, slot: &slot }, want).await
     }
 
     async fn call_authorizer_token(
@@ -150,8 +72,8 @@ impl TokenService {
         slot: &AuthorizerSlot,
         mut mem: AuthorizerMem,
         tokens: AuthorizerTokens,
-        lease: &Lease,
-    ) -> Result<Arc<AccessToken>, TokenError> {
+        fence: Fence<'_>,
+    ) -> Result<Committed, TokenError> {
         let now = self.clock.now_ms();
         let lifetime_ms = tokens.access_token.expires_in as i64 * 1000;
         let access =
@@ -161,21 +83,8 @@ impl TokenService {
         mem.access = Some(Arc::clone(&access));
         mem.last_refresh_at = now;
         mem.last_error = None;
-        mem.failures = 0;
-        match self.store.save_authorizer_leased(&self.component, &mem.to_record(&slot.appid), lease).await {
-            Ok(true) => {}
-            Ok(false) => {
-                // The lease ran out and another instance refreshed: its tokens are the latest.
-                tracing::warn!(authorizer = %slot.appid, "lost the refresh lease; using the tokens another instance stored");
-                self.adopt_stored_authorizer(slot).await?;
-                return slot.access().1.ok_or(TokenError::Contended);
-            }
-            Err(e) => {
-                metrics::TOKEN_REFRESH.with_label_values(&["authorizer", "store_error"]).inc();
-                tracing::error!(authorizer = %slot.appid, error = %e, "could not store refreshed tokens; keeping the old ones");
-                self.plan(Job::Authorizer(slot.appid), self.retry_at(1));
-                return Err(e.into());
-            }
+        if !self.store.save_authorizer_leased(&self.component, &mem.to_record(&slot.appid), fence).await? {
+            return Ok(Committed::LeaseLost);
         }
         slot.set_mem(mem);
         metrics::TOKEN_REFRESH.with_label_values(&["authorizer", "ok"]).inc();
@@ -183,7 +92,24 @@ impl TokenService {
             self.plan(Job::Authorizer(slot.appid), due);
         }
         tracing::debug!(authorizer = %slot.appid, expires_in_secs = lifetime_ms / 1000, "authorizer_access_token refreshed");
-        Ok(access)
+        Ok(Committed::InService(access))
+    }
+
+    /// Commits tokens from a new authorization, whoever holds the lease: its code is single use.
+    async fn commit_authorization(
+        &self,
+        slot: &AuthorizerSlot,
+        mem: AuthorizerMem,
+        tokens: AuthorizerTokens,
+    ) -> Result<(), TokenError> {
+        match self.commit_authorizer(slot, mem, tokens, Fence::Unfenced).await? {
+            Committed::InService(_) => {
+                // A new authorization is a reason to try again at once.
+                slot.flight.clear();
+                Ok(())
+            }
+            Committed::LeaseLost => Err(TokenError::Contended),
+        }
     }
 
     /// 61023: the stored refresh token no longer works. WeChat's own records may hold a newer
@@ -192,23 +118,21 @@ impl TokenService {
     async fn recover_refresh_token(
         &self,
         slot: &AuthorizerSlot,
-        mem: AuthorizerMem,
         failed: &Secret,
         error: WechatError,
-        lease: &Lease,
-    ) -> Result<Arc<AccessToken>, TokenError> {
+    ) -> Result<AuthorizerTokens, TokenError> {
         metrics::TOKEN_REFRESH.with_label_values(&["authorizer", error.label()]).inc();
         if let Some(found) = self.find_refresh_token(&slot.appid).await.filter(|f| f != failed) {
             tracing::warn!(authorizer = %slot.appid, "refresh token was invalid (61023); recovered the current one from WeChat");
             match self.call_authorizer_token(&slot.appid, &found).await {
-                Ok(tokens) => return self.commit_authorizer(slot, mem, tokens, lease).await,
+                Ok(tokens) => return Ok(tokens),
                 Err(e) => {
                     tracing::warn!(authorizer = %slot.appid, error = %e, "the recovered refresh token failed too")
                 }
             }
         }
         tracing::error!(authorizer = %slot.appid, "refresh token invalid (61023) and not recoverable: the owner must authorize again");
-        self.mark(slot, mem, AuthorizerState::NeedsReauth, error.to_string()).await?;
+        self.mark(slot, slot.mem(), AuthorizerState::NeedsReauth, error.to_string()).await?;
         Err(TokenError::NeedsReauth)
     }
 
@@ -253,25 +177,6 @@ impl TokenService {
         Ok(())
     }
 
-    /// A failed refresh: the current token stays in service until it expires; retry later.
-    async fn authorizer_failed(&self, slot: &AuthorizerSlot, mut mem: AuthorizerMem, error: TokenError) -> TokenError {
-        let label = match &error {
-            TokenError::Wechat(e) => e.label(),
-            TokenError::NoTicket => "no_ticket",
-            _ => "error",
-        };
-        metrics::TOKEN_REFRESH.with_label_values(&["authorizer", label]).inc();
-        mem.failures += 1;
-        mem.last_error = Some(error.to_string());
-        tracing::warn!(authorizer = %slot.appid, error = %error, failures = mem.failures, "authorizer token refresh failed; retrying with backoff");
-        self.plan(Job::Authorizer(slot.appid), self.retry_at(mem.failures));
-        // The error is also kept on disk for the admin API after a restart; losing that write
-        // loses only the message.
-        let _ = self.store.save_authorizer(&self.component, &mem.to_record(&slot.appid)).await;
-        slot.set_mem(mem);
-        error
-    }
-
     /// Exchanges an authorization code (from the redirect or the `authorized` push) and stores
     /// the authorizer. The same code twice is harmless: the second returns the first's answer.
     pub async fn authorize_with_code(&self, code: &str) -> Result<AppId, TokenError> {
@@ -283,13 +188,13 @@ impl TokenService {
         let auth = with_component_token!(self, |t| self.api.query_auth(t, code))?;
         let appid = auth.authorizer_appid;
         let slot = self.slot_or_new(&appid);
-        let _single_flight = slot.refresh.lock().await;
+        let _single_flight = slot.flight.turn().await;
         let now = self.clock.now_ms();
         let mut mem = slot.mem();
         mem.authorized_at = now;
         mem.auth_code_sha1 = Some(Sha1::digest(code.as_bytes()).into());
         let tokens = AuthorizerTokens { access_token: auth.access_token, refresh_token: auth.refresh_token };
-        self.commit_authorizer(&slot, mem, tokens, &Lease::none()).await?;
+        self.commit_authorization(&slot, mem, tokens).await?;
         self.adopt(Arc::clone(&slot));
         self.used_codes.insert(hash, appid);
         self.update_gauges();
@@ -335,7 +240,7 @@ impl TokenService {
     /// seconds, so a push in the same second as the authorization counts as later.
     pub async fn revoke(&self, appid: &AppId, at_secs: i64) -> Result<(), TokenError> {
         let Ok(slot) = self.slot(appid) else { return Ok(()) };
-        let _single_flight = slot.refresh.lock().await;
+        let _single_flight = slot.flight.turn().await;
         let mem = slot.mem();
         if mem.authorized_at / 1000 > at_secs || mem.state == AuthorizerState::Revoked {
             return Ok(());
@@ -354,10 +259,10 @@ impl TokenService {
         let _one_at_a_time = self.authorize_turn.lock().await;
         let tokens = self.call_authorizer_token(appid, &refresh_token).await?;
         let slot = self.slot_or_new(appid);
-        let _single_flight = slot.refresh.lock().await;
+        let _single_flight = slot.flight.turn().await;
         let mut mem = slot.mem();
         mem.authorized_at = self.clock.now_ms();
-        self.commit_authorizer(&slot, mem, tokens, &Lease::none()).await?;
+        self.commit_authorization(&slot, mem, tokens).await?;
         self.adopt(Arc::clone(&slot));
         self.update_gauges();
         self.authorizer_status(appid).ok_or(TokenError::UnknownAuthorizer)
@@ -368,13 +273,90 @@ impl TokenService {
         // Waits for a refresh under way, which would otherwise write the record back.
         let slot = self.authorizers.get(appid);
         let _single_flight = match &slot {
-            Some(s) => Some(s.refresh.lock().await),
+            Some(s) => Some(s.flight.turn().await),
             None => None,
         };
         let existed = self.store.delete_authorizer(&self.component, appid).await?;
         let known = self.authorizers.remove(appid).is_some();
+        self.tickets.remove_authorizer(appid);
         self.unplan(&Job::Authorizer(*appid));
         self.update_gauges();
         Ok(existed || known)
+    }
+}
+
+/// One authorizer's tokens as the refresher sees them.
+struct AuthorizerCredential<'a> {
+    service: &'a TokenService,
+    slot: &'a AuthorizerSlot,
+}
+
+#[async_trait]
+impl Credential for AuthorizerCredential<'_> {
+    type Fetched = AuthorizerTokens;
+
+    fn endpoint(&self) -> Endpoint {
+        Endpoint::AuthorizerToken
+    }
+
+    fn lease_name(&self) -> String {
+        self.slot.appid.to_string()
+    }
+
+    fn job(&self) -> Job {
+        Job::Authorizer(self.slot.appid)
+    }
+
+    fn flight(&self) -> &Flight {
+        &self.slot.flight
+    }
+
+    fn current(&self, want: Want<'_>) -> Result<Option<Arc<AccessToken>>, TokenError> {
+        match self.slot.access() {
+            (AuthorizerState::Revoked, _) => Err(TokenError::Revoked),
+            (AuthorizerState::NeedsReauth, _) if !matches!(want, Want::Now) => Err(TokenError::NeedsReauth),
+            (_, access) => Ok(access),
+        }
+    }
+
+    async fn adopt_stored(&self) -> Result<(), TokenError> {
+        self.service.adopt_stored_authorizer(self.slot).await
+    }
+
+    async fn fetch(&self) -> Result<AuthorizerTokens, TokenError> {
+        let (service, slot) = (self.service, self.slot);
+        let refresh_token = slot.mem().refresh_token.ok_or(TokenError::NeedsReauth)?;
+        match service.call_authorizer_token(&slot.appid, &refresh_token).await {
+            Err(TokenError::Wechat(e)) if e.kind() == Some(ApiErrorKind::RefreshTokenInvalid) => {
+                service.recover_refresh_token(slot, &refresh_token, e).await
+            }
+            Err(TokenError::Wechat(e)) if e.kind() == Some(ApiErrorKind::NotAuthorized) => {
+                service.mark(slot, slot.mem(), AuthorizerState::Revoked, e.to_string()).await?;
+                Err(TokenError::Revoked)
+            }
+            other => other,
+        }
+    }
+
+    async fn commit(&self, tokens: AuthorizerTokens, fence: Fence<'_>) -> Result<Committed, TokenError> {
+        self.service.commit_authorizer(self.slot, self.slot.mem(), tokens, fence).await
+    }
+
+    /// The current token stays in service until it expires; the error is kept, on disk too.
+    async fn failed(&self, error: &TokenError, attempts: u32, retry_in_ms: i64) {
+        if error.is_terminal() {
+            // Counted, logged and stored where the authorizer was put out of service.
+            return;
+        }
+        let slot = self.slot;
+        metrics::TOKEN_REFRESH.with_label_values(&["authorizer", error.label()]).inc();
+        tracing::warn!(authorizer = %slot.appid, error = %error, failures = attempts, retry_in_ms, "authorizer token refresh failed; retrying with backoff");
+        let mut mem = slot.mem();
+        mem.last_error = Some(error.to_string());
+        // Kept on disk for the admin API after a restart; losing that write loses only the message.
+        if let Err(e) = self.service.store.save_authorizer(&self.service.component, &mem.to_record(&slot.appid)).await {
+            tracing::debug!(authorizer = %slot.appid, error = %e, "could not store the refresh error");
+        }
+        slot.set_mem(mem);
     }
 }

@@ -12,9 +12,6 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::broadcast;
 
-/// How often an instance waiting on another's refresh looks at the store.
-pub(super) const PEER_POLL: Duration = Duration::from_millis(100);
-
 impl TokenService {
     /// Applies other instances' changes as they are announced; runs for the process's life.
     pub async fn follow_changes(self: Arc<Self>, mut changes: broadcast::Receiver<Change>) {
@@ -23,6 +20,7 @@ impl TokenService {
                 Ok(Change::Ticket) => self.current_ticket().await.map(drop),
                 Ok(Change::ComponentToken) => self.adopt_stored_component().await.map(drop),
                 Ok(Change::Authorizer(appid)) => self.reload_authorizer(&appid).await,
+                Ok(Change::JsTicket(appid, kind)) => self.adopt_announced_ticket(&appid, kind).await,
                 Ok(Change::Deleted(appid)) => {
                     self.authorizers.remove(&appid);
                     self.unplan(&Job::Authorizer(appid));
@@ -118,7 +116,7 @@ impl TokenService {
     async fn take_record(&self, record: crate::store::AuthorizerRecord) {
         match self.authorizers.get(&record.appid) {
             Some(slot) => {
-                let _single_flight = slot.refresh.lock().await;
+                let _single_flight = slot.flight.turn().await;
                 self.adopt_record(&slot, record);
             }
             None => {
@@ -143,8 +141,7 @@ impl TokenService {
         if record.last_refresh_at < mem.last_refresh_at || record == mem.to_record(&slot.appid) {
             return;
         }
-        let failures = mem.failures;
-        slot.set_mem(AuthorizerMem { failures, ..AuthorizerMem::from_record(record) });
+        slot.set_mem(AuthorizerMem::from_record(record));
         self.replan_authorizer(slot);
     }
 

@@ -35,11 +35,14 @@ mod clock;
 mod component;
 mod coordination;
 mod events;
+mod refresher;
 mod schedule;
 mod scheduler;
 mod slot;
+mod ticket;
 
 pub use clock::Clock;
+pub use refresher::Endpoint;
 pub use schedule::{backoff_ms, lead_ms, spread_due, steady_due, Job, Schedule};
 pub use slot::AccessToken;
 
@@ -54,7 +57,8 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 use tokio::sync::Notify;
 
-#[derive(Debug, thiserror::Error)]
+/// Cloned: the error of a failed refresh is given to every caller during its backoff.
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum TokenError {
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -70,7 +74,33 @@ pub enum TokenError {
     NeedsReauth,
     #[error("another gateway instance is refreshing this token and has not finished")]
     Contended,
+    /// The last guard against a retry storm: more calls to a token endpoint in a minute than
+    /// any healthy gateway makes.
+    #[error("the budget of calls to {endpoint} is spent; next attempt in {retry_in_secs} s")]
+    Budget { endpoint: &'static str, retry_in_secs: i64 },
 }
+
+impl TokenError {
+    /// The credential cannot be refreshed until something else happens (a new authorization).
+    pub fn is_terminal(&self) -> bool {
+        matches!(self, Self::Revoked | Self::NeedsReauth | Self::UnknownAuthorizer)
+    }
+
+    /// A short label for `wxgate_token_refresh_total{result}`.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Self::Wechat(e) => e.label(),
+            Self::Store(_) => "store_error",
+            Self::NoTicket => "no_ticket",
+            Self::Contended => "contended",
+            Self::Budget { .. } => "budget",
+            Self::UnknownAuthorizer | Self::Revoked | Self::NeedsReauth => "error",
+        }
+    }
+}
+
+/// Calls a minute to one credential's token endpoint; a healthy one makes one every two hours.
+pub const DEFAULT_BUDGET_PER_MINUTE: u32 = 10;
 
 /// Timing of the service. `ahead` comes from the config; the rest are WeChat-informed defaults
 /// that tests shorten.
@@ -88,6 +118,9 @@ pub struct Settings {
     /// How long one instance may hold the right to refresh a token (shared stores): longer than
     /// a call to WeChat and the write after it.
     pub lease_ttl: Duration,
+    /// Calls a minute one credential may make to its token endpoint (never fewer than four per
+    /// lifetime of its token): the last guard should the backoff be bypassed.
+    pub budget_per_minute: u32,
 }
 
 impl Settings {
@@ -100,6 +133,7 @@ impl Settings {
             push_ticket_every: Duration::from_secs(5 * 60),
             concurrency: 16,
             lease_ttl: Duration::from_secs(30),
+            budget_per_minute: DEFAULT_BUDGET_PER_MINUTE,
         }
     }
 }
@@ -144,6 +178,7 @@ pub struct TokenService {
     ticket: RwLock<Option<Ticket>>,
     component_token: ComponentSlot,
     authorizers: Slots,
+    tickets: ticket::TicketSlots,
     schedule: Mutex<Schedule>,
     /// Wakes the scheduler when the schedule changes.
     wake: Notify,
@@ -178,6 +213,7 @@ impl TokenService {
             settings,
             ticket: RwLock::new(ticket),
             authorizers: Slots::default(),
+            tickets: ticket::TicketSlots::default(),
             schedule: Mutex::new(Schedule::default()),
             wake: Notify::new(),
             used_codes: moka::sync::Cache::builder()
@@ -264,6 +300,8 @@ impl TokenService {
             if held.as_ref().is_none_or(|h| h.create_time <= ticket.create_time) {
                 *held = Some(ticket);
             }
+            // A refresh that failed for want of a (valid) ticket may try again at once.
+            self.component_token.flight.clear();
         }
         self.last_ticket_ms.store(self.clock.now_ms(), Ordering::Relaxed);
         self.update_ticket_age();
@@ -393,5 +431,7 @@ pub(crate) enum Want<'a> {
     Now,
 }
 
+#[cfg(test)]
+mod testing;
 #[cfg(test)]
 mod tests;

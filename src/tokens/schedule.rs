@@ -1,6 +1,7 @@
 //! When each token is refreshed: the due queue, and the timing rules with their jitter and
 //! backoff. Pure: no I/O, no clock of its own.
 
+use crate::store::TicketKind;
 use crate::AppId;
 use rand::Rng;
 use std::collections::{BTreeSet, HashMap};
@@ -11,6 +12,8 @@ use std::time::Duration;
 pub enum Job {
     ComponentToken,
     Authorizer(AppId),
+    /// Refresh a JS-SDK ticket ahead of expiry, if pages still ask for it.
+    Ticket(AppId, TicketKind),
     /// Act on the authorization events the store holds.
     Events,
     /// Check that tickets still arrive.

@@ -41,6 +41,7 @@ impl TokenService {
             Job::Authorizer(appid) => {
                 let _ = self.refresh_authorizer(&appid, Want::Planned).await;
             }
+            Job::Ticket(appid, kind) => self.refresh_ticket_planned(&appid, kind).await,
             Job::Events => self.run_events().await,
             Job::TicketWatch => self.watch_ticket().await,
         }

@@ -1,6 +1,7 @@
 //! What memory holds per token: the current value, its bookkeeping, and the lock that makes
 //! its refresh single-flight.
 
+use super::refresher::Flight;
 use super::{lead_ms, spread_due, steady_due, AuthorizerStatus, Settings};
 use crate::store::{AuthorizerRecord, AuthorizerState, ComponentToken};
 use crate::{AppId, Secret};
@@ -35,15 +36,13 @@ fn write<T>(lock: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
 pub(super) struct ComponentSlot {
     current: RwLock<Option<Arc<AccessToken>>>,
     meta: RwLock<Meta>,
-    /// Held while a refresh is under way; whoever waits for it checks again once it has it.
-    pub refresh: tokio::sync::Mutex<()>,
+    pub flight: Flight,
 }
 
 #[derive(Debug, Default, Clone)]
 pub(super) struct Meta {
     pub last_refresh_at: i64,
     pub last_error: Option<String>,
-    pub failures: u32,
 }
 
 impl ComponentSlot {
@@ -56,7 +55,7 @@ impl ComponentSlot {
         Self {
             current: RwLock::new(current),
             meta: RwLock::new(Meta { last_refresh_at, ..Meta::default() }),
-            refresh: Default::default(),
+            flight: Flight::default(),
         }
     }
 
@@ -70,15 +69,12 @@ impl ComponentSlot {
 
     pub fn set(&self, token: Arc<AccessToken>, now_ms: i64) {
         *write(&self.current) = Some(token);
-        *write(&self.meta) = Meta { last_refresh_at: now_ms, last_error: None, failures: 0 };
+        *write(&self.meta) = Meta { last_refresh_at: now_ms, last_error: None };
     }
 
-    /// Records a failure; returns how many in a row.
-    pub fn failed(&self, error: String) -> u32 {
-        let mut meta = write(&self.meta);
-        meta.last_error = Some(error);
-        meta.failures += 1;
-        meta.failures
+    /// Keeps the error of a failed refresh for the admin API and `/readyz`.
+    pub fn failed(&self, error: String) {
+        write(&self.meta).last_error = Some(error);
     }
 
     pub fn last_error(&self) -> Option<String> {
@@ -101,7 +97,7 @@ impl ComponentSlot {
 pub(super) struct AuthorizerSlot {
     pub appid: AppId,
     mem: RwLock<AuthorizerMem>,
-    pub refresh: tokio::sync::Mutex<()>,
+    pub flight: Flight,
 }
 
 /// An authorizer as memory holds it: the store's record, with the access token shared.
@@ -115,7 +111,6 @@ pub(super) struct AuthorizerMem {
     pub last_error: Option<String>,
     /// Held as bytes: 20 of them rather than a 40-character string, for each of a large fleet.
     pub auth_code_sha1: Option<[u8; 20]>,
-    pub failures: u32,
 }
 
 impl AuthorizerMem {
@@ -135,7 +130,6 @@ impl AuthorizerMem {
                 let mut bytes = [0u8; 20];
                 hex::decode_to_slice(h, &mut bytes).ok().map(|()| bytes)
             }),
-            failures: 0,
         }
     }
 
@@ -156,7 +150,7 @@ impl AuthorizerMem {
 
 impl AuthorizerSlot {
     pub fn from_record(record: AuthorizerRecord) -> Self {
-        Self { appid: record.appid, mem: RwLock::new(AuthorizerMem::from_record(record)), refresh: Default::default() }
+        Self { appid: record.appid, mem: RwLock::new(AuthorizerMem::from_record(record)), flight: Flight::default() }
     }
 
     pub fn mem(&self) -> AuthorizerMem {

@@ -38,7 +38,7 @@ impl ApiErrorKind {
     }
 }
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum WechatError {
     /// WeChat answered an errcode. `errmsg` is WeChat's text, which names no token.
     #[error("{endpoint}: errcode {errcode}: {errmsg}")]

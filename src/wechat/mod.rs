@@ -74,6 +74,12 @@ pub trait ComponentApi: Send + Sync + 'static {
         count: u32,
     ) -> Result<(u64, Vec<ListedAuthorizer>), WechatError>;
     async fn start_push_ticket(&self) -> Result<(), WechatError>;
+    /// A JS-SDK ticket (`jsapi` or `wx_card`) for the authorizer whose token this is; each call
+    /// retires the ticket issued before and counts against a small daily limit (PROTOCOL.md §11).
+    async fn js_ticket(&self, authorizer_token: &Secret, kind: &'static str) -> Result<Issued, WechatError> {
+        let _ = (authorizer_token, kind);
+        Err(WechatError::Decode { endpoint: "getticket", reason: "this client does not fetch JS-SDK tickets".into() })
+    }
 }
 
 /// The real client, against `upstream.base_url`.
@@ -152,6 +158,12 @@ fn decode<T: DeserializeOwned>(endpoint: &'static str, bytes: &[u8]) -> Result<T
 #[derive(Deserialize)]
 struct ComponentTokenAnswer {
     component_access_token: String,
+    expires_in: u64,
+}
+
+#[derive(Deserialize)]
+struct TicketAnswer {
+    ticket: String,
     expires_in: u64,
 }
 
@@ -310,6 +322,23 @@ impl ComponentApi for WechatClient {
         let body = json!({ "component_appid": self.appid.as_str(), "component_secret": self.appsecret.expose() });
         let _: Value = self.post("api_start_push_ticket", None, body).await?;
         Ok(())
+    }
+
+    async fn js_ticket(&self, authorizer_token: &Secret, kind: &'static str) -> Result<Issued, WechatError> {
+        const EP: &str = "getticket";
+        let mut url = self
+            .base_url
+            .join("cgi-bin/ticket/getticket")
+            .map_err(|e| WechatError::Decode { endpoint: EP, reason: e.to_string() })?;
+        url.query_pairs_mut().append_pair("access_token", authorizer_token.expose()).append_pair("type", kind);
+        let response = self.http.get(url).send().await.map_err(|e| WechatError::from_reqwest(EP, e))?;
+        let status = response.status();
+        if !status.is_success() {
+            return Err(WechatError::Status { endpoint: EP, status: status.as_u16() });
+        }
+        let bytes = response.bytes().await.map_err(|e| WechatError::from_reqwest(EP, e))?;
+        let a: TicketAnswer = decode(EP, &bytes)?;
+        Ok(Issued { value: Secret::new(a.ticket), expires_in: a.expires_in })
     }
 }
 

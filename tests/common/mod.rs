@@ -21,18 +21,107 @@ pub const CLIENT_KEY: &str = "client-key-0123456789abcdef";
 /// Every secret a test configures: none may appear in the gateway's log.
 pub const SECRETS: &[&str] = &[MSG_TOKEN, AES_KEY, APPSECRET, ADMIN_TOKEN, CLIENT_KEY];
 
-/// A port that was free a moment ago. pingora binds by address, so tests pick the port.
+/// A listening socket on a port the OS chose, held by the test for as long as it lives: the
+/// gateway is handed the socket itself (see [`pass_sockets`]), so no other process can take
+/// the port between the test choosing it and the gateway listening, nor across a restart.
+pub fn listener() -> TcpListener {
+    TcpListener::bind("127.0.0.1:0").unwrap()
+}
+
+/// A port for a server that cannot be handed a socket (redis-server), kept for the test as long
+/// as this lives: chosen below the range the OS hands out for port 0 and outgoing connections,
+/// so that nothing else takes it while the server is down, and claimed with a lock file, so that
+/// no two tests (of any checkout) choose it at once.
+pub struct PortClaim {
+    pub port: u16,
+    _lock: std::fs::File,
+}
+
+pub fn claim_port() -> PortClaim {
+    use std::os::fd::AsRawFd;
+    let first_ephemeral = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32768);
+    let (low, high) = (first_ephemeral.saturating_sub(10_000).max(1024), first_ephemeral);
+    let dir = std::env::temp_dir().join("wxgate-test-ports");
+    std::fs::create_dir_all(&dir).unwrap();
+    for _ in 0..1000 {
+        let port = low + rand::random::<u16>() % (high - low);
+        let lock = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(dir.join(port.to_string()))
+            .unwrap();
+        // SAFETY: flock on a descriptor this function owns; released when the file is closed.
+        if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+            continue; // another test holds it
+        }
+        // Something outside the tests may listen there: then another port.
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return PortClaim { port, _lock: lock };
+        }
+    }
+    panic!("no free port below {high}");
+}
+
+/// A claimed port (see [`claim_port`]) kept until the test process ends (nextest runs each test
+/// in its own), for servers that take a port number only.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    let claim = claim_port();
+    let port = claim.port;
+    std::mem::forget(claim);
+    port
+}
+
+/// Hands `sockets` to the child as systemd's socket activation does: descriptors 3, 4, ...
+/// in order, named in `LISTEN_FDNAMES`, which `wxgate` takes instead of binding.
+pub fn pass_sockets(command: &mut Command, sockets: &[(&str, &TcpListener)]) {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::process::CommandExt;
+    const MAX: usize = 8;
+    assert!(sockets.len() <= MAX);
+    let names = sockets.iter().map(|(name, _)| *name).collect::<Vec<_>>().join(":");
+    let mut fds = [0; MAX];
+    for (slot, (_, socket)) in fds.iter_mut().zip(sockets) {
+        *slot = socket.as_raw_fd();
+    }
+    let count = sockets.len();
+    command.env("LISTEN_FDS", count.to_string()).env("LISTEN_FDNAMES", names).env_remove("LISTEN_PID");
+    // SAFETY: between fork and exec only fcntl, dup2 and close run (async-signal-safe, no
+    // allocation). Every socket is first copied above 100, so that moving one to 3 + i never
+    // closes another that happens to sit there; dup2 leaves the copy without FD_CLOEXEC.
+    unsafe {
+        command.pre_exec(move || {
+            let mut high = [0; MAX];
+            for i in 0..count {
+                high[i] = libc::fcntl(fds[i], libc::F_DUPFD_CLOEXEC, 100);
+                if high[i] < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            for (i, fd) in high.iter().take(count).enumerate() {
+                if libc::dup2(*fd, 3 + i as i32) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                libc::close(*fd);
+            }
+            Ok(())
+        });
+    }
 }
 
 pub fn crypt() -> MsgCrypt {
     MsgCrypt::new(&Secret::new(MSG_TOKEN), &Secret::new(AES_KEY), COMPONENT_APPID).unwrap()
 }
 
-/// A working directory with a config file, the SQLite file and the log.
+/// A working directory with a config file, the SQLite file and the log, and the gateway's
+/// two listening sockets, held for as long as the setup lives (restarts reuse them).
 pub struct Setup {
     pub dir: tempfile::TempDir,
+    proxy_socket: TcpListener,
+    admin_socket: TcpListener,
     pub proxy: SocketAddr,
     pub admin: SocketAddr,
     /// WeChat's address: a closed port unless a test runs the sandbox.
@@ -47,10 +136,13 @@ pub struct Setup {
 
 impl Setup {
     pub fn new() -> Self {
+        let (proxy_socket, admin_socket) = (listener(), listener());
         Self {
             dir: tempfile::tempdir().unwrap(),
-            proxy: SocketAddr::from(([127, 0, 0, 1], free_port())),
-            admin: SocketAddr::from(([127, 0, 0, 1], free_port())),
+            proxy: proxy_socket.local_addr().unwrap(),
+            admin: admin_socket.local_addr().unwrap(),
+            proxy_socket,
+            admin_socket,
             upstream: "http://127.0.0.1:9".into(),
             extra_toml: String::new(),
             store_toml: None,
@@ -130,16 +222,17 @@ authorizers = ["*"]
     pub async fn start(&self) -> Gateway {
         let config = self.write_config();
         let log = std::fs::OpenOptions::new().create(true).append(true).open(self.log_path()).unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_wxgate"))
+        let mut command = Command::new(env!("CARGO_BIN_EXE_wxgate"));
+        command
             .arg("--config")
             .arg(&config)
             .env("WXGATE_LOG", "trace")
             .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .unwrap();
+            .stderr(log);
+        pass_sockets(&mut command, &[("proxy", &self.proxy_socket), ("admin", &self.admin_socket)]);
+        let child = command.spawn().unwrap();
         let gateway = Gateway { child: Some(child), proxy: self.proxy, admin: self.admin, http: client() };
         gateway.wait_healthy(self.log_path()).await;
         gateway

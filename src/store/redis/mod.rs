@@ -11,7 +11,8 @@ mod target;
 pub use target::{parse_sentinel_url, SentinelUrl, SENTINEL_SCHEME};
 
 use super::{
-    AuthEvent, AuthorizerRecord, AuthorizerState, Change, ComponentToken, Lease, Store, StoreError, StoredEvent, Ticket,
+    AuthEvent, AuthorizerRecord, AuthorizerState, Change, ComponentToken, Fence, JsTicket, Lease, Store, StoreError,
+    StoredEvent, Ticket, TicketKind,
 };
 use crate::{AppId, Secret};
 use async_trait::async_trait;
@@ -264,6 +265,10 @@ fn parse_change(payload: &str) -> Option<Change> {
         None if payload == "component" => Some(Change::ComponentToken),
         Some(("authorizer", appid)) => AppId::parse(appid).ok().map(Change::Authorizer),
         Some(("deleted", appid)) => AppId::parse(appid).ok().map(Change::Deleted),
+        Some(("js_ticket", rest)) => {
+            let (kind, appid) = rest.split_once(':')?;
+            Some(Change::JsTicket(AppId::parse(appid).ok()?, TicketKind::parse(kind)?))
+        }
         _ => None,
     }
 }
@@ -493,11 +498,11 @@ impl Store for RedisStore {
         &self,
         component: &AppId,
         token: &ComponentToken,
-        lease: &Lease,
+        fence: Fence<'_>,
     ) -> Result<bool, StoreError> {
         self.fenced_write(
             component,
-            Some(lease),
+            fence.lease(),
             &self.key(component, "component_token"),
             "",
             "component",
@@ -510,18 +515,47 @@ impl Store for RedisStore {
         &self,
         component: &AppId,
         r: &AuthorizerRecord,
-        lease: &Lease,
+        fence: Fence<'_>,
     ) -> Result<bool, StoreError> {
         let hash = self.key(component, &format!("authorizer:{}", r.appid));
         self.fenced_write(
             component,
-            Some(lease),
+            fence.lease(),
             &hash,
             r.appid.as_str(),
             &format!("authorizer:{}", r.appid),
             authorizer_fields(r),
         )
         .await
+    }
+
+    async fn load_js_ticket(&self, c: &AppId, a: &AppId, kind: TicketKind) -> Result<Option<JsTicket>, StoreError> {
+        let map = self.hgetall(&self.key(c, &format!("js_ticket:{}:{a}", kind.as_str()))).await?;
+        if map.is_empty() {
+            return Ok(None);
+        }
+        Ok(Some(JsTicket {
+            value: Secret::new(field::<String>(&map, "value")?),
+            expires_at: field(&map, "expires_at")?,
+            obtained_at: field(&map, "obtained_at")?,
+        }))
+    }
+
+    async fn save_js_ticket(
+        &self,
+        c: &AppId,
+        a: &AppId,
+        kind: TicketKind,
+        t: &JsTicket,
+        fence: Fence<'_>,
+    ) -> Result<bool, StoreError> {
+        let name = format!("js_ticket:{}:{a}", kind.as_str());
+        let fields = vec![
+            ("value", t.value.expose().to_owned()),
+            ("expires_at", t.expires_at.to_string()),
+            ("obtained_at", t.obtained_at.to_string()),
+        ];
+        self.fenced_write(c, fence.lease(), &self.key(c, &name), "", &name, fields).await
     }
 
     fn changes(&self) -> Option<broadcast::Receiver<Change>> {
@@ -571,6 +605,7 @@ mod tests {
         clean(&p).await;
         let p = prefix();
         contract_tests::tokens_and_authorizers_round_trip(&store(&p).await).await;
+        contract_tests::js_tickets_round_trip(&store(&p).await).await;
         clean(&p).await;
     }
 
@@ -583,11 +618,14 @@ mod tests {
         let ttl = Duration::from_millis(300);
         let held = one.lease(&c, "wx1111111111111111", ttl).await.unwrap().expect("free");
         assert!(two.lease(&c, "wx1111111111111111", ttl).await.unwrap().is_none(), "held by one");
-        assert!(one.save_authorizer_leased(&c, &record, &held).await.unwrap());
+        assert!(one.save_authorizer_leased(&c, &record, Fence::Lease(&held)).await.unwrap());
         tokio::time::sleep(ttl + Duration::from_millis(100)).await;
         let taken = two.lease(&c, "wx1111111111111111", ttl).await.unwrap().expect("expired, so free");
         let late = AuthorizerRecord { refresh_token: Some(Secret::new("stale")), ..record.clone() };
-        assert!(!one.save_authorizer_leased(&c, &late, &held).await.unwrap(), "fenced: the lease passed on");
+        assert!(
+            !one.save_authorizer_leased(&c, &late, Fence::Lease(&held)).await.unwrap(),
+            "fenced: the lease passed on"
+        );
         assert_eq!(two.load_authorizer(&c, &record.appid).await.unwrap().unwrap(), record);
         two.release(&taken).await.unwrap();
         assert!(one.lease(&c, "wx1111111111111111", ttl).await.unwrap().is_some(), "released");
