@@ -24,7 +24,6 @@ mod upstream;
 pub use clients::Clients;
 pub use edge::{Edge, Timeouts};
 // Public for the fuzz targets (fuzz/), which call resolution directly.
-pub use resolve::resolve;
 pub use routes::{OwnRoutes, ROUTE_PREFIX};
 pub use upstream::{Upstream, UpstreamError};
 
