@@ -65,10 +65,8 @@ fn upstream(f: &FileConfig, p: &mut Problems) -> Option<UpstreamConfig> {
         None => Ok(Vec::new()),
     };
     let fallback_urls = p.check("upstream.fallback_urls", fallbacks);
-    let ca_file = match &f.upstream.ca_file {
-        Some(path) => Some(p.check("upstream.ca_file", non_blank(path).and_then(ca_file))),
-        None => None,
-    };
+    let ca_file =
+        f.upstream.ca_file.as_ref().map(|path| p.check("upstream.ca_file", non_blank(path).and_then(ca_file)));
     Some(UpstreamConfig {
         base_url: base_url?,
         timeout: Duration::from_millis(timeout?),

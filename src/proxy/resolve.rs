@@ -527,10 +527,9 @@ mod tests {
         assert_eq!(q.access_token.as_deref(), Some("single-key-0123456789"));
         assert_eq!(q.component_access_token.as_deref(), Some("c"));
         let clients = clients();
-        let r = req(&format!("/{A}/cgi-bin/user/info?{raw}"), &[]);
-        let call = resolve(&clients, &r).unwrap();
+        let call = api_call(&clients, &format!("/{A}/cgi-bin/user/info?{raw}"), &[]).unwrap();
         assert_eq!(call.client.name, "single", "the key is found under its encoded name");
-        assert_eq!(call.outbound().uri("", "REAL"), "/cgi-bin/user/info?a=1&b=2&access_token=REAL");
+        assert_eq!(call.outbound.uri("", "REAL"), "/cgi-bin/user/info?a=1&b=2&access_token=REAL");
     }
 
     #[test]
