@@ -80,6 +80,7 @@ pub fn build(config: &Config, source: Option<Source>, sockets: Sockets) -> Resul
         config.upstream.timeout,
         config.component.appid,
         config.component.appsecret.clone(),
+        config.upstream.ca_file.as_ref().map_or(&[][..], |ca| &ca.certs[..]),
     )?);
     let api: Arc<dyn ComponentApi> = Arc::clone(&client) as _;
     let tokens = load_tokens(rt, config, Arc::clone(&store), api)?;
@@ -114,8 +115,10 @@ pub fn build(config: &Config, source: Option<Source>, sockets: Sockets) -> Resul
     let mut server = Server::new_with_opt_and_conf(None, server_conf(config));
     server.bootstrap();
 
-    let upstream =
-        Arc::new(Upstream::new(&config.upstream.base_url, &config.upstream.fallback_urls, config.upstream.timeout)?);
+    let extra_roots = config.upstream.ca_file.as_ref().map_or(&[][..], |ca| &ca.certs[..]);
+    let upstream = Upstream::new(&config.upstream.base_url, &config.upstream.fallback_urls, config.upstream.timeout)?
+        .with_extra_roots(extra_roots)?;
+    let upstream = Arc::new(upstream);
     let clients = live.part(config, |c| Clients::new(&c.clients));
     let admin_token = live.part(config, |c| c.admin.token.clone());
     let gateway = Gateway::new(routes, Arc::clone(&tokens), clients, upstream, config.proxy.clone());

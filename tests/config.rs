@@ -500,3 +500,28 @@ fn bad_messages_keys_are_named() {
     let off = Config::from_sources(&minimal(), env(&[("WXGATE_MESSAGES_RELEASE_CHECK", "false")])).unwrap();
     assert!(!off.messages.release_check);
 }
+
+#[test]
+fn ca_file_must_exist_and_hold_a_certificate() {
+    let dir = tempfile::tempdir().unwrap();
+    let with = |path: &Path| format!("{}[upstream]\nca_file = \"{}\"\n", minimal(), path.display());
+    let missing = only_problem(&with(&dir.path().join("none.pem")), "upstream.ca_file");
+    assert!(missing.contains("cannot read") && missing.contains("none.pem"), "{missing}");
+    let empty = dir.path().join("empty.pem");
+    std::fs::write(&empty, "no certificate here\n").unwrap();
+    assert!(only_problem(&with(&empty), "upstream.ca_file").contains("holds no PEM certificate"));
+    let key = rcgen::KeyPair::generate().unwrap();
+    let with_key = dir.path().join("key.pem");
+    std::fs::write(&with_key, key.serialize_pem()).unwrap();
+    assert!(only_problem(&with(&with_key), "upstream.ca_file").contains("other than certificates"));
+
+    let ca = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap().self_signed(&key).unwrap();
+    let good = dir.path().join("ca.pem");
+    std::fs::write(&good, ca.pem()).unwrap();
+    let config = Config::from_sources(&with(&good), no_env()).unwrap();
+    let loaded = config.upstream.ca_file.unwrap();
+    assert_eq!((loaded.path.as_path(), loaded.certs.len()), (good.as_path(), 1));
+    let by_env = env(&[("WXGATE_UPSTREAM_CA_FILE", good.to_str().unwrap())]);
+    assert!(Config::from_sources(&minimal(), by_env).unwrap().upstream.ca_file.is_some());
+    assert!(Config::from_sources(&minimal(), no_env()).unwrap().upstream.ca_file.is_none());
+}

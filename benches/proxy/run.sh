@@ -15,7 +15,8 @@
 #
 # Environment: ROUNDS (5), DURATION (10, seconds per run), CONNECTIONS (64), PROXY_CPU (0),
 # LOAD_CPU (1), PROFILE=1 (after the rounds, `perf record -g` wxgate under the same load and
-# print the top of `perf report --no-children --sort symbol`), KEEP=1 (keep the work dir).
+# print the top of `perf report --no-children --sort symbol`), KEEP=1 (keep the work dir),
+# MODE (both: the loopback run, then the production-shaped one in prod.sh; loopback; prod).
 set -euo pipefail
 
 ROUNDS=${ROUNDS:-5}
@@ -24,6 +25,7 @@ CONNECTIONS=${CONNECTIONS:-64}
 PROXY_CPU=${PROXY_CPU:-0}
 LOAD_CPU=${LOAD_CPU:-1}
 PROFILE=${PROFILE:-0}
+MODE=${MODE:-both}
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 cd "$ROOT"
@@ -300,6 +302,7 @@ run_wrk() { # target seconds -> "rps p50_us p99_us"
     echo "$rps $p50 $p99"
 }
 
+if [ "$MODE" != prod ]; then
 say "warm-up (2 s each)"
 for t in "${TARGETS[@]}"; do run_wrk "$t" 2 >/dev/null; done
 
@@ -334,8 +337,15 @@ print()
 print(f"wxgate/nginx  = {med['wxgate'][0] / med['nginx'][0]:.2f}x  (target >= 1.0x per core)")
 print(f"wxgate/direct = {med['wxgate'][0] / med['direct'][0]:.2f}x")
 EOF
+fi
 
-if [ "$PROFILE" = 1 ]; then
+if [ "$MODE" != loopback ]; then
+    command -v openssl >/dev/null || { $SUDO apt-get install -y -qq openssl >/dev/null; }
+    # shellcheck source=benches/proxy/prod.sh
+    source "$ROOT/benches/proxy/prod.sh"
+fi
+
+if [ "$PROFILE" = 1 ] && [ "$MODE" != prod ]; then
     say "profiling wxgate (pid $WXG_PID) under the same load"
     ( sleep 1; perf record -F 999 -g -p "$WXG_PID" -o "$WORK/perf.data" -- sleep "$DURATION" >/dev/null 2>&1 ) &
     PERF_PID=$!

@@ -47,6 +47,7 @@ pub(super) struct UpstreamFile {
     pub timeout_ms: Option<i64>,
     pub mp_base_url: Option<String>,
     pub fallback_urls: Option<Vec<String>>,
+    pub ca_file: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize, Serialize)]

@@ -20,6 +20,7 @@ pub(super) fn masked(config: &Config) -> String {
             timeout_ms: int(config.upstream.timeout.as_millis()),
             mp_base_url: Some(config.upstream.mp_base_url.to_string()),
             fallback_urls: Some(config.upstream.fallback_urls.iter().map(ToString::to_string).collect()),
+            ca_file: config.upstream.ca_file.as_ref().map(|ca| ca.path.display().to_string()),
         },
         listen: ListenFile {
             proxy: Some(config.listen.proxy.to_string()),

@@ -81,6 +81,16 @@ pub struct UpstreamConfig {
     /// Tried in order when `base_url` cannot be connected to (e.g. api2.weixin.qq.com).
     pub fallback_urls: Vec<url::Url>,
     pub timeout: Duration,
+    /// `upstream.ca_file`: extra CAs trusted for HTTPS upstreams besides the built-in roots.
+    pub ca_file: Option<CaFile>,
+}
+
+/// CA certificates read from a PEM file at start-up, each known to be usable as a trust anchor
+/// (e.g. the CA of a TLS-inspecting egress proxy).
+#[derive(Debug, Clone)]
+pub struct CaFile {
+    pub path: PathBuf,
+    pub certs: Vec<pingora::tls::CertificateDer<'static>>,
 }
 
 /// The two listeners. `public_base_url` is how browsers and WeChat reach `proxy`; like

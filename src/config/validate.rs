@@ -75,12 +75,38 @@ fn upstream(f: &FileConfig, p: &mut Problems) -> Option<UpstreamConfig> {
         None => Ok(Vec::new()),
     };
     let fallback_urls = p.check("upstream.fallback_urls", fallbacks);
+    let ca_file =
+        f.upstream.ca_file.as_ref().map(|path| p.check("upstream.ca_file", non_blank(path).and_then(ca_file)));
     Some(UpstreamConfig {
         base_url: base_url?,
         timeout: Duration::from_millis(timeout?),
         mp_base_url: mp_base_url?,
         fallback_urls: fallback_urls?,
+        ca_file: ca_file.map_or(Some(None), |ca| ca.map(Some))?,
     })
+}
+
+/// A PEM file holding at least one CA certificate, and nothing else that is not one (a
+/// private key in a CA bundle is a mistake worth stopping for).
+fn ca_file(path: &str) -> Result<CaFile, String> {
+    let pem = std::fs::read(path).map_err(|e| format!("cannot read {path}: {e}"))?;
+    let mut certs = Vec::new();
+    let mut roots = pingora::tls::RootCertStore::empty();
+    for item in rustls_pemfile::read_all(&mut pem.as_slice()) {
+        match item.map_err(|e| format!("{path} is not a valid PEM file: {e:?}"))? {
+            rustls_pemfile::Item::X509Certificate(cert) => {
+                roots
+                    .add(cert.clone())
+                    .map_err(|e| format!("certificate {} in {path} cannot be a CA: {e}", certs.len() + 1))?;
+                certs.push(cert);
+            }
+            _ => return Err(format!("{path} holds something other than certificates")),
+        }
+    }
+    if certs.is_empty() {
+        return Err(format!("{path} holds no PEM certificate (-----BEGIN CERTIFICATE-----)"));
+    }
+    Ok(CaFile { path: PathBuf::from(path), certs })
 }
 
 fn listen(f: &ListenFile, p: &mut Problems) -> Option<ListenConfig> {

@@ -17,14 +17,16 @@
 
 use super::resolve::Outbound;
 use crate::metrics;
+use base64::Engine;
 use bytes::Bytes;
 use futures_util::FutureExt;
-use pingora::connectors::TransportConnector;
+use pingora::connectors::{ConnectorOptions, TransportConnector};
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::protocols::http::client::HttpSession;
 use pingora::protocols::http::v1::client::HttpSession as H1Session;
 use pingora::protocols::http::ServerSession;
 use pingora::protocols::Stream;
+use pingora::tls::CertificateDer;
 use pingora::upstreams::peer::HttpPeer;
 use pingora::ErrorType;
 use std::net::{SocketAddr, ToSocketAddrs};
@@ -55,6 +57,8 @@ const OWN_REQUEST_HEADERS: [&str; 5] = ["authorization", "proxy-authorization", 
 pub enum UpstreamError {
     #[error("upstream {url}: cannot resolve: {reason}")]
     Resolve { url: String, reason: String },
+    #[error("upstream.ca_file: cannot set up the trusted CAs: {0}")]
+    Roots(String),
 }
 
 /// Why a call got no answer from WeChat.
@@ -144,6 +148,45 @@ impl Upstream {
             epoch: Instant::now(),
             retry_primary_after: RETRY_PRIMARY_AFTER,
         })
+    }
+
+    /// Trusts `extra` CA certificates (`upstream.ca_file`) for HTTPS hosts, besides the
+    /// platform's roots. pingora's connector takes one CA file that replaces the platform's
+    /// roots, so it is given a file holding both, written for the moment it is read.
+    pub fn with_extra_roots(mut self, extra: &[CertificateDer<'static>]) -> Result<Self, UpstreamError> {
+        if extra.is_empty() {
+            return Ok(self);
+        }
+        let roots_error = |e: &dyn std::fmt::Display| UpstreamError::Roots(e.to_string());
+        let mut pem = String::new();
+        // The platform's roots as pingora loads them without a CA file; none is no error there.
+        for cert in pingora::tls::load_native_certs().map_err(|e| roots_error(&e))?.iter().chain(extra) {
+            pem.push_str("-----BEGIN CERTIFICATE-----\n");
+            let b64 = base64::engine::general_purpose::STANDARD.encode(cert.as_ref());
+            for line in b64.as_bytes().chunks(64) {
+                pem.push_str(std::str::from_utf8(line).unwrap_or_default());
+                pem.push('\n');
+            }
+            pem.push_str("-----END CERTIFICATE-----\n");
+        }
+        let dir = std::env::temp_dir();
+        let path = dir.join(format!("wxgate-roots-{}-{:016x}.pem", std::process::id(), rand::random::<u64>()));
+        let written = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&path)
+            .and_then(|mut f| std::io::Write::write_all(&mut f, pem.as_bytes()));
+        if let Err(e) = written {
+            return Err(roots_error(&format_args!("cannot write {}: {e}", path.display())));
+        }
+        let mut options = ConnectorOptions::new(1);
+        options.ca_file = Some(path.display().to_string());
+        // The connector reads the file as it is built and panics on a bad one; every cert
+        // was checked when the config was read, so a panic here is a bug, not an input.
+        let built = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| TransportConnector::new(Some(options))));
+        let _ = std::fs::remove_file(&path);
+        self.transport = built.map_err(|_| roots_error(&"pingora's TLS connector refused the CAs"))?;
+        Ok(self)
     }
 
     #[cfg(test)]

@@ -104,8 +104,20 @@ pub struct WechatClient {
 }
 
 impl WechatClient {
-    pub fn new(base_url: url::Url, timeout: Duration, appid: AppId, appsecret: Secret) -> Result<Self, WechatError> {
-        let http = reqwest::Client::builder()
+    /// `extra_roots` (`upstream.ca_file`) are trusted besides the built-in roots.
+    pub fn new(
+        base_url: url::Url,
+        timeout: Duration,
+        appid: AppId,
+        appsecret: Secret,
+        extra_roots: &[pingora::tls::CertificateDer<'static>],
+    ) -> Result<Self, WechatError> {
+        let mut builder = reqwest::Client::builder();
+        for cert in extra_roots {
+            let cert = reqwest::Certificate::from_der(cert).map_err(|e| WechatError::from_reqwest("client", e))?;
+            builder = builder.add_root_certificate(cert);
+        }
+        let http = builder
             .timeout(timeout)
             .connect_timeout(timeout.min(Duration::from_secs(5)))
             .user_agent(concat!("wxgate/", env!("CARGO_PKG_VERSION")))

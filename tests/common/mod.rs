@@ -130,6 +130,8 @@ pub struct Setup {
     pub extra_toml: String,
     /// The `[store]` section; the SQLite file in `dir` unless a test sets another.
     pub store_toml: Option<String>,
+    /// Variables for the gateway's process (`WXGATE_*` overrides).
+    pub env: Vec<(String, String)>,
 }
 
 impl Setup {
@@ -144,6 +146,7 @@ impl Setup {
             upstream: "http://127.0.0.1:9".into(),
             extra_toml: String::new(),
             store_toml: None,
+            env: Vec::new(),
         }
     }
 
@@ -224,6 +227,7 @@ authorizers = ["*"]
             .arg("--config")
             .arg(&config)
             .env("WXGATE_LOG", "trace")
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log);

@@ -1,0 +1,95 @@
+//! WeChat over HTTPS signed by a CA of the operator's own (`upstream.ca_file`), as behind a
+//! TLS-inspecting egress proxy: the WeChat client (tokens) and the proxy (calls) both trust it,
+//! and a gateway without it refuses the host with the contract's 502.
+
+mod common;
+
+use common::*;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio_rustls::rustls::{self, pki_types::PrivateKeyDer};
+use wxgate::AppId;
+
+const A: &str = "wx1111111111111111";
+
+/// A CA of the test's own (as PEM), and a server config with a certificate it signed for
+/// 127.0.0.1.
+fn ca_and_server() -> (String, rustls::ServerConfig) {
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca.distinguished_name.push(rcgen::DnType::CommonName, "wxgate test egress CA");
+    let ca = ca.self_signed(&ca_key).unwrap();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let leaf = rcgen::CertificateParams::new(vec!["127.0.0.1".to_owned()]).unwrap();
+    let leaf = leaf.signed_by(&key, &ca, &ca_key).unwrap();
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let server = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(vec![leaf.der().clone()], PrivateKeyDer::Pkcs8(key.serialize_der().into()))
+        .unwrap();
+    (ca.pem(), server)
+}
+
+/// Terminates TLS on a port of its own and forwards each connection to `to`, in plain HTTP.
+async fn tls_in_front_of(to: SocketAddr, server: rustls::ServerConfig) -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(server));
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                // A client that refuses the certificate ends the handshake: nothing to forward.
+                let Ok(mut tls) = acceptor.accept(tcp).await else { return };
+                let Ok(mut plain) = tokio::net::TcpStream::connect(to).await else { return };
+                let _ = tokio::io::copy_bidirectional(&mut tls, &mut plain).await;
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_https_upstream_signed_by_the_ca_file_is_trusted_and_without_it_calls_get_502() {
+    let (ca_pem, server) = ca_and_server();
+    let mut setup = Setup::new();
+    let sandbox = setup.sandbox(7200).await;
+    let front = tls_in_front_of(sandbox.addr(), server).await;
+    setup.upstream = format!("https://{front}");
+    let ca_path = setup.dir.path().join("egress-ca.pem");
+    std::fs::write(&ca_path, &ca_pem).unwrap();
+    setup.env.push(("WXGATE_UPSTREAM_CA_FILE".into(), ca_path.display().to_string()));
+
+    // The WeChat client: the component token and the authorizer's come over HTTPS.
+    let gw = setup.start().await;
+    sandbox.push_ticket().await.unwrap();
+    sandbox.authorize(&AppId::parse(A).unwrap()).await.unwrap();
+    eventually(Duration::from_secs(10), "the authorizer active", || async {
+        let list: serde_json::Value = gw.admin_get("/admin/authorizers").await.json().await.unwrap();
+        list["authorizers"].as_array().is_some_and(|a| a.len() == 1 && a[0]["state"] == "active")
+    })
+    .await;
+    // The proxy: a call on the authorizer's behalf.
+    let call = format!("/{A}/cgi-bin/user/info?openid=o1&access_token={CLIENT_KEY}");
+    let r = gw.http.get(gw.proxy_url(&call)).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(body["errcode"], 0, "{body}");
+    drop(gw);
+
+    // The same store and host, without the CA: the host's certificate is refused.
+    let mut without = setup.sibling();
+    without.store_toml = Some(format!("[store]\nbackend = \"sqlite\"\npath = \"{}\"", setup.db_path().display()));
+    let gw = without.start().await;
+    let r = gw.http.get(gw.proxy_url(&call)).send().await.unwrap();
+    assert_eq!(r.status(), 502);
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert!(body["errmsg"].as_str().is_some_and(|m| m.starts_with("wxgate: ")), "{body}");
+    assert!(body["errcode"].as_i64().is_some_and(|c| c != 0), "{body}");
+    assert_no_secrets(&setup.log(), &[]);
+    assert_no_secrets(&without.log(), &[]);
+}
