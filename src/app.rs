@@ -201,6 +201,9 @@ fn load_tokens(
     let settings = Settings {
         // A lease outlasts a call to WeChat (bounded by the upstream timeout) and the write after.
         lease_ttl: config.upstream.timeout + std::time::Duration::from_secs(5),
+        // A request waits for a peer's refresh and then makes its own call: both fit in the
+        // upstream timeout.
+        peer_wait: config.upstream.timeout / 2,
         reconcile_every: config.refresh.reconcile_every,
         budget_per_minute: config.refresh.budget_per_minute,
         ..Settings::new(config.refresh.ahead)

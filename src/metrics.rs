@@ -124,6 +124,14 @@ pub static STORE_OUTAGES: LazyLock<IntCounter> = LazyLock::new(|| {
     register_int_counter!("wxgate_store_outages_total", "Times the connection to Redis was lost").expect("metric")
 });
 
+pub static STORE_UNREPLICATED: LazyLock<IntCounter> = LazyLock::new(|| {
+    register_int_counter!(
+        "wxgate_store_unreplicated_writes_total",
+        "Authorizer records the Redis master took but fewer than store.redis_wait_replicas replicas acknowledged in time"
+    )
+    .expect("metric")
+});
+
 pub static CONFIG_RELOADS: LazyLock<IntCounterVec> = LazyLock::new(|| {
     register_int_counter_vec!(
         "wxgate_config_reloads_total",
@@ -241,6 +249,7 @@ pub fn init() {
     LazyLock::force(&WECHAT_ERROR_COUNTERS);
     LazyLock::force(&RECONCILE);
     LazyLock::force(&STORE_OUTAGES);
+    LazyLock::force(&STORE_UNREPLICATED);
     STORE_UP.set(1);
     for result in ["ok", "invalid", "refused"] {
         CONFIG_RELOADS.with_label_values(&[result]);

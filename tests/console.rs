@@ -71,7 +71,7 @@ async fn gateway() -> (Setup, wxgate::sandbox::Sandbox, Gateway) {
     let mut setup = Setup::new();
     let sandbox = setup.sandbox(7200).await;
     let gw = setup.start().await;
-    sandbox.push_ticket().await.unwrap();
+    ticket_delivered(&sandbox).await;
     for a in ACCOUNTS {
         sandbox.authorize(&AppId::parse(a).unwrap()).await.unwrap();
     }

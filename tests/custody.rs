@@ -34,7 +34,7 @@ async fn ready(lifetime: u64) -> (Setup, Sandbox, Gateway) {
     setup.extra_toml = "\n[refresh]\nreconcile_hours = 0\n".into();
     let sandbox = setup.sandbox(lifetime).await;
     let gw = setup.start().await;
-    sandbox.push_ticket().await.unwrap();
+    ticket_delivered(&sandbox).await;
     eventually(Duration::from_secs(10), "readyz", || async {
         gw.http.get(gw.admin_url("/readyz")).send().await.is_ok_and(|r| r.status() == 200)
     })

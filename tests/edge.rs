@@ -18,7 +18,7 @@ async fn started(proxy: &str) -> (Setup, Sandbox, Gateway) {
     setup.extra_toml = format!("\n[proxy]\n{proxy}\n");
     let sandbox = setup.sandbox(7200).await;
     let gw = setup.start().await;
-    sandbox.push_ticket().await.unwrap_or_else(|e| panic!("{e:?}; log:\n{}", setup.log()));
+    ticket_delivered(&sandbox).await;
     sandbox.authorize(&AppId::parse(A).unwrap()).await.unwrap_or_else(|e| panic!("{e:?}; log:\n{}", setup.log()));
     eventually(Duration::from_secs(10), "A authorized", || async {
         let a: serde_json::Value = gw.admin_get(&format!("/admin/authorizers/{A}")).await.json().await.unwrap();

@@ -24,7 +24,7 @@ async fn started(accounts: &[&str]) -> (Setup, Sandbox, Gateway) {
     setup.extra_toml = "\n[refresh]\nreconcile_hours = 0\n".into();
     let sandbox = setup.sandbox(7200).await;
     let gw = setup.start().await;
-    sandbox.push_ticket().await.unwrap();
+    ticket_delivered(&sandbox).await;
     for a in accounts {
         sandbox.authorize(&appid(a)).await.unwrap();
     }

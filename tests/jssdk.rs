@@ -22,8 +22,7 @@ async fn start_ready(setup: &mut Setup, sandbox: Option<&Sandbox>, lifetime: u64
         None => setup.sandbox(lifetime).await,
     };
     let gw = setup.start().await;
-    // /healthz answers on the admin listener; the proxy listener can take a moment longer.
-    eventually(Duration::from_secs(10), "a ticket pushed", || async { sandbox.push_ticket().await.is_ok() }).await;
+    ticket_delivered(&sandbox).await;
     eventually(Duration::from_secs(15), "readyz", || async {
         gw.http.get(gw.admin_url("/readyz")).send().await.is_ok_and(|r| r.status() == 200)
     })

@@ -441,7 +441,7 @@ async fn the_whole_release_check_passes_for_an_official_account_and_a_mini_progr
     setup.extra_toml =
         format!("\n[[messages.routes]]\nname = \"all\"\nauthorizers = [\"*\"]\nurl = \"{}\"\ntoken = \"{HANDLER_TOKEN}\"\nmode = \"reply\"\n", handler.url());
     let gw = setup.start().await;
-    sandbox.push_ticket().await.unwrap();
+    ticket_delivered(&sandbox).await;
     // The QUERY_AUTH_CODE step exchanges the code with the component token: WeChat runs the
     // check against a platform that holds one, so wait for it (under load it takes a while).
     common::eventually(Duration::from_secs(10), "readyz", || async {

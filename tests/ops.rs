@@ -147,7 +147,7 @@ async fn the_dashboard_and_the_alerts_use_only_metrics_the_gateway_exposes() {
     let mut setup = Setup::new();
     let sandbox = setup.sandbox(7200).await;
     let gw = setup.start().await;
-    sandbox.push_ticket().await.unwrap();
+    ticket_delivered(&sandbox).await;
     let account = AppId::parse("wx1111111111111111").unwrap();
     sandbox.authorize(&account).await.unwrap();
     eventually(Duration::from_secs(10), "the account is active", || async {

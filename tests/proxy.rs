@@ -38,7 +38,7 @@ reveal_tokens = true
     );
     let sandbox = setup.sandbox(7200).await;
     let gw = setup.start().await;
-    sandbox.push_ticket().await.unwrap();
+    ticket_delivered(&sandbox).await;
     for a in [A, B] {
         sandbox.authorize(&appid(a)).await.unwrap();
     }

@@ -58,7 +58,7 @@ async fn two_instances(redis: &OwnRedis, lifetime: u64, accounts: u32) -> (Vec<S
     for s in &setups {
         gws.push(s.start().await);
     }
-    sandbox.push_ticket().await.unwrap();
+    ticket_delivered(&sandbox).await;
     for i in 1..=accounts {
         sandbox.authorize(&appid(i)).await.unwrap();
     }
@@ -132,11 +132,6 @@ async fn load(i: usize, gw: Arc<Gateway>, start: Instant, stop: Arc<std::sync::a
     samples
 }
 
-// Ignored until fixed (issue 11): since the merge of the one refresh protocol, a proxied call
-// whose token expired during the outage can be held ~8 s after Redis returns (the wait for a
-// peer's refresh polls for up to the lease time, longer than the upstream timeout). Run it with
-// `cargo nextest run --test redis_outage --run-ignored all`.
-#[ignore = "a call held ~8 s after Redis returns since the refresher merge; see comment"]
 #[tokio::test(flavor = "multi_thread")]
 async fn a_redis_outage_is_answered_at_once_and_recovered_within_seconds() {
     let mut redis = OwnRedis::start();

@@ -150,7 +150,7 @@ async fn sighup_swaps_clients_and_admin_token_under_load_and_refuses_bad_or_rest
     setup.extra_toml = client_toml("leaving", LEAVING_KEY);
     let sandbox = setup.sandbox(7200).await;
     let gw = setup.start().await;
-    sandbox.push_ticket().await.unwrap();
+    ticket_delivered(&sandbox).await;
     sandbox.authorize(&AppId::parse(ACCOUNT).unwrap()).await.unwrap();
     eventually(Duration::from_secs(10), "the account authorized", || async {
         gw.admin_get(&format!("/admin/authorizers/{ACCOUNT}")).await.status() == 200

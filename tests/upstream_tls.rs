@@ -66,7 +66,7 @@ async fn an_https_upstream_signed_by_the_ca_file_is_trusted_and_without_it_calls
 
     // The WeChat client: the component token and the authorizer's come over HTTPS.
     let gw = setup.start().await;
-    sandbox.push_ticket().await.unwrap();
+    ticket_delivered(&sandbox).await;
     sandbox.authorize(&AppId::parse(A).unwrap()).await.unwrap();
     eventually(Duration::from_secs(10), "the authorizer active", || async {
         let list: serde_json::Value = gw.admin_get("/admin/authorizers").await.json().await.unwrap();

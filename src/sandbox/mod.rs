@@ -126,7 +126,9 @@ impl Sandbox {
             ledger.record.stats.tickets_pushed += 1;
             ledger.new_ticket()
         };
-        self.send(&push::ticket_message(self.appid(), &ticket)).await
+        self.send(&push::ticket_message(self.appid(), &ticket)).await?;
+        self.ledger().record.stats.tickets_delivered += 1;
+        Ok(())
     }
 
     /// An owner authorizes: creates the account if new, issues a single-use auth code (600 s),

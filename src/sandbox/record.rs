@@ -18,6 +18,8 @@ pub struct Stats {
     pub start_push_ticket_calls: u64,
     /// Tickets issued and sent (or attempted: a failed push still replaces the ticket).
     pub tickets_pushed: u64,
+    /// Ticket pushes the callback answered `success`.
+    pub tickets_delivered: u64,
     /// Pushes (tickets and events) that did not get HTTP 200 with the body `success`.
     pub pushes_failed: u64,
     pub query_auth_calls: u64,

@@ -121,6 +121,10 @@ pub struct Settings {
     /// How long one instance may hold the right to refresh a token (shared stores): longer than
     /// a call to WeChat and the write after it.
     pub lease_ttl: Duration,
+    /// How long a caller serving a request (a proxied call, a page) waits for another instance's
+    /// refresh before it is told the token is not to be had: well under the upstream timeout, so
+    /// that no call is held longer than one to WeChat could take. The scheduler waits the lease out.
+    pub peer_wait: Duration,
     /// `refresh.reconcile_hours`: how often the authorizers are reconciled with WeChat's list
     /// (and once at start-up); `None` never.
     pub reconcile_every: Option<Duration>,
@@ -141,6 +145,7 @@ impl Settings {
             push_ticket_every: Duration::from_secs(5 * 60),
             concurrency: 16,
             lease_ttl: Duration::from_secs(30),
+            peer_wait: Duration::from_secs(5),
             reconcile_every: Some(Duration::from_secs(24 * 3600)),
             info_slice_every: Duration::from_secs(24 * 3600 / info::SLICES),
             budget_per_minute: DEFAULT_BUDGET_PER_MINUTE,

@@ -18,6 +18,11 @@ use std::time::Duration;
 /// How often an instance waiting on another's refresh looks at the store.
 pub(super) const PEER_POLL: Duration = Duration::from_millis(100);
 
+/// A failed lease release is tried again this often, this many times (a minute: longer than any
+/// lease lives).
+const RELEASE_RETRY_EVERY: Duration = Duration::from_millis(250);
+const RELEASE_RETRIES: u32 = 240;
+
 /// The budget's window.
 const BUDGET_WINDOW_MS: i64 = 60_000;
 
@@ -200,12 +205,24 @@ impl Drop for LeaseGuard {
     }
 }
 
-/// A release that fails leaves the lease to expire on its own: peers wait up to its lifetime.
+/// A lease not released makes peers wait up to its lifetime, so a release that fails (the store
+/// away for a moment) is tried again from a task of its own until the store takes it or the
+/// lease would have expired anyway. Releasing is owner-checked: a late release of a lease that
+/// passed to another instance does nothing.
 async fn release_logged(store: &SharedStore, lease: &Lease) {
-    if let Err(e) = store.release(lease).await {
-        metrics::LEASE_RELEASE_FAILURES.inc();
-        tracing::warn!(lease = %lease.key, error = %e, "could not release a refresh lease; it expires on its own");
-    }
+    let Err(e) = store.release(lease).await else { return };
+    metrics::LEASE_RELEASE_FAILURES.inc();
+    tracing::warn!(lease = %lease.key, error = %e, "could not release a refresh lease; trying again");
+    let (store, lease) = (Arc::clone(store), lease.clone());
+    tokio::spawn(async move {
+        for _ in 0..RELEASE_RETRIES {
+            tokio::time::sleep(RELEASE_RETRY_EVERY).await;
+            if store.release(&lease).await.is_ok() {
+                return;
+            }
+        }
+        tracing::warn!(lease = %lease.key, "a refresh lease stayed unreleased; it expires on its own");
+    });
 }
 
 impl TokenService {
@@ -268,11 +285,16 @@ impl TokenService {
         }
     }
 
-    /// Another instance holds the lease: wait for what it stores, as long as a lease lasts.
+    /// Another instance holds the lease: wait for what it stores, as long as a lease lasts (the
+    /// scheduler, an operator) or as a request may wait (`peer_wait`).
     async fn await_peer<C: Credential>(&self, c: &C, want: Want<'_>) -> Result<Arc<AccessToken>, TokenError> {
-        let deadline = tokio::time::Instant::now() + self.settings.lease_ttl;
+        let patience = match want {
+            Want::Planned | Want::Now => self.settings.lease_ttl,
+            Want::Valid | Want::Replace(_) => self.settings.peer_wait.min(self.settings.lease_ttl),
+        };
+        let deadline = tokio::time::Instant::now() + patience;
         while tokio::time::Instant::now() < deadline {
-            tokio::time::sleep(PEER_POLL).await;
+            tokio::time::sleep(PEER_POLL.min(deadline - tokio::time::Instant::now())).await;
             if let Some(current) = self.settled(c, want).await? {
                 return Ok(current);
             }
@@ -280,7 +302,7 @@ impl TokenService {
         match self.store.lease(&self.component, &c.lease_name(), self.settings.lease_ttl).await? {
             Some(lease) => self.under_lease(c, want, LeaseGuard::new(Arc::clone(&self.store), lease)).await,
             None => {
-                // Callers queued behind this one would each wait a lease out too.
+                // Callers queued behind this one would each wait out their patience too.
                 self.record_failure(c, &TokenError::Contended).await;
                 Err(TokenError::Contended)
             }

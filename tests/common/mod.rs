@@ -366,6 +366,24 @@ impl Setup {
     }
 }
 
+/// Waits until the gateway holds a ticket. The sandbox pushes its first ticket as it starts, into
+/// the gateway's held listener: this waits for that push to be answered, and pushes one only if
+/// it failed. A second ticket right behind the first would race the refresh the first started
+/// (the sandbox, strict, refuses a superseded ticket with 61006), and stories count those calls.
+pub async fn ticket_delivered(sandbox: &wxgate::sandbox::Sandbox) {
+    if sandbox.config().callback_url.is_none() {
+        return;
+    }
+    eventually(Duration::from_secs(15), "the sandbox's first ticket push is answered", || async {
+        let stats = sandbox.stats();
+        stats.tickets_delivered > 0 || stats.pushes_failed > 0
+    })
+    .await;
+    if sandbox.stats().tickets_delivered == 0 {
+        sandbox.push_ticket().await.unwrap();
+    }
+}
+
 /// Polls `check` every 50 ms until it holds, for at most `within`.
 pub async fn eventually<F, Fut>(within: Duration, what: &str, mut check: F)
 where

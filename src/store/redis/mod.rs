@@ -109,6 +109,21 @@ pub struct RedisOptions {
     pub wait_timeout: Duration,
 }
 
+/// What a write needs to count as done.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Durability {
+    /// The master's answer: tickets, leases, bookkeeping (lost in a failover at worst they cost
+    /// a new ticket push or one extra refresh).
+    Master,
+    /// `WAIT` for the replicas, but a write short of them stands (counted, logged): an authorizer
+    /// record, whose refresh token WeChat has already rotated, so that refusing it would take
+    /// the only good tokens out of service and change nothing the master holds.
+    Preferred,
+    /// `WAIT` for the replicas, or the write fails: an event or a message, which WeChat sends
+    /// again when it is not answered `success`.
+    Replicas,
+}
+
 impl Default for RedisOptions {
     fn default() -> Self {
         Self { timeout: Duration::from_millis(1000), wait_replicas: 0, wait_timeout: Duration::from_millis(1000) }
@@ -177,7 +192,7 @@ impl RedisStore {
     where
         T: redis::FromRedisValue + Send + 'static,
     {
-        self.invoke(invocation, durable).await
+        self.invoke(invocation, if durable { Durability::Replicas } else { Durability::Master }).await
     }
 
     async fn warn_without_persistence(&self) {
@@ -216,13 +231,14 @@ impl RedisStore {
         self.link.run(|mut c| async move { c.hgetall(key).await }).await
     }
 
-    /// Runs a script; with `durable`, waits for `store.redis_wait_replicas` replicas to hold what
-    /// it wrote, on the same connection (WAIT counts that connection's writes), and fails unless
-    /// they did: a write only the master holds could be lost in a failover.
-    async fn invoke<T>(&self, invocation: ScriptInvocation<'static>, durable: bool) -> Result<T, StoreError>
+    /// Runs a script; unless `durability` is [`Durability::Master`], waits for
+    /// `store.redis_wait_replicas` replicas to hold what it wrote, on the same connection (WAIT
+    /// counts that connection's writes): a write only the master holds could be lost in a failover.
+    async fn invoke<T>(&self, invocation: ScriptInvocation<'static>, durability: Durability) -> Result<T, StoreError>
     where
         T: redis::FromRedisValue + Send + 'static,
     {
+        let durable = durability != Durability::Master;
         let wait = (durable && self.options.wait_replicas > 0)
             .then_some((self.options.wait_replicas, self.options.wait_timeout));
         let deadline = self.options.timeout + wait.map_or(Duration::ZERO, |(_, t)| t);
@@ -245,9 +261,14 @@ impl RedisStore {
             (Some((n, t)), Some(acked)) if acked < n => {
                 // Most often a failover under way: the master we write to has lost its replica.
                 self.link.suspect();
-                Err(StoreError::Unavailable(format!(
-                    "redis: the write reached {acked} of the {n} replicas required within {t:?} (WAIT)"
-                )))
+                let short =
+                    format!("redis: the write reached {acked} of the {n} replicas required within {t:?} (WAIT)");
+                if durability == Durability::Replicas {
+                    return Err(StoreError::Unavailable(short));
+                }
+                crate::metrics::STORE_UNREPLICATED.inc();
+                tracing::warn!("{short}; the master holds it and it stays in service");
+                Ok(value)
             }
             _ => Ok(value),
         }
@@ -333,9 +354,10 @@ impl RedisStore {
         for (field, value) in fields {
             invocation.arg(field).arg(value);
         }
-        // Authorizer records carry the refresh token: they must survive a failover.
-        let durable = !member.is_empty();
-        let written: i64 = self.invoke(invocation, durable).await?;
+        // Authorizer records carry the refresh token: they should survive a failover. But WeChat
+        // has already rotated it, so a record short of replicas is still the only good one.
+        let durability = if member.is_empty() { Durability::Master } else { Durability::Preferred };
+        let written: i64 = self.invoke(invocation, durability).await?;
         Ok(written == 1)
     }
 }
@@ -572,7 +594,7 @@ impl Store for RedisStore {
         let mut invocation = SAVE_TICKET.key(self.key(component, "ticket"));
         invocation.key(self.key(component, "changes")).arg(t.value.expose()).arg(t.create_time).arg(t.received_at);
         // A ticket lost in a failover is replaced by WeChat's next push within 10 minutes.
-        let kept: i64 = self.invoke(invocation, false).await?;
+        let kept: i64 = self.invoke(invocation, Durability::Master).await?;
         Ok(kept == 1)
     }
 
@@ -583,7 +605,7 @@ impl Store for RedisStore {
         invocation.arg(dedupe).arg(self.key(component, "event:")).arg(&e.info_type).arg(&e.authorizer_appid);
         invocation.arg(e.create_time).arg(e.payload.expose()).arg(e.received_at);
         // WeChat is answered `success` once this returns, and does not send the event again.
-        let id: i64 = self.invoke(invocation, true).await?;
+        let id: i64 = self.invoke(invocation, Durability::Replicas).await?;
         Ok(id > 0)
     }
 
@@ -703,7 +725,7 @@ impl Store for RedisStore {
         invocation.key(self.key(component, &format!("authorizer:{appid}")));
         invocation.key(self.key(component, "version")).key(self.key(component, "changed"));
         invocation.key(self.key(component, "changes")).arg(appid.as_str());
-        let n: i64 = self.invoke(invocation, false).await?;
+        let n: i64 = self.invoke(invocation, Durability::Master).await?;
         Ok(n > 0)
     }
 
@@ -736,7 +758,7 @@ impl Store for RedisStore {
     async fn release(&self, lease: &Lease) -> Result<(), StoreError> {
         let mut invocation = RELEASE.key(&lease.key);
         invocation.arg(&lease.owner);
-        let _: i64 = self.invoke(invocation, false).await?;
+        let _: i64 = self.invoke(invocation, Durability::Master).await?;
         Ok(())
     }
 
