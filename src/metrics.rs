@@ -242,7 +242,17 @@ pub fn init() {
     LazyLock::force(&MESSAGES);
     LazyLock::force(&MESSAGE_OUTBOX);
     LazyLock::force(&MESSAGE_DELIVERY);
-    LazyLock::force(&MESSAGE_ATTEMPTS);
+    // Series of a fixed label set start at zero, so that rates and alerts see the first one.
+    for result in ["delivered", "retry", "failed"] {
+        MESSAGE_ATTEMPTS.with_label_values(&[result]);
+    }
+    for endpoint in crate::tokens::Endpoint::ALL {
+        BUDGET_EXHAUSTED.with_label_values(&[endpoint.as_str()]);
+    }
+    LazyLock::force(&LEASE_RELEASE_FAILURES);
+    for result in ["ok", "error", "busy"] {
+        RECONCILE.with_label_values(&[result]);
+    }
     for state in ["pending", "failed"] {
         MESSAGE_OUTBOX.with_label_values(&[state]).set(0);
     }

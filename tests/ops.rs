@@ -159,6 +159,10 @@ async fn the_dashboard_and_the_alerts_use_only_metrics_the_gateway_exposes() {
     let answer: serde_json::Value = gw.http.get(url).send().await.unwrap().json().await.unwrap();
     assert_eq!(answer["errcode"], 0, "{answer}");
     assert_eq!(gw.post_callback("timestamp=1&nonce=n", "not xml").await.status(), 400);
+    // A message with no route for it: counted, and answered so that WeChat does not retry.
+    let text =
+        wxgate::sandbox::MessageSpec { msg_type: "text".into(), content: Some("hello".into()), ..Default::default() };
+    sandbox.push_message(&account, &text).await.unwrap();
     let exposed = exposed_families(&gw.metrics().await);
 
     let mut unknown = Vec::new();
