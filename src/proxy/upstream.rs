@@ -39,8 +39,9 @@ use url::Url;
 /// Pooled connections are kept this long idle; WeChat's side closes idle ones after about a minute.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(50);
 
-/// Idle connections kept per WeChat host.
-const MAX_IDLE_PER_TARGET: usize = 128;
+/// Idle connections kept per WeChat host: as many as calls a busy gateway has in flight (each
+/// holds one), so that a warm gateway makes no new handshakes; one costs a socket and ~1 KB.
+const MAX_IDLE_PER_TARGET: usize = 1024;
 
 /// While a fallback is active, the primary is tried again this often.
 pub const RETRY_PRIMARY_AFTER: Duration = Duration::from_secs(30);
