@@ -50,14 +50,23 @@ impl<A> Edge<A> {
 
 #[async_trait]
 impl<A: HttpServerApp + Send + Sync + 'static> ServerApp for Edge<A> {
+    /// Between requests a connection holds only its stream: the session and pingora's request
+    /// future (tens of kilobytes) are made once the next request's first byte is in, so that
+    /// thousands of idle keep-alive clients cost little.
     async fn process_new(self: &Arc<Self>, stream: Stream, shutdown: &ShutdownWatch) -> Option<Stream> {
-        let stream: Stream = Box::new(Deadlined::new(stream, self.timeouts));
-        let mut session = ServerSession::new_http1(stream);
+        let mut deadlined = Box::new(Deadlined::new(stream, self.timeouts));
+        if !deadlined.wait_for_request(shutdown).await {
+            return None;
+        }
+        let mut session = ServerSession::new_http1(deadlined);
         session.set_keepalive(if *shutdown.borrow() { None } else { Some(self.timeouts.keepalive.as_secs()) });
         let mut result = self.app.process_new_http(session, shutdown).await;
         while let Some((stream, settings)) = result.map(|r| r.consume()) {
             let mut deadlined = stream.into_any().downcast::<Deadlined>().ok()?;
             deadlined.await_next_request();
+            if !deadlined.wait_for_request(shutdown).await {
+                return None;
+            }
             let mut session = ServerSession::new_http1(deadlined);
             if let Some(settings) = settings {
                 settings.apply_to_session(&mut session);
@@ -130,13 +139,40 @@ pub struct Deadlined {
     deadline: Pin<Box<Sleep>>,
     /// Set through a shared reference: the gateway sees the stream only behind its session.
     head_read: AtomicBool,
+    /// The first byte of a request, read to learn that one has begun; the next read returns it.
+    held: Option<u8>,
 }
 
 impl Deadlined {
     /// A new connection: its first head is due within the header timeout, as with nginx.
     fn new(inner: Stream, timeouts: Timeouts) -> Self {
         let deadline = Box::pin(tokio::time::sleep(timeouts.header));
-        Self { inner, timeouts, phase: Phase::Head, deadline, head_read: AtomicBool::new(false) }
+        Self { inner, timeouts, phase: Phase::Head, deadline, head_read: AtomicBool::new(false), held: None }
+    }
+
+    /// Waits, under the current deadline, for the first byte of the next request; `false` when
+    /// the connection ends first (closed, timed out, the server shutting down).
+    async fn wait_for_request(&mut self, shutdown: &ShutdownWatch) -> bool {
+        let mut shutdown = shutdown.clone();
+        if *shutdown.borrow() {
+            return false;
+        }
+        let mut byte = [0u8; 1];
+        let read = tokio::select! {
+            read = tokio::io::AsyncReadExt::read(self, &mut byte) => read,
+            _ = shutdown.wait_for(|stop| *stop) => return false,
+        };
+        match read {
+            Ok(1) => {
+                self.held = Some(byte[0]);
+                true
+            }
+            Ok(_) => false,
+            Err(e) => {
+                tracing::debug!(error = %e, "client connection ended before its request");
+                false
+            }
+        }
     }
 
     fn await_next_request(&mut self) {
@@ -149,6 +185,11 @@ impl Deadlined {
 impl AsyncRead for Deadlined {
     fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         let this = &mut *self;
+        if let Some(byte) = this.held.filter(|_| buf.remaining() > 0) {
+            this.held = None;
+            buf.put_slice(&[byte]);
+            return Poll::Ready(Ok(()));
+        }
         if this.phase != Phase::Body && this.head_read.load(Ordering::Relaxed) {
             this.phase = Phase::Body;
         }
@@ -269,7 +310,13 @@ impl GetSocketDigest for Deadlined {
 #[async_trait]
 impl Peek for Deadlined {
     async fn try_peek(&mut self, buf: &mut [u8]) -> io::Result<bool> {
-        self.inner.try_peek(buf).await
+        match (self.held, buf.first_mut()) {
+            (Some(byte), Some(first)) => {
+                *first = byte;
+                Ok(true)
+            }
+            _ => self.inner.try_peek(buf).await,
+        }
     }
 }
 
