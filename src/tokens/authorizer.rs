@@ -165,7 +165,7 @@ impl TokenService {
         error: String,
     ) -> Result<(), TokenError> {
         mem.state = state;
-        mem.last_error = Some(error);
+        mem.last_error = Some(error.into_boxed_str());
         if state == AuthorizerState::Revoked {
             mem.refresh_token = None;
             mem.access = None;
@@ -361,7 +361,7 @@ impl Credential for AuthorizerCredential<'_> {
         metrics::TOKEN_REFRESH.with_label_values(&["authorizer", error.label()]).inc();
         tracing::warn!(authorizer = %slot.appid, error = %error, failures = attempts, retry_in_ms, "authorizer token refresh failed; retrying with backoff");
         let mut mem = slot.mem();
-        mem.last_error = Some(error.to_string());
+        mem.last_error = Some(error.to_string().into_boxed_str());
         // Kept on disk for the admin API after a restart; losing that write loses only the message.
         if let Err(e) = self.service.store.save_authorizer(&self.service.component, &mem.to_record(&slot.appid)).await {
             tracing::debug!(authorizer = %slot.appid, error = %e, "could not store the refresh error");

@@ -108,7 +108,8 @@ pub(super) struct AuthorizerMem {
     pub access: Option<Arc<AccessToken>>,
     pub authorized_at: i64,
     pub last_refresh_at: i64,
-    pub last_error: Option<String>,
+    /// Boxed rather than a `String`: 8 bytes fewer for each of a large fleet.
+    pub last_error: Option<Box<str>>,
     /// Held as bytes: 20 of them rather than a 40-character string, for each of a large fleet.
     pub auth_code_sha1: Option<[u8; 20]>,
 }
@@ -125,7 +126,7 @@ impl AuthorizerMem {
             access,
             authorized_at: r.authorized_at,
             last_refresh_at: r.last_refresh_at,
-            last_error: r.last_error,
+            last_error: r.last_error.map(String::into_boxed_str),
             auth_code_sha1: r.auth_code_sha1.and_then(|h| {
                 let mut bytes = [0u8; 20];
                 hex::decode_to_slice(h, &mut bytes).ok().map(|()| bytes)
@@ -142,7 +143,7 @@ impl AuthorizerMem {
             access_expires_at: self.access.as_ref().map_or(0, |a| a.expires_at),
             authorized_at: self.authorized_at,
             last_refresh_at: self.last_refresh_at,
-            last_error: self.last_error.clone(),
+            last_error: self.last_error.as_deref().map(str::to_owned),
             auth_code_sha1: self.auth_code_sha1.map(hex::encode),
         }
     }
@@ -200,7 +201,7 @@ impl AuthorizerSlot {
             authorized_at_ms: mem.authorized_at,
             last_refresh_at_ms: mem.last_refresh_at,
             next_refresh_at_ms,
-            last_error: mem.last_error.clone(),
+            last_error: mem.last_error.as_deref().map(str::to_owned),
         }
     }
 }
