@@ -11,7 +11,9 @@
 //! every record. Refresh tokens live here: run Redis with AOF (`appendonly yes`,
 //! `appendfsync everysec` or `always`); start-up warns when it keeps nothing on disk.
 
+mod follower;
 mod link;
+mod scripts;
 mod target;
 
 pub use target::{parse_sentinel_url, SentinelUrl, SENTINEL_SCHEME};
@@ -23,66 +25,15 @@ use super::{
 use crate::{AppId, Secret};
 use async_trait::async_trait;
 use futures_util::StreamExt;
-use link::{Link, WeakLink};
+use follower::Follower;
+use link::Link;
+use scripts::{DELETE, FENCED_WRITE, RECORD_EVENT, RELEASE, SAVE_TICKET};
 use redis::{AsyncCommands, Script, ScriptInvocation};
 use std::collections::HashMap;
 use std::sync::LazyLock;
 use std::time::Duration;
 use target::Target;
 use tokio::sync::broadcast;
-
-/// Keeps `ticket` unless the one held has a later CreateTime.
-static SAVE_TICKET: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
-        r"local held = redis.call('HGET', KEYS[1], 'create_time')
-          if held and tonumber(held) > tonumber(ARGV[2]) then return 0 end
-          redis.call('HSET', KEYS[1], 'value', ARGV[1], 'create_time', ARGV[2], 'received_at', ARGV[3])
-          redis.call('PUBLISH', KEYS[2], 'ticket')
-          return 1",
-    )
-});
-
-/// Records an event once: the dedupe set says whether it is new.
-static RECORD_EVENT: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
-        r"if redis.call('SADD', KEYS[1], ARGV[1]) == 0 then return 0 end
-          local id = redis.call('INCR', KEYS[2])
-          redis.call('HSET', ARGV[2] .. id, 'info_type', ARGV[3], 'authorizer_appid', ARGV[4],
-                     'create_time', ARGV[5], 'payload', ARGV[6], 'received_at', ARGV[7])
-          redis.call('ZADD', KEYS[3], id, id)
-          return id",
-    )
-});
-
-/// Replaces a hash whole, only while the lease is held (an empty owner: no lease needed), adds
-/// the member to a set with its version, and announces the change: checked and written in one step.
-static FENCED_WRITE: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
-        r"if ARGV[1] ~= '' and redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
-          redis.call('DEL', KEYS[2])
-          redis.call('HSET', KEYS[2], unpack(ARGV, 4))
-          local announce = ARGV[3]
-          if ARGV[2] ~= '' then
-            redis.call('SADD', KEYS[3], ARGV[2])
-            local v = redis.call('INCR', KEYS[5])
-            redis.call('ZADD', KEYS[6], v, ARGV[2])
-            announce = announce .. '@' .. v
-          end
-          redis.call('PUBLISH', KEYS[4], announce)
-          return 1",
-    )
-});
-
-/// Forgets an authorizer, recording the deletion as a change like any write.
-static DELETE: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
-        r"local n = redis.call('SREM', KEYS[1], ARGV[1]) + redis.call('DEL', KEYS[2])
-          local v = redis.call('INCR', KEYS[3])
-          redis.call('ZADD', KEYS[4], v, ARGV[1])
-          redis.call('PUBLISH', KEYS[5], 'deleted:' .. ARGV[1] .. '@' .. v)
-          return n",
-    )
-});
 
 /// More changes than this since the last one heard: reload everything rather than announce
 /// each (the follower's channel holds 1024 announcements; a batch carries [`SCAN_COUNT`]).
@@ -92,10 +43,6 @@ const CATCH_UP_ATTEMPTS: usize = 120;
 
 /// How many entries one SCAN-family step asks for: large pages, few round trips.
 const SCAN_COUNT: usize = 1000;
-
-static RELEASE: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(r"if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0")
-});
 
 /// How the store talks to Redis, from the `store.redis_*` keys.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -360,163 +307,6 @@ impl RedisStore {
         let written: i64 = self.invoke(invocation, durability).await?;
         Ok(written == 1)
     }
-}
-
-/// Follows one component's change channel on a connection of its own to the master in use,
-/// subscribing again after every reconnect of the store's link (a Redis restart, a failover).
-/// It holds the link weakly: the follower ends with the store.
-struct Follower {
-    link: WeakLink,
-    options: RedisOptions,
-    key_prefix: String,
-    channel: String,
-    instance: String,
-    changes: broadcast::Sender<Change>,
-    component: AppId,
-    /// The highest version announced and heard: after a reconnect, only later ones are read.
-    heard: u64,
-}
-
-impl Follower {
-    fn new(store: &RedisStore, component: AppId, heard: u64) -> Self {
-        Self {
-            link: store.link.downgrade(),
-            options: store.options.clone(),
-            key_prefix: store.key_prefix.clone(),
-            channel: store.channel.clone(),
-            instance: store.instance.clone(),
-            changes: store.changes.clone(),
-            component,
-            heard,
-        }
-    }
-
-    /// The store while it lives, to read on its link (every command with its deadline).
-    fn store(&self) -> Option<RedisStore> {
-        Some(RedisStore {
-            link: self.link.upgrade()?,
-            options: self.options.clone(),
-            key_prefix: self.key_prefix.clone(),
-            channel: self.channel.clone(),
-            instance: self.instance.clone(),
-            changes: self.changes.clone(),
-        })
-    }
-
-    /// Runs while the store lives. After every (re)subscription it catches up with what was
-    /// written meanwhile, since announcements made while unsubscribed are lost.
-    async fn listen(mut self) {
-        let Some(mut generations) = self.link.upgrade().map(|l| l.generations()) else { return };
-        let (channel, tx, timeout) = (self.channel.clone(), self.changes.clone(), self.options.timeout);
-        loop {
-            generations.borrow_and_update();
-            let Some(client) = self.link.upgrade().and_then(|l| l.client()) else {
-                // Redis is away: wait for the link to reconnect (or the store to go).
-                if generations.changed().await.is_err() {
-                    return;
-                }
-                continue;
-            };
-            let subscribed = tokio::time::timeout(timeout, async {
-                let mut pubsub = client.get_async_pubsub().await?;
-                pubsub.subscribe(&channel).await?;
-                redis::RedisResult::Ok(pubsub)
-            })
-            .await;
-            match subscribed {
-                Ok(Ok(mut pubsub)) => {
-                    self.catch_up(&tx).await;
-                    let mut messages = pubsub.on_message();
-                    loop {
-                        tokio::select! {
-                            message = messages.next() => match message {
-                                Some(message) => {
-                                    let payload = message.get_payload::<String>().ok();
-                                    if let Some((change, version)) = payload.as_deref().and_then(parse_change) {
-                                        self.heard = self.heard.max(version.unwrap_or(0));
-                                        let _ = tx.send(change);
-                                    }
-                                }
-                                None => break,
-                            },
-                            changed = generations.changed() => {
-                                if changed.is_err() {
-                                    return;
-                                }
-                                break;
-                            }
-                        }
-                    }
-                    tracing::warn!("lost the Redis change channel; subscribing again");
-                }
-                Ok(Err(e)) => tracing::warn!(error = %e, "cannot subscribe to Redis changes; retrying"),
-                Err(_) => tracing::warn!("cannot subscribe to Redis changes: no answer in time; retrying"),
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-    }
-
-    /// Announces what changed above `heard`: the ticket and component token (two small reads),
-    /// and the authorizers in batches. A version counter lower than `heard` means Redis lost
-    /// data (a restart without persistence): everything is reloaded.
-    async fn catch_up(&mut self, tx: &broadcast::Sender<Change>) {
-        // A Redis that has just restarted answers LOADING while it reads its data back: wait
-        // for it (a few seconds) rather than fall back to reloading everything.
-        let mut result = self.changed_since().await;
-        for _ in 0..CATCH_UP_ATTEMPTS {
-            if result.is_ok() {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(250)).await;
-            result = self.changed_since().await;
-        }
-        match result {
-            Ok(Some((version, records, deleted))) => {
-                let _ = tx.send(Change::Ticket);
-                let _ = tx.send(Change::ComponentToken);
-                for batch in records {
-                    let _ = tx.send(Change::Authorizers(batch));
-                }
-                for appid in deleted {
-                    let _ = tx.send(Change::Deleted(appid));
-                }
-                self.heard = version;
-            }
-            Ok(None) => {
-                let _ = tx.send(Change::Resync);
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot read what changed in Redis meanwhile; reloading everything");
-                let _ = tx.send(Change::Resync);
-            }
-        }
-    }
-
-    #[allow(clippy::type_complexity)]
-    async fn changed_since(&self) -> Result<Option<(u64, Vec<Vec<AuthorizerRecord>>, Vec<AppId>)>, StoreError> {
-        let store = self.store().ok_or_else(|| StoreError::Unavailable("redis: the store is gone".into()))?;
-        store.changed_since(&self.component, self.heard).await
-    }
-}
-
-/// A change and, for authorizers, its version (`authorizer:{appid}@{version}`).
-fn parse_change(payload: &str) -> Option<(Change, Option<u64>)> {
-    let (body, version) = match payload.rsplit_once('@') {
-        Some((body, v)) => (body, Some(v.parse().ok()?)),
-        None => (payload, None),
-    };
-    let change = match body.split_once(':') {
-        None if body == "ticket" => Change::Ticket,
-        None if body == "component" => Change::ComponentToken,
-        Some(("authorizer", appid)) => Change::Authorizer(AppId::parse(appid).ok()?),
-        Some(("deleted", appid)) => Change::Deleted(AppId::parse(appid).ok()?),
-        Some(("js_ticket", rest)) => {
-            let (kind, appid) = rest.split_once(':')?;
-            Change::JsTicket(AppId::parse(appid).ok()?, TicketKind::parse(kind)?)
-        }
-        _ => return None,
-    };
-    Some((change, version))
 }
 
 fn field<T: std::str::FromStr>(map: &HashMap<String, String>, name: &str) -> Result<T, StoreError> {
@@ -887,124 +677,4 @@ fn info_from(appid: &AppId, doc: &str) -> Result<AuthorizerInfoRecord, StoreErro
 }
 
 #[cfg(test)]
-mod tests {
-    //! Against the real Redis at 127.0.0.1:6379 (`.ci/run` starts one), each test under a key
-    //! prefix of its own, removed at the end.
-    use super::super::contract_tests;
-    use super::*;
-
-    const URL: &str = "redis://127.0.0.1:6379/0";
-
-    fn prefix() -> String {
-        format!("wxgate-test-{}:", hex::encode(rand::random::<[u8; 6]>()))
-    }
-
-    async fn store(prefix: &str) -> RedisStore {
-        RedisStore::connect(&Secret::new(URL), prefix, &contract_tests::component(), &RedisOptions::default())
-            .await
-            .expect("a Redis at 127.0.0.1:6379")
-    }
-
-    async fn clean(prefix: &str) {
-        let mut conn = redis::Client::open(URL).unwrap().get_multiplexed_async_connection().await.unwrap();
-        let keys: Vec<String> = conn.keys(format!("{prefix}*")).await.unwrap();
-        if !keys.is_empty() {
-            let _: i64 = conn.del(keys).await.unwrap();
-        }
-    }
-
-    #[tokio::test]
-    async fn keeps_the_store_contract() {
-        let p = prefix();
-        let s = store(&p).await;
-        contract_tests::newer_ticket_wins(&s).await;
-        contract_tests::events_are_recorded_once(&s).await;
-        // Keys are namespaced by component: another component's store is empty.
-        let other =
-            RedisStore::connect(&Secret::new(URL), &p, &contract_tests::component_b(), &RedisOptions::default())
-                .await
-                .unwrap();
-        assert!(other.load_ticket(&contract_tests::component_b()).await.unwrap().is_none());
-        clean(&p).await;
-        let p = prefix();
-        contract_tests::tokens_and_authorizers_round_trip(&store(&p).await).await;
-        contract_tests::js_tickets_round_trip(&store(&p).await).await;
-        clean(&p).await;
-        let p = prefix();
-        contract_tests::authorizer_info_round_trips(&store(&p).await).await;
-        clean(&p).await;
-    }
-
-    #[tokio::test]
-    async fn one_instance_holds_a_lease_and_a_passed_lease_writes_nothing() {
-        let p = prefix();
-        let (one, two) = (store(&p).await, store(&p).await);
-        let c = contract_tests::component();
-        let record = contract_tests::authorizer("wx1111111111111111", "refresh-1");
-        let ttl = Duration::from_millis(300);
-        let held = one.lease(&c, "wx1111111111111111", ttl).await.unwrap().expect("free");
-        assert!(two.lease(&c, "wx1111111111111111", ttl).await.unwrap().is_none(), "held by one");
-        assert!(one.save_authorizer_leased(&c, &record, Fence::Lease(&held)).await.unwrap());
-        tokio::time::sleep(ttl + Duration::from_millis(100)).await;
-        let taken = two.lease(&c, "wx1111111111111111", ttl).await.unwrap().expect("expired, so free");
-        let late = AuthorizerRecord { refresh_token: Some(Secret::new("stale")), ..record.clone() };
-        assert!(
-            !one.save_authorizer_leased(&c, &late, Fence::Lease(&held)).await.unwrap(),
-            "fenced: the lease passed on"
-        );
-        assert_eq!(two.load_authorizer(&c, &record.appid).await.unwrap().unwrap(), record);
-        two.release(&taken).await.unwrap();
-        assert!(one.lease(&c, "wx1111111111111111", ttl).await.unwrap().is_some(), "released");
-        clean(&p).await;
-    }
-
-    #[tokio::test]
-    async fn a_catch_up_reads_only_what_changed_since_the_last_version_heard() {
-        let p = prefix();
-        let (one, two) = (store(&p).await, store(&p).await);
-        let c = contract_tests::component();
-        for i in 1..=5u32 {
-            one.save_authorizer(&c, &contract_tests::authorizer(&format!("wx{i:016x}"), "r")).await.unwrap();
-        }
-        let heard: u64 = one.get_u64(&one.key(&c, "version")).await.unwrap().unwrap();
-        let changed = contract_tests::authorizer(&format!("wx{:016x}", 2), "r2");
-        two.save_authorizer(&c, &changed).await.unwrap();
-        let gone = AppId::parse(&format!("wx{:016x}", 4)).unwrap();
-        assert!(two.delete_authorizer(&c, &gone).await.unwrap());
-        let follower = Follower::new(&one, c, heard);
-        let (version, batches, deleted) = follower.changed_since().await.unwrap().expect("a delta");
-        assert_eq!(version, heard + 2);
-        assert_eq!(batches.concat(), [changed]);
-        assert_eq!(deleted, [gone]);
-        let caught_up = Follower { heard: version, ..follower };
-        let (_, batches, deleted) = caught_up.changed_since().await.unwrap().unwrap();
-        assert!(batches.concat().is_empty() && deleted.is_empty());
-        let ahead = Follower { heard: version + 10, ..caught_up };
-        assert!(ahead.changed_since().await.unwrap().is_none(), "Redis lost data: reload everything");
-        assert_eq!(parse_change(&format!("authorizer:{gone}@7")), Some((Change::Authorizer(gone), Some(7))));
-        assert_eq!(parse_change("ticket"), Some((Change::Ticket, None)));
-        assert_eq!(parse_change("authorizer:wx@x"), None);
-        clean(&p).await;
-    }
-
-    #[tokio::test(flavor = "multi_thread")]
-    async fn changes_are_announced_to_other_instances() {
-        let p = prefix();
-        let (one, two) = (store(&p).await, store(&p).await);
-        let mut heard = one.changes().unwrap();
-        let c = contract_tests::component();
-        // Give the listener time to subscribe (Redis drops what is published before).
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        two.save_authorizer(&c, &contract_tests::authorizer("wx2222222222222222", "r")).await.unwrap();
-        two.save_ticket(&c, &contract_tests::ticket("t", 9)).await.unwrap();
-        let mut got = Vec::new();
-        while got.len() < 2 {
-            match tokio::time::timeout(Duration::from_secs(5), heard.recv()).await.unwrap().unwrap() {
-                Change::Resync => {}
-                change => got.push(change),
-            }
-        }
-        assert_eq!(got, [Change::Authorizer(AppId::parse("wx2222222222222222").unwrap()), Change::Ticket]);
-        clean(&p).await;
-    }
-}
+mod tests;

@@ -1,0 +1,214 @@
+use super::*;
+use std::sync::atomic::AtomicU32;
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpListener, TcpStream};
+
+const OK: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 13\r\n\r\n{\"errcode\":0}";
+
+fn url(listener: &TcpListener) -> Url {
+    Url::parse(&format!("http://{}", listener.local_addr().unwrap())).unwrap()
+}
+
+/// Reads one request (head and Content-Length body) off `sock`; `None` at end of stream.
+async fn read_request(sock: &mut TcpStream) -> Option<String> {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+            let length = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .and_then(|v| v.trim().parse::<usize>().ok())
+                .unwrap_or(0);
+            if buf.len() >= end + 4 + length {
+                return Some(String::from_utf8_lossy(&buf).into_owned());
+            }
+        }
+        let n = sock.read(&mut chunk).await.ok()?;
+        if n == 0 {
+            return None;
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
+async fn call(up: &Upstream, method: &str, body: &'static [u8]) -> Result<Bytes, CallFailure> {
+    let client = RequestHeader::build(method, b"/ignored", None).unwrap();
+    let outbound = Outbound::for_test("/x", "a=1");
+    let mut answer = up.send(&client, &outbound, "T", &mut Body::Whole(Bytes::from_static(body))).await?;
+    let whole = super::super::exchange::read_whole(&mut answer.session).await?;
+    up.release(answer).await;
+    Ok(whole)
+}
+
+#[test]
+fn aims_at_the_base_path_and_host_and_drops_this_hops_headers() {
+    let up = Upstream::new(
+        &Url::parse("http://127.0.0.1:9801/wx/").unwrap(),
+        &[Url::parse("http://localhost/").unwrap()],
+        Duration::from_secs(3),
+    )
+    .unwrap();
+    let mut client = RequestHeader::build("POST", b"/ignored", None).unwrap();
+    for (k, v) in [
+        ("authorization", "Bearer key"),
+        ("x-wxgate-key", "key"),
+        ("connection", "keep-alive, HTTP2-Settings"),
+        ("http2-settings", "AAAA"),
+        ("transfer-encoding", "chunked"),
+        ("content-type", "application/json"),
+        ("host", "gw"),
+    ] {
+        client.append_header(k, v).unwrap();
+    }
+    let body = Body::Whole(Bytes::from_static(b"{}"));
+    let req = up.request(&client, 0, "/wx/cgi-bin/user/info?access_token=t".into(), &body).unwrap();
+    assert_eq!(req.uri.to_string(), "/wx/cgi-bin/user/info?access_token=t");
+    let headers: Vec<(&str, &str)> = req.headers.iter().map(|(k, v)| (k.as_str(), v.to_str().unwrap())).collect();
+    assert_eq!(headers.len(), 3, "{headers:?}");
+    assert_eq!(req.headers["host"], "127.0.0.1:9801");
+    assert_eq!(req.headers["content-length"], "2");
+    assert_eq!(req.headers["content-type"], "application/json");
+    let req = up.request(&client, 1, "/x".into(), &body).unwrap();
+    assert_eq!(req.headers["host"], "localhost");
+
+    let mut answer = ResponseHeader::build(200, None).unwrap();
+    for (k, v) in
+        [("connection", "close, x-hop"), ("x-hop", "1"), ("keep-alive", "timeout=5"), ("content-length", "9")]
+    {
+        answer.append_header(k, v).unwrap();
+    }
+    let whole = downstream_header(&answer, Some(2)).unwrap();
+    let names: Vec<&str> = whole.headers.keys().map(|k| k.as_str()).collect();
+    assert_eq!(names, ["content-length"]);
+    assert_eq!(whole.headers["content-length"], "2");
+    assert!(
+        Upstream::new(&Url::parse("https://no-such-host.invalid/").unwrap(), &[], Duration::from_secs(1)).is_err()
+    );
+    assert!(
+        Upstream::new(
+            &Url::parse("http://127.0.0.1:1/").unwrap(),
+            &[Url::parse("https://no-such-host.invalid/").unwrap()],
+            Duration::from_secs(1)
+        )
+        .is_ok(),
+        "a fallback is resolved when needed"
+    );
+}
+
+/// A server that answers one call per connection with keep-alive, then closes it: every
+/// pooled connection is dead by the next call, which must still succeed, on a new one.
+#[tokio::test]
+async fn a_pooled_connection_the_server_closed_is_replaced() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let up = Upstream::new(&url(&listener), &[], Duration::from_secs(3)).unwrap();
+    tokio::spawn(async move {
+        loop {
+            let (mut sock, _) = listener.accept().await.unwrap();
+            let request = read_request(&mut sock).await.unwrap();
+            assert!(request.starts_with("GET /x?a=1&access_token=T "), "{request}");
+            let _ = sock.write_all(OK).await;
+        }
+    });
+    for wait in [0, 50, 0] {
+        tokio::time::sleep(Duration::from_millis(wait)).await;
+        assert_eq!(&call(&up, "GET", b"").await.unwrap()[..], br#"{"errcode":0}"#);
+    }
+}
+
+/// The server answers the first call on each connection and reads the second whole, then
+/// closes without answering: the call was written whole on a pooled connection that broke.
+/// WeChat may have acted on it, so only a call that is safe to repeat is sent again.
+#[tokio::test]
+async fn a_call_written_whole_on_a_broken_pooled_connection_is_sent_again_only_if_safe() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = url(&listener);
+    let up = Upstream::new(&base, &[], Duration::from_secs(3)).unwrap();
+    let received: Arc<Mutex<Vec<String>>> = Arc::default();
+    let seen = Arc::clone(&received);
+    tokio::spawn(async move {
+        loop {
+            let (mut sock, _) = listener.accept().await.unwrap();
+            let seen = Arc::clone(&seen);
+            tokio::spawn(async move {
+                let mut on_this = 0;
+                while let Some(request) = read_request(&mut sock).await {
+                    seen.lock().unwrap().push(request.lines().next().unwrap_or_default().to_owned());
+                    on_this += 1;
+                    if on_this == 2 {
+                        return;
+                    }
+                    sock.write_all(OK).await.unwrap();
+                }
+            });
+        }
+    });
+    let lines = || std::mem::take(&mut *received.lock().unwrap());
+    call(&up, "GET", b"").await.unwrap();
+    assert_eq!(call(&up, "GET", b"").await.unwrap().len(), 13, "the GET is sent again on a new connection");
+    assert_eq!(lines().len(), 3, "once, then twice for the call that broke");
+
+    let up = Upstream::new(&base, &[], Duration::from_secs(3)).unwrap();
+    call(&up, "POST", b"{\"touser\":\"o\"}").await.unwrap();
+    assert_eq!(
+        call(&up, "POST", b"{\"touser\":\"o\"}").await,
+        Err(CallFailure::Broken),
+        "a message is not sent twice"
+    );
+    let posts = lines();
+    assert_eq!(posts.len(), 2, "each POST reached the server once: {posts:?}");
+    assert!(posts.iter().all(|l| l.starts_with("POST /x?a=1&access_token=T ")), "{posts:?}");
+}
+
+/// The primary refuses connections: calls go to the fallback, which becomes the active
+/// host (counted); once the primary answers again it gets the calls back, after the wait.
+#[tokio::test]
+async fn a_fallback_takes_over_and_the_primary_is_tried_again_after_a_while() {
+    let primary_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let primary = url(&primary_listener);
+    drop(primary_listener);
+    let fallback = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let up = Upstream::new(&primary, &[url(&fallback)], Duration::from_secs(3))
+        .unwrap()
+        .retrying_primary_after(Duration::from_millis(300));
+    let served = |listener: TcpListener, count: Arc<AtomicU32>| {
+        tokio::spawn(async move {
+            loop {
+                let (mut sock, _) = listener.accept().await.unwrap();
+                let count = Arc::clone(&count);
+                tokio::spawn(async move {
+                    while read_request(&mut sock).await.is_some() {
+                        count.fetch_add(1, Ordering::SeqCst);
+                        if sock.write_all(OK).await.is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        })
+    };
+    let on_fallback = Arc::new(AtomicU32::new(0));
+    served(fallback, Arc::clone(&on_fallback));
+    metrics::init();
+    let switches = |to: &str| metrics::UPSTREAM_SWITCHES.with_label_values(&[to]).get();
+    let (to_fallback, to_primary) = (switches("fallback"), switches("primary"));
+
+    call(&up, "GET", b"").await.unwrap();
+    assert_eq!(up.first_target(), 1, "the fallback is the active host");
+    call(&up, "GET", b"").await.unwrap();
+    assert_eq!(on_fallback.load(Ordering::SeqCst), 2);
+    assert_eq!(switches("fallback"), to_fallback + 1, "counted once");
+
+    // The primary comes back on its address.
+    let on_primary = Arc::new(AtomicU32::new(0));
+    served(TcpListener::bind(primary.socket_addrs(|| None).unwrap()[0]).await.unwrap(), Arc::clone(&on_primary));
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while on_primary.load(Ordering::SeqCst) == 0 {
+        assert!(Instant::now() < deadline, "the primary was not tried again");
+        call(&up, "GET", b"").await.unwrap();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(up.first_target(), 0, "calls went back to the primary");
+    assert_eq!(switches("primary"), to_primary + 1);
+}

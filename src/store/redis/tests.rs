@@ -1,0 +1,120 @@
+//! Against the real Redis at 127.0.0.1:6379 (`.ci/run` starts one), each test under a key
+//! prefix of its own, removed at the end.
+use super::super::contract_tests;
+use super::follower::{parse_change, Follower};
+use super::*;
+
+const URL: &str = "redis://127.0.0.1:6379/0";
+
+fn prefix() -> String {
+    format!("wxgate-test-{}:", hex::encode(rand::random::<[u8; 6]>()))
+}
+
+async fn store(prefix: &str) -> RedisStore {
+    RedisStore::connect(&Secret::new(URL), prefix, &contract_tests::component(), &RedisOptions::default())
+        .await
+        .expect("a Redis at 127.0.0.1:6379")
+}
+
+async fn clean(prefix: &str) {
+    let mut conn = redis::Client::open(URL).unwrap().get_multiplexed_async_connection().await.unwrap();
+    let keys: Vec<String> = conn.keys(format!("{prefix}*")).await.unwrap();
+    if !keys.is_empty() {
+        let _: i64 = conn.del(keys).await.unwrap();
+    }
+}
+
+#[tokio::test]
+async fn keeps_the_store_contract() {
+    let p = prefix();
+    let s = store(&p).await;
+    contract_tests::newer_ticket_wins(&s).await;
+    contract_tests::events_are_recorded_once(&s).await;
+    // Keys are namespaced by component: another component's store is empty.
+    let other =
+        RedisStore::connect(&Secret::new(URL), &p, &contract_tests::component_b(), &RedisOptions::default())
+            .await
+            .unwrap();
+    assert!(other.load_ticket(&contract_tests::component_b()).await.unwrap().is_none());
+    clean(&p).await;
+    let p = prefix();
+    contract_tests::tokens_and_authorizers_round_trip(&store(&p).await).await;
+    contract_tests::js_tickets_round_trip(&store(&p).await).await;
+    clean(&p).await;
+    let p = prefix();
+    contract_tests::authorizer_info_round_trips(&store(&p).await).await;
+    clean(&p).await;
+}
+
+#[tokio::test]
+async fn one_instance_holds_a_lease_and_a_passed_lease_writes_nothing() {
+    let p = prefix();
+    let (one, two) = (store(&p).await, store(&p).await);
+    let c = contract_tests::component();
+    let record = contract_tests::authorizer("wx1111111111111111", "refresh-1");
+    let ttl = Duration::from_millis(300);
+    let held = one.lease(&c, "wx1111111111111111", ttl).await.unwrap().expect("free");
+    assert!(two.lease(&c, "wx1111111111111111", ttl).await.unwrap().is_none(), "held by one");
+    assert!(one.save_authorizer_leased(&c, &record, Fence::Lease(&held)).await.unwrap());
+    tokio::time::sleep(ttl + Duration::from_millis(100)).await;
+    let taken = two.lease(&c, "wx1111111111111111", ttl).await.unwrap().expect("expired, so free");
+    let late = AuthorizerRecord { refresh_token: Some(Secret::new("stale")), ..record.clone() };
+    assert!(
+        !one.save_authorizer_leased(&c, &late, Fence::Lease(&held)).await.unwrap(),
+        "fenced: the lease passed on"
+    );
+    assert_eq!(two.load_authorizer(&c, &record.appid).await.unwrap().unwrap(), record);
+    two.release(&taken).await.unwrap();
+    assert!(one.lease(&c, "wx1111111111111111", ttl).await.unwrap().is_some(), "released");
+    clean(&p).await;
+}
+
+#[tokio::test]
+async fn a_catch_up_reads_only_what_changed_since_the_last_version_heard() {
+    let p = prefix();
+    let (one, two) = (store(&p).await, store(&p).await);
+    let c = contract_tests::component();
+    for i in 1..=5u32 {
+        one.save_authorizer(&c, &contract_tests::authorizer(&format!("wx{i:016x}"), "r")).await.unwrap();
+    }
+    let heard: u64 = one.get_u64(&one.key(&c, "version")).await.unwrap().unwrap();
+    let changed = contract_tests::authorizer(&format!("wx{:016x}", 2), "r2");
+    two.save_authorizer(&c, &changed).await.unwrap();
+    let gone = AppId::parse(&format!("wx{:016x}", 4)).unwrap();
+    assert!(two.delete_authorizer(&c, &gone).await.unwrap());
+    let follower = Follower::new(&one, c, heard);
+    let (version, batches, deleted) = follower.changed_since().await.unwrap().expect("a delta");
+    assert_eq!(version, heard + 2);
+    assert_eq!(batches.concat(), [changed]);
+    assert_eq!(deleted, [gone]);
+    let caught_up = Follower { heard: version, ..follower };
+    let (_, batches, deleted) = caught_up.changed_since().await.unwrap().unwrap();
+    assert!(batches.concat().is_empty() && deleted.is_empty());
+    let ahead = Follower { heard: version + 10, ..caught_up };
+    assert!(ahead.changed_since().await.unwrap().is_none(), "Redis lost data: reload everything");
+    assert_eq!(parse_change(&format!("authorizer:{gone}@7")), Some((Change::Authorizer(gone), Some(7))));
+    assert_eq!(parse_change("ticket"), Some((Change::Ticket, None)));
+    assert_eq!(parse_change("authorizer:wx@x"), None);
+    clean(&p).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn changes_are_announced_to_other_instances() {
+    let p = prefix();
+    let (one, two) = (store(&p).await, store(&p).await);
+    let mut heard = one.changes().unwrap();
+    let c = contract_tests::component();
+    // Give the listener time to subscribe (Redis drops what is published before).
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    two.save_authorizer(&c, &contract_tests::authorizer("wx2222222222222222", "r")).await.unwrap();
+    two.save_ticket(&c, &contract_tests::ticket("t", 9)).await.unwrap();
+    let mut got = Vec::new();
+    while got.len() < 2 {
+        match tokio::time::timeout(Duration::from_secs(5), heard.recv()).await.unwrap().unwrap() {
+            Change::Resync => {}
+            change => got.push(change),
+        }
+    }
+    assert_eq!(got, [Change::Authorizer(AppId::parse("wx2222222222222222").unwrap()), Change::Ticket]);
+    clean(&p).await;
+}
