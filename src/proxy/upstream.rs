@@ -31,12 +31,12 @@ use pingora::protocols::Stream;
 use pingora::tls::CertificateDer;
 use pingora::upstreams::peer::HttpPeer;
 use pingora::ErrorType;
-use std::net::{SocketAddr, ToSocketAddrs};
+
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::io::AsyncReadExt;
 use target::{make_peer, resolve, Target};
+use tokio::io::AsyncReadExt;
 use url::Url;
 
 /// Pooled connections are kept this long idle; WeChat's side closes idle ones after about a minute.

@@ -1,5 +1,6 @@
 use super::*;
 use std::sync::atomic::AtomicU32;
+use std::sync::Mutex;
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 
@@ -74,8 +75,7 @@ fn aims_at_the_base_path_and_host_and_drops_this_hops_headers() {
     assert_eq!(req.headers["host"], "localhost");
 
     let mut answer = ResponseHeader::build(200, None).unwrap();
-    for (k, v) in
-        [("connection", "close, x-hop"), ("x-hop", "1"), ("keep-alive", "timeout=5"), ("content-length", "9")]
+    for (k, v) in [("connection", "close, x-hop"), ("x-hop", "1"), ("keep-alive", "timeout=5"), ("content-length", "9")]
     {
         answer.append_header(k, v).unwrap();
     }
@@ -83,9 +83,7 @@ fn aims_at_the_base_path_and_host_and_drops_this_hops_headers() {
     let names: Vec<&str> = whole.headers.keys().map(|k| k.as_str()).collect();
     assert_eq!(names, ["content-length"]);
     assert_eq!(whole.headers["content-length"], "2");
-    assert!(
-        Upstream::new(&Url::parse("https://no-such-host.invalid/").unwrap(), &[], Duration::from_secs(1)).is_err()
-    );
+    assert!(Upstream::new(&Url::parse("https://no-such-host.invalid/").unwrap(), &[], Duration::from_secs(1)).is_err());
     assert!(
         Upstream::new(
             &Url::parse("http://127.0.0.1:1/").unwrap(),
@@ -151,11 +149,7 @@ async fn a_call_written_whole_on_a_broken_pooled_connection_is_sent_again_only_i
 
     let up = Upstream::new(&base, &[], Duration::from_secs(3)).unwrap();
     call(&up, "POST", b"{\"touser\":\"o\"}").await.unwrap();
-    assert_eq!(
-        call(&up, "POST", b"{\"touser\":\"o\"}").await,
-        Err(CallFailure::Broken),
-        "a message is not sent twice"
-    );
+    assert_eq!(call(&up, "POST", b"{\"touser\":\"o\"}").await, Err(CallFailure::Broken), "a message is not sent twice");
     let posts = lines();
     assert_eq!(posts.len(), 2, "each POST reached the server once: {posts:?}");
     assert!(posts.iter().all(|l| l.starts_with("POST /x?a=1&access_token=T ")), "{posts:?}");

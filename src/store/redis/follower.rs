@@ -140,7 +140,9 @@ impl Follower {
     }
 
     #[allow(clippy::type_complexity)]
-    async fn changed_since(&self) -> Result<Option<(u64, Vec<Vec<AuthorizerRecord>>, Vec<AppId>)>, StoreError> {
+    pub(super) async fn changed_since(
+        &self,
+    ) -> Result<Option<(u64, Vec<Vec<AuthorizerRecord>>, Vec<AppId>)>, StoreError> {
         let store = self.store().ok_or_else(|| StoreError::Unavailable("redis: the store is gone".into()))?;
         store.changed_since(&self.component, self.heard).await
     }

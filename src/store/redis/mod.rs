@@ -24,13 +24,11 @@ use super::{
 };
 use crate::{AppId, Secret};
 use async_trait::async_trait;
-use futures_util::StreamExt;
 use follower::Follower;
 use link::Link;
+use redis::{AsyncCommands, ScriptInvocation};
 use scripts::{DELETE, FENCED_WRITE, RECORD_EVENT, RELEASE, SAVE_TICKET};
-use redis::{AsyncCommands, Script, ScriptInvocation};
 use std::collections::HashMap;
-use std::sync::LazyLock;
 use std::time::Duration;
 use target::Target;
 use tokio::sync::broadcast;

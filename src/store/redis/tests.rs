@@ -31,10 +31,9 @@ async fn keeps_the_store_contract() {
     contract_tests::newer_ticket_wins(&s).await;
     contract_tests::events_are_recorded_once(&s).await;
     // Keys are namespaced by component: another component's store is empty.
-    let other =
-        RedisStore::connect(&Secret::new(URL), &p, &contract_tests::component_b(), &RedisOptions::default())
-            .await
-            .unwrap();
+    let other = RedisStore::connect(&Secret::new(URL), &p, &contract_tests::component_b(), &RedisOptions::default())
+        .await
+        .unwrap();
     assert!(other.load_ticket(&contract_tests::component_b()).await.unwrap().is_none());
     clean(&p).await;
     let p = prefix();
@@ -59,10 +58,7 @@ async fn one_instance_holds_a_lease_and_a_passed_lease_writes_nothing() {
     tokio::time::sleep(ttl + Duration::from_millis(100)).await;
     let taken = two.lease(&c, "wx1111111111111111", ttl).await.unwrap().expect("expired, so free");
     let late = AuthorizerRecord { refresh_token: Some(Secret::new("stale")), ..record.clone() };
-    assert!(
-        !one.save_authorizer_leased(&c, &late, Fence::Lease(&held)).await.unwrap(),
-        "fenced: the lease passed on"
-    );
+    assert!(!one.save_authorizer_leased(&c, &late, Fence::Lease(&held)).await.unwrap(), "fenced: the lease passed on");
     assert_eq!(two.load_authorizer(&c, &record.appid).await.unwrap().unwrap(), record);
     two.release(&taken).await.unwrap();
     assert!(one.lease(&c, "wx1111111111111111", ttl).await.unwrap().is_some(), "released");
@@ -87,10 +83,10 @@ async fn a_catch_up_reads_only_what_changed_since_the_last_version_heard() {
     assert_eq!(version, heard + 2);
     assert_eq!(batches.concat(), [changed]);
     assert_eq!(deleted, [gone]);
-    let caught_up = Follower { heard: version, ..follower };
+    let caught_up = Follower::new(&one, c, version);
     let (_, batches, deleted) = caught_up.changed_since().await.unwrap().unwrap();
     assert!(batches.concat().is_empty() && deleted.is_empty());
-    let ahead = Follower { heard: version + 10, ..caught_up };
+    let ahead = Follower::new(&one, c, version + 10);
     assert!(ahead.changed_since().await.unwrap().is_none(), "Redis lost data: reload everything");
     assert_eq!(parse_change(&format!("authorizer:{gone}@7")), Some((Change::Authorizer(gone), Some(7))));
     assert_eq!(parse_change("ticket"), Some((Change::Ticket, None)));
