@@ -124,6 +124,13 @@ async fn three_instances_refresh_each_token_once_per_lifetime_and_no_client_sees
     }
     let component = after.component_token_calls - before.component_token_calls;
     assert!(component <= most, "component token: {component} refreshes");
+    if after.errcodes.contains_key(&61023) {
+        for s in &setups {
+            let log = s.log();
+            let notable: Vec<&str> = log.lines().filter(|l| l.contains(" WARN ") || l.contains(" ERROR ")).collect();
+            eprintln!("---- instance log (warnings)\n{}", notable.join("\n"));
+        }
+    }
     assert_eq!(after.errcodes.get(&61023), None, "no refresh token was ever lost");
     let tokens = stored_tokens(URL, &prefix).await;
     assert!(tokens.len() > accounts as usize);

@@ -100,10 +100,19 @@ async fn changes_are_announced_to_other_instances() {
     let (one, two) = (store(&p).await, store(&p).await);
     let mut heard = one.changes().unwrap();
     let c = contract_tests::component();
-    // Give the listener time to subscribe (Redis drops what is published before).
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Redis drops what is published before the listener subscribes: probe with tickets until
+    // one is heard, then forget whatever else the probes and the first catch-up announced.
+    for create_time in 1.. {
+        two.save_ticket(&c, &contract_tests::ticket("probe", create_time)).await.unwrap();
+        if let Ok(Ok(Change::Ticket)) = tokio::time::timeout(Duration::from_millis(100), heard.recv()).await {
+            break;
+        }
+        assert!(create_time < 100, "the listener never subscribed");
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    while heard.try_recv().is_ok() {}
     two.save_authorizer(&c, &contract_tests::authorizer("wx2222222222222222", "r")).await.unwrap();
-    two.save_ticket(&c, &contract_tests::ticket("t", 9)).await.unwrap();
+    two.save_ticket(&c, &contract_tests::ticket("t", 1_000)).await.unwrap();
     let mut got = Vec::new();
     while got.len() < 2 {
         match tokio::time::timeout(Duration::from_secs(5), heard.recv()).await.unwrap().unwrap() {
