@@ -500,32 +500,7 @@ mod tests {
     //! Against the real Redis at 127.0.0.1:6379, each test under a key prefix of its own.
     use super::super::outbox::contract_tests;
     use super::*;
-    use redis::AsyncCommands;
-
-    const URL: &str = "redis://127.0.0.1:6379/0";
-
-    fn prefix() -> String {
-        format!("wxgate-test-outbox-{}:", hex::encode(rand::random::<[u8; 6]>()))
-    }
-
-    async fn store(prefix: &str) -> RedisStore {
-        RedisStore::connect(
-            &Secret::new(URL),
-            prefix,
-            &crate::store::contract_tests::component(),
-            &crate::store::RedisOptions::default(),
-        )
-        .await
-        .expect("a Redis at 127.0.0.1:6379")
-    }
-
-    async fn clean(prefix: &str) {
-        let mut conn = redis::Client::open(URL).unwrap().get_multiplexed_async_connection().await.unwrap();
-        let keys: Vec<String> = conn.keys(format!("{prefix}*")).await.unwrap();
-        if !keys.is_empty() {
-            let _: i64 = conn.del(keys).await.unwrap();
-        }
-    }
+    use crate::store::redis::tests::{clean, prefix, store};
 
     #[tokio::test]
     async fn keeps_the_outbox_contract() {

@@ -675,4 +675,4 @@ fn info_from(appid: &AppId, doc: &str) -> Result<AuthorizerInfoRecord, StoreErro
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

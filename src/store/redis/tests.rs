@@ -6,17 +6,19 @@ use super::*;
 
 const URL: &str = "redis://127.0.0.1:6379/0";
 
-fn prefix() -> String {
+/// A key prefix of a test's own.
+pub(crate) fn prefix() -> String {
     format!("wxgate-test-{}:", hex::encode(rand::random::<[u8; 6]>()))
 }
 
-async fn store(prefix: &str) -> RedisStore {
+pub(crate) async fn store(prefix: &str) -> RedisStore {
     RedisStore::connect(&Secret::new(URL), prefix, &contract_tests::component(), &RedisOptions::default())
         .await
         .expect("a Redis at 127.0.0.1:6379")
 }
 
-async fn clean(prefix: &str) {
+/// Removes every key under `prefix`.
+pub(crate) async fn clean(prefix: &str) {
     let mut conn = redis::Client::open(URL).unwrap().get_multiplexed_async_connection().await.unwrap();
     let keys: Vec<String> = conn.keys(format!("{prefix}*")).await.unwrap();
     if !keys.is_empty() {
