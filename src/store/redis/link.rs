@@ -112,17 +112,8 @@ impl Link {
         };
         match tokio::time::timeout_at(deadline, command(conn)).await {
             Ok(Ok(value)) => Ok(value),
-            Ok(Err(e)) if is_link_fault(&e) => {
-                let reason = e.to_string();
-                self.0.lost(generation, &reason);
-                Err(StoreError::Unavailable(format!("redis: {reason}")))
-            }
-            Ok(Err(e)) => Err(StoreError::Unavailable(format!("redis: {e}"))),
-            Err(_) => {
-                let reason = format!("no answer within {timeout:?}");
-                self.0.lost(generation, &reason);
-                Err(StoreError::Unavailable(format!("redis: {reason}")))
-            }
+            Ok(Err(e)) => Err(self.failure(generation, Some(e), timeout)),
+            Err(_) => Err(self.failure(generation, None, timeout)),
         }
     }
 
@@ -156,18 +147,21 @@ impl Link {
                 self.0.put_durable(generation, conn);
                 Ok(value)
             }
-            Ok(Err(e)) if is_link_fault(&e) => {
-                let reason = e.to_string();
-                self.0.lost(generation, &reason);
-                Err(StoreError::Unavailable(format!("redis: {reason}")))
-            }
-            Ok(Err(e)) => Err(StoreError::Unavailable(format!("redis: {e}"))),
-            Err(_) => {
-                let reason = format!("no answer within {timeout:?}");
-                self.0.lost(generation, &reason);
-                Err(StoreError::Unavailable(format!("redis: {reason}")))
-            }
+            Ok(Err(e)) => Err(self.failure(generation, Some(e), timeout)),
+            Err(_) => Err(self.failure(generation, None, timeout)),
         }
+    }
+
+    /// A command that failed (`error`) or got no answer within `timeout` (`None`): a fault of
+    /// the connection itself, or the silence, marks this generation of the link lost.
+    fn failure(&self, generation: u64, error: Option<RedisError>, timeout: Duration) -> StoreError {
+        let reason = match error {
+            Some(e) if !is_link_fault(&e) => return StoreError::Unavailable(format!("redis: {e}")),
+            Some(e) => e.to_string(),
+            None => format!("no answer within {timeout:?}"),
+        };
+        self.0.lost(generation, &reason);
+        StoreError::Unavailable(format!("redis: {reason}"))
     }
 
     /// The client of the master in use, for the change listener's own connection; `None` while
