@@ -85,7 +85,7 @@ pub fn build(config: &Config, source: Option<Source>, sockets: Sockets) -> Resul
     let api: Arc<dyn ComponentApi> = Arc::clone(&client) as _;
     let tokens = load_tokens(rt, config, Arc::clone(&store), api)?;
     let crypt =
-        MsgCrypt::new(&config.component.token, &config.component.encoding_aes_key, config.component.appid.as_str())?;
+        MsgCrypt::new(&config.component.token, &config.component.encoding_aes_key, &config.component.appid.as_str())?;
     let links = AuthorizeLinks::new(
         config.component.appid,
         config.upstream.mp_base_url.clone(),

@@ -71,7 +71,7 @@ impl AuthorizeLinks {
         let mut url = self.mp_base_url.join(path).expect("a relative path joins any http(s) base");
         url.query_pairs_mut()
             .extend_pairs(leading)
-            .append_pair("component_appid", self.component.as_str())
+            .append_pair("component_appid", &self.component.as_str())
             .append_pair("pre_auth_code", pre_auth_code)
             .append_pair("redirect_uri", redirect_uri)
             .append_pair("auth_type", AUTH_TYPE_ALL);
@@ -92,7 +92,7 @@ pub fn parse_redirect(raw: Option<&str>) -> Result<Option<Url>, &'static str> {
 /// The app's redirect with the authorizer appended, so that the app learns who authorized.
 pub fn done_redirect(app: &Url, authorizer: &AppId) -> String {
     let mut url = app.clone();
-    url.query_pairs_mut().append_pair("authorizer_appid", authorizer.as_str());
+    url.query_pairs_mut().append_pair("authorizer_appid", &authorizer.as_str());
     url.to_string()
 }
 

@@ -115,8 +115,8 @@ async fn three_instances_refresh_each_token_once_per_lifetime_and_no_client_sees
     let most = elapsed / 2750 + 2;
     for i in 1..=accounts {
         let a = appid(i);
-        let refreshes = after.authorizer_token_calls.get(a.as_str()).copied().unwrap_or(0)
-            - before.authorizer_token_calls.get(a.as_str()).copied().unwrap_or(0);
+        let refreshes = after.authorizer_token_calls.get(&*a.as_str()).copied().unwrap_or(0)
+            - before.authorizer_token_calls.get(&*a.as_str()).copied().unwrap_or(0);
         assert!(
             (most - 3..=most).contains(&refreshes),
             "{a}: {refreshes} refreshes in {run:?} (one refresher: at most {most})"

@@ -46,7 +46,9 @@ async fn ready(lifetime: u64) -> (Setup, Sandbox, Gateway) {
 async fn token_works(gw: &Gateway, sandbox: &Sandbox, setup: &Setup, appid: &AppId) -> bool {
     let db = rusqlite::Connection::open(setup.db_path()).unwrap();
     let token: Option<String> = db
-        .query_row("SELECT access_token FROM authorizers WHERE authorizer_appid = ?1", [appid.as_str()], |r| r.get(0))
+        .query_row("SELECT access_token FROM authorizers WHERE authorizer_appid = ?1", [appid.to_string()], |r| {
+            r.get(0)
+        })
         .unwrap_or(None);
     let Some(token) = token else { return false };
     let url = format!("{}/cgi-bin/user/info?access_token={token}&openid=o1", sandbox.base_url());
@@ -157,14 +159,14 @@ async fn tokens_stay_fresh_through_many_lifetimes_and_a_crash_loses_nothing() {
     assert_eq!(stats.errcodes.get(&61023), None, "no refresh token was ever lost (no 61023 recovery)");
     let lifetimes = run.as_secs() / lifetime;
     for a in &accounts {
-        let refreshes = stats.authorizer_token_calls.get(a.as_str()).copied().unwrap_or(0);
+        let refreshes = stats.authorizer_token_calls.get(&*a.as_str()).copied().unwrap_or(0);
         assert!(
             (lifetimes..=lifetimes * 2).contains(&refreshes),
             "{a}: {refreshes} refreshes in {lifetimes} lifetimes"
         );
         let stored = rusqlite::Connection::open(setup.db_path())
             .unwrap()
-            .query_row("SELECT refresh_token FROM authorizers WHERE authorizer_appid = ?1", [a.as_str()], |r| {
+            .query_row("SELECT refresh_token FROM authorizers WHERE authorizer_appid = ?1", [a.to_string()], |r| {
                 r.get::<_, String>(0)
             })
             .unwrap();
@@ -188,7 +190,7 @@ async fn an_unauthorized_account_is_revoked_and_imports_are_checked_with_wechat(
     .await;
     let stored: Option<String> = rusqlite::Connection::open(setup.db_path())
         .unwrap()
-        .query_row("SELECT refresh_token FROM authorizers WHERE authorizer_appid = ?1", [appid(1).as_str()], |r| {
+        .query_row("SELECT refresh_token FROM authorizers WHERE authorizer_appid = ?1", [appid(1).to_string()], |r| {
             r.get(0)
         })
         .unwrap();

@@ -97,7 +97,7 @@ async fn two_hundred_pages_cost_one_getticket_and_the_ticket_never_shows() {
         }
         let ticket = sandbox.current_js_ticket(&account(), "jsapi").expect("a ticket was issued");
         for c in &configs {
-            assert_eq!(c["appId"], account().as_str());
+            assert_eq!(c["appId"], &*account().as_str());
             assert!(signed_with(&ticket, c), "{c}");
         }
         ticket

@@ -240,7 +240,7 @@ fn open(config: &SandboxConfig, (query, body): &(String, String)) -> String {
     assert!(body.starts_with(&envelope), "{body}");
     let encrypt = between(body, "<Encrypt><![CDATA[", "]]>");
     let appid = config.component_appid.as_str();
-    let crypt = MsgCrypt::new(&config.token, &config.encoding_aes_key, appid).unwrap();
+    let crypt = MsgCrypt::new(&config.token, &config.encoding_aes_key, &appid).unwrap();
     let (ts, nonce, sig) = (&q["timestamp"], &q["nonce"], &q["msg_signature"]);
     crypt.open(ts, nonce, encrypt, sig).expect("signed and sealed for the component")
 }

@@ -116,7 +116,7 @@ impl HandlerClient {
             .post(url)
             .timeout(timeout)
             .header("content-type", "text/xml")
-            .header("x-wxgate-authorizer", call.authorizer.as_str())
+            .header("x-wxgate-authorizer", &*call.authorizer.as_str())
             .header("x-wxgate-delivery", call.delivery)
             .header("x-wxgate-attempt", call.attempt.to_string())
             .body(call.payload.to_owned())

@@ -235,10 +235,10 @@ pub fn route<'c>(clients: &'c Clients, component: &AppId, req: &RequestHeader) -
     let Some(scope) = scope else { return Err(ResolveError::NoScope) };
     match &scope {
         Scope::Authorizer(appid) if ON_BEHALF.contains(&path) => {
-            if query.appid.as_deref() != Some(appid.as_str()) {
+            if query.appid.as_deref() != Some(&appid.as_str()) {
                 return Err(ResolveError::AppidMismatch);
             }
-            let outbound = Outbound::build(path, raw_query, "component_access_token", Some(component.as_str()));
+            let outbound = Outbound::build(path, raw_query, "component_access_token", Some(&component.as_str()));
             Ok(Route::Api(ApiCall { client, scope, token: Scope::Component, outbound }))
         }
         _ => {

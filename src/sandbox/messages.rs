@@ -81,7 +81,8 @@ pub fn original_id(appid: &AppId) -> String {
     match TEST_ACCOUNTS.iter().find(|(a, _)| *a == appid.as_str()) {
         Some((_, gh)) => (*gh).to_owned(),
         None => {
-            let digits = appid.as_str().trim_start_matches("wx");
+            let text = appid.as_str();
+            let digits = text.trim_start_matches("wx");
             format!("gh_{}", &digits[..digits.len().min(12)])
         }
     }
@@ -288,7 +289,7 @@ impl Sandbox {
     /// A code for a test account, exchangeable once with `api_query_auth`; nothing is pushed to
     /// the authorization-event URL.
     fn issue_test_code(&self, appid: &AppId) -> String {
-        self.ledger().authorize(appid.as_str(), tokio::time::Instant::now(), unix_now(), None).code
+        self.ledger().authorize(&appid.as_str(), tokio::time::Instant::now(), unix_now(), None).code
     }
 }
 

@@ -73,7 +73,7 @@ impl Sandbox {
     /// (read it with [`Sandbox::current_ticket`]).
     pub async fn start(config: SandboxConfig, listener: tokio::net::TcpListener) -> std::io::Result<Sandbox> {
         let addr = listener.local_addr()?;
-        let crypt = MsgCrypt::new(&config.token, &config.encoding_aes_key, config.component_appid.as_str())
+        let crypt = MsgCrypt::new(&config.token, &config.encoding_aes_key, &config.component_appid.as_str())
             .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
         let limits =
             Limits { lifetime: config.token_lifetime, grace: config.grace, rotate: config.rotate_refresh_tokens };
@@ -146,25 +146,25 @@ impl Sandbox {
 
     /// The account revokes: its tokens and refresh token stop working at once; pushes `unauthorized`.
     pub async fn unauthorize(&self, authorizer: &AppId) -> Result<(), SandboxError> {
-        if !self.ledger().unauthorize(authorizer.as_str()) {
+        if !self.ledger().unauthorize(&authorizer.as_str()) {
             return Err(SandboxError::NotAuthorized(*authorizer));
         }
         tracing::info!(authorizer = %authorizer, "sandbox: authorization revoked");
         let _turn = self.inner.push_turn.lock().await;
-        self.send(&push::unauthorized_message(self.appid(), authorizer.as_str())).await
+        self.send(&push::unauthorized_message(self.appid(), &authorizer.as_str())).await
     }
 
     /// The account revokes and WeChat's push never arrives (the gateway was down, or the push
     /// failed every retry): only `api_get_authorizer_list` tells. `false` if it had not authorized.
     pub fn unauthorize_silently(&self, authorizer: &AppId) -> bool {
-        self.ledger().unauthorize(authorizer.as_str())
+        self.ledger().unauthorize(&authorizer.as_str())
     }
 
     /// What `api_get_authorizer_info` reports of the account from now on: its `account_status`
     /// (19 frozen, 14 closed, ...) and whether it is a mini program. `false` for an unknown account.
     pub fn set_account(&self, authorizer: &AppId, account_status: i64, mini_program: bool) -> bool {
         let mut ledger = self.ledger();
-        let Some(account) = ledger.authorizers.get_mut(authorizer.as_str()) else { return false };
+        let Some(account) = ledger.authorizers.get_mut(&*authorizer.as_str()) else { return false };
         account.account_status = account_status;
         account.mini_program = mini_program;
         true
@@ -172,13 +172,13 @@ impl Sandbox {
 
     /// The `gh_` id the sandbox reports for an account.
     pub fn user_name(authorizer: &AppId) -> String {
-        component::user_name(authorizer.as_str())
+        component::user_name(&authorizer.as_str())
     }
 
     /// The current access token of that authorizer (None: the component's) answers 40001 from
     /// now on, as if another party had refreshed it and its grace had passed.
     pub fn revoke_access_token(&self, authorizer: Option<&AppId>) {
-        let owner = authorizer.map_or(Owner::Component, |a| Owner::Authorizer(a.as_str().to_owned()));
+        let owner = authorizer.map_or(Owner::Component, |a| Owner::Authorizer(a.to_string()));
         self.ledger().tokens.revoke_current(&owner, Instant::now());
     }
 
@@ -218,7 +218,7 @@ impl Sandbox {
     /// The refresh token the sandbox accepts now for this authorizer.
     pub fn refresh_token(&self, authorizer: &AppId) -> Option<String> {
         let ledger = self.ledger();
-        ledger.authorized(authorizer.as_str()).ok()?.refresh_token.clone()
+        ledger.authorized(&authorizer.as_str()).ok()?.refresh_token.clone()
     }
 
     /// The one ticket `api_component_token` accepts now, for tests that run without a gateway.
@@ -242,7 +242,7 @@ impl Sandbox {
     }
 
     fn authorize_event(&self, authorizer: &AppId, pre_auth: Option<String>) -> AuthEvent {
-        let event = self.ledger().authorize(authorizer.as_str(), Instant::now(), push::unix_now(), pre_auth);
+        let event = self.ledger().authorize(&authorizer.as_str(), Instant::now(), push::unix_now(), pre_auth);
         tracing::info!(authorizer = %authorizer, info_type = event.info_type, "sandbox: account authorized");
         event
     }
@@ -251,7 +251,7 @@ impl Sandbox {
         let message = push::authorized_message(
             self.appid(),
             event.info_type,
-            authorizer.as_str(),
+            &authorizer.as_str(),
             &event.code,
             &event.pre_auth_code,
         );

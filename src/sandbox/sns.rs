@@ -21,7 +21,7 @@ pub(super) fn handle(sandbox: &Sandbox, path: &str, query: &str) -> Result<Value
     let appid = param("appid").ok_or_else(|| WxError::new(41002, "appid missing"))?;
     let ledger = sandbox.ledger();
     ledger.check_component_token(&token, Instant::now())?;
-    if param("component_appid").as_deref() != Some(sandbox.config().component_appid.as_str()) {
+    if param("component_appid").as_deref() != Some(&sandbox.config().component_appid.as_str()) {
         return Err(WxError::invalid_component());
     }
     if !ledger.authorizers.get(&appid).is_some_and(|a| a.authorized) {

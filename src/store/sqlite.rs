@@ -430,7 +430,7 @@ impl Store for SqliteStore {
                 &format!("INSERT OR REPLACE INTO authorizers (component_appid, {AUTHORIZER_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)"),
                 params![
                     component,
-                    r.appid.as_str(),
+                    &*r.appid.as_str(),
                     r.state.as_str(),
                     r.refresh_token.as_ref().map(Secret::expose),
                     r.access_token.as_ref().map(Secret::expose),
@@ -465,7 +465,7 @@ impl Store for SqliteStore {
                 &format!("INSERT OR REPLACE INTO authorizer_info (component_appid, {INFO_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)"),
                 params![
                     component,
-                    i.appid.as_str(),
+                    &*i.appid.as_str(),
                     i.nick_name,
                     i.user_name,
                     i.principal_name,

@@ -148,7 +148,7 @@ fn insert_message(conn: &Connection, c: &str, m: &OutboxMessage) -> rusqlite::Re
     .execute(params![
         c,
         m.id.as_str(),
-        m.authorizer.as_str(),
+        &*m.authorizer.as_str(),
         m.route,
         m.msg_type,
         m.event,
@@ -212,7 +212,7 @@ impl OutboxStore for SqliteStore {
         let stale_before = now_ms - ttl.as_millis() as i64;
         // One job is one savepoint: a failed insert of the message rolls the key back too.
         self.batched(move |conn| {
-            if !record_seen(conn, &c, m.authorizer.as_str(), &key, now_ms, stale_before)? {
+            if !record_seen(conn, &c, &m.authorizer.as_str(), &key, now_ms, stale_before)? {
                 return Ok(false);
             }
             insert_message(conn, &c, &m)?;

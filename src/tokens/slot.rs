@@ -114,15 +114,23 @@ pub(super) struct AuthorizerMem {
     pub auth_code_sha1: Option<[u8; 20]>,
 }
 
+/// A copy of a token made by the store, allocated on this thread. The SQLite store reads on a
+/// blocking thread, whose allocator pages it shares with that thread's short-lived strings: a
+/// million tokens kept from there cost about 45 bytes more each (measured, mimalloc) than copies.
+fn kept(token: Secret) -> Secret {
+    Secret::new(token.expose())
+}
+
 impl AuthorizerMem {
     pub fn from_record(r: AuthorizerRecord) -> Self {
         let lifetime_ms =
             if r.last_refresh_at > 0 { (r.access_expires_at - r.last_refresh_at).max(0) } else { 7_200_000 };
-        let access =
-            r.access_token.map(|value| Arc::new(AccessToken { value, expires_at: r.access_expires_at, lifetime_ms }));
+        let access = r
+            .access_token
+            .map(|value| Arc::new(AccessToken { value: kept(value), expires_at: r.access_expires_at, lifetime_ms }));
         Self {
             state: r.state,
-            refresh_token: r.refresh_token,
+            refresh_token: r.refresh_token.map(kept),
             access,
             authorized_at: r.authorized_at,
             last_refresh_at: r.last_refresh_at,
@@ -269,5 +277,17 @@ impl Slots {
 
     pub fn len(&self) -> usize {
         read(&self.0).len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A million slots are a million allocations of this size plus an `Arc`'s two counts:
+    /// 144 bytes is what fits mimalloc's 160-byte class. One byte more costs 32 per authorizer.
+    #[test]
+    fn an_authorizer_slot_fits_its_size_class() {
+        assert!(std::mem::size_of::<AuthorizerSlot>() <= 144, "{}", std::mem::size_of::<AuthorizerSlot>());
     }
 }

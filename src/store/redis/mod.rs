@@ -263,20 +263,22 @@ impl RedisStore {
     }
 
     /// The records of `appids`, read in one pipeline; an appid without a record is left out.
+    /// HMGET of a fixed field list rather than HGETALL: values only, in a known order, so that
+    /// a million records at start-up are not a million hash maps of field names.
     async fn load_many(&self, component: &AppId, appids: &[AppId]) -> Result<Vec<AuthorizerRecord>, StoreError> {
         if appids.is_empty() {
             return Ok(Vec::new());
         }
         let mut pipe = redis::pipe();
         for appid in appids {
-            pipe.hgetall(self.key(component, &format!("authorizer:{appid}")));
+            pipe.cmd("HMGET").arg(self.key(component, &format!("authorizer:{appid}"))).arg(&RECORD_FIELDS[..]);
         }
-        let maps: Vec<HashMap<String, String>> =
+        let rows: Vec<Vec<Option<String>>> =
             self.link.run(|mut c| async move { pipe.query_async(&mut c).await }).await?;
-        let mut records = Vec::with_capacity(maps.len());
-        for (appid, map) in appids.iter().zip(maps) {
-            if !map.is_empty() {
-                records.push(authorizer_from(appid, &map)?);
+        let mut records = Vec::with_capacity(rows.len());
+        for (appid, row) in appids.iter().zip(rows) {
+            if let Some(record) = authorizer_from_row(appid, row)? {
+                records.push(record);
             }
         }
         Ok(records)
@@ -328,19 +330,40 @@ fn authorizer_fields(r: &AuthorizerRecord) -> Vec<(&'static str, String)> {
     fields
 }
 
-fn authorizer_from(appid: &AppId, map: &HashMap<String, String>) -> Result<AuthorizerRecord, StoreError> {
-    let state: String = field(map, "state")?;
-    Ok(AuthorizerRecord {
+/// An authorizer record's fields, in the order [`authorizer_from_row`] reads them.
+const RECORD_FIELDS: [&str; 8] = [
+    "state",
+    "refresh_token",
+    "access_token",
+    "access_expires_at",
+    "authorized_at",
+    "last_refresh_at",
+    "last_error",
+    "auth_code_sha1",
+];
+
+/// A record from the values of [`RECORD_FIELDS`]; `None` when the hash does not exist.
+fn authorizer_from_row(appid: &AppId, row: Vec<Option<String>>) -> Result<Option<AuthorizerRecord>, StoreError> {
+    let Ok([state, refresh_token, access_token, access_expires_at, authorized_at, last_refresh_at, last_error, sha1]) =
+        <[Option<String>; 8]>::try_from(row)
+    else {
+        return Err(StoreError::Corrupt("an HMGET answer of the wrong length".into()));
+    };
+    let Some(state) = state else { return Ok(None) };
+    let number = |value: Option<String>, name: &str| {
+        value.and_then(|v| v.parse().ok()).ok_or_else(|| StoreError::Corrupt(format!("field {name}")))
+    };
+    Ok(Some(AuthorizerRecord {
         appid: *appid,
         state: AuthorizerState::parse(&state).ok_or_else(|| StoreError::Corrupt("field state".into()))?,
-        refresh_token: map.get("refresh_token").cloned().map(Secret::new),
-        access_token: map.get("access_token").cloned().map(Secret::new),
-        access_expires_at: field(map, "access_expires_at")?,
-        authorized_at: field(map, "authorized_at")?,
-        last_refresh_at: field(map, "last_refresh_at")?,
-        last_error: map.get("last_error").cloned(),
-        auth_code_sha1: map.get("auth_code_sha1").cloned(),
-    })
+        refresh_token: refresh_token.map(Secret::new),
+        access_token: access_token.map(Secret::new),
+        access_expires_at: number(access_expires_at, "access_expires_at")?,
+        authorized_at: number(authorized_at, "authorized_at")?,
+        last_refresh_at: number(last_refresh_at, "last_refresh_at")?,
+        last_error,
+        auth_code_sha1: sha1,
+    }))
 }
 
 fn component_fields(t: &ComponentToken) -> Vec<(&'static str, String)> {
@@ -487,11 +510,7 @@ impl Store for RedisStore {
     }
 
     async fn load_authorizer(&self, component: &AppId, appid: &AppId) -> Result<Option<AuthorizerRecord>, StoreError> {
-        let map = self.hgetall(&self.key(component, &format!("authorizer:{appid}"))).await?;
-        if map.is_empty() {
-            return Ok(None);
-        }
-        authorizer_from(appid, &map).map(Some)
+        Ok(self.load_many(component, std::slice::from_ref(appid)).await?.pop())
     }
 
     async fn save_authorizer(&self, component: &AppId, r: &AuthorizerRecord) -> Result<(), StoreError> {
@@ -500,7 +519,7 @@ impl Store for RedisStore {
             component,
             None,
             &hash,
-            r.appid.as_str(),
+            &r.appid.as_str(),
             &format!("authorizer:{}", r.appid),
             authorizer_fields(r),
         )
@@ -512,7 +531,7 @@ impl Store for RedisStore {
         let mut invocation = DELETE.key(self.key(component, "authorizers"));
         invocation.key(self.key(component, &format!("authorizer:{appid}")));
         invocation.key(self.key(component, "version")).key(self.key(component, "changed"));
-        invocation.key(self.key(component, "changes")).arg(appid.as_str());
+        invocation.key(self.key(component, "changes")).arg(&*appid.as_str());
         let n: i64 = self.invoke(invocation, Durability::Master).await?;
         Ok(n > 0)
     }
@@ -578,7 +597,7 @@ impl Store for RedisStore {
             component,
             fence.lease(),
             &hash,
-            r.appid.as_str(),
+            &r.appid.as_str(),
             &format!("authorizer:{}", r.appid),
             authorizer_fields(r),
         )
@@ -622,9 +641,9 @@ impl Store for RedisStore {
     /// written together.
     async fn save_authorizer_info(&self, component: &AppId, info: &AuthorizerInfoRecord) -> Result<(), StoreError> {
         let mut pipe = redis::pipe();
-        pipe.atomic().hset(self.key(component, "infos"), info.appid.as_str(), info.to_json().to_string()).ignore();
+        pipe.atomic().hset(self.key(component, "infos"), &*info.appid.as_str(), info.to_json().to_string()).ignore();
         if let Some(user_name) = &info.user_name {
-            pipe.hset(self.key(component, "user_names"), user_name, info.appid.as_str()).ignore();
+            pipe.hset(self.key(component, "user_names"), user_name, &*info.appid.as_str()).ignore();
         }
         self.link.run(|mut c| async move { pipe.query_async::<()>(&mut c).await }).await
     }
@@ -634,7 +653,7 @@ impl Store for RedisStore {
         component: &AppId,
         appid: &AppId,
     ) -> Result<Option<AuthorizerInfoRecord>, StoreError> {
-        let doc = self.hget(&self.key(component, "infos"), appid.as_str()).await?;
+        let doc = self.hget(&self.key(component, "infos"), &appid.as_str()).await?;
         doc.map(|d| info_from(appid, &d)).transpose()
     }
 
