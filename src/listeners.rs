@@ -9,6 +9,7 @@
 //! a port. Port 0 in the config also works: the address the OS chose is logged.
 
 use crate::config::ListenConfig;
+use pingora::listeners::{L4BufferSettings, ListenerConfig};
 use pingora::server::{Fds, ListenFds, ShutdownWatch};
 use pingora::services::Service;
 use std::collections::HashMap;
@@ -133,7 +134,11 @@ where
     /// `service` must have no address of its own: the socket's becomes its only one.
     pub fn new(mut service: pingora::services::listening::Service<A>, socket: Socket) -> Self {
         let key = socket.addr.to_string();
-        service.add_tcp(&key);
+        // No read buffer under the connection: pingora's default is 64 KiB for each, held for
+        // the connection's life, idle or not. The proxy's edge reads a request's start into a
+        // buffer of its own that lives only while the request does (`proxy::edge`).
+        let unbuffered_reads = L4BufferSettings::default().read(0);
+        service.add_listener(ListenerConfig::tcp(&key).l4_buffer(unbuffered_reads));
         let mut fds = Fds::new();
         fds.add(key, socket.listener.into_raw_fd());
         Self { inner: service, fds: Arc::new(parking_lot::Mutex::new(fds)) }

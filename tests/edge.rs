@@ -234,3 +234,29 @@ async fn a_slow_request_head_is_cut_off_after_the_header_timeout() {
     assert_eq!(read_answer(&mut kept).await.status, 200, "the keep-alive wait is not the header timeout");
     assert!(!setup.log().contains(CLIENT_KEY));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn requests_written_together_are_all_answered_in_order_bodies_whole() {
+    let (_setup, sandbox, gw) = started("").await;
+    // A body longer than the edge's first read, then a second request in the same write: the
+    // first read ends inside the body, and the second request begins inside what pingora reads.
+    let body = "x".repeat(10_000);
+    let post = format!(
+        "POST /{A}/cgi-bin/message/custom/send HTTP/1.1\r\nHost: gw\r\nAuthorization: Bearer {CLIENT_KEY}\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    let mut together = post.into_bytes();
+    together.extend(user_info("GET", ""));
+    let mut stream = TcpStream::connect(gw.proxy).await.unwrap();
+    stream.write_all(&together).await.unwrap();
+    assert_eq!(read_answer(&mut stream).await.status, 200);
+    assert_eq!(read_answer(&mut stream).await.status, 200);
+    let seen = sandbox.requests();
+    let last_two: Vec<(&str, usize)> = seen.iter().rev().take(2).rev().map(|r| (r.path.as_str(), r.body_len)).collect();
+    assert_eq!(last_two, [("/cgi-bin/message/custom/send", 10_000), ("/cgi-bin/user/info", 0)]);
+    // And the connection still takes a request sent a byte at a time.
+    for byte in user_info("GET", "") {
+        stream.write_all(&[byte]).await.unwrap();
+    }
+    assert_eq!(read_answer(&mut stream).await.status, 200);
+}

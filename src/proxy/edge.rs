@@ -28,6 +28,9 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::{Instant, Sleep};
 
+/// What the read that finds a request begun asks for: pingora's own first read of a head.
+const FIRST_READ: usize = 4096;
+
 /// The two waits a client connection is allowed.
 #[derive(Debug, Clone, Copy)]
 pub struct Timeouts {
@@ -50,8 +53,8 @@ impl<A> Edge<A> {
 
 #[async_trait]
 impl<A: HttpServerApp + Send + Sync + 'static> ServerApp for Edge<A> {
-    /// Between requests a connection holds only its stream: the session and pingora's request
-    /// future (tens of kilobytes) are made once the next request's first byte is in, so that
+    /// Between requests a connection holds only its stream: the session, pingora's request
+    /// future and a read buffer are made once the next request has begun to arrive, so that
     /// thousands of idle keep-alive clients cost little.
     async fn process_new(self: &Arc<Self>, stream: Stream, shutdown: &ShutdownWatch) -> Option<Stream> {
         let mut deadlined = Box::new(Deadlined::new(stream, self.timeouts));
@@ -139,32 +142,50 @@ pub struct Deadlined {
     deadline: Pin<Box<Sleep>>,
     /// Set through a shared reference: the gateway sees the stream only behind its session.
     head_read: AtomicBool,
-    /// The first byte of a request, read to learn that one has begun; the next read returns it.
-    held: Option<u8>,
+    /// What the read that found a request begun brought in (its head, as a rule), handed out
+    /// by the reads after it. A buffer only while a request is read: the listener's own read
+    /// buffer (pingora's 64 KiB by default) is off, so that an idle connection holds none.
+    held: Vec<u8>,
+    /// How much of `held` has been handed out.
+    handed: usize,
 }
 
 impl Deadlined {
     /// A new connection: its first head is due within the header timeout, as with nginx.
     fn new(inner: Stream, timeouts: Timeouts) -> Self {
         let deadline = Box::pin(tokio::time::sleep(timeouts.header));
-        Self { inner, timeouts, phase: Phase::Head, deadline, head_read: AtomicBool::new(false), held: None }
+        Self {
+            inner,
+            timeouts,
+            phase: Phase::Head,
+            deadline,
+            head_read: AtomicBool::new(false),
+            held: Vec::new(),
+            handed: 0,
+        }
     }
 
-    /// Waits, under the current deadline, for the first byte of the next request; `false` when
-    /// the connection ends first (closed, timed out, the server shutting down).
+    /// Waits, under the current deadline, for the next request to begin, and keeps what the
+    /// read brought; `false` when the connection ends first (closed, timed out, the server
+    /// shutting down).
     async fn wait_for_request(&mut self, shutdown: &ShutdownWatch) -> bool {
         let mut shutdown = shutdown.clone();
         if *shutdown.borrow() {
             return false;
         }
-        let mut byte = [0u8; 1];
+        if self.handed < self.held.len() {
+            // The last read brought the start of this request too (pipelined).
+            self.head_begun();
+            return true;
+        }
+        let mut first = Vec::with_capacity(FIRST_READ);
         let read = tokio::select! {
-            read = tokio::io::AsyncReadExt::read(self, &mut byte) => read,
+            read = tokio::io::AsyncReadExt::read_buf(self, &mut first) => read,
             _ = shutdown.wait_for(|stop| *stop) => return false,
         };
         match read {
-            Ok(1) => {
-                self.held = Some(byte[0]);
+            Ok(n) if n > 0 => {
+                (self.held, self.handed) = (first, 0);
                 true
             }
             Ok(_) => false,
@@ -173,6 +194,11 @@ impl Deadlined {
                 false
             }
         }
+    }
+
+    fn head_begun(&mut self) {
+        self.phase = Phase::Head;
+        self.deadline.as_mut().reset(Instant::now() + self.timeouts.header);
     }
 
     fn await_next_request(&mut self) {
@@ -185,9 +211,13 @@ impl Deadlined {
 impl AsyncRead for Deadlined {
     fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         let this = &mut *self;
-        if let Some(byte) = this.held.filter(|_| buf.remaining() > 0) {
-            this.held = None;
-            buf.put_slice(&[byte]);
+        if this.handed < this.held.len() && buf.remaining() > 0 {
+            let n = buf.remaining().min(this.held.len() - this.handed);
+            buf.put_slice(&this.held[this.handed..this.handed + n]);
+            this.handed += n;
+            if this.handed == this.held.len() {
+                (this.held, this.handed) = (Vec::new(), 0);
+            }
             return Poll::Ready(Ok(()));
         }
         if this.phase != Phase::Body && this.head_read.load(Ordering::Relaxed) {
@@ -200,8 +230,7 @@ impl AsyncRead for Deadlined {
         match Pin::new(&mut this.inner).poll_read(cx, buf) {
             Poll::Ready(Ok(())) => {
                 if this.phase == Phase::Idle && buf.filled().len() > before {
-                    this.phase = Phase::Head;
-                    this.deadline.as_mut().reset(Instant::now() + this.timeouts.header);
+                    this.head_begun();
                 }
                 Poll::Ready(Ok(()))
             }
@@ -310,13 +339,13 @@ impl GetSocketDigest for Deadlined {
 #[async_trait]
 impl Peek for Deadlined {
     async fn try_peek(&mut self, buf: &mut [u8]) -> io::Result<bool> {
-        match (self.held, buf.first_mut()) {
-            (Some(byte), Some(first)) => {
-                *first = byte;
-                Ok(true)
-            }
-            _ => self.inner.try_peek(buf).await,
+        let held = &self.held[self.handed..];
+        if held.is_empty() {
+            return self.inner.try_peek(buf).await;
         }
+        let n = buf.len().min(held.len());
+        buf[..n].copy_from_slice(&held[..n]);
+        Ok(true)
     }
 }
 
