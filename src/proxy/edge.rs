@@ -53,22 +53,37 @@ impl<A> Edge<A> {
 
 #[async_trait]
 impl<A: HttpServerApp + Send + Sync + 'static> ServerApp for Edge<A> {
-    /// Between requests a connection holds only its stream: the session, pingora's request
-    /// future and a read buffer are made once the next request has begun to arrive, so that
-    /// thousands of idle keep-alive clients cost little.
+    /// Serves the connection in a task of its own. pingora's accepting task is a future of some
+    /// 8 KiB (it has room for a TLS handshake the proxy listener never makes), held for the
+    /// connection's life; this loop's task is a fifth of that, which thousands of idle
+    /// keep-alive clients notice. The task stays on this worker's runtime.
     async fn process_new(self: &Arc<Self>, stream: Stream, shutdown: &ShutdownWatch) -> Option<Stream> {
+        tokio::spawn(Arc::clone(self).serve(stream, shutdown.clone()));
+        None
+    }
+
+    async fn cleanup(&self) {
+        self.app.http_cleanup().await;
+    }
+}
+
+impl<A: HttpServerApp + Send + Sync + 'static> Edge<A> {
+    /// Between requests a connection holds only its stream: the session, pingora's request
+    /// future and a read buffer are made once the next request has begun to arrive.
+    async fn serve(self: Arc<Self>, stream: Stream, shutdown: ShutdownWatch) {
+        let shutdown = &shutdown;
         let mut deadlined = Box::new(Deadlined::new(stream, self.timeouts));
         if !deadlined.wait_for_request(shutdown).await {
-            return None;
+            return;
         }
         let mut session = ServerSession::new_http1(deadlined);
         session.set_keepalive(if *shutdown.borrow() { None } else { Some(self.timeouts.keepalive.as_secs()) });
         let mut result = self.app.process_new_http(session, shutdown).await;
         while let Some((stream, settings)) = result.map(|r| r.consume()) {
-            let mut deadlined = stream.into_any().downcast::<Deadlined>().ok()?;
+            let Ok(mut deadlined) = stream.into_any().downcast::<Deadlined>() else { return };
             deadlined.await_next_request();
             if !deadlined.wait_for_request(shutdown).await {
-                return None;
+                return;
             }
             let mut session = ServerSession::new_http1(deadlined);
             if let Some(settings) = settings {
@@ -76,11 +91,6 @@ impl<A: HttpServerApp + Send + Sync + 'static> ServerApp for Edge<A> {
             }
             result = self.app.process_new_http(session, shutdown).await;
         }
-        None
-    }
-
-    async fn cleanup(&self) {
-        self.app.http_cleanup().await;
     }
 }
 
@@ -178,22 +188,28 @@ impl Deadlined {
             self.head_begun();
             return true;
         }
-        let mut first = Vec::with_capacity(FIRST_READ);
         let read = tokio::select! {
-            read = tokio::io::AsyncReadExt::read_buf(self, &mut first) => read,
+            read = std::future::poll_fn(|cx| self.poll_first_read(cx)) => read,
             _ = shutdown.wait_for(|stop| *stop) => return false,
         };
         match read {
-            Ok(n) if n > 0 => {
-                (self.held, self.handed) = (first, 0);
-                true
-            }
+            Ok(n) if n > 0 => true,
             Ok(_) => false,
             Err(e) => {
                 tracing::debug!(error = %e, "client connection ended before its request");
                 false
             }
         }
+    }
+
+    /// Reads what has arrived of the next request into `held`, through a buffer on the stack:
+    /// a connection waiting for its next request holds no buffer at all.
+    fn poll_first_read(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+        let mut scratch = [std::mem::MaybeUninit::<u8>::uninit(); FIRST_READ];
+        let mut buf = ReadBuf::uninit(&mut scratch);
+        std::task::ready!(Pin::new(&mut *self).poll_read(cx, &mut buf))?;
+        (self.held, self.handed) = (buf.filled().to_vec(), 0);
+        Poll::Ready(Ok(self.held.len()))
     }
 
     fn head_begun(&mut self) {
