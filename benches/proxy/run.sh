@@ -37,6 +37,7 @@ SUDO=""
 [ "$(id -u)" -ne 0 ] && SUDO="sudo"
 missing=()
 command -v wrk >/dev/null || missing+=(wrk)
+command -v strace >/dev/null || missing+=(strace)
 command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || missing+=(nginx-light)
 command -v sqlite3 >/dev/null || missing+=(sqlite3)
 command -v taskset >/dev/null || missing+=(util-linux)
@@ -240,7 +241,8 @@ say "starting the upstream (CPU $LOAD_CPU), nginx (CPU $PROXY_CPU)"
 $NICE taskset -c "$LOAD_CPU" "$NGINX" -e stderr -p "$WORK/upstream" -c "$WORK/upstream/nginx.conf" 2>>"$WORK/upstream/error.log" &
 PIDS+=($!)
 $NICE taskset -c "$PROXY_CPU" "$NGINX" -e stderr -p "$WORK/nginx" -c "$WORK/nginx/nginx.conf" 2>>"$WORK/nginx/error.log" &
-PIDS+=($!)
+NGX_PID=$!
+PIDS+=($NGX_PID)
 
 say "starting wxgate once to create its store, then filling it (CPU $PROXY_CPU)"
 start_wxgate
@@ -337,7 +339,29 @@ print()
 print(f"wxgate/nginx  = {med['wxgate'][0] / med['nginx'][0]:.2f}x  (target >= 1.0x per core)")
 print(f"wxgate/direct = {med['wxgate'][0] / med['direct'][0]:.2f}x")
 EOF
+
+# System calls per call: strace -c over a 3 s wrk run against each proxy (strace slows both
+# alike; the count per call is what is compared, not the rate).
+if command -v strace >/dev/null; then
+    say "system calls per call (strace -c -f over a 3 s run)"
+    ngx_worker=$(pgrep -P "$NGX_PID" | head -1 || true)
+    ngx_worker=${ngx_worker:-$NGX_PID} # master_process off: the one process serves
+    for t in nginx wxgate; do
+        pid=$WXG_PID
+        [ "$t" = nginx ] && pid=$ngx_worker
+        strace -c -f -p "$pid" -o "$WORK/syscalls.$t" 2>/dev/null &
+        tracer=$!
+        sleep 0.5
+        calls=$($NICE taskset -c "$LOAD_CPU" wrk -t1 -c"$CONNECTIONS" -d3s "${URL[$t]}" | awk '/requests in/ {print $1}')
+        kill -INT "$tracer"
+        wait "$tracer" || true
+        total=$(awk '$NF == "total" {print $4}' "$WORK/syscalls.$t")
+        top=$(awk -v n="$calls" 'NR > 2 && $NF != "total" && $1 ~ /^[0-9.]+$/ {printf "%s %.2f, ", $NF, $4 / n}' "$WORK/syscalls.$t" | head -c 200)
+        python3 -c "print(f'$t: {$total / $calls:.2f} system calls per call ($top...)')"
+    done
 fi
+fi
+
 
 if [ "$MODE" != loopback ]; then
     command -v openssl >/dev/null || { $SUDO apt-get install -y -qq openssl >/dev/null; }
