@@ -29,7 +29,7 @@ pub(super) async fn one(app: &AdminApp, appid: &AppId) -> Reply {
     let Some(status) = app.tokens.authorizer_status(appid) else {
         return Reply::error(404, "unknown authorizer");
     };
-    match with_info(app, json!(status), appid).await {
+    match with_info(app, super::shapes::authorizer(&status), appid).await {
         Ok(v) => Reply::json(200, &v),
         Err(reply) => reply,
     }
@@ -41,7 +41,7 @@ pub(super) async fn page(app: &AdminApp, offset: usize, limit: usize) -> Reply {
     let mut authorizers = Vec::with_capacity(page.len());
     for status in page {
         let Ok(appid) = AppId::parse(&status.appid) else { continue };
-        match with_info(app, json!(status), &appid).await {
+        match with_info(app, super::shapes::authorizer(&status), &appid).await {
             Ok(v) => authorizers.push(v),
             Err(reply) => return reply,
         }
@@ -52,7 +52,7 @@ pub(super) async fn page(app: &AdminApp, offset: usize, limit: usize) -> Reply {
 /// `POST /admin/reconcile`: 503 while another instance reconciles.
 pub(super) async fn reconcile(app: &AdminApp) -> Reply {
     match app.tokens.reconcile().await {
-        Ok(done) => Reply::json(200, &json!(done)),
+        Ok(done) => Reply::json(200, &super::shapes::reconciled(&done)),
         Err(e) => token_error(&e),
     }
 }
@@ -66,7 +66,7 @@ pub(super) async fn all(app: &AdminApp) -> Result<Vec<Value>, Reply> {
     let mut all = Vec::with_capacity(statuses.len());
     for status in statuses {
         let Ok(appid) = AppId::parse(&status.appid) else { continue };
-        let mut v = json!(status);
+        let mut v = super::shapes::authorizer(&status);
         if let Some(label) = app.tokens.account_state(&appid).filter(|_| v["state"] == "active") {
             v["state"] = json!(label);
         }

@@ -8,6 +8,7 @@ mod info;
 mod messages;
 mod quota;
 mod routes;
+mod shapes;
 
 use crate::authorize::AuthorizeLinks;
 use crate::messages::outbox::Outbox;

@@ -18,7 +18,7 @@ pub(super) async fn handle(app: &AdminApp, session: &mut ServerSession, method: 
     let query = session.req_header().uri.query().unwrap_or_default().to_owned();
     let segments: Vec<&str> = path.trim_start_matches("/admin/").split('/').collect();
     match (method, segments.as_slice()) {
-        (&Method::GET, ["component"]) => Reply::json(200, &json!(app.tokens.component_status())),
+        (&Method::GET, ["component"]) => Reply::json(200, &super::shapes::component(&app.tokens.component_status())),
         (&Method::GET, ["authorizers"]) => list(app, &query).await,
         (&Method::GET, ["authorize-url"]) => authorize_url(app, &query).await,
         (&Method::POST, ["reconcile"]) => super::info::reconcile(app).await,
@@ -53,7 +53,7 @@ async fn authorizer(
             Err(e) => token_error(&e),
         },
         (&Method::POST, ["refresh"]) => match app.tokens.refresh_now(appid).await {
-            Ok(status) => Reply::json(200, &json!(status)),
+            Ok(status) => Reply::json(200, &super::shapes::authorizer(&status)),
             Err(e) => token_error(&e),
         },
         _ => Reply::error(404, "no such admin route"),
@@ -109,7 +109,7 @@ async fn import(app: &AdminApp, session: &mut ServerSession, appid: &AppId) -> R
     match app.tokens.import_authorizer(appid, refresh_token).await {
         Ok(status) => {
             tracing::info!(authorizer = %appid, "authorizer imported");
-            Reply::json(200, &json!(status))
+            Reply::json(200, &super::shapes::authorizer(&status))
         }
         Err(TokenError::Wechat(e))
             if matches!(e.kind(), Some(ApiErrorKind::RefreshTokenInvalid | ApiErrorKind::NotAuthorized)) =>

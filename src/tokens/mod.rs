@@ -53,7 +53,6 @@ use crate::metrics;
 use crate::store::{unix_now, AuthEvent, SharedStore, StoreError, Ticket};
 use crate::wechat::{ComponentApi, WechatError};
 use crate::AppId;
-use serde::Serialize;
 use slot::{AuthorizerSlot, ComponentSlot, Slots};
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
@@ -154,13 +153,14 @@ impl Settings {
 }
 
 /// What is known of the ticket without its value, for status pages and metrics.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TicketStatus {
     pub create_time: i64,
     pub received_at: i64,
 }
 
-#[derive(Debug, Clone, Serialize)]
+/// The component's token state; `admin::shapes` gives it its JSON.
+#[derive(Debug, Clone)]
 pub struct ComponentStatus {
     pub component_appid: String,
     pub ticket: Option<TicketStatus>,
@@ -172,7 +172,8 @@ pub struct ComponentStatus {
     pub last_error: Option<String>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+/// An authorizer's token state; `admin::shapes` gives it its JSON.
+#[derive(Debug, Clone)]
 pub struct AuthorizerStatus {
     pub appid: String,
     pub state: &'static str,

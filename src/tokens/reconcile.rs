@@ -12,7 +12,6 @@ use crate::metrics;
 use crate::store::{unix_now, AuthorizerState};
 use crate::wechat::{ApiErrorKind, ListedAuthorizer};
 use crate::{AppId, Secret};
-use serde::Serialize;
 use std::collections::HashMap;
 use std::time::Duration;
 
@@ -22,7 +21,7 @@ const PAGE: u32 = 500;
 const LEASE_TTL: Duration = Duration::from_secs(600);
 
 /// What a reconciliation did, as `POST /admin/reconcile` answers it.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Reconciled {
     /// Accounts WeChat lists.
     pub listed: u64,

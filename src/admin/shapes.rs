@@ -1,0 +1,72 @@
+//! The admin API's JSON shapes of what the token service reports: field names are the
+//! contract's (CONTRACT.md § Admin API), kept here so that the token service holds plain data.
+
+use crate::tokens::{AuthorizerStatus, ComponentStatus, Reconciled};
+use serde_json::{json, Value};
+
+/// `GET /admin/component`.
+pub(super) fn component(s: &ComponentStatus) -> Value {
+    json!({
+        "component_appid": s.component_appid.as_str(),
+        "ticket": s.ticket.map(|t| json!({ "create_time": t.create_time, "received_at": t.received_at })),
+        "ticket_age_secs": s.ticket_age_secs,
+        "token_expires_at_ms": s.token_expires_at_ms,
+        "token_expires_in_secs": s.token_expires_in_secs,
+        "last_refresh_at_ms": s.last_refresh_at_ms,
+        "next_refresh_at_ms": s.next_refresh_at_ms,
+        "last_error": s.last_error,
+    })
+}
+
+/// An authorizer's token state, before its info is merged in (`admin::info`).
+pub(super) fn authorizer(s: &AuthorizerStatus) -> Value {
+    json!({
+        "appid": s.appid.as_str(),
+        "state": s.state,
+        "access_expires_at_ms": s.access_expires_at_ms,
+        "access_expires_in_secs": s.access_expires_in_secs,
+        "authorized_at_ms": s.authorized_at_ms,
+        "last_refresh_at_ms": s.last_refresh_at_ms,
+        "next_refresh_at_ms": s.next_refresh_at_ms,
+        "last_error": s.last_error,
+    })
+}
+
+/// `POST /admin/reconcile`.
+pub(super) fn reconciled(r: &Reconciled) -> Value {
+    json!({
+        "listed": r.listed,
+        "imported": r.imported,
+        "revoked": r.revoked,
+        "unchanged": r.unchanged,
+        "failed": r.failed,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tokens::TicketStatus;
+
+    #[test]
+    fn shapes_carry_the_contracts_field_names() {
+        let c = ComponentStatus {
+            component_appid: "wx0123456789abcdef".into(),
+            ticket: Some(TicketStatus { create_time: 1, received_at: 2 }),
+            ticket_age_secs: Some(3),
+            token_expires_at_ms: None,
+            token_expires_in_secs: None,
+            last_refresh_at_ms: 4,
+            next_refresh_at_ms: Some(5),
+            last_error: None,
+        };
+        assert_eq!(
+            component(&c),
+            json!({ "component_appid": "wx0123456789abcdef", "ticket": { "create_time": 1, "received_at": 2 },
+                    "ticket_age_secs": 3, "token_expires_at_ms": null, "token_expires_in_secs": null,
+                    "last_refresh_at_ms": 4, "next_refresh_at_ms": 5, "last_error": null })
+        );
+        let r = Reconciled { listed: 5, imported: 1, revoked: 1, unchanged: 2, failed: 1 };
+        assert_eq!(reconciled(&r), json!({ "listed": 5, "imported": 1, "revoked": 1, "unchanged": 2, "failed": 1 }));
+    }
+}
