@@ -122,10 +122,8 @@ pub fn build(config: &Config, source: Option<Source>, sockets: Sockets) -> Resul
     let clients = live.part(config, |c| Clients::new(&c.clients));
     let admin_token = live.part(config, |c| c.admin.token.clone());
     let gateway = Gateway::new(routes, Arc::clone(&tokens), clients, upstream, config.proxy.clone());
-    let mut http = pingora::proxy::HttpProxy::new(gateway, Arc::clone(&server.configuration));
-    http.handle_init_modules();
     let timeouts = Timeouts { keepalive: config.proxy.keepalive_timeout, header: config.proxy.header_timeout };
-    let proxy = Service::new("wxgate proxy".to_owned(), Edge::new(http, timeouts));
+    let proxy = Service::new("wxgate proxy".to_owned(), Edge::new(gateway, timeouts));
     server.add_service(Prebound::new(proxy, sockets.proxy));
 
     let admin = Service::new(

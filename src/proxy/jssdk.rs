@@ -9,7 +9,7 @@ use crate::store::{unix_now, TicketKind};
 use crate::tokens::TokenService;
 use crate::AppId;
 use http::Method;
-use pingora::proxy::Session;
+use pingora::protocols::http::ServerSession;
 use rand::distributions::{Alphanumeric, DistString};
 use serde_json::{json, Value};
 use sha1::{Digest, Sha1};
@@ -43,7 +43,7 @@ pub async fn getticket(tokens: &TokenService, scope: Option<&Scope>, query: &str
 
 /// `GET|POST /wxgate/jssdk/{appid}/config`: `rest` is what follows `jssdk/`.
 pub async fn config(
-    session: &mut Session,
+    session: &mut ServerSession,
     clients: &Clients,
     tokens: &TokenService,
     method: &Method,
@@ -61,7 +61,7 @@ pub async fn config(
     }
     let url = match *method {
         Method::GET => param(session.req_header().uri.query().unwrap_or_default(), "url"),
-        Method::POST => match read_body(session.as_downstream_mut(), MAX_CONFIG_BODY).await {
+        Method::POST => match read_body(session, MAX_CONFIG_BODY).await {
             Ok(body) => serde_json::from_slice::<Value>(&body)
                 .ok()
                 .and_then(|v| v.get("url").and_then(Value::as_str).map(str::to_owned)),

@@ -36,9 +36,9 @@ use crate::AppId;
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
-use pingora::modules::http::HttpModules;
-use pingora::prelude::*;
-use pingora::proxy::{ProxyHttp, Session};
+use pingora::apps::{HttpPersistentSettings, HttpServerApp, ReusedHttpStream};
+use pingora::protocols::http::ServerSession;
+use pingora::server::ShutdownWatch;
 use resolve::{ApiCall, Scope, TokenCall};
 use std::sync::Arc;
 use std::time::Instant;
@@ -47,8 +47,9 @@ use upstream::Body;
 /// A token endpoint's body is a few fields of JSON.
 const TOKEN_ENDPOINT_BODY: usize = 4096;
 
-/// The `ProxyHttp` of the proxy listener. Every request is answered in `request_filter`:
-/// pingora's proxy phases after it are not used.
+/// The proxy listener's HTTP application: each request is answered whole here, on pingora's
+/// HTTP/1 session, without pingora's proxy phases (whose per-request machinery, a session of
+/// the proxy's own, a module context, boxed phase futures, cost about a fifth of a call).
 pub struct Gateway {
     routes: Arc<OwnRoutes>,
     tokens: Arc<TokenService>,
@@ -84,7 +85,7 @@ impl Gateway {
     }
 
     /// Resolves the request once and answers it; the reply to write, if it is not written yet.
-    async fn serve(&self, session: &mut Session, ctx: &mut CallCtx) -> Option<Reply> {
+    async fn serve(&self, session: &mut ServerSession, ctx: &mut CallCtx) -> Option<Reply> {
         let clients = self.clients.load_full();
         let route = match resolve::route(&clients, &self.component, session.req_header()) {
             Ok(route) => route,
@@ -107,8 +108,8 @@ impl Gateway {
         }
     }
 
-    async fn token_endpoint(&self, session: &mut Session, call: &TokenCall<'_>) -> Reply {
-        match read_body(session.as_downstream_mut(), TOKEN_ENDPOINT_BODY).await {
+    async fn token_endpoint(&self, session: &mut ServerSession, call: &TokenCall<'_>) -> Reply {
+        match read_body(session, TOKEN_ENDPOINT_BODY).await {
             Ok(body) => token_endpoints::answer(&self.tokens, call, &body).await,
             Err(e) => e.reply(),
         }
@@ -118,7 +119,7 @@ impl Gateway {
     /// `replay_body_bytes` is read first and kept, so that the call can be replayed after a
     /// token error, and so that a body that cannot be read (malformed chunked encoding) is
     /// refused before anything goes out. A larger one streams through.
-    async fn api_call(&self, session: &mut Session, call: &ApiCall<'_>) -> Result<(), Reply> {
+    async fn api_call(&self, session: &mut ServerSession, call: &ApiCall<'_>) -> Result<(), Reply> {
         if call.outbound.path() == jssdk::GETTICKET_PATH {
             // Answered from the gateway's ticket cache: fetching one would replace it.
             let query = session.req_header().uri.query().unwrap_or_default();
@@ -142,11 +143,11 @@ impl Gateway {
         }
         let client_req = session.req_header().clone();
         let length = if chunked { None } else { declared };
-        let mut body = Body::Streamed { kept, from: session.as_downstream_mut(), length, limit: max };
+        let mut body = Body::Streamed { kept, from: session, length, limit: max };
         let answer = self.upstream.send(&client_req, &call.outbound, token.value.expose(), &mut body).await;
         drop(body);
         let mut answer = answer.map_err(|f| f.reply())?;
-        let streamed = exchange::stream_to(session.as_downstream_mut(), &mut answer).await;
+        let streamed = exchange::stream_to(session, &mut answer).await;
         self.upstream.release(answer).await;
         streamed.map_err(|e| downstream_gone(&e))
     }
@@ -173,7 +174,7 @@ impl Gateway {
     /// the one it got.
     async fn replayable(
         &self,
-        session: &mut Session,
+        session: &mut ServerSession,
         call: &ApiCall<'_>,
         mut token: Arc<AccessToken>,
         body: Bytes,
@@ -189,7 +190,7 @@ impl Gateway {
                 return Err(Reply::error(502, "no answer header"));
             };
             if !exchange::inspectable(header) {
-                let streamed = exchange::stream_to(session.as_downstream_mut(), &mut answer).await;
+                let streamed = exchange::stream_to(session, &mut answer).await;
                 self.upstream.release(answer).await;
                 return streamed.map_err(|e| downstream_gone(&e));
             }
@@ -217,8 +218,8 @@ impl Gateway {
 
 /// Reads the request body up to `limit` bytes: all of it (`true`), or, for a larger one, what
 /// was read when it passed the limit (`false`): the rest then streams.
-async fn read_kept(session: &mut Session, limit: usize) -> std::result::Result<(Bytes, bool), BodyError> {
-    let client = session.as_downstream_mut();
+async fn read_kept(session: &mut ServerSession, limit: usize) -> std::result::Result<(Bytes, bool), BodyError> {
+    let client = session;
     let mut kept = BytesMut::new();
     while let Some(chunk) = client.read_request_body().await.map_err(|_| BodyError::Read)? {
         kept.extend_from_slice(&chunk);
@@ -236,11 +237,11 @@ fn downstream_gone(e: &pingora::Error) -> Reply {
 }
 
 async fn write_whole(
-    session: &mut Session,
+    session: &mut ServerSession,
     header: pingora::http::ResponseHeader,
     body: bytes::Bytes,
 ) -> pingora::Result<()> {
-    let client = session.as_downstream_mut();
+    let client = session;
     client.write_response_header(Box::new(header)).await?;
     client.write_response_body(body, true).await
 }
@@ -278,15 +279,8 @@ fn redacted_query(query: &str) -> String {
         .join("&")
 }
 
-#[async_trait]
-impl ProxyHttp for Gateway {
-    type CTX = CallCtx;
-
-    /// No downstream modules: the default adds a disabled compression module, whose state is
-    /// built for every request and whose filters run on every answer pingora writes.
-    fn init_downstream_modules(&self, _modules: &mut HttpModules) {}
-
-    fn new_ctx(&self) -> Self::CTX {
+impl Gateway {
+    fn new_ctx(&self) -> CallCtx {
         CallCtx {
             started: self.settings.access_log.then(Instant::now),
             label: "none",
@@ -295,30 +289,24 @@ impl ProxyHttp for Gateway {
         }
     }
 
-    async fn request_filter(&self, session: &mut Session, ctx: &mut Self::CTX) -> Result<bool> {
-        edge::head_read(session.as_downstream());
-        let reply = match edge::check_request(session.as_downstream()) {
+    /// Answers the request whose head was read; an error when the client went away.
+    async fn answer(&self, session: &mut ServerSession, ctx: &mut CallCtx) -> pingora::Result<()> {
+        edge::head_read(session);
+        let reply = match edge::check_request(session) {
             Ok(()) => self.serve(session, ctx).await,
             Err(reply) => {
                 // Whatever body may follow is not read: the connection is not reused.
-                session.as_downstream_mut().set_keepalive(None);
+                session.set_keepalive(None);
                 Some(reply)
             }
         };
-        if let Some(reply) = reply {
-            if session.response_written().is_none() {
-                reply.write_to(session.as_downstream_mut()).await?;
-            }
+        match reply {
+            Some(reply) if session.response_written().is_none() => reply.write_to(session).await,
+            _ => Ok(()),
         }
-        Ok(true)
     }
 
-    /// Never reached: every request is answered in `request_filter`.
-    async fn upstream_peer(&self, _session: &mut Session, _ctx: &mut Self::CTX) -> Result<Box<HttpPeer>> {
-        Err(Error::explain(ErrorType::InternalError, "every request is answered in request_filter"))
-    }
-
-    async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut Self::CTX) {
+    fn log(&self, session: &ServerSession, ctx: &CallCtx) {
         let status = session.response_written().map_or(0, |r| r.status.as_u16());
         if ctx.label != "own" {
             metrics::count_request(ctx.label, status);
@@ -337,12 +325,40 @@ impl ProxyHttp for Gateway {
             );
         }
     }
+}
 
-    /// pingora's error lines name the request; the query carries tokens and keys, so only the
-    /// method and path are given.
-    fn request_summary(&self, session: &Session, _ctx: &Self::CTX) -> String {
-        let req = session.req_header();
-        format!("{} {}", req.method, req.uri.path())
+#[async_trait]
+impl HttpServerApp for Gateway {
+    /// One request: its head read, answered, logged, and the connection handed back to the
+    /// edge for the next one (`finish` reads what is left of an unread body first).
+    async fn process_new_http(
+        self: &Arc<Self>,
+        mut session: ServerSession,
+        _shutdown: &ShutdownWatch,
+    ) -> Option<ReusedHttpStream> {
+        match session.read_request().await {
+            Ok(true) => {}
+            Ok(false) => return None,
+            Err(e) => {
+                // A head that does not parse gets 400, as from pingora's proxy; a broken or
+                // timed-out connection gets nothing. The error names no part of the request.
+                if matches!(e.etype, pingora::ErrorType::InvalidHTTPHeader) {
+                    session.respond_error(400).await.ok();
+                }
+                tracing::debug!(error = ?e.etype, "the request head was not read");
+                session.shutdown().await;
+                return None;
+            }
+        }
+        let mut ctx = self.new_ctx();
+        let answered = self.answer(&mut session, &mut ctx).await;
+        self.log(&session, &ctx);
+        if let Err(e) = answered {
+            tracing::debug!(error = ?e.etype, "client connection closed during the answer");
+            return None;
+        }
+        let settings = HttpPersistentSettings::for_session(&session);
+        session.finish().await.ok().flatten().map(|s| ReusedHttpStream::from_reusable_stream(s, settings))
     }
 }
 

@@ -12,7 +12,7 @@ use crate::metrics;
 use crate::reply::{read_body, BodyError, Reply};
 use crate::tokens::TokenService;
 use http::Method;
-use pingora::proxy::Session;
+use pingora::protocols::http::ServerSession;
 use std::sync::Arc;
 
 pub const ROUTE_PREFIX: &str = "/wxgate/";
@@ -26,7 +26,7 @@ pub struct OwnRoutes {
 }
 
 impl OwnRoutes {
-    pub async fn handle(&self, session: &mut Session, clients: &Clients) -> Reply {
+    pub async fn handle(&self, session: &mut ServerSession, clients: &Clients) -> Reply {
         let req = session.req_header();
         let (method, path) = (req.method.clone(), req.uri.path().to_owned());
         let query = req.uri.query().unwrap_or_default().to_owned();
@@ -52,8 +52,8 @@ impl OwnRoutes {
     }
 
     /// WeChat's authorization-event push: `success` once it is verified and durable.
-    async fn component_callback(&self, session: &mut Session, query: &str) -> Reply {
-        let body = match read_body(session.as_downstream_mut(), MAX_BODY_BYTES).await {
+    async fn component_callback(&self, session: &mut ServerSession, query: &str) -> Reply {
+        let body = match read_body(session, MAX_BODY_BYTES).await {
             Ok(body) => body,
             Err(e) => {
                 let reason = if matches!(e, BodyError::TooLarge(_)) { "too_large" } else { "read" };
@@ -79,12 +79,12 @@ impl OwnRoutes {
     }
 
     /// A message or event of an authorized account: `success`, or an encrypted passive reply.
-    async fn account_callback(&self, session: &mut Session, appid: &str, query: &str) -> Reply {
+    async fn account_callback(&self, session: &mut ServerSession, appid: &str, query: &str) -> Reply {
         let Ok(authorizer) = crate::AppId::parse(appid) else {
             metrics::CALLBACK_REJECTED.with_label_values(&["appid"]).inc();
             return Reply::error(404, "the message URL is /wxgate/callback/$APPID$ with an authorizer appid");
         };
-        let body = match read_body(session.as_downstream_mut(), MAX_BODY_BYTES).await {
+        let body = match read_body(session, MAX_BODY_BYTES).await {
             Ok(body) => body,
             Err(e) => {
                 let reason = if matches!(e, BodyError::TooLarge(_)) { "too_large" } else { "read" };
