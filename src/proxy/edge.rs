@@ -149,6 +149,13 @@ pub struct Deadlined {
     inner: Stream,
     timeouts: Timeouts,
     phase: Phase,
+    /// When the current phase ends; `None` for a head that has begun to arrive, whose deadline
+    /// starts at the first wait for more of it (the clock is not read for a head that arrives
+    /// at once, the usual case).
+    due: Option<Instant>,
+    /// Whether `deadline` is set to `due`: the timer is reset only when a read has to wait,
+    /// once per request rather than at each change of phase.
+    armed: bool,
     deadline: Pin<Box<Sleep>>,
     /// Set through a shared reference: the gateway sees the stream only behind its session.
     head_read: AtomicBool,
@@ -163,12 +170,14 @@ pub struct Deadlined {
 impl Deadlined {
     /// A new connection: its first head is due within the header timeout, as with nginx.
     fn new(inner: Stream, timeouts: Timeouts) -> Self {
-        let deadline = Box::pin(tokio::time::sleep(timeouts.header));
+        let due = Instant::now() + timeouts.header;
         Self {
             inner,
             timeouts,
             phase: Phase::Head,
-            deadline,
+            due: Some(due),
+            armed: true,
+            deadline: Box::pin(tokio::time::sleep_until(due)),
             head_read: AtomicBool::new(false),
             held: Vec::new(),
             handed: 0,
@@ -213,14 +222,23 @@ impl Deadlined {
     }
 
     fn head_begun(&mut self) {
-        self.phase = Phase::Head;
-        self.deadline.as_mut().reset(Instant::now() + self.timeouts.header);
+        (self.phase, self.due, self.armed) = (Phase::Head, None, false);
     }
 
     fn await_next_request(&mut self) {
-        self.phase = Phase::Idle;
+        (self.phase, self.due, self.armed) = (Phase::Idle, Some(Instant::now() + self.timeouts.keepalive), false);
         self.head_read.store(false, Ordering::Relaxed);
-        self.deadline.as_mut().reset(Instant::now() + self.timeouts.keepalive);
+    }
+
+    /// Whether the current phase's deadline has passed, for a read that has to wait.
+    fn poll_deadline(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        if !self.armed {
+            let header = self.timeouts.header;
+            let due = *self.due.get_or_insert_with(|| Instant::now() + header);
+            self.deadline.as_mut().reset(due);
+            self.armed = true;
+        }
+        self.deadline.as_mut().poll(cx)
     }
 }
 
@@ -250,7 +268,7 @@ impl AsyncRead for Deadlined {
                 }
                 Poll::Ready(Ok(()))
             }
-            Poll::Pending => match this.deadline.as_mut().poll(cx) {
+            Poll::Pending => match this.poll_deadline(cx) {
                 // An idle connection ends as if the client had closed it: pingora closes it
                 // quietly. A head cut short is an error, logged by pingora.
                 Poll::Ready(()) if this.phase == Phase::Idle => Poll::Ready(Ok(())),
