@@ -15,7 +15,8 @@
 # $IDLE_CONNECTIONS idle keep-alive client connections to wxgate (idle_clients.py, one call
 # each) and the RSS they cost.
 #
-# Environment: PROD_DURATION (10), PROD_CONNECTIONS (1000), DELAY_MS (30), IDLE_CONNECTIONS (10000).
+# Environment: PROD_DURATION (10), PROD_CONNECTIONS (1000), DELAY_MS (30), IDLE_CONNECTIONS (10000);
+# PROFILE=1 records perf during each proxy's max run and prints the top of both profiles.
 
 PROD_DURATION=${PROD_DURATION:-10}
 PROD_CONNECTIONS=${PROD_CONNECTIONS:-1000}
@@ -124,6 +125,9 @@ for t in nginx wxgate; do
     pid=${PPID_OF[$t]}
     prod_wrk "$t" "$PROD_CONNECTIONS" 3 >/dev/null # warm: the upstream connections are open
     a0=$(accepted); c0=$(cpu_ticks "$pid")
+    if [ "$PROFILE" = 1 ]; then # perf over the max run, after the CPU count's window opens
+        ( sleep 1; perf record -F 999 -g -p "$pid" -o "$P/perf.$t.data" -- sleep $((PROD_DURATION - 2)) >/dev/null 2>&1 ) &
+    fi
     r=$(prod_wrk "$t" "$PROD_CONNECTIONS" "$PROD_DURATION")
     read -r calls rps p99 <<<"$r"
     c1=$(cpu_ticks "$pid"); a1=$(accepted)
@@ -185,3 +189,12 @@ print(f"wxgate upstream TLS handshakes per 10k calls, warm = {float(maxr['wxgate
 print(f"{n} idle keep-alive client connections: wxgate RSS {r0 / 1024:.1f} -> {r1 / 1024:.1f} MB, "
       f"{(r1 - r0) / n:.1f} KB per connection  (target <= 10 KB)")
 EOF
+
+if [ "$PROFILE" = 1 ]; then
+    for t in nginx wxgate; do
+        say "profile of $t over its max run (perf report --no-children --sort dso,symbol)"
+        perf report -i "$P/perf.$t.data" --no-children --sort dso,symbol --stdio -g none --percent-limit 0.7 2>/dev/null \
+            | grep -v '^#' | grep -v '^$' | head -40
+        if [ -n "${PERF_OUT:-}" ]; then cp "$P/perf.$t.data" "$PERF_OUT.$t"; fi
+    done
+fi
