@@ -38,7 +38,7 @@ pub struct Timeouts {
     pub header: Duration,
 }
 
-/// Serves the proxy listener's connections with `app` (pingora's HTTP proxy over the gateway),
+/// Serves the proxy listener's connections with `app` (the gateway's HTTP application),
 /// one request after another, each under [`Timeouts`].
 pub struct Edge<A> {
     app: Arc<A>,

@@ -218,8 +218,7 @@ impl Gateway {
 
 /// Reads the request body up to `limit` bytes: all of it (`true`), or, for a larger one, what
 /// was read when it passed the limit (`false`): the rest then streams.
-async fn read_kept(session: &mut ServerSession, limit: usize) -> std::result::Result<(Bytes, bool), BodyError> {
-    let client = session;
+async fn read_kept(client: &mut ServerSession, limit: usize) -> std::result::Result<(Bytes, bool), BodyError> {
     let mut kept = BytesMut::new();
     while let Some(chunk) = client.read_request_body().await.map_err(|_| BodyError::Read)? {
         kept.extend_from_slice(&chunk);
@@ -237,11 +236,10 @@ fn downstream_gone(e: &pingora::Error) -> Reply {
 }
 
 async fn write_whole(
-    session: &mut ServerSession,
+    client: &mut ServerSession,
     header: pingora::http::ResponseHeader,
     body: bytes::Bytes,
 ) -> pingora::Result<()> {
-    let client = session;
     client.write_response_header(Box::new(header)).await?;
     client.write_response_body(body, true).await
 }
