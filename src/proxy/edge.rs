@@ -153,9 +153,8 @@ pub struct Deadlined {
     /// starts at the first wait for more of it (the clock is not read for a head that arrives
     /// at once, the usual case).
     due: Option<Instant>,
-    /// Whether `deadline` is set to `due`: the timer is reset only when a read has to wait,
-    /// once per request rather than at each change of phase.
-    armed: bool,
+    /// Set to `due` only when a read has to wait: once per request rather than at each change
+    /// of phase.
     deadline: Pin<Box<Sleep>>,
     /// Set through a shared reference: the gateway sees the stream only behind its session.
     head_read: AtomicBool,
@@ -176,7 +175,6 @@ impl Deadlined {
             timeouts,
             phase: Phase::Head,
             due: Some(due),
-            armed: true,
             deadline: Box::pin(tokio::time::sleep_until(due)),
             head_read: AtomicBool::new(false),
             held: Vec::new(),
@@ -222,21 +220,20 @@ impl Deadlined {
     }
 
     fn head_begun(&mut self) {
-        (self.phase, self.due, self.armed) = (Phase::Head, None, false);
+        (self.phase, self.due) = (Phase::Head, None);
     }
 
     fn await_next_request(&mut self) {
-        (self.phase, self.due, self.armed) = (Phase::Idle, Some(Instant::now() + self.timeouts.keepalive), false);
+        (self.phase, self.due) = (Phase::Idle, Some(Instant::now() + self.timeouts.keepalive));
         self.head_read.store(false, Ordering::Relaxed);
     }
 
     /// Whether the current phase's deadline has passed, for a read that has to wait.
     fn poll_deadline(&mut self, cx: &mut Context<'_>) -> Poll<()> {
-        if !self.armed {
-            let header = self.timeouts.header;
-            let due = *self.due.get_or_insert_with(|| Instant::now() + header);
+        let header = self.timeouts.header;
+        let due = *self.due.get_or_insert_with(|| Instant::now() + header);
+        if self.deadline.deadline() != due {
             self.deadline.as_mut().reset(due);
-            self.armed = true;
         }
         self.deadline.as_mut().poll(cx)
     }

@@ -332,7 +332,7 @@ impl HttpServerApp for Gateway {
     async fn process_new_http(
         self: &Arc<Self>,
         mut session: ServerSession,
-        _shutdown: &ShutdownWatch,
+        shutdown: &ShutdownWatch,
     ) -> Option<ReusedHttpStream> {
         match session.read_request().await {
             Ok(true) => {}
@@ -347,6 +347,10 @@ impl HttpServerApp for Gateway {
                 session.shutdown().await;
                 return None;
             }
+        }
+        if *shutdown.borrow() {
+            // The answer says `Connection: close`: the server is stopping.
+            session.set_keepalive(None);
         }
         let mut ctx = self.new_ctx();
         let answered = self.answer(&mut session, &mut ctx).await;

@@ -29,7 +29,7 @@ pub enum Job {
 /// One due time per job, ordered by time. The authorizers' refreshes, one per authorizer of a
 /// fleet that may be a million strong, have a queue of their own keyed by the bare appid: an
 /// entry of 16 bytes rather than 24, whose B-tree nodes (188 bytes) fit mimalloc's 192-byte
-/// class, where the generic queue's (276) take 320. About 50 bytes an authorizer, not 99.
+/// class, where the generic queue's (276) take 320: 63 bytes an authorizer, measured, not 99.
 #[derive(Debug, Default)]
 pub struct Schedule {
     authorizers: Queue<AppId>,
@@ -61,8 +61,8 @@ impl Schedule {
 
     pub fn due_at(&self, job: &Job) -> Option<i64> {
         match job {
-            Job::Authorizer(appid) => self.authorizers.due.get(appid).copied(),
-            other => self.others.due.get(other).copied(),
+            Job::Authorizer(appid) => self.authorizers.due_at(appid),
+            other => self.others.due_at(other),
         }
     }
 
@@ -86,7 +86,7 @@ impl Schedule {
     }
 
     pub fn len(&self) -> usize {
-        self.authorizers.due.len() + self.others.due.len()
+        self.authorizers.len() + self.others.len()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -120,6 +120,14 @@ impl<K: Ord + Clone> Queue<K> {
         if let Some(at) = self.due.remove(key) {
             self.by_time.remove(&(at, key.clone()));
         }
+    }
+
+    fn due_at(&self, key: &K) -> Option<i64> {
+        self.due.get(key).copied()
+    }
+
+    fn len(&self) -> usize {
+        self.due.len()
     }
 
     fn next_due(&self) -> Option<i64> {
