@@ -16,7 +16,8 @@
 # each) and the RSS they cost.
 #
 # Environment: PROD_DURATION (10), PROD_CONNECTIONS (1000), DELAY_MS (30), IDLE_CONNECTIONS (10000);
-# PROFILE=1 records perf during each proxy's max run and prints the top of both profiles.
+# PROFILE=1 records perf during each proxy's max run and prints the top of both profiles;
+# PERF_CALLGRAPH="--call-graph dwarf" gives callers through code without frame pointers.
 
 PROD_DURATION=${PROD_DURATION:-10}
 PROD_CONNECTIONS=${PROD_CONNECTIONS:-1000}
@@ -126,7 +127,7 @@ for t in nginx wxgate; do
     prod_wrk "$t" "$PROD_CONNECTIONS" 3 >/dev/null # warm: the upstream connections are open
     a0=$(accepted); c0=$(cpu_ticks "$pid")
     if [ "$PROFILE" = 1 ]; then # perf over the max run, after the CPU count's window opens
-        ( sleep 1; perf record -F 999 -g -p "$pid" -o "$P/perf.$t.data" -- sleep $((PROD_DURATION - 2)) >/dev/null 2>&1 ) &
+        ( sleep 1; perf record -F 999 ${PERF_CALLGRAPH:--g} -p "$pid" -o "$P/perf.$t.data" -- sleep $((PROD_DURATION - 2)) >/dev/null 2>&1 ) &
     fi
     r=$(prod_wrk "$t" "$PROD_CONNECTIONS" "$PROD_DURATION")
     read -r calls rps p99 <<<"$r"
@@ -136,6 +137,10 @@ for t in nginx wxgate; do
     echo "$t max $calls $rps $p99 $cpu_us $(rss_kb "$pid") $hs" >>"$PROD"
     printf 'prod %-7s max: %8.0f req/s  p99 %6.0f us  %5.1f us CPU/call  %s upstream TLS handshakes/10k\n' "$t" "$rps" "$p99" "$cpu_us" "$hs" >&2
 done
+if command -v strace >/dev/null; then
+    say "prod: system calls per call (strace -c -f over a 3 s run at -c$PROD_CONNECTIONS)"
+    for t in nginx wxgate; do syscalls_per_call "prod-$t" "${PPID_OF[$t]}" "${PURL[$t]}" "$PROD_CONNECTIONS"; done
+fi
 # Half of the smaller maximum, for both proxies and the direct path alike.
 half_conns=$(python3 -c "
 m = min(float(l.split()[3]) for l in open('$PROD'))

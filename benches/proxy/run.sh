@@ -85,6 +85,19 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
+# syscalls_per_call <name> <pid> <url> <connections>: strace -c -f on <pid> over a 3 s wrk run.
+syscalls_per_call() {
+    local out="$WORK/syscalls.$1" tracer calls total top
+    strace -c -f -p "$2" -o "$out" 2>/dev/null &
+    tracer=$!
+    sleep 0.5
+    calls=$($NICE taskset -c "$LOAD_CPU" wrk -t1 -c"$4" -d3s --timeout 10s "$3" | awk '/requests in/ {print $1}')
+    kill -INT "$tracer"
+    wait "$tracer" || true
+    total=$(awk '$NF == "total" {print $4}' "$out")
+    top=$(awk -v n="$calls" 'NR > 2 && $NF != "total" && $1 ~ /^[0-9.]+$/ {printf "%s %.2f, ", $NF, $4 / n}' "$out" | head -c 200)
+    python3 -c "print(f'$1: {$total / $calls:.2f} system calls per call ($top...)')"
+}
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 wait_http() { # url [expected body substring]
     for _ in $(seq 300); do
@@ -346,19 +359,8 @@ if command -v strace >/dev/null; then
     say "system calls per call (strace -c -f over a 3 s run)"
     ngx_worker=$(pgrep -P "$NGX_PID" | head -1 || true)
     ngx_worker=${ngx_worker:-$NGX_PID} # master_process off: the one process serves
-    for t in nginx wxgate; do
-        pid=$WXG_PID
-        [ "$t" = nginx ] && pid=$ngx_worker
-        strace -c -f -p "$pid" -o "$WORK/syscalls.$t" 2>/dev/null &
-        tracer=$!
-        sleep 0.5
-        calls=$($NICE taskset -c "$LOAD_CPU" wrk -t1 -c"$CONNECTIONS" -d3s "${URL[$t]}" | awk '/requests in/ {print $1}')
-        kill -INT "$tracer"
-        wait "$tracer" || true
-        total=$(awk '$NF == "total" {print $4}' "$WORK/syscalls.$t")
-        top=$(awk -v n="$calls" 'NR > 2 && $NF != "total" && $1 ~ /^[0-9.]+$/ {printf "%s %.2f, ", $NF, $4 / n}' "$WORK/syscalls.$t" | head -c 200)
-        python3 -c "print(f'$t: {$total / $calls:.2f} system calls per call ($top...)')"
-    done
+    syscalls_per_call nginx "$ngx_worker" "${URL[nginx]}" "$CONNECTIONS"
+    syscalls_per_call wxgate "$WXG_PID" "${URL[wxgate]}" "$CONNECTIONS"
 fi
 fi
 

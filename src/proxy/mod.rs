@@ -102,8 +102,10 @@ impl Gateway {
             path.clone_into(&mut ctx.path);
         }
         match route {
-            Route::Own => Some(self.routes.handle(session, &clients).await),
-            Route::TokenEndpoint(call) => Some(self.token_endpoint(session, &call).await),
+            // Boxed, as the other rare paths below: the future of every proxied call is as
+            // large as its largest branch, and it is allocated and copied once per request.
+            Route::Own => Some(Box::pin(self.routes.handle(session, &clients)).await),
+            Route::TokenEndpoint(call) => Some(Box::pin(self.token_endpoint(session, &call)).await),
             Route::Api(call) => self.api_call(session, &call).await.err(),
         }
     }
@@ -123,7 +125,7 @@ impl Gateway {
         if call.outbound.path() == jssdk::GETTICKET_PATH {
             // Answered from the gateway's ticket cache: fetching one would replace it.
             let query = session.req_header().uri.query().unwrap_or_default();
-            return Err(jssdk::getticket(&self.tokens, Some(&call.scope), query).await);
+            return Err(Box::pin(jssdk::getticket(&self.tokens, Some(&call.scope), query)).await);
         }
         let declared = content_length(session.req_header());
         let max = self.settings.max_body_bytes;
@@ -141,14 +143,29 @@ impl Gateway {
         if whole {
             return self.replayable(session, call, token, kept).await;
         }
-        let client_req = session.req_header().clone();
         let length = if chunked { None } else { declared };
-        let mut body = Body::Streamed { kept, from: session, length, limit: max };
+        // Boxed: a large body is the rare case, and its future would make every call's larger.
+        Box::pin(self.streamed(session, call, &token, kept, length)).await
+    }
+
+    /// A call whose body streams through from the client as it is sent: `kept` was read
+    /// already, and the whole is `length` bytes (chunked without one). It is not replayed.
+    async fn streamed(
+        &self,
+        session: &mut ServerSession,
+        call: &ApiCall<'_>,
+        token: &AccessToken,
+        kept: Bytes,
+        length: Option<usize>,
+    ) -> Result<(), Reply> {
+        let client_req = session.req_header().clone();
+        let limit = self.settings.max_body_bytes;
+        let mut body = Body::Streamed { kept, from: session, length, limit };
         let answer = self.upstream.send(&client_req, &call.outbound, token.value.expose(), &mut body).await;
         drop(body);
         let mut answer = answer.map_err(|f| f.reply())?;
         let streamed = exchange::stream_to(session, &mut answer).await;
-        self.upstream.release(answer).await;
+        self.upstream.release(answer);
         streamed.map_err(|e| downstream_gone(&e))
     }
 
@@ -191,26 +208,26 @@ impl Gateway {
             };
             if !exchange::inspectable(header) {
                 let streamed = exchange::stream_to(session, &mut answer).await;
-                self.upstream.release(answer).await;
+                self.upstream.release(answer);
                 return streamed.map_err(|e| downstream_gone(&e));
             }
             let whole = exchange::read_whole(&mut answer.session).await.map_err(|f| f.reply())?;
             metrics::count_wechat_errcode(exchange::errcode(&whole));
             if !replayed && exchange::is_token_error(&whole) {
-                self.upstream.release(answer).await;
+                self.upstream.release(answer);
                 metrics::TOKEN_RETRY.inc();
                 tracing::info!(
                     scope = call.scope.label(),
                     "WeChat refused the token; replacing it and replaying the call once"
                 );
-                token = self.replace_token(&call.token, &token).await.map_err(|e| token_error(&e))?;
+                token = Box::pin(self.replace_token(&call.token, &token)).await.map_err(|e| token_error(&e))?;
                 replayed = true;
                 continue;
             }
             let header = answer.session.response_header().ok_or_else(|| Reply::error(502, "no answer header"))?;
             let header = upstream::downstream_header(header, Some(whole.len()))
                 .map_err(|_| Reply::error(502, "a header WeChat sent cannot be passed on"))?;
-            self.upstream.release(answer).await;
+            self.upstream.release(answer);
             return write_whole(session, header, whole).await.map_err(|e| downstream_gone(&e));
         }
     }
@@ -374,5 +391,22 @@ mod tests {
             redacted_query("openid=o&access_token=SECRET&component_access_token=C&key=K"),
             "openid=...&access_token=...&component_access_token=...&key=..."
         );
+    }
+
+    /// The size of the future `f` returns, found without calling it.
+    fn future_size<A, F: std::future::Future>(_f: impl FnOnce(A) -> F) -> usize {
+        std::mem::size_of::<F>()
+    }
+
+    #[test]
+    fn a_requests_future_stays_small() {
+        // pingora's HttpServerApp is an async_trait: each request's future is allocated and
+        // copied whole, at the size of its largest branch. It was 12 KiB while a connect's
+        // future (8 KiB, for the rare new connection) was inline in it; 3.2 KiB in a debug
+        // build since. A branch that grows it belongs in a Box of its own, as the connect,
+        // refreshes, the streamed body and the gateway's own routes are.
+        type Args = (&'static Gateway, &'static mut ServerSession, &'static mut CallCtx);
+        let size = future_size(|(gateway, session, ctx): Args| gateway.answer(session, ctx));
+        assert!(size <= 4096, "Gateway::answer's future is {size} bytes");
     }
 }

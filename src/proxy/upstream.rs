@@ -234,19 +234,26 @@ impl Upstream {
     }
 
     /// Keeps the connection for the next call when the exchange ended cleanly and the server
-    /// keeps it alive; closes it otherwise.
-    pub async fn release(&self, answer: Answer) {
+    /// keeps it alive; closes it otherwise. Not async: a kept connection needs no waiting, and
+    /// a closing one is shut down in a task of its own, so that every call's future does not
+    /// carry a shutdown's.
+    pub fn release(&self, answer: Answer) {
         let Answer { mut session, target } = answer;
         if !session.response_done() {
-            session.shutdown().await;
-            return;
+            return close(session);
         }
-        let HttpSession::H1(mut h1) = session else {
-            session.shutdown().await;
-            return;
+        let mut h1 = match session {
+            HttpSession::H1(h1) => h1,
+            other => return close(other),
         };
         h1.respect_keepalive();
-        if let Some(stream) = h1.reuse().await {
+        if !h1.will_keepalive() {
+            return close(HttpSession::H1(h1));
+        }
+        // Ready at once for a connection kept alive. Were the server to have sent more than
+        // the answer, pingora shuts the stream down instead; left pending, it is dropped,
+        // which closes it too.
+        if let Some(Some(stream)) = h1.reuse().now_or_never() {
             let mut idle = self.targets[target].idle();
             if idle.len() >= MAX_IDLE_PER_TARGET {
                 idle.remove(0);
@@ -304,7 +311,9 @@ impl Upstream {
                 }
             }
         }
-        let stream = self.transport.new_stream(&*peer).await?;
+        // Boxed: a connect's future (TCP, then a TLS handshake) is some 8 KiB, which every
+        // call's future would otherwise carry, and be copied with, for the rare new connection.
+        let stream = Box::pin(self.transport.new_stream(&*peer)).await?;
         Ok((session_on(stream, &peer), false))
     }
 
@@ -457,6 +466,11 @@ async fn exchange(session: &mut HttpSession, req: RequestHeader, body: &mut Body
     let spent = matches!(body, Body::Streamed { .. });
     session.finish_request_body().await.map_err(upstream(spent))?;
     session.read_response_header().await.map_err(|error| Failed::Upstream { error, written: true, body_spent: spent })
+}
+
+/// Closes a connection that is not kept, with a TLS close_notify where there is TLS.
+fn close(mut session: HttpSession) {
+    tokio::spawn(async move { session.shutdown().await });
 }
 
 /// Whether a call may be sent again after its connection broke once it was written: only when

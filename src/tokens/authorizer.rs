@@ -29,7 +29,8 @@ impl TokenService {
             (AuthorizerState::Revoked, _) => Err(TokenError::Revoked),
             (_, Some(t)) if t.is_valid(self.clock.now_ms()) => Ok(t),
             (AuthorizerState::NeedsReauth, _) => Err(TokenError::NeedsReauth),
-            _ => self.refresh_authorizer(appid, Want::Valid).await,
+            // Boxed: a refresh's future is large, and every proxied call holds this one.
+            _ => Box::pin(self.refresh_authorizer(appid, Want::Valid)).await,
         }
     }
 

@@ -15,7 +15,8 @@ impl TokenService {
         let now = self.clock.now_ms();
         match self.component_token.current() {
             Some(t) if t.is_valid(now) => Ok(t),
-            _ => self.refresh_component(Want::Valid).await,
+            // Boxed: a refresh's future is large, and every proxied call holds this one.
+            _ => Box::pin(self.refresh_component(Want::Valid)).await,
         }
     }
 
