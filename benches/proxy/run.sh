@@ -16,7 +16,9 @@
 # Environment: ROUNDS (5), DURATION (10, seconds per run), CONNECTIONS (64), PROXY_CPU (0),
 # LOAD_CPU (1), PROFILE=1 (after the rounds, `perf record -g` wxgate under the same load and
 # print the top of `perf report --no-children --sort symbol`), KEEP=1 (keep the work dir),
-# MODE (both: the loopback run, then the production-shaped one in prod.sh; loopback; prod).
+# MODE (both: the loopback run, then the production-shaped one in prod.sh; loopback; prod),
+# GATEWAY_BIN (a wxgate binary to run instead of building this tree's; not WXGATE_*, which wxgate
+# reads as config).
 set -euo pipefail
 
 ROUNDS=${ROUNDS:-5}
@@ -60,13 +62,17 @@ if [ "$NCPU" -lt 2 ]; then PROXY_CPU=0; LOAD_CPU=0; fi
 # --- build ---------------------------------------------------------------------------------
 # The warm target directory .ci/run uses, unless one is given.
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/tmp/wxgate-target}"
-say "cargo build --release --bin wxgate"
-cargo build --release --bin wxgate >&2
-TARGET_DIR=$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')
-
 WORK=$(mktemp -d /tmp/wxgate-bench.XXXXXX)
-# A private copy: a shared target dir may be rebuilt by someone else during the run.
-mkdir -p "$WORK/bin"; cp "$TARGET_DIR/release/wxgate" "$WORK/bin/wxgate"
+mkdir -p "$WORK/bin"
+if [ -n "${GATEWAY_BIN:-}" ]; then # another build, to compare two in the same conditions
+    cp "$GATEWAY_BIN" "$WORK/bin/wxgate"
+else
+    say "cargo build --release --bin wxgate"
+    cargo build --release --bin wxgate >&2
+    TARGET_DIR=$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')
+    # A private copy: a shared target dir may be rebuilt by someone else during the run.
+    cp "$TARGET_DIR/release/wxgate" "$WORK/bin/wxgate"
+fi
 
 PIDS=()
 WXG_PID=""
