@@ -334,7 +334,7 @@ impl Ssl for Deadlined {
 }
 
 impl GetTimingDigest for Deadlined {
-    /// None: pingora asks for it with every request's session (a `Vec` allocated and freed per
+    /// Empty: pingora asks for it with every request's session (a `Vec` allocated and freed per
     /// request), and nothing here reads it.
     fn get_timing_digest(&self) -> Vec<Option<TimingDigest>> {
         Vec::new()
