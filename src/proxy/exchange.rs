@@ -6,7 +6,6 @@
 use super::upstream::{downstream_header, Answer, CallFailure};
 use bytes::{Bytes, BytesMut};
 use pingora::http::ResponseHeader;
-use pingora::protocols::http::client::HttpSession;
 use pingora::protocols::http::ServerSession;
 use pingora::{ErrorType, Result};
 
@@ -32,23 +31,23 @@ pub fn inspectable(resp: &ResponseHeader) -> bool {
 
 /// Reads an inspectable answer's body whole. A body that arrives in one piece (a small
 /// answer) is returned as it is, without a copy.
-pub async fn read_whole(session: &mut HttpSession) -> std::result::Result<Bytes, CallFailure> {
-    let failure = |e: Box<pingora::Error>| match e.etype() {
-        ErrorType::ReadTimedout => CallFailure::TimedOut,
+pub async fn read_whole(answer: &mut Answer) -> std::result::Result<Bytes, CallFailure> {
+    let failure = |e| match e {
+        super::upstream::H1Error::TimedOut => CallFailure::TimedOut,
         _ => CallFailure::Broken,
     };
-    let Some(first) = session.read_response_body().await.map_err(failure)? else { return Ok(Bytes::new()) };
+    let Some(first) = answer.body().await.map_err(failure)? else { return Ok(Bytes::new()) };
     if first.len() > INSPECT_LIMIT {
         return Err(CallFailure::Broken);
     }
-    let Some(second) = session.read_response_body().await.map_err(failure)? else { return Ok(first) };
+    let Some(second) = answer.body().await.map_err(failure)? else { return Ok(first) };
     let mut body = BytesMut::with_capacity(first.len() + second.len());
     body.extend_from_slice(&first);
     if body.len() + second.len() > INSPECT_LIMIT {
         return Err(CallFailure::Broken);
     }
     body.extend_from_slice(&second);
-    while let Some(chunk) = session.read_response_body().await.map_err(failure)? {
+    while let Some(chunk) = answer.body().await.map_err(failure)? {
         if body.len() + chunk.len() > INSPECT_LIMIT {
             return Err(CallFailure::Broken);
         }
@@ -78,9 +77,9 @@ pub fn errcode(body: &[u8]) -> Option<i64> {
 /// Streams the rest of the answer to the client, chunk by chunk: memory stays flat whatever
 /// the size (a media download).
 pub async fn stream_to(client: &mut ServerSession, answer: &mut Answer) -> Result<()> {
-    let header = answer.session.response_header().ok_or_else(|| pingora::Error::new(ErrorType::InvalidHTTPHeader))?;
-    client.write_response_header(Box::new(downstream_header(header, None)?)).await?;
-    while let Some(chunk) = answer.session.read_response_body().await? {
+    client.write_response_header(downstream_header(Box::new(answer.header().clone()), None)).await?;
+    let upstream = |e| pingora::Error::because(ErrorType::ReadError, "reading WeChat's answer", e);
+    while let Some(chunk) = answer.body().await.map_err(upstream)? {
         client.write_response_body(chunk, false).await?;
     }
     client.finish_body().await

@@ -36,6 +36,7 @@ use crate::AppId;
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
+use futures_util::FutureExt;
 use pingora::apps::{HttpPersistentSettings, HttpServerApp, ReusedHttpStream};
 use pingora::protocols::http::ServerSession;
 use pingora::server::ShutdownWatch;
@@ -203,15 +204,12 @@ impl Gateway {
                 .send(session.req_header(), &call.outbound, token.value.expose(), &mut Body::Whole(body.clone()))
                 .await
                 .map_err(|f| f.reply())?;
-            let Some(header) = answer.session.response_header() else {
-                return Err(Reply::error(502, "no answer header"));
-            };
-            if !exchange::inspectable(header) {
+            if !exchange::inspectable(answer.header()) {
                 let streamed = exchange::stream_to(session, &mut answer).await;
                 self.upstream.release(answer);
                 return streamed.map_err(|e| downstream_gone(&e));
             }
-            let whole = exchange::read_whole(&mut answer.session).await.map_err(|f| f.reply())?;
+            let whole = exchange::read_whole(&mut answer).await.map_err(|f| f.reply())?;
             metrics::count_wechat_errcode(exchange::errcode(&whole));
             if !replayed && exchange::is_token_error(&whole) {
                 self.upstream.release(answer);
@@ -224,10 +222,7 @@ impl Gateway {
                 replayed = true;
                 continue;
             }
-            let header = answer.session.response_header().ok_or_else(|| Reply::error(502, "no answer header"))?;
-            let header = upstream::downstream_header(header, Some(whole.len()))
-                .map_err(|_| Reply::error(502, "a header WeChat sent cannot be passed on"))?;
-            self.upstream.release(answer);
+            let header = upstream::downstream_header(self.upstream.release(answer), Some(whole.len()));
             return write_whole(session, header, whole).await.map_err(|e| downstream_gone(&e));
         }
     }
@@ -254,10 +249,10 @@ fn downstream_gone(e: &pingora::Error) -> Reply {
 
 async fn write_whole(
     client: &mut ServerSession,
-    header: pingora::http::ResponseHeader,
+    header: Box<pingora::http::ResponseHeader>,
     body: bytes::Bytes,
 ) -> pingora::Result<()> {
-    client.write_response_header(Box::new(header)).await?;
+    client.write_response_header(header).await?;
     client.write_response_body(body, true).await
 }
 
@@ -377,7 +372,16 @@ impl HttpServerApp for Gateway {
             return None;
         }
         let settings = HttpPersistentSettings::for_session(&session);
-        session.finish().await.ok().flatten().map(|s| ReusedHttpStream::from_reusable_stream(s, settings))
+        // What `finish` may wait for (the answer's end flushed, what the client still sends of
+        // its body) is done first, on `&mut`, so that `finish` is ready at once and polled
+        // once here: its future (3.7 KiB) is not carried in every request's. Were it to wait
+        // (a shutdown that blocks), dropping it closes the connection.
+        session.finish_body().await.ok()?;
+        if session.as_http1().is_some_and(|h1| h1.will_keepalive()) {
+            session.drain_request_body().await.ok()?;
+        }
+        let reusable = session.finish().now_or_never()?.ok().flatten()?;
+        Some(ReusedHttpStream::from_reusable_stream(reusable, settings))
     }
 }
 

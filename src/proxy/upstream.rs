@@ -8,6 +8,9 @@
 //! host makes it the active one, counted in `wxgate_upstream_switches_total{to}`. While a
 //! fallback is active, one call in every [`RETRY_PRIMARY_AFTER`] tries the primary first.
 //!
+//! The exchange itself is the gateway's own HTTP/1.1 client ([`h1`]): the request head is
+//! written straight from the client's headers, with a small body in the same write.
+//!
 //! The pool: pingora's own (`Connector::release_http_session`) spawns a task per released
 //! connection to watch it while idle, with a timer, a oneshot channel, a `Notify` and a lock
 //! the next user waits on: on a call that takes tens of microseconds that is most of the
@@ -15,6 +18,7 @@
 //! while idle is noticed when taken (a read that does not block) or, at worst, when the call
 //! on it fails, and the call is then made again on a new connection if that is safe.
 
+mod h1;
 mod target;
 
 use super::resolve::Outbound;
@@ -22,10 +26,9 @@ use crate::metrics;
 use base64::Engine;
 use bytes::Bytes;
 use futures_util::FutureExt;
+pub use h1::H1Error;
 use pingora::connectors::{ConnectorOptions, TransportConnector};
 use pingora::http::{RequestHeader, ResponseHeader};
-use pingora::protocols::http::client::HttpSession;
-use pingora::protocols::http::v1::client::HttpSession as H1Session;
 use pingora::protocols::http::ServerSession;
 use pingora::protocols::Stream;
 use pingora::tls::CertificateDer;
@@ -53,6 +56,9 @@ pub const RETRY_PRIMARY_AFTER: Duration = Duration::from_secs(30);
 /// names in `Connection`.
 const HOP_BY_HOP: [&str; 7] =
     ["connection", "keep-alive", "proxy-connection", "te", "trailer", "transfer-encoding", "upgrade"];
+
+/// A body up to this size goes out in the same write as the request head.
+const COALESCE_BODY: usize = 16 * 1024;
 
 /// Request headers that are the gateway's, or that the gateway sets itself.
 const OWN_REQUEST_HEADERS: [&str; 5] = ["authorization", "proxy-authorization", "host", "content-length", "expect"];
@@ -103,9 +109,22 @@ pub enum Body<'s> {
 
 /// What WeChat answered (its header read), with the connection it came on.
 pub struct Answer {
-    pub session: HttpSession,
+    stream: Stream,
+    response: h1::Response,
     /// Which host (0 = the primary) the connection goes to.
     target: usize,
+    timeout: Duration,
+}
+
+impl Answer {
+    pub fn header(&self) -> &ResponseHeader {
+        &self.response.header
+    }
+
+    /// The next piece of the answer's body; `None` once it is over.
+    pub async fn body(&mut self) -> Result<Option<Bytes>, H1Error> {
+        self.response.body(&mut self.stream, self.timeout).await
+    }
 }
 
 pub struct Upstream {
@@ -200,7 +219,7 @@ impl Upstream {
         for target in (first..self.targets.len()).chain(0..first) {
             let mut fresh = false;
             loop {
-                let (mut session, reused) = match self.connect(target, fresh).await {
+                let (mut stream, reused) = match self.connect(target, fresh).await {
                     Ok(s) => s,
                     Err(e) => {
                         tracing::warn!(host = %self.targets[target].host, error = ?e.etype(), "could not connect to WeChat; trying the next host");
@@ -209,23 +228,24 @@ impl Upstream {
                     }
                 };
                 let uri = outbound.uri(&self.targets[target].base_path, token);
-                let req = self.request(client, target, uri, body).map_err(|_| CallFailure::Broken)?;
-                match exchange(&mut session, req, body).await {
-                    Ok(()) => {
+                let head = self.request(client, target, &uri, body).ok_or(CallFailure::Broken)?;
+                let no_body = client.method == http::Method::HEAD;
+                match exchange(&mut stream, head, body, no_body, self.timeout).await {
+                    Ok(response) => {
                         metrics::UPSTREAM_DURATION.observe(started.elapsed().as_secs_f64());
                         self.settle_on(target);
-                        return Ok(Answer { session, target });
+                        return Ok(Answer { stream, response, target, timeout: self.timeout });
                     }
                     Err(Failed::Client(failure)) => return Err(failure),
                     Err(Failed::Upstream { error, written, body_spent })
                         if reused && !fresh && !body_spent && (!written || replay_safe(&client.method)) =>
                     {
-                        tracing::debug!(error = ?error.etype(), "a pooled connection to WeChat was closed; retrying on a new one");
+                        tracing::debug!(%error, "a pooled connection to WeChat was closed; retrying on a new one");
                         fresh = true;
                     }
                     Err(Failed::Upstream { error, .. }) => {
-                        tracing::warn!(error = ?error.etype(), source = ?error.esource(), reused, "the call to WeChat failed");
-                        return Err(failure(&error));
+                        tracing::warn!(%error, reused, "the call to WeChat failed");
+                        return Err(failure(error));
                     }
                 }
             }
@@ -233,33 +253,22 @@ impl Upstream {
         Err(CallFailure::Unreachable)
     }
 
-    /// Keeps the connection for the next call when the exchange ended cleanly and the server
-    /// keeps it alive; closes it otherwise. Not async: a kept connection needs no waiting, and
-    /// a closing one is shut down in a task of its own, so that every call's future does not
-    /// carry a shutdown's.
-    pub fn release(&self, answer: Answer) {
-        let Answer { mut session, target } = answer;
-        if !session.response_done() {
-            return close(session);
+    /// Keeps the connection for the next call when the answer was read to its end and the
+    /// server keeps it alive, closes it otherwise, and gives back the answer's header. Not
+    /// async: a kept connection needs no waiting, and a closing one is shut down in a task of
+    /// its own, so that every call's future does not carry a shutdown's.
+    pub fn release(&self, answer: Answer) -> Box<ResponseHeader> {
+        let Answer { stream, response, target, .. } = answer;
+        if !response.reusable() {
+            close(stream);
+            return response.header;
         }
-        let mut h1 = match session {
-            HttpSession::H1(h1) => h1,
-            other => return close(other),
-        };
-        h1.respect_keepalive();
-        if !h1.will_keepalive() {
-            return close(HttpSession::H1(h1));
+        let mut idle = self.targets[target].idle();
+        if idle.len() >= MAX_IDLE_PER_TARGET {
+            idle.remove(0);
         }
-        // Ready at once for a connection kept alive. Were the server to have sent more than
-        // the answer, pingora shuts the stream down instead; left pending, it is dropped,
-        // which closes it too.
-        if let Some(Some(stream)) = h1.reuse().now_or_never() {
-            let mut idle = self.targets[target].idle();
-            if idle.len() >= MAX_IDLE_PER_TARGET {
-                idle.remove(0);
-            }
-            idle.push((stream, Instant::now()));
-        }
+        idle.push((stream, Instant::now()));
+        response.header
     }
 
     /// The host this call starts on: the active one, or the primary when a fallback has been
@@ -301,20 +310,20 @@ impl Upstream {
 
     /// A connection to `target`: an idle one if there is one still open, else a new one. The
     /// flag tells which.
-    async fn connect(&self, target: usize, fresh: bool) -> pingora::Result<(HttpSession, bool)> {
+    async fn connect(&self, target: usize, fresh: bool) -> pingora::Result<(Stream, bool)> {
         let peer = self.peer(target).await.ok_or_else(|| pingora::Error::new(ErrorType::ConnectNoRoute))?;
         if !fresh {
             loop {
                 let Some((mut stream, since)) = self.targets[target].idle().pop() else { break };
                 if since.elapsed() < IDLE_TIMEOUT && still_open(&mut stream) {
-                    return Ok((session_on(stream, &peer), true));
+                    return Ok((stream, true));
                 }
             }
         }
         // Boxed: a connect's future (TCP, then a TLS handshake) is some 8 KiB, which every
         // call's future would otherwise carry, and be copied with, for the rare new connection.
         let stream = Box::pin(self.transport.new_stream(&*peer)).await?;
-        Ok((session_on(stream, &peer), false))
+        Ok((stream, false))
     }
 
     async fn peer(&self, target: usize) -> Option<Arc<HttpPeer>> {
@@ -339,48 +348,53 @@ impl Upstream {
         }
     }
 
-    /// The request WeChat gets: the client's method and headers, less this hop's and the
-    /// gateway's, framed for `body`, at `uri` on `target`. Built as plain `http` parts: no
-    /// header is parsed again and no header-case map is kept.
-    fn request(
-        &self,
-        client: &RequestHeader,
-        target: usize,
-        uri: String,
-        body: &Body<'_>,
-    ) -> pingora::Result<RequestHeader> {
-        let (mut parts, ()) = http::Request::new(()).into_parts();
-        parts.method = client.method.clone();
-        parts.headers.reserve(client.headers.len() + 2);
+    /// The request head WeChat gets: the client's method and headers, less this hop's and the
+    /// gateway's, framed for `body`, at `uri` on `target`, written out as it goes on the wire
+    /// (with room for a small body after it). `None` for a URI that could not be sent.
+    fn request(&self, client: &RequestHeader, target: usize, uri: &str, body: &Body<'_>) -> Option<Vec<u8>> {
+        // Built from a URI that parsed, with a token of WeChat's; a space or a line end would
+        // split the request line, so it is checked rather than trusted.
+        if uri.bytes().any(|b| b <= b' ' || b == 0x7f) {
+            return None;
+        }
+        let coalesced = match body {
+            Body::Whole(b) if b.len() <= COALESCE_BODY => b.len(),
+            _ => 0,
+        };
+        let mut head = Vec::with_capacity(128 + uri.len() + 48 * client.headers.len() + coalesced);
+        for piece in [client.method.as_str(), " ", uri, " HTTP/1.1\r\nhost: "] {
+            head.extend_from_slice(piece.as_bytes());
+        }
+        head.extend_from_slice(self.targets[target].authority_value.as_bytes());
+        head.extend_from_slice(b"\r\n");
         let connection = client.headers.contains_key(http::header::CONNECTION);
         for (name, value) in client.headers.iter() {
-            let name_str = name.as_str();
-            let dropped = OWN_REQUEST_HEADERS.contains(&name_str)
-                || name_str.starts_with("x-wxgate-")
-                || is_hop_by_hop(&client.headers, connection, name_str);
+            let name = name.as_str();
+            let dropped = OWN_REQUEST_HEADERS.contains(&name)
+                || name.starts_with("x-wxgate-")
+                || is_hop_by_hop(&client.headers, connection, name);
             if !dropped {
-                parts.headers.append(name.clone(), value.clone());
+                header_line(&mut head, name.as_bytes(), value.as_bytes());
             }
         }
         match body {
             Body::Whole(b) if !b.is_empty() || client.method == http::Method::POST => {
-                parts.headers.insert(http::header::CONTENT_LENGTH, http::HeaderValue::from(b.len()));
+                header_line(&mut head, b"content-length", b.len().to_string().as_bytes());
             }
             Body::Whole(_) => {}
             Body::Streamed { length: Some(n), .. } => {
-                parts.headers.insert(http::header::CONTENT_LENGTH, http::HeaderValue::from(*n));
+                header_line(&mut head, b"content-length", n.to_string().as_bytes())
             }
-            Body::Streamed { length: None, .. } => {
-                parts.headers.insert(http::header::TRANSFER_ENCODING, http::HeaderValue::from_static("chunked"));
-            }
+            Body::Streamed { length: None, .. } => header_line(&mut head, b"transfer-encoding", b"chunked"),
         }
-        let mut req = RequestHeader::from(parts);
-        let t = &self.targets[target];
-        let uri = http::Uri::from_maybe_shared(Bytes::from(uri))
-            .map_err(|_| pingora::Error::new(ErrorType::InvalidHTTPHeader))?;
-        req.set_uri(uri);
-        req.insert_header(http::header::HOST, t.authority_value.clone())?;
-        Ok(req)
+        head.extend_from_slice(b"\r\n");
+        Some(head)
+    }
+}
+
+fn header_line(head: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+    for piece in [name, b": ", value, b"\r\n"] {
+        head.extend_from_slice(piece);
     }
 }
 
@@ -397,34 +411,42 @@ fn is_hop_by_hop(headers: &http::HeaderMap, connection: bool, name: &str) -> boo
 
 /// The answer's header as the client gets it: without this hop's headers. For an answer read
 /// whole, the length is `whole_body` (the server's own `Content-Length` when it says the same).
-pub fn downstream_header(upstream: &ResponseHeader, whole_body: Option<usize>) -> pingora::Result<ResponseHeader> {
-    let (mut parts, ()) = http::Response::new(()).into_parts();
-    parts.status = upstream.status;
-    parts.headers.reserve(upstream.headers.len() + 1);
-    let mut length_kept = false;
-    let connection = upstream.headers.contains_key(http::header::CONNECTION);
-    for (name, value) in upstream.headers.iter() {
+/// Changed in place: nothing is copied.
+pub fn downstream_header(mut header: Box<ResponseHeader>, whole_body: Option<usize>) -> Box<ResponseHeader> {
+    // Named in `Connection` besides its own tokens: rare, so only then collected.
+    let named: Vec<http::HeaderName> = header
+        .headers
+        .get_all(http::header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|t| http::HeaderName::from_bytes(t.trim().as_bytes()).ok())
+        .filter(|n| !HOP_BY_HOP.contains(&n.as_str()))
+        .collect();
+    for name in &named {
+        header.remove_header(name);
+    }
+    for name in HOP_BY_HOP {
         // pingora frames the body to the client itself: for a streamed answer, it needs the
         // server's Transfer-Encoding or Content-Length to know how.
-        let framing = *name == http::header::TRANSFER_ENCODING;
-        if is_hop_by_hop(&upstream.headers, connection, name.as_str()) && !(framing && whole_body.is_none()) {
+        if name == "transfer-encoding" && whole_body.is_none() {
             continue;
         }
-        if let Some(len) = whole_body {
-            if *name == http::header::CONTENT_LENGTH {
-                if !length_kept && value.to_str().ok().and_then(|v| v.parse::<usize>().ok()) == Some(len) {
-                    length_kept = true;
-                    parts.headers.append(name.clone(), value.clone());
-                }
-                continue;
-            }
+        if header.headers.contains_key(name) {
+            header.remove_header(name);
         }
-        parts.headers.append(name.clone(), value.clone());
     }
-    if let (Some(len), false) = (whole_body, length_kept) {
-        parts.headers.insert(http::header::CONTENT_LENGTH, http::HeaderValue::from(len));
+    if let Some(len) = whole_body {
+        let mut lengths = header.headers.get_all(http::header::CONTENT_LENGTH).iter();
+        let said = lengths.next().and_then(|v| v.to_str().ok()).and_then(|v| v.trim().parse::<usize>().ok());
+        let kept = said == Some(len) && lengths.next().is_none();
+        if !kept {
+            header.remove_header(&http::header::CONTENT_LENGTH);
+            // A header named by `http` is always valid: this cannot fail.
+            let _ = header.insert_header(http::header::CONTENT_LENGTH, http::HeaderValue::from(len));
+        }
     }
-    Ok(ResponseHeader::from(parts))
+    header
 }
 
 /// How an exchange failed.
@@ -432,24 +454,35 @@ enum Failed {
     /// On WeChat's side. `written`: the request went out whole, so WeChat may have acted on
     /// it; `body_spent`: part of a streamed body was read from the client and cannot be sent
     /// again.
-    Upstream { error: Box<pingora::Error>, written: bool, body_spent: bool },
+    Upstream { error: H1Error, written: bool, body_spent: bool },
     /// On the client's side: its body.
     Client(CallFailure),
 }
 
-/// Sends the request with its body and reads the answer's header.
-async fn exchange(session: &mut HttpSession, req: RequestHeader, body: &mut Body<'_>) -> Result<(), Failed> {
+/// Sends the request, `head` then its body, and reads the answer's head. A small body goes
+/// out in the same write as the head.
+async fn exchange(
+    stream: &mut Stream,
+    mut head: Vec<u8>,
+    body: &mut Body<'_>,
+    no_body: bool,
+    timeout: Duration,
+) -> Result<h1::Response, Failed> {
     let upstream = |body_spent| move |error| Failed::Upstream { error, written: false, body_spent };
-    session.write_request_header(Box::new(req)).await.map_err(upstream(false))?;
     match body {
-        Body::Whole(b) => {
-            if !b.is_empty() {
-                session.write_request_body(b.clone(), true).await.map_err(upstream(false))?;
-            }
+        Body::Whole(b) if b.len() <= COALESCE_BODY => {
+            head.extend_from_slice(b);
+            h1::write(stream, &head, timeout).await.map_err(upstream(false))?;
         }
-        Body::Streamed { kept, from, limit, .. } => {
+        Body::Whole(b) => {
+            h1::write(stream, &head, timeout).await.map_err(upstream(false))?;
+            h1::write(stream, b, timeout).await.map_err(upstream(false))?;
+        }
+        Body::Streamed { kept, from, limit, length } => {
+            let chunked = length.is_none();
+            h1::write(stream, &head, timeout).await.map_err(upstream(false))?;
             if !kept.is_empty() {
-                session.write_request_body(kept.clone(), false).await.map_err(upstream(false))?;
+                h1::write_piece(stream, kept, chunked, timeout).await.map_err(upstream(false))?;
             }
             let mut seen = kept.len();
             loop {
@@ -459,18 +492,24 @@ async fn exchange(session: &mut HttpSession, req: RequestHeader, body: &mut Body
                 if seen > *limit {
                     return Err(Failed::Client(CallFailure::TooLarge(*limit)));
                 }
-                session.write_request_body(chunk, false).await.map_err(upstream(true))?;
+                h1::write_piece(stream, &chunk, chunked, timeout).await.map_err(upstream(true))?;
+            }
+            if chunked {
+                h1::write(stream, h1::LAST_CHUNK, timeout).await.map_err(upstream(true))?;
             }
         }
     }
     let spent = matches!(body, Body::Streamed { .. });
-    session.finish_request_body().await.map_err(upstream(spent))?;
-    session.read_response_header().await.map_err(|error| Failed::Upstream { error, written: true, body_spent: spent })
+    h1::Response::read(stream, no_body, timeout).await.map_err(|error| Failed::Upstream {
+        error,
+        written: true,
+        body_spent: spent,
+    })
 }
 
 /// Closes a connection that is not kept, with a TLS close_notify where there is TLS.
-fn close(mut session: HttpSession) {
-    tokio::spawn(async move { session.shutdown().await });
+fn close(mut stream: Stream) {
+    tokio::spawn(async move { stream.shutdown().await });
 }
 
 /// Whether a call may be sent again after its connection broke once it was written: only when
@@ -479,20 +518,11 @@ fn replay_safe(method: &http::Method) -> bool {
     matches!(*method, http::Method::GET | http::Method::HEAD | http::Method::OPTIONS)
 }
 
-fn failure(e: &pingora::Error) -> CallFailure {
-    match e.etype() {
-        ErrorType::ReadTimedout | ErrorType::WriteTimedout | ErrorType::ConnectTimedout => CallFailure::TimedOut,
+fn failure(e: H1Error) -> CallFailure {
+    match e {
+        H1Error::TimedOut => CallFailure::TimedOut,
         _ => CallFailure::Broken,
     }
-}
-
-/// An HTTP/1 client session on `stream`, with the upstream timeout on every read and write, so
-/// that a WeChat that stops answering cannot hold a client for ever.
-fn session_on(stream: Stream, peer: &HttpPeer) -> HttpSession {
-    let mut session = HttpSession::H1(H1Session::new_with_options(stream, peer));
-    session.set_read_timeout(peer.options.read_timeout);
-    session.set_write_timeout(peer.options.write_timeout);
-    session
 }
 
 /// Whether an idle connection is still usable: reading must find nothing (no end of stream,

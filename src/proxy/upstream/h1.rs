@@ -1,0 +1,311 @@
+//! The gateway's own HTTP/1.1 exchange on a connection to WeChat: the request goes out in one
+//! write, the answer's head is parsed once into the header the client gets, and its body is
+//! framed by its length, its chunks or the connection's end (RFC 9112 §6).
+//!
+//! pingora's client session did the same with more per call: a session built for each one,
+//! two digests, a boxed request header with a case map, and a timer registered for every read.
+//! Here a read or write registers a timer only when it has to wait.
+
+use bytes::{Buf, Bytes, BytesMut};
+use http::header::{CONNECTION, CONTENT_LENGTH, TRANSFER_ENCODING};
+use http::{HeaderMap, HeaderName, HeaderValue, StatusCode, Version};
+use pingora::http::ResponseHeader;
+use pingora::protocols::Stream;
+use std::future::Future;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// An answer's head larger than this is refused: WeChat's are a few hundred bytes.
+const MAX_HEAD: usize = 64 * 1024;
+const MAX_HEADERS: usize = 128;
+/// What a read asks for at least: a small answer, head and body, comes in one.
+const READ_SIZE: usize = 8 * 1024;
+/// A chunk's size line or a trailer line longer than this is refused.
+const MAX_LINE: usize = 4 * 1024;
+
+/// Why an exchange failed. It names no part of the request or the answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum H1Error {
+    #[error("WeChat did not answer within the upstream timeout")]
+    TimedOut,
+    #[error("the connection closed before the answer was complete")]
+    Closed,
+    #[error("the connection failed: {0}")]
+    Io(std::io::ErrorKind),
+    #[error("the answer is not valid HTTP/1.1: {0}")]
+    Malformed(&'static str),
+}
+
+/// Writes `bytes` and flushes them, within `timeout`: the connection's writes are buffered.
+pub async fn write(stream: &mut Stream, bytes: &[u8], timeout: Duration) -> Result<(), H1Error> {
+    within(timeout, stream.write_all(bytes)).await?;
+    within(timeout, stream.flush()).await
+}
+
+/// The end of a chunked body, with no trailers.
+pub const LAST_CHUNK: &[u8] = b"0\r\n\r\n";
+
+/// Writes a piece of a body as it is, or framed as a chunk (RFC 9112 §7.1) when `chunked`.
+pub async fn write_piece(stream: &mut Stream, piece: &[u8], chunked: bool, timeout: Duration) -> Result<(), H1Error> {
+    if !chunked || piece.is_empty() {
+        return write(stream, piece, timeout).await;
+    }
+    let mut framed = Vec::with_capacity(piece.len() + 20);
+    framed.extend_from_slice(format!("{:x}\r\n", piece.len()).as_bytes());
+    framed.extend_from_slice(piece);
+    framed.extend_from_slice(b"\r\n");
+    write(stream, &framed, timeout).await
+}
+
+/// Reads `stream` into `buf`, within `timeout`; the number of bytes read (0: the connection's end).
+async fn read(stream: &mut Stream, buf: &mut BytesMut, timeout: Duration) -> Result<usize, H1Error> {
+    if buf.capacity() - buf.len() < READ_SIZE / 2 {
+        buf.reserve(READ_SIZE);
+    }
+    within(timeout, stream.read_buf(buf)).await
+}
+
+/// `io` within `timeout`. The timer is registered only if `io` has to wait.
+async fn within<T>(timeout: Duration, io: impl Future<Output = std::io::Result<T>>) -> Result<T, H1Error> {
+    match tokio::time::timeout(timeout, io).await {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(e)) => Err(H1Error::Io(e.kind())),
+        Err(_) => Err(H1Error::TimedOut),
+    }
+}
+
+/// How the rest of the answer's body is delimited.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Framing {
+    /// This many bytes are still to come.
+    Length(usize),
+    Chunked(Chunk),
+    /// The body ends with the connection.
+    UntilClose,
+    /// The body is over.
+    Done,
+}
+
+/// Where a chunked body's decoder is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Chunk {
+    /// At a chunk's size line.
+    Size,
+    /// In a chunk's data, with this many bytes still to come.
+    Data(usize),
+    /// At the line end after a chunk's data.
+    DataEnd,
+    /// In the trailer section after the last chunk.
+    Trailers,
+}
+
+/// An answer whose head has been read: its header, and what has been read of its body.
+#[derive(Debug)]
+pub struct Response {
+    pub header: Box<ResponseHeader>,
+    framing: Framing,
+    /// Read and not yet handed out.
+    buf: BytesMut,
+    keepalive: bool,
+}
+
+impl Response {
+    /// Reads the answer's head, passing over interim (1xx) answers. `no_body`: the request was
+    /// HEAD, whose answer has a length but no body.
+    pub async fn read(stream: &mut Stream, no_body: bool, timeout: Duration) -> Result<Self, H1Error> {
+        let mut buf = BytesMut::new();
+        loop {
+            if let Some(response) = parse_head(&mut buf, no_body)? {
+                return Ok(response);
+            }
+            if buf.len() >= MAX_HEAD {
+                return Err(H1Error::Malformed("the head is too large"));
+            }
+            if read(stream, &mut buf, timeout).await? == 0 {
+                return Err(H1Error::Closed);
+            }
+        }
+    }
+
+    /// The next piece of the body; `None` once it is over.
+    pub async fn body(&mut self, stream: &mut Stream, timeout: Duration) -> Result<Option<Bytes>, H1Error> {
+        loop {
+            if let Some(step) = self.decode()? {
+                return Ok(step);
+            }
+            if read(stream, &mut self.buf, timeout).await? == 0 {
+                if self.framing != Framing::UntilClose {
+                    return Err(H1Error::Closed);
+                }
+                (self.framing, self.keepalive) = (Framing::Done, false);
+            }
+        }
+    }
+
+    /// Whether the connection can carry another call: the body was read to its end, the server
+    /// keeps it open, and sent nothing after the answer.
+    pub fn reusable(&self) -> bool {
+        self.framing == Framing::Done && self.keepalive && self.buf.is_empty()
+    }
+
+    /// What the bytes read so far give: a piece of the body, its end (`Some(None)`), or
+    /// nothing until more is read (`None`).
+    fn decode(&mut self) -> Result<Option<Option<Bytes>>, H1Error> {
+        loop {
+            match self.framing {
+                Framing::Done => return Ok(Some(None)),
+                Framing::Length(_) | Framing::UntilClose | Framing::Chunked(Chunk::Data(_)) if self.buf.is_empty() => {
+                    return Ok(None)
+                }
+                Framing::Length(left) => {
+                    let piece = self.buf.split_to(left.min(self.buf.len())).freeze();
+                    let left = left - piece.len();
+                    self.framing = if left == 0 { Framing::Done } else { Framing::Length(left) };
+                    return Ok(Some(Some(piece)));
+                }
+                Framing::UntilClose => return Ok(Some(Some(self.buf.split().freeze()))),
+                Framing::Chunked(Chunk::Data(left)) => {
+                    let piece = self.buf.split_to(left.min(self.buf.len())).freeze();
+                    let left = left - piece.len();
+                    self.framing = Framing::Chunked(if left == 0 { Chunk::DataEnd } else { Chunk::Data(left) });
+                    return Ok(Some(Some(piece)));
+                }
+                Framing::Chunked(at) => {
+                    let Some(line) = self.line()? else { return Ok(None) };
+                    self.framing = match at {
+                        Chunk::Size => match chunk_size(&line)? {
+                            0 => Framing::Chunked(Chunk::Trailers),
+                            n => Framing::Chunked(Chunk::Data(n)),
+                        },
+                        Chunk::DataEnd if line.is_empty() => Framing::Chunked(Chunk::Size),
+                        Chunk::DataEnd => return Err(H1Error::Malformed("a chunk is longer than its size")),
+                        Chunk::Trailers if line.is_empty() => Framing::Done,
+                        // A trailer line is passed over; data was taken above.
+                        Chunk::Trailers | Chunk::Data(_) => Framing::Chunked(Chunk::Trailers),
+                    };
+                }
+            }
+        }
+    }
+
+    /// The next line of a chunked body, without its CRLF; `None` until it is all read.
+    fn line(&mut self) -> Result<Option<Bytes>, H1Error> {
+        match self.buf.windows(2).position(|w| w == b"\r\n") {
+            Some(end) => {
+                let line = self.buf.split_to(end).freeze();
+                self.buf.advance(2);
+                Ok(Some(line))
+            }
+            None if self.buf.len() > MAX_LINE => Err(H1Error::Malformed("a chunk line is too long")),
+            None => Ok(None),
+        }
+    }
+}
+
+/// A chunk's size: hexadecimal digits, then maybe extensions after `;`.
+fn chunk_size(line: &[u8]) -> Result<usize, H1Error> {
+    let digits = line.split(|b| *b == b';').next().unwrap_or_default().trim_ascii();
+    let malformed = H1Error::Malformed("a chunk size is not a hexadecimal number");
+    if digits.is_empty() || digits.len() > 15 {
+        return Err(malformed);
+    }
+    let digits = std::str::from_utf8(digits).map_err(|_| malformed)?;
+    usize::from_str_radix(digits, 16).map_err(|_| malformed)
+}
+
+/// The answer whose head `buf` begins with, once the head is all there; interim (1xx) answers
+/// before it are passed over. What follows the head stays in `buf`.
+fn parse_head(buf: &mut BytesMut, no_body: bool) -> Result<Option<Response>, H1Error> {
+    loop {
+        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let mut parsed = httparse::Response::new(&mut headers);
+        let (len, code) = match parsed.parse(buf) {
+            Ok(httparse::Status::Complete(len)) => (len, parsed.code.unwrap_or_default()),
+            Ok(httparse::Status::Partial) => return Ok(None),
+            Err(httparse::Error::TooManyHeaders) => return Err(H1Error::Malformed("too many headers")),
+            Err(_) => return Err(H1Error::Malformed("the head does not parse")),
+        };
+        match code {
+            101 => return Err(H1Error::Malformed("an upgrade was not asked for")),
+            100..=199 => buf.advance(len),
+            _ => return Ok(Some(response(buf.split_to(len).freeze(), buf.split(), no_body)?)),
+        }
+    }
+}
+
+/// The answer with head `head`, whose body begins with `rest`. The header's values share
+/// `head`'s memory: no value is copied.
+fn response(head: Bytes, rest: BytesMut, no_body: bool) -> Result<Response, H1Error> {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut parsed = httparse::Response::new(&mut headers);
+    parsed.parse(&head).map_err(|_| H1Error::Malformed("the head does not parse"))?;
+    let status = StatusCode::from_u16(parsed.code.unwrap_or_default())
+        .map_err(|_| H1Error::Malformed("the status is not a number from 100 to 999"))?;
+    let version = if parsed.version == Some(0) { Version::HTTP_10 } else { Version::HTTP_11 };
+    let mut map = HeaderMap::with_capacity(parsed.headers.len());
+    for h in parsed.headers.iter() {
+        let name = HeaderName::from_bytes(h.name.as_bytes()).map_err(|_| H1Error::Malformed("a header name"))?;
+        let value = HeaderValue::from_maybe_shared(head.slice_ref(h.value))
+            .map_err(|_| H1Error::Malformed("a header value"))?;
+        map.append(name, value);
+    }
+    let keepalive = keeps_alive(version, &map);
+    let framing = framing(status, no_body, &map)?;
+    let (mut parts, ()) = http::Response::new(()).into_parts();
+    (parts.status, parts.version, parts.headers) = (status, version, map);
+    Ok(Response {
+        header: Box::new(ResponseHeader::from(parts)),
+        keepalive: keepalive && framing != Framing::UntilClose,
+        framing,
+        buf: rest,
+    })
+}
+
+/// How the body is delimited (RFC 9112 §6.3).
+fn framing(status: StatusCode, no_body: bool, headers: &HeaderMap) -> Result<Framing, H1Error> {
+    if no_body || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED {
+        return Ok(Framing::Done);
+    }
+    if let Some(last) = headers.get_all(TRANSFER_ENCODING).iter().next_back() {
+        // Only a body whose last coding is chunked ends by itself; any other ends with the
+        // connection.
+        let chunked = last
+            .as_bytes()
+            .rsplit(|b| *b == b',')
+            .next()
+            .is_some_and(|c| c.trim_ascii().eq_ignore_ascii_case(b"chunked"));
+        return Ok(if chunked { Framing::Chunked(Chunk::Size) } else { Framing::UntilClose });
+    }
+    let mut length = None;
+    for value in headers.get_all(CONTENT_LENGTH) {
+        let n = value.to_str().ok().and_then(|v| v.trim().parse::<usize>().ok());
+        match (n, length) {
+            (None, _) => return Err(H1Error::Malformed("Content-Length is not a number")),
+            (Some(n), Some(seen)) if n != seen => return Err(H1Error::Malformed("two different Content-Lengths")),
+            (Some(n), _) => length = Some(n),
+        }
+    }
+    Ok(match length {
+        Some(0) => Framing::Done,
+        Some(n) => Framing::Length(n),
+        None => Framing::UntilClose,
+    })
+}
+
+/// Whether the server keeps the connection open after this answer: HTTP/1.1 unless it says
+/// `close`, HTTP/1.0 only if it says `keep-alive`.
+fn keeps_alive(version: Version, headers: &HeaderMap) -> bool {
+    let says = |token: &str| {
+        headers
+            .get_all(CONNECTION)
+            .iter()
+            .any(|v| v.to_str().is_ok_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token))))
+    };
+    match version {
+        Version::HTTP_10 => says("keep-alive"),
+        _ => !says("close"),
+    }
+}
+
+#[cfg(test)]
+mod tests;
