@@ -7,11 +7,13 @@
 //! Here a read or write registers a timer only when it has to wait.
 
 use bytes::{Buf, Bytes, BytesMut};
+use futures_util::FutureExt;
 use http::header::{CONNECTION, CONTENT_LENGTH, TRANSFER_ENCODING};
 use http::{HeaderMap, HeaderName, HeaderValue, StatusCode, Version};
 use pingora::http::ResponseHeader;
 use pingora::protocols::Stream;
 use std::future::Future;
+use std::mem::MaybeUninit;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -65,13 +67,16 @@ async fn read(stream: &mut Stream, buf: &mut BytesMut, timeout: Duration) -> Res
     within(timeout, stream.read_buf(buf)).await
 }
 
-/// `io` within `timeout`. The timer is registered only if `io` has to wait.
+/// `io` within `timeout`. Most I/O here is ready at once (a write into the socket's buffer, a
+/// read of an answer that has arrived), so it is tried first without a timer: the clock is
+/// read and a timer made only for I/O that has to wait.
 async fn within<T>(timeout: Duration, io: impl Future<Output = std::io::Result<T>>) -> Result<T, H1Error> {
-    match tokio::time::timeout(timeout, io).await {
-        Ok(Ok(v)) => Ok(v),
-        Ok(Err(e)) => Err(H1Error::Io(e.kind())),
-        Err(_) => Err(H1Error::TimedOut),
-    }
+    let mut io = std::pin::pin!(io);
+    let done = match io.as_mut().now_or_never() {
+        Some(done) => done,
+        None => tokio::time::timeout(timeout, io).await.map_err(|_| H1Error::TimedOut)?,
+    };
+    done.map_err(|e| H1Error::Io(e.kind()))
 }
 
 /// How the rest of the answer's body is delimited.
@@ -217,9 +222,9 @@ fn chunk_size(line: &[u8]) -> Result<usize, H1Error> {
 /// before it are passed over. What follows the head stays in `buf`.
 fn parse_head(buf: &mut BytesMut, no_body: bool) -> Result<Option<Response>, H1Error> {
     loop {
-        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-        let mut parsed = httparse::Response::new(&mut headers);
-        let (len, code) = match parsed.parse(buf) {
+        let mut headers = [const { MaybeUninit::uninit() }; MAX_HEADERS];
+        let mut parsed = httparse::Response::new(&mut []);
+        let (len, code) = match uninit_parse(&mut parsed, buf, &mut headers) {
             Ok(httparse::Status::Complete(len)) => (len, parsed.code.unwrap_or_default()),
             Ok(httparse::Status::Partial) => return Ok(None),
             Err(httparse::Error::TooManyHeaders) => return Err(H1Error::Malformed("too many headers")),
@@ -233,12 +238,23 @@ fn parse_head(buf: &mut BytesMut, no_body: bool) -> Result<Option<Response>, H1E
     }
 }
 
+/// httparse with its strict defaults, given room for headers uninitialised: a head is parsed
+/// twice per call (once to find where it ends, once into the header), and zeroing room for
+/// [`MAX_HEADERS`] each time cost more than the parse.
+fn uninit_parse<'h, 'b>(
+    parsed: &mut httparse::Response<'h, 'b>,
+    buf: &'b [u8],
+    headers: &'h mut [MaybeUninit<httparse::Header<'b>>],
+) -> httparse::Result<usize> {
+    httparse::ParserConfig::default().parse_response_with_uninit_headers(parsed, buf, headers)
+}
+
 /// The answer with head `head`, whose body begins with `rest`. The header's values share
 /// `head`'s memory: no value is copied.
 fn response(head: Bytes, rest: BytesMut, no_body: bool) -> Result<Response, H1Error> {
-    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut parsed = httparse::Response::new(&mut headers);
-    parsed.parse(&head).map_err(|_| H1Error::Malformed("the head does not parse"))?;
+    let mut headers = [const { MaybeUninit::uninit() }; MAX_HEADERS];
+    let mut parsed = httparse::Response::new(&mut []);
+    uninit_parse(&mut parsed, &head, &mut headers).map_err(|_| H1Error::Malformed("the head does not parse"))?;
     let status = StatusCode::from_u16(parsed.code.unwrap_or_default())
         .map_err(|_| H1Error::Malformed("the status is not a number from 100 to 999"))?;
     let version = if parsed.version == Some(0) { Version::HTTP_10 } else { Version::HTTP_11 };
