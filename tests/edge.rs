@@ -161,6 +161,34 @@ async fn a_malformed_chunked_body_gets_400_before_anything_is_forwarded() {
     assert_eq!(sandbox.stats().api_calls, before, "no malformed body was forwarded, not even its head");
 }
 
+/// A chunked body too large to keep for a replay streams through to WeChat as it arrives,
+/// chunked again by the gateway's own client, and arrives whole.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_chunked_body_larger_than_the_replay_limit_streams_through_whole() {
+    let (_setup, _sandbox, gw) = started("replay_body_bytes = 1024").await;
+    let pieces: Vec<Vec<u8>> = (0..20u8).map(|i| vec![b'a' + i; 700 + usize::from(i)]).collect();
+    let mut request = format!(
+        "POST /{A}/cgi-bin/media/upload?type=image HTTP/1.1\r\nHost: gw\r\nAuthorization: Bearer {CLIENT_KEY}\r\nTransfer-Encoding: chunked\r\n\r\n"
+    )
+    .into_bytes();
+    for piece in &pieces {
+        request.extend_from_slice(format!("{:x};ext=1\r\n", piece.len()).as_bytes());
+        request.extend_from_slice(piece);
+        request.extend_from_slice(b"\r\n");
+    }
+    request.extend_from_slice(b"0\r\n\r\n");
+    let answer = exchange(&gw, &request).await;
+    assert_eq!(answer.status, 200, "{}", answer.head);
+    let body: serde_json::Value = serde_json::from_slice(&answer.body).unwrap();
+    let whole = pieces.concat();
+    let sha1 = {
+        use sha1::Digest;
+        hex::encode(sha1::Sha1::digest(&whole))
+    };
+    assert_eq!(body["body_bytes"], whole.len(), "{body}");
+    assert_eq!(body["body_sha1"], sha1.as_str(), "{body}");
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn headers_named_in_connection_stay_on_this_hop() {
     let (_setup, sandbox, gw) = started("").await;

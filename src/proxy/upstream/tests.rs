@@ -217,3 +217,31 @@ async fn a_fallback_takes_over_and_the_primary_is_tried_again_after_a_while() {
     assert_eq!(up.first_target(), 0, "calls went back to the primary");
     assert_eq!(switches("primary"), to_primary + 1);
 }
+
+/// A chunked answer is read whole through the gateway's own client, and its connection,
+/// read to the last chunk, carries the next call: one connection for both.
+#[tokio::test]
+async fn a_chunked_answer_is_read_whole_and_its_connection_kept() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let up = Upstream::new(&url(&listener), &[], Duration::from_secs(3)).unwrap();
+    let accepted = Arc::new(AtomicU32::new(0));
+    let count = Arc::clone(&accepted);
+    tokio::spawn(async move {
+        loop {
+            let (mut sock, _) = listener.accept().await.unwrap();
+            count.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                while read_request(&mut sock).await.is_some() {
+                    let answer = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n6\r\n{\"errc\r\n7\r\node\":0}\r\n0\r\n\r\n";
+                    if sock.write_all(answer).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    for _ in 0..2 {
+        assert_eq!(&call(&up, "GET", b"").await.unwrap()[..], br#"{"errcode":0}"#);
+    }
+    assert_eq!(accepted.load(Ordering::SeqCst), 1, "the second call went on the first call's connection");
+}
