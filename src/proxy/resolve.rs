@@ -120,24 +120,31 @@ impl Outbound {
     }
 
     /// The path and query WeChat gets, after `base_path`: the client's query less its token,
-    /// plus the real one, built in one buffer.
+    /// plus the real one.
     pub fn uri(&self, base_path: &str, token: &str) -> String {
-        let mut uri = String::with_capacity(
-            base_path.len() + self.path_and_rest.len() + self.token_param.len() + token.len() + 2,
-        );
-        uri.push_str(base_path);
-        uri.push_str(&self.path_and_rest);
+        let mut uri = Vec::new();
+        self.push_uri(&mut uri, base_path, token);
+        String::from_utf8_lossy(&uri).into_owned()
+    }
+
+    /// Appends the URI WeChat gets to `out` (a request head being written): no string of its
+    /// own per call.
+    pub fn push_uri(&self, out: &mut Vec<u8>, base_path: &str, token: &str) {
+        out.reserve(base_path.len() + self.path_and_rest.len() + self.token_param.len() + token.len() + 2);
+        out.extend_from_slice(base_path.as_bytes());
+        out.extend_from_slice(self.path_and_rest.as_bytes());
         if self.has_rest {
-            uri.push('&');
+            out.push(b'&');
         }
-        uri.push_str(self.token_param);
-        uri.push('=');
+        out.extend_from_slice(self.token_param.as_bytes());
+        out.push(b'=');
         if token.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'*')) {
-            uri.push_str(token);
+            out.extend_from_slice(token.as_bytes());
         } else {
-            uri.extend(url::form_urlencoded::byte_serialize(token.as_bytes()));
+            for piece in url::form_urlencoded::byte_serialize(token.as_bytes()) {
+                out.extend_from_slice(piece.as_bytes());
+            }
         }
-        uri
     }
 }
 

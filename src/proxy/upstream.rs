@@ -227,8 +227,7 @@ impl Upstream {
                         break;
                     }
                 };
-                let uri = outbound.uri(&self.targets[target].base_path, token);
-                let head = self.request(client, target, &uri, body).ok_or(CallFailure::Broken)?;
+                let head = self.request(client, target, outbound, token, body).ok_or(CallFailure::Broken)?;
                 let no_body = client.method == http::Method::HEAD;
                 match exchange(&mut stream, head, body, no_body, self.timeout).await {
                     Ok(response) => {
@@ -349,22 +348,32 @@ impl Upstream {
     }
 
     /// The request head WeChat gets: the client's method and headers, less this hop's and the
-    /// gateway's, framed for `body`, at `uri` on `target`, written out as it goes on the wire
-    /// (with room for a small body after it). `None` for a URI that could not be sent.
-    fn request(&self, client: &RequestHeader, target: usize, uri: &str, body: &Body<'_>) -> Option<Vec<u8>> {
-        // Built from a URI that parsed, with a token of WeChat's; a space or a line end would
-        // split the request line, so it is checked rather than trusted.
-        if uri.bytes().any(|b| b <= b' ' || b == 0x7f) {
-            return None;
-        }
+    /// gateway's, framed for `body`, for `outbound` with `token` on `target`, written out as it
+    /// goes on the wire (with room for a small body after it). `None` for a URI that could not
+    /// be sent.
+    fn request(
+        &self,
+        client: &RequestHeader,
+        target: usize,
+        outbound: &Outbound,
+        token: &str,
+        body: &Body<'_>,
+    ) -> Option<Vec<u8>> {
         let coalesced = match body {
             Body::Whole(b) if b.len() <= COALESCE_BODY => b.len(),
             _ => 0,
         };
-        let mut head = Vec::with_capacity(128 + uri.len() + 48 * client.headers.len() + coalesced);
-        for piece in [client.method.as_str(), " ", uri, " HTTP/1.1\r\nhost: "] {
-            head.extend_from_slice(piece.as_bytes());
+        let mut head = Vec::with_capacity(256 + token.len() + 48 * client.headers.len() + coalesced);
+        head.extend_from_slice(client.method.as_str().as_bytes());
+        head.push(b' ');
+        let uri_start = head.len();
+        outbound.push_uri(&mut head, &self.targets[target].base_path, token);
+        // Built from a URI that parsed, with a token of WeChat's; a space or a line end would
+        // split the request line, so it is checked rather than trusted.
+        if head[uri_start..].iter().any(|b| *b <= b' ' || *b == 0x7f) {
+            return None;
         }
+        head.extend_from_slice(b" HTTP/1.1\r\nhost: ");
         head.extend_from_slice(self.targets[target].authority_value.as_bytes());
         head.extend_from_slice(b"\r\n");
         let connection = client.headers.contains_key(http::header::CONNECTION);

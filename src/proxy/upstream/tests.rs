@@ -64,7 +64,7 @@ fn aims_at_the_base_path_and_host_and_drops_this_hops_headers() {
         client.append_header(k, v).unwrap();
     }
     let body = Body::Whole(Bytes::from_static(b"{}"));
-    let head = up.request(&client, 0, "/wx/cgi-bin/user/info?access_token=t", &body).unwrap();
+    let head = up.request(&client, 0, &Outbound::for_test("/cgi-bin/user/info", ""), "t", &body).unwrap();
     let mut parsed = [httparse::EMPTY_HEADER; 16];
     let mut req = httparse::Request::new(&mut parsed);
     assert_eq!(req.parse(&head).unwrap(), httparse::Status::Complete(head.len()), "one head, nothing after it");
@@ -77,9 +77,10 @@ fn aims_at_the_base_path_and_host_and_drops_this_hops_headers() {
         headers,
         [("host", &b"127.0.0.1:9801"[..]), ("content-type", b"application/json"), ("content-length", b"2")]
     );
-    let head = up.request(&client, 1, "/x", &body).unwrap();
-    assert!(head.starts_with(b"POST /x HTTP/1.1\r\nhost: localhost\r\n"));
-    assert!(up.request(&client, 1, "/x HTTP/1.1\r\nx: y", &body).is_none(), "a URI cannot split the request line");
+    let head = up.request(&client, 1, &Outbound::for_test("/x", ""), "t", &body).unwrap();
+    assert!(head.starts_with(b"POST /x?access_token=t HTTP/1.1\r\nhost: localhost\r\n"));
+    let split = Outbound::for_test("/x HTTP/1.1\r\nx:", "y");
+    assert!(up.request(&client, 1, &split, "t", &body).is_none(), "a URI cannot split the request line");
 
     let mut answer = ResponseHeader::build(200, None).unwrap();
     for (k, v) in [("connection", "close, x-hop"), ("x-hop", "1"), ("keep-alive", "timeout=5"), ("content-length", "9")]
