@@ -153,8 +153,8 @@ pub struct Deadlined {
     /// starts at the first wait for more of it (the clock is not read for a head that arrives
     /// at once, the usual case).
     due: Option<Instant>,
-    /// Set to `due` only when a read has to wait: once per request rather than at each change
-    /// of phase.
+    /// Set to `due` only when a read has to wait, and pushed back only when it fires early
+    /// ([`Deadlined::poll_deadline`]).
     deadline: Pin<Box<Sleep>>,
     /// Set through a shared reference: the gateway sees the stream only behind its session.
     head_read: AtomicBool,
@@ -229,13 +229,24 @@ impl Deadlined {
     }
 
     /// Whether the current phase's deadline has passed, for a read that has to wait.
+    ///
+    /// The timer is moved earlier at once, but later only when it fires: each request of a
+    /// busy connection pushes the keep-alive deadline back, and moving the timer in the
+    /// runtime's wheel for each one would cost a lock and two list operations per call.
     fn poll_deadline(&mut self, cx: &mut Context<'_>) -> Poll<()> {
         let header = self.timeouts.header;
         let due = *self.due.get_or_insert_with(|| Instant::now() + header);
-        if self.deadline.deadline() != due {
+        if self.deadline.deadline() > due {
             self.deadline.as_mut().reset(due);
         }
-        self.deadline.as_mut().poll(cx)
+        loop {
+            std::task::ready!(self.deadline.as_mut().poll(cx));
+            if self.deadline.deadline() >= due {
+                return Poll::Ready(());
+            }
+            // Fired for an earlier deadline, since pushed back.
+            self.deadline.as_mut().reset(due);
+        }
     }
 }
 
