@@ -14,11 +14,15 @@
 # connection count against the upstream directly gives the p99 subtracted. CPU per call is also
 # taken there: both proxies then serve the same rate, whereas each max run's rate is set by how
 # fast the shared load core happens to drive the upstream, and CPU per call falls as the rate
-# rises (more events per wake-up), which makes the max-run ratio swing by ±10 %. Then
+# rises (more events per wake-up), which makes the max-run ratio swing by ±10 %. The half runs
+# are made $PROD_HALF_ROUNDS times in alternation (direct, nginx, wxgate), and each figure is
+# the median of the rounds' own (wxgate/nginx CPU, wxgate - direct p99), since a shared
+# machine's load drifts within seconds. Then
 # $IDLE_CONNECTIONS idle keep-alive client connections to wxgate (idle_clients.py, one call
 # each) and the RSS they cost.
 #
-# Environment: PROD_DURATION (10), PROD_CONNECTIONS (1000), DELAY_MS (30), IDLE_CONNECTIONS (10000);
+# Environment: PROD_DURATION (10), PROD_CONNECTIONS (1000), DELAY_MS (30), IDLE_CONNECTIONS (10000),
+# PROD_HALF_ROUNDS (3);
 # PROFILE=1 records perf during each proxy's max run and prints the top of both profiles;
 # PERF_CALLGRAPH="--call-graph dwarf" gives callers through code without frame pointers.
 
@@ -26,6 +30,7 @@ PROD_DURATION=${PROD_DURATION:-10}
 PROD_CONNECTIONS=${PROD_CONNECTIONS:-1000}
 DELAY_MS=${DELAY_MS:-30}
 IDLE_CONNECTIONS=${IDLE_CONNECTIONS:-10000}
+PROD_HALF_ROUNDS=${PROD_HALF_ROUNDS:-3}
 BENCH_DIR="$ROOT/benches/proxy"
 ulimit -n "$(ulimit -Hn)"
 
@@ -148,16 +153,18 @@ fi
 half_conns=$(python3 -c "
 m = min(float(l.split()[3]) for l in open('$PROD'))
 print(max(1, round(m / 2 * $DELAY_MS / 1000)))")
-for t in direct nginx wxgate; do
-    prod_wrk "$t" "$half_conns" 2 >/dev/null
-    pid=${PPID_OF[$t]:-}
-    [ -n "$pid" ] && c0=$(cpu_ticks "$pid")
-    r=$(prod_wrk "$t" "$half_conns" "$PROD_DURATION")
-    read -r calls rps p99 <<<"$r"
-    cpu_us=0
-    [ -n "$pid" ] && cpu_us=$(python3 -c "print(($(cpu_ticks "$pid") - $c0) / $TCK * 1e6 / $calls)")
-    echo "$t half $calls $rps $p99 $cpu_us" >>"$PROD"
-    printf 'prod %-7s at -c%d: %8.0f req/s  p99 %6.0f us  %5.1f us CPU/call\n' "$t" "$half_conns" "$rps" "$p99" "$cpu_us" >&2
+for round in $(seq "$PROD_HALF_ROUNDS"); do
+    for t in direct nginx wxgate; do
+        prod_wrk "$t" "$half_conns" 2 >/dev/null
+        pid=${PPID_OF[$t]:-}
+        [ -n "$pid" ] && c0=$(cpu_ticks "$pid")
+        r=$(prod_wrk "$t" "$half_conns" "$PROD_DURATION")
+        read -r calls rps p99 <<<"$r"
+        cpu_us=0
+        [ -n "$pid" ] && cpu_us=$(python3 -c "print(($(cpu_ticks "$pid") - $c0) / $TCK * 1e6 / $calls)")
+        echo "$t half $calls $rps $p99 $cpu_us" >>"$PROD"
+        printf 'prod round %d %-7s at -c%d: %8.0f req/s  p99 %6.0f us  %5.1f us CPU/call\n' "$round" "$t" "$half_conns" "$rps" "$p99" "$cpu_us" >&2
+    done
 done
 
 say "holding $IDLE_CONNECTIONS idle keep-alive connections to wxgate"
@@ -176,29 +183,36 @@ wait "$IDLE_PID" 2>/dev/null || true
 echo
 echo "Production-shaped: HTTPS upstream (own CA) answering after ${DELAY_MS} ms; wrk -t1, keep-alive;"
 echo "max at -c$PROD_CONNECTIONS for ${PROD_DURATION}s after a 3 s warm-up; half: -c$half_conns (closed loop:"
-echo "c = rate x ${DELAY_MS} ms gives about half the smaller max). Load average: $(cut -d' ' -f1-3 /proc/loadavg)."
+echo "c = rate x ${DELAY_MS} ms gives about half the smaller max), $PROD_HALF_ROUNDS rounds in alternation, medians."
+echo "Load average: $(cut -d' ' -f1-3 /proc/loadavg)."
 python3 - "$PROD" <<'EOF'
+import statistics
 import sys
 maxr, half, idle = {}, {}, None
 for line in open(sys.argv[1]):
     f = line.split()
     if f[1] == "max": maxr[f[0]] = f
-    elif f[1] == "half": half[f[0]] = f
+    elif f[1] == "half": half.setdefault(f[0], []).append(f)
     else: idle = f
+med = statistics.median
+p99 = {t: [float(f[4]) for f in rounds] for t, rounds in half.items()}
+cpu = {t: [float(f[5]) for f in rounds] for t, rounds in half.items()}
 print()
 print(f"{'target':<8} {'max req/s':>10} {'CPU us/call':>12} {'RSS MB':>8} {'TLS hs/10k':>11} {'p99@half ms':>12} {'added p99 ms':>13}")
-d99 = float(half["direct"][4])
+d99 = med(p99["direct"])
 print(f"{'direct':<8} {'':>10} {'':>12} {'':>8} {'':>11} {d99 / 1000:>12.2f} {'':>13}")
 for t in ("nginx", "wxgate"):
-    _, _, calls, rps, p99, cpu, rss, hs = maxr[t]
-    h99 = float(half[t][4])
-    print(f"{t:<8} {float(rps):>10.0f} {float(cpu):>12.1f} {int(rss) / 1024:>8.1f} {float(hs):>11.2f} {h99 / 1000:>12.2f} {(h99 - d99) / 1000:>13.2f}")
+    _, _, calls, rps, _, c, rss, hs = maxr[t]
+    added = med([(h - d) / 1000 for h, d in zip(p99[t], p99["direct"])])
+    print(f"{t:<8} {float(rps):>10.0f} {float(c):>12.1f} {int(rss) / 1024:>8.1f} {float(hs):>11.2f} {med(p99[t]) / 1000:>12.2f} {added:>13.2f}")
 print()
 n, r0, r1 = int(idle[1]), int(idle[2]), int(idle[3])
+same = [w / x for w, x in zip(cpu["wxgate"], cpu["nginx"])]
+added = [(w - d) / 1000 for w, d in zip(p99["wxgate"], p99["direct"])]
 print(f"wxgate CPU/call vs nginx = {float(maxr['wxgate'][5]) / float(maxr['nginx'][5]):.2f}x at each one's max, "
-      f"{float(half['wxgate'][5]) / float(half['nginx'][5]):.2f}x at the same rate (half: "
-      f"{float(half['wxgate'][5]):.1f} / {float(half['nginx'][5]):.1f} us)  (target <= 1.0x)")
-print(f"wxgate added p99 at half max = {(float(half['wxgate'][4]) - d99) / 1000:.2f} ms  (target <= 1 ms)")
+      f"{med(same):.2f}x at the same rate (half: {med(cpu['wxgate']):.1f} / {med(cpu['nginx']):.1f} us; "
+      f"rounds {' '.join(f'{r:.2f}' for r in same)})  (target <= 1.0x)")
+print(f"wxgate added p99 at half max = {med(added):.2f} ms (rounds {' '.join(f'{a:.2f}' for a in added)})  (target <= 1 ms)")
 print(f"wxgate upstream TLS handshakes per 10k calls, warm = {float(maxr['wxgate'][7]):.2f}  (target <= 1)")
 print(f"{n} idle keep-alive client connections: wxgate RSS {r0 / 1024:.1f} -> {r1 / 1024:.1f} MB, "
       f"{(r1 - r0) / n:.1f} KB per connection  (target <= 10 KB)")
