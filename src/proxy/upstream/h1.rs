@@ -100,8 +100,8 @@ enum Chunk {
     Data(usize),
     /// At the line end after a chunk's data.
     DataEnd,
-    /// In the trailer section after the last chunk.
-    Trailers,
+    /// In the trailer section after the last chunk, this many lines into it.
+    Trailers(usize),
 }
 
 /// An answer whose head has been read: its header, and what has been read of its body.
@@ -179,14 +179,19 @@ impl Response {
                     let Some(line) = self.line()? else { return Ok(None) };
                     self.framing = match at {
                         Chunk::Size => match chunk_size(&line)? {
-                            0 => Framing::Chunked(Chunk::Trailers),
+                            0 => Framing::Chunked(Chunk::Trailers(0)),
                             n => Framing::Chunked(Chunk::Data(n)),
                         },
                         Chunk::DataEnd if line.is_empty() => Framing::Chunked(Chunk::Size),
                         Chunk::DataEnd => return Err(H1Error::Malformed("a chunk is longer than its size")),
-                        Chunk::Trailers if line.is_empty() => Framing::Done,
-                        // A trailer line is passed over; data was taken above.
-                        Chunk::Trailers | Chunk::Data(_) => Framing::Chunked(Chunk::Trailers),
+                        Chunk::Trailers(_) if line.is_empty() => Framing::Done,
+                        Chunk::Trailers(n) if n >= MAX_HEADERS => {
+                            return Err(H1Error::Malformed("too many trailer lines"))
+                        }
+                        // A trailer line is passed over.
+                        Chunk::Trailers(n) => Framing::Chunked(Chunk::Trailers(n + 1)),
+                        // Data is taken by the arm above, never here.
+                        Chunk::Data(left) => Framing::Chunked(Chunk::Data(left)),
                     };
                 }
             }

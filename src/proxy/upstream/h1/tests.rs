@@ -67,6 +67,9 @@ fn malformed_chunks_are_refused() {
     }
     let mut r = parsed(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n", false).unwrap();
     assert!(matches!(fed_byte_by_byte(&mut r, &[b'1'; MAX_LINE + 2]), Err(H1Error::Malformed(_))));
+    let mut r = parsed(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n", false).unwrap();
+    let endless_trailers = [&b"0\r\n"[..], &b"X-T: 1\r\n".repeat(MAX_HEADERS + 1)].concat();
+    assert_eq!(fed_byte_by_byte(&mut r, &endless_trailers), Err(H1Error::Malformed("too many trailer lines")));
 }
 
 #[test]
