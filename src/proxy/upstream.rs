@@ -410,27 +410,28 @@ fn header_line(head: &mut Vec<u8>, name: &[u8], value: &[u8]) {
 /// Whether header `name` is for this hop only: a hop-by-hop header, or one the message names
 /// in `Connection` (`HTTP2-Settings`, ...). `connection`: whether the message has one at all.
 fn is_hop_by_hop(headers: &http::HeaderMap, connection: bool, name: &str) -> bool {
-    HOP_BY_HOP.contains(&name)
-        || (connection
-            && headers
-                .get_all(http::header::CONNECTION)
-                .iter()
-                .any(|v| v.to_str().is_ok_and(|v| v.split(',').any(|token| token.trim().eq_ignore_ascii_case(name)))))
+    HOP_BY_HOP.contains(&name) || (connection && connection_tokens(headers).any(|t| t.eq_ignore_ascii_case(name)))
+}
+
+/// The tokens of a message's `Connection` headers (`close`, `keep-alive`, header names), trimmed.
+fn connection_tokens(headers: &http::HeaderMap) -> impl Iterator<Item = &str> {
+    headers
+        .get_all(http::header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
 }
 
 /// The answer's header as the client gets it: without this hop's headers. For an answer read
 /// whole, the length is `whole_body` (the server's own `Content-Length` when it says the same).
 /// Changed in place: nothing is copied.
 pub fn downstream_header(mut header: Box<ResponseHeader>, whole_body: Option<usize>) -> Box<ResponseHeader> {
-    // Named in `Connection` besides its own tokens: rare, so only then collected.
-    let named: Vec<http::HeaderName> = header
-        .headers
-        .get_all(http::header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|t| http::HeaderName::from_bytes(t.trim().as_bytes()).ok())
-        .filter(|n| !HOP_BY_HOP.contains(&n.as_str()))
+    // Named in `Connection` besides its own tokens (`close`, `keep-alive`): rare, so a name is
+    // made and the list allocated only then.
+    let named: Vec<http::HeaderName> = connection_tokens(&header.headers)
+        .filter(|t| !t.eq_ignore_ascii_case("close") && !HOP_BY_HOP.iter().any(|h| t.eq_ignore_ascii_case(h)))
+        .filter_map(|t| http::HeaderName::from_bytes(t.as_bytes()).ok())
         .collect();
     for name in &named {
         header.remove_header(name);

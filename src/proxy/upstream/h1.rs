@@ -8,7 +8,7 @@
 
 use bytes::{Buf, Bytes, BytesMut};
 use futures_util::FutureExt;
-use http::header::{CONNECTION, CONTENT_LENGTH, TRANSFER_ENCODING};
+use http::header::{CONTENT_LENGTH, TRANSFER_ENCODING};
 use http::{HeaderMap, HeaderName, HeaderValue, StatusCode, Version};
 use pingora::http::ResponseHeader;
 use pingora::protocols::Stream;
@@ -316,12 +316,7 @@ fn framing(status: StatusCode, no_body: bool, headers: &HeaderMap) -> Result<Fra
 /// Whether the server keeps the connection open after this answer: HTTP/1.1 unless it says
 /// `close`, HTTP/1.0 only if it says `keep-alive`.
 fn keeps_alive(version: Version, headers: &HeaderMap) -> bool {
-    let says = |token: &str| {
-        headers
-            .get_all(CONNECTION)
-            .iter()
-            .any(|v| v.to_str().is_ok_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token))))
-    };
+    let says = |token: &str| super::connection_tokens(headers).any(|t| t.eq_ignore_ascii_case(token));
     match version {
         Version::HTTP_10 => says("keep-alive"),
         _ => !says("close"),
