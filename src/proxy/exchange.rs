@@ -32,22 +32,18 @@ pub fn inspectable(resp: &ResponseHeader) -> bool {
 /// Reads an inspectable answer's body whole. A body that arrives in one piece (a small
 /// answer) is returned as it is, without a copy.
 pub async fn read_whole(answer: &mut Answer) -> std::result::Result<Bytes, CallFailure> {
-    let failure = |e| match e {
-        super::upstream::H1Error::TimedOut => CallFailure::TimedOut,
-        _ => CallFailure::Broken,
-    };
-    let Some(first) = answer.body().await.map_err(failure)? else { return Ok(Bytes::new()) };
+    let Some(first) = answer.body().await? else { return Ok(Bytes::new()) };
     if first.len() > INSPECT_LIMIT {
         return Err(CallFailure::Broken);
     }
-    let Some(second) = answer.body().await.map_err(failure)? else { return Ok(first) };
+    let Some(second) = answer.body().await? else { return Ok(first) };
     let mut body = BytesMut::with_capacity(first.len() + second.len());
     body.extend_from_slice(&first);
     if body.len() + second.len() > INSPECT_LIMIT {
         return Err(CallFailure::Broken);
     }
     body.extend_from_slice(&second);
-    while let Some(chunk) = answer.body().await.map_err(failure)? {
+    while let Some(chunk) = answer.body().await? {
         if body.len() + chunk.len() > INSPECT_LIMIT {
             return Err(CallFailure::Broken);
         }

@@ -244,7 +244,7 @@ impl Upstream {
                     }
                     Err(Failed::Upstream { error, .. }) => {
                         tracing::warn!(%error, reused, "the call to WeChat failed");
-                        return Err(failure(error));
+                        return Err(error.into());
                     }
                 }
             }
@@ -528,10 +528,12 @@ fn replay_safe(method: &http::Method) -> bool {
     matches!(*method, http::Method::GET | http::Method::HEAD | http::Method::OPTIONS)
 }
 
-fn failure(e: H1Error) -> CallFailure {
-    match e {
-        H1Error::TimedOut => CallFailure::TimedOut,
-        _ => CallFailure::Broken,
+impl From<H1Error> for CallFailure {
+    fn from(e: H1Error) -> Self {
+        match e {
+            H1Error::TimedOut => CallFailure::TimedOut,
+            _ => CallFailure::Broken,
+        }
     }
 }
 
