@@ -23,7 +23,8 @@
 #
 # Environment: PROD_DURATION (10), PROD_CONNECTIONS (1000), DELAY_MS (30), IDLE_CONNECTIONS (10000),
 # PROD_HALF_ROUNDS (3);
-# PROFILE=1 records perf during each proxy's max run and prints the top of both profiles;
+# PROFILE=1 records perf during each proxy's max run (PROFILE_RUN=half: its first half run, where
+# the same-rate ratio is taken) and prints the top of both profiles;
 # PERF_CALLGRAPH="--call-graph dwarf" gives callers through code without frame pointers.
 
 PROD_DURATION=${PROD_DURATION:-10}
@@ -31,6 +32,7 @@ PROD_CONNECTIONS=${PROD_CONNECTIONS:-1000}
 DELAY_MS=${DELAY_MS:-30}
 IDLE_CONNECTIONS=${IDLE_CONNECTIONS:-10000}
 PROD_HALF_ROUNDS=${PROD_HALF_ROUNDS:-3}
+PROFILE_RUN=${PROFILE_RUN:-max}
 BENCH_DIR="$ROOT/benches/proxy"
 ulimit -n "$(ulimit -Hn)"
 
@@ -118,6 +120,7 @@ for t in direct nginx wxgate; do
 done
 
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+sys_ticks() { awk '{print $15}' "/proc/$1/stat"; }
 rss_kb() { awk '/^VmRSS:/ {print $2}' "/proc/$1/status"; }
 accepted() { awk '{print $1}' "$P/up.stats"; }
 prod_wrk() { # target connections seconds -> "calls rps p99_us"
@@ -127,6 +130,11 @@ prod_wrk() { # target connections seconds -> "calls rps p99_us"
     echo "$(awk '/requests in/ {print $1}' <<<"$out") $(awk '/^Requests\/sec:/ {print $2}' <<<"$out") $(to_us "$(awk '$1 == "99%" {print $2}' <<<"$out")")"
 }
 
+profile_run() { # target pid: perf over the run about to start, after the CPU count's window opens
+    [ "$PROFILE" = 1 ] || return 0
+    ( sleep 1; perf record -F 999 ${PERF_CALLGRAPH:--g} -p "$2" -o "$P/perf.$1.data" -- sleep $((PROD_DURATION - 2)) >/dev/null 2>&1 ) &
+}
+
 PROD="$WORK/prod.txt"
 : >"$PROD"
 TCK=$(getconf CLK_TCK)
@@ -134,9 +142,7 @@ for t in nginx wxgate; do
     pid=${PPID_OF[$t]}
     prod_wrk "$t" "$PROD_CONNECTIONS" 3 >/dev/null # warm: the upstream connections are open
     a0=$(accepted); c0=$(cpu_ticks "$pid")
-    if [ "$PROFILE" = 1 ]; then # perf over the max run, after the CPU count's window opens
-        ( sleep 1; perf record -F 999 ${PERF_CALLGRAPH:--g} -p "$pid" -o "$P/perf.$t.data" -- sleep $((PROD_DURATION - 2)) >/dev/null 2>&1 ) &
-    fi
+    [ "$PROFILE_RUN" = max ] && profile_run "$t" "$pid"
     r=$(prod_wrk "$t" "$PROD_CONNECTIONS" "$PROD_DURATION")
     read -r calls rps p99 <<<"$r"
     c1=$(cpu_ticks "$pid"); a1=$(accepted)
@@ -157,13 +163,16 @@ for round in $(seq "$PROD_HALF_ROUNDS"); do
     for t in direct nginx wxgate; do
         prod_wrk "$t" "$half_conns" 2 >/dev/null
         pid=${PPID_OF[$t]:-}
-        [ -n "$pid" ] && c0=$(cpu_ticks "$pid")
+        [ -n "$pid" ] && c0=$(cpu_ticks "$pid") && k0=$(sys_ticks "$pid")
+        [ -n "$pid" ] && [ "$round" = 1 ] && [ "$PROFILE_RUN" = half ] && profile_run "$t" "$pid"
         r=$(prod_wrk "$t" "$half_conns" "$PROD_DURATION")
         read -r calls rps p99 <<<"$r"
-        cpu_us=0
-        [ -n "$pid" ] && cpu_us=$(python3 -c "print(($(cpu_ticks "$pid") - $c0) / $TCK * 1e6 / $calls)")
+        cpu_us=0 sys_us=0
+        [ -n "$pid" ] && cpu_us=$(python3 -c "print(($(cpu_ticks "$pid") - $c0) / $TCK * 1e6 / $calls)") \
+            && sys_us=$(python3 -c "print(($(sys_ticks "$pid") - $k0) / $TCK * 1e6 / $calls)")
         echo "$t half $calls $rps $p99 $cpu_us" >>"$PROD"
-        printf 'prod round %d %-7s at -c%d: %8.0f req/s  p99 %6.0f us  %5.1f us CPU/call\n' "$round" "$t" "$half_conns" "$rps" "$p99" "$cpu_us" >&2
+        printf 'prod round %d %-7s at -c%d: %8.0f req/s  p99 %6.0f us  %5.1f us CPU/call (%5.1f in the kernel)\n' \
+            "$round" "$t" "$half_conns" "$rps" "$p99" "$cpu_us" "$sys_us" >&2
     done
 done
 
@@ -220,7 +229,7 @@ EOF
 
 if [ "$PROFILE" = 1 ]; then
     for t in nginx wxgate; do
-        say "profile of $t over its max run (perf report --no-children --sort dso,symbol)"
+        say "profile of $t over its $PROFILE_RUN run (perf report --no-children --sort dso,symbol)"
         perf report -i "$P/perf.$t.data" --no-children --sort dso,symbol --stdio -g none --percent-limit 0.7 2>/dev/null \
             | grep -v '^#' | grep -v '^$' | head -40
         if [ -n "${PERF_OUT:-}" ]; then cp "$P/perf.$t.data" "$PERF_OUT.$t"; fi
