@@ -3,9 +3,11 @@
 //! Errors are `{"errcode": N, "errmsg": "wxgate: <reason>"}`, with N = -(20000 + HTTP status):
 //! WeChat's own codes are positive or -1, so an SDK never mistakes ours for one of WeChat's.
 
+use crate::proxy::Session;
 use bytes::{Bytes, BytesMut};
 use pingora::http::ResponseHeader;
 use pingora::protocols::http::ServerSession;
+use std::future::Future;
 
 /// A complete response: the gateway's own pages, errors and the callback's `success`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -61,10 +63,11 @@ impl Reply {
         Ok(h)
     }
 
-    /// Writes the reply on a raw pingora session (the proxy listener's own routes).
-    pub async fn write_to(self, session: &mut ServerSession) -> pingora::Result<()> {
-        session.write_response_header(Box::new(self.header()?)).await?;
-        session.write_response_body(self.body, true).await
+    /// Writes the reply, head and body in one write (the proxy listener).
+    pub async fn write_to(self, session: &mut Session<'_>) -> Result<(), crate::proxy::H1Error> {
+        // Only a Location that is not a header value fails, and no reply makes one.
+        let header = self.header().map_err(|_| crate::proxy::H1Error::Malformed("a reply's header"))?;
+        session.answer_whole(&header, self.body).await
     }
 
     /// The reply as `http::Response`, for pingora's `ServeHttp` apps (the admin listener).
@@ -102,18 +105,47 @@ impl BodyError {
     }
 }
 
+/// A request whose body is read piece by piece: the proxy listener's [`Session`], and
+/// pingora's for the admin listener.
+pub trait RequestBody {
+    fn headers(&self) -> &http::HeaderMap;
+    /// The next piece; `None` once the body is over; `Err` if it cannot be read.
+    fn piece(&mut self) -> impl Future<Output = Result<Option<Bytes>, ()>> + Send;
+}
+
+impl RequestBody for Session<'_> {
+    fn headers(&self) -> &http::HeaderMap {
+        &self.req().headers
+    }
+
+    async fn piece(&mut self) -> Result<Option<Bytes>, ()> {
+        self.body_piece().await.map_err(|_| ())
+    }
+}
+
+impl RequestBody for ServerSession {
+    fn headers(&self) -> &http::HeaderMap {
+        &self.req_header().headers
+    }
+
+    async fn piece(&mut self) -> Result<Option<Bytes>, ()> {
+        self.read_request_body().await.map_err(|_| ())
+    }
+}
+
 /// Reads the whole request body, refusing it as soon as it passes `limit` bytes, before it is
 /// all received when Content-Length already says so.
-pub async fn read_body(session: &mut ServerSession, limit: usize) -> Result<Bytes, BodyError> {
-    let declared = session
-        .get_header(http::header::CONTENT_LENGTH)
+pub async fn read_body(request: &mut impl RequestBody, limit: usize) -> Result<Bytes, BodyError> {
+    let declared = request
+        .headers()
+        .get(http::header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|n| n > limit as u64) {
         return Err(BodyError::TooLarge(limit));
     }
     let mut body = BytesMut::new();
-    while let Some(chunk) = session.read_request_body().await.map_err(|_| BodyError::Read)? {
+    while let Some(chunk) = request.piece().await.map_err(|_| BodyError::Read)? {
         if body.len() + chunk.len() > limit {
             return Err(BodyError::TooLarge(limit));
         }

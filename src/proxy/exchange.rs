@@ -3,11 +3,11 @@
 //! token (single-flight, compare-and-swap) and replaying the call once; anything else streams
 //! through.
 
+use super::h1::H1Error;
+use super::session::Session;
 use super::upstream::{downstream_header, Answer, CallFailure};
 use bytes::{Bytes, BytesMut};
 use pingora::http::ResponseHeader;
-use pingora::protocols::http::ServerSession;
-use pingora::{ErrorType, Result};
 
 /// Only answers up to this size are read whole and checked for a token error; WeChat's error
 /// answers are a few dozen bytes.
@@ -71,14 +71,14 @@ pub fn errcode(body: &[u8]) -> Option<i64> {
 }
 
 /// Streams the rest of the answer to the client, chunk by chunk: memory stays flat whatever
-/// the size (a media download).
-pub async fn stream_to(client: &mut ServerSession, answer: &mut Answer) -> Result<()> {
-    client.write_response_header(downstream_header(Box::new(answer.header().clone()), None)).await?;
-    let upstream = |e| pingora::Error::because(ErrorType::ReadError, "reading WeChat's answer", e);
-    while let Some(chunk) = answer.body().await.map_err(upstream)? {
-        client.write_response_body(chunk, false).await?;
+/// the size (a media download). An error (either side's) leaves the answer cut short, and the
+/// client's connection is not reused.
+pub async fn stream_to(client: &mut Session<'_>, answer: &mut Answer) -> Result<(), H1Error> {
+    client.answer_head(&downstream_header(Box::new(answer.header().clone()), None)).await?;
+    while let Some(chunk) = answer.body().await? {
+        client.answer_piece(&chunk).await?;
     }
-    client.finish_body().await
+    client.answer_end().await
 }
 
 #[cfg(test)]

@@ -4,12 +4,12 @@
 
 use super::clients::Clients;
 use super::resolve::{client_from_headers, Scope};
+use super::session::Session;
 use crate::reply::{read_body, token_error, Reply};
 use crate::store::{unix_now, TicketKind};
 use crate::tokens::TokenService;
 use crate::AppId;
 use http::Method;
-use pingora::protocols::http::ServerSession;
 use rand::distributions::{Alphanumeric, DistString};
 use serde_json::{json, Value};
 use sha1::{Digest, Sha1};
@@ -43,7 +43,7 @@ pub async fn getticket(tokens: &TokenService, scope: Option<&Scope>, query: &str
 
 /// `GET|POST /wxgate/jssdk/{appid}/config`: `rest` is what follows `jssdk/`.
 pub async fn config(
-    session: &mut ServerSession,
+    session: &mut Session<'_>,
     clients: &Clients,
     tokens: &TokenService,
     method: &Method,
@@ -54,13 +54,13 @@ pub async fn config(
         Ok(a) => a,
         Err(e) => return Reply::error(400, e),
     };
-    match client_from_headers(clients, session.req_header()) {
+    match client_from_headers(clients, session.req()) {
         Ok(client) if client.allows(&appid) => {}
         Ok(_) => return Reply::error(403, "this client may not act for that authorizer"),
         Err(e) => return Reply::error(e.status(), e),
     }
     let url = match *method {
-        Method::GET => param(session.req_header().uri.query().unwrap_or_default(), "url"),
+        Method::GET => param(session.req().uri.query().unwrap_or_default(), "url"),
         Method::POST => match read_body(session, MAX_CONFIG_BODY).await {
             Ok(body) => serde_json::from_slice::<Value>(&body)
                 .ok()

@@ -15,17 +15,21 @@
 mod clients;
 mod edge;
 mod exchange;
+mod h1;
 mod jssdk;
 mod resolve;
 mod routes;
+mod session;
 mod token_endpoints;
 mod upstream;
 
 pub use clients::Clients;
 pub use edge::{Edge, Timeouts};
 // Public for the fuzz targets (fuzz/), which call resolution directly.
+pub use h1::H1Error;
 pub use resolve::{route as resolve, Route};
 pub use routes::{OwnRoutes, ROUTE_PREFIX};
+pub use session::Session;
 pub use upstream::{Upstream, UpstreamError};
 
 use crate::config::ProxyConfig;
@@ -34,12 +38,7 @@ use crate::reply::{read_body, token_error, BodyError, Reply};
 use crate::tokens::{AccessToken, TokenService};
 use crate::AppId;
 use arc_swap::ArcSwap;
-use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
-use futures_util::FutureExt;
-use pingora::apps::{HttpPersistentSettings, HttpServerApp, ReusedHttpStream};
-use pingora::protocols::http::ServerSession;
-use pingora::server::ShutdownWatch;
 use resolve::{ApiCall, Scope, TokenCall};
 use std::sync::Arc;
 use std::time::Instant;
@@ -48,9 +47,10 @@ use upstream::Body;
 /// A token endpoint's body is a few fields of JSON.
 const TOKEN_ENDPOINT_BODY: usize = 4096;
 
-/// The proxy listener's HTTP application: each request is answered whole here, on pingora's
-/// HTTP/1 session, without pingora's proxy phases (whose per-request machinery, a session of
-/// the proxy's own, a module context, boxed phase futures, cost about a fifth of a call).
+/// The proxy listener's application: each request, read by the edge's own HTTP/1.1
+/// ([`Session`]), is answered whole here, without pingora's proxy phases (whose per-request
+/// machinery, a session of the proxy's own, a module context, boxed phase futures, cost about
+/// a fifth of a call) or its server session.
 pub struct Gateway {
     routes: Arc<OwnRoutes>,
     tokens: Arc<TokenService>,
@@ -86,17 +86,17 @@ impl Gateway {
     }
 
     /// Resolves the request once and answers it; the reply to write, if it is not written yet.
-    async fn serve(&self, session: &mut ServerSession, ctx: &mut CallCtx) -> Option<Reply> {
+    async fn serve(&self, session: &mut Session<'_>, ctx: &mut CallCtx) -> Option<Reply> {
         let clients = self.clients.load_full();
-        let route = match resolve::route(&clients, &self.component, session.req_header()) {
+        let route = match resolve::route(&clients, &self.component, session.req()) {
             Ok(route) => route,
             Err(e) => return Some(Reply::error(e.status(), e)),
         };
         ctx.label = route.label();
         if self.settings.access_log {
             let (client, path) = match &route {
-                Route::Own => (None, session.req_header().uri.path()),
-                Route::TokenEndpoint(call) => (Some(call.client), session.req_header().uri.path()),
+                Route::Own => (None, session.req().uri.path()),
+                Route::TokenEndpoint(call) => (Some(call.client), session.req().uri.path()),
                 Route::Api(call) => (Some(call.client), call.outbound.path()),
             };
             ctx.client = client.map(|c| c.name.clone());
@@ -111,7 +111,7 @@ impl Gateway {
         }
     }
 
-    async fn token_endpoint(&self, session: &mut ServerSession, call: &TokenCall<'_>) -> Reply {
+    async fn token_endpoint(&self, session: &mut Session<'_>, call: &TokenCall<'_>) -> Reply {
         match read_body(session, TOKEN_ENDPOINT_BODY).await {
             Ok(body) => token_endpoints::answer(&self.tokens, call, &body).await,
             Err(e) => e.reply(),
@@ -122,19 +122,19 @@ impl Gateway {
     /// `replay_body_bytes` is read first and kept, so that the call can be replayed after a
     /// token error, and so that a body that cannot be read (malformed chunked encoding) is
     /// refused before anything goes out. A larger one streams through.
-    async fn api_call(&self, session: &mut ServerSession, call: &ApiCall<'_>) -> Result<(), Reply> {
+    async fn api_call(&self, session: &mut Session<'_>, call: &ApiCall<'_>) -> Result<(), Reply> {
         if call.outbound.path() == jssdk::GETTICKET_PATH {
             // Answered from the gateway's ticket cache: fetching one would replace it.
-            let query = session.req_header().uri.query().unwrap_or_default();
+            let query = session.req().uri.query().unwrap_or_default();
             return Err(Box::pin(jssdk::getticket(&self.tokens, Some(&call.scope), query)).await);
         }
-        let declared = content_length(session.req_header());
+        let declared = content_length(session.req());
         let max = self.settings.max_body_bytes;
         if declared.is_some_and(|n| n > max) {
             return Err(BodyError::TooLarge(max).reply());
         }
         let token = self.token_for(&call.token).await.map_err(|e| token_error(&e))?;
-        let chunked = session.req_header().headers.contains_key(http::header::TRANSFER_ENCODING);
+        let chunked = session.req().headers.contains_key(http::header::TRANSFER_ENCODING);
         let replay = self.settings.replay_body_bytes;
         let (kept, whole) = match (chunked, declared.unwrap_or(0)) {
             (false, 0) => (Bytes::new(), true),
@@ -153,13 +153,13 @@ impl Gateway {
     /// already, and the whole is `length` bytes (chunked without one). It is not replayed.
     async fn streamed(
         &self,
-        session: &mut ServerSession,
+        session: &mut Session<'_>,
         call: &ApiCall<'_>,
         token: &AccessToken,
         kept: Bytes,
         length: Option<usize>,
     ) -> Result<(), Reply> {
-        let client_req = session.req_header().clone();
+        let client_req = session.req().clone();
         let limit = self.settings.max_body_bytes;
         let mut body = Body::Streamed { kept, from: session, length, limit };
         let answer = self.upstream.send(&client_req, &call.outbound, token.value.expose(), &mut body).await;
@@ -192,7 +192,7 @@ impl Gateway {
     /// the one it got.
     async fn replayable(
         &self,
-        session: &mut ServerSession,
+        session: &mut Session<'_>,
         call: &ApiCall<'_>,
         mut token: Arc<AccessToken>,
         body: Bytes,
@@ -201,7 +201,7 @@ impl Gateway {
         loop {
             let mut answer = self
                 .upstream
-                .send(session.req_header(), &call.outbound, token.value.expose(), &mut Body::Whole(body.clone()))
+                .send(session.req(), &call.outbound, token.value.expose(), &mut Body::Whole(body.clone()))
                 .await
                 .map_err(|f| f.reply())?;
             if !exchange::inspectable(answer.header()) {
@@ -223,16 +223,16 @@ impl Gateway {
                 continue;
             }
             let header = upstream::downstream_header(self.upstream.release(answer), Some(whole.len()));
-            return write_whole(session, header, whole).await.map_err(|e| downstream_gone(&e));
+            return session.answer_whole(&header, whole).await.map_err(|e| downstream_gone(&e));
         }
     }
 }
 
 /// Reads the request body up to `limit` bytes: all of it (`true`), or, for a larger one, what
 /// was read when it passed the limit (`false`): the rest then streams.
-async fn read_kept(client: &mut ServerSession, limit: usize) -> std::result::Result<(Bytes, bool), BodyError> {
+async fn read_kept(client: &mut Session<'_>, limit: usize) -> std::result::Result<(Bytes, bool), BodyError> {
     let mut kept = BytesMut::new();
-    while let Some(chunk) = client.read_request_body().await.map_err(|_| BodyError::Read)? {
+    while let Some(chunk) = client.body_piece().await.map_err(|_| BodyError::Read)? {
         kept.extend_from_slice(&chunk);
         if kept.len() > limit {
             return Ok((kept.freeze(), false));
@@ -241,22 +241,14 @@ async fn read_kept(client: &mut ServerSession, limit: usize) -> std::result::Res
     Ok((kept.freeze(), true))
 }
 
-fn downstream_gone(e: &pingora::Error) -> Reply {
-    // The client went away mid-answer; nothing more can be written, and this reply is not sent.
-    tracing::debug!(error = ?e.etype(), "client connection closed during the answer");
-    Reply::error(502, "client connection closed")
+fn downstream_gone(e: &H1Error) -> Reply {
+    // The answer was cut short (the client went away, or WeChat's side broke mid-stream);
+    // nothing more can be written, and this reply is not sent.
+    tracing::debug!(error = %e, "the answer to the client was cut short");
+    Reply::error(502, "the answer was cut short")
 }
 
-async fn write_whole(
-    client: &mut ServerSession,
-    header: Box<pingora::http::ResponseHeader>,
-    body: bytes::Bytes,
-) -> pingora::Result<()> {
-    client.write_response_header(header).await?;
-    client.write_response_body(body, true).await
-}
-
-fn content_length(req: &pingora::http::RequestHeader) -> Option<usize> {
+fn content_length(req: &http::request::Parts) -> Option<usize> {
     req.headers.get(http::header::CONTENT_LENGTH)?.to_str().ok()?.parse().ok()
 }
 
@@ -299,30 +291,41 @@ impl Gateway {
         }
     }
 
-    /// Answers the request whose head was read; an error when the client went away.
-    async fn answer(&self, session: &mut ServerSession, ctx: &mut CallCtx) -> pingora::Result<()> {
-        edge::head_read(session);
-        let reply = match edge::check_request(session) {
+    /// One request whose head was read: answered and logged. A connection whose answer was
+    /// cut short is not reused.
+    pub async fn handle(&self, session: &mut Session<'_>) {
+        let mut ctx = self.new_ctx();
+        let answered = self.answer(session, &mut ctx).await;
+        self.log(session, &ctx);
+        if let Err(e) = answered {
+            tracing::debug!(error = %e, "the answer to the client was cut short");
+            session.close_after();
+        }
+    }
+
+    /// Answers the request whose head was read; an error when the answer was cut short.
+    async fn answer(&self, session: &mut Session<'_>, ctx: &mut CallCtx) -> Result<(), H1Error> {
+        let reply = match edge::check_request(session.req()) {
             Ok(()) => self.serve(session, ctx).await,
             Err(reply) => {
                 // Whatever body may follow is not read: the connection is not reused.
-                session.set_keepalive(None);
+                session.close_after();
                 Some(reply)
             }
         };
         match reply {
-            Some(reply) if session.response_written().is_none() => reply.write_to(session).await,
+            Some(reply) if session.answered().is_none() => reply.write_to(session).await,
             _ => Ok(()),
         }
     }
 
-    fn log(&self, session: &ServerSession, ctx: &CallCtx) {
-        let status = session.response_written().map_or(0, |r| r.status.as_u16());
+    fn log(&self, session: &Session<'_>, ctx: &CallCtx) {
+        let status = session.answered().map_or(0, |s| s.as_u16());
         if ctx.label != "own" {
             metrics::count_request(ctx.label, status);
         }
         if self.settings.access_log {
-            let req = session.req_header();
+            let req = session.req();
             tracing::info!(
                 target: "wxgate::access",
                 method = %req.method,
@@ -334,54 +337,6 @@ impl Gateway {
                 ms = ctx.started.map_or(0, |t| t.elapsed().as_millis() as u64),
             );
         }
-    }
-}
-
-#[async_trait]
-impl HttpServerApp for Gateway {
-    /// One request: its head read, answered, logged, and the connection handed back to the
-    /// edge for the next one (`finish` reads what is left of an unread body first).
-    async fn process_new_http(
-        self: &Arc<Self>,
-        mut session: ServerSession,
-        shutdown: &ShutdownWatch,
-    ) -> Option<ReusedHttpStream> {
-        match session.read_request().await {
-            Ok(true) => {}
-            Ok(false) => return None,
-            Err(e) => {
-                // A head that does not parse gets 400, as from pingora's proxy; a broken or
-                // timed-out connection gets nothing. The error names no part of the request.
-                if matches!(e.etype, pingora::ErrorType::InvalidHTTPHeader) {
-                    session.respond_error(400).await.ok();
-                }
-                tracing::debug!(error = ?e.etype, "the request head was not read");
-                session.shutdown().await;
-                return None;
-            }
-        }
-        if *shutdown.borrow() {
-            // The answer says `Connection: close`: the server is stopping.
-            session.set_keepalive(None);
-        }
-        let mut ctx = self.new_ctx();
-        let answered = self.answer(&mut session, &mut ctx).await;
-        self.log(&session, &ctx);
-        if let Err(e) = answered {
-            tracing::debug!(error = ?e.etype, "client connection closed during the answer");
-            return None;
-        }
-        let settings = HttpPersistentSettings::for_session(&session);
-        // What `finish` may wait for (the answer's end flushed, what the client still sends of
-        // its body) is done first, on `&mut`, so that `finish` is ready at once and polled
-        // once here: its future (3.7 KiB) is not carried in every request's. Were it to wait
-        // (a shutdown that blocks), dropping it closes the connection.
-        session.finish_body().await.ok()?;
-        if session.as_http1().is_some_and(|h1| h1.will_keepalive()) {
-            session.drain_request_body().await.ok()?;
-        }
-        let reusable = session.finish().now_or_never()?.ok().flatten()?;
-        Some(ReusedHttpStream::from_reusable_stream(reusable, settings))
     }
 }
 
@@ -409,7 +364,7 @@ mod tests {
         // future (8 KiB, for the rare new connection) was inline in it, 3.2 KiB with pingora's
         // client session, 1.7 KiB since. A branch that grows it belongs in a Box of its own,
         // as the connect, refreshes, the streamed body and the gateway's own routes are.
-        type Args = (&'static Gateway, &'static mut ServerSession, &'static mut CallCtx);
+        type Args = (&'static Gateway, &'static mut Session<'static>, &'static mut CallCtx);
         let size = future_size(|(gateway, session, ctx): Args| gateway.answer(session, ctx));
         assert!(size <= 2048, "Gateway::answer's future is {size} bytes");
     }

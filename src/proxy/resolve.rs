@@ -3,7 +3,7 @@
 
 use super::clients::{Client, Clients};
 use crate::AppId;
-use pingora::http::RequestHeader;
+use http::request::Parts;
 use std::borrow::Cow;
 
 const KEY_HEADER: &str = "x-wxgate-key";
@@ -214,7 +214,7 @@ impl ResolveError {
 
 /// Resolves a request: client → scope → permission → what WeChat will get. `component` is the
 /// gateway's component appid, filled in on the calls made on an authorizer's behalf.
-pub fn route<'c>(clients: &'c Clients, component: &AppId, req: &RequestHeader) -> Result<Route<'c>, ResolveError> {
+pub fn route<'c>(clients: &'c Clients, component: &AppId, req: &Parts) -> Result<Route<'c>, ResolveError> {
     let raw_path = req.uri.path();
     if !is_plain_path(raw_path) {
         return Err(ResolveError::BadPath);
@@ -286,7 +286,7 @@ pub fn is_token_endpoint(path: &str) -> bool {
 }
 
 /// The client presenting a key in a header (the gateway's own routes take no query keys).
-pub fn client_from_headers<'c>(clients: &'c Clients, req: &RequestHeader) -> Result<&'c Client, ResolveError> {
+pub fn client_from_headers<'c>(clients: &'c Clients, req: &Parts) -> Result<&'c Client, ResolveError> {
     find_client(clients, req, &Query::default())
 }
 
@@ -305,7 +305,7 @@ pub fn is_plain_path(path: &str) -> bool {
     })
 }
 
-fn find_client<'c>(clients: &'c Clients, req: &RequestHeader, query: &Query<'_>) -> Result<&'c Client, ResolveError> {
+fn find_client<'c>(clients: &'c Clients, req: &Parts, query: &Query<'_>) -> Result<&'c Client, ResolveError> {
     let bearer = req.headers.get(http::header::AUTHORIZATION).and_then(|v| v.as_bytes().strip_prefix(b"Bearer "));
     let header = req.headers.get(KEY_HEADER).map(|v| v.as_bytes());
     let presented = bearer
@@ -317,7 +317,7 @@ fn find_client<'c>(clients: &'c Clients, req: &RequestHeader, query: &Query<'_>)
 }
 
 /// The scope, and the path with its scope prefix removed.
-fn scope_of<'p>(path: &'p str, req: &RequestHeader, client: &Client) -> Result<(Scope, &'p str), ResolveError> {
+fn scope_of<'p>(path: &'p str, req: &Parts, client: &Client) -> Result<(Scope, &'p str), ResolveError> {
     let (first, rest) = match path[1..].split_once('/') {
         Some((first, _)) => (first, &path[1 + first.len()..]),
         None => (&path[1..], "/"),
@@ -402,6 +402,8 @@ mod tests {
             client("fleet", "fleet-key-0123456789", AuthorizerScope::All, true),
         ])
     }
+
+    use pingora::http::RequestHeader;
 
     fn req(uri: &str, headers: &[(&str, &str)]) -> RequestHeader {
         let mut r = RequestHeader::build("POST", uri.as_bytes(), None).unwrap();

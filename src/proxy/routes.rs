@@ -4,6 +4,7 @@
 use super::clients::Clients;
 use super::jssdk;
 use super::resolve::client_from_headers;
+use super::session::Session;
 use super::token_endpoints;
 use crate::authorize::{done_page, done_redirect, error_page, parse_redirect, start_page, AuthorizeLinks};
 use crate::callback::{AccountReceiver, ComponentReceiver, MAX_BODY_BYTES};
@@ -12,7 +13,6 @@ use crate::metrics;
 use crate::reply::{read_body, BodyError, Reply};
 use crate::tokens::TokenService;
 use http::Method;
-use pingora::protocols::http::ServerSession;
 use std::sync::Arc;
 
 pub const ROUTE_PREFIX: &str = "/wxgate/";
@@ -26,8 +26,8 @@ pub struct OwnRoutes {
 }
 
 impl OwnRoutes {
-    pub async fn handle(&self, session: &mut ServerSession, clients: &Clients) -> Reply {
-        let req = session.req_header();
+    pub async fn handle(&self, session: &mut Session<'_>, clients: &Clients) -> Reply {
+        let req = session.req();
         let (method, path) = (req.method.clone(), req.uri.path().to_owned());
         let query = req.uri.query().unwrap_or_default().to_owned();
         match (&method, path.strip_prefix(ROUTE_PREFIX).unwrap_or_default()) {
@@ -40,7 +40,7 @@ impl OwnRoutes {
             (_, p) if p.starts_with("callback/") => Reply::error(405, "the message URL takes POST"),
             (&Method::GET, "authorize") => self.authorize_page(&query).await,
             (&Method::GET, "authorize/done") => self.authorize_done(&query).await,
-            (&Method::GET, p) if p.starts_with("token/") => match client_from_headers(clients, session.req_header()) {
+            (&Method::GET, p) if p.starts_with("token/") => match client_from_headers(clients, session.req()) {
                 Ok(client) => token_endpoints::raw(&self.tokens, client, &p["token/".len()..]).await,
                 Err(e) => Reply::error(e.status(), e),
             },
@@ -52,7 +52,7 @@ impl OwnRoutes {
     }
 
     /// WeChat's authorization-event push: `success` once it is verified and durable.
-    async fn component_callback(&self, session: &mut ServerSession, query: &str) -> Reply {
+    async fn component_callback(&self, session: &mut Session<'_>, query: &str) -> Reply {
         let body = match read_body(session, MAX_BODY_BYTES).await {
             Ok(body) => body,
             Err(e) => {
@@ -79,7 +79,7 @@ impl OwnRoutes {
     }
 
     /// A message or event of an authorized account: `success`, or an encrypted passive reply.
-    async fn account_callback(&self, session: &mut ServerSession, appid: &str, query: &str) -> Reply {
+    async fn account_callback(&self, session: &mut Session<'_>, appid: &str, query: &str) -> Reply {
         let Ok(authorizer) = crate::AppId::parse(appid) else {
             metrics::CALLBACK_REJECTED.with_label_values(&["appid"]).inc();
             return Reply::error(404, "the message URL is /wxgate/callback/$APPID$ with an authorizer appid");

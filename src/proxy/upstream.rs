@@ -18,18 +18,19 @@
 //! while idle is noticed when taken (a read that does not block) or, at worst, when the call
 //! on it fails, and the call is then made again on a new connection if that is safe.
 
-mod h1;
 mod target;
 
+pub use super::h1::H1Error;
+use super::h1::{self, connection_tokens};
 use super::resolve::Outbound;
+use super::session::Session;
 use crate::metrics;
 use base64::Engine;
 use bytes::Bytes;
 use futures_util::FutureExt;
-pub use h1::H1Error;
+use http::request::Parts;
 use pingora::connectors::{ConnectorOptions, TransportConnector};
-use pingora::http::{RequestHeader, ResponseHeader};
-use pingora::protocols::http::ServerSession;
+use pingora::http::ResponseHeader;
 use pingora::protocols::Stream;
 use pingora::tls::CertificateDer;
 use pingora::upstreams::peer::HttpPeer;
@@ -98,13 +99,13 @@ impl CallFailure {
 }
 
 /// A call's body.
-pub enum Body<'s> {
+pub enum Body<'s, 'c> {
     /// Kept whole (a small body, or none): the call can be sent again.
     Whole(Bytes),
     /// Streams from the client: `kept` was read already, the rest is read from `from` as it is
     /// sent, up to `limit` bytes in all. `length` is the client's `Content-Length`; without one
     /// the body goes on chunked.
-    Streamed { kept: Bytes, from: &'s mut ServerSession, length: Option<usize>, limit: usize },
+    Streamed { kept: Bytes, from: &'s mut Session<'c>, length: Option<usize>, limit: usize },
 }
 
 /// What WeChat answered (its header read), with the connection it came on.
@@ -209,10 +210,10 @@ impl Upstream {
     /// a streamed body is gone.
     pub async fn send(
         &self,
-        client: &RequestHeader,
+        client: &Parts,
         outbound: &Outbound,
         token: &str,
-        body: &mut Body<'_>,
+        body: &mut Body<'_, '_>,
     ) -> Result<Answer, CallFailure> {
         let started = Instant::now();
         let first = self.first_target();
@@ -353,11 +354,11 @@ impl Upstream {
     /// be sent.
     fn request(
         &self,
-        client: &RequestHeader,
+        client: &Parts,
         target: usize,
         outbound: &Outbound,
         token: &str,
-        body: &Body<'_>,
+        body: &Body<'_, '_>,
     ) -> Option<Vec<u8>> {
         let coalesced = match body {
             Body::Whole(b) if b.len() <= COALESCE_BODY => b.len(),
@@ -413,16 +414,6 @@ fn is_hop_by_hop(headers: &http::HeaderMap, connection: bool, name: &str) -> boo
     HOP_BY_HOP.contains(&name) || (connection && connection_tokens(headers).any(|t| t.eq_ignore_ascii_case(name)))
 }
 
-/// The tokens of a message's `Connection` headers (`close`, `keep-alive`, header names), trimmed.
-fn connection_tokens(headers: &http::HeaderMap) -> impl Iterator<Item = &str> {
-    headers
-        .get_all(http::header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(str::trim)
-}
-
 /// The answer's header as the client gets it: without this hop's headers. For an answer read
 /// whole, the length is `whole_body` (the server's own `Content-Length` when it says the same).
 /// Changed in place: nothing is copied.
@@ -436,12 +427,12 @@ pub fn downstream_header(mut header: Box<ResponseHeader>, whole_body: Option<usi
     for name in &named {
         header.remove_header(name);
     }
+    if whole_body.is_none() && header.headers.contains_key(http::header::TRANSFER_ENCODING) {
+        // Read by its chunks, whatever length it also claims: the client's framing is the
+        // edge's own (the length if there is one, else chunks).
+        header.remove_header(&http::header::CONTENT_LENGTH);
+    }
     for name in HOP_BY_HOP {
-        // pingora frames the body to the client itself: for a streamed answer, it needs the
-        // server's Transfer-Encoding or Content-Length to know how.
-        if name == "transfer-encoding" && whole_body.is_none() {
-            continue;
-        }
         if header.headers.contains_key(name) {
             header.remove_header(name);
         }
@@ -474,7 +465,7 @@ enum Failed {
 async fn exchange(
     stream: &mut Stream,
     mut head: Vec<u8>,
-    body: &mut Body<'_>,
+    body: &mut Body<'_, '_>,
     no_body: bool,
     timeout: Duration,
 ) -> Result<h1::Response, Failed> {
@@ -496,7 +487,7 @@ async fn exchange(
             }
             let mut seen = kept.len();
             loop {
-                let chunk = from.read_request_body().await.map_err(|_| Failed::Client(CallFailure::BadBody))?;
+                let chunk = from.body_piece().await.map_err(|_| Failed::Client(CallFailure::BadBody))?;
                 let Some(chunk) = chunk else { break };
                 seen += chunk.len();
                 if seen > *limit {

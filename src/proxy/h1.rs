@@ -1,10 +1,11 @@
-//! The gateway's own HTTP/1.1 exchange on a connection to WeChat: the request goes out in one
-//! write, the answer's head is parsed once into the header the client gets, and its body is
-//! framed by its length, its chunks or the connection's end (RFC 9112 §6).
+//! The gateway's own HTTP/1.1, both ways: the exchange on a connection to WeChat (the request
+//! goes out in one write, the answer's head is parsed once into the header the client gets),
+//! and what the client side ([`super::session`]) shares with it: reads and writes under a
+//! timeout, and a body framed by its length, its chunks or the connection's end (RFC 9112 §6).
 //!
-//! pingora's client session did the same with more per call: a session built for each one,
-//! two digests, a boxed request header with a case map, and a timer registered for every read.
-//! Here a read or write registers a timer only when it has to wait.
+//! pingora's sessions did the same with more per call: a session built for each one, two
+//! digests, a boxed header with a case map, and a timer registered for every read. Here a read
+//! or write registers a timer only when it has to wait.
 
 use bytes::{Buf, Bytes, BytesMut};
 use futures_util::FutureExt;
@@ -17,9 +18,10 @@ use std::mem::MaybeUninit;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-/// An answer's head larger than this is refused: WeChat's are a few hundred bytes.
-const MAX_HEAD: usize = 64 * 1024;
-const MAX_HEADERS: usize = 128;
+/// A head larger than this is refused: WeChat's are a few hundred bytes, an SDK's call's not
+/// much more.
+pub const MAX_HEAD: usize = 64 * 1024;
+pub const MAX_HEADERS: usize = 128;
 /// What a read asks for at least: a small answer, head and body, comes in one.
 const READ_SIZE: usize = 8 * 1024;
 /// A chunk's size line or a trailer line longer than this is refused.
@@ -60,7 +62,7 @@ pub async fn write_piece(stream: &mut Stream, piece: &[u8], chunked: bool, timeo
 }
 
 /// Reads `stream` into `buf`, within `timeout`; the number of bytes read (0: the connection's end).
-async fn read(stream: &mut Stream, buf: &mut BytesMut, timeout: Duration) -> Result<usize, H1Error> {
+pub async fn read(stream: &mut Stream, buf: &mut BytesMut, timeout: Duration) -> Result<usize, H1Error> {
     if buf.capacity() - buf.len() < READ_SIZE / 2 {
         buf.reserve(READ_SIZE);
     }
@@ -70,7 +72,7 @@ async fn read(stream: &mut Stream, buf: &mut BytesMut, timeout: Duration) -> Res
 /// `io` within `timeout`. Most I/O here is ready at once (a write into the socket's buffer, a
 /// read of an answer that has arrived), so it is tried first without a timer: the clock is
 /// read and a timer made only for I/O that has to wait.
-async fn within<T>(timeout: Duration, io: impl Future<Output = std::io::Result<T>>) -> Result<T, H1Error> {
+pub async fn within<T>(timeout: Duration, io: impl Future<Output = std::io::Result<T>>) -> Result<T, H1Error> {
     let mut io = std::pin::pin!(io);
     let done = match io.as_mut().now_or_never() {
         Some(done) => done,
@@ -79,9 +81,9 @@ async fn within<T>(timeout: Duration, io: impl Future<Output = std::io::Result<T
     done.map_err(|e| H1Error::Io(e.kind()))
 }
 
-/// How the rest of the answer's body is delimited.
+/// How the rest of a body is delimited, and so where its decoder is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Framing {
+pub enum Framing {
     /// This many bytes are still to come.
     Length(usize),
     Chunked(Chunk),
@@ -93,7 +95,7 @@ enum Framing {
 
 /// Where a chunked body's decoder is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Chunk {
+pub enum Chunk {
     /// At a chunk's size line.
     Size,
     /// In a chunk's data, with this many bytes still to come.
@@ -153,31 +155,37 @@ impl Response {
         self.framing == Framing::Done && self.keepalive && self.buf.is_empty()
     }
 
-    /// What the bytes read so far give: a piece of the body, its end (`Some(None)`), or
-    /// nothing until more is read (`None`).
     fn decode(&mut self) -> Result<Option<Option<Bytes>>, H1Error> {
+        self.framing.decode(&mut self.buf)
+    }
+}
+
+impl Framing {
+    /// What the bytes read so far (`buf`) give: a piece of the body, its end (`Some(None)`),
+    /// or nothing until more is read (`None`). What follows the body's end stays in `buf`.
+    pub fn decode(&mut self, buf: &mut BytesMut) -> Result<Option<Option<Bytes>>, H1Error> {
         loop {
-            match self.framing {
+            match *self {
                 Framing::Done => return Ok(Some(None)),
-                Framing::Length(_) | Framing::UntilClose | Framing::Chunked(Chunk::Data(_)) if self.buf.is_empty() => {
+                Framing::Length(_) | Framing::UntilClose | Framing::Chunked(Chunk::Data(_)) if buf.is_empty() => {
                     return Ok(None)
                 }
                 Framing::Length(left) => {
-                    let piece = self.buf.split_to(left.min(self.buf.len())).freeze();
+                    let piece = buf.split_to(left.min(buf.len())).freeze();
                     let left = left - piece.len();
-                    self.framing = if left == 0 { Framing::Done } else { Framing::Length(left) };
+                    *self = if left == 0 { Framing::Done } else { Framing::Length(left) };
                     return Ok(Some(Some(piece)));
                 }
-                Framing::UntilClose => return Ok(Some(Some(self.buf.split().freeze()))),
+                Framing::UntilClose => return Ok(Some(Some(buf.split().freeze()))),
                 Framing::Chunked(Chunk::Data(left)) => {
-                    let piece = self.buf.split_to(left.min(self.buf.len())).freeze();
+                    let piece = buf.split_to(left.min(buf.len())).freeze();
                     let left = left - piece.len();
-                    self.framing = Framing::Chunked(if left == 0 { Chunk::DataEnd } else { Chunk::Data(left) });
+                    *self = Framing::Chunked(if left == 0 { Chunk::DataEnd } else { Chunk::Data(left) });
                     return Ok(Some(Some(piece)));
                 }
                 Framing::Chunked(at) => {
-                    let Some(line) = self.line()? else { return Ok(None) };
-                    self.framing = match at {
+                    let Some(line) = line(buf)? else { return Ok(None) };
+                    *self = match at {
                         Chunk::Size => match chunk_size(&line)? {
                             0 => Framing::Chunked(Chunk::Trailers(0)),
                             n => Framing::Chunked(Chunk::Data(n)),
@@ -197,18 +205,20 @@ impl Response {
             }
         }
     }
+}
 
-    /// The next line of a chunked body, without its CRLF; `None` until it is all read.
-    fn line(&mut self) -> Result<Option<Bytes>, H1Error> {
-        match self.buf.windows(2).position(|w| w == b"\r\n") {
-            Some(end) => {
-                let line = self.buf.split_to(end).freeze();
-                self.buf.advance(2);
-                Ok(Some(line))
-            }
-            None if self.buf.len() > MAX_LINE => Err(H1Error::Malformed("a chunk line is too long")),
-            None => Ok(None),
+/// The next line of a chunked body, without its CRLF; `None` until it is all read. A line
+/// ended by a bare LF is refused: read one way here, it could be read another further on.
+fn line(buf: &mut BytesMut) -> Result<Option<Bytes>, H1Error> {
+    match buf.iter().position(|b| *b == b'\n') {
+        Some(end) if end > 0 && buf[end - 1] == b'\r' => {
+            let line = buf.split_to(end - 1).freeze();
+            buf.advance(2);
+            Ok(Some(line))
         }
+        Some(_) => Err(H1Error::Malformed("a chunk line does not end with CRLF")),
+        None if buf.len() > MAX_LINE => Err(H1Error::Malformed("a chunk line is too long")),
+        None => Ok(None),
     }
 }
 
@@ -316,11 +326,21 @@ fn framing(status: StatusCode, no_body: bool, headers: &HeaderMap) -> Result<Fra
 /// Whether the server keeps the connection open after this answer: HTTP/1.1 unless it says
 /// `close`, HTTP/1.0 only if it says `keep-alive`.
 fn keeps_alive(version: Version, headers: &HeaderMap) -> bool {
-    let says = |token: &str| super::connection_tokens(headers).any(|t| t.eq_ignore_ascii_case(token));
+    let says = |token: &str| connection_tokens(headers).any(|t| t.eq_ignore_ascii_case(token));
     match version {
         Version::HTTP_10 => says("keep-alive"),
         _ => !says("close"),
     }
+}
+
+/// The tokens of a message's `Connection` headers (`close`, `keep-alive`, header names), trimmed.
+pub fn connection_tokens(headers: &HeaderMap) -> impl Iterator<Item = &str> {
+    headers
+        .get_all(http::header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
 }
 
 #[cfg(test)]

@@ -1,0 +1,366 @@
+//! One request on a client connection, read and answered by the gateway's own HTTP/1.1
+//! (RFC 9112): its head parsed once into `http`'s types (the values sharing the bytes read),
+//! its body decoded as a handler reads it, and its answer written with the head and, for a
+//! body known whole, in one write.
+//!
+//! pingora's server session did the same with more per request: a boxed session, a request
+//! header with a case map, room for 256 headers zeroed, a write buffer: most of a small
+//! call's allocations. The connection and its deadlines are the edge's ([`super::edge`]).
+
+use super::edge::Conn;
+use super::h1::{self, connection_tokens, Chunk, Framing, H1Error, MAX_HEAD, MAX_HEADERS};
+use crate::reply::Reply;
+use bytes::{BufMut, Bytes, BytesMut};
+use http::header::{CONTENT_LENGTH, TRANSFER_ENCODING};
+use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri, Version};
+use pingora::http::ResponseHeader;
+use std::fmt::Write;
+use std::mem::MaybeUninit;
+use std::time::Duration;
+
+/// Each read of a request body and each write of an answer must progress within this:
+/// nginx's `client_body_timeout` and `send_timeout`.
+pub const CLIENT_IO_TIMEOUT: Duration = Duration::from_secs(60);
+/// What is left of a body the handler did not read is read and dropped, up to this, so that
+/// the connection can take the next request; past it the connection is closed.
+const DRAIN_LIMIT: usize = 64 * 1024;
+
+/// Why a request was not read: a head that is not HTTP/1.1 gets 400 with the reason; a
+/// connection that ended or timed out gets nothing.
+#[derive(Debug)]
+pub enum Unread {
+    Malformed(&'static str),
+    Gone(H1Error),
+}
+
+/// How the answer's body goes out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Out {
+    /// No body: the answer to HEAD, 204, 304.
+    Empty,
+    Length,
+    Chunked,
+    /// HTTP/1.0 without a length: the body ends with the connection.
+    UntilClose,
+}
+
+/// A request whose head has been read, and its answer.
+pub struct Session<'c> {
+    conn: &'c mut Conn,
+    req: http::request::Parts,
+    body: Framing,
+    /// Whether the connection takes another request after this one.
+    keepalive: bool,
+    /// The answer's status once its head is written, and how its body goes out.
+    answered: Option<(StatusCode, Out)>,
+}
+
+impl<'c> Session<'c> {
+    /// Reads the next request's head from `conn`, which has begun to arrive.
+    pub async fn read(conn: &'c mut Conn) -> Result<Session<'c>, Unread> {
+        loop {
+            if let Some((req, body, keepalive)) = parse_request(conn.buf())? {
+                return Ok(Self { conn, req, body, keepalive, answered: None });
+            }
+            if conn.buf().len() >= MAX_HEAD {
+                return Err(Unread::Malformed("the request head is larger than 64 KiB"));
+            }
+            match conn.fill_head().await {
+                Ok(0) => return Err(Unread::Gone(H1Error::Closed)),
+                Ok(_) => {}
+                Err(e) => return Err(Unread::Gone(e)),
+            }
+        }
+    }
+
+    /// Answers a request whose head could not be read with `reply`; the connection closes.
+    pub async fn refuse(conn: &'c mut Conn, reply: Reply) {
+        let Ok(header) = reply.header() else { return };
+        let (req, ()) = http::Request::new(()).into_parts();
+        let mut session = Self { conn, req, body: Framing::Done, keepalive: false, answered: None };
+        session.answer_whole(&header, reply.body).await.ok();
+    }
+
+    pub fn req(&self) -> &http::request::Parts {
+        &self.req
+    }
+
+    /// The next piece of the request body; `None` once it is all read.
+    pub async fn body_piece(&mut self) -> Result<Option<Bytes>, H1Error> {
+        loop {
+            if let Some(step) = self.body.decode(self.conn.buf())? {
+                return Ok(step);
+            }
+            if self.conn.fill(CLIENT_IO_TIMEOUT).await? == 0 {
+                return Err(H1Error::Closed);
+            }
+        }
+    }
+
+    /// The answer's status, once its head is written.
+    pub fn answered(&self) -> Option<StatusCode> {
+        self.answered.map(|(status, _)| status)
+    }
+
+    /// The connection closes after this answer (`Connection: close`).
+    pub fn close_after(&mut self) {
+        self.keepalive = false;
+    }
+
+    /// Writes a whole answer, head and body in one write; its length is the body's.
+    pub async fn answer_whole(&mut self, header: &ResponseHeader, body: Bytes) -> Result<(), H1Error> {
+        let mut out = self.head(header, Some(body.len()));
+        if matches!(self.answered, Some((_, Out::Length))) {
+            out.extend_from_slice(&body);
+        }
+        h1::write(self.conn.stream(), &out, CLIENT_IO_TIMEOUT).await
+    }
+
+    /// Writes the head of an answer whose body follows in pieces ([`Session::answer_piece`],
+    /// then [`Session::answer_end`]): framed by the header's own length if it has one, else
+    /// chunked (HTTP/1.0: until the connection's end).
+    pub async fn answer_head(&mut self, header: &ResponseHeader) -> Result<(), H1Error> {
+        let out = self.head(header, None);
+        h1::write(self.conn.stream(), &out, CLIENT_IO_TIMEOUT).await
+    }
+
+    pub async fn answer_piece(&mut self, piece: &[u8]) -> Result<(), H1Error> {
+        match self.answered {
+            Some((_, Out::Empty)) | None => Ok(()),
+            Some((_, out)) => h1::write_piece(self.conn.stream(), piece, out == Out::Chunked, CLIENT_IO_TIMEOUT).await,
+        }
+    }
+
+    pub async fn answer_end(&mut self) -> Result<(), H1Error> {
+        match self.answered {
+            Some((_, Out::Chunked)) => h1::write(self.conn.stream(), h1::LAST_CHUNK, CLIENT_IO_TIMEOUT).await,
+            _ => Ok(()),
+        }
+    }
+
+    /// Ends the request: whether the connection can take the next one. What the handler left
+    /// of the body is read and dropped, up to [`DRAIN_LIMIT`]; past it, or when the connection
+    /// closes anyway, the connection is marked as having left some of the request unread.
+    pub async fn finish(mut self) -> bool {
+        if self.keepalive && self.answered.is_some() {
+            let mut drained = 0;
+            loop {
+                match self.body_piece().await {
+                    Ok(Some(piece)) if drained + piece.len() <= DRAIN_LIMIT => drained += piece.len(),
+                    Ok(Some(_)) | Err(_) => break,
+                    Ok(None) => {
+                        self.conn.request_done();
+                        return true;
+                    }
+                }
+            }
+        }
+        if self.body != Framing::Done {
+            self.conn.left_unread();
+        }
+        false
+    }
+
+    /// The answer's head, with this hop's `Connection`, `Date` and framing headers; `whole`:
+    /// the length of a body written with it.
+    fn head(&mut self, header: &ResponseHeader, whole: Option<usize>) -> BytesMut {
+        let status = header.status;
+        let out = if self.req.method == Method::HEAD
+            || status == StatusCode::NO_CONTENT
+            || status == StatusCode::NOT_MODIFIED
+            || status.is_informational()
+        {
+            Out::Empty
+        } else if whole.is_some() || header.headers.contains_key(CONTENT_LENGTH) {
+            Out::Length
+        } else if self.req.version == Version::HTTP_11 {
+            Out::Chunked
+        } else {
+            self.keepalive = false;
+            Out::UntilClose
+        };
+        self.answered = Some((status, out));
+        if !matches!(self.body, Framing::Done) && !matches!(self.body, Framing::Length(n) if n <= DRAIN_LIMIT) {
+            // What is left of the body is not read to reuse the connection: the client is
+            // told that it closes.
+            self.keepalive = false;
+        }
+        let mut head = BytesMut::with_capacity(256 + 48 * header.headers.len() + whole.unwrap_or(0));
+        head.put_slice(b"HTTP/1.1 ");
+        head.put_slice(status.as_str().as_bytes());
+        head.put_u8(b' ');
+        head.put_slice(status.canonical_reason().unwrap_or("Unknown").as_bytes());
+        head.put_slice(b"\r\n");
+        for (name, value) in &header.headers {
+            if name == CONTENT_LENGTH && whole.is_some()
+                || name == TRANSFER_ENCODING
+                || name == http::header::CONNECTION
+            {
+                continue;
+            }
+            put_header(&mut head, name.as_str().as_bytes(), value.as_bytes());
+        }
+        if let Some(len) = whole {
+            // Writing into a BytesMut does not fail.
+            let _ = write!(head, "content-length: {len}\r\n");
+        }
+        if out == Out::Chunked {
+            put_header(&mut head, b"transfer-encoding", b"chunked");
+        }
+        put_header(&mut head, b"date", pingora::protocols::http::date::get_cached_date().as_bytes());
+        put_header(&mut head, b"connection", if self.keepalive { b"keep-alive" } else { b"close" });
+        head.put_slice(b"\r\n");
+        head
+    }
+}
+
+fn put_header(head: &mut BytesMut, name: &[u8], value: &[u8]) {
+    head.put_slice(name);
+    head.put_slice(b": ");
+    head.put_slice(value);
+    head.put_slice(b"\r\n");
+}
+
+/// The request whose head `buf` begins with, once the head is all there: its head, how its
+/// body is framed, and whether the client keeps the connection open. What follows the head
+/// stays in `buf`.
+fn parse_request(buf: &mut BytesMut) -> Result<Option<(http::request::Parts, Framing, bool)>, Unread> {
+    let mut headers = [const { MaybeUninit::uninit() }; MAX_HEADERS];
+    let mut parsed = httparse::Request::new(&mut []);
+    match httparse::ParserConfig::default().parse_request_with_uninit_headers(&mut parsed, buf, &mut headers) {
+        Ok(httparse::Status::Complete(len)) => {
+            let head = buf.split_to(len).freeze();
+            request(&head).map(Some)
+        }
+        Ok(httparse::Status::Partial) => Ok(None),
+        Err(httparse::Error::TooManyHeaders) => Err(Unread::Malformed("more than 128 request headers")),
+        Err(_) => Err(Unread::Malformed("the request head does not parse")),
+    }
+}
+
+/// The request with head `head`: the header values and the target share its memory.
+fn request(head: &Bytes) -> Result<(http::request::Parts, Framing, bool), Unread> {
+    let mut headers = [const { MaybeUninit::uninit() }; MAX_HEADERS];
+    let mut parsed = httparse::Request::new(&mut []);
+    httparse::ParserConfig::default()
+        .parse_request_with_uninit_headers(&mut parsed, head, &mut headers)
+        .map_err(|_| Unread::Malformed("the request head does not parse"))?;
+    let method = Method::from_bytes(parsed.method.unwrap_or_default().as_bytes())
+        .map_err(|_| Unread::Malformed("the method is not a token"))?;
+    let target = head.slice_ref(parsed.path.unwrap_or_default().as_bytes());
+    let uri = Uri::from_maybe_shared(target).map_err(|_| Unread::Malformed("the request target is not a URI"))?;
+    let version = if parsed.version == Some(0) { Version::HTTP_10 } else { Version::HTTP_11 };
+    let mut map = HeaderMap::with_capacity(parsed.headers.len());
+    for h in parsed.headers.iter() {
+        let name = HeaderName::from_bytes(h.name.as_bytes()).map_err(|_| Unread::Malformed("a header name"))?;
+        let value =
+            HeaderValue::from_maybe_shared(head.slice_ref(h.value)).map_err(|_| Unread::Malformed("a header value"))?;
+        map.append(name, value);
+    }
+    let body = framing(&map)?;
+    let keepalive = keeps_alive(version, &map);
+    let (mut parts, ()) = http::Request::new(()).into_parts();
+    (parts.method, parts.uri, parts.version, parts.headers) = (method, uri, version, map);
+    Ok((parts, body, keepalive))
+}
+
+/// How the request body is delimited (RFC 9112 §6.3): a request framed two ways, or by a
+/// coding other than chunked, is refused, as is a length that is not one number.
+fn framing(headers: &HeaderMap) -> Result<Framing, Unread> {
+    if let Some(last) = headers.get_all(TRANSFER_ENCODING).iter().next_back() {
+        if headers.contains_key(CONTENT_LENGTH) {
+            return Err(Unread::Malformed("both Content-Length and Transfer-Encoding"));
+        }
+        let chunked = last
+            .as_bytes()
+            .rsplit(|b| *b == b',')
+            .next()
+            .is_some_and(|c| c.trim_ascii().eq_ignore_ascii_case(b"chunked"));
+        return match chunked {
+            true => Ok(Framing::Chunked(Chunk::Size)),
+            false => Err(Unread::Malformed("a Transfer-Encoding that does not end with chunked")),
+        };
+    }
+    let mut length = None;
+    for value in headers.get_all(CONTENT_LENGTH) {
+        let n = value.to_str().ok().and_then(|v| v.trim().parse::<usize>().ok());
+        match (n, length) {
+            (None, _) => return Err(Unread::Malformed("Content-Length is not a number")),
+            (Some(n), Some(seen)) if n != seen => return Err(Unread::Malformed("two different Content-Lengths")),
+            (Some(n), _) => length = Some(n),
+        }
+    }
+    Ok(match length {
+        None | Some(0) => Framing::Done,
+        Some(n) => Framing::Length(n),
+    })
+}
+
+/// Whether the client keeps the connection open: HTTP/1.1 unless it says `close`, HTTP/1.0
+/// only if it says `keep-alive`.
+fn keeps_alive(version: Version, headers: &HeaderMap) -> bool {
+    let says = |token: &str| connection_tokens(headers).any(|t| t.eq_ignore_ascii_case(token));
+    match version {
+        Version::HTTP_10 => says("keep-alive"),
+        _ => !says("close"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parsed(head: &str) -> Result<(http::request::Parts, Framing, bool), &'static str> {
+        let mut buf = BytesMut::from(head.as_bytes());
+        match parse_request(&mut buf) {
+            Ok(Some(parsed)) => Ok(parsed),
+            Ok(None) => Err("partial"),
+            Err(Unread::Malformed(why)) => Err(why),
+            Err(Unread::Gone(_)) => Err("gone"),
+        }
+    }
+
+    #[test]
+    fn a_head_gives_its_parts_framing_and_keep_alive() {
+        let (req, body, keepalive) =
+            parsed("POST /wx/cgi-bin/x?a=1 HTTP/1.1\r\nHost: gw\r\nContent-Length: 5\r\nX-A: 1\r\nX-A: 2\r\n\r\nhello")
+                .unwrap();
+        assert_eq!((req.method, req.uri.path(), req.uri.query()), (Method::POST, "/wx/cgi-bin/x", Some("a=1")));
+        assert_eq!(req.headers.get_all("x-a").iter().count(), 2);
+        assert_eq!((body, keepalive), (Framing::Length(5), true));
+        let (_, body, keepalive) = parsed("GET / HTTP/1.0\r\n\r\n").unwrap();
+        assert_eq!((body, keepalive), (Framing::Done, false));
+        assert!(parsed("GET / HTTP/1.0\r\nConnection: Keep-Alive\r\n\r\n").unwrap().2);
+        assert!(!parsed("GET / HTTP/1.1\r\nConnection: close\r\n\r\n").unwrap().2);
+        let (_, body, _) = parsed("POST / HTTP/1.1\r\nTransfer-Encoding: gzip, chunked\r\n\r\n").unwrap();
+        assert_eq!(body, Framing::Chunked(Chunk::Size));
+    }
+
+    #[test]
+    fn heads_framed_badly_or_not_http_are_refused_with_a_reason() {
+        for (head, why) in [
+            ("POST / HTTP/1.1\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n", "both"),
+            ("POST / HTTP/1.1\r\nTransfer-Encoding: gzip\r\n\r\n", "does not end with chunked"),
+            ("POST / HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n", "two different"),
+            ("POST / HTTP/1.1\r\nContent-Length: -1\r\n\r\n", "not a number"),
+            ("GET / HTTP/2.0\r\n\r\n", "does not parse"),
+            ("GET /a b HTTP/1.1\r\n\r\n", "does not parse"),
+        ] {
+            let got = parsed(head).err().unwrap_or("parsed");
+            assert!(got.contains(why), "{head:?}: {got}");
+        }
+        assert_eq!(parsed("GET / HTTP/1.1\r\nHost: x\r\n").err(), Some("partial"));
+        let many = format!("GET / HTTP/1.1\r\n{}\r\n", "X: 1\r\n".repeat(MAX_HEADERS + 1));
+        assert!(parsed(&many).unwrap_err().contains("more than 128"));
+    }
+
+    #[test]
+    fn what_follows_a_head_stays_for_the_body_and_the_next_request() {
+        let mut buf = BytesMut::from(&b"POST / HTTP/1.1\r\nContent-Length: 2\r\n\r\nhiGET / HTTP/1.1\r\n\r\n"[..]);
+        let (_, mut body, _) = parse_request(&mut buf).ok().flatten().unwrap();
+        assert_eq!(body.decode(&mut buf).unwrap(), Some(Some(Bytes::from_static(b"hi"))));
+        assert_eq!(body.decode(&mut buf).unwrap(), Some(None));
+        assert!(parse_request(&mut buf).ok().flatten().is_some());
+        assert!(buf.is_empty());
+    }
+}
