@@ -65,38 +65,55 @@ impl ServerApp for Edge {
     }
 }
 
+/// What answers each request of a connection: the gateway, or a test's own.
+pub trait Answers {
+    /// Answers `session`'s request; an answer cut short calls [`Session::close_after`].
+    fn answer(&self, session: &mut Session<'_>) -> impl Future<Output = ()> + Send;
+}
+
+impl Answers for Gateway {
+    fn answer(&self, session: &mut Session<'_>) -> impl Future<Output = ()> + Send {
+        self.handle(session)
+    }
+}
+
 impl Edge {
     async fn serve(self: Arc<Self>, stream: Stream, shutdown: ShutdownWatch) {
-        let mut conn = Conn::new(stream, self.timeouts);
-        while conn.wait_for_request(&shutdown).await {
-            let stopping = *shutdown.borrow();
-            let mut session = match Session::read(&mut conn).await {
-                Ok(session) => session,
-                Err(Unread::Malformed(why)) => {
-                    // As nginx: 400, and the connection closed. The reason names no part of it.
-                    tracing::debug!(why, "the request head was refused");
-                    Session::refuse(&mut conn, Reply::error(400, why)).await;
-                    conn.left_unread();
-                    break;
-                }
-                Err(Unread::Gone(e)) => {
-                    tracing::debug!(error = %e, "the request head was not read");
-                    return;
-                }
-            };
-            if stopping {
-                // The answer says `Connection: close`: the server is stopping.
-                session.close_after();
-            }
-            self.gateway.handle(&mut session).await;
-            if !session.finish().await {
+        serve(&self.gateway, stream, self.timeouts, shutdown).await;
+    }
+}
+
+/// Serves one connection with `app`, request after request, until it ends.
+pub async fn serve(app: &impl Answers, stream: Stream, timeouts: Timeouts, shutdown: ShutdownWatch) {
+    let mut conn = Conn::new(stream, timeouts);
+    while conn.wait_for_request(&shutdown).await {
+        let stopping = *shutdown.borrow();
+        let mut session = match Session::read(&mut conn).await {
+            Ok(session) => session,
+            Err(Unread::Malformed(why)) => {
+                // As nginx: 400, and the connection closed. The reason names no part of it.
+                tracing::debug!(why, "the request head was refused");
+                Session::refuse(&mut conn, Reply::error(400, why)).await;
+                conn.left_unread();
                 break;
             }
+            Err(Unread::Gone(e)) => {
+                tracing::debug!(error = %e, "the request head was not read");
+                return;
+            }
+        };
+        if stopping {
+            // The answer says `Connection: close`: the server is stopping.
+            session.close_after();
         }
-        if conn.unread {
-            // Boxed: rare, and it reads into a buffer of its own.
-            Box::pin(conn.linger()).await;
+        app.answer(&mut session).await;
+        if !session.finish().await {
+            break;
         }
+    }
+    if conn.unread {
+        // Boxed: rare, and it reads into a buffer of its own.
+        Box::pin(conn.linger()).await;
     }
 }
 
