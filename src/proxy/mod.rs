@@ -2,7 +2,8 @@
 //! API call made on a client's behalf with the real token.
 //!
 //! ```text
-//!  edge: GET/POST only, Host, one framing; keep-alive and header timeouts (edge.rs)
+//!  edge: keep-alive and header timeouts (edge.rs); each request read and answered by the
+//!  gateway's own HTTP/1.1 (session.rs, h1.rs): one framing, GET/POST only, Host
 //!    └─► resolve once (resolve.rs): plain path, client, scope, permission → a Route
 //!          ├─► Own ────────────► /wxgate/* routes (callback, authorize, token)
 //!          ├─► TokenEndpoint ──► answered from the cache (or 403), never forwarded
