@@ -11,7 +11,7 @@ use super::edge::Conn;
 use super::h1::{self, connection_tokens, Chunk, Framing, H1Error, MAX_HEAD, MAX_HEADERS};
 use crate::reply::Reply;
 use bytes::{BufMut, Bytes, BytesMut};
-use http::header::{CONTENT_LENGTH, TRANSFER_ENCODING};
+use http::header::{CONTENT_LENGTH, EXPECT, TRANSFER_ENCODING};
 use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri, Version};
 use pingora::http::ResponseHeader;
 use std::fmt::Write;
@@ -53,6 +53,9 @@ pub struct Session<'c> {
     keepalive: bool,
     /// The answer's status once its head is written, and how its body goes out.
     answered: Option<(StatusCode, Out)>,
+    /// The client waits for `100 Continue` before it sends the body (`Expect: 100-continue`):
+    /// sent when the body is first read, so that a call refused without its body is not sent it.
+    expect_continue: bool,
 }
 
 impl<'c> Session<'c> {
@@ -60,7 +63,10 @@ impl<'c> Session<'c> {
     pub async fn read(conn: &'c mut Conn) -> Result<Session<'c>, Unread> {
         loop {
             if let Some((req, body, keepalive)) = parse_request(conn.buf())? {
-                return Ok(Self { conn, req, body, keepalive, answered: None });
+                let expect_continue = body != Framing::Done
+                    && req.version == Version::HTTP_11
+                    && req.headers.get(EXPECT).is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+                return Ok(Self { conn, req, body, keepalive, answered: None, expect_continue });
             }
             if conn.buf().len() >= MAX_HEAD {
                 return Err(Unread::Malformed("the request head is larger than 64 KiB"));
@@ -77,7 +83,8 @@ impl<'c> Session<'c> {
     pub async fn refuse(conn: &'c mut Conn, reply: Reply) {
         let Ok(header) = reply.header() else { return };
         let (req, ()) = http::Request::new(()).into_parts();
-        let mut session = Self { conn, req, body: Framing::Done, keepalive: false, answered: None };
+        let mut session =
+            Self { conn, req, body: Framing::Done, keepalive: false, answered: None, expect_continue: false };
         session.answer_whole(&header, reply.body).await.ok();
     }
 
@@ -90,6 +97,9 @@ impl<'c> Session<'c> {
         loop {
             if let Some(step) = self.body.decode(self.conn.buf())? {
                 return Ok(step);
+            }
+            if std::mem::take(&mut self.expect_continue) {
+                h1::write(self.conn.stream(), b"HTTP/1.1 100 Continue\r\n\r\n", CLIENT_IO_TIMEOUT).await?;
             }
             if self.conn.fill(CLIENT_IO_TIMEOUT).await? == 0 {
                 return Err(H1Error::Closed);
@@ -180,7 +190,13 @@ impl<'c> Session<'c> {
             Out::UntilClose
         };
         self.answered = Some((status, out));
-        if !matches!(self.body, Framing::Done) && !matches!(self.body, Framing::Length(n) if n <= DRAIN_LIMIT) {
+        let drainable = match self.body {
+            Framing::Done => true,
+            // A client still waiting for `100 Continue` may send its body or not.
+            Framing::Length(n) => n <= DRAIN_LIMIT && !self.expect_continue,
+            _ => false,
+        };
+        if !drainable {
             // What is left of the body is not read to reuse the connection: the client is
             // told that it closes.
             self.keepalive = false;

@@ -179,6 +179,16 @@ async fn a_small_body_left_unread_is_drained_and_a_large_one_closes_after_the_wh
 }
 
 #[tokio::test]
+async fn a_client_that_expects_100_continue_gets_it_when_the_body_is_read() {
+    let mut c = connect(server(Answer::Pieces).await).await;
+    let head = "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nExpect: 100-continue\r\n\r\n";
+    let interim = sent(&mut c, head.as_bytes(), "\r\n\r\n").await;
+    assert_eq!(interim, "HTTP/1.1 100 Continue\r\n\r\n");
+    let got = sent(&mut c, b"abc", "0\r\n\r\n").await;
+    assert!(got.starts_with("HTTP/1.1 200 OK\r\n") && got.ends_with("read \r\n1\r\n3\r\n0\r\n\r\n"), "{got:?}");
+}
+
+#[tokio::test]
 async fn a_head_that_is_not_http_gets_400_with_the_reason_and_the_connection_closes() {
     let mut c = connect(server(Answer::Whole).await).await;
     let got = sent(&mut c, b"GET / HTTP/1.1\r\nHost x\r\n\r\n", "never").await;
