@@ -297,26 +297,12 @@ fn framing(status: StatusCode, no_body: bool, headers: &HeaderMap) -> Result<Fra
     if no_body || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED {
         return Ok(Framing::Done);
     }
-    if let Some(last) = headers.get_all(TRANSFER_ENCODING).iter().next_back() {
+    if let Some(chunked) = ends_chunked(headers) {
         // Only a body whose last coding is chunked ends by itself; any other ends with the
         // connection.
-        let chunked = last
-            .as_bytes()
-            .rsplit(|b| *b == b',')
-            .next()
-            .is_some_and(|c| c.trim_ascii().eq_ignore_ascii_case(b"chunked"));
         return Ok(if chunked { Framing::Chunked(Chunk::Size) } else { Framing::UntilClose });
     }
-    let mut length = None;
-    for value in headers.get_all(CONTENT_LENGTH) {
-        let n = value.to_str().ok().and_then(|v| v.trim().parse::<usize>().ok());
-        match (n, length) {
-            (None, _) => return Err(H1Error::Malformed("Content-Length is not a number")),
-            (Some(n), Some(seen)) if n != seen => return Err(H1Error::Malformed("two different Content-Lengths")),
-            (Some(n), _) => length = Some(n),
-        }
-    }
-    Ok(match length {
+    Ok(match content_length(headers).map_err(H1Error::Malformed)? {
         Some(0) => Framing::Done,
         Some(n) => Framing::Length(n),
         None => Framing::UntilClose,
@@ -331,6 +317,26 @@ fn keeps_alive(version: Version, headers: &HeaderMap) -> bool {
         Version::HTTP_10 => says("keep-alive"),
         _ => !says("close"),
     }
+}
+
+/// Whether a message's last transfer coding is chunked; `None` without `Transfer-Encoding`.
+pub fn ends_chunked(headers: &HeaderMap) -> Option<bool> {
+    let last = headers.get_all(TRANSFER_ENCODING).iter().next_back()?;
+    Some(last.as_bytes().rsplit(|b| *b == b',').next().is_some_and(|c| c.trim_ascii().eq_ignore_ascii_case(b"chunked")))
+}
+
+/// A message's `Content-Length`, if it has one: refused unless every one is the same number.
+pub fn content_length(headers: &HeaderMap) -> Result<Option<usize>, &'static str> {
+    let mut length = None;
+    for value in headers.get_all(CONTENT_LENGTH) {
+        let n = value.to_str().ok().and_then(|v| v.trim().parse::<usize>().ok());
+        match (n, length) {
+            (None, _) => return Err("Content-Length is not a number"),
+            (Some(n), Some(seen)) if n != seen => return Err("two different Content-Lengths"),
+            (Some(n), _) => length = Some(n),
+        }
+    }
+    Ok(length)
 }
 
 /// The tokens of a message's `Connection` headers (`close`, `keep-alive`, header names), trimmed.

@@ -249,8 +249,9 @@ fn downstream_gone(e: &H1Error) -> Reply {
     Reply::error(502, "the answer was cut short")
 }
 
+/// The request's length; the edge refused a request whose length is not one number.
 fn content_length(req: &http::request::Parts) -> Option<usize> {
-    req.headers.get(http::header::CONTENT_LENGTH)?.to_str().ok()?.parse().ok()
+    h1::content_length(&req.headers).ok().flatten()
 }
 
 /// A query with the values of token and key parameters replaced by `...`, for the access log.

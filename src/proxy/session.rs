@@ -283,30 +283,16 @@ fn request(head: &Bytes) -> Result<(http::request::Parts, Framing, bool), Unread
 /// How the request body is delimited (RFC 9112 §6.3): a request framed two ways, or by a
 /// coding other than chunked, is refused, as is a length that is not one number.
 fn framing(headers: &HeaderMap) -> Result<Framing, Unread> {
-    if let Some(last) = headers.get_all(TRANSFER_ENCODING).iter().next_back() {
+    if let Some(chunked) = h1::ends_chunked(headers) {
         if headers.contains_key(CONTENT_LENGTH) {
             return Err(Unread::Malformed("both Content-Length and Transfer-Encoding"));
         }
-        let chunked = last
-            .as_bytes()
-            .rsplit(|b| *b == b',')
-            .next()
-            .is_some_and(|c| c.trim_ascii().eq_ignore_ascii_case(b"chunked"));
         return match chunked {
             true => Ok(Framing::Chunked(Chunk::Size)),
             false => Err(Unread::Malformed("a Transfer-Encoding that does not end with chunked")),
         };
     }
-    let mut length = None;
-    for value in headers.get_all(CONTENT_LENGTH) {
-        let n = value.to_str().ok().and_then(|v| v.trim().parse::<usize>().ok());
-        match (n, length) {
-            (None, _) => return Err(Unread::Malformed("Content-Length is not a number")),
-            (Some(n), Some(seen)) if n != seen => return Err(Unread::Malformed("two different Content-Lengths")),
-            (Some(n), _) => length = Some(n),
-        }
-    }
-    Ok(match length {
+    Ok(match h1::content_length(headers).map_err(Unread::Malformed)? {
         None | Some(0) => Framing::Done,
         Some(n) => Framing::Length(n),
     })
