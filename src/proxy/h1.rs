@@ -309,9 +309,9 @@ fn framing(status: StatusCode, no_body: bool, headers: &HeaderMap) -> Result<Fra
     })
 }
 
-/// Whether the server keeps the connection open after this answer: HTTP/1.1 unless it says
-/// `close`, HTTP/1.0 only if it says `keep-alive`.
-fn keeps_alive(version: Version, headers: &HeaderMap) -> bool {
+/// Whether the peer keeps the connection open after this message (a request, or an answer):
+/// HTTP/1.1 unless it says `close`, HTTP/1.0 only if it says `keep-alive`.
+pub fn keeps_alive(version: Version, headers: &HeaderMap) -> bool {
     let says = |token: &str| connection_tokens(headers).any(|t| t.eq_ignore_ascii_case(token));
     match version {
         Version::HTTP_10 => says("keep-alive"),

@@ -8,7 +8,7 @@
 //! call's allocations. The connection and its deadlines are the edge's ([`super::edge`]).
 
 use super::edge::Conn;
-use super::h1::{self, connection_tokens, Chunk, Framing, H1Error, MAX_HEAD, MAX_HEADERS};
+use super::h1::{self, Chunk, Framing, H1Error, MAX_HEAD, MAX_HEADERS};
 use crate::reply::Reply;
 use bytes::{BufMut, Bytes, BytesMut};
 use http::header::{CONTENT_LENGTH, EXPECT, TRANSFER_ENCODING};
@@ -20,7 +20,7 @@ use std::time::Duration;
 
 /// Each read of a request body and each write of an answer must progress within this:
 /// nginx's `client_body_timeout` and `send_timeout`.
-pub const CLIENT_IO_TIMEOUT: Duration = Duration::from_secs(60);
+const CLIENT_IO_TIMEOUT: Duration = Duration::from_secs(60);
 /// What is left of a body the handler did not read is read and dropped, up to this, so that
 /// the connection can take the next request; past it the connection is closed.
 const DRAIN_LIMIT: usize = 64 * 1024;
@@ -274,7 +274,7 @@ fn request(head: &Bytes) -> Result<(http::request::Parts, Framing, bool), Unread
         map.append(name, value);
     }
     let body = framing(&map)?;
-    let keepalive = keeps_alive(version, &map);
+    let keepalive = h1::keeps_alive(version, &map);
     let (mut parts, ()) = http::Request::new(()).into_parts();
     (parts.method, parts.uri, parts.version, parts.headers) = (method, uri, version, map);
     Ok((parts, body, keepalive))
@@ -296,16 +296,6 @@ fn framing(headers: &HeaderMap) -> Result<Framing, Unread> {
         None | Some(0) => Framing::Done,
         Some(n) => Framing::Length(n),
     })
-}
-
-/// Whether the client keeps the connection open: HTTP/1.1 unless it says `close`, HTTP/1.0
-/// only if it says `keep-alive`.
-fn keeps_alive(version: Version, headers: &HeaderMap) -> bool {
-    let says = |token: &str| connection_tokens(headers).any(|t| t.eq_ignore_ascii_case(token));
-    match version {
-        Version::HTTP_10 => says("keep-alive"),
-        _ => !says("close"),
-    }
 }
 
 #[cfg(test)]
