@@ -3,14 +3,16 @@
 # filled.
 #
 #   upstream: HTTPS with a certificate of the bench's own CA (openssl), HTTP/1.1 keep-alive,
-#             every answer 30 ms after its request (slow_upstream.py, python asyncio; it counts
-#             the TLS connections it accepts),
+#             every answer 30 ms after its request (slow_upstream.rs, an example built here:
+#             one thread of tokio and rustls, cheap enough to share the load core with wrk; it
+#             counts the TLS connections it accepts),
 #   nginx:    the same rewrite as the loopback run, proxy_ssl verifying the CA, keepalive 1024,
 #   wxgate:   trusting the CA through upstream.ca_file.
 # Per proxy: a max run (wrk -c$PROD_CONNECTIONS), giving req/s, CPU per call (utime+stime from
 # /proc/<pid>/stat over the run / calls), RSS after it, and new upstream TLS handshakes per
 # 10,000 calls (after a warm-up at the same load); then p99 at about half the max rate: wrk is
-# closed-loop, so with a 30 ms upstream c = rate x 30 ms connections give that rate; the same
+# closed-loop, so with a 30 ms upstream and a mean pause of THINK_MS/2, c = rate x (30 ms +
+# THINK_MS/2) connections give that rate; the same
 # connection count against the upstream directly gives the p99 subtracted. CPU per call is also
 # taken there: both proxies then serve the same rate, whereas each max run's rate is set by how
 # fast the shared load core happens to drive the upstream, and CPU per call falls as the rate
@@ -21,8 +23,13 @@
 # $IDLE_CONNECTIONS idle keep-alive client connections to wxgate (idle_clients.py, one call
 # each) and the RSS they cost.
 #
-# Environment: PROD_DURATION (10), PROD_CONNECTIONS (1000), DELAY_MS (30), IDLE_CONNECTIONS (10000),
-# PROD_HALF_ROUNDS (3);
+# Each client waits 0 to THINK_MS (uniformly, wrk's delay()) before each of its calls, as an app's
+# clients do: with none, a thousand connections and an upstream that always answers after the
+# same 30 ms move in step, every call of a wave arriving in the same millisecond, and the p99
+# measured is the time to work through a wave (the direct path's own p99 was 40-55 ms then).
+#
+# Environment: PROD_DURATION (10), PROD_CONNECTIONS (1000), DELAY_MS (30), THINK_MS (30),
+# IDLE_CONNECTIONS (10000), PROD_HALF_ROUNDS (3);
 # PROFILE=1 records perf during each proxy's max run (PROFILE_RUN=half: its first half run, where
 # the same-rate ratio is taken) and prints the top of both profiles;
 # PERF_CALLGRAPH="--call-graph dwarf" gives callers through code without frame pointers.
@@ -30,6 +37,7 @@
 PROD_DURATION=${PROD_DURATION:-10}
 PROD_CONNECTIONS=${PROD_CONNECTIONS:-1000}
 DELAY_MS=${DELAY_MS:-30}
+THINK_MS=${THINK_MS:-30}
 IDLE_CONNECTIONS=${IDLE_CONNECTIONS:-10000}
 PROD_HALF_ROUNDS=${PROD_HALF_ROUNDS:-3}
 PROFILE_RUN=${PROFILE_RUN:-max}
@@ -49,8 +57,11 @@ openssl x509 -req -in "$P/up.csr" -CA "$P/ca.pem" -CAkey "$P/ca.key" -CAcreatese
     -extfile "$P/ext.cnf" -out "$P/up.pem" 2>/dev/null
 
 TLS_PORT=$(free_port); PNGX_PORT=$(free_port); PWXG_PORT=$(free_port); PWXG_ADMIN=$(free_port)
-$NICE taskset -c "$LOAD_CPU" python3 "$BENCH_DIR/slow_upstream.py" "$TLS_PORT" "$P/up.pem" "$P/up.key" \
-    "$(python3 -c "print($DELAY_MS/1000)")" "$P/up.stats" 2>>"$P/upstream.log" &
+say "cargo build --release --example slow_upstream"
+cargo build --release --example slow_upstream >&2
+cp "$TARGET_DIR/release/examples/slow_upstream" "$WORK/bin/slow_upstream"
+$NICE taskset -c "$LOAD_CPU" "$WORK/bin/slow_upstream" "$TLS_PORT" "$P/up.pem" "$P/up.key" \
+    "$DELAY_MS" "$P/up.stats" 2>>"$P/upstream.log" &
 PIDS+=($!)
 for _ in $(seq 300); do [ -s "$P/up.stats" ] && break; sleep 0.1; done
 [ -s "$P/up.stats" ] || { echo "the HTTPS upstream did not start" >&2; cat "$P/upstream.log" >&2; exit 1; }
@@ -123,9 +134,13 @@ cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 sys_ticks() { awk '{print $15}' "/proc/$1/stat"; }
 rss_kb() { awk '/^VmRSS:/ {print $2}' "/proc/$1/status"; }
 accepted() { awk '{print $1}' "$P/up.stats"; }
+cat >"$P/think.lua" <<EOF
+-- A client's pause before each call: 0 to $THINK_MS ms, uniformly (wrk's own latency excludes it).
+function delay() return math.random(0, $THINK_MS) end
+EOF
 prod_wrk() { # target connections seconds -> "calls rps p99_us"
     local out
-    out=$($NICE taskset -c "$LOAD_CPU" wrk -t1 -c"$2" -d"$3"s --timeout 10s --latency "${PURL[$1]}")
+    out=$($NICE taskset -c "$LOAD_CPU" wrk -t1 -c"$2" -d"$3"s --timeout 10s --latency -s "$P/think.lua" "${PURL[$1]}")
     if grep -q 'Non-2xx\|Socket errors' <<<"$out"; then echo "prod $1: wrk saw errors:" >&2; echo "$out" >&2; exit 1; fi
     echo "$(awk '/requests in/ {print $1}' <<<"$out") $(awk '/^Requests\/sec:/ {print $2}' <<<"$out") $(to_us "$(awk '$1 == "99%" {print $2}' <<<"$out")")"
 }
@@ -158,7 +173,13 @@ fi
 # Half of the smaller maximum, for both proxies and the direct path alike.
 half_conns=$(python3 -c "
 m = min(float(l.split()[3]) for l in open('$PROD'))
-print(max(1, round(m / 2 * $DELAY_MS / 1000)))")
+print(max(1, round(m / 2 * ($DELAY_MS + $THINK_MS / 2) / 1000)))")
+if [ "${SPIN:-0}" = 1 ]; then
+    for cpu in "$PROXY_CPU" "$LOAD_CPU"; do
+        chrt -i 0 taskset -c "$cpu" sh -c 'while :; do :; done' &
+        PIDS+=($!)
+    done
+fi
 for round in $(seq "$PROD_HALF_ROUNDS"); do
     for t in direct nginx wxgate; do
         prod_wrk "$t" "$half_conns" 2 >/dev/null
@@ -190,9 +211,10 @@ eval "exec ${IDLE[1]}>&-"
 wait "$IDLE_PID" 2>/dev/null || true
 
 echo
-echo "Production-shaped: HTTPS upstream (own CA) answering after ${DELAY_MS} ms; wrk -t1, keep-alive;"
-echo "max at -c$PROD_CONNECTIONS for ${PROD_DURATION}s after a 3 s warm-up; half: -c$half_conns (closed loop:"
-echo "c = rate x ${DELAY_MS} ms gives about half the smaller max), $PROD_HALF_ROUNDS rounds in alternation, medians."
+echo "Production-shaped: HTTPS upstream (own CA) answering after ${DELAY_MS} ms; wrk -t1, keep-alive, each"
+echo "client pausing 0-${THINK_MS} ms before a call; max at -c$PROD_CONNECTIONS for ${PROD_DURATION}s after a 3 s warm-up;"
+echo "half: -c$half_conns (closed loop: c = rate x (${DELAY_MS} + ${THINK_MS}/2) ms gives about half the smaller max),"
+echo "$PROD_HALF_ROUNDS rounds in alternation, medians."
 echo "Load average: $(cut -d' ' -f1-3 /proc/loadavg)."
 python3 - "$PROD" <<'EOF'
 import statistics

@@ -64,12 +64,12 @@ if [ "$NCPU" -lt 2 ]; then PROXY_CPU=0; LOAD_CPU=0; fi
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/tmp/wxgate-target}"
 WORK=$(mktemp -d /tmp/wxgate-bench.XXXXXX)
 mkdir -p "$WORK/bin"
+TARGET_DIR=$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')
 if [ -n "${GATEWAY_BIN:-}" ]; then # another build, to compare two in the same conditions
     cp "$GATEWAY_BIN" "$WORK/bin/wxgate"
 else
     say "cargo build --release --bin wxgate"
     cargo build --release --bin wxgate >&2
-    TARGET_DIR=$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')
     # A private copy: a shared target dir may be rebuilt by someone else during the run.
     cp "$TARGET_DIR/release/wxgate" "$WORK/bin/wxgate"
 fi
@@ -310,9 +310,15 @@ for suffix, f in (("us", 1), ("ms", 1e3), ("s", 1e6)):
 else:
     print(float(v))' "$1"
 }
-run_wrk() { # target seconds -> "rps p50_us p99_us"
-    local out
+# The proxy core's ticks: "busy other" (busy: user, nice, system, irq, softirq; other: idle,
+# iowait, steal). A proxy whose core is not kept busy (it waits for the load core) serves fewer
+# calls than it could; its calls per busy second of the core is what it costs per core.
+core_ticks() { awk -v c="cpu$PROXY_CPU" '$1 == c {print $2 + $3 + $4 + $7 + $8, $5 + $6 + $9}' /proc/stat; }
+run_wrk() { # target seconds -> "rps p50_us p99_us busy_share"
+    local out b0 o0 b1 o1
+    read -r b0 o0 < <(core_ticks)
     out=$($NICE taskset -c "$LOAD_CPU" wrk -t1 -c"$CONNECTIONS" -d"$2"s --latency "${URL[$1]}")
+    read -r b1 o1 < <(core_ticks)
     if grep -q 'Non-2xx\|Socket errors' <<<"$out"; then
         echo "$1: wrk saw errors:" >&2; echo "$out" >&2; exit 1
     fi
@@ -320,7 +326,7 @@ run_wrk() { # target seconds -> "rps p50_us p99_us"
     rps=$(awk '/^Requests\/sec:/ {print $2}' <<<"$out")
     p50=$(to_us "$(awk '$1 == "50%" {print $2}' <<<"$out")")
     p99=$(to_us "$(awk '$1 == "99%" {print $2}' <<<"$out")")
-    echo "$rps $p50 $p99"
+    echo "$rps $p50 $p99 $(python3 -c "print(max(1, $b1 - $b0) / max(1, $b1 - $b0 + $o1 - $o0))")"
 }
 
 if [ "$MODE" != prod ]; then
@@ -333,7 +339,7 @@ for round in $(seq "$ROUNDS"); do
     for t in "${TARGETS[@]}"; do
         r=$(run_wrk "$t" "$DURATION")
         echo "$t $r" >>"$RESULTS"
-        printf 'round %d  %-7s %10.0f req/s  p50 %7.0f us  p99 %7.0f us\n' "$round" "$t" $r >&2
+        printf "round %d  %-7s %10.0f req/s  p50 %7.0f us  p99 %7.0f us  CPU$PROXY_CPU busy %.2f\n" "$round" "$t" $r >&2
     done
 done
 
@@ -341,21 +347,25 @@ echo
 echo "wrk -t1 -c$CONNECTIONS -d${DURATION}s, keep-alive, $ROUNDS rounds in alternation; medians."
 echo "The proxy under test (nginx with worker_processes 1, or wxgate with server.threads = 1) is"
 echo "pinned to CPU $PROXY_CPU; wrk and the upstream (nginx, one worker) share CPU $LOAD_CPU.${NICE:+ All at nice -10.}"
-python3 - "$RESULTS" <<'EOF'
+python3 - "$RESULTS" "$PROXY_CPU" <<'EOF'
 import statistics, sys
 rows = {}
 for line in open(sys.argv[1]):
-    t, rps, p50, p99 = line.split()
-    rows.setdefault(t, []).append((float(rps), float(p50), float(p99)))
-med = {t: [statistics.median(x[i] for x in v) for i in range(3)] for t, v in rows.items()}
+    t, rps, p50, p99, busy = line.split()
+    rows.setdefault(t, []).append((float(rps), float(p50), float(p99), float(busy)))
+med = {t: [statistics.median(x[i] for x in v) for i in range(4)] for t, v in rows.items()}
+# Per busy second of the proxy core, each round's own (the direct path's is the load side's).
+per_busy = {t: statistics.median(x[0] / x[3] for x in v) for t, v in rows.items()}
 print()
-print(f"{'target':<8} {'req/s':>10} {'p50 ms':>8} {'p99 ms':>8}   req/s of each round")
+print(f"{'target':<8} {'req/s':>10} {'p50 ms':>8} {'p99 ms':>8} {'CPU' + sys.argv[2] + ' busy':>10} {'req/busy s':>11}   req/s of each round")
 for t in ("direct", "nginx", "wxgate"):
-    rps, p50, p99 = med[t]
+    rps, p50, p99, busy = med[t]
     each = " ".join(f"{x[0]:.0f}" for x in rows[t])
-    print(f"{t:<8} {rps:>10.0f} {p50 / 1000:>8.2f} {p99 / 1000:>8.2f}   {each}")
+    print(f"{t:<8} {rps:>10.0f} {p50 / 1000:>8.2f} {p99 / 1000:>8.2f} {busy:>10.2f} {per_busy[t]:>11.0f}   {each}")
 print()
-print(f"wxgate/nginx  = {med['wxgate'][0] / med['nginx'][0]:.2f}x  (target >= 1.0x per core)")
+rounds = " ".join(f"{w[0] / n[0]:.2f}" for w, n in zip(rows["wxgate"], rows["nginx"]))
+print(f"wxgate/nginx  = {med['wxgate'][0] / med['nginx'][0]:.2f}x req/s (rounds {rounds}), "
+      f"{per_busy['wxgate'] / per_busy['nginx']:.2f}x per busy second of the proxy core  (target >= 1.0x per core)")
 print(f"wxgate/direct = {med['wxgate'][0] / med['direct'][0]:.2f}x")
 EOF
 

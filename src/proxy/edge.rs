@@ -86,7 +86,10 @@ impl Edge {
 /// Serves one connection with `app`, request after request, until it ends.
 pub async fn serve(app: &impl Answers, stream: Stream, timeouts: Timeouts, shutdown: ShutdownWatch) {
     let mut conn = Conn::new(stream, timeouts);
-    while conn.wait_for_request(&shutdown).await {
+    // Made once for the connection: a wait for the server's stop made for each request would
+    // join and leave the watch's list of waiters, under its lock, on every call.
+    let mut stop = std::pin::pin!(stopped(shutdown.clone()));
+    while conn.wait_for_request(&shutdown, stop.as_mut()).await {
         let stopping = *shutdown.borrow();
         let mut session = match Session::read(&mut conn).await {
             Ok(session) => session,
@@ -115,6 +118,12 @@ pub async fn serve(app: &impl Answers, stream: Stream, timeouts: Timeouts, shutd
         // Boxed: rare, and it reads into a buffer of its own.
         Box::pin(conn.linger()).await;
     }
+}
+
+/// Ends when the server begins to stop.
+async fn stopped(mut shutdown: ShutdownWatch) {
+    // An error: the server is gone, which is a stop too.
+    let _ = shutdown.wait_for(|stop| *stop).await;
 }
 
 /// What the edge refuses before anything is resolved or forwarded: methods WeChat's API does
@@ -160,6 +169,8 @@ pub struct Conn {
     deadline: Pin<Box<Sleep>>,
     /// The connection closes with some of a request not read: see [`Conn::linger`].
     unread: bool,
+    /// For the reads of a request body that have to wait.
+    body_timer: h1::Timer,
 }
 
 impl Conn {
@@ -174,6 +185,7 @@ impl Conn {
             due: Some(due),
             deadline: Box::pin(tokio::time::sleep_until(due)),
             unread: false,
+            body_timer: h1::Timer::default(),
         }
     }
 
@@ -188,7 +200,7 @@ impl Conn {
 
     /// Waits, under the current deadline, for the next request to begin; `false` when the
     /// connection ends first (closed, timed out, the server shutting down).
-    async fn wait_for_request(&mut self, shutdown: &ShutdownWatch) -> bool {
+    async fn wait_for_request(&mut self, shutdown: &ShutdownWatch, stop: Pin<&mut impl Future<Output = ()>>) -> bool {
         if *shutdown.borrow() {
             return false;
         }
@@ -197,10 +209,12 @@ impl Conn {
             self.head_begun();
             return true;
         }
-        let mut shutdown = shutdown.clone();
         let read = tokio::select! {
+            // The read first: a request already there is served before a stop is looked at
+            // (the stop was checked above), and no random order is drawn per request.
+            biased;
             read = std::future::poll_fn(|cx| self.poll_first_read(cx)) => read,
-            _ = shutdown.wait_for(|stop| *stop) => return false,
+            () = stop => return false,
         };
         match read {
             Ok(n) => n > 0,
@@ -242,7 +256,7 @@ impl Conn {
     /// Reads more of a request body within `timeout`; 0 at the connection's end.
     pub async fn fill(&mut self, timeout: Duration) -> Result<usize, H1Error> {
         self.phase = Phase::Body;
-        h1::read(&mut self.stream, &mut self.buf, timeout).await
+        h1::read(&mut self.stream, &mut self.buf, &mut self.body_timer, timeout).await
     }
 
     /// The request was answered and its body read: the connection waits for the next one,

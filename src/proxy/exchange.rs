@@ -52,10 +52,10 @@ pub async fn read_whole(answer: &mut Answer) -> std::result::Result<Bytes, CallF
     Ok(body.freeze())
 }
 
-/// Whether WeChat refused the token: 40001 (invalid or not the latest), 40014 (invalid),
-/// 42001 (expired). Parsed only when the body mentions an errcode at all.
-pub fn is_token_error(body: &[u8]) -> bool {
-    errcode(body).is_some_and(|c| matches!(c, 40001 | 40014 | 42001))
+/// Whether an answer's errcode says WeChat refused the token: 40001 (invalid or not the
+/// latest), 40014 (invalid), 42001 (expired).
+pub fn is_token_error(errcode: Option<i64>) -> bool {
+    errcode.is_some_and(|c| matches!(c, 40001 | 40014 | 42001))
 }
 
 /// The errcode of a JSON answer, if it has one. Parsed only when the body mentions an errcode.
@@ -87,6 +87,7 @@ mod tests {
 
     #[test]
     fn token_errors_are_recognised_and_nothing_else() {
+        let is_token_error = |body: &[u8]| is_token_error(errcode(body));
         assert!(is_token_error(
             br#"{"errcode":40001,"errmsg":"invalid credential, access_token is invalid or not latest rid: 1"}"#
         ));

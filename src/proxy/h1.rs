@@ -15,8 +15,11 @@ use pingora::http::ResponseHeader;
 use pingora::protocols::Stream;
 use std::future::Future;
 use std::mem::MaybeUninit;
+use std::pin::Pin;
+use std::task::Poll;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::time::Sleep;
 
 /// A head larger than this is refused: WeChat's are a few hundred bytes, an SDK's call's not
 /// much more.
@@ -61,12 +64,52 @@ pub async fn write_piece(stream: &mut Stream, piece: &[u8], chunked: bool, timeo
     write(stream, &framed, timeout).await
 }
 
-/// Reads `stream` into `buf`, within `timeout`; the number of bytes read (0: the connection's end).
-pub async fn read(stream: &mut Stream, buf: &mut BytesMut, timeout: Duration) -> Result<usize, H1Error> {
+/// Reads `stream` into `buf`, within `timeout` (on the connection's `timer`); the number of
+/// bytes read (0: the connection's end).
+pub async fn read(
+    stream: &mut Stream,
+    buf: &mut BytesMut,
+    timer: &mut Timer,
+    timeout: Duration,
+) -> Result<usize, H1Error> {
     if buf.capacity() - buf.len() < READ_SIZE / 2 {
         buf.reserve(READ_SIZE);
     }
-    within(timeout, stream.read_buf(buf)).await
+    timer.within(timeout, stream.read_buf(buf)).await
+}
+
+/// A connection's timer for the reads that have to wait, made at the first and moved for each
+/// one after: tokio moves a timer later with a compare-and-swap, where a timer made for each
+/// wait (an answer from WeChat always has to be waited for) is put into the runtime's wheel and
+/// taken out again, under its lock, on every call.
+#[derive(Debug, Default)]
+pub struct Timer(Option<Pin<Box<Sleep>>>);
+
+impl Timer {
+    /// `io` within `timeout`: tried first, and timed only if it has to wait.
+    pub async fn within<T>(
+        &mut self,
+        timeout: Duration,
+        io: impl Future<Output = std::io::Result<T>>,
+    ) -> Result<T, H1Error> {
+        let mut io = std::pin::pin!(io);
+        if let Some(done) = io.as_mut().now_or_never() {
+            return done.map_err(|e| H1Error::Io(e.kind()));
+        }
+        let due = tokio::time::Instant::now() + timeout;
+        let sleep = match &mut self.0 {
+            Some(sleep) => {
+                sleep.as_mut().reset(due);
+                sleep
+            }
+            empty => empty.insert(Box::pin(tokio::time::sleep_until(due))),
+        };
+        std::future::poll_fn(|cx| match io.as_mut().poll(cx) {
+            Poll::Ready(done) => Poll::Ready(done.map_err(|e| H1Error::Io(e.kind()))),
+            Poll::Pending => sleep.as_mut().poll(cx).map(|()| Err(H1Error::TimedOut)),
+        })
+        .await
+    }
 }
 
 /// `io` within `timeout`. Most I/O here is ready at once (a write into the socket's buffer, a
@@ -119,7 +162,12 @@ pub struct Response {
 impl Response {
     /// Reads the answer's head, passing over interim (1xx) answers. `no_body`: the request was
     /// HEAD, whose answer has a length but no body.
-    pub async fn read(stream: &mut Stream, no_body: bool, timeout: Duration) -> Result<Self, H1Error> {
+    pub async fn read(
+        stream: &mut Stream,
+        timer: &mut Timer,
+        no_body: bool,
+        timeout: Duration,
+    ) -> Result<Self, H1Error> {
         let mut buf = BytesMut::new();
         loop {
             if let Some(response) = parse_head(&mut buf, no_body)? {
@@ -128,19 +176,24 @@ impl Response {
             if buf.len() >= MAX_HEAD {
                 return Err(H1Error::Malformed("the head is too large"));
             }
-            if read(stream, &mut buf, timeout).await? == 0 {
+            if read(stream, &mut buf, timer, timeout).await? == 0 {
                 return Err(H1Error::Closed);
             }
         }
     }
 
     /// The next piece of the body; `None` once it is over.
-    pub async fn body(&mut self, stream: &mut Stream, timeout: Duration) -> Result<Option<Bytes>, H1Error> {
+    pub async fn body(
+        &mut self,
+        stream: &mut Stream,
+        timer: &mut Timer,
+        timeout: Duration,
+    ) -> Result<Option<Bytes>, H1Error> {
         loop {
             if let Some(step) = self.decode()? {
                 return Ok(step);
             }
-            if read(stream, &mut self.buf, timeout).await? == 0 {
+            if read(stream, &mut self.buf, timer, timeout).await? == 0 {
                 if self.framing != Framing::UntilClose {
                     return Err(H1Error::Closed);
                 }

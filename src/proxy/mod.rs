@@ -211,8 +211,9 @@ impl Gateway {
                 return streamed.map_err(|e| downstream_gone(&e));
             }
             let whole = exchange::read_whole(&mut answer).await.map_err(|f| f.reply())?;
-            metrics::count_wechat_errcode(exchange::errcode(&whole));
-            if !replayed && exchange::is_token_error(&whole) {
+            let errcode = exchange::errcode(&whole);
+            metrics::count_wechat_errcode(errcode);
+            if !replayed && exchange::is_token_error(errcode) {
                 self.upstream.release(answer);
                 metrics::TOKEN_RETRY.inc();
                 tracing::info!(

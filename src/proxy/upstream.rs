@@ -108,13 +108,23 @@ pub enum Body<'s, 'c> {
     Streamed { kept: Bytes, from: &'s mut Session<'c>, length: Option<usize>, limit: usize },
 }
 
+/// A connection to a WeChat host, with the timer its waiting reads share.
+#[derive(Debug)]
+pub(super) struct Connection {
+    stream: Stream,
+    timer: h1::Timer,
+}
+
 /// What WeChat answered (its header read), with the connection it came on.
 pub struct Answer {
-    stream: Stream,
+    conn: Connection,
     response: h1::Response,
     /// Which host (0 = the primary) the connection goes to.
     target: usize,
     timeout: Duration,
+    /// When the call began: the connection counts as idle from then if it is kept (a little
+    /// early, which only ever retires it sooner), so that releasing it reads no clock.
+    started: Instant,
 }
 
 impl Answer {
@@ -124,7 +134,7 @@ impl Answer {
 
     /// The next piece of the answer's body; `None` once it is over.
     pub async fn body(&mut self) -> Result<Option<Bytes>, H1Error> {
-        self.response.body(&mut self.stream, self.timeout).await
+        self.response.body(&mut self.conn.stream, &mut self.conn.timer, self.timeout).await
     }
 }
 
@@ -220,7 +230,7 @@ impl Upstream {
         for target in (first..self.targets.len()).chain(0..first) {
             let mut fresh = false;
             loop {
-                let (mut stream, reused) = match self.connect(target, fresh).await {
+                let (mut conn, reused) = match self.connect(target, fresh, started).await {
                     Ok(s) => s,
                     Err(e) => {
                         tracing::warn!(host = %self.targets[target].host, error = ?e.etype(), "could not connect to WeChat; trying the next host");
@@ -230,11 +240,11 @@ impl Upstream {
                 };
                 let head = self.request(client, target, outbound, token, body).ok_or(CallFailure::Broken)?;
                 let no_body = client.method == http::Method::HEAD;
-                match exchange(&mut stream, head, body, no_body, self.timeout).await {
+                match exchange(&mut conn, head, body, no_body, self.timeout).await {
                     Ok(response) => {
                         metrics::UPSTREAM_DURATION.observe(started.elapsed().as_secs_f64());
                         self.settle_on(target);
-                        return Ok(Answer { stream, response, target, timeout: self.timeout });
+                        return Ok(Answer { conn, response, target, timeout: self.timeout, started });
                     }
                     Err(Failed::Client(failure)) => return Err(failure),
                     Err(Failed::Upstream { error, written, body_spent })
@@ -258,16 +268,16 @@ impl Upstream {
     /// async: a kept connection needs no waiting, and a closing one is shut down in a task of
     /// its own, so that every call's future does not carry a shutdown's.
     pub fn release(&self, answer: Answer) -> Box<ResponseHeader> {
-        let Answer { stream, response, target, .. } = answer;
+        let Answer { conn, response, target, started, .. } = answer;
         if !response.reusable() {
-            close(stream);
+            close(conn.stream);
             return response.header;
         }
         let mut idle = self.targets[target].idle();
         if idle.len() >= MAX_IDLE_PER_TARGET {
             idle.remove(0);
         }
-        idle.push((stream, Instant::now()));
+        idle.push((conn, started));
         response.header
     }
 
@@ -308,22 +318,22 @@ impl Upstream {
         self.epoch.elapsed().as_millis() as u64
     }
 
-    /// A connection to `target`: an idle one if there is one still open, else a new one. The
-    /// flag tells which.
-    async fn connect(&self, target: usize, fresh: bool) -> pingora::Result<(Stream, bool)> {
-        let peer = self.peer(target).await.ok_or_else(|| pingora::Error::new(ErrorType::ConnectNoRoute))?;
+    /// A connection to `target`: an idle one if there is one still open (idle for less than
+    /// [`IDLE_TIMEOUT`] at `now`), else a new one. The flag tells which.
+    async fn connect(&self, target: usize, fresh: bool, now: Instant) -> pingora::Result<(Connection, bool)> {
         if !fresh {
             loop {
-                let Some((mut stream, since)) = self.targets[target].idle().pop() else { break };
-                if since.elapsed() < IDLE_TIMEOUT && still_open(&mut stream) {
-                    return Ok((stream, true));
+                let Some((mut conn, since)) = self.targets[target].idle().pop() else { break };
+                if now.duration_since(since) < IDLE_TIMEOUT && still_open(&mut conn.stream) {
+                    return Ok((conn, true));
                 }
             }
         }
+        let peer = self.peer(target).await.ok_or_else(|| pingora::Error::new(ErrorType::ConnectNoRoute))?;
         // Boxed: a connect's future (TCP, then a TLS handshake) is some 8 KiB, which every
         // call's future would otherwise carry, and be copied with, for the rare new connection.
         let stream = Box::pin(self.transport.new_stream(&*peer)).await?;
-        Ok((stream, false))
+        Ok((Connection { stream, timer: h1::Timer::default() }, false))
     }
 
     async fn peer(&self, target: usize) -> Option<Arc<HttpPeer>> {
@@ -418,24 +428,11 @@ fn is_hop_by_hop(headers: &http::HeaderMap, connection: bool, name: &str) -> boo
 /// whole, the length is `whole_body` (the server's own `Content-Length` when it says the same).
 /// Changed in place: nothing is copied.
 pub fn downstream_header(mut header: Box<ResponseHeader>, whole_body: Option<usize>) -> Box<ResponseHeader> {
-    // Named in `Connection` besides its own tokens (`close`, `keep-alive`): rare, so a name is
-    // made and the list allocated only then.
-    let named: Vec<http::HeaderName> = connection_tokens(&header.headers)
-        .filter(|t| !t.eq_ignore_ascii_case("close") && !HOP_BY_HOP.iter().any(|h| t.eq_ignore_ascii_case(h)))
-        .filter_map(|t| http::HeaderName::from_bytes(t.as_bytes()).ok())
-        .collect();
-    for name in &named {
-        header.remove_header(name);
-    }
-    if whole_body.is_none() && header.headers.contains_key(http::header::TRANSFER_ENCODING) {
-        // Read by its chunks, whatever length it also claims: the client's framing is the
-        // edge's own (the length if there is one, else chunks).
-        header.remove_header(&http::header::CONTENT_LENGTH);
-    }
-    for name in HOP_BY_HOP {
-        if header.headers.contains_key(name) {
-            header.remove_header(name);
-        }
+    // One pass over the names finds whether there is anything to remove: most answers have
+    // at most `Connection`, and a lookup by name for each hop-by-hop header hashed each one.
+    let hop_by_hop = header.headers.keys().any(|name| HOP_BY_HOP.contains(&name.as_str()));
+    if hop_by_hop {
+        strip_hop_by_hop(&mut header, whole_body.is_none());
     }
     if let Some(len) = whole_body {
         let mut lengths = header.headers.get_all(http::header::CONTENT_LENGTH).iter();
@@ -448,6 +445,30 @@ pub fn downstream_header(mut header: Box<ResponseHeader>, whole_body: Option<usi
         }
     }
     header
+}
+
+/// Removes this hop's headers from an answer that has some: those `Connection` names, then
+/// the hop-by-hop ones. `streamed`: a chunked answer then loses the length it may also claim.
+fn strip_hop_by_hop(header: &mut ResponseHeader, streamed: bool) {
+    // Named in `Connection` besides its own tokens (`close`, `keep-alive`): rare, so a name is
+    // made and the list allocated only then.
+    let named: Vec<http::HeaderName> = connection_tokens(&header.headers)
+        .filter(|t| !t.eq_ignore_ascii_case("close") && !HOP_BY_HOP.iter().any(|h| t.eq_ignore_ascii_case(h)))
+        .filter_map(|t| http::HeaderName::from_bytes(t.as_bytes()).ok())
+        .collect();
+    for name in &named {
+        header.remove_header(name);
+    }
+    if streamed && header.headers.contains_key(http::header::TRANSFER_ENCODING) {
+        // Read by its chunks, whatever length it also claims: the client's framing is the
+        // edge's own (the length if there is one, else chunks).
+        header.remove_header(&http::header::CONTENT_LENGTH);
+    }
+    for name in HOP_BY_HOP {
+        if header.headers.contains_key(name) {
+            header.remove_header(name);
+        }
+    }
 }
 
 /// How an exchange failed.
@@ -463,12 +484,13 @@ enum Failed {
 /// Sends the request, `head` then its body, and reads the answer's head. A small body goes
 /// out in the same write as the head.
 async fn exchange(
-    stream: &mut Stream,
+    conn: &mut Connection,
     mut head: Vec<u8>,
     body: &mut Body<'_, '_>,
     no_body: bool,
     timeout: Duration,
 ) -> Result<h1::Response, Failed> {
+    let Connection { stream, timer } = conn;
     let upstream = |body_spent| move |error| Failed::Upstream { error, written: false, body_spent };
     match body {
         Body::Whole(b) if b.len() <= COALESCE_BODY => {
@@ -501,7 +523,7 @@ async fn exchange(
         }
     }
     let spent = matches!(body, Body::Streamed { .. });
-    h1::Response::read(stream, no_body, timeout).await.map_err(|error| Failed::Upstream {
+    h1::Response::read(stream, timer, no_body, timeout).await.map_err(|error| Failed::Upstream {
         error,
         written: true,
         body_spent: spent,

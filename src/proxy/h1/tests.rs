@@ -166,7 +166,7 @@ async fn serving(pieces: Vec<&'static [u8]>, hold: bool) -> Stream {
 
 async fn whole_body(stream: &mut Stream, response: &mut Response) -> Result<Vec<u8>, H1Error> {
     let mut body = Vec::new();
-    while let Some(piece) = response.body(stream, Duration::from_secs(5)).await? {
+    while let Some(piece) = response.body(stream, &mut Timer::default(), Duration::from_secs(5)).await? {
         body.extend_from_slice(&piece);
     }
     Ok(body)
@@ -175,7 +175,7 @@ async fn whole_body(stream: &mut Stream, response: &mut Response) -> Result<Vec<
 #[tokio::test]
 async fn a_body_that_ends_with_the_connection_is_read_to_its_end() {
     let mut stream = serving(vec![b"HTTP/1.1 200 OK\r\n\r\nfirst ", b"second"], false).await;
-    let mut r = Response::read(&mut stream, false, Duration::from_secs(5)).await.unwrap();
+    let mut r = Response::read(&mut stream, &mut Timer::default(), false, Duration::from_secs(5)).await.unwrap();
     assert_eq!(whole_body(&mut stream, &mut r).await.unwrap(), b"first second");
     assert!(!r.reusable());
 }
@@ -183,35 +183,71 @@ async fn a_body_that_ends_with_the_connection_is_read_to_its_end() {
 #[tokio::test]
 async fn a_connection_that_ends_too_soon_is_an_error() {
     let mut stream = serving(vec![b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nshort"], false).await;
-    let mut r = Response::read(&mut stream, false, Duration::from_secs(5)).await.unwrap();
+    let mut r = Response::read(&mut stream, &mut Timer::default(), false, Duration::from_secs(5)).await.unwrap();
     assert_eq!(whole_body(&mut stream, &mut r).await.unwrap_err(), H1Error::Closed);
 
     let mut stream = serving(vec![b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhel"], false).await;
-    let mut r = Response::read(&mut stream, false, Duration::from_secs(5)).await.unwrap();
+    let mut r = Response::read(&mut stream, &mut Timer::default(), false, Duration::from_secs(5)).await.unwrap();
     assert_eq!(whole_body(&mut stream, &mut r).await.unwrap_err(), H1Error::Closed);
 
     let mut stream = serving(vec![b"HTTP/1.1 200 OK\r\nContent-"], false).await;
-    assert_eq!(Response::read(&mut stream, false, Duration::from_secs(5)).await.unwrap_err(), H1Error::Closed);
+    assert_eq!(
+        Response::read(&mut stream, &mut Timer::default(), false, Duration::from_secs(5)).await.unwrap_err(),
+        H1Error::Closed
+    );
 }
 
 #[tokio::test]
 async fn a_server_that_stops_answering_times_out() {
     let mut stream = serving(vec![b"HTTP/1.1 200 OK\r\n"], true).await;
     let waited = std::time::Instant::now();
-    let read = Response::read(&mut stream, false, Duration::from_millis(200)).await;
+    let read = Response::read(&mut stream, &mut Timer::default(), false, Duration::from_millis(200)).await;
     assert_eq!(read.unwrap_err(), H1Error::TimedOut);
     assert!(waited.elapsed() < Duration::from_secs(5));
 
     let mut stream = serving(vec![b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nok"], true).await;
-    let mut r = Response::read(&mut stream, false, Duration::from_millis(200)).await.unwrap();
-    assert_eq!(r.body(&mut stream, Duration::from_millis(200)).await.unwrap().as_deref(), Some(&b"ok"[..]));
-    assert_eq!(r.body(&mut stream, Duration::from_millis(200)).await.unwrap_err(), H1Error::TimedOut);
+    let mut r = Response::read(&mut stream, &mut Timer::default(), false, Duration::from_millis(200)).await.unwrap();
+    assert_eq!(
+        r.body(&mut stream, &mut Timer::default(), Duration::from_millis(200)).await.unwrap().as_deref(),
+        Some(&b"ok"[..])
+    );
+    assert_eq!(
+        r.body(&mut stream, &mut Timer::default(), Duration::from_millis(200)).await.unwrap_err(),
+        H1Error::TimedOut
+    );
 }
 
 #[tokio::test]
 async fn a_head_larger_than_the_limit_is_refused() {
     let big: &'static [u8] = Box::leak(vec![b'a'; MAX_HEAD + 10].into_boxed_slice());
     let mut stream = serving(vec![b"HTTP/1.1 200 OK\r\nX-Big: ", big], true).await;
-    let read = Response::read(&mut stream, false, Duration::from_secs(5)).await;
+    let read = Response::read(&mut stream, &mut Timer::default(), false, Duration::from_secs(5)).await;
     assert_eq!(read.unwrap_err(), H1Error::Malformed("the head is too large"));
+}
+
+/// I/O that is ready after `after` (a read whose bytes arrive then), or never.
+async fn io_after(after: Option<Duration>) -> std::io::Result<()> {
+    match after {
+        Some(after) => tokio::time::sleep(after).await,
+        None => std::future::pending().await,
+    }
+    Ok(())
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_connections_timer_times_each_wait_from_its_own_start() {
+    use tokio::time::Instant;
+    let mut timer = Timer::default();
+    let ms = Duration::from_millis;
+    assert_eq!(timer.within(ms(100), io_after(Some(ms(50)))).await, Ok(()));
+    // The first deadline passes while the connection is idle: the next wait still gets its own.
+    tokio::time::sleep(ms(200)).await;
+    let started = Instant::now();
+    assert_eq!(timer.within(ms(100), io_after(None)).await, Err(H1Error::TimedOut));
+    assert_eq!(started.elapsed(), ms(100));
+    // Moved later while still set, it fires at the later time, not the earlier one.
+    assert_eq!(timer.within(ms(100), io_after(Some(ms(30)))).await, Ok(()));
+    let started = Instant::now();
+    assert_eq!(timer.within(ms(1000), io_after(None)).await, Err(H1Error::TimedOut));
+    assert_eq!(started.elapsed(), ms(1000));
 }

@@ -1,7 +1,6 @@
 //! One WeChat host: where it is, the peer for its address, and its idle connections.
 
-use super::{UpstreamError, IDLE_TIMEOUT};
-use pingora::protocols::Stream;
+use super::{Connection, UpstreamError, IDLE_TIMEOUT};
 use pingora::upstreams::peer::HttpPeer;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
@@ -20,7 +19,7 @@ pub(super) struct Target {
     /// The peer for the resolved address, built once (a peer is a few allocations); `None`
     /// while the host could not be resolved.
     pub(super) peer: RwLock<Option<Arc<HttpPeer>>>,
-    pub(super) idle: Mutex<Vec<(Stream, Instant)>>,
+    pub(super) idle: Mutex<Vec<(Connection, Instant)>>,
 }
 
 impl Target {
@@ -53,7 +52,7 @@ impl Target {
         })
     }
 
-    pub(super) fn idle(&self) -> MutexGuard<'_, Vec<(Stream, Instant)>> {
+    pub(super) fn idle(&self) -> MutexGuard<'_, Vec<(Connection, Instant)>> {
         self.idle.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
