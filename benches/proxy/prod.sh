@@ -174,12 +174,6 @@ fi
 half_conns=$(python3 -c "
 m = min(float(l.split()[3]) for l in open('$PROD'))
 print(max(1, round(m / 2 * ($DELAY_MS + $THINK_MS / 2) / 1000)))")
-if [ "${SPIN:-0}" = 1 ]; then
-    for cpu in "$PROXY_CPU" "$LOAD_CPU"; do
-        chrt -i 0 taskset -c "$cpu" sh -c 'while :; do :; done' &
-        PIDS+=($!)
-    done
-fi
 for round in $(seq "$PROD_HALF_ROUNDS"); do
     for t in direct nginx wxgate; do
         prod_wrk "$t" "$half_conns" 2 >/dev/null

@@ -310,26 +310,32 @@ for suffix, f in (("us", 1), ("ms", 1e3), ("s", 1e6)):
 else:
     print(float(v))' "$1"
 }
-# The proxy core's ticks: "busy other" (busy: user, nice, system, irq, softirq; other: idle,
-# iowait, steal). A proxy whose core is not kept busy (it waits for the load core) serves fewer
-# calls than it could; its calls per busy second of the core is what it costs per core.
-core_ticks() { awk -v c="cpu$PROXY_CPU" '$1 == c {print $2 + $3 + $4 + $7 + $8, $5 + $6 + $9}' /proc/stat; }
-run_wrk() { # target seconds -> "rps p50_us p99_us busy_share"
-    local out b0 o0 b1 o1
-    read -r b0 o0 < <(core_ticks)
+# The proxy's own CPU per call (utime + stime of its process over the run / calls: what the
+# production-shaped run compares too), and the share of the proxy core the hypervisor took
+# (steal): this machine's neighbours take up to a third at times, and a round with much steal
+# says more about them than about the proxy.
+proc_ticks() { if [ -n "$1" ]; then awk '{print $14 + $15}' "/proc/$1/stat"; else echo 0; fi; }
+core_ticks() { awk -v c="cpu$PROXY_CPU" '$1 == c {t = 0; for (i = 2; i <= 9; i++) t += $i; print $9, t}' /proc/stat; }
+declare -A PID_OF=()
+run_wrk() { # target seconds -> "rps p50_us p99_us cpu_us_per_call steal_share"
+    local out p0 p1 s0 t0 s1 t1 calls
+    p0=$(proc_ticks "${PID_OF[$1]:-}"); read -r s0 t0 < <(core_ticks)
     out=$($NICE taskset -c "$LOAD_CPU" wrk -t1 -c"$CONNECTIONS" -d"$2"s --latency "${URL[$1]}")
-    read -r b1 o1 < <(core_ticks)
+    p1=$(proc_ticks "${PID_OF[$1]:-}"); read -r s1 t1 < <(core_ticks)
     if grep -q 'Non-2xx\|Socket errors' <<<"$out"; then
         echo "$1: wrk saw errors:" >&2; echo "$out" >&2; exit 1
     fi
+    calls=$(awk '/requests in/ {print $1}' <<<"$out")
     local rps p50 p99
     rps=$(awk '/^Requests\/sec:/ {print $2}' <<<"$out")
     p50=$(to_us "$(awk '$1 == "50%" {print $2}' <<<"$out")")
     p99=$(to_us "$(awk '$1 == "99%" {print $2}' <<<"$out")")
-    echo "$rps $p50 $p99 $(python3 -c "print(max(1, $b1 - $b0) / max(1, $b1 - $b0 + $o1 - $o0))")"
+    echo "$rps $p50 $p99 $(python3 -c "print(($p1 - $p0) / $TCK * 1e6 / $calls, ($s1 - $s0) / max(1, $t1 - $t0))")"
 }
 
 if [ "$MODE" != prod ]; then
+TCK=$(getconf CLK_TCK)
+PID_OF=([nginx]=$NGX_PID [wxgate]=$WXG_PID)
 say "warm-up (2 s each)"
 for t in "${TARGETS[@]}"; do run_wrk "$t" 2 >/dev/null; done
 
@@ -339,7 +345,7 @@ for round in $(seq "$ROUNDS"); do
     for t in "${TARGETS[@]}"; do
         r=$(run_wrk "$t" "$DURATION")
         echo "$t $r" >>"$RESULTS"
-        printf "round %d  %-7s %10.0f req/s  p50 %7.0f us  p99 %7.0f us  CPU$PROXY_CPU busy %.2f\n" "$round" "$t" $r >&2
+        printf 'round %d  %-7s %10.0f req/s  p50 %7.0f us  p99 %7.0f us  %5.1f us CPU/call  steal %.2f\n' "$round" "$t" $r >&2
     done
 done
 
@@ -347,25 +353,26 @@ echo
 echo "wrk -t1 -c$CONNECTIONS -d${DURATION}s, keep-alive, $ROUNDS rounds in alternation; medians."
 echo "The proxy under test (nginx with worker_processes 1, or wxgate with server.threads = 1) is"
 echo "pinned to CPU $PROXY_CPU; wrk and the upstream (nginx, one worker) share CPU $LOAD_CPU.${NICE:+ All at nice -10.}"
-python3 - "$RESULTS" "$PROXY_CPU" <<'EOF'
+python3 - "$RESULTS" <<'EOF'
 import statistics, sys
 rows = {}
 for line in open(sys.argv[1]):
-    t, rps, p50, p99, busy = line.split()
-    rows.setdefault(t, []).append((float(rps), float(p50), float(p99), float(busy)))
-med = {t: [statistics.median(x[i] for x in v) for i in range(4)] for t, v in rows.items()}
-# Per busy second of the proxy core, each round's own (the direct path's is the load side's).
-per_busy = {t: statistics.median(x[0] / x[3] for x in v) for t, v in rows.items()}
+    t, rps, p50, p99, cpu, steal = line.split()
+    rows.setdefault(t, []).append(tuple(map(float, (rps, p50, p99, cpu, steal))))
+med = {t: [statistics.median(x[i] for x in v) for i in range(5)] for t, v in rows.items()}
 print()
-print(f"{'target':<8} {'req/s':>10} {'p50 ms':>8} {'p99 ms':>8} {'CPU' + sys.argv[2] + ' busy':>10} {'req/busy s':>11}   req/s of each round")
+print(f"{'target':<8} {'req/s':>10} {'p50 ms':>8} {'p99 ms':>8} {'CPU us/call':>12} {'steal':>6}   req/s of each round")
 for t in ("direct", "nginx", "wxgate"):
-    rps, p50, p99, busy = med[t]
+    rps, p50, p99, cpu, steal = med[t]
     each = " ".join(f"{x[0]:.0f}" for x in rows[t])
-    print(f"{t:<8} {rps:>10.0f} {p50 / 1000:>8.2f} {p99 / 1000:>8.2f} {busy:>10.2f} {per_busy[t]:>11.0f}   {each}")
+    cpu = f"{cpu:.1f}" if t != "direct" else ""
+    print(f"{t:<8} {rps:>10.0f} {p50 / 1000:>8.2f} {p99 / 1000:>8.2f} {cpu:>12} {steal:>6.2f}   {each}")
 print()
 rounds = " ".join(f"{w[0] / n[0]:.2f}" for w, n in zip(rows["wxgate"], rows["nginx"]))
-print(f"wxgate/nginx  = {med['wxgate'][0] / med['nginx'][0]:.2f}x req/s (rounds {rounds}), "
-      f"{per_busy['wxgate'] / per_busy['nginx']:.2f}x per busy second of the proxy core  (target >= 1.0x per core)")
+cpu = [w[3] / n[3] for w, n in zip(rows["wxgate"], rows["nginx"])]
+print(f"wxgate/nginx  = {med['wxgate'][0] / med['nginx'][0]:.2f}x req/s (rounds {rounds})  (target >= 1.0x per core)")
+print(f"wxgate/nginx CPU per call (each proxy's process) = {statistics.median(cpu):.2f}x "
+      f"(rounds {' '.join(f'{c:.2f}' for c in cpu)})")
 print(f"wxgate/direct = {med['wxgate'][0] / med['direct'][0]:.2f}x")
 EOF
 
