@@ -60,6 +60,9 @@ pub fn is_token_error(errcode: Option<i64>) -> bool {
 
 /// The errcode of a JSON answer, if it has one. Parsed only when the body mentions an errcode.
 pub fn errcode(body: &[u8]) -> Option<i64> {
+    if let Some(code) = leading_errcode(body) {
+        return Some(code);
+    }
     if !body.windows(7).any(|w| w == b"errcode") {
         return None;
     }
@@ -68,6 +71,22 @@ pub fn errcode(body: &[u8]) -> Option<i64> {
         errcode: Option<i64>,
     }
     serde_json::from_slice::<Errcode>(body).ok().and_then(|e| e.errcode)
+}
+
+/// The errcode of an answer that begins with it, as WeChat writes every answer that has one
+/// (`{"errcode":0,"errmsg":"ok"}`), read without a JSON parser: it is the object's first key,
+/// so it is the top level's. `None` for any other shape, which is then parsed.
+fn leading_errcode(body: &[u8]) -> Option<i64> {
+    let rest = body.strip_prefix(br#"{"errcode":"#)?;
+    let negative = rest.first() == Some(&b'-');
+    let digits = &rest[usize::from(negative)..];
+    let len = digits.iter().take_while(|b| b.is_ascii_digit()).count();
+    // A number ends at `,` or `}` (WeChat writes no spaces); anything else is parsed whole.
+    if len == 0 || len > 12 || !matches!(digits.get(len), Some(b',' | b'}')) {
+        return None;
+    }
+    let value = std::str::from_utf8(&digits[..len]).ok()?.parse::<i64>().ok()?;
+    Some(if negative { -value } else { value })
 }
 
 /// Streams the rest of the answer to the client, chunk by chunk: memory stays flat whatever
@@ -97,5 +116,28 @@ mod tests {
         assert!(!is_token_error(br#"{"errcode":45009,"errmsg":"reach max api daily quota limit"}"#));
         assert!(!is_token_error(br#"{"subscribe":1,"nickname":"40001"}"#));
         assert!(!is_token_error(b"not json errcode 40001"));
+    }
+
+    #[test]
+    fn a_leading_errcode_is_read_as_the_parser_reads_it() {
+        for body in [
+            &br#"{"errcode":0,"errmsg":"ok"}"#[..],
+            br#"{"errcode":40001,"errmsg":"invalid credential"}"#,
+            br#"{"errcode":-1,"errmsg":"system error"}"#,
+            br#"{"errcode":45009}"#,
+            br#"{"errcode": 40001}"#,
+            br#"{"errcode":40001.5}"#,
+            br#"{"errcode":"40001"}"#,
+            br#"{"errcode":4000100000000000000000}"#,
+            br#"{"errcode":}"#,
+            br#"{"data":{"errcode":40001}}"#,
+        ] {
+            #[derive(serde::Deserialize)]
+            struct Errcode {
+                errcode: Option<i64>,
+            }
+            let parsed = serde_json::from_slice::<Errcode>(body).ok().and_then(|e| e.errcode);
+            assert_eq!(errcode(body), parsed, "{}", String::from_utf8_lossy(body));
+        }
     }
 }
