@@ -290,25 +290,58 @@ fn chunk_size(line: &[u8]) -> Result<usize, H1Error> {
 /// before it are passed over. What follows the head stays in `buf`.
 fn parse_head(buf: &mut BytesMut, no_body: bool) -> Result<Option<Response>, H1Error> {
     loop {
-        let mut headers = [const { MaybeUninit::uninit() }; MAX_HEADERS];
-        let mut parsed = httparse::Response::new(&mut []);
-        let (len, code) = match uninit_parse(&mut parsed, buf, &mut headers) {
-            Ok(httparse::Status::Complete(len)) => (len, parsed.code.unwrap_or_default()),
-            Ok(httparse::Status::Partial) => return Ok(None),
-            Err(httparse::Error::TooManyHeaders) => return Err(H1Error::Malformed("too many headers")),
-            Err(_) => return Err(H1Error::Malformed("the head does not parse")),
-        };
-        match code {
-            101 => return Err(H1Error::Malformed("an upgrade was not asked for")),
-            100..=199 => buf.advance(len),
-            _ => return Ok(Some(response(buf.split_to(len).freeze(), buf.split(), no_body)?)),
+        let Some(len) = response_head_len(buf)? else { return Ok(None) };
+        if let Some(mut response) = response(buf.split_to(len).freeze(), no_body)? {
+            response.buf = buf.split();
+            return Ok(Some(response));
         }
     }
 }
 
-/// httparse with its strict defaults, given room for headers uninitialised: a head is parsed
-/// twice per call (once to find where it ends, once into the header), and zeroing room for
-/// [`MAX_HEADERS`] each time cost more than the parse.
+/// How long the answer's head at the start of `buf` is, once it is all there.
+fn response_head_len(buf: &[u8]) -> Result<Option<usize>, H1Error> {
+    if let Some(end) = crlf_head_end(buf) {
+        return Ok(Some(end));
+    }
+    let mut headers = [const { MaybeUninit::uninit() }; MAX_HEADERS];
+    let mut parsed = httparse::Response::new(&mut []);
+    match uninit_parse(&mut parsed, buf, &mut headers) {
+        Ok(httparse::Status::Complete(len)) => Ok(Some(len)),
+        Ok(httparse::Status::Partial) => Ok(None),
+        Err(e) => Err(head_error(e)),
+    }
+}
+
+fn head_error(e: httparse::Error) -> H1Error {
+    match e {
+        httparse::Error::TooManyHeaders => H1Error::Malformed("too many headers"),
+        _ => H1Error::Malformed("the head does not parse"),
+    }
+}
+
+/// Where a head ends (just past its empty line) when it has all arrived and each of its lines
+/// ends with CRLF, as all but odd heads' do: found by looking for line ends, so that the head
+/// is split off first and parsed once. `None` otherwise (not all there yet, a line ended by a
+/// bare LF, empty lines before it), and the parser finds where it ends.
+pub fn crlf_head_end(buf: &[u8]) -> Option<usize> {
+    if matches!(buf.first(), Some(b'\r' | b'\n')) {
+        return None;
+    }
+    let mut line_start = 0;
+    for lf in memchr::memchr_iter(b'\n', buf) {
+        if lf == 0 || buf[lf - 1] != b'\r' {
+            return None;
+        }
+        if lf - 1 == line_start {
+            return Some(lf + 1);
+        }
+        line_start = lf + 1;
+    }
+    None
+}
+
+/// httparse with its strict defaults, given room for headers uninitialised: zeroing room for
+/// [`MAX_HEADERS`] for each head cost more than the parse.
 fn uninit_parse<'h, 'b>(
     parsed: &mut httparse::Response<'h, 'b>,
     buf: &'b [u8],
@@ -317,12 +350,21 @@ fn uninit_parse<'h, 'b>(
     httparse::ParserConfig::default().parse_response_with_uninit_headers(parsed, buf, headers)
 }
 
-/// The answer with head `head`, whose body begins with `rest`. The header's values share
-/// `head`'s memory: no value is copied.
-fn response(head: Bytes, rest: BytesMut, no_body: bool) -> Result<Response, H1Error> {
+/// The answer with head `head` (the whole head, split off what was read), or `None` for an
+/// interim (1xx) one. The header's values share `head`'s memory: no value is copied.
+fn response(head: Bytes, no_body: bool) -> Result<Option<Response>, H1Error> {
     let mut headers = [const { MaybeUninit::uninit() }; MAX_HEADERS];
     let mut parsed = httparse::Response::new(&mut []);
-    uninit_parse(&mut parsed, &head, &mut headers).map_err(|_| H1Error::Malformed("the head does not parse"))?;
+    match uninit_parse(&mut parsed, &head, &mut headers).map_err(head_error)? {
+        httparse::Status::Complete(len) if len == head.len() => {}
+        // Where the head ends was found by the same rules: this is a head no reading can take.
+        _ => return Err(H1Error::Malformed("the head does not parse")),
+    }
+    match parsed.code.unwrap_or_default() {
+        101 => return Err(H1Error::Malformed("an upgrade was not asked for")),
+        100..=199 => return Ok(None),
+        _ => {}
+    }
     let status = StatusCode::from_u16(parsed.code.unwrap_or_default())
         .map_err(|_| H1Error::Malformed("the status is not a number from 100 to 999"))?;
     let version = if parsed.version == Some(0) { Version::HTTP_10 } else { Version::HTTP_11 };
@@ -337,12 +379,12 @@ fn response(head: Bytes, rest: BytesMut, no_body: bool) -> Result<Response, H1Er
     let framing = framing(status, no_body, &map)?;
     let (mut parts, ()) = http::Response::new(()).into_parts();
     (parts.status, parts.version, parts.headers) = (status, version, map);
-    Ok(Response {
+    Ok(Some(Response {
         header: Box::new(ResponseHeader::from(parts)),
         keepalive: keepalive && framing != Framing::UntilClose,
         framing,
-        buf: rest,
-    })
+        buf: BytesMut::new(),
+    }))
 }
 
 /// How the body is delimited (RFC 9112 §6.3).

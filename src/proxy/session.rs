@@ -241,26 +241,50 @@ fn put_header(head: &mut BytesMut, name: &[u8], value: &[u8]) {
 /// body is framed, and whether the client keeps the connection open. What follows the head
 /// stays in `buf`.
 fn parse_request(buf: &mut BytesMut) -> Result<Option<(http::request::Parts, Framing, bool)>, Unread> {
+    let Some(len) = request_head_len(buf)? else { return Ok(None) };
+    request(&buf.split_to(len).freeze()).map(Some)
+}
+
+/// How long the request head at the start of `buf` is, once it is all there: found by looking
+/// for its empty line ([`h1::crlf_head_end`]), or for an odd head by the parser.
+fn request_head_len(buf: &[u8]) -> Result<Option<usize>, Unread> {
+    if let Some(end) = h1::crlf_head_end(buf) {
+        return Ok(Some(end));
+    }
     let mut headers = [const { MaybeUninit::uninit() }; MAX_HEADERS];
     let mut parsed = httparse::Request::new(&mut []);
-    match httparse::ParserConfig::default().parse_request_with_uninit_headers(&mut parsed, buf, &mut headers) {
-        Ok(httparse::Status::Complete(len)) => {
-            let head = buf.split_to(len).freeze();
-            request(&head).map(Some)
-        }
+    match parse(&mut parsed, buf, &mut headers) {
+        Ok(httparse::Status::Complete(len)) => Ok(Some(len)),
         Ok(httparse::Status::Partial) => Ok(None),
-        Err(httparse::Error::TooManyHeaders) => Err(Unread::Malformed("more than 128 request headers")),
-        Err(_) => Err(Unread::Malformed("the request head does not parse")),
+        Err(e) => Err(head_error(e)),
     }
 }
 
-/// The request with head `head`: the header values and the target share its memory.
+fn parse<'h, 'b>(
+    parsed: &mut httparse::Request<'h, 'b>,
+    buf: &'b [u8],
+    headers: &'h mut [MaybeUninit<httparse::Header<'b>>],
+) -> httparse::Result<usize> {
+    httparse::ParserConfig::default().parse_request_with_uninit_headers(parsed, buf, headers)
+}
+
+fn head_error(e: httparse::Error) -> Unread {
+    match e {
+        httparse::Error::TooManyHeaders => Unread::Malformed("more than 128 request headers"),
+        _ => Unread::Malformed("the request head does not parse"),
+    }
+}
+
+/// The request with head `head` (the whole head, split off what was read), parsed once: the
+/// header values and the target share its memory.
 fn request(head: &Bytes) -> Result<(http::request::Parts, Framing, bool), Unread> {
     let mut headers = [const { MaybeUninit::uninit() }; MAX_HEADERS];
     let mut parsed = httparse::Request::new(&mut []);
-    httparse::ParserConfig::default()
-        .parse_request_with_uninit_headers(&mut parsed, head, &mut headers)
-        .map_err(|_| Unread::Malformed("the request head does not parse"))?;
+    match parse(&mut parsed, head, &mut headers).map_err(head_error)? {
+        httparse::Status::Complete(len) if len == head.len() => {}
+        // Where the head ends was found by the same rules: no reading of it can take it.
+        _ => return Err(Unread::Malformed("the request head does not parse")),
+    }
     let method = Method::from_bytes(parsed.method.unwrap_or_default().as_bytes())
         .map_err(|_| Unread::Malformed("the method is not a token"))?;
     let target = head.slice_ref(parsed.path.unwrap_or_default().as_bytes());

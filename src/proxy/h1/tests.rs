@@ -7,6 +7,14 @@ fn parsed(head: &[u8], no_body: bool) -> Result<Response, H1Error> {
     parse_head(&mut buf, no_body).map(|r| r.expect("the head is complete"))
 }
 
+#[test]
+fn an_answer_head_with_bare_lf_lines_is_read_as_the_parser_reads_it() {
+    let r = parsed(b"HTTP/1.1 200 OK\nContent-Length: 2\n\nok", false).unwrap();
+    assert_eq!((r.header.status.as_u16(), r.framing, &r.buf[..]), (200, Framing::Length(2), &b"ok"[..]));
+    let r = parsed(b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 204 No Content\n\n", false).unwrap();
+    assert_eq!((r.header.status.as_u16(), r.framing), (204, Framing::Done));
+}
+
 /// Feeds `body` to `response` one byte at a time, as if each byte came in a read of its own,
 /// and returns the body decoded, or the first error.
 fn fed_byte_by_byte(response: &mut Response, body: &[u8]) -> Result<Vec<u8>, H1Error> {

@@ -54,6 +54,26 @@ fn what_follows_a_head_stays_for_the_body_and_the_next_request() {
     assert!(buf.is_empty());
 }
 
+#[test]
+fn an_odd_head_is_read_as_the_parser_reads_it() {
+    // Lines ended by bare LFs and empty lines before the request: httparse takes both, and
+    // finds the end itself when the scan for CRLF CRLF does not.
+    for head in
+        ["GET /a HTTP/1.1\nHost: x\n\n", "\r\nGET /a HTTP/1.1\r\nHost: x\r\n\r\n", "GET /a HTTP/1.1\r\nHost: x\n\r\n"]
+    {
+        let (req, body, keepalive) = parsed(head).unwrap_or_else(|e| panic!("{head:?}: {e}"));
+        assert_eq!(
+            (req.uri.path(), req.headers["host"].as_bytes(), body, keepalive),
+            ("/a", &b"x"[..], Framing::Done, true),
+            "{head:?}"
+        );
+    }
+    assert_eq!(parsed("GET /a HTTP/1.1\nHost: x\n").err(), Some("partial"));
+    assert_eq!(h1::crlf_head_end(b"GET / HTTP/1.1\r\nHost: x\r\n\r\nbody"), Some(27));
+    assert_eq!(h1::crlf_head_end(b"GET / HTTP/1.1\r\nHost: x\r\n"), None);
+    assert_eq!(h1::crlf_head_end(b"GET / HTTP/1.1\nHost: x\r\n\r\n"), None);
+}
+
 /// What the test server does with each request.
 #[derive(Clone, Copy)]
 enum Answer {
