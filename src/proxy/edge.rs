@@ -169,8 +169,8 @@ pub struct Conn {
     deadline: Pin<Box<Sleep>>,
     /// The connection closes with some of a request not read: see [`Conn::linger`].
     unread: bool,
-    /// For the reads of a request body that have to wait.
-    body_timer: h1::Timer,
+    /// For the reads and writes past the head that have to wait: a request's body, an answer.
+    timer: h1::Timer,
 }
 
 impl Conn {
@@ -185,12 +185,13 @@ impl Conn {
             due: Some(due),
             deadline: Box::pin(tokio::time::sleep_until(due)),
             unread: false,
-            body_timer: h1::Timer::default(),
+            timer: h1::Timer::default(),
         }
     }
 
-    pub fn stream(&mut self) -> &mut Stream {
-        &mut self.stream
+    /// The stream, and the timer its reads and writes past the head share.
+    pub fn io(&mut self) -> (&mut Stream, &mut h1::Timer) {
+        (&mut self.stream, &mut self.timer)
     }
 
     /// What has been read and not yet used.
@@ -256,7 +257,7 @@ impl Conn {
     /// Reads more of a request body within `timeout`; 0 at the connection's end.
     pub async fn fill(&mut self, timeout: Duration) -> Result<usize, H1Error> {
         self.phase = Phase::Body;
-        h1::read(&mut self.stream, &mut self.buf, &mut self.body_timer, timeout).await
+        h1::read(&mut self.stream, &mut self.buf, &mut self.timer, timeout).await
     }
 
     /// The request was answered and its body read: the connection waits for the next one,
@@ -278,7 +279,7 @@ impl Conn {
     /// socket would be reset with data unread, and the client could lose the answer before
     /// reading it (nginx's lingering close).
     async fn linger(mut self) {
-        if h1::within(LINGER, self.stream.shutdown()).await.is_err() {
+        if self.timer.within(LINGER, self.stream.shutdown()).await.is_err() {
             return;
         }
         let until = Instant::now() + LINGER;

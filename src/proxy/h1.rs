@@ -43,25 +43,32 @@ pub enum H1Error {
     Malformed(&'static str),
 }
 
-/// Writes `bytes` and flushes them, within `timeout`: the connection's writes are buffered.
-pub async fn write(stream: &mut Stream, bytes: &[u8], timeout: Duration) -> Result<(), H1Error> {
-    within(timeout, stream.write_all(bytes)).await?;
-    within(timeout, stream.flush()).await
+/// Writes `bytes` and flushes them, within `timeout` (on the connection's `timer`): the
+/// connection's writes are buffered.
+pub async fn write(stream: &mut Stream, bytes: &[u8], timer: &mut Timer, timeout: Duration) -> Result<(), H1Error> {
+    timer.within(timeout, stream.write_all(bytes)).await?;
+    timer.within(timeout, stream.flush()).await
 }
 
 /// The end of a chunked body, with no trailers.
 pub const LAST_CHUNK: &[u8] = b"0\r\n\r\n";
 
 /// Writes a piece of a body as it is, or framed as a chunk (RFC 9112 §7.1) when `chunked`.
-pub async fn write_piece(stream: &mut Stream, piece: &[u8], chunked: bool, timeout: Duration) -> Result<(), H1Error> {
+pub async fn write_piece(
+    stream: &mut Stream,
+    piece: &[u8],
+    chunked: bool,
+    timer: &mut Timer,
+    timeout: Duration,
+) -> Result<(), H1Error> {
     if !chunked || piece.is_empty() {
-        return write(stream, piece, timeout).await;
+        return write(stream, piece, timer, timeout).await;
     }
     let mut framed = Vec::with_capacity(piece.len() + 20);
     framed.extend_from_slice(format!("{:x}\r\n", piece.len()).as_bytes());
     framed.extend_from_slice(piece);
     framed.extend_from_slice(b"\r\n");
-    write(stream, &framed, timeout).await
+    write(stream, &framed, timer, timeout).await
 }
 
 /// Reads `stream` into `buf`, within `timeout` (on the connection's `timer`); the number of
@@ -78,10 +85,12 @@ pub async fn read(
     timer.within(timeout, stream.read_buf(buf)).await
 }
 
-/// A connection's timer for the reads that have to wait, made at the first and moved for each
-/// one after: tokio moves a timer later with a compare-and-swap, where a timer made for each
-/// wait (an answer from WeChat always has to be waited for) is put into the runtime's wheel and
-/// taken out again, under its lock, on every call.
+/// A connection's timer for its reads and writes that have to wait, made at the first and moved
+/// for each one after: tokio moves a timer later with a compare-and-swap, where a timer made
+/// for each wait (an answer from WeChat always has to be waited for) is put into the runtime's
+/// wheel and taken out again, under its lock, on every call. Most I/O here is ready at once (a
+/// write into the socket's buffer, a read of an answer that has arrived): it is tried first,
+/// and the clock is read only for I/O that has to wait.
 #[derive(Debug, Default)]
 pub struct Timer(Option<Pin<Box<Sleep>>>);
 
@@ -110,18 +119,6 @@ impl Timer {
         })
         .await
     }
-}
-
-/// `io` within `timeout`. Most I/O here is ready at once (a write into the socket's buffer, a
-/// read of an answer that has arrived), so it is tried first without a timer: the clock is
-/// read and a timer made only for I/O that has to wait.
-pub async fn within<T>(timeout: Duration, io: impl Future<Output = std::io::Result<T>>) -> Result<T, H1Error> {
-    let mut io = std::pin::pin!(io);
-    let done = match io.as_mut().now_or_never() {
-        Some(done) => done,
-        None => tokio::time::timeout(timeout, io).await.map_err(|_| H1Error::TimedOut)?,
-    };
-    done.map_err(|e| H1Error::Io(e.kind()))
 }
 
 /// How the rest of a body is delimited, and so where its decoder is.
@@ -290,7 +287,9 @@ fn chunk_size(line: &[u8]) -> Result<usize, H1Error> {
 /// before it are passed over. What follows the head stays in `buf`.
 fn parse_head(buf: &mut BytesMut, no_body: bool) -> Result<Option<Response>, H1Error> {
     loop {
-        let Some(len) = response_head_len(buf)? else { return Ok(None) };
+        let answer_len =
+            head_len(buf, |buf, headers| uninit_parse(&mut httparse::Response::new(&mut []), buf, headers));
+        let Some(len) = answer_len.map_err(head_error)? else { return Ok(None) };
         if let Some(mut response) = response(buf.split_to(len).freeze(), no_body)? {
             response.buf = buf.split();
             return Ok(Some(response));
@@ -298,18 +297,20 @@ fn parse_head(buf: &mut BytesMut, no_body: bool) -> Result<Option<Response>, H1E
     }
 }
 
-/// How long the answer's head at the start of `buf` is, once it is all there.
-fn response_head_len(buf: &[u8]) -> Result<Option<usize>, H1Error> {
+/// How long the head at the start of `buf` is, once it is all there: found by its empty line
+/// ([`crlf_head_end`]), or for an odd head by `parse`, httparse's parser for requests or answers.
+pub fn head_len(
+    buf: &[u8],
+    parse: impl for<'h, 'b> FnOnce(&'b [u8], &'h mut [MaybeUninit<httparse::Header<'b>>]) -> httparse::Result<usize>,
+) -> Result<Option<usize>, httparse::Error> {
     if let Some(end) = crlf_head_end(buf) {
         return Ok(Some(end));
     }
     let mut headers = [const { MaybeUninit::uninit() }; MAX_HEADERS];
-    let mut parsed = httparse::Response::new(&mut []);
-    match uninit_parse(&mut parsed, buf, &mut headers) {
-        Ok(httparse::Status::Complete(len)) => Ok(Some(len)),
-        Ok(httparse::Status::Partial) => Ok(None),
-        Err(e) => Err(head_error(e)),
-    }
+    Ok(match parse(buf, &mut headers)? {
+        httparse::Status::Complete(len) => Some(len),
+        httparse::Status::Partial => None,
+    })
 }
 
 fn head_error(e: httparse::Error) -> H1Error {

@@ -99,7 +99,8 @@ impl<'c> Session<'c> {
                 return Ok(step);
             }
             if std::mem::take(&mut self.expect_continue) {
-                h1::write(self.conn.stream(), b"HTTP/1.1 100 Continue\r\n\r\n", CLIENT_IO_TIMEOUT).await?;
+                let (stream, timer) = self.conn.io();
+                h1::write(stream, b"HTTP/1.1 100 Continue\r\n\r\n", timer, CLIENT_IO_TIMEOUT).await?;
             }
             if self.conn.fill(CLIENT_IO_TIMEOUT).await? == 0 {
                 return Err(H1Error::Closed);
@@ -123,7 +124,8 @@ impl<'c> Session<'c> {
         if matches!(self.answered, Some((_, Out::Length))) {
             out.extend_from_slice(&body);
         }
-        h1::write(self.conn.stream(), &out, CLIENT_IO_TIMEOUT).await
+        let (stream, timer) = self.conn.io();
+        h1::write(stream, &out, timer, CLIENT_IO_TIMEOUT).await
     }
 
     /// Writes the head of an answer whose body follows in pieces ([`Session::answer_piece`],
@@ -131,19 +133,22 @@ impl<'c> Session<'c> {
     /// chunked (HTTP/1.0: until the connection's end).
     pub async fn answer_head(&mut self, header: &ResponseHeader) -> Result<(), H1Error> {
         let out = self.head(header, None);
-        h1::write(self.conn.stream(), &out, CLIENT_IO_TIMEOUT).await
+        let (stream, timer) = self.conn.io();
+        h1::write(stream, &out, timer, CLIENT_IO_TIMEOUT).await
     }
 
     pub async fn answer_piece(&mut self, piece: &[u8]) -> Result<(), H1Error> {
+        let (stream, timer) = self.conn.io();
         match self.answered {
             Some((_, Out::Empty)) | None => Ok(()),
-            Some((_, out)) => h1::write_piece(self.conn.stream(), piece, out == Out::Chunked, CLIENT_IO_TIMEOUT).await,
+            Some((_, out)) => h1::write_piece(stream, piece, out == Out::Chunked, timer, CLIENT_IO_TIMEOUT).await,
         }
     }
 
     pub async fn answer_end(&mut self) -> Result<(), H1Error> {
+        let (stream, timer) = self.conn.io();
         match self.answered {
-            Some((_, Out::Chunked)) => h1::write(self.conn.stream(), h1::LAST_CHUNK, CLIENT_IO_TIMEOUT).await,
+            Some((_, Out::Chunked)) => h1::write(stream, h1::LAST_CHUNK, timer, CLIENT_IO_TIMEOUT).await,
             _ => Ok(()),
         }
     }
@@ -241,23 +246,9 @@ fn put_header(head: &mut BytesMut, name: &[u8], value: &[u8]) {
 /// body is framed, and whether the client keeps the connection open. What follows the head
 /// stays in `buf`.
 fn parse_request(buf: &mut BytesMut) -> Result<Option<(http::request::Parts, Framing, bool)>, Unread> {
-    let Some(len) = request_head_len(buf)? else { return Ok(None) };
+    let head_len = h1::head_len(buf, |buf, headers| parse(&mut httparse::Request::new(&mut []), buf, headers));
+    let Some(len) = head_len.map_err(head_error)? else { return Ok(None) };
     request(&buf.split_to(len).freeze()).map(Some)
-}
-
-/// How long the request head at the start of `buf` is, once it is all there: found by looking
-/// for its empty line ([`h1::crlf_head_end`]), or for an odd head by the parser.
-fn request_head_len(buf: &[u8]) -> Result<Option<usize>, Unread> {
-    if let Some(end) = h1::crlf_head_end(buf) {
-        return Ok(Some(end));
-    }
-    let mut headers = [const { MaybeUninit::uninit() }; MAX_HEADERS];
-    let mut parsed = httparse::Request::new(&mut []);
-    match parse(&mut parsed, buf, &mut headers) {
-        Ok(httparse::Status::Complete(len)) => Ok(Some(len)),
-        Ok(httparse::Status::Partial) => Ok(None),
-        Err(e) => Err(head_error(e)),
-    }
 }
 
 fn parse<'h, 'b>(

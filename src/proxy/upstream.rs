@@ -495,17 +495,17 @@ async fn exchange(
     match body {
         Body::Whole(b) if b.len() <= COALESCE_BODY => {
             head.extend_from_slice(b);
-            h1::write(stream, &head, timeout).await.map_err(upstream(false))?;
+            h1::write(stream, &head, timer, timeout).await.map_err(upstream(false))?;
         }
         Body::Whole(b) => {
-            h1::write(stream, &head, timeout).await.map_err(upstream(false))?;
-            h1::write(stream, b, timeout).await.map_err(upstream(false))?;
+            h1::write(stream, &head, timer, timeout).await.map_err(upstream(false))?;
+            h1::write(stream, b, timer, timeout).await.map_err(upstream(false))?;
         }
         Body::Streamed { kept, from, limit, length } => {
             let chunked = length.is_none();
-            h1::write(stream, &head, timeout).await.map_err(upstream(false))?;
+            h1::write(stream, &head, timer, timeout).await.map_err(upstream(false))?;
             if !kept.is_empty() {
-                h1::write_piece(stream, kept, chunked, timeout).await.map_err(upstream(false))?;
+                h1::write_piece(stream, kept, chunked, timer, timeout).await.map_err(upstream(false))?;
             }
             let mut seen = kept.len();
             loop {
@@ -515,10 +515,10 @@ async fn exchange(
                 if seen > *limit {
                     return Err(Failed::Client(CallFailure::TooLarge(*limit)));
                 }
-                h1::write_piece(stream, &chunk, chunked, timeout).await.map_err(upstream(true))?;
+                h1::write_piece(stream, &chunk, chunked, timer, timeout).await.map_err(upstream(true))?;
             }
             if chunked {
-                h1::write(stream, h1::LAST_CHUNK, timeout).await.map_err(upstream(true))?;
+                h1::write(stream, h1::LAST_CHUNK, timer, timeout).await.map_err(upstream(true))?;
             }
         }
     }
