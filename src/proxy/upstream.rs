@@ -108,7 +108,7 @@ pub enum Body<'s, 'c> {
     Streamed { kept: Bytes, from: &'s mut Session<'c>, length: Option<usize>, limit: usize },
 }
 
-/// A connection to a WeChat host, with the timer its waiting reads share.
+/// A connection to a WeChat host, with the timer its reads and writes that wait share.
 #[derive(Debug)]
 pub(super) struct Connection {
     stream: Stream,
