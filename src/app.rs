@@ -6,6 +6,8 @@ use crate::callback::{AccountReceiver, ComponentReceiver};
 use crate::config::reload::{Live, Source};
 use crate::config::{Config, StoreConfig};
 use crate::crypto::{CryptoError, MsgCrypt};
+use crate::events::routes::EventRoutes;
+use crate::events::{Deliveries, PlatformEvents};
 use crate::listeners::{ListenError, Prebound, Sockets};
 use crate::messages::handler::HandlerClient;
 use crate::messages::outbox::{Deliver, Outbox, OutboxSettings};
@@ -97,6 +99,10 @@ pub fn build(config: &Config, source: Option<Source>, sockets: Sockets) -> Resul
     let outbox_settings = OutboxSettings { max_age: config.messages.max_age, ..OutboxSettings::default() };
     let outbox = Outbox::new(config.component.appid, Arc::clone(&store), outbox_settings);
     let handler = Arc::new(HandlerClient::new(Arc::clone(&message_settings))?);
+    let event_routes = live.part(config, |c| EventRoutes::new(&c.events.routes));
+    let events = Arc::new(PlatformEvents::new(event_routes, Arc::clone(&outbox)));
+    tokens.hand_events_to(Arc::clone(&events) as _);
+    let deliveries: Arc<dyn Deliver> = Arc::new(Deliveries { handler: Arc::clone(&handler), events });
     let release = Arc::new(ReleaseCheck::new(Arc::clone(&tokens), config.upstream.base_url.clone())?);
     let messages = Arc::new(MessageService::new(
         crypt.clone(),
@@ -135,7 +141,7 @@ pub fn build(config: &Config, source: Option<Source>, sockets: Sockets) -> Resul
     server.add_service(Prebound::new(admin, sockets.admin));
 
     server.add_service(background_service("wxgate token scheduler", Scheduler(tokens)));
-    server.add_service(background_service("wxgate message outbox", OutboxWorker(outbox, handler)));
+    server.add_service(background_service("wxgate message outbox", OutboxWorker(outbox, deliveries)));
     if live.has_file() {
         Arc::new(live).reload_on_sighup(rt)?;
     }
@@ -226,14 +232,13 @@ impl BackgroundService for Scheduler {
     }
 }
 
-/// The outbox's delivery loop, with the handlers' client as its `Deliver`.
-struct OutboxWorker(Arc<Outbox>, Arc<HandlerClient>);
+/// The outbox's delivery loop, with its messages' and events' handlers as its `Deliver`.
+struct OutboxWorker(Arc<Outbox>, Arc<dyn Deliver>);
 
 #[async_trait]
 impl BackgroundService for OutboxWorker {
     async fn start(&self, shutdown: ShutdownWatch) {
-        let deliver: Arc<dyn Deliver> = Arc::clone(&self.1) as Arc<dyn Deliver>;
-        Arc::clone(&self.0).run(deliver, shutdown).await;
+        Arc::clone(&self.0).run(Arc::clone(&self.1), shutdown).await;
     }
 }
 

@@ -93,6 +93,13 @@ msg_types = ["text"]
 url = "http://{handler}/wechat"
 token = "{DEMO_HANDLER_TOKEN}"
 mode = "reply"
+
+# The platform's own backend: told of every authorization, revocation and fast registration
+# once the gateway has acted on it (the account can be called at once).
+[[events.routes]]
+name = "demo-tenants"
+url = "http://{handler}/platform-events"
+token = "{DEMO_HANDLER_TOKEN}"
 "#,
         appid = sandbox.component_appid,
         appsecret = sandbox.component_appsecret.expose(),
@@ -138,8 +145,9 @@ pub fn run(opts: &DemoOptions) -> Result<(), DemoError> {
         rt.block_on(async move {
             let listener = tokio::net::TcpListener::from_std(listener).expect("a bound listener");
             let handler_listener = tokio::net::TcpListener::from_std(handler_listener).expect("a bound listener");
-            tokio::spawn(demo_handler(handler_listener));
-            tour(sandbox_config, listener, &tour_opts).await;
+            let heard = Heard::default();
+            tokio::spawn(demo_handler(handler_listener, heard.clone()));
+            tour(sandbox_config, listener, &tour_opts, &heard).await;
             std::future::pending::<()>().await
         });
     });
@@ -160,7 +168,7 @@ fn reset_data(opts: &DemoOptions) -> Result<(), DemoError> {
 
 /// Starts the sandbox once the gateway listens (its first act is a ticket push), walks the
 /// gateway through an authorization, then prints what to try. The sandbox runs on after.
-async fn tour(config: SandboxConfig, listener: tokio::net::TcpListener, opts: &DemoOptions) {
+async fn tour(config: SandboxConfig, listener: tokio::net::TcpListener, opts: &DemoOptions, heard: &Heard) {
     let http = reqwest::Client::builder().no_proxy().timeout(Duration::from_secs(5)).build().expect("an HTTP client");
     let admin = format!("http://{}", opts.admin);
     if !wait_for(&http, &format!("{admin}/healthz"), None).await {
@@ -185,31 +193,91 @@ async fn tour(config: SandboxConfig, listener: tokio::net::TcpListener, opts: &D
         eprintln!("wxgate demo: the demo account was not stored; see the log above");
         return;
     }
-    // A closed stdout (`wxgate demo | head`) must not take the sandbox down with a panic.
+    let event = format!("authorized {demo_account}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !heard.has(&event) && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    if !heard.has(&event) {
+        eprintln!("wxgate demo: the events route did not hear of the authorization; see the log above");
+        return;
+    }
+    say(&instructions(opts, &demo_account));
+    heard.printing();
+}
+
+/// Prints to stdout; a closed stdout (`wxgate demo | head`) must not take the sandbox down.
+fn say(text: &str) {
     use std::io::Write;
-    let _ = writeln!(std::io::stdout(), "{}", instructions(opts, &demo_account));
+    let _ = writeln!(std::io::stdout(), "{text}");
+}
+
+/// What the demo's events route heard (`InfoType appid`), printed as it comes once the tour
+/// has printed its lines.
+#[derive(Clone, Default)]
+struct Heard(std::sync::Arc<std::sync::Mutex<(Vec<String>, bool)>>);
+
+impl Heard {
+    fn lock(&self) -> std::sync::MutexGuard<'_, (Vec<String>, bool)> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn add(&self, event: String, delivery: &str) {
+        let mut heard = self.lock();
+        if heard.1 {
+            say(&format!("demo events route heard: {event} (X-Wxgate-Delivery {delivery})"));
+        }
+        heard.0.push(event);
+    }
+
+    fn has(&self, event: &str) -> bool {
+        self.lock().0.iter().any(|e| e == event)
+    }
+
+    fn printing(&self) {
+        self.lock().1 = true;
+    }
 }
 
 /// A handler as an app would write it for an official account in plaintext mode: check
 /// `signature` (sha1 of the sorted token, timestamp, nonce), read the XML, answer a text.
-async fn demo_handler(listener: tokio::net::TcpListener) {
-    async fn answer(uri: axum::http::Uri, body: String) -> (axum::http::StatusCode, String) {
+async fn demo_handler(listener: tokio::net::TcpListener, heard: Heard) {
+    use axum::http::{HeaderMap, StatusCode, Uri};
+    fn verified(uri: &Uri, body: &str) -> Result<crate::xml::Fields, (StatusCode, String)> {
         let q: std::collections::HashMap<String, String> =
             url::form_urlencoded::parse(uri.query().unwrap_or_default().as_bytes()).into_owned().collect();
         let get = |k: &str| q.get(k).map(String::as_str).unwrap_or_default();
         let expected = crate::messages::handler::plain_signature(DEMO_HANDLER_TOKEN, get("timestamp"), get("nonce"));
         if expected != get("signature") {
-            return (axum::http::StatusCode::FORBIDDEN, "bad signature".to_owned());
+            return Err((StatusCode::FORBIDDEN, "bad signature".to_owned()));
         }
-        let Ok(fields) = crate::xml::parse(&body) else {
-            return (axum::http::StatusCode::BAD_REQUEST, "not XML".to_owned());
+        crate::xml::parse(body).map_err(|_| (StatusCode::BAD_REQUEST, "not XML".to_owned()))
+    }
+    async fn answer(uri: Uri, body: String) -> (StatusCode, String) {
+        let fields = match verified(&uri, &body) {
+            Ok(fields) => fields,
+            Err(refused) => return refused,
         };
         let said = fields.get("Content").unwrap_or_default();
         let reply =
             crate::messages::release_check::text_reply(&fields, &format!("you said: {said}"), crate::store::unix_now());
-        (axum::http::StatusCode::OK, reply)
+        (StatusCode::OK, reply)
     }
-    let app = axum::Router::new().route("/wechat", axum::routing::post(answer));
+    let platform_event = move |uri: Uri, headers: HeaderMap, body: String| {
+        let heard = heard.clone();
+        async move {
+            if let Err(refused) = verified(&uri, &body) {
+                return refused;
+            }
+            let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).unwrap_or("-").to_owned();
+            let event = format!("{} {}", header("x-wxgate-info-type"), header("x-wxgate-authorizer"));
+            heard.add(event, &header("x-wxgate-delivery"));
+            (StatusCode::OK, "success".to_owned())
+        }
+    };
+    let app = axum::Router::new()
+        .route("/wechat", axum::routing::post(answer))
+        .route("/platform-events", axum::routing::post(platform_event));
     if let Err(e) = axum::serve(listener, app).await {
         eprintln!("wxgate demo: the demo handler stopped: {e}");
     }
@@ -238,7 +306,8 @@ fn instructions(opts: &DemoOptions, account: &AppId) -> String {
         "
 wxgate demo is running: the sandbox at http://{sandbox} plays WeChat (a ticket every 60 s,
 tokens that live 300 s), the gateway stores everything in {db}.
-Demo account {account} has authorized. Try:
+Demo account {account} has authorized, and the demo's events route heard `authorized {account}`.
+Try:
 
   # call WeChat's API through the gateway as an unchanged SDK would: the client key stands
   # where the access token goes, the account's appid prefixes the path
@@ -266,9 +335,17 @@ Demo account {account} has authorized. Try:
   curl -s {bearer} http://{admin}/admin/component
   curl -s {bearer} http://{admin}/admin/authorizers
 
-  # another owner authorizes (the sandbox pushes `authorized`; the gateway exchanges the code)
+  # another owner authorizes (the sandbox pushes `authorized`; the gateway exchanges the code,
+  # then the demo's [[events.routes]] handler hears of it: watch this terminal)
   curl -s -X POST 'http://{sandbox}/sandbox/authorize?appid=wx2222222222222222'
   curl -s {bearer} http://{admin}/admin/authorizers/wx2222222222222222
+
+  # fast-register a mini program through the gateway: WeChat pushes notify_third_fasteregister,
+  # the gateway adopts the new mini program, then the events route hears of it
+  curl -s -X POST -H 'Authorization: Bearer {DEMO_CLIENT_KEY}' \
+       'http://{proxy}/component/cgi-bin/component/fastregisterweapp?action=create' \
+       -d '{{\"name\":\"Demo Shop\",\"code\":\"91440300MA5DEMO\",\"code_type\":1,\"legal_persona_wechat\":\"demoboss\",\"legal_persona_name\":\"Li\"}}'
+  curl -s {bearer} http://{admin}/admin/events
 
   # the authorization page, as an account owner would open it (the sandbox plays the consent page)
   open http://{proxy}/wxgate/authorize

@@ -16,6 +16,8 @@
 //! - [`callback`]: WeChat's authorization-event receiver: verify, decrypt, parse, hand to tokens.
 //! - [`reply`]: the gateway's own replies in the contract's JSON error shape; bodies read with a limit.
 //! - [`messages`]: authorized accounts' messages: dedupe, release check, routes, handlers, outbox.
+//! - [`events`]: platform events to the apps: the authorization-event URL's events, once the
+//!   token service acted on them, into the one outbox per `[[events.routes]]`, in order per account.
 //! - [`admin`]: the admin listener: metrics, health, readiness, admin API.
 //! - [`proxy`]: the proxy listener: the `/wxgate/*` routes, the token endpoints, and every other
 //!   path proxied to WeChat with the real token injected (and replayed once after a token error).
@@ -35,6 +37,7 @@ pub mod callback;
 pub mod config;
 pub mod crypto;
 pub mod demo;
+pub mod events;
 pub mod listeners;
 pub mod messages;
 pub mod metrics;

@@ -19,7 +19,9 @@ const PAYLOAD: &str = "<xml><Content>a very personal message</Content></xml>";
 fn message(route: &str, received_at_ms: i64) -> OutboxMessage {
     OutboxMessage {
         id: DeliveryId::generate(),
-        authorizer: AppId::parse("wx1111111111111111").unwrap(),
+        authorizer: Some(AppId::parse("wx1111111111111111").unwrap()),
+        kind: wxgate::store::outbox::MessageKind::Account,
+        seq: None,
         route: route.into(),
         msg_type: "text".into(),
         event: None,

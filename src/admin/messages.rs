@@ -2,7 +2,7 @@
 //! operator's redeliver and delete.
 
 use super::AdminApp;
-use crate::messages::outbox::{DeliveryId, OutboxEntry, OutboxError, OutboxState};
+use crate::messages::outbox::{DeliveryId, MessageKind, OutboxEntry, OutboxError, OutboxState};
 use crate::reply::Reply;
 use http::Method;
 use serde_json::json;
@@ -65,14 +65,18 @@ pub(super) async fn handle(app: &AdminApp, method: &Method, rest: &[&str], query
     }
 }
 
-/// A message's metadata; its payload is personal data and has no field here.
+/// A message's metadata; its payload is personal data and has no field here. A platform
+/// event (`kind` `platform`) gives its InfoType; an account's message its MsgType and Event.
 fn entry_json(e: &OutboxEntry) -> serde_json::Value {
+    let platform = e.kind == MessageKind::Platform;
     json!({
         "id": e.id.as_str(),
-        "authorizer": e.authorizer.as_str(),
+        "kind": e.kind.as_str(),
+        "authorizer": e.authorizer.map(|a| a.to_string()),
         "route": e.route,
-        "msg_type": e.msg_type,
+        "msg_type": (!platform).then_some(&e.msg_type),
         "event": e.event,
+        "info_type": platform.then_some(&e.msg_type),
         "state": e.state.as_str(),
         "attempts": e.attempts,
         "last_error": e.last_error,

@@ -24,6 +24,10 @@ pub(super) async fn handle(app: &AdminApp, session: &mut ServerSession, method: 
         (&Method::POST, ["reconcile"]) => super::info::reconcile(app).await,
         (&Method::POST, ["component", "clear-quota"]) => super::quota::clear_component(app).await,
         (_, ["messages", rest @ ..]) => super::messages::handle(app, method, rest, &query).await,
+        (&Method::GET, ["events"]) => match app.tokens.pending_events().await {
+            Ok(events) => Reply::json(200, &super::shapes::pending_events(&events)),
+            Err(e) => token_error(&e),
+        },
         (&Method::GET, ["authorize-qr"]) => authorize_qr(app, &query).await,
         (_, ["authorizers", appid, rest @ ..]) => match AppId::parse(appid) {
             Ok(appid) => authorizer(app, session, method, &appid, rest).await,

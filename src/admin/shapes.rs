@@ -1,7 +1,7 @@
 //! The admin API's JSON shapes of what the token service reports: field names are the
 //! contract's (CONTRACT.md § Admin API), kept here so that the token service holds plain data.
 
-use crate::tokens::{AuthorizerStatus, ComponentStatus, Reconciled};
+use crate::tokens::{AuthorizerStatus, ComponentStatus, PendingEvent, Reconciled};
 use serde_json::{json, Value};
 
 /// `GET /admin/component`.
@@ -33,6 +33,23 @@ pub(super) fn authorizer(s: &AuthorizerStatus) -> Value {
 }
 
 /// `POST /admin/reconcile`.
+/// `GET /admin/events`: the authorization events not yet acted on and handed on, and why each
+/// waits. Never the payload: it can carry an authorization code.
+pub(super) fn pending_events(events: &[PendingEvent]) -> Value {
+    let one = |e: &PendingEvent| {
+        json!({
+            "id": e.id,
+            "info_type": e.info_type,
+            "authorizer": e.authorizer.map(|a| a.to_string()),
+            "create_time": e.create_time,
+            "received_at": e.received_at,
+            "attempts": e.failure.as_ref().map_or(0, |f| f.attempts),
+            "last_error": e.failure.as_ref().map(|f| f.last_error.clone()),
+        })
+    };
+    json!({ "pending": events.len(), "events": events.iter().map(one).collect::<Vec<_>>() })
+}
+
 pub(super) fn reconciled(r: &Reconciled) -> Value {
     json!({
         "listed": r.listed,

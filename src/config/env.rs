@@ -59,10 +59,11 @@ fn parse_var(var: &str, raw: &str) -> Result<(String, String, Value), VarError> 
         let message = "clients cannot be set from the environment: list them as [[clients]] in the file";
         return Err((var.to_owned(), message.to_owned()));
     }
-    if section == "messages" && key == "routes" {
-        let message =
-            "messages.routes cannot be set from the environment: list them as [[messages.routes]] in the file";
-        return Err((var.to_owned(), message.to_owned()));
+    if matches!(section, "messages" | "events") && key == "routes" {
+        let message = format!(
+            "{section}.routes cannot be set from the environment: list them as [[{section}.routes]] in the file"
+        );
+        return Err((var.to_owned(), message));
     }
     if raw.contains('\u{FFFD}') {
         return Err((format!("{section}.{key}"), format!("{var} is not valid UTF-8")));

@@ -11,8 +11,19 @@ use toml::{Table, Value};
 use super::Problems;
 
 /// The top-level tables of the file, in the order they are documented.
-pub(super) const SECTIONS: [&str; 10] =
-    ["component", "upstream", "listen", "store", "refresh", "admin", "proxy", "server", "clients", "messages"];
+pub(super) const SECTIONS: [&str; 11] = [
+    "component",
+    "upstream",
+    "listen",
+    "store",
+    "refresh",
+    "admin",
+    "proxy",
+    "server",
+    "clients",
+    "messages",
+    "events",
+];
 
 /// What the file (with the environment applied) said, before any value is checked. Absent keys
 /// are `None`, so that `validate` can tell "not set" (take the default) from "set".
@@ -29,6 +40,7 @@ pub(super) struct FileConfig {
     pub server: ServerFile,
     pub clients: Vec<ClientFile>,
     pub messages: MessagesFile,
+    pub events: EventsFile,
 }
 
 #[derive(Debug, Default, Deserialize, Serialize)]
@@ -123,6 +135,21 @@ pub(super) struct MessagesFile {
 
 #[derive(Debug, Default, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
+pub(super) struct EventsFile {
+    pub routes: Vec<EventRouteFile>,
+}
+
+#[derive(Debug, Default, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub(super) struct EventRouteFile {
+    pub name: Option<String>,
+    pub info_types: Option<Vec<String>>,
+    pub url: Option<String>,
+    pub token: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
 pub(super) struct RouteFile {
     pub name: Option<String>,
     pub authorizers: Option<Vec<String>>,
@@ -206,6 +233,8 @@ pub(super) fn probe(section: &str, key: &str, value: &Value) -> Result<(), KeyEr
         "clients" => ClientFile::deserialize(one).map(drop),
         "messages" => MessagesFile::deserialize(one).map(drop),
         "messages.routes" => RouteFile::deserialize(one).map(drop),
+        "events" => EventsFile::deserialize(one).map(drop),
+        "events.routes" => EventRouteFile::deserialize(one).map(drop),
         _ => return Err(KeyError::UnknownSection),
     };
     result.map_err(|e| KeyError::from_serde(e.message()))
@@ -275,7 +304,7 @@ fn read_section(name: &str, value: Value, problems: &mut Problems) -> Option<Val
             problems.push(name, "must be an array of tables: write each client as [[clients]]");
             None
         }
-        ("messages", Value::Table(table)) => Some(Value::Table(read_messages(table, problems))),
+        ("messages" | "events", Value::Table(table)) => Some(Value::Table(read_routed(name, table, problems))),
         (_, Value::Table(table)) if SECTIONS.contains(&name) => {
             Some(Value::Table(read_keys(name, name, table, problems)))
         }
@@ -311,16 +340,18 @@ fn read_clients(items: Vec<Value>, problems: &mut Problems) -> Vec<Value> {
     items.into_iter().enumerate().map(read).collect()
 }
 
-/// `[messages]`: its own keys, then each `[[messages.routes]]` table as `messages.routes[i]`.
-fn read_messages(mut table: Table, problems: &mut Problems) -> Table {
+/// `[messages]` or `[events]`: its own keys, then each `[[{section}.routes]]` table as
+/// `{section}.routes[i]`.
+fn read_routed(section: &str, mut table: Table, problems: &mut Problems) -> Table {
     let routes = table.remove("routes");
-    let mut kept = read_keys("messages", "messages", table, problems);
+    let mut kept = read_keys(section, section, table, problems);
+    let table_name = format!("{section}.routes");
     match routes {
         Some(Value::Array(items)) => {
             let read = |(i, item): (usize, Value)| {
-                let at = format!("messages.routes[{i}]");
+                let at = format!("{table_name}[{i}]");
                 let table = match item {
-                    Value::Table(table) => read_keys(&at, "messages.routes", table, problems),
+                    Value::Table(table) => read_keys(&at, &table_name, table, problems),
                     _ => {
                         problems.push(&at, "must be a table");
                         Table::new()
@@ -331,7 +362,7 @@ fn read_messages(mut table: Table, problems: &mut Problems) -> Table {
             kept.insert("routes".to_owned(), Value::Array(items.into_iter().enumerate().map(read).collect()));
         }
         Some(_) => {
-            problems.push("messages.routes", "must be an array of tables: write each route as [[messages.routes]]")
+            problems.push(&table_name, format!("must be an array of tables: write each route as [[{table_name}]]"))
         }
         None => {}
     }

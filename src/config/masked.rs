@@ -1,10 +1,10 @@
 //! `Config::masked`: the effective configuration as TOML, every secret printed as `"..."`.
 
 use super::file::{
-    AdminFile, ClientFile, ComponentFile, FileConfig, ListenFile, MessagesFile, ProxyFile, RefreshFile, RouteFile,
-    ServerFile, StoreFile, UpstreamFile,
+    AdminFile, ClientFile, ComponentFile, EventRouteFile, EventsFile, FileConfig, ListenFile, MessagesFile, ProxyFile,
+    RefreshFile, RouteFile, ServerFile, StoreFile, UpstreamFile,
 };
-use super::{AuthorizerScope, ClientConfig, Config, RouteConfig, StoreConfig};
+use super::{AuthorizerScope, ClientConfig, Config, EventRouteConfig, RouteConfig, StoreConfig};
 
 /// The effective configuration in the file's own schema, every secret as `"..."`.
 pub(super) fn masked(config: &Config) -> String {
@@ -52,6 +52,7 @@ pub(super) fn masked(config: &Config) -> String {
             release_check: Some(config.messages.release_check),
             routes: config.messages.routes.iter().map(masked_route).collect(),
         },
+        events: EventsFile { routes: config.events.routes.iter().map(masked_event_route).collect() },
     };
     toml::to_string(&file).unwrap_or_else(|e| format!("# cannot print the configuration: {e}\n"))
 }
@@ -116,6 +117,15 @@ fn masked_route(route: &RouteConfig) -> RouteFile {
         url: Some(route.url.to_string()),
         token: Some(MASK.to_owned()),
         mode: Some(route.mode.as_str().to_owned()),
+    }
+}
+
+fn masked_event_route(route: &EventRouteConfig) -> EventRouteFile {
+    EventRouteFile {
+        name: Some(route.name.clone()),
+        info_types: route.info_types.clone(),
+        url: Some(route.url.to_string()),
+        token: Some(MASK.to_owned()),
     }
 }
 

@@ -60,6 +60,7 @@ pub struct Config {
     pub server: ServerConfig,
     pub clients: Vec<ClientConfig>,
     pub messages: MessagesConfig,
+    pub events: EventsConfig,
 }
 
 /// The third-party platform itself. `encoding_aes_key` is known to decode to 32 bytes.
@@ -209,6 +210,25 @@ impl Default for MessagesConfig {
             routes: Vec::new(),
         }
     }
+}
+
+/// `[events]`: where the authorization-event URL's events go once the gateway acted on them.
+#[derive(Debug, Clone, Default)]
+pub struct EventsConfig {
+    /// Every matching route gets each event. Names are unique, among message routes too.
+    pub routes: Vec<EventRouteConfig>,
+}
+
+/// One `[[events.routes]]`: which platform events, to which handler.
+#[derive(Debug, Clone)]
+pub struct EventRouteConfig {
+    /// Letters, digits, `-` and `_`: a metric label, stored with each event in the outbox.
+    pub name: String,
+    /// InfoType values; `None` matches all (`component_verify_ticket` is never handed on).
+    pub info_types: Option<Vec<String>>,
+    pub url: url::Url,
+    /// The handler's own WeChat token, for the plaintext-mode `signature`.
+    pub token: Secret,
 }
 
 /// One `[[messages.routes]]`: which messages, to which handler, how.
@@ -365,6 +385,7 @@ fn order(key: &str) -> (usize, usize) {
     let client = key
         .strip_prefix("clients[")
         .or_else(|| key.strip_prefix("messages.routes["))
+        .or_else(|| key.strip_prefix("events.routes["))
         .and_then(|rest| rest.split(']').next()?.parse().ok());
     (section, client.unwrap_or(0))
 }

@@ -31,8 +31,14 @@ use crate::metrics;
 /// The keys a reload may change, each with everything under it; every other key needs a
 /// restart. Each is taken from [`Live::part`] in `app.rs`.
 /// `messages.max_age_hours` is not among them: the outbox takes it at start-up.
-pub const RELOADABLE: [&str; 5] =
-    ["clients", "admin.token", "messages.routes", "messages.reply_timeout_ms", "messages.release_check"];
+pub const RELOADABLE: [&str; 6] = [
+    "clients",
+    "admin.token",
+    "messages.routes",
+    "messages.reply_timeout_ms",
+    "messages.release_check",
+    "events.routes",
+];
 
 /// Every key a config's sources set (the file with the environment applied), by dotted path.
 /// Tables are walked; arrays (`[[clients]]`, `fallback_urls`) are one value each.

@@ -8,7 +8,9 @@ use std::time::Duration;
 
 use url::Url;
 
-use super::file::{ClientFile, ComponentFile, FileConfig, ListenFile, MessagesFile, RouteFile, StoreFile};
+use super::file::{
+    ClientFile, ComponentFile, EventRouteFile, EventsFile, FileConfig, ListenFile, MessagesFile, RouteFile, StoreFile,
+};
 use super::*;
 use crate::crypto::decode_aes_key;
 use crate::store::{parse_sentinel_url, RedisOptions, SENTINEL_SCHEME};
@@ -33,6 +35,7 @@ pub(super) fn config(f: &FileConfig, p: &mut Problems) -> Option<Config> {
     let server = server(f, p);
     let clients = clients(&f.clients, p);
     let messages = messages(&f.messages, p);
+    let events = events(&f.events, &f.messages, p);
     Some(Config {
         component: component?,
         upstream: upstream?,
@@ -48,6 +51,7 @@ pub(super) fn config(f: &FileConfig, p: &mut Problems) -> Option<Config> {
         server: server?,
         clients: clients?,
         messages: messages?,
+        events: events?,
     })
 }
 
@@ -240,6 +244,35 @@ fn messages(f: &MessagesFile, p: &mut Problems) -> Option<MessagesConfig> {
         release_check: f.release_check.unwrap_or(true),
         routes: built.into_iter().collect::<Option<Vec<_>>>()?,
     })
+}
+
+fn events(f: &EventsFile, messages: &MessagesFile, p: &mut Problems) -> Option<EventsConfig> {
+    let built: Vec<Option<EventRouteConfig>> = f.routes.iter().enumerate().map(|(i, r)| event_route(i, r, p)).collect();
+    for (i, r) in f.routes.iter().enumerate() {
+        let Some(name) = &r.name else { continue };
+        if let Some(j) = f.routes[..i].iter().position(|e| e.name.as_ref() == Some(name)) {
+            p.push(format!("events.routes[{i}].name"), format!("same name as events.routes[{j}]"));
+        } else if let Some(j) = messages.routes.iter().position(|m| m.name.as_ref() == Some(name)) {
+            // The outbox and its metrics know a route by its name alone.
+            p.push(format!("events.routes[{i}].name"), format!("same name as messages.routes[{j}]"));
+        }
+    }
+    Some(EventsConfig { routes: built.into_iter().collect::<Option<Vec<_>>>()? })
+}
+
+fn event_route(i: usize, f: &EventRouteFile, p: &mut Problems) -> Option<EventRouteConfig> {
+    let at = |key: &str| format!("events.routes[{i}].{key}");
+    let name = p.check(&at("name"), required(&f.name).and_then(route_name));
+    let info_types = value_list(f.info_types.as_deref()).and_then(|types| match types {
+        Some(t) if t.iter().any(|t| t == "component_verify_ticket") => {
+            Err("component_verify_ticket is never handed on: the gateway keeps the ticket".to_owned())
+        }
+        other => Ok(other),
+    });
+    let info_types = p.check(&at("info_types"), info_types);
+    let url = p.check(&at("url"), required(&f.url).and_then(handler_url));
+    let token = p.check(&at("token"), required(&f.token).and_then(message_token));
+    Some(EventRouteConfig { name: name?.to_owned(), info_types: info_types?, url: url?, token: token? })
 }
 
 fn route(i: usize, f: &RouteFile, p: &mut Problems) -> Option<RouteConfig> {

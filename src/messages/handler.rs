@@ -5,12 +5,13 @@
 //! `POST {url}?signature=S&timestamp=T&nonce=N&openid=O` (appended to the url's own query),
 //! `Content-Type: text/xml`, the decrypted XML exactly as WeChat sent it, with
 //! `S = sha1(sort(route.token, T, N))`, and `X-Wxgate-Authorizer`, `X-Wxgate-Delivery`,
-//! `X-Wxgate-Attempt`. One pooled client for every handler; its answers are read with a limit.
+//! `X-Wxgate-Attempt`. Platform events get the same request without `openid`, with
+//! `X-Wxgate-Info-Type`. One pooled client for every handler; its answers are read with a limit.
 
 use super::outbox::{Deliver, OutboxMessage};
 use super::routes::Route;
 use super::Settings;
-use crate::AppId;
+use crate::{AppId, Secret};
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use rand::Rng;
@@ -60,16 +61,37 @@ pub enum Answer {
     Xml(String),
 }
 
-/// One call: which message, to which route, which attempt.
+/// One call: which message, to which handler, which attempt.
 pub struct Call<'a> {
-    pub route: &'a Route,
-    pub authorizer: &'a AppId,
+    pub url: &'a url::Url,
+    /// The handler's own WeChat token, for the plaintext-mode signature.
+    pub token: &'a Secret,
+    /// `X-Wxgate-Authorizer`, when the message concerns one account.
+    pub authorizer: Option<&'a AppId>,
+    /// `X-Wxgate-Info-Type`: a platform event's InfoType.
+    pub info_type: Option<&'a str>,
     pub delivery: &'a str,
     pub attempt: u32,
     /// The decrypted XML.
     pub payload: &'a str,
-    /// The sender (FromUserName), WeChat's `openid` parameter.
-    pub openid: &'a str,
+    /// The sender (FromUserName), WeChat's `openid` parameter: an account's messages only.
+    pub openid: Option<&'a str>,
+}
+
+impl<'a> Call<'a> {
+    /// The first attempt of an account's message to a `[[messages.routes]]` handler, from `openid`.
+    pub fn account(route: &'a Route, openid: &'a str) -> Self {
+        Self {
+            url: &route.url,
+            token: &route.token,
+            authorizer: None,
+            info_type: None,
+            delivery: "",
+            attempt: 1,
+            payload: "",
+            openid: Some(openid),
+        }
+    }
 }
 
 pub struct HandlerClient {
@@ -101,28 +123,40 @@ impl HandlerClient {
         }
     }
 
+    /// An outbox delivery attempt, cut off at [`DELIVER_TIMEOUT`]; Ok on a 2xx.
+    pub async fn deliver_call(&self, call: Call<'_>) -> Result<(), HandlerError> {
+        self.call(call, DELIVER_TIMEOUT).await.map(drop)
+    }
+
     /// Sends the request; on a 2xx, the body (`None` when empty).
     async fn call(&self, call: Call<'_>, timeout: Duration) -> Result<Option<Vec<u8>>, HandlerError> {
         let timestamp = crate::store::unix_now().to_string();
         let nonce = rand::thread_rng().gen_range(100_000_000u32..4_000_000_000).to_string();
-        let mut url = call.route.url.clone();
-        url.query_pairs_mut()
-            .append_pair("signature", &plain_signature(call.route.token.expose(), &timestamp, &nonce))
-            .append_pair("timestamp", &timestamp)
-            .append_pair("nonce", &nonce)
-            .append_pair("openid", call.openid);
-        let response = self
+        let mut url = call.url.clone();
+        {
+            let mut query = url.query_pairs_mut();
+            query
+                .append_pair("signature", &plain_signature(call.token.expose(), &timestamp, &nonce))
+                .append_pair("timestamp", &timestamp)
+                .append_pair("nonce", &nonce);
+            if let Some(openid) = call.openid {
+                query.append_pair("openid", openid);
+            }
+        }
+        let mut request = self
             .http
             .post(url)
             .timeout(timeout)
             .header("content-type", "text/xml")
-            .header("x-wxgate-authorizer", &*call.authorizer.as_str())
             .header("x-wxgate-delivery", call.delivery)
-            .header("x-wxgate-attempt", call.attempt.to_string())
-            .body(call.payload.to_owned())
-            .send()
-            .await
-            .map_err(|e| request_error(&e))?;
+            .header("x-wxgate-attempt", call.attempt.to_string());
+        if let Some(authorizer) = call.authorizer {
+            request = request.header("x-wxgate-authorizer", &*authorizer.as_str());
+        }
+        if let Some(info_type) = call.info_type {
+            request = request.header("x-wxgate-info-type", info_type);
+        }
+        let response = request.body(call.payload.to_owned()).send().await.map_err(|e| request_error(&e))?;
         let status = response.status();
         if !status.is_success() {
             return Err(HandlerError::Status(status.as_u16()));
@@ -142,14 +176,13 @@ impl Deliver for HandlerClient {
         let openid = crate::xml::parse(payload).ok().and_then(|f| f.get("FromUserName").map(str::to_owned));
         let delivery = message.id.to_string();
         let call = Call {
-            route,
-            authorizer: &message.authorizer,
+            authorizer: message.authorizer.as_ref(),
             delivery: &delivery,
             attempt,
             payload,
-            openid: openid.as_deref().unwrap_or_default(),
+            ..Call::account(route, openid.as_deref().unwrap_or_default())
         };
-        self.call(call, DELIVER_TIMEOUT).await.map(drop).map_err(|e| e.to_string())
+        self.deliver_call(call).await.map_err(|e| e.to_string())
     }
 }
 

@@ -31,7 +31,7 @@ use crate::xml::Fields;
 use crate::{AppId, Secret};
 use arc_swap::ArcSwap;
 use handler::{Answer, Call, HandlerClient};
-use outbox::{DeliveryId, NewMessage, Outbox, OutboxError};
+use outbox::{DeliveryId, MessageKind, NewMessage, Outbox, OutboxError};
 use release_check::{Action, ReleaseCheck};
 use routes::{Route, Routes};
 use std::sync::Arc;
@@ -171,7 +171,9 @@ impl MessageService {
         };
         let message = NewMessage {
             id: DeliveryId::generate(),
-            authorizer,
+            authorizer: Some(authorizer),
+            kind: MessageKind::Account,
+            seq: None,
             route: route.name.clone(),
             msg_type: msg_type.to_owned(),
             event: event.map(str::to_owned),
@@ -182,7 +184,7 @@ impl MessageService {
         };
         match route.mode {
             DeliveryMode::Deliver => {
-                let (authorizer, msg_type) = (message.authorizer, message.msg_type.clone());
+                let msg_type = message.msg_type.clone();
                 match self.enqueue(route, message, result::QUEUED, key.as_deref()).await? {
                     true => Ok(Reply::Success),
                     false => Ok(duplicate(&authorizer, &msg_type)),
@@ -205,12 +207,11 @@ impl MessageService {
     ) -> Result<Reply, MessageError> {
         let delivery = message.id.to_string();
         let call = Call {
-            route,
-            authorizer: &message.authorizer,
+            authorizer: message.authorizer.as_ref(),
             delivery: &delivery,
             attempt: 1,
             payload: message.payload.expose(),
-            openid: fields.get("FromUserName").unwrap_or_default(),
+            ..Call::account(route, fields.get("FromUserName").unwrap_or_default())
         };
         match self.handler.call_for_reply(call, timeout).await {
             Ok(Answer::Xml(xml)) => {
@@ -223,7 +224,7 @@ impl MessageService {
             }
             Err(e) => {
                 tracing::warn!(
-                    route = %route.name, authorizer = %message.authorizer, delivery = %delivery, error = %e,
+                    route = %route.name, authorizer = ?message.authorizer, delivery = %delivery, error = %e,
                     "reply-mode handler failed; the message goes to the outbox"
                 );
                 message.attempts_made = 1;
@@ -234,7 +235,7 @@ impl MessageService {
                 let authorizer = message.authorizer;
                 if let Err(e) = self.enqueue(route, message, result::DEFERRED, None).await {
                     tracing::error!(route = %route.name, error = %e, "a failed reply-mode message could not be kept");
-                    if let Some(key) = key {
+                    if let (Some(key), Some(authorizer)) = (key, authorizer) {
                         if let Err(e) = self.outbox.forget(&authorizer, key).await {
                             tracing::error!(route = %route.name, error = %e, "the retry key could not be forgotten");
                         }
@@ -263,7 +264,7 @@ impl MessageService {
         match taken {
             Ok(true) => {
                 count(&route.name, outcome);
-                tracing::debug!(route = %route.name, authorizer = %authorizer, delivery = %id, "message in the outbox");
+                tracing::debug!(route = %route.name, authorizer = ?authorizer, delivery = %id, "message in the outbox");
                 Ok(true)
             }
             Ok(false) => Ok(false),

@@ -87,7 +87,9 @@ fn start(settings: OutboxSettings, handler: Scripted) -> Running {
 fn new_message(route: &str, received_at_ms: i64) -> NewMessage {
     NewMessage {
         id: DeliveryId::generate(),
-        authorizer: AppId::parse("wx1111111111111111").unwrap(),
+        authorizer: Some(AppId::parse("wx1111111111111111").unwrap()),
+        kind: MessageKind::Account,
+        seq: None,
         route: route.to_owned(),
         msg_type: "text".into(),
         event: None,
@@ -272,7 +274,7 @@ async fn a_message_the_store_refuses_leaves_its_retry_key_untaken() {
     let refuse = "CREATE TRIGGER refuse BEFORE INSERT ON outbox BEGIN SELECT RAISE(ABORT, 'full'); END;";
     sql.execute_batch(refuse).unwrap();
     let m = new_message("r", 1);
-    let authorizer = m.authorizer;
+    let authorizer = m.authorizer.unwrap();
 
     // Deliver mode: the key and the message in one transaction.
     assert!(outbox.enqueue_first(m.clone(), "msgid:1").await.is_err(), "refused: the receiver answers 503");

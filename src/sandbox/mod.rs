@@ -9,6 +9,7 @@ mod api;
 mod component;
 mod config;
 mod control;
+mod fastreg;
 mod faults;
 mod ledger;
 mod messages;
@@ -30,6 +31,7 @@ use tokio::time::Instant;
 
 pub use api::{media_content, MAX_MEDIA_BYTES};
 pub use config::{Faults, SandboxConfig, DEMO_AUTHORIZER_APPID, DEMO_COMPONENT_APPID};
+pub use fastreg::Registration;
 pub use messages::{original_id, MessageSpec, PushOutcome, ReleaseReport, SentText, Step, SANDBOX_OPENID};
 pub use record::{SeenRequest, Stats, MAX_SEEN};
 

@@ -30,6 +30,8 @@ pub struct Stats {
     pub errcodes: std::collections::BTreeMap<i64, u64>,
     /// `GET /cgi-bin/ticket/getticket` calls that were answered with a ticket, by `APPID:kind`.
     pub getticket_calls: HashMap<String, u64>,
+    /// `fastregisterweapp` calls, answered or refused.
+    pub fast_registrations: u64,
 }
 
 /// One API call as the sandbox received it.

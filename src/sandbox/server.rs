@@ -5,6 +5,7 @@
 //! | `/cgi-bin/component/api_*` (the seven component endpoints) | [`super::component`] |
 //! | `GET /cgi-bin/componentloginpage`, `GET /safe/bindcomponent`, `GET /sandbox/consent` | [`super::pages`] |
 //! | `/cgi-bin/openapi/quota/get`, `/cgi-bin/clear_quota`, `/cgi-bin/component/clear_quota/v2` | [`super::quota`] |
+//! | `/cgi-bin/component/fastregisterweapp` (a push of `notify_third_fasteregister` follows) | [`super::fastreg`] |
 //! | `/sandbox/*` control routes | [`super::control`] |
 //! | anything else | an app's API call: [`super::api`] (`/cgi-bin/ticket/getticket` issues JS-SDK tickets) |
 
@@ -15,7 +16,7 @@ use axum::routing::{get, post};
 use axum::Router;
 use tokio::sync::watch;
 
-use super::{api, component, control, pages, quota, Sandbox};
+use super::{api, component, control, fastreg, pages, quota, Sandbox};
 
 pub(super) fn spawn(sandbox: Sandbox, listener: tokio::net::TcpListener, mut shutdown: watch::Receiver<bool>) {
     let app = router(sandbox);
@@ -53,6 +54,7 @@ async fn dispatch(State(sandbox): State<Sandbox>, req: Request) -> Response {
         return component::handle(&sandbox, &name, req).await;
     }
     match path {
+        fastreg::PATH => fastreg::handle(&sandbox, req).await,
         "/cgi-bin/openapi/quota/get" => quota::get(&sandbox, req).await,
         "/cgi-bin/clear_quota" => quota::clear(&sandbox, req).await,
         "/cgi-bin/component/clear_quota/v2" => quota::clear_v2(&sandbox, req).await,

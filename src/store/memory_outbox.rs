@@ -29,6 +29,16 @@ impl MemoryOutbox {
     }
 }
 
+impl State {
+    /// Whether an earlier message of `m`'s lane (route and authorizer) is still held.
+    fn waits_in_lane(&self, component: &AppId, m: &OutboxMessage) -> bool {
+        let Some(seq) = m.seq else { return false };
+        self.messages.iter().any(|((c, _), (o, _))| {
+            c == component && o.route == m.route && o.authorizer == m.authorizer && o.seq.is_some_and(|s| s < seq)
+        })
+    }
+}
+
 fn oldest_first(entries: &mut [OutboxEntry]) {
     entries.sort_by(|a, b| (a.received_at_ms, &a.id).cmp(&(b.received_at_ms, &b.id)));
 }
@@ -67,7 +77,7 @@ impl OutboxStore for MemoryOutbox {
     ) -> Result<bool, StoreError> {
         // One lock for both: the key is recorded only with its message.
         let mut state = self.state();
-        let slot = state.seen.entry((*component, message.authorizer, key.to_owned())).or_insert(i64::MIN);
+        let slot = state.seen.entry((*component, message.dedupe_scope(component), key.to_owned())).or_insert(i64::MIN);
         if *slot > now_ms - ttl.as_millis() as i64 {
             return Ok(false);
         }
@@ -121,6 +131,7 @@ impl OutboxStore for MemoryOutbox {
             .filter(|((c, _), (m, _))| {
                 c == component && m.route == route && m.state == OutboxState::Pending && m.next_attempt_at_ms <= now_ms
             })
+            .filter(|((c, _), (m, _))| !state.waits_in_lane(c, m))
             .map(|((_, id), (m, _))| (m.next_attempt_at_ms, id.clone()))
             .collect();
         due.sort();
@@ -251,6 +262,11 @@ mod tests {
     #[tokio::test]
     async fn enqueue_first_takes_each_key_once() {
         contract_tests::enqueue_first_takes_each_key_once(&MemoryOutbox::default()).await;
+    }
+
+    #[tokio::test]
+    async fn lanes_keep_their_order() {
+        contract_tests::lanes_keep_their_order(&MemoryOutbox::default()).await;
     }
 
     #[tokio::test]

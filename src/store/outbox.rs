@@ -84,13 +84,43 @@ impl OutboxState {
     }
 }
 
+/// Which table a message's route is in, and so which request its handler gets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum MessageKind {
+    /// A message or event of an authorized account, for a `[[messages.routes]]` route.
+    Account,
+    /// An authorization-event URL's event, for an `[[events.routes]]` route; `msg_type` holds
+    /// its InfoType.
+    Platform,
+}
+
+impl MessageKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Account => "account",
+            Self::Platform => "platform",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        [Self::Account, Self::Platform].into_iter().find(|k| k.as_str() == s)
+    }
+}
+
 /// One message as the outbox holds it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OutboxMessage {
     pub id: DeliveryId,
-    pub authorizer: AppId,
-    /// The `[[messages.routes]]` name.
+    /// The account it concerns; `None` for a platform event that names none.
+    pub authorizer: Option<AppId>,
+    pub kind: MessageKind,
+    /// Its place in its lane, the messages of one route and one authorizer: a message with a
+    /// `seq` is not claimed while one of its lane with a smaller `seq` is pending or failed,
+    /// so that a later event never overtakes an earlier one still being retried.
+    pub seq: Option<i64>,
+    /// The `[[messages.routes]]` or `[[events.routes]]` name.
     pub route: String,
+    /// MsgType, or a platform event's InfoType.
     pub msg_type: String,
     pub event: Option<String>,
     /// The decrypted XML as WeChat sent it: personal data, never logged or listed.
@@ -106,11 +136,18 @@ pub struct OutboxMessage {
 }
 
 impl OutboxMessage {
+    /// Whose dedupe keys `enqueue_first` records the message's key among: its authorizer's,
+    /// or, for a platform event that names none, the component's.
+    pub fn dedupe_scope(&self, component: &AppId) -> AppId {
+        self.authorizer.unwrap_or(*component)
+    }
+
     /// What may be shown: everything but the payload.
     pub fn entry(&self) -> OutboxEntry {
         OutboxEntry {
             id: self.id.clone(),
             authorizer: self.authorizer,
+            kind: self.kind,
             route: self.route.clone(),
             msg_type: self.msg_type.clone(),
             event: self.event.clone(),
@@ -127,7 +164,8 @@ impl OutboxMessage {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OutboxEntry {
     pub id: DeliveryId,
-    pub authorizer: AppId,
+    pub authorizer: Option<AppId>,
+    pub kind: MessageKind,
     pub route: String,
     pub msg_type: String,
     pub event: Option<String>,
@@ -175,7 +213,8 @@ pub trait OutboxStore: Send + Sync {
     ) -> Result<bool, StoreError>;
 
     /// [`OutboxStore::first_time`] and [`OutboxStore::enqueue`] in one transaction: records
-    /// `key` for the message's authorizer and adds the message only if the key is new; says
+    /// `key` for the message's authorizer (the component's when it has none: see
+    /// [`OutboxMessage::dedupe_scope`]) and adds the message only if the key is new; says
     /// whether it was. A failure leaves neither behind, so that WeChat's retry of a message that
     /// could not be kept is taken, not dropped as a duplicate.
     async fn enqueue_first(
@@ -198,7 +237,8 @@ pub trait OutboxStore: Send + Sync {
     async fn next_due(&self, component: &AppId) -> Result<Option<i64>, StoreError>;
 
     /// Takes up to `limit` messages of `route` due at `now_ms`, earliest due first: each gets
-    /// its attempt counted and its next attempt `lease` ahead, under a fresh claim token.
+    /// its attempt counted and its next attempt `lease` ahead, under a fresh claim token. A
+    /// message with a `seq` is passed over while its lane holds one with a smaller `seq`.
     async fn claim(
         &self,
         component: &AppId,
@@ -256,7 +296,9 @@ pub(crate) mod contract_tests {
     pub fn message(route: &str, received_at_ms: i64, next_attempt_at_ms: i64) -> OutboxMessage {
         OutboxMessage {
             id: DeliveryId::generate(),
-            authorizer: AppId::parse("wx1111111111111111").unwrap(),
+            authorizer: Some(AppId::parse("wx1111111111111111").unwrap()),
+            kind: MessageKind::Account,
+            seq: None,
             route: route.to_owned(),
             msg_type: "event".into(),
             event: Some("subscribe".into()),
@@ -391,6 +433,57 @@ pub(crate) mod contract_tests {
         assert!(store.claim(&c, "a", 100, 10, LEASE).await.unwrap().iter().all(|cl| cl.message.id != msgs[0].id));
     }
 
+    /// A lane's messages go out in `seq` order: a later one waits while an earlier one is
+    /// pending (retried) or failed, and other lanes and unordered messages are not held up.
+    pub async fn lanes_keep_their_order(store: &dyn OutboxStore) {
+        let c = component();
+        let other = AppId::parse("wx2222222222222222").unwrap();
+        let laned = |seq: i64, authorizer: Option<AppId>, due: i64| OutboxMessage {
+            kind: MessageKind::Platform,
+            seq: Some(seq),
+            authorizer,
+            ..message("events", 10 + seq, due)
+        };
+        let first = laned(1, Some(AppId::parse("wx1111111111111111").unwrap()), 100);
+        let second = laned(2, first.authorizer, 50);
+        let third = laned(3, first.authorizer, 60);
+        let elsewhere = laned(4, Some(other), 70);
+        let platform = laned(5, None, 80);
+        let unordered = message("events", 1, 90);
+        for m in [&third, &second, &first, &elsewhere, &platform, &unordered] {
+            store.enqueue(&c, m).await.unwrap();
+        }
+        let ids = |claims: &[Claim]| claims.iter().map(|cl| cl.message.id.clone()).collect::<Vec<_>>();
+        let taken = store.claim(&c, "events", 200, 10, LEASE).await.unwrap();
+        let mut got = ids(&taken);
+        got.sort();
+        let mut want = vec![first.id.clone(), elsewhere.id.clone(), platform.id.clone(), unordered.id.clone()];
+        want.sort();
+        assert_eq!(got, want, "only each lane's first, and what has no lane");
+        assert_eq!(taken.iter().find(|cl| cl.message.id == platform.id).unwrap().message.authorizer, None);
+        for other in taken.iter().filter(|cl| cl.message.id != first.id) {
+            assert!(store.settle(&c, &other.message.id, &other.token, &Outcome::Delivered).await.unwrap());
+        }
+        let head = taken.iter().find(|cl| cl.message.id == first.id).unwrap();
+        let retry = Outcome::Retry { at_ms: 5000, error: "status 503".into() };
+        assert!(store.settle(&c, &first.id, &head.token, &retry).await.unwrap());
+        assert!(store.claim(&c, "events", 4999, 10, LEASE).await.unwrap().is_empty(), "held behind the retried one");
+        let again = store.claim(&c, "events", 5000, 10, LEASE).await.unwrap();
+        assert_eq!(ids(&again), [first.id.clone()], "the lane's head comes first again");
+        let failed = Outcome::Failed { error: "status 500".into() };
+        assert!(store.settle(&c, &first.id, &again[0].token, &failed).await.unwrap());
+        assert!(store.claim(&c, "events", 9000, 10, LEASE).await.unwrap().is_empty(), "a failed head holds its lane");
+        assert!(store.delete(&c, &first.id).await.unwrap());
+        let next = store.claim(&c, "events", 9000, 10, LEASE).await.unwrap();
+        assert_eq!(ids(&next), [second.id.clone()], "then the next in order");
+        assert!(store.settle(&c, &second.id, &next[0].token, &Outcome::Delivered).await.unwrap());
+        let last = store.claim(&c, "events", 9000, 10, LEASE).await.unwrap();
+        assert_eq!(ids(&last), [third.id.clone()]);
+        let (_, listed) = store.list(&c, None, 0, 10).await.unwrap();
+        let entry = listed.iter().find(|e| e.id == third.id).unwrap();
+        assert_eq!((entry.kind, entry.authorizer), (MessageKind::Platform, first.authorizer));
+    }
+
     /// A deliver-mode message and its retry key go in together; a forgotten key is new again.
     pub async fn enqueue_first_takes_each_key_once(store: &dyn OutboxStore) {
         let c = component();
@@ -401,11 +494,14 @@ pub(crate) mod contract_tests {
         let retry = OutboxMessage { id: DeliveryId::generate(), ..first.clone() };
         assert!(!store.enqueue_first(&c, &retry, "msgid:9", now(), day).await.unwrap(), "WeChat's retry");
         assert_eq!(store.counts(&c).await.unwrap(), (1, 0), "the retry enqueued nothing");
-        assert!(!store.first_time(&c, &first.authorizer, "msgid:9", now(), day).await.unwrap(), "the key is kept");
+        assert!(
+            !store.first_time(&c, &first.authorizer.unwrap(), "msgid:9", now(), day).await.unwrap(),
+            "the key is kept"
+        );
 
-        assert!(store.first_time(&c, &first.authorizer, "msgid:10", now(), day).await.unwrap());
-        store.forget(&c, &first.authorizer, "msgid:10").await.unwrap();
-        assert!(store.first_time(&c, &first.authorizer, "msgid:10", now(), day).await.unwrap(), "forgotten");
+        assert!(store.first_time(&c, &first.authorizer.unwrap(), "msgid:10", now(), day).await.unwrap());
+        store.forget(&c, &first.authorizer.unwrap(), "msgid:10").await.unwrap();
+        assert!(store.first_time(&c, &first.authorizer.unwrap(), "msgid:10", now(), day).await.unwrap(), "forgotten");
         store.prune_seen(&c, now() + 1).await.unwrap();
     }
 

@@ -7,9 +7,13 @@
 //! - `outbox:due:{route}`: a sorted set of the route's pending ids by next attempt;
 //! - `outbox:routes`: the routes that may have pending messages;
 //! - `outbox:pending`, `outbox:failed`: sorted sets of ids by arrival, for listing and counting;
-//! - `outbox:seen:{authorizer}:{key}`: WeChat's dedupe keys, `SET NX PX`, expiring by themselves.
+//! - `outbox:seen:{authorizer}:{key}`: WeChat's dedupe keys, `SET NX PX`, expiring by themselves;
+//! - `outbox:lane:{route}:{authorizer}`: a sorted set of a lane's ids by `seq`, for messages that
+//!   have one (platform events), whose first member is the only one of the lane that is claimed.
+//!   A message passed over for its lane is moved, in its route's due set only, behind its lane's
+//!   first; when that one leaves, the next gets its own due time back.
 
-use super::outbox::{Claim, DeliveryId, OutboxEntry, OutboxMessage, OutboxState, OutboxStore, Outcome};
+use super::outbox::{Claim, DeliveryId, MessageKind, OutboxEntry, OutboxMessage, OutboxState, OutboxStore, Outcome};
 use super::redis::RedisStore;
 use super::StoreError;
 use crate::{AppId, Secret};
@@ -19,15 +23,17 @@ use std::collections::HashMap;
 use std::sync::LazyLock;
 use std::time::Duration;
 
-/// KEYS: msg hash, due set, routes set, pending set. ARGV: id, route, next attempt, received,
-/// then the hash's field/value pairs. An id already held is left as it is.
+/// KEYS: msg hash, due set, routes set, pending set, lane set. ARGV: id, route, next attempt,
+/// received, seq ('' for none), then the hash's field/value pairs. An id already held is left
+/// as it is.
 static ENQUEUE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
-          redis.call('HSET', KEYS[1], unpack(ARGV, 5))
+          redis.call('HSET', KEYS[1], unpack(ARGV, 6))
           redis.call('ZADD', KEYS[2], ARGV[3], ARGV[1])
           redis.call('SADD', KEYS[3], ARGV[2])
           redis.call('ZADD', KEYS[4], ARGV[4], ARGV[1])
+          if ARGV[5] ~= '' then redis.call('ZADD', KEYS[5], ARGV[5], ARGV[1]) end
           return 1",
     )
 });
@@ -38,13 +44,30 @@ static ENQUEUE_FIRST: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"if not redis.call('SET', KEYS[1], '1', 'NX', 'PX', ARGV[1]) then return 0 end
           if redis.call('EXISTS', KEYS[2]) == 1 then return 1 end
-          redis.call('HSET', KEYS[2], unpack(ARGV, 6))
+          redis.call('HSET', KEYS[2], unpack(ARGV, 7))
           redis.call('ZADD', KEYS[3], ARGV[4], ARGV[2])
           redis.call('SADD', KEYS[4], ARGV[3])
           redis.call('ZADD', KEYS[5], ARGV[5], ARGV[2])
+          if ARGV[6] ~= '' then redis.call('ZADD', KEYS[6], ARGV[6], ARGV[2]) end
           return 1",
     )
 });
+
+/// Lua shared by the scripts that take a message out of its lane (delivered, deleted): the
+/// lane's new first member gets its own due time back. `lane_left(h, id, due)`.
+const LANE_LEFT: &str = r"
+local function lane_left(h, id, due)
+  local lane = redis.call('HGET', h, 'lane')
+  if not lane then return end
+  redis.call('ZREM', lane, id)
+  local first = redis.call('ZRANGE', lane, 0, 0)[1]
+  if not first then return end
+  local fh = string.sub(h, 1, #h - #id) .. first
+  if redis.call('HGET', fh, 'state') == 'pending' and redis.call('HEXISTS', fh, 'claim') == 0 then
+    redis.call('ZADD', due, redis.call('HGET', fh, 'next_attempt_at'), first)
+  end
+end
+";
 
 static FORGET: LazyLock<Script> = LazyLock::new(|| Script::new(r"return redis.call('DEL', KEYS[1])"));
 
@@ -79,13 +102,19 @@ static NEXT_DUE: LazyLock<Script> = LazyLock::new(|| {
 });
 
 /// KEYS: due set. ARGV: now, limit, lease end, token, msg-hash prefix. Returns each claimed
-/// message's HGETALL.
+/// message's HGETALL. One that waits in its lane is moved behind its lane's first (or a lease
+/// ahead, when that one is failed and has no due time) and not claimed.
 static CLAIM: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"local out = {}
           for _, id in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[2]))) do
             local h = ARGV[5] .. id
-            if redis.call('EXISTS', h) == 1 then
+            local lane = redis.call('HGET', h, 'lane')
+            local first = lane and redis.call('ZRANGE', lane, 0, 0)[1]
+            if first and first ~= id then
+              local behind = redis.call('ZSCORE', KEYS[1], first)
+              redis.call('ZADD', KEYS[1], behind or ARGV[3], id)
+            elseif redis.call('EXISTS', h) == 1 then
               redis.call('HINCRBY', h, 'attempts', 1)
               redis.call('HSET', h, 'next_attempt_at', ARGV[3], 'claim', ARGV[4])
               redis.call('ZADD', KEYS[1], ARGV[3], id)
@@ -101,12 +130,14 @@ static CLAIM: LazyLock<Script> = LazyLock::new(|| {
 /// KEYS: msg hash, pending set, failed set. ARGV: token, outcome, retry at, error, id, due-set
 /// prefix. Nothing happens unless the claim is still the caller's.
 static SETTLE: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
+    Script::new(&format!(
+        "{LANE_LEFT}{}",
         r"local h = KEYS[1]
           if redis.call('HGET', h, 'claim') ~= ARGV[1] then return 0 end
           local id = ARGV[5]
           local due = ARGV[6] .. redis.call('HGET', h, 'route')
           if ARGV[2] == 'delivered' then
+            lane_left(h, id, due)
             redis.call('DEL', h)
             redis.call('ZREM', due, id)
             redis.call('ZREM', KEYS[2], id)
@@ -121,8 +152,8 @@ static SETTLE: LazyLock<Script> = LazyLock::new(|| {
             redis.call('ZREM', KEYS[2], id)
             redis.call('ZADD', KEYS[3], redis.call('HGET', h, 'received_at'), id)
           end
-          return 1",
-    )
+          return 1"
+    ))
 });
 
 /// KEYS: pending set. ARGV: now, msg-hash prefix, due-set prefix.
@@ -143,9 +174,10 @@ static RELEASE_CLAIMS: LazyLock<Script> = LazyLock::new(|| {
 });
 
 /// The fields a listing shows: never the payload.
-const ENTRY_FIELDS: [&str; 10] = [
+const ENTRY_FIELDS: [&str; 11] = [
     "id",
     "authorizer",
+    "kind",
     "route",
     "msg_type",
     "event",
@@ -186,14 +218,17 @@ static REDELIVER: LazyLock<Script> = LazyLock::new(|| {
 
 /// KEYS: msg hash, pending set, failed set. ARGV: id, due-set prefix.
 static DELETE: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
+    Script::new(&format!(
+        "{LANE_LEFT}{}",
         r"if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
-          redis.call('ZREM', ARGV[2] .. redis.call('HGET', KEYS[1], 'route'), ARGV[1])
+          local due = ARGV[2] .. redis.call('HGET', KEYS[1], 'route')
+          lane_left(KEYS[1], ARGV[1], due)
+          redis.call('ZREM', due, ARGV[1])
           redis.call('ZREM', KEYS[2], ARGV[1])
           redis.call('ZREM', KEYS[3], ARGV[1])
           redis.call('DEL', KEYS[1])
-          return 1",
-    )
+          return 1"
+    ))
 });
 
 static COUNTS: LazyLock<Script> =
@@ -206,18 +241,25 @@ impl RedisStore {
 
     /// ENQUEUE's keys and arguments, after whatever the invocation holds already.
     fn enqueue_args(&self, invocation: &mut redis::ScriptInvocation<'static>, component: &AppId, m: &OutboxMessage) {
+        let who = m.authorizer.map_or_else(|| "-".to_owned(), |a| a.to_string());
+        let lane = self.outbox_key(component, &format!("outbox:lane:{}:{who}", m.route));
         invocation
             .key(self.msg_key(component, &m.id))
             .key(self.outbox_key(component, &format!("outbox:due:{}", m.route)))
             .key(self.outbox_key(component, "outbox:routes"))
             .key(self.outbox_key(component, "outbox:pending"))
+            .key(&lane)
             .arg(m.id.as_str())
             .arg(&m.route)
             .arg(m.next_attempt_at_ms)
-            .arg(m.received_at_ms);
+            .arg(m.received_at_ms)
+            .arg(m.seq.map(|s| s.to_string()).unwrap_or_default());
         let fields = [
             ("id", Some(m.id.to_string())),
-            ("authorizer", Some(m.authorizer.to_string())),
+            ("authorizer", m.authorizer.map(|a| a.to_string())),
+            ("kind", Some(m.kind.as_str().to_owned())),
+            ("seq", m.seq.map(|s| s.to_string())),
+            ("lane", m.seq.map(|_| lane.clone())),
             ("route", Some(m.route.clone())),
             ("msg_type", Some(m.msg_type.clone())),
             ("event", m.event.clone()),
@@ -252,7 +294,12 @@ fn entry_from(fields: &HashMap<String, String>) -> Result<OutboxEntry, StoreErro
     let text = |name: &str| fields.get(name).cloned().ok_or_else(|| corrupt(name));
     Ok(OutboxEntry {
         id: DeliveryId::parse(&text("id")?).map_err(|_| corrupt("id"))?,
-        authorizer: AppId::parse(&text("authorizer")?).map_err(|_| corrupt("authorizer"))?,
+        authorizer: fields.get("authorizer").map(|a| AppId::parse(a).map_err(|_| corrupt("authorizer"))).transpose()?,
+        // Messages kept before platform events existed have no kind: they are an account's.
+        kind: fields
+            .get("kind")
+            .map_or(Some(MessageKind::Account), |k| MessageKind::parse(k))
+            .ok_or_else(|| corrupt("kind"))?,
         route: text("route")?,
         msg_type: text("msg_type")?,
         event: fields.get("event").cloned(),
@@ -273,8 +320,10 @@ fn message_from(flat: Vec<String>) -> Result<OutboxMessage, StoreError> {
     let e = entry_from(&fields)?;
     Ok(OutboxMessage {
         payload: Secret::new(fields.remove("payload").ok_or_else(|| corrupt("payload"))?),
+        seq: fields.get("seq").map(|s| s.parse().map_err(|_| corrupt("seq"))).transpose()?,
         id: e.id,
         authorizer: e.authorizer,
+        kind: e.kind,
         route: e.route,
         msg_type: e.msg_type,
         event: e.event,
@@ -303,7 +352,7 @@ impl OutboxStore for RedisStore {
         _now_ms: i64,
         ttl: Duration,
     ) -> Result<bool, StoreError> {
-        let mut invocation = ENQUEUE_FIRST.key(self.seen_key(component, &m.authorizer, key));
+        let mut invocation = ENQUEUE_FIRST.key(self.seen_key(component, &m.dedupe_scope(component), key));
         invocation.arg(ttl.as_millis() as u64);
         self.enqueue_args(&mut invocation, component, m);
         let new: i64 = self.outbox_invoke(invocation, true).await?;
@@ -504,13 +553,14 @@ mod tests {
 
     #[tokio::test]
     async fn keeps_the_outbox_contract() {
-        for run in [0, 1, 2, 3] {
+        for run in [0, 1, 2, 3, 4] {
             let p = prefix();
             let s = store(&p).await;
             match run {
                 0 => contract_tests::claims_settle_and_fence(&s).await,
                 1 => contract_tests::lists_redelivers_and_deletes(&s).await,
                 2 => contract_tests::enqueue_first_takes_each_key_once(&s).await,
+                3 => contract_tests::lanes_keep_their_order(&s).await,
                 _ => contract_tests::dedupe_keys_expire(&s).await,
             }
             clean(&p).await;

@@ -18,8 +18,9 @@ use std::sync::{Arc, Mutex};
 /// Each entry brings the schema from its index to the next version; `PRAGMA user_version`
 /// records how many have run. Append, never edit: released files depend on them.
 /// The steps, in order: 0 → 1 tickets and events; 1 → 2 component and authorizer tokens;
-/// 2 → 3 JS-SDK tickets; 3 → 4 authorizer info; 4 → 5 the outbox and its dedupe keys. A new
-/// step takes the next number after the last one here.
+/// 2 → 3 JS-SDK tickets; 3 → 4 authorizer info; 4 → 5 the outbox and its dedupe keys; 5 → 6
+/// platform events in the outbox (a message's kind, its place in its lane, no authorizer). A
+/// new step takes the next number after the last one here.
 pub(super) const MIGRATIONS: &[&str] = &[
     // 0 → 1: the ticket and the events WeChat pushed.
     "CREATE TABLE tickets (
@@ -110,6 +111,10 @@ pub(super) const MIGRATIONS: &[&str] = &[
          PRIMARY KEY (component_appid, authorizer_appid, key)
      ) WITHOUT ROWID;
      CREATE INDEX outbox_seen_at ON outbox_seen (component_appid, seen_at);",
+    // 5 → 6: platform events share the outbox; `authorizer_appid` is '' for one about no account.
+    "ALTER TABLE outbox ADD COLUMN kind TEXT NOT NULL DEFAULT 'account';
+     ALTER TABLE outbox ADD COLUMN seq INTEGER;
+     CREATE INDEX outbox_lane ON outbox (component_appid, route, authorizer_appid, seq) WHERE seq IS NOT NULL;",
 ];
 
 const INFO_COLUMNS: &str =

@@ -3,7 +3,7 @@
 //! enqueues, claims and settles share one fsync (`synchronous=FULL`) instead of paying one each.
 //! Each caller is answered only once its transaction has committed.
 
-use super::outbox::{Claim, DeliveryId, OutboxEntry, OutboxMessage, OutboxState, OutboxStore, Outcome};
+use super::outbox::{Claim, DeliveryId, MessageKind, OutboxEntry, OutboxMessage, OutboxState, OutboxStore, Outcome};
 use super::sqlite::{unavailable, SqliteStore};
 use super::StoreError;
 use crate::{AppId, Secret};
@@ -97,20 +97,25 @@ impl SqliteStore {
 }
 
 const MESSAGE_COLUMNS: &str = "id, authorizer_appid, route, msg_type, event, received_at, attempts, next_attempt_at, \
-     state, last_error, payload";
+     state, last_error, kind, seq, payload";
 
 fn corrupt(i: usize, what: &str) -> rusqlite::Error {
     rusqlite::Error::FromSqlConversionFailure(i, rusqlite::types::Type::Text, format!("not {what}").into())
 }
 
-/// A row of `MESSAGE_COLUMNS` without the payload (the first ten columns).
+/// A row of `MESSAGE_COLUMNS` without the payload (all but the last column).
 fn row_to_entry(row: &rusqlite::Row<'_>) -> rusqlite::Result<OutboxEntry> {
     let id: String = row.get(0)?;
     let authorizer: String = row.get(1)?;
     let state: String = row.get(8)?;
+    let kind: String = row.get(10)?;
     Ok(OutboxEntry {
         id: DeliveryId::parse(&id).map_err(|_| corrupt(0, "a delivery id"))?,
-        authorizer: AppId::parse(&authorizer).map_err(|_| corrupt(1, "an appid"))?,
+        authorizer: match authorizer.as_str() {
+            "" => None,
+            a => Some(AppId::parse(a).map_err(|_| corrupt(1, "an appid"))?),
+        },
+        kind: MessageKind::parse(&kind).ok_or_else(|| corrupt(10, "a message kind"))?,
         route: row.get(2)?,
         msg_type: row.get(3)?,
         event: row.get(4)?,
@@ -127,10 +132,12 @@ fn row_to_message(row: &rusqlite::Row<'_>) -> rusqlite::Result<OutboxMessage> {
     Ok(OutboxMessage {
         id: e.id,
         authorizer: e.authorizer,
+        kind: e.kind,
+        seq: row.get(11)?,
         route: e.route,
         msg_type: e.msg_type,
         event: e.event,
-        payload: Secret::new(row.get::<_, String>(10)?),
+        payload: Secret::new(row.get::<_, String>(12)?),
         received_at_ms: e.received_at_ms,
         attempts: e.attempts,
         next_attempt_at_ms: e.next_attempt_at_ms,
@@ -142,13 +149,13 @@ fn row_to_message(row: &rusqlite::Row<'_>) -> rusqlite::Result<OutboxMessage> {
 fn insert_message(conn: &Connection, c: &str, m: &OutboxMessage) -> rusqlite::Result<()> {
     conn.prepare_cached(
         "INSERT OR IGNORE INTO outbox (component_appid, id, authorizer_appid, route, msg_type, event,
-             payload, received_at, attempts, next_attempt_at, state, last_error)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+             payload, received_at, attempts, next_attempt_at, state, last_error, kind, seq)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
     )?
     .execute(params![
         c,
         m.id.as_str(),
-        &*m.authorizer.as_str(),
+        m.authorizer.map(|a| a.to_string()).unwrap_or_default(),
         m.route,
         m.msg_type,
         m.event,
@@ -158,6 +165,8 @@ fn insert_message(conn: &Connection, c: &str, m: &OutboxMessage) -> rusqlite::Re
         m.next_attempt_at_ms,
         m.state.as_str(),
         m.last_error,
+        m.kind.as_str(),
+        m.seq,
     ])
     .map(drop)
 }
@@ -209,10 +218,11 @@ impl OutboxStore for SqliteStore {
         ttl: Duration,
     ) -> Result<bool, StoreError> {
         let (c, m, key) = (component.to_string(), message.clone(), key.to_owned());
+        let scope = message.dedupe_scope(component).to_string();
         let stale_before = now_ms - ttl.as_millis() as i64;
         // One job is one savepoint: a failed insert of the message rolls the key back too.
         self.batched(move |conn| {
-            if !record_seen(conn, &c, &m.authorizer.as_str(), &key, now_ms, stale_before)? {
+            if !record_seen(conn, &c, &scope, &key, now_ms, stale_before)? {
                 return Ok(false);
             }
             insert_message(conn, &c, &m)?;
@@ -283,8 +293,12 @@ impl OutboxStore for SqliteStore {
                 let mut stmt = conn.prepare_cached(&format!(
                     "UPDATE outbox SET attempts = attempts + 1, next_attempt_at = ?5, claim = ?6
                      WHERE component_appid = ?1 AND id IN (
-                         SELECT id FROM outbox WHERE component_appid = ?1 AND state = 'pending' AND route = ?2
-                             AND next_attempt_at <= ?3 ORDER BY next_attempt_at LIMIT ?4)
+                         SELECT o.id FROM outbox o WHERE o.component_appid = ?1 AND o.state = 'pending'
+                             AND o.route = ?2 AND o.next_attempt_at <= ?3
+                             AND (o.seq IS NULL OR NOT EXISTS (
+                                 SELECT 1 FROM outbox p WHERE p.component_appid = ?1 AND p.route = o.route
+                                     AND p.authorizer_appid = o.authorizer_appid AND p.seq < o.seq))
+                             ORDER BY o.next_attempt_at LIMIT ?4)
                      RETURNING {MESSAGE_COLUMNS}"
                 ))?;
                 let rows = stmt.query_map(params![c, route, now_ms, limit as i64, until, token], row_to_message)?;
@@ -436,6 +450,12 @@ mod tests {
     async fn enqueue_first_takes_each_key_once() {
         let (_dir, store) = temp_store();
         contract_tests::enqueue_first_takes_each_key_once(&store).await;
+    }
+
+    #[tokio::test]
+    async fn lanes_keep_their_order() {
+        let (_dir, store) = temp_store();
+        contract_tests::lanes_keep_their_order(&store).await;
     }
 
     /// A message the file refuses (a full disk, here a trigger) leaves no retry key behind:

@@ -44,6 +44,7 @@ mod slot;
 mod ticket;
 
 pub use clock::Clock;
+pub use events::{EventFailure, EventHandoff, PendingEvent};
 pub use reconcile::Reconciled;
 pub use refresher::Endpoint;
 pub use schedule::{backoff_ms, lead_ms, spread_due, steady_due, Job, Schedule};
@@ -205,6 +206,10 @@ pub struct TokenService {
     authorize_turn: tokio::sync::Mutex<()>,
     last_push_request_ms: Mutex<i64>,
     event_failures: Mutex<u32>,
+    /// Why each pending event is waiting, by its id (this instance's attempts).
+    failed_events: Mutex<std::collections::HashMap<i64, events::EventFailure>>,
+    /// Where events go once acted on (`crate::events`); none in tests that do not ask.
+    handoff: std::sync::OnceLock<Arc<dyn events::EventHandoff>>,
     /// When the last ticket arrived, by `clock`; the start time until one does.
     last_ticket_ms: AtomicI64,
     /// What memory keeps of the accounts' info (`gh_` ids, frozen and closed accounts).
@@ -243,6 +248,8 @@ impl TokenService {
             authorize_turn: tokio::sync::Mutex::new(()),
             last_push_request_ms: Mutex::new(0),
             event_failures: Mutex::new(0),
+            failed_events: Mutex::default(),
+            handoff: std::sync::OnceLock::new(),
             last_ticket_ms: AtomicI64::new(clock.now_ms()),
             info: Default::default(),
             reconcile_failures: Default::default(),

@@ -270,8 +270,9 @@
   // ---- the message outbox: shown when the gateway has one ----
 
   function messageRow(m) {
-    const type = [m.msg_type || m.MsgType, m.event || m.Event].filter(Boolean).join(" / ");
-    const cells = [m.id, m.authorizer || m.authorizer_appid, m.route, type || "—", m.state, m.attempts, m.last_error || "—"];
+    // A platform event shows its InfoType; an account's message its MsgType / Event.
+    const type = m.info_type ? `platform: ${m.info_type}` : [m.msg_type, m.event].filter(Boolean).join(" / ");
+    const cells = [m.id, m.authorizer || "—", m.route, type || "—", m.state, m.attempts, m.last_error || "—"];
     const button = el("button", { type: "button", textContent: "Redeliver" });
     button.addEventListener("click", () => redeliver(m.id, button));
     const row = el("tr", { "data-id": m.id }, ...cells.map((c) => el("td", {}, c == null ? "—" : String(c))), el("td", {}, button));
