@@ -32,7 +32,6 @@ pub(super) fn authorizer(s: &AuthorizerStatus) -> Value {
     })
 }
 
-/// `POST /admin/reconcile`.
 /// `GET /admin/events`: the authorization events not yet acted on and handed on, and why each
 /// waits. Never the payload: it can carry an authorization code.
 pub(super) fn pending_events(events: &[PendingEvent]) -> Value {
@@ -50,6 +49,7 @@ pub(super) fn pending_events(events: &[PendingEvent]) -> Value {
     json!({ "pending": events.len(), "events": events.iter().map(one).collect::<Vec<_>>() })
 }
 
+/// `POST /admin/reconcile`.
 pub(super) fn reconciled(r: &Reconciled) -> Value {
     json!({
         "listed": r.listed,

@@ -56,7 +56,7 @@ pub(super) async fn handle(sandbox: &Sandbox, req: Request) -> Response {
             tracing::warn!(error = %e, "sandbox: fast registration push failed");
         }
     });
-    answer(Ok(json!({})))
+    answer(Ok(json!({ "errcode": 0, "errmsg": "ok" })))
 }
 
 fn check(sandbox: &Sandbox, query: &str, body: Option<&Map<String, Value>>) -> Result<Registration, WxError> {

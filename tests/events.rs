@@ -1,0 +1,545 @@
+//! Platform events to the apps, end to end: the real binary, the sandbox playing WeChat over real
+//! HTTP (authorizations, revocations, fast registration), the real SQLite file or the real Redis,
+//! and a handler written as a platform's backend would write one: WeChat's plaintext-mode
+//! signature checked over the route's token, then the XML.
+
+mod common;
+
+use common::*;
+use sha1::{Digest, Sha1};
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use wxgate::AppId;
+
+const ROUTE_TOKEN: &str = "eventroutetoken42";
+const SHOP: &str = "wx1111111111111111";
+const CAFE: &str = "wx2222222222222222";
+
+/// One request as the handler saw it, after the signature was checked.
+#[derive(Clone, Debug)]
+struct Seen {
+    info_type: String,
+    authorizer: Option<String>,
+    delivery: String,
+    attempt: u32,
+    body: String,
+    /// Whether the handler answered 2xx (the gateway counts it delivered).
+    taken: bool,
+    /// The errcode of an API call made through the gateway for the account the moment the
+    /// event arrived (`authorized`, fast registration): 0 when the account already works.
+    call_errcode: Option<i64>,
+}
+
+#[derive(Default)]
+struct State {
+    seen: Vec<Seen>,
+    /// Requests refused with 503 before one is taken, by `InfoType authorizer`.
+    refuse: HashMap<String, u32>,
+    /// Where to make the arrival call: the gateway's proxy listener.
+    gateway: Option<SocketAddr>,
+}
+
+/// An events handler on a port of its own, which can be down and come up on the same port.
+struct Handler {
+    addr: SocketAddr,
+    state: Arc<Mutex<State>>,
+    server: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Handler {
+    fn down() -> Handler {
+        let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        Handler { addr, state: Arc::default(), server: None }
+    }
+
+    async fn up() -> Handler {
+        let mut handler = Handler::down();
+        handler.start().await;
+        handler
+    }
+
+    async fn start(&mut self) {
+        let state = Arc::clone(&self.state);
+        let app = axum::Router::new().route(
+            "/platform-events",
+            axum::routing::post(move |uri: axum::http::Uri, headers: axum::http::HeaderMap, body: String| {
+                let state = Arc::clone(&state);
+                async move { handle(&state, &uri, &headers, body).await }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind(self.addr).await.unwrap();
+        self.server = Some(tokio::spawn(async move { axum::serve(listener, app).await.unwrap() }));
+    }
+
+    fn url(&self) -> String {
+        format!("http://{}/platform-events", self.addr)
+    }
+
+    fn seen(&self) -> Vec<Seen> {
+        self.state.lock().unwrap().seen.clone()
+    }
+
+    /// The events taken (2xx), in the order they were taken.
+    fn taken(&self) -> Vec<Seen> {
+        self.seen().into_iter().filter(|s| s.taken).collect()
+    }
+
+    fn has_taken(&self, info_type: &str, authorizer: Option<&str>) -> bool {
+        self.taken().iter().any(|s| s.info_type == info_type && s.authorizer.as_deref() == authorizer)
+    }
+
+    fn refuse(&self, info_type: &str, authorizer: &str, times: u32) {
+        self.state.lock().unwrap().refuse.insert(format!("{info_type} {authorizer}"), times);
+    }
+
+    fn call_through(&self, gateway: SocketAddr) {
+        self.state.lock().unwrap().gateway = Some(gateway);
+    }
+}
+
+impl Drop for Handler {
+    fn drop(&mut self) {
+        if let Some(server) = self.server.take() {
+            server.abort();
+        }
+    }
+}
+
+/// What a platform's backend does: checks `signature` = sha1(sort(token, timestamp, nonce)),
+/// reads the XML, and (here) tries the account through the gateway at once.
+async fn handle(
+    state: &Mutex<State>,
+    uri: &axum::http::Uri,
+    headers: &axum::http::HeaderMap,
+    body: String,
+) -> (axum::http::StatusCode, &'static str) {
+    let query: HashMap<String, String> =
+        url::form_urlencoded::parse(uri.query().unwrap_or_default().as_bytes()).into_owned().collect();
+    let get = |k: &str| query.get(k).map(String::as_str).unwrap_or_default();
+    let mut parts = [ROUTE_TOKEN, get("timestamp"), get("nonce")];
+    parts.sort_unstable();
+    if hex::encode(Sha1::digest(parts.concat().as_bytes())) != get("signature") || query.contains_key("openid") {
+        return (axum::http::StatusCode::FORBIDDEN, "bad signature");
+    }
+    let header = |k: &str| headers.get(k).and_then(|v| v.to_str().ok()).map(str::to_owned);
+    let info_type = header("x-wxgate-info-type").unwrap_or_default();
+    let authorizer = header("x-wxgate-authorizer");
+    assert_eq!(
+        xml_field(&body, "InfoType").as_deref(),
+        Some(info_type.as_str()),
+        "the header names the XML's InfoType"
+    );
+    let key = format!("{info_type} {}", authorizer.as_deref().unwrap_or("-"));
+    let (refused, gateway) = {
+        let mut s = state.lock().unwrap();
+        let left = s.refuse.get_mut(&key);
+        let refused = left.is_some_and(|n| {
+            let refuse = *n > 0;
+            *n = n.saturating_sub(1);
+            refuse
+        });
+        (refused, s.gateway)
+    };
+    let arriving = ["authorized", "updateauthorized", "notify_third_fasteregister"].contains(&info_type.as_str());
+    let call_errcode = match (gateway, &authorizer) {
+        (Some(gateway), Some(appid)) if arriving && !refused => Some(call_user_info(gateway, appid).await),
+        _ => None,
+    };
+    state.lock().unwrap().seen.push(Seen {
+        info_type,
+        authorizer,
+        delivery: header("x-wxgate-delivery").unwrap_or_default(),
+        attempt: header("x-wxgate-attempt").and_then(|a| a.parse().ok()).unwrap_or(0),
+        body,
+        taken: !refused,
+        call_errcode,
+    });
+    if refused {
+        (axum::http::StatusCode::SERVICE_UNAVAILABLE, "busy")
+    } else {
+        (axum::http::StatusCode::OK, "success")
+    }
+}
+
+/// An API call through the gateway for `appid`, as an app makes one: WeChat's errcode.
+async fn call_user_info(gateway: SocketAddr, appid: &str) -> i64 {
+    let url = format!("http://{gateway}/{appid}/cgi-bin/user/info?openid=o1&access_token={CLIENT_KEY}");
+    let answer: serde_json::Value = client().get(url).send().await.unwrap().json().await.unwrap_or_default();
+    answer["errcode"].as_i64().unwrap_or(-999)
+}
+
+fn xml_field(xml: &str, name: &str) -> Option<String> {
+    let start = xml.find(&format!("<{name}>"))? + name.len() + 2;
+    let rest = &xml[start..];
+    let value = &rest[..rest.find(&format!("</{name}>"))?];
+    Some(value.trim_start_matches("<![CDATA[").trim_end_matches("]]>").to_owned())
+}
+
+fn events_route(name: &str, handler: &Handler, info_types: Option<&str>) -> String {
+    let types = info_types.map(|t| format!("info_types = [{t}]\n")).unwrap_or_default();
+    format!("\n[[events.routes]]\nname = \"{name}\"\n{types}url = \"{}\"\ntoken = \"{ROUTE_TOKEN}\"\n", handler.url())
+}
+
+/// A client that may also call component-scope APIs (fast registration).
+fn platform_client() -> String {
+    "\n[[clients]]\nname = \"platform\"\nkey = \"platform-key-0123456789\"\nauthorizers = [\"*\"]\ncomponent = true\n"
+        .to_owned()
+}
+
+async fn admin_json(gw: &Gateway, path: &str) -> serde_json::Value {
+    gw.admin_get(path).await.json().await.unwrap()
+}
+
+/// Every delivery id names one event, and one seen again is a flagged redelivery.
+fn check_deliveries(seen: &[Seen]) {
+    let mut by_delivery: HashMap<&str, Vec<&Seen>> = HashMap::new();
+    for s in seen {
+        assert_eq!(s.delivery.len(), 32, "a delivery id on every request");
+        by_delivery.entry(&s.delivery).or_default().push(s);
+    }
+    for (delivery, requests) in &by_delivery {
+        assert!(requests.iter().all(|r| r.body == requests[0].body), "{delivery} names one event");
+        for pair in requests.windows(2) {
+            assert!(pair[1].attempt > pair[0].attempt, "{delivery}: a redelivery is flagged: {requests:?}");
+        }
+        assert_eq!(requests.iter().filter(|r| r.taken).count(), 1, "{delivery} taken once: {requests:?}");
+    }
+}
+
+/// The order in which `appid`'s events were taken.
+fn taken_order(handler: &Handler, appid: &str) -> Vec<String> {
+    handler.taken().into_iter().filter(|s| s.authorizer.as_deref() == Some(appid)).map(|s| s.info_type).collect()
+}
+
+/// Until the gateway holds `appid`: an owner who revokes before the gateway could exchange the
+/// authorization's code leaves nothing for an app to use, and that `authorized` is not handed on.
+async fn wait_active(gw: &Gateway, appid: &str) {
+    eventually(Duration::from_secs(20), "the account is held", || async {
+        admin_json(gw, &format!("/admin/authorizers/{appid}")).await["state"] == "active"
+    })
+    .await;
+}
+
+fn unauthorized_xml(appid: &str, create_time: i64) -> String {
+    format!(
+        "<xml><AppId><![CDATA[{COMPONENT_APPID}]]></AppId><CreateTime>{create_time}</CreateTime>\
+         <InfoType><![CDATA[unauthorized]]></InfoType><AuthorizerAppid><![CDATA[{appid}]]></AuthorizerAppid></xml>"
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_event_kind_reaches_a_plaintext_handler_once_the_gateway_acted() {
+    let handler = Handler::up().await;
+    let only_revocations = Handler::up().await;
+    let mut setup = Setup::new();
+    let sandbox = setup.sandbox(7200).await;
+    setup.extra_toml = format!(
+        "{}{}{}",
+        platform_client(),
+        events_route("tenants", &handler, None),
+        events_route("offboarding", &only_revocations, Some("\"unauthorized\""))
+    );
+    let gw = setup.start().await;
+    handler.call_through(gw.proxy);
+    ticket_delivered(&sandbox).await;
+    let shop = AppId::parse(SHOP).unwrap();
+
+    sandbox.authorize(&shop).await.unwrap();
+    eventually(Duration::from_secs(20), "authorized handed on", || async {
+        handler.has_taken("authorized", Some(SHOP))
+    })
+    .await;
+    sandbox.authorize(&shop).await.unwrap();
+    eventually(Duration::from_secs(20), "updateauthorized handed on", || async {
+        handler.has_taken("updateauthorized", Some(SHOP))
+    })
+    .await;
+    sandbox.unauthorize(&shop).await.unwrap();
+    eventually(Duration::from_secs(20), "unauthorized handed on to both routes", || async {
+        handler.has_taken("unauthorized", Some(SHOP)) && only_revocations.has_taken("unauthorized", Some(SHOP))
+    })
+    .await;
+    let shop_status = admin_json(&gw, &format!("/admin/authorizers/{SHOP}")).await;
+    assert_eq!(shop_status["state"], "revoked", "revoked before it was handed on: {shop_status}");
+    assert_eq!(taken_order(&handler, SHOP), ["authorized", "updateauthorized", "unauthorized"]);
+    assert!(
+        handler
+            .taken()
+            .iter()
+            .filter(|s| s.info_type.ends_with("authorized") && s.info_type != "unauthorized")
+            .all(|s| s.call_errcode == Some(0)),
+        "the account answered through the gateway the moment its authorization arrived: {:?}",
+        handler.taken()
+    );
+    assert_eq!(only_revocations.taken().len(), 1, "info_types narrows a route: {:?}", only_revocations.seen());
+
+    // Fast registration through the gateway: the sandbox pushes notify_third_fasteregister.
+    let created: serde_json::Value = gw
+        .http
+        .post(gw.proxy_url("/component/cgi-bin/component/fastregisterweapp?action=create"))
+        .bearer_auth("platform-key-0123456789")
+        .json(&serde_json::json!({
+            "name": "Shop Ltd", "code": "91440300MA5X", "code_type": 1,
+            "legal_persona_wechat": "boss_wx", "legal_persona_name": "Li", "component_phone": "0755"
+        }))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(created["errcode"], 0, "{created}");
+    eventually(Duration::from_secs(20), "the fast registration handed on", || async {
+        handler.taken().iter().any(|s| s.info_type == "notify_third_fasteregister")
+    })
+    .await;
+    let registered = handler.taken().into_iter().find(|s| s.info_type == "notify_third_fasteregister").unwrap();
+    let mini = registered.authorizer.clone().expect("X-Wxgate-Authorizer names the new mini program");
+    assert_eq!(xml_field(&registered.body, "appid").as_deref(), Some(mini.as_str()));
+    assert_eq!(registered.call_errcode, Some(0), "the new mini program serves calls through the gateway at once");
+    let mini_status = admin_json(&gw, &format!("/admin/authorizers/{mini}")).await;
+    assert_eq!(mini_status["state"], "active", "{mini_status}");
+
+    // An event about no account, of a kind the gateway does not act on: handed on verbatim,
+    // without X-Wxgate-Authorizer.
+    let beta = format!(
+        "<xml><AppId><![CDATA[{COMPONENT_APPID}]]></AppId><CreateTime>{}</CreateTime>\
+         <InfoType><![CDATA[notify_3rd_wxa_auth]]></InfoType><taskid><![CDATA[t-77]]></taskid></xml>",
+        unix_now()
+    );
+    assert_eq!(gw.push(&crypt(), &beta).await.status(), 200);
+    eventually(Duration::from_secs(20), "an event about no account handed on", || async {
+        handler.has_taken("notify_3rd_wxa_auth", None)
+    })
+    .await;
+    let plain = handler.taken().into_iter().find(|s| s.info_type == "notify_3rd_wxa_auth").unwrap();
+    assert_eq!(plain.body, beta, "the XML exactly as WeChat sent it");
+
+    let seen = handler.seen();
+    assert!(seen.iter().all(|s| s.info_type != "component_verify_ticket"), "the ticket is never handed on");
+    check_deliveries(&seen);
+    assert_eq!(admin_json(&gw, "/admin/messages").await["total"], 0);
+    assert_eq!(admin_json(&gw, "/admin/events").await["pending"], 0);
+    let metrics = gw.metrics().await;
+    assert!(
+        metrics.lines().any(|l| l.starts_with("wxgate_messages_total{")
+            && l.contains("route=\"tenants\"")
+            && l.contains("result=\"queued\"")),
+        "counted by route"
+    );
+    drop(gw);
+    assert_no_secrets(&setup.log(), &[ROUTE_TOKEN, "platform-key-0123456789", "queryauthcode@@@"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_handler_down_across_a_kill_9_gets_every_event_once_and_in_order() {
+    let mut handler = Handler::down();
+    let mut setup = Setup::new();
+    let sandbox = setup.sandbox(7200).await;
+    setup.extra_toml = events_route("tenants", &handler, None);
+    let mut gw = setup.start().await;
+    ticket_delivered(&sandbox).await;
+    for appid in [SHOP, CAFE] {
+        let appid = AppId::parse(appid).unwrap();
+        sandbox.authorize(&appid).await.unwrap();
+        wait_active(&gw, &appid.as_str()).await;
+        sandbox.unauthorize(&appid).await.unwrap();
+    }
+    // Acted on and in the outbox, waiting for a handler that is down; listed without content.
+    eventually(Duration::from_secs(20), "four events in the outbox", || async {
+        admin_json(&gw, "/admin/messages?state=pending").await["total"] == 4
+    })
+    .await;
+    let listed = gw.admin_get("/admin/messages").await.text().await.unwrap();
+    let messages: serde_json::Value = serde_json::from_str(&listed).unwrap();
+    for m in messages["messages"].as_array().unwrap() {
+        assert_eq!((m["kind"].as_str(), m["route"].as_str()), (Some("platform"), Some("tenants")), "{m}");
+        assert!(["authorized", "unauthorized"].contains(&m["info_type"].as_str().unwrap()), "{m}");
+    }
+    assert!(!listed.contains("queryauthcode") && !listed.contains("<xml>"), "never the content: {listed}");
+    gw.signal_and_wait("KILL", Duration::from_secs(5)).expect("killed");
+
+    let gw = setup.start().await;
+    handler.start().await;
+    eventually(Duration::from_secs(30), "every event delivered", || async {
+        handler.taken().len() == 4 && admin_json(&gw, "/admin/messages").await["total"] == 0
+    })
+    .await;
+    check_deliveries(&handler.seen());
+    for appid in [SHOP, CAFE] {
+        assert_eq!(taken_order(&handler, appid), ["authorized", "unauthorized"], "{appid}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_later_event_never_overtakes_an_earlier_one_being_retried() {
+    let handler = Handler::up().await;
+    handler.refuse("authorized", SHOP, 2);
+    let mut setup = Setup::new();
+    let sandbox = setup.sandbox(7200).await;
+    setup.extra_toml = events_route("tenants", &handler, None);
+    let gw = setup.start().await;
+    ticket_delivered(&sandbox).await;
+    let (shop, cafe) = (AppId::parse(SHOP).unwrap(), AppId::parse(CAFE).unwrap());
+    sandbox.authorize(&shop).await.unwrap();
+    wait_active(&gw, SHOP).await;
+    sandbox.unauthorize(&shop).await.unwrap();
+    sandbox.authorize(&cafe).await.unwrap();
+    eventually(Duration::from_secs(20), "another account is not held up", || async {
+        handler.has_taken("authorized", Some(CAFE))
+    })
+    .await;
+    assert!(!handler.has_taken("authorized", Some(SHOP)), "the shop's authorization is still being retried");
+    eventually(Duration::from_secs(30), "the shop's events delivered", || async {
+        handler.has_taken("unauthorized", Some(SHOP))
+    })
+    .await;
+    let shop_requests: Vec<String> = handler
+        .seen()
+        .into_iter()
+        .filter(|s| s.authorizer.as_deref() == Some(SHOP))
+        .map(|s| format!("{}:{}", s.info_type, s.attempt))
+        .collect();
+    assert_eq!(shop_requests, ["authorized:1", "authorized:2", "authorized:3", "unauthorized:1"]);
+    check_deliveries(&handler.seen());
+    drop(gw);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fast_registration_whose_code_fails_is_retried_and_shown_never_lost() {
+    let handler = Handler::up().await;
+    let mut setup = Setup::new();
+    let sandbox = setup.sandbox(7200).await;
+    setup.extra_toml = events_route("tenants", &handler, None);
+    let gw = setup.start().await;
+    handler.call_through(gw.proxy);
+    ticket_delivered(&sandbox).await;
+    sandbox.set_faults(wxgate::sandbox::Faults {
+        errcode: Some(-1),
+        path_contains: Some("api_query_auth".into()),
+        ..Default::default()
+    });
+    let registration = wxgate::sandbox::Registration {
+        name: "Cafe Ltd".into(),
+        code: "91440300".into(),
+        code_type: 1,
+        legal_persona_wechat: "boss".into(),
+        legal_persona_name: "Wang".into(),
+        component_phone: String::new(),
+    };
+    let mini = sandbox.fast_register(&registration).await.unwrap();
+    eventually(Duration::from_secs(20), "the failed exchange shown", || async {
+        let events = admin_json(&gw, "/admin/events").await;
+        events["events"][0]["attempts"].as_u64().unwrap_or(0) >= 1
+    })
+    .await;
+    let events = admin_json(&gw, "/admin/events").await;
+    let pending = &events["events"][0];
+    assert_eq!(
+        (pending["info_type"].as_str(), pending["authorizer"].as_str()),
+        (Some("notify_third_fasteregister"), Some(&*mini.as_str())),
+        "{events}"
+    );
+    assert!(pending["last_error"].as_str().is_some_and(|e| e.contains("-1")), "{events}");
+    assert!(handler.seen().is_empty(), "not handed on before the account is held");
+
+    sandbox.set_faults(wxgate::sandbox::Faults::default());
+    eventually(Duration::from_secs(30), "adopted and handed on", || async {
+        handler.has_taken("notify_third_fasteregister", Some(&mini.as_str()))
+    })
+    .await;
+    assert_eq!(handler.taken()[0].call_errcode, Some(0));
+    assert_eq!(admin_json(&gw, "/admin/events").await["pending"], 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forged_and_malformed_pushes_reach_no_handler_and_change_nothing() {
+    let handler = Handler::up().await;
+    let mut setup = Setup::new();
+    setup.extra_toml = events_route("tenants", &handler, None);
+    let gw = setup.start().await;
+    let crypt = crypt();
+    let good = unauthorized_xml(SHOP, unix_now());
+    let sealed = crypt.seal(&good, "1700000000", "nonce123");
+    let query = |sig: &str| format!("timestamp=1700000000&nonce=nonce123&encrypt_type=aes&msg_signature={sig}");
+    let forged = gw.post_callback(&query(&"0".repeat(40)), envelope(&sealed.encrypt)).await;
+    assert_eq!(forged.status(), 403);
+    let mut tampered = sealed.encrypt.clone().into_bytes();
+    tampered[10] = if tampered[10] == b'A' { b'B' } else { b'A' };
+    let tampered =
+        gw.post_callback(&query(&sealed.msg_signature), envelope(&String::from_utf8(tampered).unwrap())).await;
+    assert!(tampered.status().is_client_error());
+    let malformed = gw.post_callback(&query(&sealed.msg_signature), "<xml><Encrypt>").await;
+    assert_eq!(malformed.status(), 400);
+    let oversized = gw.post_callback(&query(&sealed.msg_signature), vec![b'x'; 70 * 1024]).await;
+    assert_eq!(oversized.status(), 413);
+    let other = wxgate::crypto::MsgCrypt::new(
+        &wxgate::Secret::new(MSG_TOKEN),
+        &wxgate::Secret::new(AES_KEY),
+        "wxffffffffffffffff",
+    )
+    .unwrap();
+    let misaddressed = other.seal(&good.replace(COMPONENT_APPID, "wxffffffffffffffff"), "1700000000", "nonce123");
+    let wrong = gw.post_callback(&query(&misaddressed.msg_signature), envelope(&misaddressed.encrypt)).await;
+    assert!(wrong.status().is_client_error());
+    assert_eq!(admin_json(&gw, "/admin/events").await["pending"], 0, "nothing recorded");
+    assert_eq!(admin_json(&gw, "/admin/messages").await["total"], 0, "nothing in the outbox");
+
+    // The real push goes through, once, however often WeChat retries it.
+    for _ in 0..3 {
+        assert_eq!(gw.push(&crypt, &good).await.status(), 200);
+    }
+    // Delivered, and nothing left anywhere that could be delivered again.
+    eventually(Duration::from_secs(20), "the real push handed on and settled", || async {
+        !handler.taken().is_empty()
+            && admin_json(&gw, "/admin/messages").await["total"] == 0
+            && admin_json(&gw, "/admin/events").await["pending"] == 0
+    })
+    .await;
+    assert_eq!(handler.seen().len(), 1, "{:?}", handler.seen());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_instances_on_one_redis_deliver_each_event_once() {
+    const URL: &str = "redis://127.0.0.1:6379/0";
+    let prefix = format!("wxgate-test-events-{}:", hex::encode(rand::random::<[u8; 6]>()));
+    let handler = Handler::up().await;
+    let mut one = Setup::new();
+    one.store_toml = Some(format!("[store]\nbackend = \"redis\"\nredis_url = \"{URL}\"\nkey_prefix = \"{prefix}\""));
+    one.extra_toml = events_route("tenants", &handler, None);
+    let two = one.sibling();
+    let (gw1, gw2) = (one.start().await, two.start().await);
+    let crypt = crypt();
+    let now = unix_now();
+    let accounts: Vec<String> = (0..10).map(|i| format!("wx{:016x}", 0xa000 + i)).collect();
+    // Each account's revocations, two apiece, pushed to either instance in turn.
+    for round in 0..2 {
+        for (i, appid) in accounts.iter().enumerate() {
+            let gw = if (i + round) % 2 == 0 { &gw1 } else { &gw2 };
+            assert_eq!(gw.push(&crypt, &unauthorized_xml(appid, now + round as i64)).await.status(), 200);
+        }
+    }
+    eventually(Duration::from_secs(30), "every event delivered", || async {
+        handler.taken().len() == 20 && admin_json(&gw1, "/admin/messages").await["total"] == 0
+    })
+    .await;
+    let seen = handler.seen();
+    check_deliveries(&seen);
+    assert_eq!(seen.len(), 20, "no event delivered twice");
+    for appid in &accounts {
+        let times: Vec<String> = handler
+            .taken()
+            .iter()
+            .filter(|s| s.authorizer.as_deref() == Some(appid))
+            .filter_map(|s| xml_field(&s.body, "CreateTime"))
+            .collect();
+        assert_eq!(times, [now.to_string(), (now + 1).to_string()], "{appid} in the order pushed");
+    }
+    let mut conn = redis::Client::open(URL).unwrap().get_multiplexed_async_connection().await.unwrap();
+    let keys: Vec<String> = redis::AsyncCommands::keys(&mut conn, format!("{prefix}*")).await.unwrap();
+    if !keys.is_empty() {
+        let _: i64 = redis::AsyncCommands::del(&mut conn, keys).await.unwrap();
+    }
+}
