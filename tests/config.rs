@@ -502,6 +502,45 @@ fn bad_messages_keys_are_named() {
 }
 
 #[test]
+fn events_routes_are_read_and_bad_keys_are_named() {
+    let route = |body: &str| format!("{}[[events.routes]]\n{body}\n", minimal());
+    let good = format!("name = \"tenants\"\nurl = \"http://127.0.0.1:1/events\"\ntoken = \"{TOKEN}\"");
+    let config = Config::from_sources(&route(&format!("{good}\ninfo_types = [\"authorized\"]")), no_env()).unwrap();
+    let e = &config.events.routes[0];
+    assert_eq!((e.name.as_str(), e.info_types.as_deref()), ("tenants", Some(&["authorized".to_owned()][..])));
+    let masked = config.masked();
+    assert!(masked.contains("[[events.routes]]") && masked.contains("info_types"), "{masked}");
+    assert_no_secret(&masked);
+    assert!(Config::from_sources(&route(&good), no_env()).unwrap().events.routes[0].info_types.is_none());
+    assert!(Config::from_sources(&minimal(), no_env()).unwrap().events.routes.is_empty());
+
+    only_problem(&route(&good.replace("http://127.0.0.1:1/events", "ftp://x")), "events.routes[0].url");
+    only_problem(&route(&good.replace("name = \"tenants\"", "name = \"a b\"")), "events.routes[0].name");
+    only_problem(
+        &route(&good.replace(&format!("token = \"{TOKEN}\""), "token = \"has space\"")),
+        "events.routes[0].token",
+    );
+    only_problem(&route(&format!("{good}\nmode = \"reply\"")), "events.routes[0].mode");
+    only_problem(&route(&format!("{good}\ninfo_types = []")), "events.routes[0].info_types");
+    let ticket = only_problem(
+        &route(&format!("{good}\ninfo_types = [\"component_verify_ticket\"]")),
+        "events.routes[0].info_types",
+    );
+    assert!(ticket.contains("never handed on"), "{ticket}");
+    only_problem(&format!("{}[[events.routes]]\n{good}\n", route(&good)), "events.routes[1].name");
+    let clash = format!(
+        "{}[[messages.routes]]\nname = \"tenants\"\nauthorizers = [\"*\"]\nurl = \"http://127.0.0.1:1/\"\n\
+         token = \"{TOKEN}\"\nmode = \"reply\"\n",
+        route(&good)
+    );
+    let msg = only_problem(&clash, "events.routes[0].name");
+    assert!(msg.contains("messages.routes[0]"), "{msg}");
+    only_problem(&format!("{}[events]\nroutes = 1\n", minimal()), "events.routes");
+    let found = problems(&minimal(), env(&[("WXGATE_EVENTS_ROUTES", "x")]));
+    assert_eq!(keys(&found), ["WXGATE_EVENTS_ROUTES"]);
+}
+
+#[test]
 fn ca_file_must_exist_and_hold_a_certificate() {
     let dir = tempfile::tempdir().unwrap();
     let with = |path: &Path| format!("{}[upstream]\nca_file = \"{}\"\n", minimal(), path.display());

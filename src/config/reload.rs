@@ -239,6 +239,7 @@ mod tests {
         assert!(is_reloadable("clients"));
         assert!(is_reloadable("admin.token"));
         assert!(is_reloadable("clients.key"));
+        assert!(is_reloadable("events.routes"));
         assert!(!is_reloadable("admin.token_file"));
         assert!(!is_reloadable("clientsx"));
         assert!(!is_reloadable("admin"));
