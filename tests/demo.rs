@@ -43,6 +43,7 @@ async fn the_demo_authorizes_an_account_and_its_curl_lines_work() {
         .await
         .expect("the demo prints the lines to try within 60 s");
     assert!(printed.contains("has authorized"), "{printed}");
+    assert!(printed.contains("events route heard `authorized"), "the demo's events route heard it: {printed}");
     // The first curl line of the tour: an SDK-style call through the gateway.
     let url = printed
         .lines()

@@ -118,3 +118,57 @@ impl Deliver for Deliveries {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::EventRouteConfig;
+    use crate::messages::outbox::OutboxSettings;
+    use crate::store::{AuthEvent, MemoryStore, SharedStore, Store};
+    use crate::Secret;
+
+    fn route(name: &str, info_types: Option<&[&str]>) -> EventRouteConfig {
+        EventRouteConfig {
+            name: name.to_owned(),
+            info_types: info_types.map(|t| t.iter().map(|s| (*s).to_owned()).collect()),
+            url: url::Url::parse("http://127.0.0.1:9/events").unwrap(),
+            token: Secret::new("routetoken"),
+        }
+    }
+
+    fn stored(id: i64, info_type: &str, authorizer: &str) -> StoredEvent {
+        StoredEvent {
+            id,
+            event: AuthEvent {
+                info_type: info_type.to_owned(),
+                authorizer_appid: authorizer.to_owned(),
+                create_time: 1_700_000_000,
+                payload: Secret::new(format!("<xml><InfoType>{info_type}</InfoType></xml>")),
+                received_at: 1_700_000_001,
+            },
+        }
+    }
+
+    /// A hand-off repeated after a crash (acted on, handed on, not yet marked done) adds
+    /// nothing; each matching route gets the event once, in its account's lane.
+    #[tokio::test]
+    async fn a_repeated_hand_off_adds_nothing() {
+        let component = AppId::parse("wx0123456789abcdef").unwrap();
+        let store: SharedStore = Arc::new(MemoryStore::new());
+        let outbox = Outbox::new(component, Arc::clone(&store), OutboxSettings::default());
+        let routes = EventRoutes::new(&[route("tenants", None), route("fast", Some(&["notify_third_fasteregister"]))]);
+        let events = PlatformEvents::new(Arc::new(ArcSwap::from_pointee(routes)), outbox);
+        let authorized = stored(7, "authorized", "wx1111111111111111");
+        for _ in 0..3 {
+            events.hand_on(&authorized).await.unwrap();
+        }
+        events.hand_on(&stored(8, "notify_third_fasteregister", "")).await.unwrap();
+        events.hand_on(&stored(9, TICKET_INFO_TYPE, "")).await.unwrap();
+        let (total, listed) = store.outbox().list(&component, None, 0, 10).await.unwrap();
+        assert_eq!(total, 3, "authorized once to tenants; the registration to both routes; never the ticket");
+        let first = listed.iter().find(|e| e.msg_type == "authorized").unwrap();
+        assert_eq!((first.kind, first.route.as_str()), (MessageKind::Platform, "tenants"));
+        assert_eq!(first.authorizer.map(|a| a.to_string()).as_deref(), Some("wx1111111111111111"));
+        assert!(listed.iter().filter(|e| e.msg_type == "notify_third_fasteregister").all(|e| e.authorizer.is_none()));
+    }
+}
