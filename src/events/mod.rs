@@ -122,19 +122,10 @@ impl Deliver for Deliveries {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::EventRouteConfig;
+    use crate::events::routes::tests::config as route;
     use crate::messages::outbox::OutboxSettings;
-    use crate::store::{AuthEvent, MemoryStore, SharedStore, Store};
+    use crate::store::{AuthEvent, MemoryStore, SharedStore};
     use crate::Secret;
-
-    fn route(name: &str, info_types: Option<&[&str]>) -> EventRouteConfig {
-        EventRouteConfig {
-            name: name.to_owned(),
-            info_types: info_types.map(|t| t.iter().map(|s| (*s).to_owned()).collect()),
-            url: url::Url::parse("http://127.0.0.1:9/events").unwrap(),
-            token: Secret::new("routetoken"),
-        }
-    }
 
     fn stored(id: i64, info_type: &str, authorizer: &str) -> StoredEvent {
         StoredEvent {

@@ -49,10 +49,10 @@ impl EventRoutes {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn config(name: &str, info_types: Option<&[&str]>) -> EventRouteConfig {
+    pub(crate) fn config(name: &str, info_types: Option<&[&str]>) -> EventRouteConfig {
         EventRouteConfig {
             name: name.to_owned(),
             info_types: info_types.map(|t| t.iter().map(|s| (*s).to_owned()).collect()),
