@@ -4,6 +4,8 @@
 //!
 //! - [`appid`]: the `AppId` type, checked once where an appid enters.
 //! - [`secret`]: the `Secret` type, which never prints its value.
+//! - [`test_accounts`]: WeChat's release-check test accounts, a leaf the token service, the
+//!   release check and the sandbox share.
 //! - [`xml`]: the flat `<xml>` documents WeChat pushes, parsed with DOCTYPE and entities refused.
 //! - [`crypto`]: WeChat message crypto (WXBizMsgCrypt); pure, no I/O.
 //! - [`config`]: the TOML file and `WXGATE_*` environment, validated once into `Config`.
@@ -28,6 +30,22 @@
 //!
 //! Data flows one way: callbacks and the scheduler write into `tokens`; `proxy` and `admin`
 //! read from it, and may only ask it for a refresh.
+//!
+//! # Layers
+//!
+//! A module imports only from layers below its own, never from its own or one above, so there
+//! is no import circle between modules; `tests/layers.rs` reads every `crate::` path in `src/`
+//! against this list, which is the one place the layers are written.
+//!
+//! 8. `demo`
+//! 7. `app`
+//! 6. `proxy`
+//! 5. `callback`, `events`, `admin`, `sandbox`
+//! 4. `messages`, `listeners`
+//! 3. `config`, `authorize`, `reply`
+//! 2. `tokens`
+//! 1. `crypto`, `wechat`, `store`
+//! 0. `appid`, `secret`, `metrics`, `xml`, `test_accounts`
 
 pub mod admin;
 pub mod app;
@@ -46,6 +64,7 @@ pub mod reply;
 pub mod sandbox;
 pub mod secret;
 pub mod store;
+pub mod test_accounts;
 pub mod tokens;
 pub mod wechat;
 pub mod xml;

@@ -246,9 +246,7 @@ pub fn init() {
     for result in ["delivered", "retry", "failed"] {
         MESSAGE_ATTEMPTS.with_label_values(&[result]);
     }
-    for endpoint in crate::tokens::Endpoint::ALL {
-        BUDGET_EXHAUSTED.with_label_values(&[endpoint.as_str()]);
-    }
+    LazyLock::force(&BUDGET_EXHAUSTED);
     LazyLock::force(&LEASE_RELEASE_FAILURES);
     for result in ["ok", "error", "busy"] {
         RECONCILE.with_label_values(&[result]);

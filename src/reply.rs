@@ -3,7 +3,6 @@
 //! Errors are `{"errcode": N, "errmsg": "wxgate: <reason>"}`, with N = -(20000 + HTTP status):
 //! WeChat's own codes are positive or -1, so an SDK never mistakes ours for one of WeChat's.
 
-use crate::proxy::Session;
 use bytes::{Bytes, BytesMut};
 use pingora::http::ResponseHeader;
 use pingora::protocols::http::ServerSession;
@@ -63,13 +62,6 @@ impl Reply {
         Ok(h)
     }
 
-    /// Writes the reply, head and body in one write (the proxy listener).
-    pub async fn write_to(self, session: &mut Session<'_>) -> Result<(), crate::proxy::H1Error> {
-        // Only a Location that is not a header value fails, and no reply makes one.
-        let header = self.header().map_err(|_| crate::proxy::H1Error::Malformed("a reply's header"))?;
-        session.answer_whole(&header, self.body).await
-    }
-
     /// The reply as `http::Response`, for pingora's `ServeHttp` apps (the admin listener).
     pub fn into_response(self) -> http::Response<Vec<u8>> {
         let mut builder = http::Response::builder()
@@ -105,22 +97,12 @@ impl BodyError {
     }
 }
 
-/// A request whose body is read piece by piece: the proxy listener's [`Session`], and
-/// pingora's for the admin listener.
+/// A request whose body is read piece by piece: the proxy listener's session (`proxy::Session`),
+/// and pingora's for the admin listener.
 pub trait RequestBody {
     fn headers(&self) -> &http::HeaderMap;
     /// The next piece; `None` once the body is over; `Err` if it cannot be read.
     fn piece(&mut self) -> impl Future<Output = Result<Option<Bytes>, ()>> + Send;
-}
-
-impl RequestBody for Session<'_> {
-    fn headers(&self) -> &http::HeaderMap {
-        &self.req().headers
-    }
-
-    async fn piece(&mut self) -> Result<Option<Bytes>, ()> {
-        self.body_piece().await.map_err(|_| ())
-    }
 }
 
 impl RequestBody for ServerSession {

@@ -147,7 +147,7 @@ impl MessageService {
         let event = fields.get("Event").filter(|e| !e.is_empty());
         let key = retry_key(fields);
         let settings = self.settings.load();
-        let release = settings.release_check && release_check::is_test_account(&authorizer);
+        let release = settings.release_check && crate::test_accounts::is_test_account(&authorizer);
         let route = if release { None } else { settings.routes.find(&authorizer, msg_type, event) };
         // A deliver-mode message records its key with its enqueue, in one transaction: were the
         // key recorded first and the enqueue to fail, WeChat's retry would be dropped as a

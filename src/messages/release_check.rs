@@ -16,28 +16,10 @@ use crate::AppId;
 use std::sync::Arc;
 use std::time::Duration;
 
-/// WeChat's test accounts, appid and original id: five official accounts, then five mini programs.
-pub const TEST_ACCOUNTS: [(&str, &str); 10] = [
-    ("wx570bc396a51b8ff8", "gh_3c884a361561"),
-    ("wx9252c5e0bb1836fc", "gh_c0f28a78b318"),
-    ("wx8e1097c5bc82cde9", "gh_3f222ed8d140"),
-    ("wx14550af28c71a144", "gh_26128078e9ab"),
-    ("wxa35b9c23cfe664eb", "gh_2b3713f184a6"),
-    ("wxd101a85aa106f53e", "gh_8dad206e9538"),
-    ("wxc39235c15087f6f3", "gh_905ae9d01059"),
-    ("wx7720d01d4b2a4500", "gh_393666f1fdf4"),
-    ("wx05d483572dcd5d8b", "gh_39abb5d4e1b7"),
-    ("wx5910277cae6fd970", "gh_7818dcb60240"),
-];
-
 pub const TEXT_PROBE: &str = "TESTCOMPONENT_MSG_TYPE_TEXT";
 pub const QUERY_AUTH_PREFIX: &str = "QUERY_AUTH_CODE:";
 /// WeChat's window for the customer-service message after a QUERY_AUTH_CODE push.
 const FOLLOW_UP_TIMEOUT: Duration = Duration::from_secs(10);
-
-pub fn is_test_account(appid: &AppId) -> bool {
-    TEST_ACCOUNTS.iter().any(|(a, _)| *a == appid.as_str())
-}
 
 /// What the gateway does with a test account's push.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -152,15 +134,6 @@ impl ReleaseCheck {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn every_test_account_is_known_and_valid() {
-        for (appid, gh) in TEST_ACCOUNTS {
-            assert!(is_test_account(&AppId::parse(appid).unwrap()), "{appid}");
-            assert!(gh.starts_with("gh_") && gh.len() == 15, "{gh}");
-        }
-        assert!(!is_test_account(&AppId::parse("wx1111111111111111").unwrap()));
-    }
 
     #[test]
     fn actions_follow_wechats_script() {

@@ -274,13 +274,22 @@ fn line(buf: &mut BytesMut) -> Result<Option<Bytes>, H1Error> {
 
 /// A chunk's size: hexadecimal digits, then maybe extensions after `;`.
 fn chunk_size(line: &[u8]) -> Result<usize, H1Error> {
-    let digits = line.split(|b| *b == b';').next().unwrap_or_default().trim_ascii();
+    // Whitespace may stand before the `;` of an extension (BWS), not before the size.
+    let size = line.split(|b| *b == b';').next().unwrap_or_default().trim_ascii_end();
     let malformed = H1Error::Malformed("a chunk size is not a hexadecimal number");
-    if digits.is_empty() || digits.len() > 15 {
+    if size.is_empty() || size.len() > 15 {
         return Err(malformed);
     }
-    let digits = std::str::from_utf8(digits).map_err(|_| malformed)?;
-    usize::from_str_radix(digits, 16).map_err(|_| malformed)
+    digits(size, 16).ok_or(malformed)
+}
+
+/// A number written in nothing but digits of `radix`: Rust's own parsers take a leading `+`,
+/// which HTTP does not.
+fn digits(text: &[u8], radix: u32) -> Option<usize> {
+    if text.is_empty() || !text.iter().all(|b| char::from(*b).is_digit(radix)) {
+        return None;
+    }
+    usize::from_str_radix(std::str::from_utf8(text).ok()?, radix).ok()
 }
 
 /// The answer whose head `buf` begins with, once the head is all there; interim (1xx) answers
@@ -422,10 +431,12 @@ pub fn ends_chunked(headers: &HeaderMap) -> Option<bool> {
 }
 
 /// A message's `Content-Length`, if it has one: refused unless every one is the same number.
+/// RFC 9112 §6.3: the value is `1*DIGIT` (a sign, inner space or list is refused, since another
+/// hop could read it otherwise); only the field's own surrounding whitespace is allowed.
 pub fn content_length(headers: &HeaderMap) -> Result<Option<usize>, &'static str> {
     let mut length = None;
     for value in headers.get_all(CONTENT_LENGTH) {
-        let n = value.to_str().ok().and_then(|v| v.trim().parse::<usize>().ok());
+        let n = digits(value.as_bytes().trim_ascii(), 10);
         match (n, length) {
             (None, _) => return Err("Content-Length is not a number"),
             (Some(n), Some(seen)) if n != seen => return Err("two different Content-Lengths"),

@@ -317,7 +317,7 @@ impl Gateway {
             }
         };
         match reply {
-            Some(reply) if session.answered().is_none() => reply.write_to(session).await,
+            Some(reply) if session.answered().is_none() => session.reply(reply).await,
             _ => Ok(()),
         }
     }

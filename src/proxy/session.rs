@@ -313,5 +313,24 @@ fn framing(headers: &HeaderMap) -> Result<Framing, Unread> {
     })
 }
 
+impl Session<'_> {
+    /// Writes one of the gateway's own replies, head and body in one write.
+    pub async fn reply(&mut self, reply: Reply) -> Result<(), H1Error> {
+        // Only a Location that is not a header value fails, and no reply makes one.
+        let header = reply.header().map_err(|_| H1Error::Malformed("a reply's header"))?;
+        self.answer_whole(&header, reply.body).await
+    }
+}
+
+impl crate::reply::RequestBody for Session<'_> {
+    fn headers(&self) -> &HeaderMap {
+        &self.req().headers
+    }
+
+    async fn piece(&mut self) -> Result<Option<Bytes>, ()> {
+        self.body_piece().await.map_err(|_| ())
+    }
+}
+
 #[cfg(test)]
 mod tests;

@@ -147,12 +147,12 @@ pub(super) async fn message(State(sandbox): State<Sandbox>, uri: Uri) -> Respons
 /// release check against the gateway, pass/fail per step.
 pub(super) async fn release_check(State(sandbox): State<Sandbox>, uri: Uri) -> Response {
     let appid = match appid_param(&uri) {
-        Ok(appid) => appid.unwrap_or_else(|| {
-            AppId::parse(crate::messages::release_check::TEST_ACCOUNTS[0].0).expect("a valid test appid")
-        }),
+        Ok(appid) => {
+            appid.unwrap_or_else(|| AppId::parse(crate::test_accounts::TEST_ACCOUNTS[0].0).expect("a valid test appid"))
+        }
         Err(why) => return error(StatusCode::BAD_REQUEST, &why),
     };
-    if !crate::messages::release_check::is_test_account(&appid) {
+    if !crate::test_accounts::is_test_account(&appid) {
         return error(StatusCode::BAD_REQUEST, "appid must be one of WeChat's release-check test accounts");
     }
     ok(serde_json::to_value(sandbox.release_check(&appid).await).unwrap_or_default())

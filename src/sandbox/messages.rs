@@ -10,7 +10,8 @@ use serde::Serialize;
 use super::push::unix_now;
 use super::{Sandbox, SandboxError};
 use crate::appid::AppId;
-use crate::messages::release_check::{QUERY_AUTH_PREFIX, TEST_ACCOUNTS, TEXT_PROBE};
+use crate::messages::release_check::{QUERY_AUTH_PREFIX, TEXT_PROBE};
+use crate::test_accounts::TEST_ACCOUNTS;
 use crate::xml;
 
 /// WeChat gives a push 5 seconds.

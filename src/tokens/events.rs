@@ -103,7 +103,11 @@ impl TokenService {
     async fn process_events(&self) -> Result<(), TokenError> {
         let mut retry = None;
         let mut held_back: HashSet<String> = HashSet::new();
-        for stored in self.store.pending_events(&self.component).await? {
+        let pending = self.store.pending_events(&self.component).await?;
+        // Events another instance settled meanwhile are nothing to report any more.
+        let ids: HashSet<i64> = pending.iter().map(|s| s.id).collect();
+        self.lock_failed_events().retain(|id, _| ids.contains(id));
+        for stored in pending {
             let account = &stored.event.authorizer_appid;
             if held_back.contains(account) {
                 continue;
@@ -151,7 +155,7 @@ impl TokenService {
     }
 
     async fn apply_authorized(&self, appid: &AppId, event: &AuthEvent) -> Result<Acted, TokenError> {
-        if crate::messages::release_check::is_test_account(appid) {
+        if crate::test_accounts::is_test_account(appid) {
             // WeChat's release-check accounts authorize every platform; they are not kept.
             tracing::info!(authorizer = %appid, "authorization by a release-check test account ignored");
             return Ok(Acted::Keep);

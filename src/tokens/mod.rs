@@ -255,6 +255,10 @@ impl TokenService {
             reconcile_failures: Default::default(),
             clock,
         });
+        // The budget's series start at zero, so that rates and alerts see the first exhaustion.
+        for endpoint in Endpoint::ALL {
+            metrics::BUDGET_EXHAUSTED.with_label_values(&[endpoint.as_str()]);
+        }
         service.load_authorizers().await?;
         service.load_infos().await?;
         service.update_gauges();

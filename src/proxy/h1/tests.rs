@@ -69,7 +69,15 @@ fn a_chunked_body_with_extensions_and_trailers_is_decoded_across_any_split() {
 
 #[test]
 fn malformed_chunks_are_refused() {
-    for body in [&b"zz\r\nhello\r\n0\r\n\r\n"[..], b"3\r\nhello\r\n0\r\n\r\n", b"\r\n", b"1234567890123456\r\n"] {
+    for body in [
+        &b"zz\r\nhello\r\n0\r\n\r\n"[..],
+        b"3\r\nhello\r\n0\r\n\r\n",
+        b"\r\n",
+        b"1234567890123456\r\n",
+        b"+5\r\nhello\r\n0\r\n\r\n",
+        b" 5\r\nhello\r\n0\r\n\r\n",
+        b"-0\r\n\r\n",
+    ] {
         let mut r = parsed(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n", false).unwrap();
         assert!(matches!(fed_byte_by_byte(&mut r, body), Err(H1Error::Malformed(_))), "{body:?}");
     }
@@ -136,6 +144,8 @@ fn malformed_heads_are_refused() {
         &b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\n"[..],
         b"HTTP/1.1 200 OK\r\nContent-Length: -1\r\n\r\n",
         b"HTTP/1.1 200 OK\r\nContent-Length: 1x\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nContent-Length: +5\r\n\r\nhello",
+        b"HTTP/1.1 200 OK\r\nContent-Length: 5 5\r\n\r\nhello",
         b"HTTP/1.1 2000 OK\r\n\r\n",
         b"SMTP ready\r\n\r\n",
         b"HTTP/1.1 200 OK\r\nBad Name: x\r\n\r\n",

@@ -33,6 +33,13 @@ fn heads_framed_badly_or_not_http_are_refused_with_a_reason() {
         ("POST / HTTP/1.1\r\nTransfer-Encoding: gzip\r\n\r\n", "does not end with chunked"),
         ("POST / HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n", "two different"),
         ("POST / HTTP/1.1\r\nContent-Length: -1\r\n\r\n", "not a number"),
+        // RFC 9112 §6.3: 1*DIGIT and nothing else, for a request that another hop reads too.
+        ("POST / HTTP/1.1\r\nContent-Length: +5\r\n\r\nhello", "not a number"),
+        ("POST / HTTP/1.1\r\nContent-Length: 5 5\r\n\r\nhello", "not a number"),
+        ("POST / HTTP/1.1\r\nContent-Length: 5, 5\r\n\r\nhello", "not a number"),
+        ("POST / HTTP/1.1\r\nContent-Length: 0x5\r\n\r\nhello", "not a number"),
+        ("POST / HTTP/1.1\r\nContent-Length: \r\n\r\n", "not a number"),
+        ("POST / HTTP/1.1\r\nContent-Length: 99999999999999999999999\r\n\r\n", "not a number"),
         ("GET / HTTP/2.0\r\n\r\n", "does not parse"),
         ("GET /a b HTTP/1.1\r\n\r\n", "does not parse"),
     ] {
