@@ -14,7 +14,8 @@ use crate::messages::outbox::{Deliver, Outbox, OutboxSettings};
 use crate::messages::release_check::ReleaseCheck;
 use crate::messages::{MessageService, Settings as MessageSettings};
 use crate::metrics;
-use crate::proxy::{Clients, Edge, Gateway, OwnRoutes, Timeouts, Upstream, UpstreamError};
+use crate::proxy::{Clients, Edge, Gateway, Timeouts, Upstream, UpstreamError};
+use crate::routes::GatewayRoutes;
 use crate::store::{MemoryStore, RedisStore, SharedStore, SqliteStore, StoreError};
 use crate::tokens::{Settings, TokenError, TokenService};
 use crate::wechat::{ComponentApi, WechatClient, WechatError};
@@ -111,7 +112,7 @@ pub fn build(config: &Config, source: Option<Source>, sockets: Sockets) -> Resul
         Arc::clone(&handler) as Arc<HandlerClient>,
         release,
     ));
-    let routes = Arc::new(OwnRoutes {
+    let routes = Arc::new(GatewayRoutes {
         accounts: AccountReceiver::new(crypt.clone(), messages),
         callback: ComponentReceiver::new(crypt, Arc::clone(&tokens)),
         tokens: Arc::clone(&tokens),

@@ -21,8 +21,11 @@
 //! - [`events`]: platform events to the apps: the authorization-event URL's events, once the
 //!   token service acted on them, into the one outbox per `[[events.routes]]`, in order per account.
 //! - [`admin`]: the admin listener: metrics, health, readiness, admin API.
-//! - [`proxy`]: the proxy listener: the `/wxgate/*` routes, the token endpoints, and every other
-//!   path proxied to WeChat with the real token injected (and replayed once after a token error).
+//! - [`proxy`]: the proxy listener: each request resolved, the token endpoints answered, and
+//!   every other path proxied to WeChat with the real token injected (and replayed once after a
+//!   token error); `/wxgate/*` handed to [`routes`] through the `OwnRoutes` trait.
+//! - [`routes`]: the gateway's own `/wxgate/*` routes: WeChat's callbacks, the authorization
+//!   pages, raw tokens and the JS-SDK config.
 //! - [`sandbox`]: a local stand-in for api.weixin.qq.com, for tests, `wxgate demo` and users' own tests.
 //! - [`demo`]: `wxgate demo`, the sandbox and the gateway together, with the lines to try.
 //! - [`listeners`]: the listening sockets, inherited from the launcher or bound, handed to pingora.
@@ -39,8 +42,8 @@
 //!
 //! 8. `demo`
 //! 7. `app`
-//! 6. `proxy`
-//! 5. `callback`, `events`, `admin`, `sandbox`
+//! 6. `routes`
+//! 5. `proxy`, `callback`, `events`, `admin`, `sandbox`
 //! 4. `messages`, `listeners`
 //! 3. `config`, `authorize`, `reply`
 //! 2. `tokens`
@@ -61,6 +64,7 @@ pub mod messages;
 pub mod metrics;
 pub mod proxy;
 pub mod reply;
+pub mod routes;
 pub mod sandbox;
 pub mod secret;
 pub mod store;

@@ -21,8 +21,8 @@ pub const GETTICKET_PATH: &str = "/cgi-bin/ticket/getticket";
 const MAX_CONFIG_BODY: usize = 8192;
 
 /// `GET /cgi-bin/ticket/getticket?type=jsapi|wx_card`, in WeChat's shape.
-pub async fn getticket(tokens: &TokenService, scope: Option<&Scope>, query: &str) -> Reply {
-    let Some(Scope::Authorizer(appid)) = scope else {
+pub async fn getticket(tokens: &TokenService, scope: &Scope, query: &str) -> Reply {
+    let Scope::Authorizer(appid) = scope else {
         return Reply::error(400, "getticket is an authorizer's call: name the authorizer");
     };
     let kind = param(query, "type").unwrap_or_else(|| "jsapi".into());

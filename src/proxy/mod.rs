@@ -5,8 +5,9 @@
 //!  edge: keep-alive and header timeouts (edge.rs); each request read and answered by the
 //!  gateway's own HTTP/1.1 (session.rs, h1.rs): one framing, GET/POST only, Host
 //!    └─► resolve once (resolve.rs): plain path, client, scope, permission → a Route
-//!          ├─► Own ────────────► /wxgate/* routes (callback, authorize, token)
+//!          ├─► Own ────────────► /wxgate/* routes (crate::routes, through OwnRoutes)
 //!          ├─► TokenEndpoint ──► answered from the cache (or 403), never forwarded
+//!          ├─► Ticket ─────────► getticket, answered from the JS-SDK ticket cache
 //!          └─► Api ────────────► token for the call (404 unknown or revoked), then upstream.rs:
 //!                ├─ body ≤ replay_body_bytes: read first and kept; a small JSON answer is read
 //!                │  whole, and on 40001/40014/42001 that token is replaced and the call replayed
@@ -17,19 +18,17 @@ mod clients;
 mod edge;
 mod exchange;
 mod h1;
-mod jssdk;
+pub mod jssdk;
 mod resolve;
-mod routes;
 mod session;
-mod token_endpoints;
+pub mod token_endpoints;
 mod upstream;
 
 pub use clients::Clients;
 pub use edge::{Edge, Timeouts};
 // Public for the fuzz targets (fuzz/), which call resolution directly.
 pub use h1::H1Error;
-pub use resolve::{route as resolve, Route};
-pub use routes::{OwnRoutes, ROUTE_PREFIX};
+pub use resolve::{client_from_headers, route as resolve, Route};
 pub use session::Session;
 pub use upstream::{Upstream, UpstreamError};
 
@@ -48,12 +47,23 @@ use upstream::Body;
 /// A token endpoint's body is a few fields of JSON.
 const TOKEN_ENDPOINT_BODY: usize = 4096;
 
+/// The prefix of the gateway's own routes on the proxy listener.
+pub const ROUTE_PREFIX: &str = "/wxgate/";
+
+/// The gateway's own routes under [`ROUTE_PREFIX`] (WeChat's callbacks, the authorization
+/// pages, tokens, the JS-SDK config): served by the layer above (`crate::routes`), which the
+/// proxy knows only through this, once it has resolved a request as one of them.
+#[async_trait::async_trait]
+pub trait OwnRoutes: Send + Sync {
+    async fn handle(&self, session: &mut Session<'_>, clients: &Clients) -> Reply;
+}
+
 /// The proxy listener's application: each request, read by the edge's own HTTP/1.1
 /// ([`Session`]), is answered whole here, without pingora's proxy phases (whose per-request
 /// machinery, a session of the proxy's own, a module context, boxed phase futures, cost about
 /// a fifth of a call) or its server session.
 pub struct Gateway {
-    routes: Arc<OwnRoutes>,
+    routes: Arc<dyn OwnRoutes>,
     tokens: Arc<TokenService>,
     /// Replaced whole by a config reload; each call reads the set current when it arrives.
     clients: Arc<ArcSwap<Clients>>,
@@ -76,7 +86,7 @@ pub struct CallCtx {
 
 impl Gateway {
     pub fn new(
-        routes: Arc<OwnRoutes>,
+        routes: Arc<dyn OwnRoutes>,
         tokens: Arc<TokenService>,
         clients: Arc<ArcSwap<Clients>>,
         upstream: Arc<Upstream>,
@@ -98,6 +108,7 @@ impl Gateway {
             let (client, path) = match &route {
                 Route::Own => (None, session.req().uri.path()),
                 Route::TokenEndpoint(call) => (Some(call.client), session.req().uri.path()),
+                Route::Ticket(call) => (Some(call.client), session.req().uri.path()),
                 Route::Api(call) => (Some(call.client), call.outbound.path()),
             };
             ctx.client = client.map(|c| c.name.clone());
@@ -106,8 +117,13 @@ impl Gateway {
         match route {
             // Boxed, as the other rare paths below: the future of every proxied call is as
             // large as its largest branch, and it is allocated and copied once per request.
-            Route::Own => Some(Box::pin(self.routes.handle(session, &clients)).await),
+            // Boxed by `async_trait`.
+            Route::Own => Some(self.routes.handle(session, &clients).await),
             Route::TokenEndpoint(call) => Some(Box::pin(self.token_endpoint(session, &call)).await),
+            Route::Ticket(call) => {
+                let query = session.req().uri.query().unwrap_or_default();
+                Some(Box::pin(jssdk::getticket(&self.tokens, &call.scope, query)).await)
+            }
             Route::Api(call) => self.api_call(session, &call).await.err(),
         }
     }
@@ -124,11 +140,6 @@ impl Gateway {
     /// token error, and so that a body that cannot be read (malformed chunked encoding) is
     /// refused before anything goes out. A larger one streams through.
     async fn api_call(&self, session: &mut Session<'_>, call: &ApiCall<'_>) -> Result<(), Reply> {
-        if call.outbound.path() == jssdk::GETTICKET_PATH {
-            // Answered from the gateway's ticket cache: fetching one would replace it.
-            let query = session.req().uri.query().unwrap_or_default();
-            return Err(Box::pin(jssdk::getticket(&self.tokens, Some(&call.scope), query)).await);
-        }
         let declared = content_length(session.req());
         let max = self.settings.max_body_bytes;
         if declared.is_some_and(|n| n > max) {

@@ -34,8 +34,17 @@ pub enum Route<'c> {
     Own,
     /// One of WeChat's token endpoints: answered from the cache, never forwarded.
     TokenEndpoint(TokenCall<'c>),
+    /// `getticket`: answered from the gateway's JS-SDK ticket cache, never forwarded (each
+    /// forwarded call would retire the ticket other apps' pages hold).
+    Ticket(TicketCall<'c>),
     /// A WeChat API call, forwarded with the real token.
     Api(ApiCall<'c>),
+}
+
+#[derive(Debug)]
+pub struct TicketCall<'c> {
+    pub client: &'c Client,
+    pub scope: Scope,
 }
 
 impl Route<'_> {
@@ -44,6 +53,7 @@ impl Route<'_> {
         match self {
             Self::Own => "own",
             Self::TokenEndpoint(_) => "token_endpoint",
+            Self::Ticket(call) => call.scope.label(),
             Self::Api(call) => call.scope.label(),
         }
     }
@@ -240,6 +250,10 @@ pub fn route<'c>(clients: &'c Clients, component: &AppId, req: &Parts) -> Result
         return Ok(Route::TokenEndpoint(TokenCall { client, endpoint, scope, query_appid }));
     }
     let Some(scope) = scope else { return Err(ResolveError::NoScope) };
+    // Compared without regard to case, as the token endpoints are: a server before WeChat might fold it.
+    if path.eq_ignore_ascii_case(super::jssdk::GETTICKET_PATH) {
+        return Ok(Route::Ticket(TicketCall { client, scope }));
+    }
     match &scope {
         Scope::Authorizer(appid) if ON_BEHALF.contains(&path) => {
             if query.appid.as_deref() != Some(&appid.as_str()) {
@@ -448,6 +462,18 @@ mod tests {
             (client.as_str(), scope, path.as_str(), query.as_str(), param),
             ("single", authorizer(A), "/cgi-bin/message/custom/send", "x=1", "access_token")
         );
+    }
+
+    #[test]
+    fn getticket_is_a_route_of_its_own_in_any_case() {
+        let clients = clients();
+        for path in ["/cgi-bin/ticket/getticket", "/cgi-bin/ticket/GetTicket"] {
+            let r = req(&format!("/{A}{path}?type=jsapi&access_token=single-key-0123456789"), &[]);
+            let Ok(Route::Ticket(call)) = route_of(&clients, &r) else { panic!("{path}: not the ticket route") };
+            assert_eq!((call.client.name.as_str(), call.scope.clone()), ("single", authorizer(A)));
+        }
+        let other = req(&format!("/{B}/cgi-bin/ticket/getticket?access_token=single-key-0123456789"), &[]);
+        assert!(matches!(route_of(&clients, &other), Err(ResolveError::AuthorizerNotAllowed)), "checked like any call");
     }
 
     #[test]

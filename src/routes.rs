@@ -1,23 +1,20 @@
-//! The gateway's own routes on the proxy listener, under `/wxgate/`: WeChat's callback, the
-//! authorization pages, tokens for `reveal_tokens` clients and the JS-SDK config.
+//! The gateway's own routes on the proxy listener, under `/wxgate/`: WeChat's callbacks, the
+//! authorization pages, tokens for `reveal_tokens` clients and the JS-SDK config. The proxy
+//! resolves every request and hands these here through [`crate::proxy::OwnRoutes`], so that it
+//! knows nothing of the callbacks, the messages or the authorization flow.
 
-use super::clients::Clients;
-use super::jssdk;
-use super::resolve::client_from_headers;
-use super::session::Session;
-use super::token_endpoints;
 use crate::authorize::{done_page, done_redirect, error_page, parse_redirect, start_page, AuthorizeLinks};
 use crate::callback::{AccountReceiver, ComponentReceiver, MAX_BODY_BYTES};
 use crate::messages::Reply as MessageReply;
 use crate::metrics;
+use crate::proxy::{client_from_headers, jssdk, token_endpoints, Clients, OwnRoutes, Session, ROUTE_PREFIX};
 use crate::reply::{read_body, BodyError, Reply};
 use crate::tokens::TokenService;
+use async_trait::async_trait;
 use http::Method;
 use std::sync::Arc;
 
-pub const ROUTE_PREFIX: &str = "/wxgate/";
-
-pub struct OwnRoutes {
+pub struct GatewayRoutes {
     pub callback: ComponentReceiver,
     /// The message-and-event URL, `callback/{authorizer_appid}`.
     pub accounts: AccountReceiver,
@@ -25,8 +22,9 @@ pub struct OwnRoutes {
     pub links: AuthorizeLinks,
 }
 
-impl OwnRoutes {
-    pub async fn handle(&self, session: &mut Session<'_>, clients: &Clients) -> Reply {
+#[async_trait]
+impl OwnRoutes for GatewayRoutes {
+    async fn handle(&self, session: &mut Session<'_>, clients: &Clients) -> Reply {
         let req = session.req();
         let (method, path) = (req.method.clone(), req.uri.path().to_owned());
         let query = req.uri.query().unwrap_or_default().to_owned();
@@ -50,7 +48,9 @@ impl OwnRoutes {
             _ => Reply::error(404, "no such route"),
         }
     }
+}
 
+impl GatewayRoutes {
     /// WeChat's authorization-event push: `success` once it is verified and durable.
     async fn component_callback(&self, session: &mut Session<'_>, query: &str) -> Reply {
         let body = match read_body(session, MAX_BODY_BYTES).await {
