@@ -14,9 +14,6 @@ use rand::distributions::{Alphanumeric, DistString};
 use serde_json::{json, Value};
 use sha1::{Digest, Sha1};
 
-/// WeChat's ticket endpoint: every forwarded call would retire the ticket other apps hold.
-pub const GETTICKET_PATH: &str = "/cgi-bin/ticket/getticket";
-
 /// A config request's body is one URL.
 const MAX_CONFIG_BODY: usize = 8192;
 

@@ -6,6 +6,9 @@ use crate::AppId;
 use http::request::Parts;
 use std::borrow::Cow;
 
+/// WeChat's ticket endpoint: every forwarded call would retire the ticket other apps hold.
+pub const GETTICKET_PATH: &str = "/cgi-bin/ticket/getticket";
+
 const KEY_HEADER: &str = "x-wxgate-key";
 const AUTHORIZER_HEADER: &str = "x-wxgate-authorizer";
 const SCOPE_HEADER: &str = "x-wxgate-scope";
@@ -251,7 +254,7 @@ pub fn route<'c>(clients: &'c Clients, component: &AppId, req: &Parts) -> Result
     }
     let Some(scope) = scope else { return Err(ResolveError::NoScope) };
     // Compared without regard to case, as the token endpoints are: a server before WeChat might fold it.
-    if path.eq_ignore_ascii_case(super::jssdk::GETTICKET_PATH) {
+    if path.eq_ignore_ascii_case(GETTICKET_PATH) {
         return Ok(Route::Ticket(TicketCall { client, scope }));
     }
     match &scope {
