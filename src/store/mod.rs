@@ -8,13 +8,10 @@
 
 mod info;
 mod memory;
-mod memory_outbox;
 pub mod migrate;
 pub mod outbox;
 mod redis;
-mod redis_outbox;
 mod sqlite;
-mod sqlite_outbox;
 
 pub use self::redis::{parse_sentinel_url, RedisOptions, RedisStore, SentinelUrl, SENTINEL_SCHEME};
 pub use info::{AccountKind, AuthorizerInfoRecord};

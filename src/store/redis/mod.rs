@@ -13,6 +13,7 @@
 
 mod follower;
 mod link;
+mod outbox;
 mod scripts;
 mod target;
 
@@ -116,24 +117,20 @@ impl RedisStore {
         format!("{}{component}:{name}", self.key_prefix)
     }
 
-    /// The outbox's keys (`redis_outbox.rs`), in the same scheme as the records'.
-    pub(super) fn outbox_key(&self, component: &AppId, name: &str) -> String {
+    /// The outbox's keys (`outbox.rs`), in the same scheme as the records'.
+    fn outbox_key(&self, component: &AppId, name: &str) -> String {
         self.key(component, name)
     }
 
     /// Who this instance is, for the outbox's claim tokens.
-    pub(super) fn instance_name(&self) -> &str {
+    fn instance_name(&self) -> &str {
         &self.instance
     }
 
     /// Runs one of the outbox's scripts through the link (its deadline, fail-fast while Redis is
     /// away); with `durable`, also waits for `store.redis_wait_replicas` replicas, as for events:
     /// a message accepted from WeChat must survive a failover.
-    pub(super) async fn outbox_invoke<T>(
-        &self,
-        invocation: ScriptInvocation<'static>,
-        durable: bool,
-    ) -> Result<T, StoreError>
+    async fn outbox_invoke<T>(&self, invocation: ScriptInvocation<'static>, durable: bool) -> Result<T, StoreError>
     where
         T: redis::FromRedisValue + Send + 'static,
     {

@@ -4,13 +4,15 @@
 //! mutex is enough for the gateway's write rate (a ticket every 10 minutes, a token refresh per
 //! authorizer every ~2 hours) and keeps every write serialised.
 
-use super::sqlite_outbox::GroupCommit;
+mod outbox;
+
 use super::{
     AuthEvent, AuthorizerInfoRecord, AuthorizerRecord, AuthorizerState, ComponentToken, Fence, JsTicket, OutboxStore,
     Store, StoreError, StoredEvent, Ticket, TicketKind,
 };
 use crate::{AppId, Secret};
 use async_trait::async_trait;
+use outbox::GroupCommit;
 use rusqlite::{params, Connection, OptionalExtension};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -21,7 +23,7 @@ use std::sync::{Arc, Mutex};
 /// 2 → 3 JS-SDK tickets; 3 → 4 authorizer info; 4 → 5 the outbox and its dedupe keys; 5 → 6
 /// platform events in the outbox (a message's kind, its place in its lane, no authorizer). A
 /// new step takes the next number after the last one here.
-pub(super) const MIGRATIONS: &[&str] = &[
+const MIGRATIONS: &[&str] = &[
     // 0 → 1: the ticket and the events WeChat pushed.
     "CREATE TABLE tickets (
          component_appid TEXT PRIMARY KEY,
@@ -127,7 +129,7 @@ const AUTHORIZER_COLUMNS: &str = "authorizer_appid, state, refresh_token, access
 pub struct SqliteStore {
     conn: Arc<Mutex<Connection>>,
     path: PathBuf,
-    /// The outbox's writes, many per transaction (`sqlite_outbox.rs`).
+    /// The outbox's writes, many per transaction (`outbox.rs`).
     group_commit: GroupCommit,
 }
 
@@ -152,7 +154,7 @@ impl SqliteStore {
         Ok(Self { conn, path: path.to_owned(), group_commit })
     }
 
-    pub(super) fn group_commit(&self) -> &GroupCommit {
+    fn group_commit(&self) -> &GroupCommit {
         &self.group_commit
     }
 
@@ -161,7 +163,7 @@ impl SqliteStore {
     }
 
     /// Runs `f` on the connection in tokio's blocking pool.
-    pub(super) async fn with_conn<T, F>(&self, f: F) -> Result<T, StoreError>
+    async fn with_conn<T, F>(&self, f: F) -> Result<T, StoreError>
     where
         T: Send + 'static,
         F: FnOnce(&mut Connection) -> rusqlite::Result<T> + Send + 'static,
@@ -176,7 +178,7 @@ impl SqliteStore {
     }
 }
 
-pub(super) fn unavailable(e: rusqlite::Error) -> StoreError {
+fn unavailable(e: rusqlite::Error) -> StoreError {
     StoreError::Unavailable(e.to_string())
 }
 

@@ -1,12 +1,14 @@
 //! The in-memory store, for tests and throwaway runs: nothing survives the process.
 
-use super::memory_outbox::MemoryOutbox;
+mod outbox;
+
 use super::{
     AuthEvent, AuthorizerInfoRecord, AuthorizerRecord, ComponentToken, Fence, JsTicket, OutboxStore, Store, StoreError,
     StoredEvent, Ticket, TicketKind,
 };
 use crate::AppId;
 use async_trait::async_trait;
+use outbox::MemoryOutbox;
 use std::collections::HashMap;
 use std::sync::Mutex;
 

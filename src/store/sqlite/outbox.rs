@@ -3,9 +3,11 @@
 //! enqueues, claims and settles share one fsync (`synchronous=FULL`) instead of paying one each.
 //! Each caller is answered only once its transaction has committed.
 
-use super::outbox::{Claim, DeliveryId, MessageKind, OutboxEntry, OutboxMessage, OutboxState, OutboxStore, Outcome};
-use super::sqlite::{unavailable, SqliteStore};
-use super::StoreError;
+use super::{unavailable, SqliteStore};
+use crate::store::outbox::{
+    Claim, DeliveryId, MessageKind, OutboxEntry, OutboxMessage, OutboxState, OutboxStore, Outcome,
+};
+use crate::store::StoreError;
 use crate::{AppId, Secret};
 use async_trait::async_trait;
 use rusqlite::{params, Connection};
@@ -425,8 +427,8 @@ impl OutboxStore for SqliteStore {
 
 #[cfg(test)]
 mod tests {
-    use super::super::outbox::contract_tests;
     use super::*;
+    use crate::store::outbox::contract_tests;
 
     fn temp_store() -> (tempfile::TempDir, SqliteStore) {
         let dir = tempfile::tempdir().unwrap();
@@ -519,7 +521,7 @@ mod tests {
         let path = dir.path().join("v2.sqlite3");
         {
             let conn = Connection::open(&path).unwrap();
-            for sql in &super::super::sqlite::MIGRATIONS[..2] {
+            for sql in &super::super::MIGRATIONS[..2] {
                 conn.execute_batch(sql).unwrap();
             }
             conn.pragma_update(None, "user_version", 2).unwrap();
@@ -534,7 +536,7 @@ mod tests {
             store.enqueue(&c, &contract_tests::message("r", 1, 1)).await.unwrap();
             assert_eq!(store.counts(&c).await.unwrap(), (1, 0));
             let version: i64 = store.with_conn(|c| c.query_row("PRAGMA user_version", [], |r| r.get(0))).await.unwrap();
-            assert_eq!(version, super::super::sqlite::MIGRATIONS.len() as i64);
+            assert_eq!(version, super::super::MIGRATIONS.len() as i64);
         });
     }
 }

@@ -13,9 +13,11 @@
 //!   A message passed over for its lane is moved, in its route's due set only, behind its lane's
 //!   first; when that one leaves, the next gets its own due time back.
 
-use super::outbox::{Claim, DeliveryId, MessageKind, OutboxEntry, OutboxMessage, OutboxState, OutboxStore, Outcome};
-use super::redis::RedisStore;
-use super::StoreError;
+use super::RedisStore;
+use crate::store::outbox::{
+    Claim, DeliveryId, MessageKind, OutboxEntry, OutboxMessage, OutboxState, OutboxStore, Outcome,
+};
+use crate::store::StoreError;
 use crate::{AppId, Secret};
 use async_trait::async_trait;
 use redis::Script;
@@ -547,8 +549,8 @@ impl OutboxStore for RedisStore {
 #[cfg(test)]
 mod tests {
     //! Against the real Redis at 127.0.0.1:6379, each test under a key prefix of its own.
-    use super::super::outbox::contract_tests;
     use super::*;
+    use crate::store::outbox::contract_tests;
     use crate::store::redis::tests::{clean, prefix, store};
 
     #[tokio::test]

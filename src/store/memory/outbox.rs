@@ -1,7 +1,7 @@
 //! The in-memory outbox: plain maps scanned on each call, for tests and throwaway runs.
 
-use super::outbox::{Claim, DeliveryId, OutboxEntry, OutboxMessage, OutboxState, OutboxStore, Outcome};
-use super::StoreError;
+use crate::store::outbox::{Claim, DeliveryId, OutboxEntry, OutboxMessage, OutboxState, OutboxStore, Outcome};
+use crate::store::StoreError;
 use crate::AppId;
 use async_trait::async_trait;
 use std::collections::{BTreeMap, HashMap};
@@ -246,8 +246,8 @@ impl OutboxStore for MemoryOutbox {
 
 #[cfg(test)]
 mod tests {
-    use super::super::outbox::contract_tests;
     use super::*;
+    use crate::store::outbox::contract_tests;
 
     #[tokio::test]
     async fn claims_settle_and_fence() {
