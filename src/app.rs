@@ -20,7 +20,6 @@ use crate::store::{MemoryStore, RedisStore, SharedStore, SqliteStore, StoreError
 use crate::tokens::{Settings, TokenError, TokenService};
 use crate::wechat::{ComponentApi, WechatClient, WechatError};
 use async_trait::async_trait;
-use pingora::apps::http_app::HttpServer;
 use pingora::server::configuration::ServerConf;
 use pingora::server::ShutdownWatch;
 use pingora::server::{RunArgs, Server};
@@ -133,12 +132,9 @@ pub fn build(config: &Config, source: Option<Source>, sockets: Sockets) -> Resul
     let proxy = Service::new("wxgate proxy".to_owned(), Edge::new(gateway, timeouts));
     server.add_service(Prebound::new(proxy, sockets.proxy));
 
-    let admin = Service::new(
-        "wxgate admin".to_owned(),
-        HttpServer::new_app(
-            AdminApp::new(Arc::clone(&tokens), links, admin_token, client).with_outbox(Arc::clone(&outbox)),
-        ),
-    );
+    // The admin listener is served by the same HTTP/1.1 as the proxy listener.
+    let admin_app = AdminApp::new(Arc::clone(&tokens), links, admin_token, client).with_outbox(Arc::clone(&outbox));
+    let admin = Service::new("wxgate admin".to_owned(), Edge::new(admin_app, timeouts));
     server.add_service(Prebound::new(admin, sockets.admin));
 
     server.add_service(background_service("wxgate token scheduler", Scheduler(tokens)));

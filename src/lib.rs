@@ -43,8 +43,8 @@
 //! 8. `demo`
 //! 7. `app`
 //! 6. `routes`
-//! 5. `proxy`, `callback`, `events`, `admin`, `sandbox`
-//! 4. `messages`, `listeners`
+//! 5. `callback`, `events`, `admin`, `sandbox`
+//! 4. `proxy`, `messages`, `listeners`
 //! 3. `config`, `authorize`, `reply`
 //! 2. `tokens`
 //! 1. `crypto`, `wechat`, `store`

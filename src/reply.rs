@@ -5,7 +5,6 @@
 
 use bytes::{Bytes, BytesMut};
 use pingora::http::ResponseHeader;
-use pingora::protocols::http::ServerSession;
 use std::future::Future;
 
 /// A complete response: the gateway's own pages, errors and the callback's `success`.
@@ -15,6 +14,8 @@ pub struct Reply {
     pub content_type: &'static str,
     pub body: Bytes,
     pub location: Option<String>,
+    /// More headers, fixed ones (the console's security headers).
+    pub extra: &'static [(&'static str, &'static str)],
 }
 
 /// The errcode of a gateway error answered with `status`.
@@ -24,12 +25,12 @@ pub fn errcode(status: u16) -> i64 {
 
 impl Reply {
     pub fn text(status: u16, body: impl Into<Bytes>) -> Self {
-        Self { status, content_type: "text/plain; charset=utf-8", body: body.into(), location: None }
+        Self { status, content_type: "text/plain; charset=utf-8", body: body.into(), location: None, extra: &[] }
     }
 
     pub fn json(status: u16, value: &serde_json::Value) -> Self {
         let body = serde_json::to_vec(value).unwrap_or_default();
-        Self { status, content_type: "application/json; charset=utf-8", body: body.into(), location: None }
+        Self { content_type: "application/json; charset=utf-8", body: body.into(), ..Self::text(status, "") }
     }
 
     /// The contract's error. `reason` must never carry a token, secret or key.
@@ -40,11 +41,11 @@ impl Reply {
 
     /// An encrypted passive reply to WeChat.
     pub fn xml(status: u16, body: String) -> Self {
-        Self { status, content_type: "application/xml; charset=utf-8", body: body.into(), location: None }
+        Self { content_type: "application/xml; charset=utf-8", body: body.into(), ..Self::text(status, "") }
     }
 
     pub fn html(status: u16, body: String) -> Self {
-        Self { status, content_type: "text/html; charset=utf-8", body: body.into(), location: None }
+        Self { content_type: "text/html; charset=utf-8", body: body.into(), ..Self::text(status, "") }
     }
 
     pub fn redirect(location: String) -> Self {
@@ -52,31 +53,17 @@ impl Reply {
     }
 
     pub fn header(&self) -> pingora::Result<ResponseHeader> {
-        let mut h = ResponseHeader::build(self.status, Some(4))?;
+        let mut h = ResponseHeader::build(self.status, Some(4 + self.extra.len()))?;
         h.insert_header("content-type", self.content_type)?;
         h.insert_header("content-length", self.body.len().to_string())?;
         h.insert_header("cache-control", "no-store")?;
         if let Some(location) = &self.location {
             h.insert_header("location", location.as_str())?;
         }
-        Ok(h)
-    }
-
-    /// The reply as `http::Response`, for pingora's `ServeHttp` apps (the admin listener).
-    pub fn into_response(self) -> http::Response<Vec<u8>> {
-        let mut builder = http::Response::builder()
-            .status(self.status)
-            .header("content-type", self.content_type)
-            .header("content-length", self.body.len())
-            .header("cache-control", "no-store");
-        if let Some(location) = &self.location {
-            builder = builder.header("location", location.as_str());
+        for (name, value) in self.extra {
+            h.insert_header(*name, *value)?;
         }
-        builder.body(self.body.to_vec()).unwrap_or_else(|_| {
-            let mut r = http::Response::new(Vec::new());
-            *r.status_mut() = http::StatusCode::INTERNAL_SERVER_ERROR;
-            r
-        })
+        Ok(h)
     }
 }
 
@@ -97,22 +84,12 @@ impl BodyError {
     }
 }
 
-/// A request whose body is read piece by piece: the proxy listener's session (`proxy::Session`),
-/// and pingora's for the admin listener.
+/// A request whose body is read piece by piece: the listeners' session (`proxy::Session`), or
+/// a test's.
 pub trait RequestBody {
     fn headers(&self) -> &http::HeaderMap;
     /// The next piece; `None` once the body is over; `Err` if it cannot be read.
     fn piece(&mut self) -> impl Future<Output = Result<Option<Bytes>, ()>> + Send;
-}
-
-impl RequestBody for ServerSession {
-    fn headers(&self) -> &http::HeaderMap {
-        &self.req_header().headers
-    }
-
-    async fn piece(&mut self) -> Result<Option<Bytes>, ()> {
-        self.read_request_body().await.map_err(|_| ())
-    }
 }
 
 /// Reads the whole request body, refusing it as soon as it passes `limit` bytes, before it is
@@ -163,6 +140,6 @@ mod tests {
         let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
         assert_eq!(v["errcode"], -20401);
         assert_eq!(v["errmsg"], "wxgate: no valid client key");
-        assert_eq!(r.into_response().status(), 401);
+        assert_eq!(r.header().unwrap().status, 401);
     }
 }

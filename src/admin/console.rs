@@ -6,6 +6,8 @@
 //! ride), it reads the admin JSON routes. The CSP allows only the gateway's own script, so
 //! nothing a WeChat account's name could carry ever runs.
 
+use crate::reply::Reply;
+use bytes::Bytes;
 use qrcode::render::svg;
 use qrcode::{EcLevel, QrCode};
 
@@ -22,28 +24,22 @@ pub(super) fn is_asset(path: &str) -> bool {
     matches!(path, "/" | "/console.js" | "/console.css")
 }
 
-pub(super) fn asset(path: &str) -> http::Response<Vec<u8>> {
+pub(super) fn asset(path: &str) -> Reply {
     let (content_type, body) = match path {
         "/console.js" => ("text/javascript; charset=utf-8", SCRIPT),
         "/console.css" => ("text/css; charset=utf-8", STYLE),
         _ => ("text/html; charset=utf-8", INDEX),
     };
-    http::Response::builder()
-        .status(200)
-        .header("content-type", content_type)
-        .header("content-length", body.len())
-        .header("cache-control", "no-store")
-        .header("content-security-policy", CSP)
-        .header("x-content-type-options", "nosniff")
-        .header("x-frame-options", "DENY")
-        .header("referrer-policy", "no-referrer")
-        .body(body.as_bytes().to_vec())
-        .unwrap_or_else(|_| {
-            let mut r = http::Response::new(Vec::new());
-            *r.status_mut() = http::StatusCode::INTERNAL_SERVER_ERROR;
-            r
-        })
+    Reply { content_type, body: Bytes::from_static(body.as_bytes()), extra: SECURITY_HEADERS, ..Reply::text(200, "") }
 }
+
+/// The console's pages may run only their own script and style, in no frame, sending no referrer.
+const SECURITY_HEADERS: &[(&str, &str)] = &[
+    ("content-security-policy", CSP),
+    ("x-content-type-options", "nosniff"),
+    ("x-frame-options", "DENY"),
+    ("referrer-policy", "no-referrer"),
+];
 
 /// `text` as a QR code in SVG (the lowest error correction: a long link stays a coarse code
 /// that a phone reads off a laptop screen), about 240 px wide with its quiet zone; `None` if it is too long
@@ -67,10 +63,11 @@ mod tests {
     #[test]
     fn serves_the_page_with_its_policy_and_nothing_else() {
         let page = asset("/");
-        assert_eq!(page.headers()["cache-control"], "no-store");
-        assert!(page.headers()["content-security-policy"].to_str().unwrap().starts_with("default-src 'self'"));
-        assert!(String::from_utf8_lossy(page.body()).contains("console.js"));
-        assert_eq!(asset("/console.js").headers()["content-type"], "text/javascript; charset=utf-8");
+        let head = page.header().unwrap();
+        assert_eq!(head.headers["cache-control"], "no-store");
+        assert!(head.headers["content-security-policy"].to_str().unwrap().starts_with("default-src 'self'"));
+        assert!(String::from_utf8_lossy(&page.body).contains("console.js"));
+        assert_eq!(asset("/console.js").header().unwrap().headers["content-type"], "text/javascript; charset=utf-8");
         assert!(!is_asset("/console"));
         // What the gateway shows comes from WeChat (a nick name is user input): text only.
         for markup in ["innerHTML", "outerHTML", "insertAdjacentHTML", "document.write", "eval("] {

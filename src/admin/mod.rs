@@ -12,15 +12,12 @@ mod shapes;
 
 use crate::authorize::AuthorizeLinks;
 use crate::messages::outbox::Outbox;
+use crate::proxy::{Answers, Session};
 use crate::reply::Reply;
 use crate::tokens::TokenService;
 use crate::wechat::QuotaApi;
 use crate::Secret;
 use arc_swap::ArcSwap;
-use async_trait::async_trait;
-use pingora::apps::http_app::ServeHttp;
-use pingora::protocols::http::ServerSession;
-use pingora_prometheus::PrometheusHttpApp;
 use std::sync::Arc;
 
 pub struct AdminApp {
@@ -47,9 +44,9 @@ impl AdminApp {
         Self { outbox: Some(outbox), ..self }
     }
 
-    fn authorized(&self, session: &ServerSession) -> bool {
+    fn authorized(&self, session: &Session<'_>) -> bool {
         let presented =
-            session.get_header(http::header::AUTHORIZATION).and_then(|v| v.as_bytes().strip_prefix(b"Bearer "));
+            session.req().headers.get(http::header::AUTHORIZATION).and_then(|v| v.as_bytes().strip_prefix(b"Bearer "));
         presented.is_some_and(|p| self.token.load().ct_eq(p))
     }
 
@@ -61,17 +58,16 @@ impl AdminApp {
     }
 }
 
-#[async_trait]
-impl ServeHttp for AdminApp {
-    async fn response(&self, session: &mut ServerSession) -> http::Response<Vec<u8>> {
-        let method = session.req_header().method.clone();
-        let path = session.req_header().uri.path().to_owned();
-        let reply = match (&method, path.as_str()) {
+impl AdminApp {
+    async fn route(&self, session: &mut Session<'_>) -> Reply {
+        let method = session.req().method.clone();
+        let path = session.req().uri.path().to_owned();
+        match (&method, path.as_str()) {
             (&http::Method::GET, "/metrics") => {
                 self.tokens.update_gauges();
-                return PrometheusHttpApp.response(session).await;
+                metrics_text()
             }
-            (&http::Method::GET, p) if console::is_asset(p) => return console::asset(p),
+            (&http::Method::GET, p) if console::is_asset(p) => console::asset(p),
             (&http::Method::GET, "/healthz") => Reply::text(200, "ok\n"),
             (&http::Method::GET, "/readyz") => self.readyz().await,
             (_, p) if p.starts_with("/admin/") => {
@@ -82,7 +78,26 @@ impl ServeHttp for AdminApp {
                 }
             }
             _ => Reply::error(404, "no such route"),
-        };
-        reply.into_response()
+        }
     }
+}
+
+/// The admin listener is served by the same HTTP/1.1 as the proxy listener (`proxy::Edge`).
+impl Answers for AdminApp {
+    async fn answer(&self, session: &mut Session<'_>) {
+        let reply = self.route(session).await;
+        if session.answered().is_none() && session.reply(reply).await.is_err() {
+            session.close_after();
+        }
+    }
+}
+
+/// Every registered metric in Prometheus's text format.
+fn metrics_text() -> Reply {
+    let mut body = Vec::new();
+    if let Err(e) = prometheus::Encoder::encode(&prometheus::TextEncoder::new(), &prometheus::gather(), &mut body) {
+        tracing::error!(error = %e, "metrics could not be encoded");
+        return Reply::error(500, "metrics could not be encoded");
+    }
+    Reply { content_type: "text/plain; version=0.0.4", body: body.into(), ..Reply::text(200, "") }
 }

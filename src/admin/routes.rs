@@ -2,20 +2,20 @@
 
 use super::AdminApp;
 use crate::authorize::{parse_redirect, Links};
+use crate::proxy::Session;
 use crate::reply::{read_body, token_error, Reply};
 use crate::tokens::TokenError;
 use crate::wechat::ApiErrorKind;
 use crate::{AppId, Secret};
 use http::Method;
-use pingora::protocols::http::ServerSession;
 use serde_json::json;
 
 /// An import body is one refresh token; anything bigger is not one.
 const MAX_ADMIN_BODY: usize = 4096;
 const DEFAULT_PAGE: usize = 1000;
 
-pub(super) async fn handle(app: &AdminApp, session: &mut ServerSession, method: &Method, path: &str) -> Reply {
-    let query = session.req_header().uri.query().unwrap_or_default().to_owned();
+pub(super) async fn handle(app: &AdminApp, session: &mut Session<'_>, method: &Method, path: &str) -> Reply {
+    let query = session.req().uri.query().unwrap_or_default().to_owned();
     let segments: Vec<&str> = path.trim_start_matches("/admin/").split('/').collect();
     match (method, segments.as_slice()) {
         (&Method::GET, ["component"]) => Reply::json(200, &super::shapes::component(&app.tokens.component_status())),
@@ -37,18 +37,10 @@ pub(super) async fn handle(app: &AdminApp, session: &mut ServerSession, method: 
     }
 }
 
-async fn authorizer(
-    app: &AdminApp,
-    session: &mut ServerSession,
-    method: &Method,
-    appid: &AppId,
-    rest: &[&str],
-) -> Reply {
+async fn authorizer(app: &AdminApp, session: &mut Session<'_>, method: &Method, appid: &AppId, rest: &[&str]) -> Reply {
     match (method, rest) {
         (&Method::GET, []) => super::info::one(app, appid).await,
-        (&Method::GET, ["quota"]) => {
-            super::quota::get(app, appid, session.req_header().uri.query().unwrap_or_default()).await
-        }
+        (&Method::GET, ["quota"]) => super::quota::get(app, appid, session.req().uri.query().unwrap_or_default()).await,
         (&Method::POST, ["clear-quota"]) => super::quota::clear_authorizer(app, appid).await,
         (&Method::PUT, []) => import(app, session, appid).await,
         (&Method::DELETE, []) => match app.tokens.forget_authorizer(appid).await {
@@ -98,7 +90,7 @@ fn matches(status: &serde_json::Value, q: &str) -> bool {
 
 /// Imports an authorizer by its refresh token. WeChat is asked first; a token it refuses is
 /// the caller's mistake (400) and nothing is stored.
-async fn import(app: &AdminApp, session: &mut ServerSession, appid: &AppId) -> Reply {
+async fn import(app: &AdminApp, session: &mut Session<'_>, appid: &AppId) -> Reply {
     let body = match read_body(session, MAX_ADMIN_BODY).await {
         Ok(body) => body,
         Err(e) => return e.reply(),

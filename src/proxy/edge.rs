@@ -1,4 +1,4 @@
-//! The proxy listener's connections: the gateway's own HTTP/1.1 keep-alive loop, each
+//! Both listeners' connections: the gateway's own HTTP/1.1 keep-alive loop, each
 //! request read and answered by [`Session`], with nginx's two deadlines, `keepalive_timeout`
 //! (for the next request to begin) and `client_header_timeout` (for its head to arrive whole).
 //!
@@ -7,7 +7,6 @@
 
 use super::h1::{self, H1Error};
 use super::session::{Session, Unread};
-use super::Gateway;
 use crate::reply::Reply;
 use async_trait::async_trait;
 use bytes::BytesMut;
@@ -40,21 +39,21 @@ pub struct Timeouts {
     pub header: Duration,
 }
 
-/// Serves the proxy listener's connections with the gateway, one request after another,
-/// each under [`Timeouts`].
-pub struct Edge {
-    gateway: Gateway,
+/// Serves a listener's connections with `app` (the gateway on the proxy listener, the admin
+/// API on the admin listener), one request after another, each under [`Timeouts`].
+pub struct Edge<A> {
+    app: A,
     timeouts: Timeouts,
 }
 
-impl Edge {
-    pub fn new(gateway: Gateway, timeouts: Timeouts) -> Self {
-        Self { gateway, timeouts }
+impl<A> Edge<A> {
+    pub fn new(app: A, timeouts: Timeouts) -> Self {
+        Self { app, timeouts }
     }
 }
 
 #[async_trait]
-impl ServerApp for Edge {
+impl<A: Answers + Send + Sync + 'static> ServerApp for Edge<A> {
     /// Serves the connection in a task of its own. pingora's accepting task is a future of some
     /// 8 KiB (it has room for a TLS handshake the proxy listener never makes), held for the
     /// connection's life; this loop's task is a fraction of that, which thousands of idle
@@ -65,21 +64,15 @@ impl ServerApp for Edge {
     }
 }
 
-/// What answers each request of a connection: the gateway, or a test's own.
+/// What answers each request of a connection: the gateway, the admin API, or a test's own.
 pub trait Answers {
     /// Answers `session`'s request; an answer cut short calls [`Session::close_after`].
     fn answer(&self, session: &mut Session<'_>) -> impl Future<Output = ()> + Send;
 }
 
-impl Answers for Gateway {
-    fn answer(&self, session: &mut Session<'_>) -> impl Future<Output = ()> + Send {
-        self.handle(session)
-    }
-}
-
-impl Edge {
+impl<A: Answers> Edge<A> {
     async fn serve(self: Arc<Self>, stream: Stream, shutdown: ShutdownWatch) {
-        serve(&self.gateway, stream, self.timeouts, shutdown).await;
+        serve(&self.app, stream, self.timeouts, shutdown).await;
     }
 }
 

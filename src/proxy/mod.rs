@@ -25,7 +25,7 @@ pub mod token_endpoints;
 mod upstream;
 
 pub use clients::Clients;
-pub use edge::{Edge, Timeouts};
+pub use edge::{Answers, Edge, Timeouts};
 // Public for the fuzz targets (fuzz/), which call resolution directly.
 pub use h1::H1Error;
 pub use resolve::{client_from_headers, route as resolve, Route};
@@ -293,6 +293,12 @@ fn redacted_query(query: &str) -> String {
         })
         .collect::<Vec<_>>()
         .join("&")
+}
+
+impl Answers for Gateway {
+    fn answer(&self, session: &mut Session<'_>) -> impl std::future::Future<Output = ()> + Send {
+        self.handle(session)
+    }
 }
 
 impl Gateway {
