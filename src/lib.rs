@@ -16,6 +16,8 @@
 //! - [`tokens`]: the token service, the only writer of ticket, token and authorizer state.
 //! - [`authorize`]: the authorization flow's links (PC and mobile) and pages.
 //! - [`callback`]: WeChat's authorization-event receiver: verify, decrypt, parse, hand to tokens.
+//! - [`http1`]: THE HTTP/1.1 of the binary: both listeners' connections and requests, and the
+//!   exchange with WeChat; it knows nothing of what it serves.
 //! - [`reply`]: the gateway's own replies in the contract's JSON error shape; bodies read with a limit.
 //! - [`messages`]: authorized accounts' messages: dedupe, release check, routes, handlers, outbox.
 //! - [`events`]: platform events to the apps: the authorization-event URL's events, once the
@@ -45,10 +47,10 @@
 //! 6. `routes`
 //! 5. `callback`, `events`, `admin`, `sandbox`
 //! 4. `proxy`, `messages`, `listeners`
-//! 3. `config`, `authorize`, `reply`
+//! 3. `config`, `authorize`
 //! 2. `tokens`
-//! 1. `crypto`, `wechat`, `store`
-//! 0. `appid`, `secret`, `metrics`, `xml`, `test_accounts`
+//! 1. `crypto`, `wechat`, `store`, `http1`
+//! 0. `appid`, `secret`, `metrics`, `xml`, `test_accounts`, `reply`
 
 pub mod admin;
 pub mod app;
@@ -59,6 +61,7 @@ pub mod config;
 pub mod crypto;
 pub mod demo;
 pub mod events;
+pub mod http1;
 pub mod listeners;
 pub mod messages;
 pub mod metrics;

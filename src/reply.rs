@@ -113,23 +113,6 @@ pub async fn read_body(request: &mut impl RequestBody, limit: usize) -> Result<B
     Ok(body.freeze())
 }
 
-/// The contract's error for a token service failure.
-pub fn token_error(e: &crate::tokens::TokenError) -> Reply {
-    use crate::tokens::TokenError;
-    use crate::wechat::WechatError;
-    let status = match e {
-        TokenError::UnknownAuthorizer | TokenError::Revoked => 404,
-        TokenError::Store(_)
-        | TokenError::NoTicket
-        | TokenError::NeedsReauth
-        | TokenError::Contended
-        | TokenError::Budget { .. } => 503,
-        TokenError::Wechat(WechatError::Timeout { .. }) => 504,
-        TokenError::Wechat(_) => 502,
-    };
-    Reply::error(status, e)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

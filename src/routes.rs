@@ -5,9 +5,10 @@
 
 use crate::authorize::{done_page, done_redirect, error_page, parse_redirect, start_page, AuthorizeLinks};
 use crate::callback::{AccountReceiver, ComponentReceiver, MAX_BODY_BYTES};
+use crate::http1::Session;
 use crate::messages::Reply as MessageReply;
 use crate::metrics;
-use crate::proxy::{client_from_headers, jssdk, token_endpoints, Clients, OwnRoutes, Session, ROUTE_PREFIX};
+use crate::proxy::{client_from_headers, jssdk, token_endpoints, Clients, OwnRoutes, ROUTE_PREFIX};
 use crate::reply::{read_body, BodyError, Reply};
 use crate::tokens::TokenService;
 use async_trait::async_trait;
@@ -138,7 +139,7 @@ impl GatewayRoutes {
             },
             Err(e) => {
                 tracing::warn!(error = %e, "authorization code exchange failed");
-                let status = crate::reply::token_error(&e).status;
+                let status = e.status();
                 Reply::html(status, error_page(&format!("WeChat did not accept the authorization: {e}")))
             }
         }

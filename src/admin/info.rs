@@ -2,14 +2,14 @@
 //! who the account is (`api_get_authorizer_info`), never a token.
 
 use super::AdminApp;
-use crate::reply::{token_error, Reply};
+use crate::reply::Reply;
 use crate::AppId;
 use serde_json::{json, Value};
 
 /// The status of `appid` merged with its info; `state` says `frozen`, `closed` or `banned`
 /// when WeChat reports the account so.
 pub(super) async fn with_info(app: &AdminApp, mut status: Value, appid: &AppId) -> Result<Value, Reply> {
-    let info = app.tokens.authorizer_info(appid).await.map_err(|e| token_error(&e))?;
+    let info = app.tokens.authorizer_info(appid).await.map_err(|e| Reply::error(e.status(), e))?;
     if let Some(label) = app.tokens.account_state(appid).filter(|_| status["state"] == "active") {
         status["state"] = json!(label);
     }
@@ -53,13 +53,13 @@ pub(super) async fn page(app: &AdminApp, offset: usize, limit: usize) -> Reply {
 pub(super) async fn reconcile(app: &AdminApp) -> Reply {
     match app.tokens.reconcile().await {
         Ok(done) => Reply::json(200, &super::shapes::reconciled(&done)),
-        Err(e) => token_error(&e),
+        Err(e) => Reply::error(e.status(), e),
     }
 }
 
 /// Every authorizer's status with its info, for a search: the infos are read in one pass.
 pub(super) async fn all(app: &AdminApp) -> Result<Vec<Value>, Reply> {
-    let infos = app.tokens.authorizer_infos().await.map_err(|e| token_error(&e))?;
+    let infos = app.tokens.authorizer_infos().await.map_err(|e| Reply::error(e.status(), e))?;
     let mut infos: std::collections::HashMap<AppId, Value> =
         infos.into_iter().map(|i| (i.appid, i.to_json())).collect();
     let (_, statuses) = app.tokens.authorizer_statuses(0, usize::MAX);

@@ -11,8 +11,8 @@ mod routes;
 mod shapes;
 
 use crate::authorize::AuthorizeLinks;
+use crate::http1::{Answers, Session};
 use crate::messages::outbox::Outbox;
-use crate::proxy::{Answers, Session};
 use crate::reply::Reply;
 use crate::tokens::TokenService;
 use crate::wechat::QuotaApi;

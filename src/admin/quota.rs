@@ -5,7 +5,7 @@
 //! appsecret, which needs none. The component's reset is always `clear_quota/v2`.
 
 use super::AdminApp;
-use crate::reply::{token_error, Reply};
+use crate::reply::Reply;
 use crate::tokens::TokenError;
 use crate::wechat::{ApiErrorKind, WechatError};
 use crate::AppId;
@@ -20,7 +20,7 @@ pub(super) async fn get(app: &AdminApp, appid: &AppId, query: &str) -> Reply {
     };
     let token = match app.tokens.authorizer_token(appid).await {
         Ok(token) => token,
-        Err(e) => return token_error(&e),
+        Err(e) => return Reply::error(e.status(), e),
     };
     match app.quota.quota(&token.value, &cgi_path).await {
         Ok(quota) => Reply::json(200, &json!({ "appid": appid.as_str(), "cgi_path": cgi_path, "quota": quota })),
@@ -35,7 +35,7 @@ pub(super) async fn clear_authorizer(app: &AdminApp, appid: &AppId) -> Reply {
             Ok(()) => "clear_quota",
             Err(e) => return wechat_error(e),
         },
-        Err(e @ (TokenError::UnknownAuthorizer | TokenError::Revoked)) => return token_error(&e),
+        Err(e @ (TokenError::UnknownAuthorizer | TokenError::Revoked)) => return Reply::error(e.status(), e),
         Err(e) => {
             tracing::warn!(authorizer = %appid, error = %e, "no token to clear the quota with; using clear_quota/v2");
             match app.quota.clear_quota_v2(Some(appid)).await {
@@ -74,7 +74,10 @@ fn wechat_error(e: WechatError) -> Reply {
             Reply::error(400, format!("WeChat refused: {e}"))
         }
         WechatError::Api { kind: ApiErrorKind::Quota, .. } => Reply::error(429, format!("WeChat refused: {e}")),
-        _ => token_error(&TokenError::Wechat(e)),
+        _ => {
+            let e = TokenError::Wechat(e);
+            Reply::error(e.status(), e)
+        }
     }
 }
 

@@ -2,8 +2,8 @@
 
 use super::AdminApp;
 use crate::authorize::{parse_redirect, Links};
-use crate::proxy::Session;
-use crate::reply::{read_body, token_error, Reply};
+use crate::http1::Session;
+use crate::reply::{read_body, Reply};
 use crate::tokens::TokenError;
 use crate::wechat::ApiErrorKind;
 use crate::{AppId, Secret};
@@ -26,7 +26,7 @@ pub(super) async fn handle(app: &AdminApp, session: &mut Session<'_>, method: &M
         (_, ["messages", rest @ ..]) => super::messages::handle(app, method, rest, &query).await,
         (&Method::GET, ["events"]) => match app.tokens.pending_events().await {
             Ok(events) => Reply::json(200, &super::shapes::pending_events(&events)),
-            Err(e) => token_error(&e),
+            Err(e) => Reply::error(e.status(), e),
         },
         (&Method::GET, ["authorize-qr"]) => authorize_qr(app, &query).await,
         (_, ["authorizers", appid, rest @ ..]) => match AppId::parse(appid) {
@@ -46,11 +46,11 @@ async fn authorizer(app: &AdminApp, session: &mut Session<'_>, method: &Method, 
         (&Method::DELETE, []) => match app.tokens.forget_authorizer(appid).await {
             Ok(true) => Reply::json(200, &json!({ "deleted": appid.as_str() })),
             Ok(false) => Reply::error(404, "unknown authorizer"),
-            Err(e) => token_error(&e),
+            Err(e) => Reply::error(e.status(), e),
         },
         (&Method::POST, ["refresh"]) => match app.tokens.refresh_now(appid).await {
             Ok(status) => Reply::json(200, &super::shapes::authorizer(&status)),
-            Err(e) => token_error(&e),
+            Err(e) => Reply::error(e.status(), e),
         },
         _ => Reply::error(404, "no such admin route"),
     }
@@ -112,7 +112,7 @@ async fn import(app: &AdminApp, session: &mut Session<'_>, appid: &AppId) -> Rep
         {
             Reply::error(400, format!("WeChat refused the refresh token: {e}"))
         }
-        Err(e) => token_error(&e),
+        Err(e) => Reply::error(e.status(), e),
     }
 }
 
@@ -140,7 +140,7 @@ async fn fresh_links(app: &AdminApp, query: &str) -> Result<Links, Reply> {
     let redirect =
         url::form_urlencoded::parse(query.as_bytes()).find(|(k, _)| k == "redirect").map(|(_, v)| v.into_owned());
     let redirect = parse_redirect(redirect.as_deref()).map_err(|e| Reply::error(400, e))?;
-    app.links.fresh(&app.tokens, redirect.as_ref()).await.map_err(|e| token_error(&e))
+    app.links.fresh(&app.tokens, redirect.as_ref()).await.map_err(|e| Reply::error(e.status(), e))
 }
 
 #[cfg(test)]

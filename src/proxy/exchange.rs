@@ -3,9 +3,9 @@
 //! token (single-flight, compare-and-swap) and replaying the call once; anything else streams
 //! through.
 
-use super::h1::H1Error;
-use super::session::Session;
 use super::upstream::{downstream_header, Answer, CallFailure};
+use crate::http1::H1Error;
+use crate::http1::Session;
 use bytes::{Bytes, BytesMut};
 use pingora::http::ResponseHeader;
 

@@ -4,8 +4,8 @@
 
 use super::clients::Clients;
 use super::resolve::{client_from_headers, Scope};
-use super::session::Session;
-use crate::reply::{read_body, token_error, Reply};
+use crate::http1::Session;
+use crate::reply::{read_body, Reply};
 use crate::store::{unix_now, TicketKind};
 use crate::tokens::TokenService;
 use crate::AppId;
@@ -34,7 +34,7 @@ pub async fn getticket(tokens: &TokenService, scope: &Scope, query: &str) -> Rep
                 &json!({ "errcode": 0, "errmsg": "ok", "ticket": ticket.value.expose(), "expires_in": expires_in }),
             )
         }
-        Err(e) => token_error(&e),
+        Err(e) => Reply::error(e.status(), e),
     }
 }
 
@@ -73,7 +73,7 @@ pub async fn config(
     };
     let ticket = match tokens.js_ticket(&appid, TicketKind::Jsapi).await {
         Ok(ticket) => ticket,
-        Err(e) => return token_error(&e),
+        Err(e) => return Reply::error(e.status(), e),
     };
     let nonce = Alphanumeric.sample_string(&mut rand::thread_rng(), 16);
     let timestamp = unix_now();

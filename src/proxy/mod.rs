@@ -2,8 +2,8 @@
 //! API call made on a client's behalf with the real token.
 //!
 //! ```text
-//!  edge: keep-alive and header timeouts (edge.rs); each request read and answered by the
-//!  gateway's own HTTP/1.1 (session.rs, h1.rs): one framing, GET/POST only, Host
+//!  http1: keep-alive and header timeouts; each request read and answered by the gateway's
+//!  own HTTP/1.1: one framing; here GET/POST only, one Host
 //!    └─► resolve once (resolve.rs): plain path, client, scope, permission → a Route
 //!          ├─► Own ────────────► /wxgate/* routes (crate::routes, through OwnRoutes)
 //!          ├─► TokenEndpoint ──► answered from the cache (or 403), never forwarded
@@ -15,26 +15,21 @@
 //! ```
 
 mod clients;
-mod edge;
 mod exchange;
-mod h1;
 pub mod jssdk;
 mod resolve;
-mod session;
 pub mod token_endpoints;
 mod upstream;
 
 pub use clients::Clients;
-pub use edge::{Answers, Edge, Timeouts};
 // Public for the fuzz targets (fuzz/), which call resolution directly.
-pub use h1::H1Error;
 pub use resolve::{client_from_headers, route as resolve, Route};
-pub use session::Session;
 pub use upstream::{Upstream, UpstreamError};
 
 use crate::config::ProxyConfig;
+use crate::http1::{wire, Answers, H1Error, Session};
 use crate::metrics;
-use crate::reply::{read_body, token_error, BodyError, Reply};
+use crate::reply::{read_body, BodyError, Reply};
 use crate::tokens::{AccessToken, TokenService};
 use crate::AppId;
 use arc_swap::ArcSwap;
@@ -145,7 +140,7 @@ impl Gateway {
         if declared.is_some_and(|n| n > max) {
             return Err(BodyError::TooLarge(max).reply());
         }
-        let token = self.token_for(&call.token).await.map_err(|e| token_error(&e))?;
+        let token = self.token_for(&call.token).await.map_err(|e| Reply::error(e.status(), e))?;
         let chunked = session.req().headers.contains_key(http::header::TRANSFER_ENCODING);
         let replay = self.settings.replay_body_bytes;
         let (kept, whole) = match (chunked, declared.unwrap_or(0)) {
@@ -231,7 +226,8 @@ impl Gateway {
                     scope = call.scope.label(),
                     "WeChat refused the token; replacing it and replaying the call once"
                 );
-                token = Box::pin(self.replace_token(&call.token, &token)).await.map_err(|e| token_error(&e))?;
+                token =
+                    Box::pin(self.replace_token(&call.token, &token)).await.map_err(|e| Reply::error(e.status(), e))?;
                 replayed = true;
                 continue;
             }
@@ -263,7 +259,7 @@ fn downstream_gone(e: &H1Error) -> Reply {
 
 /// The request's length; the edge refused a request whose length is not one number.
 fn content_length(req: &http::request::Parts) -> Option<usize> {
-    h1::content_length(&req.headers).ok().flatten()
+    wire::content_length(&req.headers).ok().flatten()
 }
 
 /// A query with the values of token and key parameters replaced by `...`, for the access log.
@@ -325,7 +321,7 @@ impl Gateway {
 
     /// Answers the request whose head was read; an error when the answer was cut short.
     async fn answer(&self, session: &mut Session<'_>, ctx: &mut CallCtx) -> Result<(), H1Error> {
-        let reply = match edge::check_request(session.req()) {
+        let reply = match check_request(session.req()) {
             Ok(()) => self.serve(session, ctx).await,
             Err(reply) => {
                 // Whatever body may follow is not read: the connection is not reused.
@@ -358,6 +354,23 @@ impl Gateway {
             );
         }
     }
+}
+
+/// What the proxy listener refuses before anything is resolved or forwarded: methods WeChat's API does
+/// not use (TRACE would echo the injected token back; methods are case-sensitive, so `get` is
+/// not GET), and an HTTP/1.1 request without `Host` or with two. A request framed two ways
+/// is refused as its head is read ([`Session::read`]).
+fn check_request(req: &http::request::Parts) -> Result<(), Reply> {
+    if req.method != http::Method::GET && req.method != http::Method::POST {
+        return Err(Reply::error(405, "only GET and POST are taken"));
+    }
+    if req.version == http::Version::HTTP_11 && !req.headers.contains_key(http::header::HOST) {
+        return Err(Reply::error(400, "an HTTP/1.1 request needs a Host header"));
+    }
+    if req.headers.get_all(http::header::HOST).iter().nth(1).is_some() {
+        return Err(Reply::error(400, "more than one Host header"));
+    }
+    Ok(())
 }
 
 #[cfg(test)]

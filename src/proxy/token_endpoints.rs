@@ -3,7 +3,7 @@
 
 use super::clients::Client;
 use super::resolve::{Scope, TokenCall, TokenEndpoint};
-use crate::reply::{token_error, Reply};
+use crate::reply::Reply;
 use crate::tokens::{AccessToken, TokenService};
 use crate::AppId;
 use serde_json::{json, Value};
@@ -85,7 +85,7 @@ async fn fetch(tokens: &TokenService, client: &Client, scope: &Scope) -> Result<
         Scope::Authorizer(appid) => tokens.authorizer_token(appid).await,
         Scope::Component => tokens.component_token().await,
     };
-    result.map_err(|e| token_error(&e))
+    result.map_err(|e| Reply::error(e.status(), e))
 }
 
 fn remaining_secs(tokens: &TokenService, token: &AccessToken) -> i64 {

@@ -21,10 +21,10 @@
 mod headers;
 mod target;
 
-use super::h1;
-pub use super::h1::H1Error;
 use super::resolve::Outbound;
-use super::session::Session;
+use crate::http1::wire;
+pub use crate::http1::H1Error;
+use crate::http1::Session;
 use crate::metrics;
 use base64::Engine;
 use bytes::Bytes;
@@ -107,13 +107,13 @@ pub enum Body<'s, 'c> {
 #[derive(Debug)]
 pub(super) struct Connection {
     stream: Stream,
-    timer: h1::Timer,
+    timer: wire::Timer,
 }
 
 /// What WeChat answered (its header read), with the connection it came on.
 pub struct Answer {
     conn: Connection,
-    response: h1::Response,
+    response: wire::Response,
     /// Which host (0 = the primary) the connection goes to.
     target: usize,
     timeout: Duration,
@@ -328,7 +328,7 @@ impl Upstream {
         // Boxed: a connect's future (TCP, then a TLS handshake) is some 8 KiB, which every
         // call's future would otherwise carry, and be copied with, for the rare new connection.
         let stream = Box::pin(self.transport.new_stream(&*peer)).await?;
-        Ok((Connection { stream, timer: h1::Timer::default() }, false))
+        Ok((Connection { stream, timer: wire::Timer::default() }, false))
     }
 
     async fn peer(&self, target: usize) -> Option<Arc<HttpPeer>> {
@@ -425,23 +425,23 @@ async fn exchange(
     body: &mut Body<'_, '_>,
     no_body: bool,
     timeout: Duration,
-) -> Result<h1::Response, Failed> {
+) -> Result<wire::Response, Failed> {
     let Connection { stream, timer } = conn;
     let upstream = |body_spent| move |error| Failed::Upstream { error, written: false, body_spent };
     match body {
         Body::Whole(b) if b.len() <= COALESCE_BODY => {
             head.extend_from_slice(b);
-            h1::write(stream, &head, timer, timeout).await.map_err(upstream(false))?;
+            wire::write(stream, &head, timer, timeout).await.map_err(upstream(false))?;
         }
         Body::Whole(b) => {
-            h1::write(stream, &head, timer, timeout).await.map_err(upstream(false))?;
-            h1::write(stream, b, timer, timeout).await.map_err(upstream(false))?;
+            wire::write(stream, &head, timer, timeout).await.map_err(upstream(false))?;
+            wire::write(stream, b, timer, timeout).await.map_err(upstream(false))?;
         }
         Body::Streamed { kept, from, limit, length } => {
             let chunked = length.is_none();
-            h1::write(stream, &head, timer, timeout).await.map_err(upstream(false))?;
+            wire::write(stream, &head, timer, timeout).await.map_err(upstream(false))?;
             if !kept.is_empty() {
-                h1::write_piece(stream, kept, chunked, timer, timeout).await.map_err(upstream(false))?;
+                wire::write_piece(stream, kept, chunked, timer, timeout).await.map_err(upstream(false))?;
             }
             let mut seen = kept.len();
             loop {
@@ -451,15 +451,15 @@ async fn exchange(
                 if seen > *limit {
                     return Err(Failed::Client(CallFailure::TooLarge(*limit)));
                 }
-                h1::write_piece(stream, &chunk, chunked, timer, timeout).await.map_err(upstream(true))?;
+                wire::write_piece(stream, &chunk, chunked, timer, timeout).await.map_err(upstream(true))?;
             }
             if chunked {
-                h1::write(stream, h1::LAST_CHUNK, timer, timeout).await.map_err(upstream(true))?;
+                wire::write(stream, wire::LAST_CHUNK, timer, timeout).await.map_err(upstream(true))?;
             }
         }
     }
     let spent = matches!(body, Body::Streamed { .. });
-    h1::Response::read(stream, timer, no_body, timeout).await.map_err(|error| Failed::Upstream {
+    wire::Response::read(stream, timer, no_body, timeout).await.map_err(|error| Failed::Upstream {
         error,
         written: true,
         body_spent: spent,

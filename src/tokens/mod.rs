@@ -89,6 +89,17 @@ impl TokenError {
         matches!(self, Self::Revoked | Self::NeedsReauth | Self::UnknownAuthorizer)
     }
 
+    /// The HTTP status the gateway answers a caller with when this stops it: 404 for an account
+    /// that is not (or no longer) there, 503 for what a retry may mend, 502/504 for WeChat.
+    pub fn status(&self) -> u16 {
+        match self {
+            Self::UnknownAuthorizer | Self::Revoked => 404,
+            Self::Store(_) | Self::NoTicket | Self::NeedsReauth | Self::Contended | Self::Budget { .. } => 503,
+            Self::Wechat(WechatError::Timeout { .. }) => 504,
+            Self::Wechat(_) => 502,
+        }
+    }
+
     /// A short label for `wxgate_token_refresh_total{result}`.
     pub fn label(&self) -> &'static str {
         match self {

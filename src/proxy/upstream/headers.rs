@@ -1,7 +1,7 @@
 //! The headers of one hop: what the request to WeChat carries and what of WeChat's answer the
 //! client gets (RFC 9110 §7.6.1: neither hop's own headers pass on).
 
-use super::super::h1::connection_tokens;
+use crate::http1::wire::connection_tokens;
 use pingora::http::ResponseHeader;
 
 /// Request headers that are the gateway's, or that the gateway sets itself.

@@ -8,7 +8,7 @@
 //! call's allocations. The connection and its deadlines are the edge's ([`super::edge`]).
 
 use super::edge::Conn;
-use super::h1::{self, Chunk, Framing, H1Error, MAX_HEAD, MAX_HEADERS};
+use super::wire::{self, Chunk, Framing, H1Error, MAX_HEAD, MAX_HEADERS};
 use crate::reply::Reply;
 use bytes::{BufMut, Bytes, BytesMut};
 use http::header::{CONTENT_LENGTH, EXPECT, TRANSFER_ENCODING};
@@ -100,7 +100,7 @@ impl<'c> Session<'c> {
             }
             if std::mem::take(&mut self.expect_continue) {
                 let (stream, timer) = self.conn.io();
-                h1::write(stream, b"HTTP/1.1 100 Continue\r\n\r\n", timer, CLIENT_IO_TIMEOUT).await?;
+                wire::write(stream, b"HTTP/1.1 100 Continue\r\n\r\n", timer, CLIENT_IO_TIMEOUT).await?;
             }
             if self.conn.fill(CLIENT_IO_TIMEOUT).await? == 0 {
                 return Err(H1Error::Closed);
@@ -125,7 +125,7 @@ impl<'c> Session<'c> {
             out.extend_from_slice(&body);
         }
         let (stream, timer) = self.conn.io();
-        h1::write(stream, &out, timer, CLIENT_IO_TIMEOUT).await
+        wire::write(stream, &out, timer, CLIENT_IO_TIMEOUT).await
     }
 
     /// Writes the head of an answer whose body follows in pieces ([`Session::answer_piece`],
@@ -134,21 +134,21 @@ impl<'c> Session<'c> {
     pub async fn answer_head(&mut self, header: &ResponseHeader) -> Result<(), H1Error> {
         let out = self.head(header, None);
         let (stream, timer) = self.conn.io();
-        h1::write(stream, &out, timer, CLIENT_IO_TIMEOUT).await
+        wire::write(stream, &out, timer, CLIENT_IO_TIMEOUT).await
     }
 
     pub async fn answer_piece(&mut self, piece: &[u8]) -> Result<(), H1Error> {
         let (stream, timer) = self.conn.io();
         match self.answered {
             Some((_, Out::Empty)) | None => Ok(()),
-            Some((_, out)) => h1::write_piece(stream, piece, out == Out::Chunked, timer, CLIENT_IO_TIMEOUT).await,
+            Some((_, out)) => wire::write_piece(stream, piece, out == Out::Chunked, timer, CLIENT_IO_TIMEOUT).await,
         }
     }
 
     pub async fn answer_end(&mut self) -> Result<(), H1Error> {
         let (stream, timer) = self.conn.io();
         match self.answered {
-            Some((_, Out::Chunked)) => h1::write(stream, h1::LAST_CHUNK, timer, CLIENT_IO_TIMEOUT).await,
+            Some((_, Out::Chunked)) => wire::write(stream, wire::LAST_CHUNK, timer, CLIENT_IO_TIMEOUT).await,
             _ => Ok(()),
         }
     }
@@ -246,7 +246,7 @@ fn put_header(head: &mut BytesMut, name: &[u8], value: &[u8]) {
 /// body is framed, and whether the client keeps the connection open. What follows the head
 /// stays in `buf`.
 fn parse_request(buf: &mut BytesMut) -> Result<Option<(http::request::Parts, Framing, bool)>, Unread> {
-    let head_len = h1::head_len(buf, |buf, headers| parse(&mut httparse::Request::new(&mut []), buf, headers));
+    let head_len = wire::head_len(buf, |buf, headers| parse(&mut httparse::Request::new(&mut []), buf, headers));
     let Some(len) = head_len.map_err(head_error)? else { return Ok(None) };
     request(&buf.split_to(len).freeze()).map(Some)
 }
@@ -289,7 +289,7 @@ fn request(head: &Bytes) -> Result<(http::request::Parts, Framing, bool), Unread
         map.append(name, value);
     }
     let body = framing(&map)?;
-    let keepalive = h1::keeps_alive(version, &map);
+    let keepalive = wire::keeps_alive(version, &map);
     let (mut parts, ()) = http::Request::new(()).into_parts();
     (parts.method, parts.uri, parts.version, parts.headers) = (method, uri, version, map);
     Ok((parts, body, keepalive))
@@ -298,7 +298,7 @@ fn request(head: &Bytes) -> Result<(http::request::Parts, Framing, bool), Unread
 /// How the request body is delimited (RFC 9112 §6.3): a request framed two ways, or by a
 /// coding other than chunked, is refused, as is a length that is not one number.
 fn framing(headers: &HeaderMap) -> Result<Framing, Unread> {
-    if let Some(chunked) = h1::ends_chunked(headers) {
+    if let Some(chunked) = wire::ends_chunked(headers) {
         if headers.contains_key(CONTENT_LENGTH) {
             return Err(Unread::Malformed("both Content-Length and Transfer-Encoding"));
         }
@@ -307,7 +307,7 @@ fn framing(headers: &HeaderMap) -> Result<Framing, Unread> {
             false => Err(Unread::Malformed("a Transfer-Encoding that does not end with chunked")),
         };
     }
-    Ok(match h1::content_length(headers).map_err(Unread::Malformed)? {
+    Ok(match wire::content_length(headers).map_err(Unread::Malformed)? {
         None | Some(0) => Framing::Done,
         Some(n) => Framing::Length(n),
     })

@@ -5,12 +5,11 @@
 //! Between requests a connection holds its stream and a timer, and no buffer: the read that
 //! finds the next request begun reads onto the stack, and only what it brought is kept.
 
-use super::h1::{self, H1Error};
 use super::session::{Session, Unread};
+use super::wire::{self, H1Error};
 use crate::reply::Reply;
 use async_trait::async_trait;
 use bytes::BytesMut;
-use http::Method;
 use pingora::apps::ServerApp;
 use pingora::protocols::Stream;
 use pingora::server::ShutdownWatch;
@@ -119,23 +118,6 @@ async fn stopped(mut shutdown: ShutdownWatch) {
     let _ = shutdown.wait_for(|stop| *stop).await;
 }
 
-/// What the edge refuses before anything is resolved or forwarded: methods WeChat's API does
-/// not use (TRACE would echo the injected token back; methods are case-sensitive, so `get` is
-/// not GET), and an HTTP/1.1 request without `Host` or with two. A request framed two ways
-/// is refused as its head is read ([`Session::read`]).
-pub fn check_request(req: &http::request::Parts) -> Result<(), Reply> {
-    if req.method != Method::GET && req.method != Method::POST {
-        return Err(Reply::error(405, "only GET and POST are taken"));
-    }
-    if req.version == http::Version::HTTP_11 && !req.headers.contains_key(http::header::HOST) {
-        return Err(Reply::error(400, "an HTTP/1.1 request needs a Host header"));
-    }
-    if req.headers.get_all(http::header::HOST).iter().nth(1).is_some() {
-        return Err(Reply::error(400, "more than one Host header"));
-    }
-    Ok(())
-}
-
 /// Where a connection is: what its current deadline is for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Phase {
@@ -163,7 +145,7 @@ pub struct Conn {
     /// The connection closes with some of a request not read: see [`Conn::linger`].
     unread: bool,
     /// For the reads and writes past the head that have to wait: a request's body, an answer.
-    timer: h1::Timer,
+    timer: wire::Timer,
 }
 
 impl Conn {
@@ -178,12 +160,12 @@ impl Conn {
             due: Some(due),
             deadline: Box::pin(tokio::time::sleep_until(due)),
             unread: false,
-            timer: h1::Timer::default(),
+            timer: wire::Timer::default(),
         }
     }
 
     /// The stream, and the timer its reads and writes past the head share.
-    pub fn io(&mut self) -> (&mut Stream, &mut h1::Timer) {
+    pub fn io(&mut self) -> (&mut Stream, &mut wire::Timer) {
         (&mut self.stream, &mut self.timer)
     }
 
@@ -250,7 +232,7 @@ impl Conn {
     /// Reads more of a request body within `timeout`; 0 at the connection's end.
     pub async fn fill(&mut self, timeout: Duration) -> Result<usize, H1Error> {
         self.phase = Phase::Body;
-        h1::read(&mut self.stream, &mut self.buf, &mut self.timer, timeout).await
+        wire::read(&mut self.stream, &mut self.buf, &mut self.timer, timeout).await
     }
 
     /// The request was answered and its body read: the connection waits for the next one,

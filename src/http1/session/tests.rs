@@ -76,9 +76,9 @@ fn an_odd_head_is_read_as_the_parser_reads_it() {
         );
     }
     assert_eq!(parsed("GET /a HTTP/1.1\nHost: x\n").err(), Some("partial"));
-    assert_eq!(h1::crlf_head_end(b"GET / HTTP/1.1\r\nHost: x\r\n\r\nbody"), Some(27));
-    assert_eq!(h1::crlf_head_end(b"GET / HTTP/1.1\r\nHost: x\r\n"), None);
-    assert_eq!(h1::crlf_head_end(b"GET / HTTP/1.1\nHost: x\r\n\r\n"), None);
+    assert_eq!(wire::crlf_head_end(b"GET / HTTP/1.1\r\nHost: x\r\n\r\nbody"), Some(27));
+    assert_eq!(wire::crlf_head_end(b"GET / HTTP/1.1\r\nHost: x\r\n"), None);
+    assert_eq!(wire::crlf_head_end(b"GET / HTTP/1.1\nHost: x\r\n\r\n"), None);
 }
 
 /// What the test server does with each request.
