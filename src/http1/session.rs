@@ -5,9 +5,9 @@
 //!
 //! pingora's server session did the same with more per request: a boxed session, a request
 //! header with a case map, room for 256 headers zeroed, a write buffer: most of a small
-//! call's allocations. The connection and its deadlines are the edge's ([`super::edge`]).
+//! call's allocations. The connection and its deadlines are [`super::conn`]'s.
 
-use super::edge::Conn;
+use super::conn::Conn;
 use super::wire::{self, Chunk, Framing, H1Error, MAX_HEAD, MAX_HEADERS};
 use crate::reply::Reply;
 use bytes::{BufMut, Bytes, BytesMut};
