@@ -217,6 +217,16 @@ pub static MESSAGE_DELIVERY: LazyLock<Histogram> = LazyLock::new(|| {
     .expect("metric")
 });
 
+/// The outbox's attempts by route too: a route is a configured name, so the series are bounded.
+pub static ROUTE_ATTEMPTS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "wxgate_outbox_route_attempts_total",
+        "Delivery attempts from the outbox by route ([[messages.routes]] or [[events.routes]] name) and result (delivered|retry|failed)",
+        &["route", "result"]
+    )
+    .expect("metric")
+});
+
 pub static MESSAGE_ATTEMPTS: LazyLock<IntCounterVec> = LazyLock::new(|| {
     register_int_counter_vec!(
         "wxgate_message_delivery_attempts_total",
@@ -247,6 +257,7 @@ pub fn init() {
         MESSAGE_ATTEMPTS.with_label_values(&[result]);
     }
     LazyLock::force(&BUDGET_EXHAUSTED);
+    LazyLock::force(&ROUTE_ATTEMPTS);
     LazyLock::force(&LEASE_RELEASE_FAILURES);
     for result in ["ok", "error", "busy"] {
         RECONCILE.with_label_values(&[result]);

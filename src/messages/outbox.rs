@@ -340,23 +340,7 @@ impl Outbox {
         };
         let (id, route) = (&message.id, &message.route);
         match self.store.outbox().settle(&self.component, id, &token, &outcome).await {
-            Ok(true) => match &outcome {
-                Outcome::Delivered => {
-                    metrics::MESSAGE_ATTEMPTS.with_label_values(&["delivered"]).inc();
-                    metrics::MESSAGE_DELIVERY.observe((now - message.received_at_ms).max(0) as f64 / 1000.0);
-                    tracing::debug!(delivery = %id, route = %route, attempt, "message delivered");
-                }
-                Outcome::Retry { at_ms, error } => {
-                    metrics::MESSAGE_ATTEMPTS.with_label_values(&["retry"]).inc();
-                    tracing::info!(delivery = %id, route = %route, attempt, reason = %error,
-                        retry_in_ms = at_ms - now, "message delivery failed; will retry");
-                }
-                Outcome::Failed { error } => {
-                    metrics::MESSAGE_ATTEMPTS.with_label_values(&["failed"]).inc();
-                    tracing::warn!(delivery = %id, route = %route, attempt, reason = %error,
-                        "message not delivered within messages.max_age_hours; kept as failed");
-                }
-            },
+            Ok(true) => counted(&message, &outcome, now),
             Ok(false) => tracing::info!(delivery = %id, route = %route, attempt,
                 "message's claim passed on meanwhile (lease ran out, or an operator acted); outcome dropped"),
             Err(e) => tracing::warn!(delivery = %id, route = %route, attempt, error = %e,
@@ -389,6 +373,30 @@ impl Outbox {
             tracing::warn!(error = %e, "outbox: cannot prune old dedupe keys");
         }
     }
+}
+
+/// An attempt's outcome, settled: counted (by result, and by route and result) and logged.
+fn counted(message: &OutboxMessage, outcome: &Outcome, now: i64) {
+    let (id, route, attempt) = (&message.id, &message.route, message.attempts);
+    let result = match outcome {
+        Outcome::Delivered => {
+            metrics::MESSAGE_DELIVERY.observe((now - message.received_at_ms).max(0) as f64 / 1000.0);
+            tracing::debug!(delivery = %id, route = %route, attempt, "message delivered");
+            "delivered"
+        }
+        Outcome::Retry { at_ms, error } => {
+            tracing::info!(delivery = %id, route = %route, attempt, reason = %error,
+                retry_in_ms = at_ms - now, "message delivery failed; will retry");
+            "retry"
+        }
+        Outcome::Failed { error } => {
+            tracing::warn!(delivery = %id, route = %route, attempt, reason = %error,
+                "message not delivered within messages.max_age_hours; kept as failed");
+            "failed"
+        }
+    };
+    metrics::MESSAGE_ATTEMPTS.with_label_values(&[result]).inc();
+    metrics::ROUTE_ATTEMPTS.with_label_values(&[route, result]).inc();
 }
 
 #[cfg(test)]

@@ -161,12 +161,15 @@ async fn each_event_kind_reaches_a_plaintext_handler_once_the_gateway_acted() {
     assert_eq!(admin_json(&gw, "/admin/messages").await["total"], 0);
     assert_eq!(admin_json(&gw, "/admin/events").await["pending"], 0);
     let metrics = gw.metrics().await;
-    assert!(
-        metrics.lines().any(|l| l.starts_with("wxgate_messages_total{")
-            && l.contains("route=\"tenants\"")
-            && l.contains("result=\"queued\"")),
-        "counted by route"
-    );
+    let counted = |family: &str, result: &str| {
+        metrics.lines().any(|l| {
+            l.starts_with(&format!("{family}{{"))
+                && l.contains("route=\"tenants\"")
+                && l.contains(&format!("result=\"{result}\""))
+        })
+    };
+    assert!(counted("wxgate_messages_total", "queued"), "queued, by route");
+    assert!(counted("wxgate_outbox_route_attempts_total", "delivered"), "delivered, by route");
     drop(gw);
     assert_no_secrets(&setup.log(), &[ROUTE_TOKEN, "platform-key-0123456789", "queryauthcode@@@"]);
 }
