@@ -195,6 +195,11 @@ impl<'c> Session<'c> {
             Out::UntilClose
         };
         self.answered = Some((status, out));
+        // RFC 9110 §8.6: a 1xx or 204 has no Content-Length, and a 304's could only be the length
+        // of what a 200 would carry, never of the empty body here: none is written.
+        let lengthless =
+            matches!(status, StatusCode::NO_CONTENT | StatusCode::NOT_MODIFIED) || status.is_informational();
+        let whole = whole.filter(|_| !lengthless);
         let drainable = match self.body {
             Framing::Done => true,
             // A client still waiting for `100 Continue` may send its body or not.
@@ -213,7 +218,7 @@ impl<'c> Session<'c> {
         head.put_slice(status.canonical_reason().unwrap_or("Unknown").as_bytes());
         head.put_slice(b"\r\n");
         for (name, value) in &header.headers {
-            if name == CONTENT_LENGTH && whole.is_some()
+            if name == CONTENT_LENGTH && (whole.is_some() || lengthless)
                 || name == TRANSFER_ENCODING
                 || name == http::header::CONNECTION
             {

@@ -88,6 +88,8 @@ enum Answer {
     Whole,
     /// Read the body, then answer its length in two pieces, without a length.
     Pieces,
+    /// An empty answer whole, with this status.
+    Empty(u16),
 }
 
 /// Answers as the test asks.
@@ -125,6 +127,10 @@ async fn respond(session: &mut Session<'_>, answer: Answer) -> Result<(), H1Erro
             let reply = Reply::text(200, "ok");
             session.answer_whole(&reply.header().unwrap(), reply.body).await
         }
+        Answer::Empty(status) => {
+            let reply = Reply::text(status, "");
+            session.answer_whole(&reply.header().unwrap(), reply.body).await
+        }
         Answer::Pieces => {
             let mut len = 0;
             while let Some(piece) = session.body_piece().await? {
@@ -157,6 +163,22 @@ async fn sent(stream: &mut tokio::net::TcpStream, request: &[u8], until: &str) -
 
 async fn connect(addr: std::net::SocketAddr) -> tokio::net::TcpStream {
     tokio::net::TcpStream::connect(addr).await.unwrap()
+}
+
+#[tokio::test]
+async fn a_204_or_304_has_no_length_and_an_empty_200_says_0() {
+    for (status, length) in [(204, None), (304, None), (200, Some("content-length: 0\r\n"))] {
+        let mut c = connect(server(Answer::Empty(status)).await).await;
+        let head = sent(&mut c, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", "\r\n\r\n").await.to_ascii_lowercase();
+        assert!(head.starts_with(&format!("http/1.1 {status} ")), "{head}");
+        match length {
+            Some(line) => assert!(head.contains(line), "{head}"),
+            None => assert!(!head.contains("content-length"), "{status}: {head}"),
+        }
+        // The connection goes on: the next request is answered on it.
+        let again = sent(&mut c, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", "\r\n\r\n").await;
+        assert!(again.starts_with(&format!("HTTP/1.1 {status} ")), "{again}");
+    }
 }
 
 #[tokio::test]
