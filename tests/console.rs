@@ -66,10 +66,15 @@ async fn screenshot(page: &Page, path: &Path) {
     println!("console screenshot: {}", path.display());
 }
 
-/// A gateway with the sandbox and three authorized accounts.
+/// A gateway with the sandbox and three authorized accounts, whose `authorized` events wait in
+/// the outbox for a platform handler that is down.
 async fn gateway() -> (Setup, wxgate::sandbox::Sandbox, Gateway) {
     let mut setup = Setup::new();
     let sandbox = setup.sandbox(7200).await;
+    setup.extra_toml = format!(
+        "\n[[events.routes]]\nname = \"tenants\"\nurl = \"http://127.0.0.1:{}/events\"\ntoken = \"routetoken42\"\n",
+        free_port()
+    );
     let gw = setup.start().await;
     ticket_delivered(&sandbox).await;
     for a in ACCOUNTS {
@@ -78,6 +83,11 @@ async fn gateway() -> (Setup, wxgate::sandbox::Sandbox, Gateway) {
     eventually(Duration::from_secs(10), "three accounts authorized", || async {
         let list: Value = gw.admin_get("/admin/authorizers").await.json().await.unwrap();
         list["total"] == 3
+    })
+    .await;
+    eventually(Duration::from_secs(10), "three platform events in the outbox", || async {
+        let listed: Value = gw.admin_get("/admin/messages").await.json().await.unwrap();
+        listed["total"] == 3
     })
     .await;
     (setup, sandbox, gw)
@@ -159,6 +169,9 @@ async fn story(browser: &Browser, gw: &Gateway, setup: &Setup) {
     let outbox = gw.admin_get("/admin/messages").await.status();
     let hidden = js(&page, "document.getElementById('outbox-panel').hidden").await;
     assert_eq!(hidden, Value::Bool(outbox == 404), "outbox route answers {outbox}");
+    // Platform events waiting for their handler show with their InfoType and route.
+    until(&page, "document.getElementById('outbox').innerText.split('platform: authorized').length === 4").await;
+    until(&page, "document.getElementById('outbox').innerText.includes('tenants')").await;
 
     // Refresh one account: its last-refresh time moves on.
     let cell = format!("document.querySelector('tr[data-appid=\"{}\"] td.last-refresh').dataset.ms", ACCOUNTS[0]);
