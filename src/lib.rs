@@ -33,8 +33,10 @@
 //! - [`listeners`]: the listening sockets, inherited from the launcher or bound, handed to pingora.
 //! - [`app`]: the one place that wires stores, services and pingora together.
 //!
-//! Data flows one way: callbacks and the scheduler write into `tokens`; `proxy` and `admin`
-//! read from it, and may only ask it for a refresh.
+//! Data flows one way: callbacks and the scheduler write into `tokens`; once `tokens` has acted
+//! on an authorization event it hands it to `events` (through a trait of its own), which puts
+//! it in the outbox for the apps; `proxy` and `admin` read from `tokens`, and may only ask it
+//! for a refresh.
 //!
 //! # Layers
 //!
