@@ -136,7 +136,7 @@ where
         let key = socket.addr.to_string();
         // No read buffer under the connection: pingora's default is 64 KiB for each, held for
         // the connection's life, idle or not. The proxy's edge reads a request's start into a
-        // buffer of its own that lives only while the request does (`proxy::edge`).
+        // buffer of its own that lives only while the request does (`http1::conn`).
         let unbuffered_reads = L4BufferSettings::default().read(0);
         service.add_listener(ListenerConfig::tcp(&key).l4_buffer(unbuffered_reads));
         let mut fds = Fds::new();

@@ -84,7 +84,7 @@ impl BodyError {
     }
 }
 
-/// A request whose body is read piece by piece: the listeners' session (`proxy::Session`), or
+/// A request whose body is read piece by piece: the listeners' session (`http1::Session`), or
 /// a test's.
 pub trait RequestBody {
     fn headers(&self) -> &http::HeaderMap;
