@@ -303,7 +303,7 @@ fn measure(
         .block_on(TokenService::load(AppId::parse(COMPONENT).unwrap(), store, Arc::new(NoWechat), Settings::new(AHEAD)))
         .expect("load");
     let load_s = started.elapsed().as_secs_f64();
-    let loaded = service.authorizer_count(); // also runs moka's pending housekeeping
+    let loaded = service.authorizers().count(); // also runs moka's pending housekeeping
     let rss_after = proc_status_mb("VmRSS");
     let rss_peak = proc_status_mb("VmHWM");
     // What of it is live: mimalloc keeps some freed memory (the records' Vec) until collected.
@@ -313,7 +313,7 @@ fn measure(
     assert_eq!(loaded, authorizers as u64);
 
     // The plan the load made, read back from the service.
-    let planned = service.planned_authorizer_refreshes();
+    let planned = service.authorizers().planned_refreshes();
     assert_eq!(planned.len(), authorizers, "every active authorizer is planned");
     let real = simulate(&planned, load_started_ms);
 
@@ -614,7 +614,9 @@ mod redis_bench {
         let appids: Vec<AppId> = changed.iter().map(|a| AppId::parse(a).unwrap()).collect();
         let deadline = Instant::now() + Duration::from_secs(120);
         let all_applied = || {
-            appids.iter().all(|a| service.authorizer_status(a).is_some_and(|s| s.last_refresh_at_ms == new_refresh_at))
+            appids
+                .iter()
+                .all(|a| service.authorizers().status(a).is_some_and(|s| s.last_refresh_at_ms == new_refresh_at))
         };
         while !all_applied() {
             assert!(Instant::now() < deadline, "the catch-up did not arrive");

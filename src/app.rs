@@ -102,7 +102,7 @@ pub fn build(config: &Config, source: Option<Source>, sockets: Sockets) -> Resul
     let handler = Arc::new(HandlerClient::new(Arc::clone(&message_settings))?);
     let event_routes = live.part(config, |c| EventRoutes::new(&c.events.routes));
     let events = Arc::new(PlatformEvents::new(event_routes, Arc::clone(&outbox)));
-    tokens.hand_events_to(Arc::clone(&events) as _);
+    tokens.events().hand_to(Arc::clone(&events) as _);
     let deliveries: Arc<dyn Deliver> = Arc::new(Deliveries { handler: Arc::clone(&handler), events });
     let release = Arc::new(ReleaseCheck::new(Arc::clone(&tokens), config.upstream.base_url.clone())?);
     let messages = Arc::new(MessageService::new(
@@ -215,7 +215,7 @@ fn load_tokens(
     if let Some(changes) = changes {
         rt.spawn(Arc::clone(&tokens).follow_changes(changes));
     }
-    tracing::info!(authorizers = tokens.authorizer_count(), "token state loaded from the store");
+    tracing::info!(authorizers = tokens.authorizers().count(), "token state loaded from the store");
     Ok(tokens)
 }
 

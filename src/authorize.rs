@@ -34,8 +34,8 @@ impl AuthorizeLinks {
     /// Both links, each with its own pre_auth_code (a code can be used once).
     pub async fn fresh(&self, tokens: &TokenService, app_redirect: Option<&Url>) -> Result<Links, TokenError> {
         let redirect_uri = self.redirect_uri(app_redirect);
-        let pc = tokens.pre_auth_code().await?;
-        let mobile = tokens.pre_auth_code().await?;
+        let pc = tokens.component().pre_auth_code().await?;
+        let mobile = tokens.component().pre_auth_code().await?;
         Ok(Links {
             pc_url: self.link("cgi-bin/componentloginpage", &[], pc.value.expose(), &redirect_uri, ""),
             mobile_url: self.link(

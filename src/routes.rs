@@ -132,7 +132,7 @@ impl GatewayRoutes {
             Ok(r) => r,
             Err(e) => return Reply::html(400, error_page(e)),
         };
-        match self.tokens.authorize_with_code(&code).await {
+        match self.tokens.grants().authorize(&code).await {
             Ok(appid) => match redirect {
                 Some(app) => Reply::redirect(done_redirect(&app, &appid)),
                 None => Reply::html(200, done_page(&appid)),

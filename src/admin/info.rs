@@ -9,8 +9,8 @@ use serde_json::{json, Value};
 /// The status of `appid` merged with its info; `state` says `frozen`, `closed` or `banned`
 /// when WeChat reports the account so.
 pub(super) async fn with_info(app: &AdminApp, mut status: Value, appid: &AppId) -> Result<Value, Reply> {
-    let info = app.tokens.authorizer_info(appid).await.map_err(|e| Reply::error(e.status(), e))?;
-    if let Some(label) = app.tokens.account_state(appid).filter(|_| status["state"] == "active") {
+    let info = app.tokens.info().stored(appid).await.map_err(|e| Reply::error(e.status(), e))?;
+    if let Some(label) = app.tokens.info().account_state(appid).filter(|_| status["state"] == "active") {
         status["state"] = json!(label);
     }
     let fields = match info {
@@ -26,7 +26,7 @@ pub(super) async fn with_info(app: &AdminApp, mut status: Value, appid: &AppId) 
 
 /// `GET /admin/authorizers/{appid}`.
 pub(super) async fn one(app: &AdminApp, appid: &AppId) -> Reply {
-    let Some(status) = app.tokens.authorizer_status(appid) else {
+    let Some(status) = app.tokens.authorizers().status(appid) else {
         return Reply::error(404, "unknown authorizer");
     };
     match with_info(app, super::shapes::authorizer(&status), appid).await {
@@ -37,7 +37,7 @@ pub(super) async fn one(app: &AdminApp, appid: &AppId) -> Reply {
 
 /// `GET /admin/authorizers[?offset=&limit=]`.
 pub(super) async fn page(app: &AdminApp, offset: usize, limit: usize) -> Reply {
-    let (total, page) = app.tokens.authorizer_statuses(offset, limit);
+    let (total, page) = app.tokens.authorizers().statuses(offset, limit);
     let mut authorizers = Vec::with_capacity(page.len());
     for status in page {
         let Ok(appid) = AppId::parse(&status.appid) else { continue };
@@ -51,7 +51,7 @@ pub(super) async fn page(app: &AdminApp, offset: usize, limit: usize) -> Reply {
 
 /// `POST /admin/reconcile`: 503 while another instance reconciles.
 pub(super) async fn reconcile(app: &AdminApp) -> Reply {
-    match app.tokens.reconcile().await {
+    match app.tokens.reconciler().reconcile().await {
         Ok(done) => Reply::json(200, &super::shapes::reconciled(&done)),
         Err(e) => Reply::error(e.status(), e),
     }
@@ -59,15 +59,15 @@ pub(super) async fn reconcile(app: &AdminApp) -> Reply {
 
 /// Every authorizer's status with its info, for a search: the infos are read in one pass.
 pub(super) async fn all(app: &AdminApp) -> Result<Vec<Value>, Reply> {
-    let infos = app.tokens.authorizer_infos().await.map_err(|e| Reply::error(e.status(), e))?;
+    let infos = app.tokens.info().all().await.map_err(|e| Reply::error(e.status(), e))?;
     let mut infos: std::collections::HashMap<AppId, Value> =
         infos.into_iter().map(|i| (i.appid, i.to_json())).collect();
-    let (_, statuses) = app.tokens.authorizer_statuses(0, usize::MAX);
+    let (_, statuses) = app.tokens.authorizers().statuses(0, usize::MAX);
     let mut all = Vec::with_capacity(statuses.len());
     for status in statuses {
         let Ok(appid) = AppId::parse(&status.appid) else { continue };
         let mut v = super::shapes::authorizer(&status);
-        if let Some(label) = app.tokens.account_state(&appid).filter(|_| v["state"] == "active") {
+        if let Some(label) = app.tokens.info().account_state(&appid).filter(|_| v["state"] == "active") {
             v["state"] = json!(label);
         }
         if let (Some(obj), Some(Value::Object(fields))) = (v.as_object_mut(), infos.remove(&appid)) {

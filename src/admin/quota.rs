@@ -18,7 +18,7 @@ pub(super) async fn get(app: &AdminApp, appid: &AppId, query: &str) -> Reply {
     let Some(cgi_path) = cgi_path.filter(|p| valid_cgi_path(p)) else {
         return Reply::error(400, "cgi_path must be an API path such as /cgi-bin/message/custom/send");
     };
-    let token = match app.tokens.authorizer_token(appid).await {
+    let token = match app.tokens.authorizers().token(appid).await {
         Ok(token) => token,
         Err(e) => return Reply::error(e.status(), e),
     };
@@ -30,7 +30,7 @@ pub(super) async fn get(app: &AdminApp, appid: &AppId, query: &str) -> Reply {
 
 /// `POST /admin/authorizers/{appid}/clear-quota`.
 pub(super) async fn clear_authorizer(app: &AdminApp, appid: &AppId) -> Reply {
-    let via = match app.tokens.authorizer_token(appid).await {
+    let via = match app.tokens.authorizers().token(appid).await {
         Ok(token) => match app.quota.clear_quota(&token.value, appid).await {
             Ok(()) => "clear_quota",
             Err(e) => return wechat_error(e),
@@ -53,7 +53,7 @@ pub(super) async fn clear_component(app: &AdminApp) -> Reply {
     match app.quota.clear_quota_v2(None).await {
         Ok(()) => {
             tracing::info!("component quota cleared (clear_quota/v2)");
-            Reply::json(200, &json!({ "cleared": app.tokens.component().as_str(), "via": "clear_quota/v2" }))
+            Reply::json(200, &json!({ "cleared": app.tokens.component_appid().as_str(), "via": "clear_quota/v2" }))
         }
         Err(e) => wechat_error(e),
     }

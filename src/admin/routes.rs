@@ -18,13 +18,13 @@ pub(super) async fn handle(app: &AdminApp, session: &mut Session<'_>, method: &M
     let query = session.req().uri.query().unwrap_or_default().to_owned();
     let segments: Vec<&str> = path.trim_start_matches("/admin/").split('/').collect();
     match (method, segments.as_slice()) {
-        (&Method::GET, ["component"]) => Reply::json(200, &super::shapes::component(&app.tokens.component_status())),
+        (&Method::GET, ["component"]) => Reply::json(200, &super::shapes::component(&app.tokens.component().status())),
         (&Method::GET, ["authorizers"]) => list(app, &query).await,
         (&Method::GET, ["authorize-url"]) => authorize_url(app, &query).await,
         (&Method::POST, ["reconcile"]) => super::info::reconcile(app).await,
         (&Method::POST, ["component", "clear-quota"]) => super::quota::clear_component(app).await,
         (_, ["messages", rest @ ..]) => super::messages::handle(app, method, rest, &query).await,
-        (&Method::GET, ["events"]) => match app.tokens.pending_events().await {
+        (&Method::GET, ["events"]) => match app.tokens.events().pending().await {
             Ok(events) => Reply::json(200, &super::shapes::pending_events(&events)),
             Err(e) => Reply::error(e.status(), e),
         },
@@ -48,7 +48,7 @@ async fn authorizer(app: &AdminApp, session: &mut Session<'_>, method: &Method, 
             Ok(false) => Reply::error(404, "unknown authorizer"),
             Err(e) => Reply::error(e.status(), e),
         },
-        (&Method::POST, ["refresh"]) => match app.tokens.refresh_now(appid).await {
+        (&Method::POST, ["refresh"]) => match app.tokens.authorizers().refresh_now(appid).await {
             Ok(status) => Reply::json(200, &super::shapes::authorizer(&status)),
             Err(e) => Reply::error(e.status(), e),
         },
@@ -102,7 +102,7 @@ async fn import(app: &AdminApp, session: &mut Session<'_>, appid: &AppId) -> Rep
     let Some(refresh_token) = refresh_token else {
         return Reply::error(400, "the body must be JSON: {\"refresh_token\": \"...\"}");
     };
-    match app.tokens.import_authorizer(appid, refresh_token).await {
+    match app.tokens.grants().import(appid, refresh_token).await {
         Ok(status) => {
             tracing::info!(authorizer = %appid, "authorizer imported");
             Reply::json(200, &super::shapes::authorizer(&status))

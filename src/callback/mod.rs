@@ -110,7 +110,7 @@ impl ComponentReceiver {
         let encrypt = self.envelope(body)?;
         let message = self.crypt.open(&params.timestamp, &params.nonce, &encrypt, &params.msg_signature)?;
         let fields = xml::parse(&message).map_err(CallbackError::Message)?;
-        if fields.get("AppId").is_some_and(|a| a != self.tokens.component().as_str()) {
+        if fields.get("AppId").is_some_and(|a| a != self.tokens.component_appid().as_str()) {
             return Err(CallbackError::WrongComponent);
         }
         let Some(info_type) = fields.get("InfoType").filter(|t| !t.is_empty()) else {
@@ -141,7 +141,7 @@ impl ComponentReceiver {
         let fields = xml::parse(text).map_err(CallbackError::Envelope)?;
         // System pushes carry AppId; older demos rewrap them with ToUserName.
         let addressed = fields.get("AppId").or_else(|| fields.get("ToUserName"));
-        if addressed.is_some_and(|a| !a.is_empty() && a != self.tokens.component().as_str()) {
+        if addressed.is_some_and(|a| !a.is_empty() && a != self.tokens.component_appid().as_str()) {
             return Err(CallbackError::WrongComponent);
         }
         let encrypt = fields.get("Encrypt").filter(|e| !e.is_empty()).ok_or(CallbackError::Field("Encrypt"))?;
@@ -154,7 +154,7 @@ impl ComponentReceiver {
             .filter(|t| !t.is_empty())
             .ok_or(CallbackError::Field("ComponentVerifyTicket"))?;
         let ticket = Ticket { value: Secret::new(value), create_time, received_at: unix_now() };
-        Ok(self.tokens.accept_ticket(ticket).await?)
+        Ok(self.tokens.component().accept_ticket(ticket).await?)
     }
 
     async fn record_event(
@@ -172,7 +172,7 @@ impl ComponentReceiver {
             payload: Secret::new(message),
             received_at: unix_now(),
         };
-        Ok(self.tokens.accept_event(event).await?)
+        Ok(self.tokens.events().accept(event).await?)
     }
 }
 

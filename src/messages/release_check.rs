@@ -105,7 +105,7 @@ impl ReleaseCheck {
     }
 
     async fn exchange_and_send(&self, code: &str, openid: &str) -> Result<(), ReleaseError> {
-        let auth = self.tokens.query_auth_unkept(code).await?;
+        let auth = self.tokens.grants().exchange(code).await?;
         let mut url =
             self.base_url.join("cgi-bin/message/custom/send").map_err(|e| ReleaseError::Send(e.to_string()))?;
         url.query_pairs_mut().append_pair("access_token", auth.access_token.value.expose());

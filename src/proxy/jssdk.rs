@@ -26,7 +26,7 @@ pub async fn getticket(tokens: &TokenService, scope: &Scope, query: &str) -> Rep
     let Some(kind) = TicketKind::parse(&kind) else {
         return Reply::error(400, "type must be jsapi or wx_card");
     };
-    match tokens.js_ticket(appid, kind).await {
+    match tokens.tickets().get(appid, kind).await {
         Ok(ticket) => {
             let expires_in = ((ticket.expires_at - tokens.clock().now_ms()) / 1000).max(0);
             Reply::json(
@@ -71,7 +71,7 @@ pub async fn config(
         Some(Err(reason)) => return Reply::error(400, reason),
         None => return Reply::error(400, "name the page: ?url=URL, or POST {\"url\": URL}"),
     };
-    let ticket = match tokens.js_ticket(&appid, TicketKind::Jsapi).await {
+    let ticket = match tokens.tickets().get(&appid, TicketKind::Jsapi).await {
         Ok(ticket) => ticket,
         Err(e) => return Reply::error(e.status(), e),
     };

@@ -87,7 +87,7 @@ impl Gateway {
         upstream: Arc<Upstream>,
         settings: ProxyConfig,
     ) -> Self {
-        let component = *tokens.component();
+        let component = *tokens.component_appid();
         Self { routes, tokens, clients, upstream, settings, component }
     }
 
@@ -179,8 +179,8 @@ impl Gateway {
 
     async fn token_for(&self, scope: &Scope) -> std::result::Result<Arc<AccessToken>, crate::tokens::TokenError> {
         match scope {
-            Scope::Authorizer(appid) => self.tokens.authorizer_token(appid).await,
-            Scope::Component => self.tokens.component_token().await,
+            Scope::Authorizer(appid) => self.tokens.authorizers().token(appid).await,
+            Scope::Component => self.tokens.component().token().await,
         }
     }
 
@@ -190,8 +190,8 @@ impl Gateway {
         failed: &AccessToken,
     ) -> std::result::Result<Arc<AccessToken>, crate::tokens::TokenError> {
         match scope {
-            Scope::Authorizer(appid) => self.tokens.replace_authorizer_token(appid, &failed.value).await,
-            Scope::Component => self.tokens.replace_component_token(&failed.value).await,
+            Scope::Authorizer(appid) => self.tokens.authorizers().replace(appid, &failed.value).await,
+            Scope::Component => self.tokens.component().replace(&failed.value).await,
         }
     }
 

@@ -82,8 +82,8 @@ async fn fetch(tokens: &TokenService, client: &Client, scope: &Scope) -> Result<
         Scope::Component if !client.component => {
             return Err(Reply::error(403, "this client may not use the component token"))
         }
-        Scope::Authorizer(appid) => tokens.authorizer_token(appid).await,
-        Scope::Component => tokens.component_token().await,
+        Scope::Authorizer(appid) => tokens.authorizers().token(appid).await,
+        Scope::Component => tokens.component().token().await,
     };
     result.map_err(|e| Reply::error(e.status(), e))
 }

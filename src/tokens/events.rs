@@ -8,13 +8,17 @@
 //! on yet, the account's later events wait, so that an app never hears of a revocation before
 //! the authorization it undoes.
 
-use super::{Job, TokenError, TokenService};
+use super::authorizer::AuthorizerTokens;
+use super::core::Core;
+use super::grants::Grants;
+use super::{Job, TokenError};
 use crate::store::{unix_now, AuthEvent, StoreError, StoredEvent};
 use crate::wechat::ApiErrorKind;
 use crate::{xml, AppId};
 use async_trait::async_trait;
 use std::collections::{HashMap, HashSet};
-use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
 /// Where an event goes once the gateway has acted on it: the platform's apps.
 #[async_trait]
@@ -51,42 +55,65 @@ pub struct PendingEvent {
     pub failure: Option<EventFailure>,
 }
 
-impl TokenService {
+/// The authorization events: recorded durably, acted on in order, handed on.
+pub struct Events {
+    core: Arc<Core>,
+    authorizers: Arc<AuthorizerTokens>,
+    grants: Arc<Grants>,
+    /// Where events go once acted on (`crate::events`); none in tests that do not ask.
+    handoff: OnceLock<Arc<dyn EventHandoff>>,
+    /// Failed runs in a row, for the retry's backoff.
+    failures: Mutex<u32>,
+    /// Why each pending event is waiting, by its id (this instance's attempts).
+    failed: Mutex<HashMap<i64, EventFailure>>,
+}
+
+impl Events {
+    pub(super) fn new(authorizers: Arc<AuthorizerTokens>, grants: Arc<Grants>) -> Self {
+        let core = Arc::clone(&authorizers.core);
+        core.plan(Job::Events, core.now_ms());
+        Self { core, authorizers, grants, handoff: OnceLock::new(), failures: Mutex::new(0), failed: Mutex::default() }
+    }
+
+    /// Records an authorization event durably, once, and has the scheduler act on it.
+    pub async fn accept(&self, event: AuthEvent) -> Result<bool, TokenError> {
+        let new = self.core.store.record_event(&self.core.component, &event).await?;
+        if new {
+            self.core.plan(Job::Events, self.core.now_ms());
+        }
+        Ok(new)
+    }
+
     /// Where events go once acted on; set once, before the scheduler runs.
-    pub fn hand_events_to(&self, handoff: Arc<dyn EventHandoff>) {
+    pub fn hand_to(&self, handoff: Arc<dyn EventHandoff>) {
         if self.handoff.set(handoff).is_err() {
             tracing::warn!("the events' hand-off was set twice; the first one stays");
         }
     }
 
     /// Runs the pending events; plans a retry when one could not be acted on yet.
-    pub(super) async fn run_events(&self) {
-        match self.process_events().await {
-            Ok(()) => *self.lock_event_failures() = 0,
+    pub(super) async fn run(&self) {
+        let result = self.process().await;
+        let mut failures = self.failures.lock().unwrap_or_else(|p| p.into_inner());
+        match result {
+            Ok(()) => *failures = 0,
             Err(e) => {
-                let failures = {
-                    let mut f = self.lock_event_failures();
-                    *f += 1;
-                    *f
-                };
-                tracing::warn!(error = %e, failures, "an authorization event could not be acted on yet; retrying");
-                self.plan(Job::Events, self.retry_at(failures));
+                *failures += 1;
+                tracing::warn!(error = %e, failures = *failures, "an authorization event could not be acted on yet; retrying");
+                self.core.plan(Job::Events, self.core.retry_at(*failures));
             }
         }
+        self.core.events_backing_off.store(*failures > 0, Ordering::Relaxed);
     }
 
-    pub(super) fn lock_event_failures(&self) -> std::sync::MutexGuard<'_, u32> {
-        self.event_failures.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    fn lock_failed_events(&self) -> std::sync::MutexGuard<'_, HashMap<i64, EventFailure>> {
-        self.failed_events.lock().unwrap_or_else(|p| p.into_inner())
+    fn lock_failed(&self) -> MutexGuard<'_, HashMap<i64, EventFailure>> {
+        self.failed.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// The events not yet acted on and handed on, oldest first, with why each is waiting.
-    pub async fn pending_events(&self) -> Result<Vec<PendingEvent>, TokenError> {
-        let failures = self.lock_failed_events().clone();
-        let pending = self.store.pending_events(&self.component).await?;
+    pub async fn pending(&self) -> Result<Vec<PendingEvent>, TokenError> {
+        let failures = self.lock_failed().clone();
+        let pending = self.core.store.pending_events(&self.core.component).await?;
         Ok(pending
             .into_iter()
             .map(|s| PendingEvent {
@@ -100,24 +127,24 @@ impl TokenService {
             .collect())
     }
 
-    async fn process_events(&self) -> Result<(), TokenError> {
+    async fn process(&self) -> Result<(), TokenError> {
         let mut retry = None;
         let mut held_back: HashSet<String> = HashSet::new();
-        let pending = self.store.pending_events(&self.component).await?;
+        let pending = self.core.store.pending_events(&self.core.component).await?;
         // Events another instance settled meanwhile are nothing to report any more.
         let ids: HashSet<i64> = pending.iter().map(|s| s.id).collect();
-        self.lock_failed_events().retain(|id, _| ids.contains(id));
+        self.lock_failed().retain(|id, _| ids.contains(id));
         for stored in pending {
             let account = &stored.event.authorizer_appid;
             if held_back.contains(account) {
                 continue;
             }
-            match self.settle_event(&stored).await {
+            match self.settle(&stored).await {
                 Ok(()) => {
-                    self.lock_failed_events().remove(&stored.id);
+                    self.lock_failed().remove(&stored.id);
                 }
                 Err(e) => {
-                    let mut failed = self.lock_failed_events();
+                    let mut failed = self.lock_failed();
                     let entry =
                         failed.entry(stored.id).or_insert(EventFailure { attempts: 0, last_error: String::new() });
                     entry.attempts += 1;
@@ -132,23 +159,23 @@ impl TokenService {
     }
 
     /// Acts on one event, hands it on, marks it done.
-    async fn settle_event(&self, stored: &StoredEvent) -> Result<(), TokenError> {
-        if let Acted::HandOn = self.apply_event(&stored.event).await? {
+    async fn settle(&self, stored: &StoredEvent) -> Result<(), TokenError> {
+        if let Acted::HandOn = self.apply(&stored.event).await? {
             if let Some(handoff) = self.handoff.get() {
                 handoff.hand_on(stored).await?;
             }
         }
-        Ok(self.store.finish_event(&self.component, stored.id).await?)
+        Ok(self.core.store.finish_event(&self.core.component, stored.id).await?)
     }
 
-    async fn apply_event(&self, event: &AuthEvent) -> Result<Acted, TokenError> {
+    async fn apply(&self, event: &AuthEvent) -> Result<Acted, TokenError> {
         let Ok(appid) = AppId::parse(&event.authorizer_appid) else {
             // 代认证, 备案 and other pushes about no one account are handed on as WeChat sent them.
             return Ok(Acted::HandOn);
         };
         match event.info_type.as_str() {
             "authorized" | "updateauthorized" => self.apply_authorized(&appid, event).await,
-            "unauthorized" => self.revoke(&appid, event.create_time).await.map(|()| Acted::HandOn),
+            "unauthorized" => self.authorizers.revoke(&appid, event.create_time).await.map(|()| Acted::HandOn),
             "notify_third_fasteregister" => self.apply_fast_registration(&appid, event).await,
             _ => Ok(Acted::HandOn),
         }
@@ -165,10 +192,10 @@ impl TokenService {
             tracing::warn!(authorizer = %appid, info_type = %event.info_type, "authorization event without AuthorizationCode");
             return Ok(self.held_or_kept(appid));
         };
-        if self.code_already_used(appid, code) {
+        if self.grants.already_used(appid, code) {
             return Ok(Acted::HandOn);
         }
-        match self.authorize_with_code(code).await {
+        match self.grants.authorize(code).await {
             Ok(_) => Ok(Acted::HandOn),
             Err(TokenError::Wechat(e)) if e.kind() == Some(ApiErrorKind::AuthCode) => {
                 tracing::warn!(authorizer = %appid, error = %e, "authorization code from the push is used or expired");
@@ -197,10 +224,10 @@ impl TokenService {
             tracing::warn!(authorizer = %appid, "fast registration with status 0 but no auth_code");
             return Ok(Acted::HandOn);
         };
-        if self.code_already_used(appid, code) {
+        if self.grants.already_used(appid, code) {
             return Ok(Acted::HandOn);
         }
-        match self.authorize_with_code(code).await {
+        match self.grants.authorize(code).await {
             Ok(_) => Ok(Acted::HandOn),
             // Used already: by another instance, whose write this one may not have heard yet.
             Err(TokenError::Wechat(e)) if e.kind() == Some(ApiErrorKind::AuthCode) && self.holds(appid) => {
@@ -224,6 +251,6 @@ impl TokenService {
     }
 
     fn holds(&self, appid: &AppId) -> bool {
-        self.authorizers.get(appid).is_some_and(|s| s.state() == crate::store::AuthorizerState::Active)
+        self.authorizers.is_active(appid)
     }
 }

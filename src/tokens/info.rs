@@ -6,13 +6,15 @@
 //! `Settings::info_slice_every`, so that a large fleet is asked about evenly over the day
 //! rather than all at once.
 
-use super::{Job, TokenError, TokenService};
+use super::authorizer::AuthorizerTokens;
+use super::core::Core;
+use super::{Job, TokenError};
 use crate::store::{AccountKind, AuthorizerInfoRecord, AuthorizerState};
 use crate::wechat::AuthorizerInfo;
 use crate::AppId;
 use futures_util::StreamExt;
 use std::collections::HashMap;
-use std::sync::RwLock;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 /// Slices of the daily pass: one every 10 minutes by default.
@@ -59,6 +61,20 @@ impl InfoIndex {
     fn user_name(&self, user_name: &str) -> Option<AppId> {
         self.user_names.read().unwrap_or_else(|p| p.into_inner()).get(user_name).copied()
     }
+
+    /// The state label for the admin API and the gauge: an active account WeChat reports as
+    /// frozen, closed or banned shows that instead.
+    pub fn label(&self, appid: &AppId, state: AuthorizerState) -> &'static str {
+        match state {
+            AuthorizerState::Active => self.unusual(appid).unwrap_or(state.as_str()),
+            _ => state.as_str(),
+        }
+    }
+}
+
+/// Every label `wxgate_authorizers{state}` has.
+pub fn state_labels() -> impl Iterator<Item = &'static str> {
+    AuthorizerState::ALL.into_iter().map(AuthorizerState::as_str).chain(ACCOUNT_STATES.iter().map(|(_, l)| *l))
 }
 
 /// The label of an `account_status` that makes an account unusable, if it does.
@@ -87,23 +103,33 @@ fn record_of(appid: &AppId, info: AuthorizerInfo, now_ms: i64) -> AuthorizerInfo
     }
 }
 
-impl TokenService {
-    /// Fills the maps from the store at start-up.
-    pub(super) async fn load_infos(&self) -> Result<(), TokenError> {
-        for info in self.store.load_authorizer_infos(&self.component).await? {
-            self.info.take(&info);
+/// Who each account is, for the message receiver, the admin API and the gauge.
+pub struct Info {
+    core: Arc<Core>,
+    authorizers: Arc<AuthorizerTokens>,
+    index: Arc<InfoIndex>,
+}
+
+impl Info {
+    /// Fills the index from the store at start-up.
+    pub(super) async fn load(authorizers: Arc<AuthorizerTokens>) -> Result<Self, TokenError> {
+        let (core, index) = (Arc::clone(&authorizers.core), Arc::clone(&authorizers.index));
+        for info in core.store.load_authorizer_infos(&core.component).await? {
+            index.take(&info);
         }
-        Ok(())
+        core.plan(Job::InfoPass, core.now_ms() + core.settings.info_slice_every.as_millis() as i64);
+        Ok(Self { core, authorizers, index })
     }
 
     /// Asks WeChat who the account is, and keeps the answer (never its refresh token).
-    pub async fn fetch_info(&self, appid: &AppId) -> Result<AuthorizerInfoRecord, TokenError> {
-        let info = with_component_token!(self, |t| self.api.authorizer_info(t, appid))?;
-        let record = record_of(appid, info, self.clock.now_ms());
-        self.store.save_authorizer_info(&self.component, &record).await?;
-        let was = self.info.unusual(appid);
-        self.info.take(&record);
-        let now = self.info.unusual(appid);
+    pub async fn fetch(&self, appid: &AppId) -> Result<AuthorizerInfoRecord, TokenError> {
+        let (core, part) = (&self.core, &self.authorizers);
+        let info = with_component_token!(part.component, |t| core.api.authorizer_info(t, appid))?;
+        let record = record_of(appid, info, core.now_ms());
+        core.store.save_authorizer_info(&core.component, &record).await?;
+        let was = self.index.unusual(appid);
+        self.index.take(&record);
+        let now = self.index.unusual(appid);
         if was != now {
             match now {
                 Some(label) => {
@@ -111,85 +137,73 @@ impl TokenService {
                 }
                 None => tracing::info!(authorizer = %appid, "WeChat reports the account as usable again"),
             }
-            self.update_gauges();
+            part.update_gauges();
         }
         Ok(record)
     }
 
     /// What the store holds of the account's info.
-    pub async fn authorizer_info(&self, appid: &AppId) -> Result<Option<AuthorizerInfoRecord>, TokenError> {
-        Ok(self.store.load_authorizer_info(&self.component, appid).await?)
+    pub async fn stored(&self, appid: &AppId) -> Result<Option<AuthorizerInfoRecord>, TokenError> {
+        Ok(self.core.store.load_authorizer_info(&self.core.component, appid).await?)
     }
 
     /// Every account's info the store holds.
-    pub async fn authorizer_infos(&self) -> Result<Vec<AuthorizerInfoRecord>, TokenError> {
-        Ok(self.store.load_authorizer_infos(&self.component).await?)
+    pub async fn all(&self) -> Result<Vec<AuthorizerInfoRecord>, TokenError> {
+        Ok(self.core.store.load_authorizer_infos(&self.core.component).await?)
     }
 
     /// The appid of the account whose messages carry `user_name` (`gh_...`) as `ToUserName`,
     /// from memory: what this instance fetched or loaded.
     pub fn appid_for_user_name(&self, user_name: &str) -> Option<AppId> {
-        self.info.user_name(user_name)
+        self.index.user_name(user_name)
     }
 
     /// [`Self::appid_for_user_name`], and on a miss the store, which another instance may have
     /// written (a shared store) since this one loaded.
     pub async fn find_user_name(&self, user_name: &str) -> Result<Option<AppId>, TokenError> {
-        if let Some(appid) = self.info.user_name(user_name) {
+        if let Some(appid) = self.index.user_name(user_name) {
             return Ok(Some(appid));
         }
-        let Some(appid) = self.store.find_user_name(&self.component, user_name).await? else { return Ok(None) };
-        if let Some(info) = self.store.load_authorizer_info(&self.component, &appid).await? {
-            self.info.take(&info);
+        let core = &self.core;
+        let Some(appid) = core.store.find_user_name(&core.component, user_name).await? else { return Ok(None) };
+        if let Some(info) = core.store.load_authorizer_info(&core.component, &appid).await? {
+            self.index.take(&info);
         }
         Ok(Some(appid))
     }
 
     /// `frozen`, `closed` or `banned` when WeChat reports the account so.
     pub fn account_state(&self, appid: &AppId) -> Option<&'static str> {
-        self.info.unusual(appid)
+        self.index.unusual(appid)
     }
 
-    /// The state label for the admin API and the gauge: an active account WeChat reports as
-    /// frozen, closed or banned shows that instead.
+    /// The state label for the admin API: see [`InfoIndex::label`].
     pub fn state_label(&self, appid: &AppId, state: AuthorizerState) -> &'static str {
-        match state {
-            AuthorizerState::Active => self.info.unusual(appid).unwrap_or(state.as_str()),
-            _ => state.as_str(),
-        }
-    }
-
-    /// Every label `wxgate_authorizers{state}` has.
-    pub fn state_labels() -> impl Iterator<Item = &'static str> {
-        AuthorizerState::ALL.into_iter().map(AuthorizerState::as_str).chain(ACCOUNT_STATES.iter().map(|(_, l)| *l))
-    }
-
-    /// Plans an info fetch for an account just authorized or imported.
-    pub(super) fn plan_info(&self, appid: &AppId) {
-        self.plan(Job::Info(*appid), self.clock.now_ms());
+        self.index.label(appid, state)
     }
 
     /// The one-off fetch after an authorization; a failure is left to the daily pass.
-    pub(super) async fn run_info(&self, appid: &AppId) {
-        if self.authorizers.get(appid).is_none() {
+    pub(super) async fn run_one(&self, appid: &AppId) {
+        if self.authorizers.slots.get(appid).is_none() {
             return;
         }
-        if let Err(e) = self.fetch_info(appid).await {
+        if let Err(e) = self.fetch(appid).await {
             tracing::warn!(authorizer = %appid, error = %e, "api_get_authorizer_info failed; the daily pass tries again");
         }
     }
 
     /// One slice of the daily pass: every active account in it. On a shared store one instance
     /// takes each slice (a lease that outlives the slice's period is never released).
-    pub(super) async fn run_info_pass(&self) {
-        let every = self.settings.info_slice_every;
-        let now = self.clock.now_ms();
+    pub(super) async fn run_pass(&self) {
+        let core = &self.core;
+        let every = core.settings.info_slice_every;
+        let now = core.now_ms();
         let period = (every.as_millis() as i64).max(1);
-        self.plan(Job::InfoPass, (now / period + 1) * period);
+        core.plan(Job::InfoPass, (now / period + 1) * period);
         let slice = (now / period) as u64 % SLICES;
         let lease_ttl =
             every.saturating_sub(Duration::from_millis(every.as_millis() as u64 / 10)).max(Duration::from_millis(1));
-        match self.store.lease(&self.component, &format!("info-pass:{slice}"), lease_ttl).await {
+        match core.store.lease(&core.component, &format!("info-pass:{slice}"), lease_ttl).await {
             Ok(Some(_)) => {}
             Ok(None) => return,
             Err(e) => {
@@ -199,13 +213,14 @@ impl TokenService {
         }
         let due: Vec<AppId> = self
             .authorizers
+            .slots
             .all()
             .into_iter()
             .filter(|s| s.state() == AuthorizerState::Active && slice_of(&s.appid) == slice)
             .map(|s| s.appid)
             .collect();
         let failed = futures_util::stream::iter(due)
-            .map(|appid| async move { self.fetch_info(&appid).await.is_err() })
+            .map(|appid| async move { self.fetch(&appid).await.is_err() })
             .buffer_unordered(PASS_CONCURRENCY)
             .filter(|failed| std::future::ready(*failed))
             .count()

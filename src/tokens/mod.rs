@@ -13,13 +13,13 @@
 /// (compare-and-swap) and calls again. A macro rather than a function taking a closure, so that
 /// the futures stay `Send`.
 macro_rules! with_component_token {
-    ($service:ident, |$token:ident| $call:expr) => {
+    ($component:expr, |$token:ident| $call:expr) => {
         async {
-            let held = $service.component_token().await?;
+            let held = $component.token().await?;
             let $token = &held.value;
             match $call.await {
                 Err(e) if e.kind() == Some($crate::wechat::ApiErrorKind::TokenInvalid) => {
-                    let fresh = $service.replace_component_token(&held.value).await?;
+                    let fresh = $component.replace(&held.value).await?;
                     let $token = &fresh.value;
                     $call.await.map_err(TokenError::from)
                 }
@@ -34,7 +34,9 @@ mod authorizer;
 mod clock;
 mod component;
 mod coordination;
+mod core;
 mod events;
+mod grants;
 pub mod info;
 mod reconcile;
 mod refresher;
@@ -43,22 +45,25 @@ mod scheduler;
 mod slot;
 mod ticket;
 
+pub use authorizer::AuthorizerTokens;
 pub use clock::Clock;
-pub use events::{EventFailure, EventHandoff, PendingEvent};
-pub use reconcile::Reconciled;
+pub use component::ComponentTokens;
+pub use events::{EventFailure, EventHandoff, Events, PendingEvent};
+pub use grants::Grants;
+pub use info::Info;
+pub use reconcile::{Reconciled, Reconciler};
 pub use refresher::Endpoint;
 pub use schedule::{backoff_ms, lead_ms, spread_due, steady_due, Job, Schedule};
 pub use slot::AccessToken;
+pub use ticket::JsTickets;
 
+use self::core::Core;
 use crate::metrics;
-use crate::store::{unix_now, AuthEvent, SharedStore, StoreError, Ticket};
+use crate::store::{SharedStore, StoreError};
 use crate::wechat::{ComponentApi, WechatError};
 use crate::AppId;
-use slot::{AuthorizerSlot, ComponentSlot, Slots};
-use std::sync::atomic::{AtomicI64, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::Notify;
 
 /// Cloned: the error of a failed refresh is given to every caller during its backoff.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -197,36 +202,25 @@ pub struct AuthorizerStatus {
     pub last_error: Option<String>,
 }
 
+/// The token service: one part per credential family and per duty, over one [`Core`] (the
+/// store, WeChat, the clock and the schedule) and the one refresher. Each caller reaches the part
+/// it needs: the proxy [`Self::authorizers`], [`Self::component`] and [`Self::tickets`], the
+/// callback [`Self::events`] and the ticket, the admin API all of them.
+///
+/// ```text
+///   component ◄── authorizers ◄── grants ◄── events, reconciler
+///                      ▲    ▲
+///                 tickets  info
+/// ```
 pub struct TokenService {
-    component: AppId,
-    store: SharedStore,
-    api: Arc<dyn ComponentApi>,
-    settings: Settings,
-    clock: Clock,
-    ticket: RwLock<Option<Ticket>>,
-    component_token: ComponentSlot,
-    authorizers: Slots,
-    tickets: ticket::TicketSlots,
-    schedule: Mutex<Schedule>,
-    /// Wakes the scheduler when the schedule changes.
-    wake: Notify,
-    /// Codes exchanged lately (SHA-1 → appid): the redirect and the push bring the same code.
-    used_codes: moka::sync::Cache<String, AppId>,
-    /// Code exchanges run one at a time: the redirect and the push often arrive together with
-    /// the same single-use code, and the second must find the first's answer, not a 61009.
-    authorize_turn: tokio::sync::Mutex<()>,
-    last_push_request_ms: Mutex<i64>,
-    event_failures: Mutex<u32>,
-    /// Why each pending event is waiting, by its id (this instance's attempts).
-    failed_events: Mutex<std::collections::HashMap<i64, events::EventFailure>>,
-    /// Where events go once acted on (`crate::events`); none in tests that do not ask.
-    handoff: std::sync::OnceLock<Arc<dyn events::EventHandoff>>,
-    /// When the last ticket arrived, by `clock`; the start time until one does.
-    last_ticket_ms: AtomicI64,
-    /// What memory keeps of the accounts' info (`gh_` ids, frozen and closed accounts).
-    info: info::InfoIndex,
-    /// Reconciliations that failed in a row, for the retry's backoff.
-    reconcile_failures: std::sync::atomic::AtomicU32,
+    core: Arc<Core>,
+    component: Arc<ComponentTokens>,
+    authorizers: Arc<AuthorizerTokens>,
+    grants: Arc<Grants>,
+    tickets: Arc<JsTickets>,
+    info: Arc<Info>,
+    events: Arc<Events>,
+    reconciler: Arc<Reconciler>,
 }
 
 impl TokenService {
@@ -238,231 +232,93 @@ impl TokenService {
         api: Arc<dyn ComponentApi>,
         settings: Settings,
     ) -> Result<Arc<Self>, TokenError> {
-        let clock = Clock::new();
-        let ticket = store.load_ticket(&component).await?;
-        let component_token = store.load_component_token(&component).await?;
-        let service = Arc::new(Self {
-            component_token: ComponentSlot::new(component_token),
-            component,
-            store,
-            api,
-            settings,
-            ticket: RwLock::new(ticket),
-            authorizers: Slots::default(),
-            tickets: ticket::TicketSlots::default(),
-            schedule: Mutex::new(Schedule::default()),
-            wake: Notify::new(),
-            used_codes: moka::sync::Cache::builder()
-                .max_capacity(10_000)
-                .time_to_live(Duration::from_secs(3600))
-                .build(),
-            authorize_turn: tokio::sync::Mutex::new(()),
-            last_push_request_ms: Mutex::new(0),
-            event_failures: Mutex::new(0),
-            failed_events: Mutex::default(),
-            handoff: std::sync::OnceLock::new(),
-            last_ticket_ms: AtomicI64::new(clock.now_ms()),
-            info: Default::default(),
-            reconcile_failures: Default::default(),
-            clock,
-        });
+        let core = Arc::new(Core::new(component, store, api, settings));
         // The budget's series start at zero, so that rates and alerts see the first exhaustion.
         for endpoint in Endpoint::ALL {
             metrics::BUDGET_EXHAUSTED.with_label_values(&[endpoint.as_str()]);
         }
-        service.load_authorizers().await?;
-        service.load_infos().await?;
+        let component = Arc::new(ComponentTokens::load(Arc::clone(&core)).await?);
+        let index = Arc::default();
+        let authorizers = Arc::new(AuthorizerTokens::load(Arc::clone(&core), component, index).await?);
+        let grants = Arc::new(Grants::new(Arc::clone(&authorizers)));
+        let service = Self {
+            component: Arc::clone(&authorizers.component),
+            tickets: Arc::new(JsTickets::new(Arc::clone(&authorizers))),
+            info: Arc::new(Info::load(Arc::clone(&authorizers)).await?),
+            events: Arc::new(Events::new(Arc::clone(&authorizers), Arc::clone(&grants))),
+            reconciler: Arc::new(Reconciler::new(Arc::clone(&authorizers), Arc::clone(&grants))),
+            grants,
+            authorizers,
+            core,
+        };
         service.update_gauges();
-        Ok(service)
+        Ok(Arc::new(service))
     }
 
-    /// Loads every authorizer a page at a time, and plans each refresh.
-    async fn load_authorizers(&self) -> Result<(), TokenError> {
-        const PAGE: usize = 1000;
-        let now = self.clock.now_ms();
-        {
-            let mut schedule = self.lock_schedule();
-            schedule.set(Job::ComponentToken, self.component_token.due_after_load(now, &self.settings));
-            schedule.set(Job::Events, now);
-            schedule.set(Job::TicketWatch, now + 60_000);
-            if self.settings.reconcile_every.is_some() {
-                schedule.set(Job::Reconcile, now);
-            }
-            schedule.set(Job::InfoPass, now + self.settings.info_slice_every.as_millis() as i64);
-        }
-        let mut cursor = crate::store::ScanCursor::start();
-        loop {
-            let page = self.store.scan_authorizers(&self.component, &cursor, PAGE).await?;
-            self.plan_loaded(page.records, now);
-            match page.next {
-                Some(next) => cursor = next,
-                None => return Ok(()),
-            }
-        }
-    }
-
-    fn plan_loaded(&self, records: Vec<crate::store::AuthorizerRecord>, now: i64) {
-        let mut rng = rand::thread_rng();
-        let mut schedule = self.lock_schedule();
-        for record in records {
-            let slot = Arc::new(AuthorizerSlot::from_record(record));
-            if let Some(due) = slot.due_after_load(now, &self.settings, &mut rng) {
-                schedule.set(Job::Authorizer(slot.appid), due);
-            }
-            self.authorizers.insert(slot);
-        }
-    }
-
-    pub fn component(&self) -> &AppId {
-        &self.component
+    /// The platform's appid.
+    pub fn component_appid(&self) -> &AppId {
+        &self.core.component
     }
 
     pub fn clock(&self) -> Clock {
-        self.clock
+        self.core.clock
     }
 
-    fn lock_schedule(&self) -> std::sync::MutexGuard<'_, Schedule> {
-        self.schedule.lock().unwrap_or_else(|p| p.into_inner())
+    /// The ticket and the component token.
+    pub fn component(&self) -> &ComponentTokens {
+        &self.component
     }
 
-    /// Plans `job` at `at_ms` and wakes the scheduler.
-    fn plan(&self, job: Job, at_ms: i64) {
-        self.lock_schedule().set(job, at_ms);
-        self.wake.notify_one();
+    /// Every authorizer's tokens and state.
+    pub fn authorizers(&self) -> &AuthorizerTokens {
+        &self.authorizers
     }
 
-    fn unplan(&self, job: &Job) {
-        self.lock_schedule().remove(job);
+    /// Codes exchanged and refresh tokens imported.
+    pub fn grants(&self) -> &Grants {
+        &self.grants
     }
 
-    fn planned(&self, job: &Job) -> Option<i64> {
-        self.lock_schedule().due_at(job)
+    /// The authorizers' JS-SDK tickets.
+    pub fn tickets(&self) -> &JsTickets {
+        &self.tickets
     }
 
-    /// Stores a pushed ticket unless a newer one is held; returns whether it was kept.
-    pub async fn accept_ticket(&self, ticket: Ticket) -> Result<bool, TokenError> {
-        let kept = self.store.save_ticket(&self.component, &ticket).await?;
-        if kept {
-            let mut held = self.ticket.write().unwrap_or_else(|p| p.into_inner());
-            // Two pushes may race between the store and this lock: keep the newer in memory too.
-            if held.as_ref().is_none_or(|h| h.create_time <= ticket.create_time) {
-                *held = Some(ticket);
-            }
-            // A refresh that failed for want of a (valid) ticket may try again at once.
-            self.component_token.flight.clear();
-        }
-        self.last_ticket_ms.store(self.clock.now_ms(), Ordering::Relaxed);
-        self.update_ticket_age();
-        if !self.component_token.is_valid(self.clock.now_ms()) {
-            self.lock_schedule().set_earlier(Job::ComponentToken, self.clock.now_ms());
-            self.wake.notify_one();
-        }
-        Ok(kept)
+    /// Who each account is.
+    pub fn info(&self) -> &Info {
+        &self.info
     }
 
-    /// Records an authorization event durably, once, and has the scheduler act on it.
-    pub async fn accept_event(&self, event: AuthEvent) -> Result<bool, TokenError> {
-        let new = self.store.record_event(&self.component, &event).await?;
-        if new {
-            self.plan(Job::Events, self.clock.now_ms());
-        }
-        Ok(new)
+    /// The authorization events.
+    pub fn events(&self) -> &Events {
+        &self.events
     }
 
-    fn held_ticket(&self) -> Option<Ticket> {
-        self.ticket.read().unwrap_or_else(|p| p.into_inner()).clone()
+    pub fn reconciler(&self) -> &Reconciler {
+        &self.reconciler
     }
 
-    pub fn ticket_status(&self) -> Option<TicketStatus> {
-        let held = self.ticket.read().unwrap_or_else(|p| p.into_inner());
-        held.as_ref().map(|t| TicketStatus { create_time: t.create_time, received_at: t.received_at })
-    }
-
-    /// Seconds since WeChat created the ticket held, by the gateway's clock; `None` without one.
-    pub fn ticket_age_secs(&self) -> Option<i64> {
-        self.ticket_status().map(|t| (unix_now() - t.create_time).max(0))
-    }
-
-    /// Sets `wxgate_ticket_age_seconds`; called on every change and before every scrape.
-    pub fn update_ticket_age(&self) {
-        let age = self.ticket_age_secs().map_or(f64::INFINITY, |a| a as f64);
-        metrics::TICKET_AGE.set(age);
-    }
-
-    /// Sets `wxgate_authorizers` by state; called on changes of state and before every scrape.
+    /// Sets the gauges the token service keeps; called on changes and before every scrape.
     pub fn update_gauges(&self) {
-        let mut counts: std::collections::HashMap<&'static str, i64> = Self::state_labels().map(|l| (l, 0)).collect();
-        for slot in self.authorizers.all() {
-            *counts.entry(self.state_label(&slot.appid, slot.state())).or_default() += 1;
-        }
-        for (label, count) in counts {
-            metrics::AUTHORIZERS.with_label_values(&[label]).set(count);
-        }
-        self.update_ticket_age();
+        self.authorizers.update_gauges();
+        self.component.update_ticket_age();
     }
 
     /// Why the gateway cannot serve API calls yet, or `None` when it can.
     pub async fn not_ready_reason(&self) -> Option<String> {
-        if let Err(e) = self.store.ping().await {
-            return Some(format!("store ({}) does not answer: {e}", self.store.backend()));
+        let store = &self.core.store;
+        if let Err(e) = store.ping().await {
+            return Some(format!("store ({}) does not answer: {e}", store.backend()));
         }
-        if self.component_token.is_valid(self.clock.now_ms()) {
-            return None;
-        }
-        if self.ticket_status().is_none() {
-            return Some("no component_verify_ticket received yet".into());
-        }
-        let error = self.component_token.last_error();
-        Some(format!(
-            "no component_access_token held yet{}",
-            error.map(|e| format!(" (last error: {e})")).unwrap_or_default()
-        ))
+        self.component.not_ready_reason()
     }
 
-    pub fn component_status(&self) -> ComponentStatus {
-        let now = self.clock.now_ms();
-        let token = self.component_token.current();
-        ComponentStatus {
-            component_appid: self.component.to_string(),
-            ticket: self.ticket_status(),
-            ticket_age_secs: self.ticket_age_secs(),
-            token_expires_at_ms: token.as_ref().map(|t| t.expires_at),
-            token_expires_in_secs: token.as_ref().map(|t| (t.expires_at - now) / 1000),
-            last_refresh_at_ms: self.component_token.last_refresh_at(),
-            next_refresh_at_ms: self.planned(&Job::ComponentToken),
-            last_error: self.component_token.last_error(),
-        }
-    }
-
-    pub fn authorizer_status(&self, appid: &AppId) -> Option<AuthorizerStatus> {
-        let slot = self.authorizers.get(appid)?;
-        Some(slot.status(self.clock.now_ms(), self.planned(&Job::Authorizer(*appid))))
-    }
-
-    /// Every authorizer, by appid; `offset` and `limit` page through large fleets.
-    pub fn authorizer_statuses(&self, offset: usize, limit: usize) -> (usize, Vec<AuthorizerStatus>) {
-        let mut appids: Vec<AppId> = self.authorizers.appids();
-        appids.sort();
-        let total = appids.len();
-        let page = appids.iter().skip(offset).take(limit).filter_map(|a| self.authorizer_status(a)).collect();
-        (total, page)
-    }
-
-    /// When each authorizer's next refresh is planned (unix ms), in no particular order: the
-    /// plan as the schedule holds it, for `benches/authorizers.rs`.
-    pub fn planned_authorizer_refreshes(&self) -> Vec<i64> {
-        let schedule = self.lock_schedule();
-        self.authorizers.appids().into_iter().filter_map(|appid| schedule.due_at(&Job::Authorizer(appid))).collect()
-    }
-
-    pub fn authorizer_count(&self) -> u64 {
-        self.authorizers.len() as u64
-    }
-
-    /// Waits out a failed refresh's backoff: the next attempt `attempt` from now.
-    fn retry_at(&self, attempt: u32) -> i64 {
-        let wait = backoff_ms(attempt, self.settings.retry_base, self.settings.retry_max, &mut rand::thread_rng());
-        self.clock.now_ms() + wait
+    /// Forgets an authorizer entirely: its record, its tickets, its info. Returns whether it
+    /// was known.
+    pub async fn forget_authorizer(&self, appid: &AppId) -> Result<bool, TokenError> {
+        let known = self.authorizers.forget(appid).await?;
+        self.tickets.forget(appid);
+        Ok(known)
     }
 }
 

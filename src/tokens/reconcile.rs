@@ -7,12 +7,17 @@
 //! answers to that token — never over an account the gateway holds active, whose refresh token
 //! may be newer than the list's.
 
-use super::{Job, TokenError, TokenService};
+use super::authorizer::AuthorizerTokens;
+use super::core::Core;
+use super::grants::Grants;
+use super::{Job, TokenError};
 use crate::metrics;
 use crate::store::{unix_now, AuthorizerState};
 use crate::wechat::{ApiErrorKind, ListedAuthorizer};
 use crate::{AppId, Secret};
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 /// api_get_authorizer_list gives at most 500 a page.
@@ -37,16 +42,33 @@ pub struct Reconciled {
     pub failed: u64,
 }
 
-impl TokenService {
+/// Reconciles the authorizers held with WeChat's list, daily and when an operator asks.
+pub struct Reconciler {
+    core: Arc<Core>,
+    authorizers: Arc<AuthorizerTokens>,
+    grants: Arc<Grants>,
+    /// Reconciliations that failed in a row, for the retry's backoff.
+    failures: AtomicU32,
+}
+
+impl Reconciler {
+    pub(super) fn new(authorizers: Arc<AuthorizerTokens>, grants: Arc<Grants>) -> Self {
+        let core = Arc::clone(&authorizers.core);
+        if core.settings.reconcile_every.is_some() {
+            core.plan(Job::Reconcile, core.now_ms());
+        }
+        Self { core, authorizers, grants, failures: AtomicU32::new(0) }
+    }
+
     /// Walks WeChat's list once, under a lease on shared stores (`Contended` while another
     /// instance reconciles).
     pub async fn reconcile(&self) -> Result<Reconciled, TokenError> {
-        let Some(lease) = self.store.lease(&self.component, "reconcile", LEASE_TTL).await? else {
+        let Some(lease) = self.core.store.lease(&self.core.component, "reconcile", LEASE_TTL).await? else {
             metrics::RECONCILE.with_label_values(&["busy"]).inc();
             return Err(TokenError::Contended);
         };
         let result = self.reconcile_leased().await;
-        if let Err(e) = self.store.release(&lease).await {
+        if let Err(e) = self.core.store.release(&lease).await {
             tracing::warn!(error = %e, "could not release the reconciliation lease; it expires by itself");
         }
         metrics::RECONCILE.with_label_values(&[if result.is_ok() { "ok" } else { "error" }]).inc();
@@ -75,13 +97,14 @@ impl TokenService {
                 Listed::Failed => done.failed += 1,
             }
         }
-        let held: Vec<AppId> = self.authorizers.appids().into_iter().filter(|a| !listed.contains_key(a)).collect();
+        let held: Vec<AppId> =
+            self.authorizers.slots.appids().into_iter().filter(|a| !listed.contains_key(a)).collect();
         for appid in held {
             if self.revoke_unlisted(&appid, started_secs).await? {
                 done.revoked += 1;
             }
         }
-        self.update_gauges();
+        self.authorizers.update_gauges();
         Ok(done)
     }
 
@@ -91,7 +114,8 @@ impl TokenService {
         let mut listed = HashMap::new();
         let mut offset = 0u32;
         loop {
-            let (total, page) = with_component_token!(self, |t| self.api.authorizer_list(t, offset, PAGE))?;
+            let (total, page) =
+                with_component_token!(self.authorizers.component, |t| self.core.api.authorizer_list(t, offset, PAGE))?;
             let got = page.len() as u32;
             for ListedAuthorizer { appid, refresh_token, .. } in page {
                 listed.insert(appid, refresh_token);
@@ -106,13 +130,13 @@ impl TokenService {
     /// Imports a listed account unless the gateway holds it active (after catching up with a
     /// shared store: another instance may have authorized it meanwhile).
     async fn import_listed(&self, appid: &AppId, listed: Option<&Secret>) -> Listed {
-        if self.store.shared() {
-            if let Err(e) = self.reload_authorizer(appid).await {
+        if self.core.store.shared() {
+            if let Err(e) = self.authorizers.reload(appid).await {
                 tracing::warn!(authorizer = %appid, error = %e, "could not re-read the authorizer before reconciling it");
                 return Listed::Failed;
             }
         }
-        let held = self.authorizers.get(appid).map(|s| s.mem());
+        let held = self.authorizers.slots.get(appid).map(|s| s.mem());
         let dead_refresh = match &held {
             Some(mem) if mem.state == AuthorizerState::Active => return Listed::Unchanged,
             Some(mem) => mem.refresh_token.clone(),
@@ -123,22 +147,24 @@ impl TokenService {
         let mut candidates: Vec<Secret> =
             listed.filter(|t| Some(*t) != dead_refresh.as_ref()).cloned().into_iter().collect();
         if candidates.is_empty() {
-            match with_component_token!(self, |t| self.api.authorizer_info(t, appid)) {
+            match with_component_token!(self.authorizers.component, |t| self.core.api.authorizer_info(t, appid)) {
                 Ok(info) => candidates.extend(info.refresh_token.filter(|t| Some(t) != dead_refresh.as_ref())),
                 Err(e) => tracing::warn!(authorizer = %appid, error = %e, "api_get_authorizer_info failed"),
             }
         }
         for token in candidates {
-            match self.import_authorizer(appid, token).await {
+            match self.grants.import(appid, token).await {
                 Ok(_) => {
                     tracing::info!(authorizer = %appid, "imported an authorizer WeChat lists and the gateway lacked");
                     return Listed::Imported;
                 }
                 Err(TokenError::Wechat(e)) if e.kind() == Some(ApiErrorKind::RefreshTokenInvalid) => {
                     // Stale in the list (rotated since): WeChat's info has the current one.
-                    if let Ok(info) = with_component_token!(self, |t| self.api.authorizer_info(t, appid)) {
+                    if let Ok(info) =
+                        with_component_token!(self.authorizers.component, |t| self.core.api.authorizer_info(t, appid))
+                    {
                         if let Some(current) = info.refresh_token.filter(|t| Some(t) != dead_refresh.as_ref()) {
-                            if self.import_authorizer(appid, current).await.is_ok() {
+                            if self.grants.import(appid, current).await.is_ok() {
                                 return Listed::Imported;
                             }
                         }
@@ -154,11 +180,11 @@ impl TokenService {
     /// Revokes an account WeChat does not list, once WeChat confirms it is not authorized
     /// (61003): a list read a page at a time can miss an account that moved between pages.
     async fn revoke_unlisted(&self, appid: &AppId, started_secs: i64) -> Result<bool, TokenError> {
-        let Some(slot) = self.authorizers.get(appid) else { return Ok(false) };
+        let Some(slot) = self.authorizers.slots.get(appid) else { return Ok(false) };
         if slot.state() == AuthorizerState::Revoked {
             return Ok(false);
         }
-        match with_component_token!(self, |t| self.api.authorizer_info(t, appid)) {
+        match with_component_token!(self.authorizers.component, |t| self.core.api.authorizer_info(t, appid)) {
             Err(TokenError::Wechat(e)) if e.kind() == Some(ApiErrorKind::NotAuthorized) => {}
             Ok(_) => return Ok(false),
             Err(e) => {
@@ -166,8 +192,8 @@ impl TokenService {
                 return Ok(false);
             }
         }
-        self.revoke(appid, started_secs).await?;
-        let revoked = self.authorizers.get(appid).is_some_and(|s| s.state() == AuthorizerState::Revoked);
+        self.authorizers.revoke(appid, started_secs).await?;
+        let revoked = self.authorizers.slots.get(appid).is_some_and(|s| s.state() == AuthorizerState::Revoked);
         if revoked {
             tracing::info!(authorizer = %appid, "WeChat no longer lists the account: marked revoked");
         }
@@ -175,21 +201,20 @@ impl TokenService {
     }
 
     /// The scheduler's reconciliation: again after `reconcile_every`, sooner after a failure.
-    pub(super) async fn run_reconcile(&self) {
-        let Some(every) = self.settings.reconcile_every else { return };
-        let later = self.clock.now_ms() + every.as_millis() as i64;
-        let failures = &self.reconcile_failures;
+    pub(super) async fn run(&self) {
+        let Some(every) = self.core.settings.reconcile_every else { return };
+        let later = self.core.now_ms() + every.as_millis() as i64;
         let next = match self.reconcile().await {
             Ok(_) | Err(TokenError::Contended) => {
-                failures.store(0, std::sync::atomic::Ordering::Relaxed);
+                self.failures.store(0, Ordering::Relaxed);
                 later
             }
             Err(_) => {
-                let n = failures.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
-                self.retry_at(n).min(later)
+                let n = self.failures.fetch_add(1, Ordering::Relaxed) + 1;
+                self.core.retry_at(n).min(later)
             }
         };
-        self.plan(Job::Reconcile, next);
+        self.core.plan(Job::Reconcile, next);
     }
 }
 

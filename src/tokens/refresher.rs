@@ -8,7 +8,8 @@
 //! more often than the backoff and the budget allow, whatever state the store is in
 //! (issue 11: a store that refused writes once made every waiting caller ask again at once).
 
-use super::{AccessToken, Job, Settings, TokenError, TokenService, Want};
+use super::core::Core;
+use super::{AccessToken, Job, Settings, TokenError, Want};
 use crate::metrics;
 use crate::store::{Fence, Lease, SharedStore};
 use async_trait::async_trait;
@@ -258,7 +259,7 @@ async fn release_logged(store: &SharedStore, lease: &Lease) {
     });
 }
 
-impl TokenService {
+impl Core {
     /// Refreshes `c` unless what it holds can stay for `want`: the one way any credential is
     /// obtained from WeChat.
     pub(super) async fn refresh<C: Credential>(&self, c: &C, want: Want<'_>) -> Result<Arc<AccessToken>, TokenError> {

@@ -3,7 +3,8 @@
 
 use super::*;
 use crate::store::{
-    AuthorizerInfoRecord, AuthorizerRecord, ComponentToken, Fence, Lease, MemoryStore, Store, StoredEvent,
+    unix_now, AuthEvent, AuthorizerInfoRecord, AuthorizerRecord, ComponentToken, Fence, Lease, MemoryStore, Store,
+    StoredEvent, Ticket,
 };
 use crate::wechat::{ApiErrorKind, Authorization, AuthorizerInfo, AuthorizerTokens, Issued, ListedAuthorizer};
 use crate::Secret;
@@ -371,11 +372,15 @@ pub(super) async fn started_with(n: u32) -> Harness {
 /// Authorizer `i` imported, with a refresh token WeChat knows.
 pub(super) async fn import(h: &Harness, i: u32) {
     h.api.with(|f| f.refresh.insert(appid(i), format!("initial-{i}")));
-    h.tokens.import_authorizer(&appid(i), Secret::new(format!("initial-{i}"))).await.unwrap();
+    h.tokens.grants().import(&appid(i), Secret::new(format!("initial-{i}"))).await.unwrap();
 }
 
 pub(super) async fn push_ticket(h: &Harness, value: &str) {
     h.api.with(|f| f.ticket = Some(value.into()));
     let now = unix_now();
-    h.tokens.accept_ticket(Ticket { value: Secret::new(value), create_time: now, received_at: now }).await.unwrap();
+    h.tokens
+        .component()
+        .accept_ticket(Ticket { value: Secret::new(value), create_time: now, received_at: now })
+        .await
+        .unwrap();
 }

@@ -3,8 +3,10 @@
 //! while in use. Each `getticket` retires the ticket every page holds and counts against a small
 //! daily limit (PROTOCOL.md §11), so one ticket per account is all any app ever sees.
 
+use super::authorizer::AuthorizerTokens;
+use super::core::Core;
 use super::refresher::{Committed, Credential, Endpoint, Flight};
-use super::{steady_due, AccessToken, Job, TokenError, TokenService, Want};
+use super::{steady_due, AccessToken, Job, TokenError, Want};
 use crate::metrics;
 use crate::store::{AuthorizerState, Fence, JsTicket, TicketKind};
 use crate::wechat::{ApiErrorKind, Issued};
@@ -15,7 +17,7 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, RwLock};
 
 /// One authorizer's ticket of one kind.
-pub(super) struct TicketSlot {
+struct TicketSlot {
     appid: AppId,
     kind: TicketKind,
     current: RwLock<Option<Arc<AccessToken>>>,
@@ -42,7 +44,7 @@ impl TicketSlot {
 
 /// The tickets asked for, by authorizer and kind; an authorizer that never asks has none.
 #[derive(Default)]
-pub(super) struct TicketSlots(RwLock<HashMap<(AppId, TicketKind), Arc<TicketSlot>>>);
+struct TicketSlots(RwLock<HashMap<(AppId, TicketKind), Arc<TicketSlot>>>);
 
 impl TicketSlots {
     fn get(&self, appid: &AppId, kind: TicketKind) -> Option<Arc<TicketSlot>> {
@@ -66,66 +68,81 @@ impl TicketSlots {
         Arc::clone(slot)
     }
 
-    pub(super) fn remove_authorizer(&self, appid: &AppId) {
+    fn remove_authorizer(&self, appid: &AppId) {
         self.0.write().unwrap_or_else(|p| p.into_inner()).retain(|(a, _), _| a != appid);
     }
 }
 
-impl TokenService {
+/// The JS-SDK tickets of every authorizer that asks for them.
+pub struct JsTickets {
+    core: Arc<Core>,
+    authorizers: Arc<AuthorizerTokens>,
+    slots: TicketSlots,
+}
+
+impl JsTickets {
+    pub(super) fn new(authorizers: Arc<AuthorizerTokens>) -> Self {
+        Self { core: Arc::clone(&authorizers.core), authorizers, slots: TicketSlots::default() }
+    }
+
     /// A ticket of `kind` for `appid` that has not expired: fetched (or taken from the store)
     /// the first time, single-flight however many pages ask at once.
-    pub async fn js_ticket(&self, appid: &AppId, kind: TicketKind) -> Result<Arc<AccessToken>, TokenError> {
-        match self.authorizers.get(appid).map(|s| s.state()) {
+    pub async fn get(&self, appid: &AppId, kind: TicketKind) -> Result<Arc<AccessToken>, TokenError> {
+        match self.authorizers.slots.get(appid).map(|s| s.state()) {
             None => return Err(TokenError::UnknownAuthorizer),
             Some(AuthorizerState::Revoked) => return Err(TokenError::Revoked),
             Some(AuthorizerState::NeedsReauth) => return Err(TokenError::NeedsReauth),
             Some(AuthorizerState::Active) => {}
         }
-        let slot = self.tickets.get_or_insert(appid, kind);
-        let now = self.clock.now_ms();
+        let slot = self.slots.get_or_insert(appid, kind);
+        let now = self.core.now_ms();
         slot.last_used_ms.store(now, Ordering::Relaxed);
         match slot.current() {
             Some(t) if t.is_valid(now) => Ok(t),
-            _ => self.refresh(&TicketCredential { service: self, slot: &slot }, Want::Valid).await,
+            _ => self.core.refresh(&TicketCredential { part: self, slot: &slot }, Want::Valid).await,
         }
     }
 
     /// A refresh of a ticket already asked for, for `want`.
     #[cfg(test)]
-    pub(super) async fn refresh_ticket(
+    pub(super) async fn refresh(
         &self,
         appid: &AppId,
         kind: TicketKind,
         want: Want<'_>,
     ) -> Result<Arc<AccessToken>, TokenError> {
-        let slot = self.tickets.get_or_insert(appid, kind);
-        self.refresh(&TicketCredential { service: self, slot: &slot }, want).await
+        let slot = self.slots.get_or_insert(appid, kind);
+        self.core.refresh(&TicketCredential { part: self, slot: &slot }, want).await
     }
 
     /// The scheduler's refresh ahead of expiry, for a ticket still in use; one no page asked for
     /// since it was obtained is left to expire, and fetched again if a page asks.
-    pub(super) async fn refresh_ticket_planned(&self, appid: &AppId, kind: TicketKind) {
-        let Some(slot) = self.tickets.get(appid, kind) else { return };
-        let active = self.authorizers.get(appid).is_some_and(|s| s.state() == AuthorizerState::Active);
-        if !active || !slot.in_use() {
+    pub(super) async fn refresh_planned(&self, appid: &AppId, kind: TicketKind) {
+        let Some(slot) = self.slots.get(appid, kind) else { return };
+        if !self.authorizers.is_active(appid) || !slot.in_use() {
             return;
         }
         // Failures are logged, counted and re-planned by the refresher.
-        let _ = self.refresh(&TicketCredential { service: self, slot: &slot }, Want::Planned).await;
+        let _ = self.core.refresh(&TicketCredential { part: self, slot: &slot }, Want::Planned).await;
     }
 
     /// Another instance stored a new ticket: take it, if this instance holds that ticket at all.
-    pub(super) async fn adopt_announced_ticket(&self, appid: &AppId, kind: TicketKind) -> Result<(), TokenError> {
-        match self.tickets.get(appid, kind) {
-            Some(slot) => TicketCredential { service: self, slot: &slot }.adopt_stored().await,
+    pub(super) async fn adopt_announced(&self, appid: &AppId, kind: TicketKind) -> Result<(), TokenError> {
+        match self.slots.get(appid, kind) {
+            Some(slot) => TicketCredential { part: self, slot: &slot }.adopt_stored().await,
             None => Ok(()),
         }
+    }
+
+    /// Drops a forgotten authorizer's tickets.
+    pub(super) fn forget(&self, appid: &AppId) {
+        self.slots.remove_authorizer(appid);
     }
 }
 
 /// One ticket as the refresher sees it.
 struct TicketCredential<'a> {
-    service: &'a TokenService,
+    part: &'a JsTickets,
     slot: &'a TicketSlot,
 }
 
@@ -135,9 +152,9 @@ impl TicketCredential<'_> {
     }
 
     fn plan_next(&self, ticket: &AccessToken) {
-        let now = self.service.clock.now_ms();
-        let due = steady_due(now, ticket.expires_at, self.service.settings.ahead, &mut rand::thread_rng());
-        self.service.plan(self.job(), due);
+        let core = &self.part.core;
+        let due = steady_due(core.now_ms(), ticket.expires_at, core.settings.ahead, &mut rand::thread_rng());
+        core.plan(self.job(), due);
     }
 }
 
@@ -166,8 +183,8 @@ impl Credential for TicketCredential<'_> {
     }
 
     async fn adopt_stored(&self) -> Result<(), TokenError> {
-        let (service, slot) = (self.service, self.slot);
-        let Some(stored) = service.store.load_js_ticket(&service.component, &slot.appid, slot.kind).await? else {
+        let (core, slot) = (&self.part.core, self.slot);
+        let Some(stored) = core.store.load_js_ticket(&core.component, &slot.appid, slot.kind).await? else {
             return Ok(());
         };
         if slot.current().is_some_and(|held| held.expires_at >= stored.expires_at) {
@@ -185,25 +202,25 @@ impl Credential for TicketCredential<'_> {
 
     /// With the authorizer's token; a token WeChat refuses is replaced once (compare-and-swap).
     async fn fetch(&self) -> Result<Issued, TokenError> {
-        let (service, slot) = (self.service, self.slot);
-        let token = service.authorizer_token(&slot.appid).await?;
-        match service.api.js_ticket(&token.value, slot.kind.as_str()).await {
+        let (part, slot) = (self.part, self.slot);
+        let token = part.authorizers.token(&slot.appid).await?;
+        match part.core.api.js_ticket(&token.value, slot.kind.as_str()).await {
             Err(e) if e.kind() == Some(ApiErrorKind::TokenInvalid) => {
-                let fresh = service.replace_authorizer_token(&slot.appid, &token.value).await?;
-                Ok(service.api.js_ticket(&fresh.value, slot.kind.as_str()).await?)
+                let fresh = part.authorizers.replace(&slot.appid, &token.value).await?;
+                Ok(part.core.api.js_ticket(&fresh.value, slot.kind.as_str()).await?)
             }
             other => Ok(other?),
         }
     }
 
     async fn commit(&self, issued: Issued, fence: Fence<'_>) -> Result<Committed, TokenError> {
-        let (service, slot) = (self.service, self.slot);
-        let now = service.clock.now_ms();
+        let (core, slot) = (&self.part.core, self.slot);
+        let now = core.now_ms();
         let lifetime_ms = issued.expires_in as i64 * 1000;
         let record = JsTicket { value: issued.value, expires_at: now + lifetime_ms, obtained_at: now };
         // A ticket the store did not take still works here; other instances fetch their own,
         // which retires this one after WeChat's grace. Better than no ticket at all.
-        match service.store.save_js_ticket(&service.component, &slot.appid, slot.kind, &record, fence).await {
+        match core.store.save_js_ticket(&core.component, &slot.appid, slot.kind, &record, fence).await {
             Ok(true) => {}
             Ok(false) => return Ok(Committed::LeaseLost),
             Err(e) => {

@@ -22,12 +22,12 @@ const KINDS: [Kind; 3] = [Kind::Component, Kind::Authorizer, Kind::Ticket];
 impl Kind {
     async fn refresh(self, t: &TokenService, want: Want<'_>) -> Result<Arc<AccessToken>, TokenError> {
         match self {
-            Kind::Component => t.refresh_component(want).await,
-            Kind::Authorizer => t.refresh_authorizer(&appid(1), want).await,
+            Kind::Component => t.component().refresh(want).await,
+            Kind::Authorizer => t.authorizers().refresh(&appid(1), want).await,
             Kind::Ticket => match want {
                 // The first use, as a page's.
-                Want::Valid => t.js_ticket(&appid(1), TicketKind::Jsapi).await,
-                want => t.refresh_ticket(&appid(1), TicketKind::Jsapi, want).await,
+                Want::Valid => t.tickets().get(&appid(1), TicketKind::Jsapi).await,
+                want => t.tickets().refresh(&appid(1), TicketKind::Jsapi, want).await,
             },
         }
     }
@@ -330,7 +330,7 @@ async fn no_store_state_makes_a_storm_of_calls_to_the_token_endpoints() {
             for c in callers {
                 c.await.unwrap();
             }
-            let allowed = backoff_allows(window.as_millis() as i64, &h.tokens.settings) + 1;
+            let allowed = backoff_allows(window.as_millis() as i64, &h.tokens.core.settings) + 1;
             let made = KINDS.iter().zip(&before).map(|(k, before)| k.calls(&h.api) - before);
             for (made, endpoint) in made.zip(["api_component_token", "api_authorizer_token", "getticket"]) {
                 // A component token stored with errors is still put in service: it refreshes
@@ -345,13 +345,13 @@ async fn no_store_state_makes_a_storm_of_calls_to_the_token_endpoints() {
 async fn the_budget_stops_calls_that_bypass_the_backoff() {
     let h = started_with(1).await;
     let before = Kind::Authorizer.calls(&h.api);
-    let budget = h.tokens.settings.budget_per_minute;
+    let budget = h.tokens.core.settings.budget_per_minute;
     let metric = || metrics::BUDGET_EXHAUSTED.with_label_values(&["api_authorizer_token"]).get();
     let bitten = metric();
     // An operator's "refresh now" skips the backoff, not the budget.
     let mut refused = 0;
     for _ in 0..budget + 5 {
-        match h.tokens.refresh_now(&appid(1)).await {
+        match h.tokens.authorizers().refresh_now(&appid(1)).await {
             Ok(_) => {}
             Err(TokenError::Budget { endpoint, retry_in_secs }) => {
                 assert_eq!(endpoint, "api_authorizer_token");
@@ -365,5 +365,5 @@ async fn the_budget_stops_calls_that_bypass_the_backoff() {
     assert_eq!(refused, 5);
     assert!(metric() >= bitten + 5);
     tokio::time::sleep(Duration::from_secs(61)).await;
-    assert!(h.tokens.refresh_now(&appid(1)).await.is_ok(), "a new minute, a new budget");
+    assert!(h.tokens.authorizers().refresh_now(&appid(1)).await.is_ok(), "a new minute, a new budget");
 }
