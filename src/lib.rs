@@ -13,7 +13,9 @@
 //! - [`store`]: the durable store trait and its SQLite, Redis (shared by several instances) and
 //!   in-memory backends, and `migrate` between them.
 //! - [`wechat`]: the HTTP client for WeChat's component endpoints; errcodes become typed errors.
-//! - [`tokens`]: the token service, the only writer of ticket, token and authorizer state.
+//! - [`tokens`]: the token service, the only writer of ticket, token and authorizer state: a
+//!   part per credential family (component, authorizers, JS-SDK tickets) and per duty (grants,
+//!   info, events, reconciliation) over one core that runs the one refresh protocol.
 //! - [`authorize`]: the authorization flow's links (PC and mobile) and pages.
 //! - [`callback`]: WeChat's authorization-event receiver: verify, decrypt, parse, hand to tokens.
 //! - [`http1`]: THE HTTP/1.1 of the binary: both listeners' connections and requests, and the

@@ -167,7 +167,7 @@ impl ComponentReceiver {
         let authorizer = authorizer_of(info_type, fields)?;
         let event = AuthEvent {
             info_type: info_type.to_owned(),
-            authorizer_appid: authorizer,
+            authorizer,
             create_time,
             payload: Secret::new(message),
             received_at: unix_now(),
@@ -178,14 +178,17 @@ impl ComponentReceiver {
 
 /// The authorizer an event concerns. The documented authorization events must name a valid
 /// one; other info types (fast registration, 代认证, 备案…) are kept whatever they carry.
-fn authorizer_of(info_type: &str, fields: &xml::Fields) -> Result<String, CallbackError> {
-    let named =
-        fields.get("AuthorizerAppid").or_else(|| fields.get("authorizer_appid")).or_else(|| fields.get("appid"));
+fn authorizer_of(info_type: &str, fields: &xml::Fields) -> Result<Option<AppId>, CallbackError> {
+    let named = fields
+        .get("AuthorizerAppid")
+        .or_else(|| fields.get("authorizer_appid"))
+        .or_else(|| fields.get("appid"))
+        .and_then(|a| AppId::parse(a).ok());
     match info_type {
         "authorized" | "updateauthorized" | "unauthorized" => {
-            named.filter(|a| AppId::is_valid(a)).map(str::to_owned).ok_or(CallbackError::Field("AuthorizerAppid"))
+            named.map(Some).ok_or(CallbackError::Field("AuthorizerAppid"))
         }
-        _ => Ok(named.filter(|a| AppId::is_valid(a)).unwrap_or_default().to_owned()),
+        _ => Ok(named),
     }
 }
 

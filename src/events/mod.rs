@@ -21,7 +21,6 @@ use crate::messages::outbox::{Deliver, DeliveryId, MessageKind, NewMessage, Outb
 use crate::metrics;
 use crate::store::{StoreError, StoredEvent};
 use crate::tokens::EventHandoff;
-use crate::AppId;
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use routes::EventRoutes;
@@ -69,7 +68,7 @@ impl EventHandoff for PlatformEvents {
         if event.info_type == TICKET_INFO_TYPE {
             return Ok(());
         }
-        let authorizer = AppId::parse(&event.authorizer_appid).ok();
+        let authorizer = event.authorizer;
         let routes = self.routes.load();
         for route in routes.matching(&event.info_type) {
             let message = NewMessage {
@@ -125,14 +124,14 @@ mod tests {
     use crate::events::routes::tests::config as route;
     use crate::messages::outbox::OutboxSettings;
     use crate::store::{AuthEvent, MemoryStore, SharedStore};
-    use crate::Secret;
+    use crate::{AppId, Secret};
 
     fn stored(id: i64, info_type: &str, authorizer: &str) -> StoredEvent {
         StoredEvent {
             id,
             event: AuthEvent {
                 info_type: info_type.to_owned(),
-                authorizer_appid: authorizer.to_owned(),
+                authorizer: AppId::parse(authorizer).ok(),
                 create_time: 1_700_000_000,
                 payload: Secret::new(format!("<xml><InfoType>{info_type}</InfoType></xml>")),
                 received_at: 1_700_000_001,

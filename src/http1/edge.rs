@@ -66,7 +66,7 @@ pub async fn serve(app: &impl Answers, stream: Stream, timeouts: Timeouts, shutd
                 break;
             }
             Err(Unread::Gone(e)) => {
-                tracing::debug!(error = %e, "the request head was not read");
+                tracing::debug!(error = %e.on(super::wire::Side::Client), "the request head was not read");
                 return;
             }
         };

@@ -15,4 +15,4 @@ pub mod wire;
 pub use conn::Timeouts;
 pub use edge::{Answers, Edge};
 pub use session::Session;
-pub use wire::H1Error;
+pub use wire::{H1Error, Side};

@@ -30,17 +30,48 @@ const READ_SIZE: usize = 8 * 1024;
 /// A chunk's size line or a trailer line longer than this is refused.
 const MAX_LINE: usize = 4 * 1024;
 
-/// Why an exchange failed. It names no part of the request or the answer.
+/// Why a read or write on a connection failed, on either side: it names no part of the
+/// request or the answer, nor the side, which only the caller knows ([`H1Error::on`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum H1Error {
-    #[error("WeChat did not answer within the upstream timeout")]
+    #[error("nothing was sent or taken within the timeout")]
     TimedOut,
-    #[error("the connection closed before the answer was complete")]
+    #[error("the connection closed before the message was complete")]
     Closed,
     #[error("the connection failed: {0}")]
     Io(std::io::ErrorKind),
-    #[error("the answer is not valid HTTP/1.1: {0}")]
+    #[error("the message is not valid HTTP/1.1: {0}")]
     Malformed(&'static str),
+}
+
+/// Which end of the gateway a connection is on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    /// A client of the gateway (an app, an SDK, a browser, WeChat pushing).
+    Client,
+    /// WeChat (the upstream).
+    Wechat,
+}
+
+/// An [`H1Error`] with the side it happened on, for log lines: a slow client is not logged as
+/// WeChat not answering.
+#[derive(Debug, Clone, Copy)]
+pub struct OnSide(Side, H1Error);
+
+impl H1Error {
+    pub fn on(self, side: Side) -> OnSide {
+        OnSide(side, self)
+    }
+}
+
+impl std::fmt::Display for OnSide {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let side = match self.0 {
+            Side::Client => "client",
+            Side::Wechat => "WeChat",
+        };
+        write!(f, "{side}: {}", self.1)
+    }
 }
 
 /// Writes `bytes` and flushes them, within `timeout` (on the connection's `timer`): the

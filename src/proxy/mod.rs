@@ -34,7 +34,7 @@ use crate::tokens::{AccessToken, TokenService};
 use crate::AppId;
 use arc_swap::ArcSwap;
 use bytes::{Bytes, BytesMut};
-use resolve::{ApiCall, Scope, TokenCall};
+use resolve::{ApiCall, RouteKind, Scope, TokenCall};
 use std::sync::Arc;
 use std::time::Instant;
 use upstream::Body;
@@ -72,8 +72,8 @@ pub struct Gateway {
 pub struct CallCtx {
     /// When the call began, for the access log's `ms` (a clock read saved when it is off).
     started: Option<Instant>,
-    /// The `scope` label: `none` until the request is resolved.
-    label: &'static str,
+    /// What the request was resolved as; `None` until it is (and for one refused first).
+    kind: Option<RouteKind>,
     client: Option<String>,
     /// The path WeChat sees, without the query (which carries the token).
     path: String,
@@ -98,7 +98,7 @@ impl Gateway {
             Ok(route) => route,
             Err(e) => return Some(Reply::error(e.status(), e)),
         };
-        ctx.label = route.label();
+        ctx.kind = Some(route.kind());
         if self.settings.access_log {
             let (client, path) = match &route {
                 Route::Own => (None, session.req().uri.path()),
@@ -299,12 +299,7 @@ impl Answers for Gateway {
 
 impl Gateway {
     fn new_ctx(&self) -> CallCtx {
-        CallCtx {
-            started: self.settings.access_log.then(Instant::now),
-            label: "none",
-            client: None,
-            path: String::new(),
-        }
+        CallCtx { started: self.settings.access_log.then(Instant::now), kind: None, client: None, path: String::new() }
     }
 
     /// One request whose head was read: answered and logged. A connection whose answer was
@@ -337,8 +332,8 @@ impl Gateway {
 
     fn log(&self, session: &Session<'_>, ctx: &CallCtx) {
         let status = session.answered().map_or(0, |s| s.as_u16());
-        if ctx.label != "own" {
-            metrics::count_request(ctx.label, status);
+        if ctx.kind != Some(RouteKind::Own) {
+            metrics::count_request(RouteKind::label(ctx.kind), status);
         }
         if self.settings.access_log {
             let req = session.req();
@@ -348,7 +343,7 @@ impl Gateway {
                 path = %ctx.path,
                 query = %redacted_query(req.uri.query().unwrap_or_default()),
                 status,
-                scope = ctx.label,
+                scope = RouteKind::label(ctx.kind),
                 client = ctx.client.as_deref().unwrap_or("-"),
                 ms = ctx.started.map_or(0, |t| t.elapsed().as_millis() as u64),
             );

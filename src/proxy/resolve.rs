@@ -51,13 +51,35 @@ pub struct TicketCall<'c> {
 }
 
 impl Route<'_> {
-    /// The `scope` label of `wxgate_requests_total`.
-    pub fn label(&self) -> &'static str {
+    /// What the request was resolved as, owning nothing: for the metrics and the access log.
+    pub fn kind(&self) -> RouteKind {
         match self {
-            Self::Own => "own",
-            Self::TokenEndpoint(_) => "token_endpoint",
-            Self::Ticket(call) => call.scope.label(),
-            Self::Api(call) => call.scope.label(),
+            Self::Own => RouteKind::Own,
+            Self::TokenEndpoint(_) => RouteKind::TokenEndpoint,
+            Self::Ticket(call) => RouteKind::Call(call.scope.label()),
+            Self::Api(call) => RouteKind::Call(call.scope.label()),
+        }
+    }
+}
+
+/// What a request was resolved as.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RouteKind {
+    Own,
+    TokenEndpoint,
+    /// A call made with a token: its scope's label (`authorizer`, `component`).
+    Call(&'static str),
+}
+
+impl RouteKind {
+    /// The `scope` label of `wxgate_requests_total` and the access log; `none` for a request
+    /// that was not resolved (refused first).
+    pub fn label(kind: Option<Self>) -> &'static str {
+        match kind {
+            None => "none",
+            Some(Self::Own) => "own",
+            Some(Self::TokenEndpoint) => "token_endpoint",
+            Some(Self::Call(scope)) => scope,
         }
     }
 }

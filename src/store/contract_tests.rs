@@ -12,7 +12,7 @@ pub fn ticket(value: &str, create_time: i64) -> Ticket {
 pub fn event(info_type: &str, appid: &str, create_time: i64) -> AuthEvent {
     AuthEvent {
         info_type: info_type.into(),
-        authorizer_appid: appid.into(),
+        authorizer: AppId::parse(appid).ok(),
         create_time,
         payload: Secret::new(format!("<xml><InfoType>{info_type}</InfoType></xml>")),
         received_at: create_time,

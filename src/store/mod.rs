@@ -82,8 +82,9 @@ pub struct JsTicket {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AuthEvent {
     pub info_type: String,
-    /// Empty for events that concern no authorizer.
-    pub authorizer_appid: String,
+    /// The account the event concerns; none for 代认证, 备案 and other pushes about no one
+    /// account (stored as `''`).
+    pub authorizer: Option<AppId>,
     pub create_time: i64,
     /// The decrypted XML as WeChat sent it: it can carry an authorization code, so it is secret.
     pub payload: Secret,
@@ -153,9 +154,10 @@ pub struct StoredEvent {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Lease {
     pub key: String,
-    /// Who holds it, with a fencing number: a write under a lease that has since passed to
-    /// another instance is refused.
-    pub owner: String,
+    /// Who holds it, with a fencing number, on a shared store: a write under a lease that has
+    /// since passed to another instance is refused. `None` on a store only this instance uses,
+    /// where nobody else can hold it.
+    pub owner: Option<String>,
 }
 
 /// Under what right a token is written.
@@ -286,7 +288,7 @@ pub trait Store: Send + Sync + 'static {
         what: &str,
         _ttl: std::time::Duration,
     ) -> Result<Option<Lease>, StoreError> {
-        Ok(Some(Lease { key: what.to_owned(), owner: String::new() }))
+        Ok(Some(Lease { key: what.to_owned(), owner: None }))
     }
 
     async fn release(&self, _lease: &Lease) -> Result<(), StoreError> {
@@ -357,6 +359,11 @@ pub trait Store: Send + Sync + 'static {
 }
 
 pub type SharedStore = Arc<dyn Store>;
+
+/// How the backends write an account that may be none: its appid, or `''`.
+pub(crate) fn appid_or_empty(appid: Option<AppId>) -> String {
+    appid.map(|a| a.to_string()).unwrap_or_default()
+}
 
 /// Seconds since the Unix epoch, the time unit of every record.
 pub fn unix_now() -> i64 {

@@ -118,7 +118,7 @@ impl Events {
             .into_iter()
             .map(|s| PendingEvent {
                 id: s.id,
-                authorizer: AppId::parse(&s.event.authorizer_appid).ok(),
+                authorizer: s.event.authorizer,
                 info_type: s.event.info_type,
                 create_time: s.event.create_time,
                 received_at: s.event.received_at,
@@ -129,14 +129,14 @@ impl Events {
 
     async fn process(&self) -> Result<(), TokenError> {
         let mut retry = None;
-        let mut held_back: HashSet<String> = HashSet::new();
+        let mut held_back: HashSet<Option<AppId>> = HashSet::new();
         let pending = self.core.store.pending_events(&self.core.component).await?;
         // Events another instance settled meanwhile are nothing to report any more.
         let ids: HashSet<i64> = pending.iter().map(|s| s.id).collect();
         self.lock_failed().retain(|id, _| ids.contains(id));
         for stored in pending {
-            let account = &stored.event.authorizer_appid;
-            if held_back.contains(account) {
+            let account = stored.event.authorizer;
+            if held_back.contains(&account) {
                 continue;
             }
             match self.settle(&stored).await {
@@ -150,7 +150,7 @@ impl Events {
                     entry.attempts += 1;
                     entry.last_error = e.to_string();
                     drop(failed);
-                    held_back.insert(account.clone());
+                    held_back.insert(account);
                     retry = Some(e);
                 }
             }
@@ -169,7 +169,7 @@ impl Events {
     }
 
     async fn apply(&self, event: &AuthEvent) -> Result<Acted, TokenError> {
-        let Ok(appid) = AppId::parse(&event.authorizer_appid) else {
+        let Some(appid) = event.authorizer else {
             // 代认证, 备案 and other pushes about no one account are handed on as WeChat sent them.
             return Ok(Acted::HandOn);
         };

@@ -5,9 +5,13 @@
 //! and to memory after, so that no token is used before the store holds it — above all a
 //! rotated refresh token, whose loss would force the account's owner to authorize again.
 //!
-//! Refreshes are single-flight per token (a `tokio::sync::Mutex` per slot, checked again once
-//! held), and a refresh asked for because a token failed is compare-and-swap: it replaces only
-//! the token that failed.
+//! Refreshes are single-flight per token (a turn per slot, checked again once held), and a
+//! refresh asked for because a token failed is compare-and-swap: it replaces only the token that
+//! failed. The protocol is written once (`refresher.rs`, a method of [`core::Core`]); each
+//! credential says only what differs (`component.rs`, `authorizer.rs`, `ticket.rs`).
+//!
+//! The service is a set of parts (see [`TokenService`]), each owning one credential family or
+//! one duty, over the one core they share: a part reaches only the parts below it.
 
 /// Calls WeChat with the component token; if WeChat refuses the token, replaces it once
 /// (compare-and-swap) and calls again. A macro rather than a function taking a closure, so that

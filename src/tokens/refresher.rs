@@ -63,7 +63,7 @@ pub(super) enum Committed {
 }
 
 /// One kind of credential, as the refresher sees it. Implemented by small views that borrow the
-/// service and the credential's slot.
+/// part that holds it and the credential's slot.
 #[async_trait]
 pub(super) trait Credential: Send + Sync {
     /// What WeChat hands out, before it is stored.

@@ -101,7 +101,7 @@ async fn unauthorized_revokes_unless_the_owner_came_back_later() {
 
     let push = |info: &str, at: i64| AuthEvent {
         info_type: info.into(),
-        authorizer_appid: appid(7).to_string(),
+        authorizer: Some(appid(7)),
         create_time: at,
         payload: Secret::new(format!("<xml><InfoType>{info}</InfoType></xml>")),
         received_at: at,

@@ -75,7 +75,7 @@ impl Store for MemoryStore {
         let duplicate = state.events.iter().any(|(c, e, _)| {
             c == component
                 && e.event.info_type == event.info_type
-                && e.event.authorizer_appid == event.authorizer_appid
+                && e.event.authorizer == event.authorizer
                 && e.event.create_time == event.create_time
         });
         if duplicate {

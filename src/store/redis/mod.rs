@@ -296,7 +296,7 @@ impl RedisStore {
         let mut invocation = FENCED_WRITE.key(lease_key);
         invocation.key(hash).key(self.key(component, "authorizers")).key(self.key(component, "changes"));
         invocation.key(self.key(component, "version")).key(self.key(component, "changed"));
-        invocation.arg(lease.map_or("", |l| l.owner.as_str())).arg(member).arg(announce);
+        invocation.arg(lease.and_then(|l| l.owner.as_deref()).unwrap_or("")).arg(member).arg(announce);
         for (field, value) in fields {
             invocation.arg(field).arg(value);
         }

@@ -107,10 +107,11 @@ impl Store for RedisStore {
     }
 
     async fn record_event(&self, component: &AppId, e: &AuthEvent) -> Result<bool, StoreError> {
-        let dedupe = format!("{}|{}|{}", e.info_type, e.authorizer_appid, e.create_time);
+        let authorizer = crate::store::appid_or_empty(e.authorizer);
+        let dedupe = format!("{}|{}|{}", e.info_type, authorizer, e.create_time);
         let mut invocation = RECORD_EVENT.key(self.key(component, "events:dedupe"));
         invocation.key(self.key(component, "events:seq")).key(self.key(component, "events:pending"));
-        invocation.arg(dedupe).arg(self.key(component, "event:")).arg(&e.info_type).arg(&e.authorizer_appid);
+        invocation.arg(dedupe).arg(self.key(component, "event:")).arg(&e.info_type).arg(authorizer);
         invocation.arg(e.create_time).arg(e.payload.expose()).arg(e.received_at);
         // WeChat is answered `success` once this returns, and does not send the event again.
         let id: i64 = self.invoke(invocation, Durability::Replicas).await?;
@@ -127,7 +128,7 @@ impl Store for RedisStore {
                 id,
                 event: AuthEvent {
                     info_type: field(&map, "info_type")?,
-                    authorizer_appid: map.get("authorizer_appid").cloned().unwrap_or_default(),
+                    authorizer: map.get("authorizer_appid").and_then(|a| AppId::parse(a).ok()),
                     create_time: field(&map, "create_time")?,
                     payload: Secret::new(field::<String>(&map, "payload")?),
                     received_at: field(&map, "received_at")?,
@@ -245,23 +246,17 @@ impl Store for RedisStore {
         self.link
             .run(|mut c| async move {
                 let fence: i64 = c.incr(fence_key, 1).await?;
-                let lease = Lease { key, owner: format!("{instance}:{fence}") };
-                let taken: Option<String> = redis::cmd("SET")
-                    .arg(&lease.key)
-                    .arg(&lease.owner)
-                    .arg("NX")
-                    .arg("PX")
-                    .arg(ttl_ms)
-                    .query_async(&mut c)
-                    .await?;
-                Ok(taken.map(|_| lease))
+                let owner = format!("{instance}:{fence}");
+                let taken: Option<String> =
+                    redis::cmd("SET").arg(&key).arg(&owner).arg("NX").arg("PX").arg(ttl_ms).query_async(&mut c).await?;
+                Ok(taken.map(|_| Lease { key, owner: Some(owner) }))
             })
             .await
     }
 
     async fn release(&self, lease: &Lease) -> Result<(), StoreError> {
         let mut invocation = RELEASE.key(&lease.key);
-        invocation.arg(&lease.owner);
+        invocation.arg(lease.owner.as_deref().unwrap_or(""));
         let _: i64 = self.invoke(invocation, Durability::Master).await?;
         Ok(())
     }

@@ -7,8 +7,8 @@
 mod outbox;
 
 use super::{
-    AuthEvent, AuthorizerInfoRecord, AuthorizerRecord, AuthorizerState, ComponentToken, Fence, JsTicket, OutboxStore,
-    Store, StoreError, StoredEvent, Ticket, TicketKind,
+    appid_or_empty, AuthEvent, AuthorizerInfoRecord, AuthorizerRecord, AuthorizerState, ComponentToken, Fence,
+    JsTicket, OutboxStore, Store, StoreError, StoredEvent, Ticket, TicketKind,
 };
 use crate::{AppId, Secret};
 use async_trait::async_trait;
@@ -120,7 +120,7 @@ fn row_to_event(row: &rusqlite::Row<'_>) -> rusqlite::Result<StoredEvent> {
         id: row.get(0)?,
         event: AuthEvent {
             info_type: row.get(1)?,
-            authorizer_appid: row.get(2)?,
+            authorizer: AppId::parse(&row.get::<_, String>(2)?).ok(),
             create_time: row.get(3)?,
             payload: Secret::new(row.get::<_, String>(4)?),
             received_at: row.get(5)?,
@@ -223,7 +223,14 @@ impl Store for SqliteStore {
                 "INSERT OR IGNORE INTO events
                      (component_appid, info_type, authorizer_appid, create_time, payload, received_at)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-                params![component, e.info_type, e.authorizer_appid, e.create_time, e.payload.expose(), e.received_at],
+                params![
+                    component,
+                    e.info_type,
+                    appid_or_empty(e.authorizer),
+                    e.create_time,
+                    e.payload.expose(),
+                    e.received_at
+                ],
             )?;
             Ok(inserted > 0)
         })
