@@ -4,11 +4,11 @@
 //!
 //! A push that fails any check gets a 4xx and reaches no handler. See PROTOCOL.md §4 and §9.
 
-use super::{CallbackError, SignedQuery, MAX_BODY_BYTES};
+use super::{encrypt_field, envelope_fields, CallbackError, SignedQuery};
 use crate::crypto::MsgCrypt;
 use crate::messages::{MessageService, Reply};
 use crate::metrics;
-use crate::xml::{self, XmlError};
+use crate::xml;
 use crate::AppId;
 use std::sync::Arc;
 
@@ -48,14 +48,5 @@ impl AccountReceiver {
 /// The `Encrypt` field of `<xml><ToUserName/><Encrypt/></xml>`. ToUserName is the account's
 /// original id (gh_...), which the gateway need not know: the path names the appid.
 fn envelope(body: &[u8]) -> Result<String, CallbackError> {
-    if body.len() > MAX_BODY_BYTES {
-        return Err(CallbackError::TooLarge);
-    }
-    if body.iter().all(u8::is_ascii_whitespace) {
-        return Err(CallbackError::Empty);
-    }
-    let text = std::str::from_utf8(body).map_err(|_| CallbackError::Envelope(XmlError::Malformed))?;
-    let fields = xml::parse(text).map_err(CallbackError::Envelope)?;
-    let encrypt = fields.get("Encrypt").filter(|e| !e.is_empty()).ok_or(CallbackError::Field("Encrypt"))?;
-    Ok(encrypt.to_owned())
+    encrypt_field(&envelope_fields(body)?)
 }

@@ -131,21 +131,13 @@ impl ComponentReceiver {
 
     /// Checks the body and returns its `Encrypt` field.
     fn envelope(&self, body: &[u8]) -> Result<String, CallbackError> {
-        if body.len() > MAX_BODY_BYTES {
-            return Err(CallbackError::TooLarge);
-        }
-        if body.iter().all(u8::is_ascii_whitespace) {
-            return Err(CallbackError::Empty);
-        }
-        let text = std::str::from_utf8(body).map_err(|_| CallbackError::Envelope(XmlError::Malformed))?;
-        let fields = xml::parse(text).map_err(CallbackError::Envelope)?;
+        let fields = envelope_fields(body)?;
         // System pushes carry AppId; older demos rewrap them with ToUserName.
         let addressed = fields.get("AppId").or_else(|| fields.get("ToUserName"));
         if addressed.is_some_and(|a| !a.is_empty() && a != self.tokens.component_appid().as_str()) {
             return Err(CallbackError::WrongComponent);
         }
-        let encrypt = fields.get("Encrypt").filter(|e| !e.is_empty()).ok_or(CallbackError::Field("Encrypt"))?;
-        Ok(encrypt.to_owned())
+        encrypt_field(&fields)
     }
 
     async fn record_ticket(&self, fields: &xml::Fields, create_time: i64) -> Result<bool, CallbackError> {
@@ -221,4 +213,23 @@ impl SignedQuery {
             msg_signature: msg_signature.ok_or(CallbackError::MissingParam("msg_signature"))?,
         })
     }
+}
+
+/// The fields of a push's `<xml>` envelope, from a body that is not too large, not empty and
+/// well-formed.
+fn envelope_fields(body: &[u8]) -> Result<xml::Fields, CallbackError> {
+    if body.len() > MAX_BODY_BYTES {
+        return Err(CallbackError::TooLarge);
+    }
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Err(CallbackError::Empty);
+    }
+    let text = std::str::from_utf8(body).map_err(|_| CallbackError::Envelope(XmlError::Malformed))?;
+    xml::parse(text).map_err(CallbackError::Envelope)
+}
+
+/// The envelope's sealed message.
+fn encrypt_field(fields: &xml::Fields) -> Result<String, CallbackError> {
+    let encrypt = fields.get("Encrypt").filter(|e| !e.is_empty()).ok_or(CallbackError::Field("Encrypt"))?;
+    Ok(encrypt.to_owned())
 }

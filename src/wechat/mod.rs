@@ -141,6 +141,16 @@ impl WechatClient {
         if let Some(token) = token {
             url.query_pairs_mut().append_pair("component_access_token", token.expose());
         }
+        self.post_to(endpoint, url, body).await
+    }
+
+    /// POSTs `body` to `url` and decodes the answer (see [`decode`]).
+    async fn post_to<T: DeserializeOwned>(
+        &self,
+        endpoint: &'static str,
+        url: url::Url,
+        body: Value,
+    ) -> Result<T, WechatError> {
         let response =
             self.http.post(url).json(&body).send().await.map_err(|e| WechatError::from_reqwest(endpoint, e))?;
         let status = response.status();

@@ -1,7 +1,7 @@
 //! WeChat's API quotas (PROTOCOL.md §2.10, §11): how much of an API's daily limit is used, and
 //! the monthly resets (`clear_quota` with a token, `clear_quota/v2` with the appsecret).
 
-use super::{decode, WechatClient, WechatError};
+use super::{WechatClient, WechatError};
 use crate::{AppId, Secret};
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
@@ -49,14 +49,7 @@ impl WechatClient {
         if let Some(token) = token {
             url.query_pairs_mut().append_pair("access_token", token.expose());
         }
-        let response =
-            self.http.post(url).json(&body).send().await.map_err(|e| WechatError::from_reqwest(endpoint, e))?;
-        let status = response.status();
-        if !status.is_success() {
-            return Err(WechatError::Status { endpoint, status: status.as_u16() });
-        }
-        let bytes = response.bytes().await.map_err(|e| WechatError::from_reqwest(endpoint, e))?;
-        decode(endpoint, &bytes)
+        self.post_to(endpoint, url, body).await
     }
 }
 
