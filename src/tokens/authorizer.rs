@@ -5,7 +5,7 @@
 
 use super::component::ComponentTokens;
 use super::core::Core;
-use super::info::InfoIndex;
+use super::index::InfoIndex;
 use super::refresher::{Committed, Credential, Endpoint, Flight};
 use super::slot::{AuthorizerMem, AuthorizerSlot, Slots};
 use super::{AccessToken, AuthorizerStatus, Job, TokenError, Want};
@@ -258,7 +258,7 @@ impl AuthorizerTokens {
     /// Sets `wxgate_authorizers` by state; called on changes of state and before every scrape.
     pub fn update_gauges(&self) {
         let mut counts: std::collections::HashMap<&'static str, i64> =
-            super::info::state_labels().map(|l| (l, 0)).collect();
+            super::index::state_labels().map(|l| (l, 0)).collect();
         for slot in self.slots.all() {
             *counts.entry(self.index.label(&slot.appid, slot.state())).or_default() += 1;
         }

@@ -41,6 +41,7 @@ mod coordination;
 mod core;
 mod events;
 mod grants;
+mod index;
 pub mod info;
 mod reconcile;
 mod refresher;
