@@ -58,16 +58,18 @@ pub async fn serve(app: &impl Answers, stream: Stream, timeouts: Timeouts, shutd
         let stopping = *shutdown.borrow();
         let mut session = match Session::read(&mut conn).await {
             Ok(session) => session,
-            Err(Unread::Malformed(why)) => {
-                // As nginx: 400, and the connection closed. The reason names no part of it.
-                tracing::debug!(why, "the request head was refused");
-                Session::refuse(&mut conn, Reply::error(400, why)).await;
+            Err(unread) => {
+                let Some((status, why)) = unread.refusal() else {
+                    if let Unread::Gone(e) = unread {
+                        tracing::debug!(error = %e.on(super::wire::Side::Client), "the request head was not read");
+                    }
+                    return;
+                };
+                // As nginx: refused, and the connection closed. The reason names no part of it.
+                tracing::debug!(why, status, "the request head was refused");
+                Session::refuse(&mut conn, Reply::error(status, why)).await;
                 conn.left_unread();
                 break;
-            }
-            Err(Unread::Gone(e)) => {
-                tracing::debug!(error = %e.on(super::wire::Side::Client), "the request head was not read");
-                return;
             }
         };
         if stopping {

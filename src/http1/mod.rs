@@ -16,3 +16,12 @@ pub use conn::Timeouts;
 pub use edge::{Answers, Edge};
 pub use session::Session;
 pub use wire::{H1Error, Side};
+
+/// For the fuzz target `h1` (`fuzz/`): reads `data` as requests on a client connection and as
+/// WeChat's answer, heads and bodies, as the listeners and the client read them. Whatever `data`
+/// holds, this returns; what it read is checked against the framing's own promises.
+#[doc(hidden)]
+pub fn fuzz_read(data: &[u8]) {
+    session::fuzz_read(data);
+    wire::fuzz_read(data);
+}

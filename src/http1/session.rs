@@ -30,7 +30,20 @@ const DRAIN_LIMIT: usize = 64 * 1024;
 #[derive(Debug)]
 pub enum Unread {
     Malformed(&'static str),
+    /// Well-formed, but framed by a transfer coding the gateway does not apply (501).
+    NotImplemented(&'static str),
     Gone(H1Error),
+}
+
+impl Unread {
+    /// The status a refused head is answered with, and why; `None` for a connection that ended.
+    pub fn refusal(&self) -> Option<(u16, &'static str)> {
+        match self {
+            Self::Malformed(why) => Some((400, why)),
+            Self::NotImplemented(why) => Some((501, why)),
+            Self::Gone(_) => None,
+        }
+    }
 }
 
 /// How the answer's body goes out.
@@ -300,17 +313,21 @@ fn request(head: &Bytes) -> Result<(http::request::Parts, Framing, bool), Unread
     Ok((parts, body, keepalive))
 }
 
-/// How the request body is delimited (RFC 9112 §6.3): a request framed two ways, or by a
-/// coding other than chunked, is refused, as is a length that is not one number.
+/// How the request body is delimited (RFC 9112 §6.3): a request framed two ways is refused, as
+/// is one whose codings do not end with chunked (its end cannot be found) and a length that is
+/// not one number; codings before chunked, which the gateway does not apply, get 501 (§6.1).
 fn framing(headers: &HeaderMap) -> Result<Framing, Unread> {
     if let Some(chunked) = wire::ends_chunked(headers) {
         if headers.contains_key(CONTENT_LENGTH) {
             return Err(Unread::Malformed("both Content-Length and Transfer-Encoding"));
         }
-        return match chunked {
-            true => Ok(Framing::Chunked(Chunk::Size)),
-            false => Err(Unread::Malformed("a Transfer-Encoding that does not end with chunked")),
-        };
+        if !chunked {
+            return Err(Unread::Malformed("a Transfer-Encoding that does not end with chunked"));
+        }
+        if wire::codings(headers).count() > 1 {
+            return Err(Unread::NotImplemented("a transfer coding other than chunked"));
+        }
+        return Ok(Framing::Chunked(Chunk::Size));
     }
     Ok(match wire::content_length(headers).map_err(Unread::Malformed)? {
         None | Some(0) => Framing::Done,
@@ -334,6 +351,17 @@ impl crate::reply::RequestBody for Session<'_> {
 
     async fn piece(&mut self) -> Result<Option<Bytes>, ()> {
         self.body_piece().await.map_err(|_| ())
+    }
+}
+
+/// Reads requests one after another from `data`, each body decoded, as a connection would.
+pub(super) fn fuzz_read(data: &[u8]) {
+    let mut buf = BytesMut::from(data);
+    // Each head read is split off `buf`, so the loop ends.
+    while let Ok(Some((_, mut body, _))) = parse_request(&mut buf) {
+        if !wire::fuzz_body(&mut body, &mut buf) {
+            return;
+        }
     }
 }
 

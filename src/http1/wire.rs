@@ -277,7 +277,10 @@ impl Framing {
                         Chunk::Trailers(n) if n >= MAX_HEADERS => {
                             return Err(H1Error::Malformed("too many trailer lines"))
                         }
-                        // A trailer line is passed over.
+                        // A trailer line is passed over, once it is seen to be one.
+                        Chunk::Trailers(_) if !is_field_line(&line) => {
+                            return Err(H1Error::Malformed("a trailer line is not a field"))
+                        }
                         Chunk::Trailers(n) => Framing::Chunked(Chunk::Trailers(n + 1)),
                         // Data is taken by the arm above, never here.
                         Chunk::Data(left) => Framing::Chunked(Chunk::Data(left)),
@@ -303,15 +306,74 @@ fn line(buf: &mut BytesMut) -> Result<Option<Bytes>, H1Error> {
     }
 }
 
-/// A chunk's size: hexadecimal digits, then maybe extensions after `;`.
+/// A chunk's size: hexadecimal digits, then maybe extensions after `;`, each of which must be
+/// well-formed (RFC 9112 §7.1.1): an extension read one way here could be read another further on.
 fn chunk_size(line: &[u8]) -> Result<usize, H1Error> {
+    let (size, extensions) = match line.iter().position(|b| *b == b';') {
+        Some(at) => line.split_at(at),
+        None => (line, &b""[..]),
+    };
     // Whitespace may stand before the `;` of an extension (BWS), not before the size.
-    let size = line.split(|b| *b == b';').next().unwrap_or_default().trim_ascii_end();
+    let size = size.trim_ascii_end();
     let malformed = H1Error::Malformed("a chunk size is not a hexadecimal number");
     if size.is_empty() || size.len() > 15 {
         return Err(malformed);
     }
+    if !chunk_extensions_ok(extensions) {
+        return Err(H1Error::Malformed("a chunk extension is not well-formed"));
+    }
     digits(size, 16).ok_or(malformed)
+}
+
+/// `*( BWS ";" BWS name [ BWS "=" BWS ( token / quoted-string ) ] )`, names and values tokens.
+fn chunk_extensions_ok(mut rest: &[u8]) -> bool {
+    let token_len = |s: &[u8]| s.iter().take_while(|b| is_tchar(**b)).count();
+    let ows = |s: &[u8]| s.iter().take_while(|b| matches!(b, b' ' | b'\t')).count();
+    while !rest.is_empty() {
+        let Some(after) = rest.strip_prefix(b";") else { return false };
+        rest = &after[ows(after)..];
+        let name = token_len(rest);
+        if name == 0 {
+            return false;
+        }
+        rest = &rest[name..];
+        rest = &rest[ows(rest)..];
+        if let Some(after) = rest.strip_prefix(b"=") {
+            rest = &after[ows(after)..];
+            let value = match rest.first() {
+                Some(b'"') => quoted_len(rest),
+                _ => Some(token_len(rest)).filter(|n| *n > 0),
+            };
+            let Some(value) = value else { return false };
+            rest = &rest[value..];
+            rest = &rest[ows(rest)..];
+        }
+    }
+    true
+}
+
+/// The length of the quoted-string `s` begins with (RFC 9110 §5.6.4), or `None`.
+fn quoted_len(s: &[u8]) -> Option<usize> {
+    let mut i = 1;
+    while i < s.len() {
+        match s[i] {
+            b'"' => return Some(i + 1),
+            b'\\' if i + 1 < s.len() && (s[i + 1] == b'\t' || s[i + 1] >= 0x20) && s[i + 1] != 0x7f => i += 2,
+            b'\t' | 0x21 | 0x23..=0x5b | 0x5d..=0x7e | 0x80..=0xff | b' ' => i += 1,
+            _ => return None,
+        }
+    }
+    None
+}
+
+/// Whether a trailer line is a field line: a token, a colon, a value of visible characters,
+/// spaces, tabs and obs-text.
+fn is_field_line(line: &[u8]) -> bool {
+    let Some(colon) = line.iter().position(|b| *b == b':') else { return false };
+    let (name, value) = (&line[..colon], &line[colon + 1..]);
+    !name.is_empty()
+        && name.iter().all(|b| is_tchar(*b))
+        && value.iter().all(|b| *b == b'\t' || (*b >= 0x20 && *b != 0x7f))
 }
 
 /// A number written in nothing but digits of `radix`: Rust's own parsers take a leading `+`,
@@ -434,6 +496,10 @@ fn framing(status: StatusCode, no_body: bool, headers: &HeaderMap) -> Result<Fra
         return Ok(Framing::Done);
     }
     if let Some(chunked) = ends_chunked(headers) {
+        if headers.contains_key(CONTENT_LENGTH) {
+            // RFC 9112 §6.3: a sign of smuggling or splitting, to be handled as an error.
+            return Err(H1Error::Malformed("both Content-Length and Transfer-Encoding"));
+        }
         // Only a body whose last coding is chunked ends by itself; any other ends with the
         // connection.
         return Ok(if chunked { Framing::Chunked(Chunk::Size) } else { Framing::UntilClose });
@@ -457,8 +523,39 @@ pub fn keeps_alive(version: Version, headers: &HeaderMap) -> bool {
 
 /// Whether a message's last transfer coding is chunked; `None` without `Transfer-Encoding`.
 pub fn ends_chunked(headers: &HeaderMap) -> Option<bool> {
-    let last = headers.get_all(TRANSFER_ENCODING).iter().next_back()?;
-    Some(last.as_bytes().rsplit(|b| *b == b',').next().is_some_and(|c| c.trim_ascii().eq_ignore_ascii_case(b"chunked")))
+    headers.get(TRANSFER_ENCODING)?;
+    Some(codings(headers).last().is_some_and(|c| c.eq_ignore_ascii_case(b"chunked")))
+}
+
+/// A message's transfer codings in order, over all its `Transfer-Encoding` lines, without the
+/// empty list elements RFC 9110 §5.6.1 says to pass over.
+pub fn codings(headers: &HeaderMap) -> impl Iterator<Item = &[u8]> {
+    headers
+        .get_all(TRANSFER_ENCODING)
+        .iter()
+        .flat_map(|v| v.as_bytes().split(|b| *b == b','))
+        .map(<[u8]>::trim_ascii)
+        .filter(|c| !c.is_empty())
+}
+
+/// RFC 9110 §5.6.2 `tchar`.
+fn is_tchar(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+}
+
+/// Whether `value` is a Host header's value (RFC 9110 §7.2): empty, or a reg-name or an
+/// IP literal in brackets, with an optional port.
+pub fn is_host(value: &[u8]) -> bool {
+    let (host, port) = match value.iter().rposition(|b| *b == b':') {
+        Some(colon) if !value.ends_with(b"]") => (&value[..colon], Some(&value[colon + 1..])),
+        _ => (value, None),
+    };
+    let port_ok = port.is_none_or(|p| p.iter().all(u8::is_ascii_digit));
+    let host_ok = match host.strip_prefix(b"[").and_then(|h| h.strip_suffix(b"]")) {
+        Some(literal) => !literal.is_empty() && literal.iter().all(|b| b.is_ascii_hexdigit() || b".:".contains(b)),
+        None => host.iter().all(|b| b.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=%".contains(b)),
+    };
+    port_ok && host_ok
 }
 
 /// A message's `Content-Length`, if it has one: refused unless every one is the same number.
@@ -485,6 +582,34 @@ pub fn connection_tokens(headers: &HeaderMap) -> impl Iterator<Item = &str> {
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
         .map(str::trim)
+}
+
+/// Reads WeChat's answer from `data`: its head, then its body to the end or the first error.
+pub(super) fn fuzz_read(data: &[u8]) {
+    let mut buf = BytesMut::from(data);
+    // What follows the head is in the answer's own buffer.
+    if let Ok(Some(mut response)) = parse_head(&mut buf, false) {
+        while let Ok(Some(Some(piece))) = response.decode() {
+            assert!(!piece.is_empty(), "a body piece is never empty");
+        }
+    }
+}
+
+/// Decodes a request body from `buf` to its end; whether it ended (rather than failed or
+/// wanting more). The pieces together are never longer than what was read.
+pub(super) fn fuzz_body(body: &mut Framing, buf: &mut BytesMut) -> bool {
+    let available = buf.len();
+    let mut taken = 0;
+    loop {
+        match body.decode(buf) {
+            Ok(Some(Some(piece))) => {
+                taken += piece.len();
+                assert!(taken <= available, "a body gave more than was read");
+            }
+            Ok(Some(None)) => return true,
+            Ok(None) | Err(_) => return false,
+        }
+    }
 }
 
 #[cfg(test)]

@@ -353,19 +353,21 @@ impl Gateway {
 
 /// What the proxy listener refuses before anything is resolved or forwarded: methods WeChat's API does
 /// not use (TRACE would echo the injected token back; methods are case-sensitive, so `get` is
-/// not GET), and an HTTP/1.1 request without `Host` or with two. A request framed two ways
-/// is refused as its head is read ([`Session::read`]).
+/// not GET), and an HTTP/1.1 request without one Host that is a host (RFC 9112 §3.2). A request
+/// framed two ways is refused as its head is read ([`Session::read`]).
 fn check_request(req: &http::request::Parts) -> Result<(), Reply> {
     if req.method != http::Method::GET && req.method != http::Method::POST {
         return Err(Reply::error(405, "only GET and POST are taken"));
     }
-    if req.version == http::Version::HTTP_11 && !req.headers.contains_key(http::header::HOST) {
-        return Err(Reply::error(400, "an HTTP/1.1 request needs a Host header"));
+    let mut hosts = req.headers.get_all(http::header::HOST).iter();
+    match (hosts.next(), hosts.next()) {
+        (None, _) if req.version == http::Version::HTTP_11 => {
+            Err(Reply::error(400, "an HTTP/1.1 request needs a Host header"))
+        }
+        (Some(_), Some(_)) => Err(Reply::error(400, "more than one Host header")),
+        (Some(host), None) if !wire::is_host(host.as_bytes()) => Err(Reply::error(400, "the Host is not a host")),
+        _ => Ok(()),
     }
-    if req.headers.get_all(http::header::HOST).iter().nth(1).is_some() {
-        return Err(Reply::error(400, "more than one Host header"));
-    }
-    Ok(())
 }
 
 #[cfg(test)]

@@ -5,7 +5,7 @@ fn parsed(head: &str) -> Result<(http::request::Parts, Framing, bool), &'static 
     match parse_request(&mut buf) {
         Ok(Some(parsed)) => Ok(parsed),
         Ok(None) => Err("partial"),
-        Err(Unread::Malformed(why)) => Err(why),
+        Err(Unread::Malformed(why) | Unread::NotImplemented(why)) => Err(why),
         Err(Unread::Gone(_)) => Err("gone"),
     }
 }
@@ -22,8 +22,13 @@ fn a_head_gives_its_parts_framing_and_keep_alive() {
     assert_eq!((body, keepalive), (Framing::Done, false));
     assert!(parsed("GET / HTTP/1.0\r\nConnection: Keep-Alive\r\n\r\n").unwrap().2);
     assert!(!parsed("GET / HTTP/1.1\r\nConnection: close\r\n\r\n").unwrap().2);
-    let (_, body, _) = parsed("POST / HTTP/1.1\r\nTransfer-Encoding: gzip, chunked\r\n\r\n").unwrap();
+    let (_, body, _) = parsed("POST / HTTP/1.1\r\nTransfer-Encoding: Chunked, \r\n\r\n").unwrap();
     assert_eq!(body, Framing::Chunked(Chunk::Size));
+    // RFC 9112 §6.1: a coding the gateway does not apply (it would pass on a body still coded).
+    assert_eq!(
+        parsed("POST / HTTP/1.1\r\nTransfer-Encoding: gzip, chunked\r\n\r\n").err(),
+        Some("a transfer coding other than chunked")
+    );
 }
 
 #[test]

@@ -138,6 +138,55 @@ fn which_answers_leave_the_connection_open() {
     assert!(!r.reusable());
 }
 
+/// The conformance table for WeChat's answers (tests/conformance.rs has the requests'): what
+/// RFC 9112 and RFC 9110 say must not be taken is refused, head or body, and the forms they
+/// allow are read.
+#[test]
+fn answers_the_rfcs_refuse_are_refused() {
+    let refused_heads: [&[u8]; 9] = [
+        b"HTTP/1.1 200 OK\r\nContent-Length : 2\r\n\r\nok",
+        b"HTTP/1.1 200 OK\r\nX-A: 1\r\n 2\r\nContent-Length: 2\r\n\r\nok",
+        b"HTTP/1.1 200 OK\r\nX-A: 1\r2\r\nContent-Length: 2\r\n\r\nok",
+        b"HTTP/1.1 200 OK\r\nX-A: 1\x002\r\nContent-Length: 2\r\n\r\nok",
+        b"HTTP/1.1 200 OK\r\nX@A: 1\r\nContent-Length: 2\r\n\r\nok",
+        b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nTransfer-Encoding: chunked\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nContent-Length: 0x2\r\n\r\nok",
+        b"HTTP/1.1 200 OK\r\nContent-Length: 2, 3\r\n\r\nok",
+        b"HTTP/1.1  200 OK\r\nContent-Length: 2\r\n\r\nok",
+    ];
+    for head in refused_heads {
+        assert!(parsed(head, false).is_err(), "{:?}", String::from_utf8_lossy(head));
+    }
+    let refused_bodies: [&[u8]; 6] = [
+        b"5;\r\nhello\r\n0\r\n\r\n",
+        b"5;a b\r\nhello\r\n0\r\n\r\n",
+        b"5;a=b\rc\r\nhello\r\n0\r\n\r\n",
+        b"5;a=\"b\r\nhello\r\n0\r\n\r\n",
+        b"5\r\nhello\r\n0\r\nnot a field\r\n\r\n",
+        b"0x5\r\nhello\r\n0\r\n\r\n",
+    ];
+    for body in refused_bodies {
+        let mut r = parsed(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n", false).unwrap();
+        assert!(matches!(fed_byte_by_byte(&mut r, body), Err(H1Error::Malformed(_))), "{body:?}");
+    }
+    let taken: [&[u8]; 3] =
+        [b"5;a=b;c=\"d \\\" e\" ; f\r\nhello\r\n0\r\n\r\n", b"5\r\nhello\r\n0\r\nX-Sum: 1\r\n\r\n", b"0\r\n\r\n"];
+    for body in taken {
+        let mut r = parsed(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: Chunked\r\n\r\n", false).unwrap();
+        assert!(fed_byte_by_byte(&mut r, body).is_ok(), "{body:?}");
+    }
+}
+
+#[test]
+fn host_values_are_hosts() {
+    for host in ["gw", "api.weixin.qq.com:443", "127.0.0.1:8080", "[::1]:80", "[::1]", "", "xn--fsq.example"] {
+        assert!(is_host(host.as_bytes()), "{host}");
+    }
+    for host in ["a b", "a/b", "a@b", "a:b", "[::1", "gw:80:80", "a\tb"] {
+        assert!(!is_host(host.as_bytes()), "{host}");
+    }
+}
+
 #[test]
 fn malformed_heads_are_refused() {
     for head in [
@@ -268,4 +317,32 @@ async fn a_connections_timer_times_each_wait_from_its_own_start() {
     let started = Instant::now();
     assert_eq!(timer.within(ms(1000), io_after(None)).await, Err(H1Error::TimedOut));
     assert_eq!(started.elapsed(), ms(1000));
+}
+
+/// What the fuzz target `h1` runs, on inputs made of HTTP's own bytes, in the normal suite:
+/// no input panics either reader.
+mod any_input {
+    use proptest::prelude::*;
+
+    /// Bytes HTTP framing is made of, so that random inputs reach the chunk and field parsers.
+    fn framing_bytes() -> impl Strategy<Value = Vec<u8>> {
+        let alphabet = b"0123456789abcdefABCDEF;=\"\\ \t\r\n:xX-+,chunkedtrailer\x00\x7f\xe9".to_vec();
+        proptest::collection::vec(proptest::sample::select(alphabet), 0..256)
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2000))]
+
+        #[test]
+        fn a_chunked_request_or_answer_of_any_bytes_is_read_without_a_panic(tail in framing_bytes()) {
+            for head in [
+                &b"POST / HTTP/1.1\r\nHost: g\r\nTransfer-Encoding: chunked\r\n\r\n"[..],
+                b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n",
+                b"POST / HTTP/1.1\r\nHost: g\r\nContent-Length: 3\r\n\r\n",
+                b"",
+            ] {
+                crate::http1::fuzz_read(&[head, &tail[..]].concat());
+            }
+        }
+    }
 }
