@@ -104,7 +104,7 @@ pub fn build(config: &Config, source: Option<Source>, sockets: Sockets) -> Resul
     let events = Arc::new(PlatformEvents::new(event_routes, Arc::clone(&outbox)));
     tokens.events().hand_to(Arc::clone(&events) as _);
     let deliveries: Arc<dyn Deliver> = Arc::new(Deliveries { handler: Arc::clone(&handler), events });
-    let release = Arc::new(ReleaseCheck::new(Arc::clone(&tokens), config.upstream.base_url.clone())?);
+    let release = Arc::new(ReleaseCheck::new(Arc::clone(&tokens), Arc::clone(&client) as _));
     let messages = Arc::new(MessageService::new(
         crypt.clone(),
         message_settings,

@@ -474,6 +474,32 @@ async fn the_whole_release_check_passes_for_an_official_account_and_a_mini_progr
     assert_no_secrets(&setup.log(), &codes);
 }
 
+/// WeChat's check can send QUERY_AUTH_CODE before the gateway holds a component token (the
+/// platform was just created, or WeChat is busy): the exchange is tried again within WeChat's
+/// window, not dropped.
+#[tokio::test]
+async fn a_query_auth_code_before_the_first_component_token_is_answered_once_the_token_comes() {
+    let mut setup = Setup::new();
+    let sandbox = setup.sandbox(7200).await;
+    sandbox.set_faults(wxgate::sandbox::Faults {
+        errcode: Some(-1),
+        path_contains: Some("api_component_token".into()),
+        ..Default::default()
+    });
+    let gw = setup.start().await;
+    ticket_delivered(&sandbox).await;
+    let r = gw.http.get(gw.admin_url("/readyz")).send().await.unwrap();
+    assert_eq!(r.status(), 503, "no component token can be had yet");
+    let healer = sandbox.clone();
+    tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        healer.set_faults(wxgate::sandbox::Faults::default());
+    });
+    let report = sandbox.release_check(&AppId::parse("wx570bc396a51b8ff8").unwrap()).await;
+    assert!(report.passed, "{report:?}; log:\n{}", setup.log());
+    assert_eq!(sandbox.sent_texts().len(), 1, "one customer-service text");
+}
+
 /// A message the store refuses (a full disk, here a trigger) gets 503, and WeChat's retry of it
 /// is then taken and delivered, not dropped as a duplicate: the retry key is recorded only with
 /// the message (deliver mode), or forgotten when the deferred message is refused (reply mode).

@@ -79,6 +79,9 @@ async fn an_https_upstream_signed_by_the_ca_file_is_trusted_and_without_it_calls
     assert_eq!(r.status(), 200);
     let body: serde_json::Value = r.json().await.unwrap();
     assert_eq!(body["errcode"], 0, "{body}");
+    // The release check's customer-service message leaves by the same client, trusting the CA.
+    let report = sandbox.release_check(&AppId::parse("wx570bc396a51b8ff8").unwrap()).await;
+    assert!(report.passed, "{report:?}; log:\n{}", setup.log());
     drop(gw);
 
     // The same store and host, without the CA: the host's certificate is refused.

@@ -10,7 +10,7 @@
 //! anything, and their `authorized` pushes are ignored by the token service.
 
 use crate::tokens::{TokenError, TokenService};
-use crate::wechat::WechatError;
+use crate::wechat::{ApiErrorKind, CustomerService, WechatError};
 use crate::xml::Fields;
 use crate::AppId;
 use std::sync::Arc;
@@ -20,6 +20,8 @@ pub const TEXT_PROBE: &str = "TESTCOMPONENT_MSG_TYPE_TEXT";
 pub const QUERY_AUTH_PREFIX: &str = "QUERY_AUTH_CODE:";
 /// WeChat's window for the customer-service message after a QUERY_AUTH_CODE push.
 const FOLLOW_UP_TIMEOUT: Duration = Duration::from_secs(10);
+/// How soon an exchange that could not be made yet is tried again, within that window.
+const EXCHANGE_RETRY: Duration = Duration::from_millis(250);
 
 /// What the gateway does with a test account's push.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -70,24 +72,19 @@ pub enum ReleaseError {
     #[error("api_query_auth: {0}")]
     QueryAuth(#[from] TokenError),
     #[error("message/custom/send: {0}")]
-    Send(String),
+    Send(#[from] WechatError),
 }
 
-/// The QUERY_AUTH_CODE follow-up: exchange, then the customer-service message.
+/// The QUERY_AUTH_CODE follow-up: exchange, then the customer-service message, through the one
+/// client that calls WeChat (its CA, its timeout, its errcode counts).
 pub struct ReleaseCheck {
     tokens: Arc<TokenService>,
-    http: reqwest::Client,
-    base_url: url::Url,
+    wechat: Arc<dyn CustomerService>,
 }
 
 impl ReleaseCheck {
-    pub fn new(tokens: Arc<TokenService>, base_url: url::Url) -> Result<Self, WechatError> {
-        let http = reqwest::Client::builder()
-            .timeout(FOLLOW_UP_TIMEOUT)
-            .user_agent(concat!("wxgate/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .map_err(|e| WechatError::from_reqwest("message/custom/send", e))?;
-        Ok(Self { tokens, http, base_url })
+    pub fn new(tokens: Arc<TokenService>, wechat: Arc<dyn CustomerService>) -> Self {
+        Self { tokens, wechat }
     }
 
     /// Runs the follow-up in the background: WeChat must get `success` first.
@@ -105,29 +102,37 @@ impl ReleaseCheck {
     }
 
     async fn exchange_and_send(&self, code: &str, openid: &str) -> Result<(), ReleaseError> {
-        let auth = self.tokens.grants().exchange(code).await?;
-        let mut url =
-            self.base_url.join("cgi-bin/message/custom/send").map_err(|e| ReleaseError::Send(e.to_string()))?;
-        url.query_pairs_mut().append_pair("access_token", auth.access_token.value.expose());
-        let body = serde_json::json!({
-            "touser": openid,
-            "msgtype": "text",
-            "text": { "content": format!("{code}_from_api") },
-        });
-        let answer = self
-            .http
-            .post(url)
-            .json(&body)
-            .send()
-            .await
-            .map_err(|e| ReleaseError::Send(e.without_url().to_string()))?;
-        let status = answer.status();
-        let value: serde_json::Value =
-            answer.json().await.map_err(|_| ReleaseError::Send(format!("HTTP {status}, not JSON")))?;
-        match value.get("errcode").and_then(serde_json::Value::as_i64).unwrap_or(0) {
-            0 => Ok(()),
-            errcode => Err(ReleaseError::Send(format!("errcode {errcode}"))),
+        let auth = self.exchange(code).await?;
+        let content = format!("{code}_from_api");
+        Ok(self.wechat.send_text(&auth.access_token.value, openid, &content).await?)
+    }
+
+    /// The code exchanged, tried again while it cannot be yet: WeChat's check often sends it
+    /// moments after the first ticket, before the component token is held. Only what a wait
+    /// may mend is tried again; the caller's timeout ends the tries.
+    async fn exchange(&self, code: &str) -> Result<crate::wechat::Authorization, TokenError> {
+        loop {
+            match self.tokens.grants().exchange(code).await {
+                Err(e) if not_yet(&e) => {
+                    tracing::debug!(error = %e, "release check: the code cannot be exchanged yet; trying again");
+                    tokio::time::sleep(EXCHANGE_RETRY).await;
+                }
+                other => return other,
+            }
         }
+    }
+}
+
+/// Whether an exchange failed for want of something that comes by itself: the first ticket,
+/// a component token another instance or a backoff is still getting, a busy WeChat.
+fn not_yet(error: &TokenError) -> bool {
+    match error {
+        TokenError::NoTicket | TokenError::Contended | TokenError::Store(_) | TokenError::Budget { .. } => true,
+        TokenError::Wechat(WechatError::Api { kind, .. }) => matches!(kind, ApiErrorKind::Ticket | ApiErrorKind::Busy),
+        TokenError::Wechat(
+            WechatError::Timeout { .. } | WechatError::Transport { .. } | WechatError::Status { .. },
+        ) => true,
+        _ => false,
     }
 }
 

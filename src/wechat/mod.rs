@@ -1,10 +1,12 @@
 //! The HTTP client for WeChat's component endpoints (PROTOCOL.md §2): typed answers, typed
 //! errors, no caching — caching and retries belong to the token service.
 
+mod custom;
 mod error;
 mod quota;
 mod watch;
 
+pub use custom::CustomerService;
 pub use error::{ApiErrorKind, WechatError};
 pub use quota::{Quota, QuotaApi};
 

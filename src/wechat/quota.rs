@@ -38,7 +38,7 @@ struct QuotaAnswer {
 
 impl WechatClient {
     /// POSTs `body` to `path` (under `base_url`), with the token as `access_token`.
-    async fn post_path(
+    pub(super) async fn post_path(
         &self,
         endpoint: &'static str,
         path: &str,
