@@ -3,7 +3,7 @@
 
 use super::link::WeakLink;
 use super::{RedisOptions, RedisStore, CATCH_UP_ATTEMPTS};
-use crate::store::{AuthorizerRecord, Change, StoreError, TicketKind};
+use crate::store::{Change, StoreError, TicketKind};
 use crate::AppId;
 use futures_util::StreamExt;
 use std::time::Duration;
@@ -118,16 +118,19 @@ impl Follower {
             result = self.changed_since().await;
         }
         match result {
-            Ok(Some((version, records, deleted))) => {
+            Ok(Some(delta)) => {
                 let _ = tx.send(Change::Ticket);
                 let _ = tx.send(Change::ComponentToken);
-                for batch in records {
+                for batch in delta.authorizers {
                     let _ = tx.send(Change::Authorizers(batch));
                 }
-                for appid in deleted {
+                for appid in delta.deleted {
                     let _ = tx.send(Change::Deleted(appid));
                 }
-                self.heard = version;
+                for (appid, kind) in delta.js_tickets {
+                    let _ = tx.send(Change::JsTicket(appid, kind));
+                }
+                self.heard = delta.version;
             }
             Ok(None) => {
                 let _ = tx.send(Change::Resync);
@@ -139,10 +142,7 @@ impl Follower {
         }
     }
 
-    #[allow(clippy::type_complexity)]
-    pub(super) async fn changed_since(
-        &self,
-    ) -> Result<Option<(u64, Vec<Vec<AuthorizerRecord>>, Vec<AppId>)>, StoreError> {
+    pub(super) async fn changed_since(&self) -> Result<Option<super::Delta>, StoreError> {
         let store = self.store().ok_or_else(|| StoreError::Unavailable("redis: the store is gone".into()))?;
         store.changed_since(&self.component, self.heard).await
     }

@@ -45,6 +45,36 @@ const CATCH_UP_ATTEMPTS: usize = 120;
 /// How many entries one SCAN-family step asks for: large pages, few round trips.
 const SCAN_COUNT: usize = 1000;
 
+/// What changed in Redis after a version an instance heard, for its catch-up.
+#[derive(Debug, Default)]
+pub struct Delta {
+    /// The version it is caught up to.
+    pub version: u64,
+    /// The authorizers written since, in batches.
+    pub authorizers: Vec<Vec<AuthorizerRecord>>,
+    /// The authorizers deleted since.
+    pub deleted: Vec<AppId>,
+    /// The JS-SDK tickets written since.
+    pub js_tickets: Vec<(AppId, TicketKind)>,
+}
+
+/// What a fenced write records besides its hash.
+#[derive(Debug, Clone, Copy)]
+pub(super) enum Versioned<'a> {
+    /// Nothing: the ticket and the component token, which every catch-up reads anyway.
+    No,
+    /// An authorizer (this appid): in the set of authorizers, and under a new version.
+    Authorizer(&'a str),
+    /// Another change a catch-up must announce again (`js_ticket:KIND:APPID`).
+    Change(&'a str),
+}
+
+/// The JS-SDK ticket a `js_ticket:KIND:APPID` change names.
+fn js_ticket_of(change: &str) -> Option<(AppId, TicketKind)> {
+    let (kind, appid) = change.strip_prefix("js_ticket:")?.split_once(':')?;
+    Some((AppId::parse(appid).ok()?, TicketKind::parse(kind)?))
+}
+
 /// How the store talks to Redis, from the `store.redis_*` keys.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RedisOptions {
@@ -221,19 +251,16 @@ impl RedisStore {
     /// What a catch-up reads: the current version, the records changed since `heard` (in batches) and the appids
     /// deleted; `None` when only a full reload will do.
     #[allow(clippy::type_complexity)]
-    pub async fn changed_since(
-        &self,
-        component: &AppId,
-        heard: u64,
-    ) -> Result<Option<(u64, Vec<Vec<AuthorizerRecord>>, Vec<AppId>)>, StoreError> {
+    pub async fn changed_since(&self, component: &AppId, heard: u64) -> Result<Option<Delta>, StoreError> {
         let (store, c) = (self, component);
         let version = store.get_u64(&store.key(c, "version")).await?;
         let version = version.unwrap_or(0);
         if version < heard {
             return Ok(None);
         }
+        let mut delta = Delta { version, ..Delta::default() };
         if version == heard {
-            return Ok(Some((version, Vec::new(), Vec::new())));
+            return Ok(Some(delta));
         }
         let changed = store.key(c, "changed");
         let appids: Vec<String> = store
@@ -250,15 +277,16 @@ impl RedisStore {
         if appids.len() > CATCH_UP_MAX {
             return Ok(None);
         }
-        let appids: Vec<AppId> = appids.iter().filter_map(|a| AppId::parse(a).ok()).collect();
-        let (mut batches, mut deleted) = (Vec::new(), Vec::new());
+        let (tickets, appids): (Vec<&String>, Vec<&String>) = appids.iter().partition(|a| a.starts_with("js_ticket:"));
+        delta.js_tickets = tickets.into_iter().filter_map(|t| js_ticket_of(t)).collect();
+        let appids: Vec<AppId> = appids.into_iter().filter_map(|a| AppId::parse(a).ok()).collect();
         for chunk in appids.chunks(SCAN_COUNT) {
             let records = store.load_many(c, chunk).await?;
             let found: std::collections::HashSet<AppId> = records.iter().map(|r| r.appid).collect();
-            deleted.extend(chunk.iter().filter(|a| !found.contains(a)).copied());
-            batches.push(records);
+            delta.deleted.extend(chunk.iter().filter(|a| !found.contains(a)).copied());
+            delta.authorizers.push(records);
         }
-        Ok(Some((version, batches, deleted)))
+        Ok(Some(delta))
     }
 
     /// The records of `appids`, read in one pipeline; an appid without a record is left out.
@@ -288,7 +316,7 @@ impl RedisStore {
         component: &AppId,
         lease: Option<&Lease>,
         hash: &str,
-        member: &str,
+        versioned: Versioned<'_>,
         announce: &str,
         fields: Vec<(&str, String)>,
     ) -> Result<bool, StoreError> {
@@ -296,7 +324,12 @@ impl RedisStore {
         let mut invocation = FENCED_WRITE.key(lease_key);
         invocation.key(hash).key(self.key(component, "authorizers")).key(self.key(component, "changes"));
         invocation.key(self.key(component, "version")).key(self.key(component, "changed"));
-        invocation.arg(lease.and_then(|l| l.owner.as_deref()).unwrap_or("")).arg(member).arg(announce);
+        let (member, change) = match versioned {
+            Versioned::No => ("", ""),
+            Versioned::Authorizer(appid) => (appid, appid),
+            Versioned::Change(change) => ("", change),
+        };
+        invocation.arg(lease.and_then(|l| l.owner.as_deref()).unwrap_or("")).arg(member).arg(announce).arg(change);
         for (field, value) in fields {
             invocation.arg(field).arg(value);
         }

@@ -161,7 +161,7 @@ impl Store for RedisStore {
             component,
             None,
             &self.key(component, "component_token"),
-            "",
+            Versioned::No,
             "component",
             component_fields(token),
         )
@@ -217,7 +217,7 @@ impl Store for RedisStore {
             component,
             None,
             &hash,
-            &r.appid.as_str(),
+            Versioned::Authorizer(&r.appid.as_str()),
             &format!("authorizer:{}", r.appid),
             authorizer_fields(r),
         )
@@ -271,7 +271,7 @@ impl Store for RedisStore {
             component,
             fence.lease(),
             &self.key(component, "component_token"),
-            "",
+            Versioned::No,
             "component",
             component_fields(token),
         )
@@ -289,7 +289,7 @@ impl Store for RedisStore {
             component,
             fence.lease(),
             &hash,
-            &r.appid.as_str(),
+            Versioned::Authorizer(&r.appid.as_str()),
             &format!("authorizer:{}", r.appid),
             authorizer_fields(r),
         )
@@ -322,7 +322,7 @@ impl Store for RedisStore {
             ("expires_at", t.expires_at.to_string()),
             ("obtained_at", t.obtained_at.to_string()),
         ];
-        self.fenced_write(c, fence.lease(), &self.key(c, &name), "", &name, fields).await
+        self.fenced_write(c, fence.lease(), &self.key(c, &name), Versioned::Change(&name), &name, fields).await
     }
 
     fn changes(&self) -> Option<broadcast::Receiver<Change>> {

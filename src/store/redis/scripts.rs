@@ -28,17 +28,20 @@ pub(super) static RECORD_EVENT: LazyLock<Script> = LazyLock::new(|| {
 });
 
 /// Replaces a hash whole, only while the lease is held (an empty owner: no lease needed), adds
-/// the member to a set with its version, and announces the change: checked and written in one step.
+/// an authorizer to the set of them (ARGV[2]), records the change under a new version (ARGV[4]:
+/// an appid, or `js_ticket:KIND:APPID`), and announces it: checked and written in one step.
 pub(super) static FENCED_WRITE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"if ARGV[1] ~= '' and redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
           redis.call('DEL', KEYS[2])
-          redis.call('HSET', KEYS[2], unpack(ARGV, 4))
+          redis.call('HSET', KEYS[2], unpack(ARGV, 5))
           local announce = ARGV[3]
           if ARGV[2] ~= '' then
             redis.call('SADD', KEYS[3], ARGV[2])
+          end
+          if ARGV[4] ~= '' then
             local v = redis.call('INCR', KEYS[5])
-            redis.call('ZADD', KEYS[6], v, ARGV[2])
+            redis.call('ZADD', KEYS[6], v, ARGV[4])
             announce = announce .. '@' .. v
           end
           redis.call('PUBLISH', KEYS[4], announce)

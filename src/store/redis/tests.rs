@@ -80,15 +80,30 @@ async fn a_catch_up_reads_only_what_changed_since_the_last_version_heard() {
     two.save_authorizer(&c, &changed).await.unwrap();
     let gone = AppId::parse(&format!("wx{:016x}", 4)).unwrap();
     assert!(two.delete_authorizer(&c, &gone).await.unwrap());
+    // A JS-SDK ticket written meanwhile is announced again too (issue 25): a catch-up after a
+    // reconnect must not leave an instance serving the ticket it had.
+    let owner = AppId::parse(&format!("wx{:016x}", 3)).unwrap();
+    let ticket = crate::store::JsTicket { value: Secret::new("t2"), expires_at: 9, obtained_at: 1 };
+    assert!(two.save_js_ticket(&c, &owner, TicketKind::Jsapi, &ticket, Fence::Unfenced).await.unwrap());
     let follower = Follower::new(&one, c, heard);
-    let (version, batches, deleted) = follower.changed_since().await.unwrap().expect("a delta");
-    assert_eq!(version, heard + 2);
-    assert_eq!(batches.concat(), [changed]);
-    assert_eq!(deleted, [gone]);
-    let caught_up = Follower::new(&one, c, version);
-    let (_, batches, deleted) = caught_up.changed_since().await.unwrap().unwrap();
-    assert!(batches.concat().is_empty() && deleted.is_empty());
-    let ahead = Follower::new(&one, c, version + 10);
+    let delta = follower.changed_since().await.unwrap().expect("a delta");
+    assert_eq!(delta.version, heard + 3);
+    assert_eq!(delta.authorizers.concat(), [changed]);
+    assert_eq!(delta.deleted, [gone]);
+    assert_eq!(delta.js_tickets, [(owner, TicketKind::Jsapi)]);
+    let members: Vec<String> = one
+        .link
+        .run(|mut c2| {
+            let k = one.key(&c, "authorizers");
+            async move { c2.smembers(k).await }
+        })
+        .await
+        .unwrap();
+    assert!(members.iter().all(|m| AppId::parse(m).is_ok()), "only appids in the set of authorizers: {members:?}");
+    let caught_up = Follower::new(&one, c, delta.version);
+    let nothing = caught_up.changed_since().await.unwrap().unwrap();
+    assert!(nothing.authorizers.concat().is_empty() && nothing.deleted.is_empty() && nothing.js_tickets.is_empty());
+    let ahead = Follower::new(&one, c, delta.version + 10);
     assert!(ahead.changed_since().await.unwrap().is_none(), "Redis lost data: reload everything");
     assert_eq!(parse_change(&format!("authorizer:{gone}@7")), Some((Change::Authorizer(gone), Some(7))));
     assert_eq!(parse_change("ticket"), Some((Change::Ticket, None)));
