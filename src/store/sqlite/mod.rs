@@ -27,12 +27,19 @@ const INFO_COLUMNS: &str =
 const AUTHORIZER_COLUMNS: &str = "authorizer_appid, state, refresh_token, access_token, access_expires_at, \
      authorized_at, last_refresh_at, last_error, auth_code_sha1";
 
+/// How long any one operation may take, waiting for the connection included: under WeChat's
+/// 5 s, so that a push is refused in time (and WeChat sends it again) when the disk stalls,
+/// as Redis commands have their deadline. What was under way may still finish; a caller that
+/// was told it failed treats it as not done, and a retry finds it done (dedupe, fences).
+pub const DEADLINE: std::time::Duration = std::time::Duration::from_secs(4);
+
 #[derive(Clone)]
 pub struct SqliteStore {
     conn: Arc<Mutex<Connection>>,
     path: PathBuf,
     /// The outbox's writes, many per transaction (`outbox.rs`).
     group_commit: GroupCommit,
+    deadline: std::time::Duration,
 }
 
 impl SqliteStore {
@@ -53,7 +60,24 @@ impl SqliteStore {
         })?;
         let conn = Arc::new(Mutex::new(conn));
         let group_commit = GroupCommit::start(Arc::clone(&conn)).map_err(|e| open_err(e.to_string()))?;
-        Ok(Self { conn, path: path.to_owned(), group_commit })
+        Ok(Self { conn, path: path.to_owned(), group_commit, deadline: DEADLINE })
+    }
+
+    /// The same store with another deadline, for tests.
+    pub fn with_deadline(mut self, deadline: std::time::Duration) -> Self {
+        self.deadline = deadline;
+        self
+    }
+
+    /// `operation` within the deadline.
+    async fn in_time<T>(
+        &self,
+        operation: impl std::future::Future<Output = Result<T, StoreError>>,
+    ) -> Result<T, StoreError> {
+        match tokio::time::timeout(self.deadline, operation).await {
+            Ok(result) => result,
+            Err(_) => Err(StoreError::Unavailable(format!("sqlite: no answer within {:?}", self.deadline))),
+        }
     }
 
     fn group_commit(&self) -> &GroupCommit {
@@ -71,12 +95,12 @@ impl SqliteStore {
         F: FnOnce(&mut Connection) -> rusqlite::Result<T> + Send + 'static,
     {
         let conn = Arc::clone(&self.conn);
-        tokio::task::spawn_blocking(move || {
+        let task = tokio::task::spawn_blocking(move || {
             let mut conn = conn.lock().unwrap_or_else(|p| p.into_inner());
             f(&mut conn).map_err(unavailable)
-        })
-        .await
-        .map_err(|e| StoreError::Unavailable(format!("store task failed: {e}")))?
+        });
+        self.in_time(async { task.await.map_err(|e| StoreError::Unavailable(format!("store task failed: {e}")))? })
+            .await
     }
 }
 

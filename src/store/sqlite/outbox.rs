@@ -94,7 +94,7 @@ impl SqliteStore {
         });
         let stopped = || StoreError::Unavailable("the store's commit thread stopped".into());
         self.group_commit().jobs.send(job).map_err(|_| stopped())?;
-        rx.await.map_err(|_| stopped())?
+        self.in_time(async { rx.await.map_err(|_| stopped())? }).await
     }
 }
 

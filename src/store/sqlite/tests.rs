@@ -54,3 +54,31 @@ fn refuses_a_schema_from_the_future() {
     Connection::open(&path).unwrap().pragma_update(None, "user_version", 99).unwrap();
     assert!(matches!(SqliteStore::open(&path), Err(StoreError::SchemaTooNew { found: 99, .. })));
 }
+
+/// Every operation has a deadline, as Redis commands do: a store whose file another process
+/// holds locked (or whose disk stalls) answers an error in time rather than holding a push past
+/// WeChat's window; once the lock is gone it answers again.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_operation_that_cannot_finish_in_time_fails_at_its_deadline() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("wxgate.sqlite3");
+    let store = SqliteStore::open(&path).unwrap().with_deadline(std::time::Duration::from_millis(300));
+    let c = contract_tests::component();
+    let other = Connection::open(&path).unwrap();
+    other.execute_batch("BEGIN EXCLUSIVE").unwrap();
+    let started = std::time::Instant::now();
+    let refused = store.save_ticket(&c, &contract_tests::ticket("t", 5)).await;
+    assert!(matches!(refused, Err(StoreError::Unavailable(ref why)) if why.contains("within")), "{refused:?}");
+    let event = contract_tests::event("authorized", "wx1111111111111111", 5);
+    let outbox = store.record_event(&c, &event).await;
+    assert!(outbox.is_err(), "{outbox:?}");
+    assert!(started.elapsed() < std::time::Duration::from_secs(2), "{:?}", started.elapsed());
+    other.execute_batch("ROLLBACK").unwrap();
+    // The operations refused may still be waiting for the lock; they finish, and then the store
+    // answers again.
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while store.save_ticket(&c, &contract_tests::ticket("t", 6)).await.is_err() {
+        assert!(std::time::Instant::now() < until, "the store answers again once the lock is gone");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
