@@ -293,3 +293,51 @@ async fn requests_written_together_are_all_answered_in_order_bodies_whole() {
     }
     assert_eq!(read_answer(&mut stream).await.status, 200);
 }
+
+/// `access_log_format = "json"`: one JSON object per call, every field of the contract there,
+/// WeChat's errcode and the account included, no token, key or openid in any of them.
+#[tokio::test(flavor = "multi_thread")]
+async fn json_access_lines_carry_every_field_and_no_secret() {
+    let (setup, _sandbox, gw) = started("access_log_format = \"json\"").await;
+    let ok = exchange(&gw, &user_info("GET", "")).await;
+    assert_eq!(ok.status, 200, "{}", ok.head);
+    let refused = exchange(
+        &gw,
+        format!("GET /{A}/cgi-bin/user/info?openid=o1&access_token=wrong-key HTTP/1.1\r\nHost: gw\r\n\r\n").as_bytes(),
+    )
+    .await;
+    assert_eq!(refused.status, 401, "{}", refused.head);
+    let lines = || -> Vec<serde_json::Value> {
+        setup.log().lines().filter(|l| l.starts_with("{\"time\"")).map(|l| serde_json::from_str(l).unwrap()).collect()
+    };
+    let calls = || lines().into_iter().filter(|l| l["scope"] != "own").count();
+    eventually(Duration::from_secs(5), "the two calls' lines", || async { calls() >= 2 }).await;
+    let lines = lines();
+    let call = lines.iter().find(|l| l["status"] == 200 && l["scope"] == "authorizer").expect("the call's line");
+    for field in [
+        "time",
+        "method",
+        "path",
+        "query",
+        "status",
+        "errcode",
+        "scope",
+        "authorizer",
+        "client",
+        "upstream_ms",
+        "total_ms",
+        "retried",
+    ] {
+        assert!(call.get(field).is_some(), "{field} in {call}");
+    }
+    assert_eq!(call["path"], "/cgi-bin/user/info", "{call}");
+    assert_eq!(call["query"], "openid=...", "{call}");
+    assert_eq!(
+        (call["errcode"].as_i64(), call["authorizer"].as_str(), call["scope"].as_str()),
+        (Some(0), Some(A), Some("authorizer"))
+    );
+    assert!(call["upstream_ms"].as_u64().is_some() && call["retried"] == false, "{call}");
+    let refused = lines.iter().find(|l| l["status"] == 401).expect("the refused call's line");
+    assert_eq!(refused["query"], "openid=...&access_token=...", "{refused}");
+    assert_no_secrets(&setup.log(), &["wrong-key"]);
+}

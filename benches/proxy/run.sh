@@ -13,6 +13,8 @@
 # Pinning: both proxies run on CPU $PROXY_CPU (one core each, never at the same time); wrk and
 # the upstream share CPU $LOAD_CPU. Everything listens on 127.0.0.1 only.
 #
+# ACCESS_LOG (off; text or json: nginx writes its access log buffered, `buffer=64k flush=1s`,
+# as operators run it, and wxgate writes its own in that format, both to a file),
 # Environment: ROUNDS (5), DURATION (10, seconds per run), CONNECTIONS (64), PROXY_CPU (0),
 # LOAD_CPU (1), PROFILE=1 (after the rounds, `perf record -g` wxgate under the same load and
 # print the top of `perf report --no-children --sort symbol`), KEEP=1 (keep the work dir),
@@ -28,6 +30,8 @@ PROXY_CPU=${PROXY_CPU:-0}
 LOAD_CPU=${LOAD_CPU:-1}
 PROFILE=${PROFILE:-0}
 MODE=${MODE:-both}
+ACCESS_LOG=${ACCESS_LOG:-off}
+case "$ACCESS_LOG" in off|text|json) ;; *) echo "ACCESS_LOG must be off, text or json" >&2; exit 2 ;; esac
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 cd "$ROOT"
@@ -63,6 +67,10 @@ if [ "$NCPU" -lt 2 ]; then PROXY_CPU=0; LOAD_CPU=0; fi
 # The warm target directory .ci/run uses, unless one is given.
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/tmp/wxgate-target}"
 WORK=$(mktemp -d /tmp/wxgate-bench.XXXXXX)
+if [ "$ACCESS_LOG" = off ]; then NGX_ACCESS_LOG="access_log off;"; WXG_ACCESS_LOG="access_log = false"
+else NGX_ACCESS_LOG="access_log $WORK/nginx/access.log combined buffer=64k flush=1s;"
+     WXG_ACCESS_LOG="access_log = true
+access_log_format = \"$ACCESS_LOG\""; fi
 mkdir -p "$WORK/bin"
 TARGET_DIR=$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')
 if [ -n "${GATEWAY_BIN:-}" ]; then # another build, to compare two in the same conditions
@@ -189,6 +197,7 @@ $(nginx_http_common "$WORK/nginx")
     }
     server {
         listen 127.0.0.1:$NGX_PORT reuseport backlog=4096;
+        $NGX_ACCESS_LOG
         location ~ "^/(?<appid>wx[0-9a-f]{16})(?<wxpath>/.*)\$" {
             if (\$client_ok = 0) { return 401; }
             if (\$real_token = "") { return 404; }
@@ -232,7 +241,7 @@ path = "$WORK/wxgate/data/wxgate.sqlite3"
 token = "bench-admin-token-0123456789"
 
 [proxy]
-access_log = false
+$WXG_ACCESS_LOG
 
 [server]
 threads = 1

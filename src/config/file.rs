@@ -102,6 +102,7 @@ pub(super) struct ProxyFile {
     pub max_body_bytes: Option<i64>,
     pub replay_body_bytes: Option<i64>,
     pub access_log: Option<bool>,
+    pub access_log_format: Option<String>,
     pub keepalive_timeout_secs: Option<i64>,
     pub header_timeout_secs: Option<i64>,
 }

@@ -38,6 +38,7 @@ pub(super) fn masked(config: &Config) -> String {
             max_body_bytes: int(config.proxy.max_body_bytes as u128),
             replay_body_bytes: int(config.proxy.replay_body_bytes as u128),
             access_log: Some(config.proxy.access_log),
+            access_log_format: Some(config.proxy.access_log_format.as_str().to_owned()),
             keepalive_timeout_secs: int(config.proxy.keepalive_timeout.as_secs().into()),
             header_timeout_secs: int(config.proxy.header_timeout.as_secs().into()),
         },

@@ -146,6 +146,7 @@ pub struct ProxyConfig {
     pub replay_body_bytes: usize,
     /// One log line per call, with token and key values redacted.
     pub access_log: bool,
+    pub access_log_format: AccessLogFormat,
     /// A client connection idle this long between requests is closed.
     pub keepalive_timeout: Duration,
     /// A request head (request line and headers) must arrive whole within this, counted from
@@ -246,6 +247,24 @@ pub struct RouteConfig {
     /// The handler's own WeChat token, for the plaintext-mode `signature`.
     pub token: Secret,
     pub mode: DeliveryMode,
+}
+
+/// How the access log writes its lines (`proxy.access_log_format`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AccessLogFormat {
+    /// `key=value` after the time and `INFO wxgate::access:`, as the other log lines.
+    Text,
+    /// One JSON object per line, for Loki or ELK.
+    Json,
+}
+
+impl AccessLogFormat {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Text => "text",
+            Self::Json => "json",
+        }
+    }
 }
 
 /// How a route hands a message over.

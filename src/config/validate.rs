@@ -169,10 +169,17 @@ fn proxy(f: &FileConfig, p: &mut Problems) -> Option<ProxyConfig> {
     let keepalive = p.check("proxy.keepalive_timeout_secs", keepalive);
     let header = int_in(f.proxy.header_timeout_secs, DEFAULT_PROXY_HEADER_TIMEOUT_SECS, 1..=3600);
     let header = p.check("proxy.header_timeout_secs", header);
+    let format = match f.proxy.access_log_format.as_deref() {
+        None | Some("text") => Ok(AccessLogFormat::Text),
+        Some("json") => Ok(AccessLogFormat::Json),
+        Some(_) => Err("must be \"text\" or \"json\"".to_owned()),
+    };
+    let format = p.check("proxy.access_log_format", format);
     Some(ProxyConfig {
         max_body_bytes: usize::try_from(max_body?).ok()?,
         replay_body_bytes: usize::try_from(replay?).ok()?,
         access_log: f.proxy.access_log.unwrap_or(true),
+        access_log_format: format?,
         keepalive_timeout: Duration::from_secs(keepalive?),
         header_timeout: Duration::from_secs(header?),
     })

@@ -14,6 +14,7 @@
 //!                └─ larger body: streams through as it is sent, no replay
 //! ```
 
+mod access_log;
 mod clients;
 mod exchange;
 pub mod jssdk;
@@ -32,11 +33,11 @@ use crate::metrics;
 use crate::reply::{read_body, BodyError, Reply};
 use crate::tokens::{AccessToken, TokenService};
 use crate::AppId;
+use access_log::{AccessLog, CallCtx};
 use arc_swap::ArcSwap;
 use bytes::{Bytes, BytesMut};
 use resolve::{ApiCall, RouteKind, Scope, TokenCall};
 use std::sync::Arc;
-use std::time::Instant;
 use upstream::Body;
 
 /// A token endpoint's body is a few fields of JSON.
@@ -65,18 +66,8 @@ pub struct Gateway {
     upstream: Arc<Upstream>,
     settings: ProxyConfig,
     component: AppId,
-}
-
-/// Per request: what the access log and the metrics need. The client's name and the path are
-/// only kept when the access log is on.
-pub struct CallCtx {
-    /// When the call began, for the access log's `ms` (a clock read saved when it is off).
-    started: Option<Instant>,
-    /// What the request was resolved as; `None` until it is (and for one refused first).
-    kind: Option<RouteKind>,
-    client: Option<String>,
-    /// The path WeChat sees, without the query (which carries the token).
-    path: String,
+    /// `None` when `proxy.access_log` is off.
+    access_log: Option<Arc<AccessLog>>,
 }
 
 impl Gateway {
@@ -88,7 +79,8 @@ impl Gateway {
         settings: ProxyConfig,
     ) -> Self {
         let component = *tokens.component_appid();
-        Self { routes, tokens, clients, upstream, settings, component }
+        let access_log = settings.access_log.then(|| AccessLog::start(settings.access_log_format));
+        Self { routes, tokens, clients, upstream, settings, component, access_log }
     }
 
     /// Resolves the request once and answers it; the reply to write, if it is not written yet.
@@ -99,15 +91,8 @@ impl Gateway {
             Err(e) => return Some(Reply::error(e.status(), e)),
         };
         ctx.kind = Some(route.kind());
-        if self.settings.access_log {
-            let (client, path) = match &route {
-                Route::Own => (None, session.req().uri.path()),
-                Route::TokenEndpoint(call) => (Some(call.client), session.req().uri.path()),
-                Route::Ticket(call) => (Some(call.client), session.req().uri.path()),
-                Route::Api(call) => (Some(call.client), call.outbound.path()),
-            };
-            ctx.client = client.map(|c| c.name.clone());
-            path.clone_into(&mut ctx.path);
+        if self.access_log.is_some() {
+            ctx.note(&route, session.req());
         }
         match route {
             // Boxed, as the other rare paths below: the future of every proxied call is as
@@ -119,7 +104,7 @@ impl Gateway {
                 let query = session.req().uri.query().unwrap_or_default();
                 Some(Box::pin(jssdk::getticket(&self.tokens, &call.scope, query)).await)
             }
-            Route::Api(call) => self.api_call(session, &call).await.err(),
+            Route::Api(call) => self.api_call(session, &call, ctx).await.err(),
         }
     }
 
@@ -134,7 +119,7 @@ impl Gateway {
     /// `replay_body_bytes` is read first and kept, so that the call can be replayed after a
     /// token error, and so that a body that cannot be read (malformed chunked encoding) is
     /// refused before anything goes out. A larger one streams through.
-    async fn api_call(&self, session: &mut Session<'_>, call: &ApiCall<'_>) -> Result<(), Reply> {
+    async fn api_call(&self, session: &mut Session<'_>, call: &ApiCall<'_>, ctx: &mut CallCtx) -> Result<(), Reply> {
         let declared = content_length(session.req());
         let max = self.settings.max_body_bytes;
         if declared.is_some_and(|n| n > max) {
@@ -149,11 +134,11 @@ impl Gateway {
             _ => read_kept(session, replay).await.map_err(|e| e.reply())?,
         };
         if whole {
-            return self.replayable(session, call, token, kept).await;
+            return self.replayable(session, call, token, kept, ctx).await;
         }
         let length = if chunked { None } else { declared };
         // Boxed: a large body is the rare case, and its future would make every call's larger.
-        Box::pin(self.streamed(session, call, &token, kept, length)).await
+        Box::pin(self.streamed(session, call, &token, kept, length, ctx)).await
     }
 
     /// A call whose body streams through from the client as it is sent: `kept` was read
@@ -165,11 +150,14 @@ impl Gateway {
         token: &AccessToken,
         kept: Bytes,
         length: Option<usize>,
+        ctx: &mut CallCtx,
     ) -> Result<(), Reply> {
         let client_req = session.req().clone();
         let limit = self.settings.max_body_bytes;
         let mut body = Body::Streamed { kept, from: session, length, limit };
+        let sent = ctx.clock();
         let answer = self.upstream.send(&client_req, &call.outbound, token.value.expose(), &mut body).await;
+        ctx.answered_after(sent);
         drop(body);
         let mut answer = answer.map_err(|f| f.reply())?;
         let streamed = exchange::stream_to(session, &mut answer).await;
@@ -203,14 +191,17 @@ impl Gateway {
         call: &ApiCall<'_>,
         mut token: Arc<AccessToken>,
         body: Bytes,
+        ctx: &mut CallCtx,
     ) -> Result<(), Reply> {
         let mut replayed = false;
         loop {
-            let mut answer = self
+            let sent = ctx.clock();
+            let answer = self
                 .upstream
                 .send(session.req(), &call.outbound, token.value.expose(), &mut Body::Whole(body.clone()))
-                .await
-                .map_err(|f| f.reply())?;
+                .await;
+            ctx.answered_after(sent);
+            let mut answer = answer.map_err(|f| f.reply())?;
             if !exchange::inspectable(answer.header()) {
                 let streamed = exchange::stream_to(session, &mut answer).await;
                 self.upstream.release(answer);
@@ -219,6 +210,7 @@ impl Gateway {
             let whole = exchange::read_whole(&mut answer).await.map_err(|f| f.reply())?;
             let errcode = exchange::errcode(&whole);
             metrics::count_wechat_errcode(errcode);
+            ctx.errcode = errcode;
             if !replayed && exchange::is_token_error(errcode) {
                 self.upstream.release(answer);
                 metrics::TOKEN_RETRY.inc();
@@ -229,6 +221,7 @@ impl Gateway {
                 token =
                     Box::pin(self.replace_token(&call.token, &token)).await.map_err(|e| Reply::error(e.status(), e))?;
                 replayed = true;
+                ctx.retried = true;
                 continue;
             }
             let header = upstream::downstream_header(self.upstream.release(answer), Some(whole.len()));
@@ -262,35 +255,6 @@ fn content_length(req: &http::request::Parts) -> Option<usize> {
     wire::content_length(&req.headers).ok().flatten()
 }
 
-/// A query with the values of token and key parameters replaced by `...`, for the access log.
-fn redacted_query(query: &str) -> String {
-    query
-        .split('&')
-        .map(|pair| match pair.split_once('=') {
-            Some((k, _))
-                if matches!(
-                    k,
-                    "access_token"
-                        | "component_access_token"
-                        | "key"
-                        | "secret"
-                        | "auth_code"
-                        | "pre_auth_code"
-                        | "code"
-                        // The sender of a pushed message: personal data.
-                        | "openid"
-                        | "js_code"
-                        | "refresh_token"
-                ) =>
-            {
-                format!("{k}=...")
-            }
-            _ => pair.to_owned(),
-        })
-        .collect::<Vec<_>>()
-        .join("&")
-}
-
 impl Answers for Gateway {
     fn answer(&self, session: &mut Session<'_>) -> impl std::future::Future<Output = ()> + Send {
         self.handle(session)
@@ -299,7 +263,7 @@ impl Answers for Gateway {
 
 impl Gateway {
     fn new_ctx(&self) -> CallCtx {
-        CallCtx { started: self.settings.access_log.then(Instant::now), kind: None, client: None, path: String::new() }
+        CallCtx::new(self.access_log.is_some())
     }
 
     /// One request whose head was read: answered and logged. A connection whose answer was
@@ -335,18 +299,8 @@ impl Gateway {
         if ctx.kind != Some(RouteKind::Own) {
             metrics::count_request(RouteKind::label(ctx.kind), status);
         }
-        if self.settings.access_log {
-            let req = session.req();
-            tracing::info!(
-                target: "wxgate::access",
-                method = %req.method,
-                path = %ctx.path,
-                query = %redacted_query(req.uri.query().unwrap_or_default()),
-                status,
-                scope = RouteKind::label(ctx.kind),
-                client = ctx.client.as_deref().unwrap_or("-"),
-                ms = ctx.started.map_or(0, |t| t.elapsed().as_millis() as u64),
-            );
+        if let Some(log) = &self.access_log {
+            ctx.write(log, session.req(), status);
         }
     }
 }
@@ -373,14 +327,6 @@ fn check_request(req: &http::request::Parts) -> Result<(), Reply> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn the_access_log_never_shows_a_token_or_key() {
-        assert_eq!(
-            redacted_query("openid=o&access_token=SECRET&component_access_token=C&key=K"),
-            "openid=...&access_token=...&component_access_token=...&key=..."
-        );
-    }
 
     /// The size of the future `f` returns, found without calling it.
     fn future_size<A, F: std::future::Future>(_f: impl FnOnce(A) -> F) -> usize {
