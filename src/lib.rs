@@ -10,8 +10,9 @@
 //! - [`crypto`]: WeChat message crypto (WXBizMsgCrypt); pure, no I/O.
 //! - [`config`]: the TOML file and `WXGATE_*` environment, validated once into `Config`.
 //! - [`metrics`]: every metric name and registration.
-//! - [`store`]: the durable store trait and its SQLite, Redis (shared by several instances) and
-//!   in-memory backends, and `migrate` between them.
+//! - [`store`]: the durable store, by purpose (records, coordination between instances, the
+//!   outbox), its SQLite, Redis (shared by several instances) and in-memory backends, and
+//!   `migrate` between them.
 //! - [`wechat`]: the HTTP client for WeChat's component endpoints; errcodes become typed errors.
 //! - [`tokens`]: the token service, the only writer of ticket, token and authorizer state: a
 //!   part per credential family (component, authorizers, JS-SDK tickets) and per duty (grants,

@@ -11,7 +11,6 @@ use super::resolve::{Route, RouteKind, Scope};
 use crate::config::AccessLogFormat as Format;
 use crate::AppId;
 use parking_lot::Mutex;
-use std::fmt::Write as _;
 use std::io::Write as _;
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -84,12 +83,11 @@ impl CallCtx {
 
     /// The call's line, answered `status`.
     pub(super) fn write(&self, log: &AccessLog, req: &http::request::Parts, status: u16) {
-        let query = redacted_query(req.uri.query().unwrap_or_default());
         let authorizer = self.authorizer.map(|a| a.as_str());
         log.write(&Line {
             method: req.method.as_str(),
             path: &self.path,
-            query: &query,
+            query: req.uri.query().unwrap_or_default(),
             status,
             errcode: self.errcode,
             scope: RouteKind::label(self.kind),
@@ -102,40 +100,51 @@ impl CallCtx {
     }
 }
 
-/// A query with the values of token and key parameters replaced by `...`, for the access log.
-pub(super) fn redacted_query(query: &str) -> String {
-    query
-        .split('&')
-        .map(|pair| match pair.split_once('=') {
-            Some((k, _))
-                if matches!(
-                    k,
-                    "access_token"
-                        | "component_access_token"
-                        | "key"
-                        | "secret"
-                        | "auth_code"
-                        | "pre_auth_code"
-                        | "code"
-                        // The sender of a pushed message: personal data.
-                        | "openid"
-                        | "js_code"
-                        | "refresh_token"
-                ) =>
-            {
-                format!("{k}=...")
+/// Query parameters whose values never appear in a line: tokens, keys, codes, and the sender
+/// of a pushed message (personal data).
+const HIDDEN: [&str; 10] = [
+    "access_token",
+    "component_access_token",
+    "key",
+    "secret",
+    "auth_code",
+    "pre_auth_code",
+    "code",
+    "openid",
+    "js_code",
+    "refresh_token",
+];
+
+/// Writes `query` with the values of [`HIDDEN`] parameters replaced by `...`, each piece through
+/// `put` (which escapes it for the line's format): no copy of the query is made.
+fn put_query(out: &mut Vec<u8>, query: &str, put: fn(&mut Vec<u8>, &str)) {
+    for (i, pair) in query.split('&').enumerate() {
+        if i > 0 {
+            out.push(b'&');
+        }
+        match pair.split_once('=') {
+            Some((k, _)) if HIDDEN.contains(&k) => {
+                put(out, k);
+                out.extend_from_slice(b"=...");
             }
-            _ => pair.to_owned(),
-        })
-        .collect::<Vec<_>>()
-        .join("&")
+            _ => put(out, pair),
+        }
+    }
+}
+
+/// A query as its line shows it.
+#[cfg(test)]
+pub(super) fn redacted_query(query: &str) -> String {
+    let mut out = Vec::new();
+    put_query(&mut out, query, |out, piece| out.extend_from_slice(piece.as_bytes()));
+    String::from_utf8(out).unwrap_or_default()
 }
 
 /// One call, as its line tells it.
 pub struct Line<'a> {
     pub method: &'a str,
     pub path: &'a str,
-    /// With token and key values replaced by `...`.
+    /// As the client sent it: the line shows token and key values as `...`.
     pub query: &'a str,
     pub status: u16,
     /// WeChat's, when its answer had one.
@@ -234,77 +243,97 @@ impl Buffer {
 }
 
 fn text(out: &mut Vec<u8>, stamp: &str, millis: u32, l: &Line<'_>) {
-    let mut s = String::with_capacity(256);
-    let _ = write!(
-        s,
-        "{stamp}.{millis:03}Z  INFO wxgate::access: method={} path={} query={} status={} errcode={} scope={} authorizer={} client={} upstream_ms={} ms={} retried={}",
-        l.method,
-        l.path,
-        l.query,
-        l.status,
-        l.errcode.map_or_else(|| "-".to_owned(), |c| c.to_string()),
-        l.scope,
-        l.authorizer.unwrap_or("-"),
-        l.client.unwrap_or("-"),
-        l.upstream_ms.map_or_else(|| "-".to_owned(), |m| m.to_string()),
-        l.total_ms,
-        l.retried,
-    );
-    // A path or query with a line break (percent-decoded) must not start a line of its own.
-    out.extend(s.bytes().map(|b| if b == b'\n' || b == b'\r' { b' ' } else { b }));
-    out.push(b'\n');
+    out.extend_from_slice(stamp.as_bytes());
+    let _ = write!(out, ".{millis:03}Z  INFO wxgate::access: method={} path=", l.method);
+    one_line(out, l.path);
+    out.extend_from_slice(b" query=");
+    put_query(out, l.query, one_line);
+    let _ = write!(out, " status={} errcode=", l.status);
+    text_number(out, l.errcode);
+    let _ = write!(out, " scope={} authorizer={}", l.scope, l.authorizer.unwrap_or("-"));
+    out.extend_from_slice(b" client=");
+    one_line(out, l.client.unwrap_or("-"));
+    out.extend_from_slice(b" upstream_ms=");
+    text_number(out, l.upstream_ms.map(|m| m as i64));
+    let _ = writeln!(out, " ms={} retried={}", l.total_ms, l.retried);
+}
+
+/// A piece of a text line: a line break in it (a percent-decoded path) is written as a space,
+/// so that it cannot start a line of its own.
+fn one_line(out: &mut Vec<u8>, piece: &str) {
+    let start = out.len();
+    out.extend_from_slice(piece.as_bytes());
+    if piece.bytes().any(|b| b == b'\n' || b == b'\r') {
+        out[start..].iter_mut().filter(|b| **b == b'\n' || **b == b'\r').for_each(|b| *b = b' ');
+    }
+}
+
+fn text_number(out: &mut Vec<u8>, value: Option<i64>) {
+    match value {
+        Some(n) => {
+            let _ = write!(out, "{n}");
+        }
+        None => out.push(b'-'),
+    }
 }
 
 fn json(out: &mut Vec<u8>, stamp: &str, millis: u32, l: &Line<'_>) {
-    let mut s = String::with_capacity(320);
-    let _ = write!(s, "{{\"time\":\"{stamp}.{millis:03}Z\",\"method\":");
-    string(&mut s, l.method);
-    s.push_str(",\"path\":");
-    string(&mut s, l.path);
-    s.push_str(",\"query\":");
-    string(&mut s, l.query);
-    let _ = write!(s, ",\"status\":{},\"errcode\":", l.status);
-    number(&mut s, l.errcode);
-    let _ = write!(s, ",\"scope\":\"{}\",\"authorizer\":", l.scope);
-    optional(&mut s, l.authorizer);
-    s.push_str(",\"client\":");
-    optional(&mut s, l.client);
-    s.push_str(",\"upstream_ms\":");
-    number(&mut s, l.upstream_ms.map(|m| m as i64));
-    let _ = writeln!(s, ",\"total_ms\":{},\"retried\":{}}}", l.total_ms, l.retried);
-    out.extend_from_slice(s.as_bytes());
+    let _ = write!(out, "{{\"time\":\"{stamp}.{millis:03}Z\",\"method\":");
+    string(out, l.method);
+    out.extend_from_slice(b",\"path\":");
+    string(out, l.path);
+    out.extend_from_slice(b",\"query\":\"");
+    put_query(out, l.query, escaped);
+    let _ = write!(out, "\",\"status\":{},\"errcode\":", l.status);
+    number(out, l.errcode);
+    let _ = write!(out, ",\"scope\":\"{}\",\"authorizer\":", l.scope);
+    optional(out, l.authorizer);
+    out.extend_from_slice(b",\"client\":");
+    optional(out, l.client);
+    out.extend_from_slice(b",\"upstream_ms\":");
+    number(out, l.upstream_ms.map(|m| m as i64));
+    let _ = writeln!(out, ",\"total_ms\":{},\"retried\":{}}}", l.total_ms, l.retried);
 }
 
-fn optional(s: &mut String, value: Option<&str>) {
+fn optional(out: &mut Vec<u8>, value: Option<&str>) {
     match value {
-        Some(v) => string(s, v),
-        None => s.push_str("null"),
+        Some(v) => string(out, v),
+        None => out.extend_from_slice(b"null"),
     }
 }
 
-fn number(s: &mut String, value: Option<i64>) {
+fn number(out: &mut Vec<u8>, value: Option<i64>) {
     match value {
         Some(n) => {
-            let _ = write!(s, "{n}");
+            let _ = write!(out, "{n}");
         }
-        None => s.push_str("null"),
+        None => out.extend_from_slice(b"null"),
     }
 }
 
-/// A JSON string (RFC 8259 §7): quotes, backslashes and control characters escaped.
-fn string(s: &mut String, value: &str) {
-    s.push('"');
-    for c in value.chars() {
-        match c {
-            '"' => s.push_str("\\\""),
-            '\\' => s.push_str("\\\\"),
-            c if (c as u32) < 0x20 => {
-                let _ = write!(s, "\\u{:04x}", c as u32);
+/// A JSON string (RFC 8259 §7).
+fn string(out: &mut Vec<u8>, value: &str) {
+    out.push(b'"');
+    escaped(out, value);
+    out.push(b'"');
+}
+
+/// `value` inside a JSON string: quotes, backslashes and control characters escaped.
+fn escaped(out: &mut Vec<u8>, value: &str) {
+    if !value.bytes().any(|b| b == b'"' || b == b'\\' || b < 0x20) {
+        out.extend_from_slice(value.as_bytes());
+        return;
+    }
+    for b in value.bytes() {
+        match b {
+            b'"' => out.extend_from_slice(b"\\\""),
+            b'\\' => out.extend_from_slice(b"\\\\"),
+            b if b < 0x20 => {
+                let _ = write!(out, "\\u{b:04x}");
             }
-            c => s.push(c),
+            b => out.push(b),
         }
     }
-    s.push('"');
 }
 
 /// `YYYY-MM-DDTHH:MM:SS` of a unix second, in UTC (the civil-from-days algorithm of

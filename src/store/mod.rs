@@ -215,10 +215,43 @@ pub enum Change {
     Resync,
 }
 
-/// The records (ticket, events, tokens, authorizers) and their coordination (leases, changes);
-/// the outbox, written at another rate, is a trait of its own reached through [`Store::outbox`].
+/// Several gateway instances on one store: whether they share it, the leases that let one of
+/// them refresh a credential at a time, and the announcements of what another changed. The
+/// defaults are a store only this instance uses (SQLite, memory), where a lease is never contended.
 #[async_trait]
-pub trait Store: Send + Sync + 'static {
+pub trait Coordination: Send + Sync + 'static {
+    /// Whether other gateway instances share this store: then a token is refreshed only under
+    /// a lease, and what memory holds may be older than what the store holds.
+    fn shared(&self) -> bool {
+        false
+    }
+
+    /// Takes the lease on refreshing `what` (`component` or an authorizer appid) for `ttl`;
+    /// `None` while another instance holds it.
+    async fn lease(
+        &self,
+        _component: &AppId,
+        what: &str,
+        _ttl: std::time::Duration,
+    ) -> Result<Option<Lease>, StoreError> {
+        Ok(Some(Lease { key: what.to_owned(), owner: None }))
+    }
+
+    async fn release(&self, _lease: &Lease) -> Result<(), StoreError> {
+        Ok(())
+    }
+
+    /// Announcements of what other instances changed, for shared stores.
+    fn changes(&self) -> Option<tokio::sync::broadcast::Receiver<Change>> {
+        None
+    }
+}
+
+/// The records (ticket, events, tokens, authorizers); their coordination between instances is
+/// [`Coordination`], and the outbox, written at another rate, is a trait of its own reached
+/// through [`Store::outbox`]. A store is all three.
+#[async_trait]
+pub trait Store: Coordination + Send + Sync + 'static {
     /// A short name for logs and `/readyz`: "sqlite", "redis", "memory".
     fn backend(&self) -> &'static str;
 
@@ -273,27 +306,6 @@ pub trait Store: Send + Sync + 'static {
 
     /// Returns whether there was one.
     async fn delete_authorizer(&self, component: &AppId, appid: &AppId) -> Result<bool, StoreError>;
-
-    /// Whether other gateway instances share this store: then a token is refreshed only under
-    /// a lease, and what memory holds may be older than what the store holds.
-    fn shared(&self) -> bool {
-        false
-    }
-
-    /// Takes the lease on refreshing `what` (`component` or an authorizer appid) for `ttl`;
-    /// `None` while another instance holds it.
-    async fn lease(
-        &self,
-        _component: &AppId,
-        what: &str,
-        _ttl: std::time::Duration,
-    ) -> Result<Option<Lease>, StoreError> {
-        Ok(Some(Lease { key: what.to_owned(), owner: None }))
-    }
-
-    async fn release(&self, _lease: &Lease) -> Result<(), StoreError> {
-        Ok(())
-    }
 
     /// Saves under `fence`; `false` (nothing written) if its lease has passed to another instance.
     async fn save_component_token_leased(
@@ -350,11 +362,6 @@ pub trait Store: Send + Sync + 'static {
         _fence: Fence<'_>,
     ) -> Result<bool, StoreError> {
         Err(StoreError::Unavailable(format!("the {} store keeps no JS-SDK tickets", self.backend())))
-    }
-
-    /// Announcements of what other instances changed, for shared stores.
-    fn changes(&self) -> Option<tokio::sync::broadcast::Receiver<Change>> {
-        None
     }
 }
 

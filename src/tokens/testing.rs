@@ -283,16 +283,6 @@ impl Store for FlakyStore {
     async fn find_user_name(&self, c: &AppId, u: &str) -> Result<Option<AppId>, StoreError> {
         self.inner.find_user_name(c, u).await
     }
-    fn shared(&self) -> bool {
-        self.shared
-    }
-    async fn lease(&self, c: &AppId, what: &str, ttl: Duration) -> Result<Option<Lease>, StoreError> {
-        self.check(Some(&self.refuse_leases))?;
-        self.inner.lease(c, what, ttl).await
-    }
-    async fn release(&self, lease: &Lease) -> Result<(), StoreError> {
-        self.inner.release(lease).await
-    }
     async fn load_js_ticket(
         &self,
         c: &AppId,
@@ -338,6 +328,22 @@ impl Store for FlakyStore {
             return Ok(false);
         }
         self.inner.save_authorizer_leased(c, r, fence).await
+    }
+}
+
+#[async_trait]
+impl crate::store::Coordination for FlakyStore {
+    fn shared(&self) -> bool {
+        self.shared
+    }
+
+    async fn lease(&self, c: &AppId, what: &str, ttl: Duration) -> Result<Option<Lease>, StoreError> {
+        self.check(Some(&self.refuse_leases))?;
+        self.inner.lease(c, what, ttl).await
+    }
+
+    async fn release(&self, lease: &Lease) -> Result<(), StoreError> {
+        self.inner.release(lease).await
     }
 }
 

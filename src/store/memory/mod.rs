@@ -173,6 +173,9 @@ impl Store for MemoryStore {
     }
 }
 
+/// Only this instance uses it: the defaults.
+impl super::Coordination for MemoryStore {}
+
 #[cfg(test)]
 mod tests {
     use super::super::contract_tests;

@@ -234,33 +234,6 @@ impl Store for RedisStore {
         Ok(n > 0)
     }
 
-    fn shared(&self) -> bool {
-        true
-    }
-
-    async fn lease(&self, component: &AppId, what: &str, ttl: Duration) -> Result<Option<Lease>, StoreError> {
-        let fence_key = self.key(component, "fence");
-        let key = self.key(component, &format!("lease:{what}"));
-        let instance = self.instance.clone();
-        let ttl_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX);
-        self.link
-            .run(|mut c| async move {
-                let fence: i64 = c.incr(fence_key, 1).await?;
-                let owner = format!("{instance}:{fence}");
-                let taken: Option<String> =
-                    redis::cmd("SET").arg(&key).arg(&owner).arg("NX").arg("PX").arg(ttl_ms).query_async(&mut c).await?;
-                Ok(taken.map(|_| Lease { key, owner: Some(owner) }))
-            })
-            .await
-    }
-
-    async fn release(&self, lease: &Lease) -> Result<(), StoreError> {
-        let mut invocation = RELEASE.key(&lease.key);
-        invocation.arg(lease.owner.as_deref().unwrap_or(""));
-        let _: i64 = self.invoke(invocation, Durability::Master).await?;
-        Ok(())
-    }
-
     async fn save_component_token_leased(
         &self,
         component: &AppId,
@@ -325,10 +298,6 @@ impl Store for RedisStore {
         self.fenced_write(c, fence.lease(), &self.key(c, &name), Versioned::Change(&name), &name, fields).await
     }
 
-    fn changes(&self) -> Option<broadcast::Receiver<Change>> {
-        Some(self.changes.subscribe())
-    }
-
     /// One hash of documents (`infos`, appid → JSON) and one index (`user_names`, gh → appid),
     /// written together.
     async fn save_authorizer_info(&self, component: &AppId, info: &AuthorizerInfoRecord) -> Result<(), StoreError> {
@@ -375,6 +344,40 @@ impl Store for RedisStore {
     async fn find_user_name(&self, component: &AppId, user_name: &str) -> Result<Option<AppId>, StoreError> {
         let found = self.hget(&self.key(component, "user_names"), user_name).await?;
         Ok(found.and_then(|a| AppId::parse(&a).ok()))
+    }
+}
+
+#[async_trait]
+impl crate::store::Coordination for RedisStore {
+    fn shared(&self) -> bool {
+        true
+    }
+
+    async fn lease(&self, component: &AppId, what: &str, ttl: Duration) -> Result<Option<Lease>, StoreError> {
+        let fence_key = self.key(component, "fence");
+        let key = self.key(component, &format!("lease:{what}"));
+        let instance = self.instance.clone();
+        let ttl_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX);
+        self.link
+            .run(|mut c| async move {
+                let fence: i64 = c.incr(fence_key, 1).await?;
+                let owner = format!("{instance}:{fence}");
+                let taken: Option<String> =
+                    redis::cmd("SET").arg(&key).arg(&owner).arg("NX").arg("PX").arg(ttl_ms).query_async(&mut c).await?;
+                Ok(taken.map(|_| Lease { key, owner: Some(owner) }))
+            })
+            .await
+    }
+
+    async fn release(&self, lease: &Lease) -> Result<(), StoreError> {
+        let mut invocation = RELEASE.key(&lease.key);
+        invocation.arg(lease.owner.as_deref().unwrap_or(""));
+        let _: i64 = self.invoke(invocation, Durability::Master).await?;
+        Ok(())
+    }
+
+    fn changes(&self) -> Option<broadcast::Receiver<Change>> {
+        Some(self.changes.subscribe())
     }
 }
 

@@ -3,6 +3,7 @@
 use super::super::contract_tests;
 use super::follower::{parse_change, Follower};
 use super::*;
+use crate::store::Coordination;
 
 const URL: &str = "redis://127.0.0.1:6379/0";
 

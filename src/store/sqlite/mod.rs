@@ -503,5 +503,8 @@ impl Store for SqliteStore {
     }
 }
 
+/// Only this instance uses it: the defaults.
+impl super::Coordination for SqliteStore {}
+
 #[cfg(test)]
 mod tests;
