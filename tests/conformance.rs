@@ -11,7 +11,6 @@ use common::*;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use wxgate::AppId;
 
 const A: &str = "wx1111111111111111";
 
@@ -129,16 +128,7 @@ async fn status_of(gw: &Gateway, request: &str) -> u16 {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn every_request_form_the_rfcs_refuse_is_refused_and_none_reaches_wechat() {
-    let mut setup = Setup::new();
-    let sandbox = setup.sandbox(7200).await;
-    let gw = setup.start().await;
-    ticket_delivered(&sandbox).await;
-    sandbox.authorize(&AppId::parse(A).unwrap()).await.unwrap_or_else(|e| panic!("{e:?}; log:\n{}", setup.log()));
-    eventually(Duration::from_secs(10), "A authorized", || async {
-        let a: serde_json::Value = gw.admin_get(&format!("/admin/authorizers/{A}")).await.json().await.unwrap();
-        a["state"] == "active"
-    })
-    .await;
+    let (setup, sandbox, gw) = with_active_authorizer("", A).await;
     let mut wrong = Vec::new();
     for (what, request, allowed) in table() {
         let before = sandbox.stats().api_calls;

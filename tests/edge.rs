@@ -8,24 +8,12 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use wxgate::sandbox::Sandbox;
-use wxgate::AppId;
 
 const A: &str = "wx1111111111111111";
 
 /// A gateway in front of a sandbox with authorizer A, and `[proxy]` settings from `proxy`.
 async fn started(proxy: &str) -> (Setup, Sandbox, Gateway) {
-    let mut setup = Setup::new();
-    setup.extra_toml = format!("\n[proxy]\n{proxy}\n");
-    let sandbox = setup.sandbox(7200).await;
-    let gw = setup.start().await;
-    ticket_delivered(&sandbox).await;
-    sandbox.authorize(&AppId::parse(A).unwrap()).await.unwrap_or_else(|e| panic!("{e:?}; log:\n{}", setup.log()));
-    eventually(Duration::from_secs(10), "A authorized", || async {
-        let a: serde_json::Value = gw.admin_get(&format!("/admin/authorizers/{A}")).await.json().await.unwrap();
-        a["state"] == "active"
-    })
-    .await;
-    (setup, sandbox, gw)
+    with_active_authorizer(&format!("\n[proxy]\n{proxy}\n"), A).await
 }
 
 /// One answer read off a raw connection: status, head, body (by Content-Length).

@@ -384,6 +384,25 @@ pub async fn ticket_delivered(sandbox: &wxgate::sandbox::Sandbox) {
     }
 }
 
+/// A gateway (with `extra_toml` in its config) in front of a sandbox in which `authorizer` has
+/// authorized the platform, once the gateway holds it active.
+pub async fn with_active_authorizer(extra_toml: &str, authorizer: &str) -> (Setup, wxgate::sandbox::Sandbox, Gateway) {
+    let mut setup = Setup::new();
+    setup.extra_toml = extra_toml.to_owned();
+    let sandbox = setup.sandbox(7200).await;
+    let gw = setup.start().await;
+    ticket_delivered(&sandbox).await;
+    let appid = wxgate::AppId::parse(authorizer).unwrap();
+    sandbox.authorize(&appid).await.unwrap_or_else(|e| panic!("{e:?}; log:\n{}", setup.log()));
+    eventually(Duration::from_secs(10), "the authorizer active", || async {
+        let a: serde_json::Value =
+            gw.admin_get(&format!("/admin/authorizers/{authorizer}")).await.json().await.unwrap();
+        a["state"] == "active"
+    })
+    .await;
+    (setup, sandbox, gw)
+}
+
 /// Polls `check` every 50 ms until it holds, for at most `within`.
 pub async fn eventually<F, Fut>(within: Duration, what: &str, mut check: F)
 where
