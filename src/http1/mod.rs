@@ -9,11 +9,14 @@
 
 mod conn;
 mod edge;
+mod framing;
+mod grammar;
 mod session;
 pub mod wire;
 
 pub use conn::Timeouts;
 pub use edge::{Answers, Edge};
+pub use grammar::is_host;
 pub use session::Session;
 pub use wire::{H1Error, Side};
 

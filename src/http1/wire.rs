@@ -7,9 +7,11 @@
 //! digests, a boxed header with a case map, and a timer registered for every read. Here a read
 //! or write registers a timer only when it has to wait.
 
+pub use super::framing::{codings, connection_tokens, content_length, ends_chunked, keeps_alive};
+use super::grammar::{chunk_extensions_ok, digits, is_field_line};
 use bytes::{Buf, Bytes, BytesMut};
 use futures_util::FutureExt;
-use http::header::{CONTENT_LENGTH, TRANSFER_ENCODING};
+use http::header::CONTENT_LENGTH;
 use http::{HeaderMap, HeaderName, HeaderValue, StatusCode, Version};
 use pingora::http::ResponseHeader;
 use pingora::protocols::Stream;
@@ -325,66 +327,6 @@ fn chunk_size(line: &[u8]) -> Result<usize, H1Error> {
     digits(size, 16).ok_or(malformed)
 }
 
-/// `*( BWS ";" BWS name [ BWS "=" BWS ( token / quoted-string ) ] )`, names and values tokens.
-fn chunk_extensions_ok(mut rest: &[u8]) -> bool {
-    let token_len = |s: &[u8]| s.iter().take_while(|b| is_tchar(**b)).count();
-    let ows = |s: &[u8]| s.iter().take_while(|b| matches!(b, b' ' | b'\t')).count();
-    while !rest.is_empty() {
-        let Some(after) = rest.strip_prefix(b";") else { return false };
-        rest = &after[ows(after)..];
-        let name = token_len(rest);
-        if name == 0 {
-            return false;
-        }
-        rest = &rest[name..];
-        rest = &rest[ows(rest)..];
-        if let Some(after) = rest.strip_prefix(b"=") {
-            rest = &after[ows(after)..];
-            let value = match rest.first() {
-                Some(b'"') => quoted_len(rest),
-                _ => Some(token_len(rest)).filter(|n| *n > 0),
-            };
-            let Some(value) = value else { return false };
-            rest = &rest[value..];
-            rest = &rest[ows(rest)..];
-        }
-    }
-    true
-}
-
-/// The length of the quoted-string `s` begins with (RFC 9110 §5.6.4), or `None`.
-fn quoted_len(s: &[u8]) -> Option<usize> {
-    let mut i = 1;
-    while i < s.len() {
-        match s[i] {
-            b'"' => return Some(i + 1),
-            b'\\' if i + 1 < s.len() && (s[i + 1] == b'\t' || s[i + 1] >= 0x20) && s[i + 1] != 0x7f => i += 2,
-            b'\t' | 0x21 | 0x23..=0x5b | 0x5d..=0x7e | 0x80..=0xff | b' ' => i += 1,
-            _ => return None,
-        }
-    }
-    None
-}
-
-/// Whether a trailer line is a field line: a token, a colon, a value of visible characters,
-/// spaces, tabs and obs-text.
-fn is_field_line(line: &[u8]) -> bool {
-    let Some(colon) = line.iter().position(|b| *b == b':') else { return false };
-    let (name, value) = (&line[..colon], &line[colon + 1..]);
-    !name.is_empty()
-        && name.iter().all(|b| is_tchar(*b))
-        && value.iter().all(|b| *b == b'\t' || (*b >= 0x20 && *b != 0x7f))
-}
-
-/// A number written in nothing but digits of `radix`: Rust's own parsers take a leading `+`,
-/// which HTTP does not.
-fn digits(text: &[u8], radix: u32) -> Option<usize> {
-    if text.is_empty() || !text.iter().all(|b| char::from(*b).is_digit(radix)) {
-        return None;
-    }
-    usize::from_str_radix(std::str::from_utf8(text).ok()?, radix).ok()
-}
-
 /// The answer whose head `buf` begins with, once the head is all there; interim (1xx) answers
 /// before it are passed over. What follows the head stays in `buf`.
 fn parse_head(buf: &mut BytesMut, no_body: bool) -> Result<Option<Response>, H1Error> {
@@ -509,79 +451,6 @@ fn framing(status: StatusCode, no_body: bool, headers: &HeaderMap) -> Result<Fra
         Some(n) => Framing::Length(n),
         None => Framing::UntilClose,
     })
-}
-
-/// Whether the peer keeps the connection open after this message (a request, or an answer):
-/// HTTP/1.1 unless it says `close`, HTTP/1.0 only if it says `keep-alive`.
-pub fn keeps_alive(version: Version, headers: &HeaderMap) -> bool {
-    let says = |token: &str| connection_tokens(headers).any(|t| t.eq_ignore_ascii_case(token));
-    match version {
-        Version::HTTP_10 => says("keep-alive"),
-        _ => !says("close"),
-    }
-}
-
-/// Whether a message's last transfer coding is chunked; `None` without `Transfer-Encoding`.
-pub fn ends_chunked(headers: &HeaderMap) -> Option<bool> {
-    headers.get(TRANSFER_ENCODING)?;
-    Some(codings(headers).last().is_some_and(|c| c.eq_ignore_ascii_case(b"chunked")))
-}
-
-/// A message's transfer codings in order, over all its `Transfer-Encoding` lines, without the
-/// empty list elements RFC 9110 §5.6.1 says to pass over.
-pub fn codings(headers: &HeaderMap) -> impl Iterator<Item = &[u8]> {
-    headers
-        .get_all(TRANSFER_ENCODING)
-        .iter()
-        .flat_map(|v| v.as_bytes().split(|b| *b == b','))
-        .map(<[u8]>::trim_ascii)
-        .filter(|c| !c.is_empty())
-}
-
-/// RFC 9110 §5.6.2 `tchar`.
-fn is_tchar(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
-}
-
-/// Whether `value` is a Host header's value (RFC 9110 §7.2): empty, or a reg-name or an
-/// IP literal in brackets, with an optional port.
-pub fn is_host(value: &[u8]) -> bool {
-    let (host, port) = match value.iter().rposition(|b| *b == b':') {
-        Some(colon) if !value.ends_with(b"]") => (&value[..colon], Some(&value[colon + 1..])),
-        _ => (value, None),
-    };
-    let port_ok = port.is_none_or(|p| p.iter().all(u8::is_ascii_digit));
-    let host_ok = match host.strip_prefix(b"[").and_then(|h| h.strip_suffix(b"]")) {
-        Some(literal) => !literal.is_empty() && literal.iter().all(|b| b.is_ascii_hexdigit() || b".:".contains(b)),
-        None => host.iter().all(|b| b.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=%".contains(b)),
-    };
-    port_ok && host_ok
-}
-
-/// A message's `Content-Length`, if it has one: refused unless every one is the same number.
-/// RFC 9112 §6.3: the value is `1*DIGIT` (a sign, inner space or list is refused, since another
-/// hop could read it otherwise); only the field's own surrounding whitespace is allowed.
-pub fn content_length(headers: &HeaderMap) -> Result<Option<usize>, &'static str> {
-    let mut length = None;
-    for value in headers.get_all(CONTENT_LENGTH) {
-        let n = digits(value.as_bytes().trim_ascii(), 10);
-        match (n, length) {
-            (None, _) => return Err("Content-Length is not a number"),
-            (Some(n), Some(seen)) if n != seen => return Err("two different Content-Lengths"),
-            (Some(n), _) => length = Some(n),
-        }
-    }
-    Ok(length)
-}
-
-/// The tokens of a message's `Connection` headers (`close`, `keep-alive`, header names), trimmed.
-pub fn connection_tokens(headers: &HeaderMap) -> impl Iterator<Item = &str> {
-    headers
-        .get_all(http::header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(str::trim)
 }
 
 /// Reads WeChat's answer from `data`: its head, then its body to the end or the first error.

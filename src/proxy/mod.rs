@@ -28,7 +28,7 @@ pub use resolve::{client_from_headers, route as resolve, Route};
 pub use upstream::{Upstream, UpstreamError};
 
 use crate::config::ProxyConfig;
-use crate::http1::{wire, Answers, H1Error, Session};
+use crate::http1::{self, wire, Answers, H1Error, Session};
 use crate::metrics;
 use crate::reply::{read_body, BodyError, Reply};
 use crate::tokens::{AccessToken, TokenService};
@@ -319,7 +319,7 @@ fn check_request(req: &http::request::Parts) -> Result<(), Reply> {
             Err(Reply::error(400, "an HTTP/1.1 request needs a Host header"))
         }
         (Some(_), Some(_)) => Err(Reply::error(400, "more than one Host header")),
-        (Some(host), None) if !wire::is_host(host.as_bytes()) => Err(Reply::error(400, "the Host is not a host")),
+        (Some(host), None) if !http1::is_host(host.as_bytes()) => Err(Reply::error(400, "the Host is not a host")),
         _ => Ok(()),
     }
 }
