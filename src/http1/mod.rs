@@ -2,7 +2,9 @@
 //! keep-alive loop ([`edge`]), its stream and deadlines ([`conn`]), one request read and
 //! answered on it ([`session`]), and what both sides share on the wire ([`wire`]): framing by
 //! length, chunks or the connection's end, heads parsed once, reads and writes under a timeout,
-//! and the exchange on a connection to WeChat.
+//! and the exchange on a connection to WeChat. What headers say of framing ([`framing`]) and
+//! HTTP's small grammars ([`grammar`]: tokens, a Host, chunk extensions, trailer lines) are read
+//! strictly, as `tests/conformance.rs` holds them to.
 //!
 //! It knows nothing of what it serves: the proxy listener's gateway and the admin API each
 //! implement [`Answers`].
