@@ -19,8 +19,10 @@ use std::sync::{Arc, Mutex};
 
 mod file;
 mod migrations;
+mod run;
 
 use migrations::MIGRATIONS;
+use run::unavailable;
 
 const INFO_COLUMNS: &str =
     "authorizer_appid, nick_name, user_name, principal_name, kind, account_status, func_info, fetched_at";
@@ -70,17 +72,6 @@ impl SqliteStore {
         self
     }
 
-    /// `operation` within the deadline.
-    async fn in_time<T>(
-        &self,
-        operation: impl std::future::Future<Output = Result<T, StoreError>>,
-    ) -> Result<T, StoreError> {
-        match tokio::time::timeout(self.deadline, operation).await {
-            Ok(result) => result,
-            Err(_) => Err(StoreError::Unavailable(format!("sqlite: no answer within {:?}", self.deadline))),
-        }
-    }
-
     fn group_commit(&self) -> &GroupCommit {
         &self.group_commit
     }
@@ -88,25 +79,6 @@ impl SqliteStore {
     pub fn path(&self) -> &Path {
         &self.path
     }
-
-    /// Runs `f` on the connection in tokio's blocking pool.
-    async fn with_conn<T, F>(&self, f: F) -> Result<T, StoreError>
-    where
-        T: Send + 'static,
-        F: FnOnce(&mut Connection) -> rusqlite::Result<T> + Send + 'static,
-    {
-        let conn = Arc::clone(&self.conn);
-        let task = tokio::task::spawn_blocking(move || {
-            let mut conn = conn.lock().unwrap_or_else(|p| p.into_inner());
-            f(&mut conn).map_err(unavailable)
-        });
-        self.in_time(async { task.await.map_err(|e| StoreError::Unavailable(format!("store task failed: {e}")))? })
-            .await
-    }
-}
-
-fn unavailable(e: rusqlite::Error) -> StoreError {
-    StoreError::Unavailable(e.to_string())
 }
 
 fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
@@ -304,7 +276,7 @@ impl Store for SqliteStore {
 
     async fn load_authorizers(&self, component: &AppId) -> Result<Vec<AuthorizerRecord>, StoreError> {
         let component = component.to_string();
-        self.with_conn(move |c| {
+        self.bulk(move |c| {
             let sql = format!("SELECT {AUTHORIZER_COLUMNS} FROM authorizers WHERE component_appid = ?1");
             let mut stmt = c.prepare(&sql)?;
             let rows = stmt.query_map([component], row_to_authorizer)?;
@@ -442,7 +414,7 @@ impl Store for SqliteStore {
 
     async fn load_authorizer_infos(&self, component: &AppId) -> Result<Vec<AuthorizerInfoRecord>, StoreError> {
         let component = component.to_string();
-        self.with_conn(move |c| {
+        self.bulk(move |c| {
             let sql = format!("SELECT {INFO_COLUMNS} FROM authorizer_info WHERE component_appid = ?1");
             let mut stmt = c.prepare(&sql)?;
             let rows = stmt.query_map([component], row_to_info)?;
