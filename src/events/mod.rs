@@ -17,7 +17,7 @@
 pub mod routes;
 
 use crate::messages::handler::{Call, HandlerClient};
-use crate::messages::outbox::{Deliver, DeliveryId, MessageKind, NewMessage, Outbox, OutboxError, OutboxMessage};
+use crate::messages::outbox::{Deliver, MessageKind, Outbox, OutboxError, OutboxMessage};
 use crate::metrics;
 use crate::store::{StoreError, StoredEvent};
 use crate::tokens::EventHandoff;
@@ -71,18 +71,17 @@ impl EventHandoff for PlatformEvents {
         let authorizer = event.authorizer;
         let routes = self.routes.load();
         for route in routes.matching(&event.info_type) {
-            let message = NewMessage {
-                id: DeliveryId::generate(),
+            let received_at_ms = event.received_at.saturating_mul(1000);
+            let message = OutboxMessage {
                 authorizer,
-                kind: MessageKind::Platform,
                 seq: Some(stored.id),
-                route: route.name.clone(),
-                msg_type: event.info_type.clone(),
-                event: None,
-                payload: event.payload.clone(),
-                received_at_ms: event.received_at.saturating_mul(1000),
-                attempts_made: 0,
-                last_error: None,
+                ..OutboxMessage::new(
+                    &route.name,
+                    MessageKind::Platform,
+                    &event.info_type,
+                    event.payload.clone(),
+                    received_at_ms,
+                )
             };
             let key = format!("event:{}:{}", stored.id, route.name);
             match self.outbox.enqueue_first(message, &key).await {

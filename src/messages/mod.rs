@@ -31,7 +31,7 @@ use crate::xml::Fields;
 use crate::{AppId, Secret};
 use arc_swap::ArcSwap;
 use handler::{Answer, Call, HandlerClient};
-use outbox::{DeliveryId, MessageKind, NewMessage, Outbox, OutboxError};
+use outbox::{MessageKind, Outbox, OutboxError, OutboxMessage};
 use release_check::{Action, ReleaseCheck};
 use routes::{Route, Routes};
 use std::sync::Arc;
@@ -169,18 +169,10 @@ impl MessageService {
             tracing::debug!(authorizer = %authorizer, msg_type, event, "message matched no route");
             return Ok(Reply::Success);
         };
-        let message = NewMessage {
-            id: DeliveryId::generate(),
+        let message = OutboxMessage {
             authorizer: Some(authorizer),
-            kind: MessageKind::Account,
-            seq: None,
-            route: route.name.clone(),
-            msg_type: msg_type.to_owned(),
             event: event.map(str::to_owned),
-            payload: Secret::new(payload),
-            received_at_ms: now_ms(),
-            attempts_made: 0,
-            last_error: None,
+            ..OutboxMessage::new(&route.name, MessageKind::Account, msg_type, Secret::new(payload), now_ms())
         };
         match route.mode {
             DeliveryMode::Deliver => {
@@ -199,7 +191,7 @@ impl MessageService {
     async fn reply(
         &self,
         route: &Route,
-        mut message: NewMessage,
+        mut message: OutboxMessage,
         fields: &Fields,
         nonce: &str,
         timeout: Duration,
@@ -227,7 +219,7 @@ impl MessageService {
                     route = %route.name, authorizer = ?message.authorizer, delivery = %delivery, error = %e,
                     "reply-mode handler failed; the message goes to the outbox"
                 );
-                message.attempts_made = 1;
+                message.attempts = 1;
                 message.last_error = Some(e.to_string());
                 // The handler may have seen it, but a message lost is worse than one delivered
                 // twice (redeliveries are flagged): if the outbox cannot keep it, the key is
@@ -252,7 +244,7 @@ impl MessageService {
     async fn enqueue(
         &self,
         route: &Route,
-        message: NewMessage,
+        message: OutboxMessage,
         outcome: &'static str,
         key: Option<&str>,
     ) -> Result<bool, MessageError> {

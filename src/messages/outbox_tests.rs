@@ -2,6 +2,7 @@
 
 use super::*;
 use crate::store::{MemoryStore, Store};
+use crate::Secret;
 use futures_util::FutureExt;
 use std::collections::HashSet;
 use tokio::time::Instant;
@@ -84,19 +85,11 @@ fn start(settings: OutboxSettings, handler: Scripted) -> Running {
     start_with(Arc::new(MemoryStore::new()), settings, handler)
 }
 
-fn new_message(route: &str, received_at_ms: i64) -> NewMessage {
-    NewMessage {
-        id: DeliveryId::generate(),
+fn new_message(route: &str, received_at_ms: i64) -> OutboxMessage {
+    let payload = Secret::new("<xml><Content>hello</Content></xml>");
+    OutboxMessage {
         authorizer: Some(AppId::parse("wx1111111111111111").unwrap()),
-        kind: MessageKind::Account,
-        seq: None,
-        route: route.to_owned(),
-        msg_type: "text".into(),
-        event: None,
-        payload: Secret::new("<xml><Content>hello</Content></xml>"),
-        received_at_ms,
-        attempts_made: 0,
-        last_error: None,
+        ..OutboxMessage::new(route, MessageKind::Account, "text", payload, received_at_ms)
     }
 }
 
@@ -242,8 +235,8 @@ async fn a_claim_left_by_a_dead_process_is_redelivered_with_a_higher_attempt() {
 async fn a_failed_reply_mode_call_counts_as_the_first_attempt() {
     let r = start(OutboxSettings::default(), Scripted::default());
     let started = Instant::now();
-    let m = NewMessage {
-        attempts_made: 1,
+    let m = OutboxMessage {
+        attempts: 1,
         last_error: Some("timeout".into()),
         ..new_message("shop", r.outbox.clock.now_ms())
     };
@@ -280,12 +273,12 @@ async fn a_message_the_store_refuses_leaves_its_retry_key_untaken() {
     assert!(outbox.enqueue_first(m.clone(), "msgid:1").await.is_err(), "refused: the receiver answers 503");
     // Reply mode: the key recorded first, forgotten when the deferred message is refused.
     assert!(outbox.first_time(&authorizer, "msgid:2").await.unwrap());
-    assert!(outbox.enqueue(NewMessage { id: DeliveryId::generate(), ..m.clone() }).await.is_err());
+    assert!(outbox.enqueue(OutboxMessage { id: DeliveryId::generate(), ..m.clone() }).await.is_err());
     outbox.forget(&authorizer, "msgid:2").await.unwrap();
 
     sql.execute_batch("DROP TRIGGER refuse").unwrap();
-    assert!(outbox.enqueue_first(NewMessage { id: DeliveryId::generate(), ..m.clone() }, "msgid:1").await.unwrap());
+    assert!(outbox.enqueue_first(OutboxMessage { id: DeliveryId::generate(), ..m.clone() }, "msgid:1").await.unwrap());
     assert!(outbox.first_time(&authorizer, "msgid:2").await.unwrap(), "WeChat's retry is taken");
-    assert!(!outbox.enqueue_first(NewMessage { id: DeliveryId::generate(), ..m }, "msgid:1").await.unwrap());
+    assert!(!outbox.enqueue_first(OutboxMessage { id: DeliveryId::generate(), ..m }, "msgid:1").await.unwrap());
     assert_eq!(outbox.store.outbox().counts(&component()).await.unwrap(), (1, 0));
 }

@@ -136,6 +136,27 @@ pub struct OutboxMessage {
 }
 
 impl OutboxMessage {
+    /// A message as a receiver hands it to the outbox: a fresh delivery id (made before a
+    /// reply-mode call, so that `X-Wxgate-Delivery` is the same on every attempt), no account,
+    /// lane place or event, nothing attempted yet. The outbox sets when it is first due.
+    pub fn new(route: &str, kind: MessageKind, msg_type: &str, payload: Secret, received_at_ms: i64) -> Self {
+        Self {
+            id: DeliveryId::generate(),
+            authorizer: None,
+            kind,
+            seq: None,
+            route: route.to_owned(),
+            msg_type: msg_type.to_owned(),
+            event: None,
+            payload,
+            received_at_ms,
+            attempts: 0,
+            next_attempt_at_ms: received_at_ms,
+            state: OutboxState::Pending,
+            last_error: None,
+        }
+    }
+
     /// Whose dedupe keys `enqueue_first` records the message's key among: its authorizer's,
     /// or, for a platform event that names none, the component's.
     pub fn dedupe_scope(&self, component: &AppId) -> AppId {

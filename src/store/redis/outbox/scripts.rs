@@ -3,34 +3,36 @@
 use redis::Script;
 use std::sync::LazyLock;
 
+/// Lua shared by the two enqueue scripts: `enqueue(k, a)` reads ENQUEUE's KEYS from
+/// `KEYS[k + 1]` and its ARGV from `ARGV[a + 1]`, so that ENQUEUE_FIRST can put its own first.
+const ENQUEUE_AT: &str = r"
+local function enqueue(k, a)
+  if redis.call('EXISTS', KEYS[k + 1]) == 1 then return 0 end
+  redis.call('HSET', KEYS[k + 1], unpack(ARGV, a + 6))
+  redis.call('ZADD', KEYS[k + 2], ARGV[a + 3], ARGV[a + 1])
+  redis.call('SADD', KEYS[k + 3], ARGV[a + 2])
+  redis.call('ZADD', KEYS[k + 4], ARGV[a + 4], ARGV[a + 1])
+  if ARGV[a + 5] ~= '' then redis.call('ZADD', KEYS[k + 5], ARGV[a + 5], ARGV[a + 1]) end
+  return 1
+end
+";
+
 /// KEYS: msg hash, due set, routes set, pending set, lane set. ARGV: id, route, next attempt,
 /// received, seq ('' for none), then the hash's field/value pairs. An id already held is left
 /// as it is.
-pub(super) static ENQUEUE: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
-        r"if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
-          redis.call('HSET', KEYS[1], unpack(ARGV, 6))
-          redis.call('ZADD', KEYS[2], ARGV[3], ARGV[1])
-          redis.call('SADD', KEYS[3], ARGV[2])
-          redis.call('ZADD', KEYS[4], ARGV[4], ARGV[1])
-          if ARGV[5] ~= '' then redis.call('ZADD', KEYS[5], ARGV[5], ARGV[1]) end
-          return 1",
-    )
-});
+pub(super) static ENQUEUE: LazyLock<Script> =
+    LazyLock::new(|| Script::new(&format!("{ENQUEUE_AT}return enqueue(0, 0)")));
 
 /// KEYS: the dedupe key, then ENQUEUE's. ARGV: the key's lifetime (ms), then ENQUEUE's. The
-/// key is set only with its message, in one script: nothing half done survives a failure.
+/// key is set only with its message, in one script: nothing half done survives a failure. An
+/// id already held counts as taken (1), as before the key existed.
 pub(super) static ENQUEUE_FIRST: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
-        r"if not redis.call('SET', KEYS[1], '1', 'NX', 'PX', ARGV[1]) then return 0 end
-          if redis.call('EXISTS', KEYS[2]) == 1 then return 1 end
-          redis.call('HSET', KEYS[2], unpack(ARGV, 7))
-          redis.call('ZADD', KEYS[3], ARGV[4], ARGV[2])
-          redis.call('SADD', KEYS[4], ARGV[3])
-          redis.call('ZADD', KEYS[5], ARGV[5], ARGV[2])
-          if ARGV[6] ~= '' then redis.call('ZADD', KEYS[6], ARGV[6], ARGV[2]) end
-          return 1",
-    )
+    Script::new(&format!(
+        r"{ENQUEUE_AT}
+          if not redis.call('SET', KEYS[1], '1', 'NX', 'PX', ARGV[1]) then return 0 end
+          enqueue(1, 1)
+          return 1"
+    ))
 });
 
 /// Lua shared by the scripts that take a message out of its lane (delivered, deleted): the
