@@ -616,7 +616,7 @@ mod redis_bench {
         let all_applied = || {
             appids
                 .iter()
-                .all(|a| service.authorizers().status(a).is_some_and(|s| s.last_refresh_at_ms == new_refresh_at))
+                .all(|a| service.authorizers().status(a).is_some_and(|s| s.last_refresh_at_ms == Some(new_refresh_at)))
         };
         while !all_applied() {
             assert!(Instant::now() < deadline, "the catch-up did not arrive");

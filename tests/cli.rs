@@ -62,7 +62,7 @@ fn a_missing_config_file_is_named() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn migrate_copies_an_sqlite_store_into_redis_and_back() {
-    use wxgate::store::{AuthorizerRecord, AuthorizerState, RedisStore, SqliteStore, Store};
+    use wxgate::store::{AuthorizerRecord, AuthorizerState, RedisStore, SqliteStore, Store, StoredAccess};
     use wxgate::{AppId, Secret};
     let setup = Setup::new();
     let component = AppId::parse(COMPONENT_APPID).unwrap();
@@ -71,10 +71,9 @@ async fn migrate_copies_an_sqlite_store_into_redis_and_back() {
         appid,
         state: AuthorizerState::Active,
         refresh_token: Some(Secret::new("refreshtoken@@@keep-me")),
-        access_token: Some(Secret::new("access")),
-        access_expires_at: 1,
-        authorized_at: 2,
-        last_refresh_at: 3,
+        access: Some(StoredAccess { value: Secret::new("access"), expires_at_ms: 1 }),
+        authorized_at_ms: 2,
+        last_refresh_at_ms: Some(3),
         last_error: None,
         auth_code_sha1: None,
     };

@@ -73,7 +73,7 @@ mod tests {
             ticket_age_secs: Some(3),
             token_expires_at_ms: None,
             token_expires_in_secs: None,
-            last_refresh_at_ms: 4,
+            last_refresh_at_ms: Some(4),
             next_refresh_at_ms: Some(5),
             last_error: None,
         };

@@ -22,6 +22,23 @@ pub use grammar::is_host;
 pub use session::Session;
 pub use wire::{H1Error, Side};
 
+use bytes::Bytes;
+
+/// Where a body that streams through comes from, piece by piece: a client's request body, on
+/// its way to WeChat. The client side of the stack reads it through this, not the session.
+#[async_trait::async_trait]
+pub trait BodySource: Send {
+    /// The next piece; `None` once it is all read.
+    async fn piece(&mut self) -> Result<Option<Bytes>, H1Error>;
+}
+
+#[async_trait::async_trait]
+impl BodySource for Session<'_> {
+    async fn piece(&mut self) -> Result<Option<Bytes>, H1Error> {
+        self.body_piece().await
+    }
+}
+
 /// For the fuzz target `h1` (`fuzz/`): reads `data` as requests on a client connection and as
 /// WeChat's answer, heads and bodies, as the listeners and the client read them. Whatever `data`
 /// holds, this returns; what it read is checked against the framing's own promises.

@@ -179,10 +179,16 @@ pub enum Chunk {
     Trailers(usize),
 }
 
-/// An answer whose head has been read: its header, and what has been read of its body.
+/// An answer whose head has been read: its header, and its body as far as it has been read.
 #[derive(Debug)]
 pub struct Response {
     pub header: Box<ResponseHeader>,
+    pub body: ResponseBody,
+}
+
+/// What has been read of an answer's body, and how the rest is framed.
+#[derive(Debug)]
+pub struct ResponseBody {
     framing: Framing,
     /// Read and not yet handed out.
     buf: BytesMut,
@@ -211,9 +217,11 @@ impl Response {
             }
         }
     }
+}
 
+impl ResponseBody {
     /// The next piece of the body; `None` once it is over.
-    pub async fn body(
+    pub async fn next(
         &mut self,
         stream: &mut Stream,
         timer: &mut Timer,
@@ -335,7 +343,7 @@ fn parse_head(buf: &mut BytesMut, no_body: bool) -> Result<Option<Response>, H1E
             head_len(buf, |buf, headers| uninit_parse(&mut httparse::Response::new(&mut []), buf, headers));
         let Some(len) = answer_len.map_err(head_error)? else { return Ok(None) };
         if let Some(mut response) = response(buf.split_to(len).freeze(), no_body)? {
-            response.buf = buf.split();
+            response.body.buf = buf.split();
             return Ok(Some(response));
         }
     }
@@ -424,12 +432,8 @@ fn response(head: Bytes, no_body: bool) -> Result<Option<Response>, H1Error> {
     let framing = framing(status, no_body, &map)?;
     let (mut parts, ()) = http::Response::new(()).into_parts();
     (parts.status, parts.version, parts.headers) = (status, version, map);
-    Ok(Some(Response {
-        header: Box::new(ResponseHeader::from(parts)),
-        keepalive: keepalive && framing != Framing::UntilClose,
-        framing,
-        buf: BytesMut::new(),
-    }))
+    let body = ResponseBody { keepalive: keepalive && framing != Framing::UntilClose, framing, buf: BytesMut::new() };
+    Ok(Some(Response { header: Box::new(ResponseHeader::from(parts)), body }))
 }
 
 /// How the body is delimited (RFC 9112 §6.3).
@@ -458,7 +462,7 @@ pub(super) fn fuzz_read(data: &[u8]) {
     let mut buf = BytesMut::from(data);
     // What follows the head is in the answer's own buffer.
     if let Ok(Some(mut response)) = parse_head(&mut buf, false) {
-        while let Ok(Some(Some(piece))) = response.decode() {
+        while let Ok(Some(Some(piece))) = response.body.decode() {
             assert!(!piece.is_empty(), "a body piece is never empty");
         }
     }

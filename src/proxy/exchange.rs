@@ -31,7 +31,7 @@ pub fn inspectable(resp: &ResponseHeader) -> bool {
 
 /// Reads an inspectable answer's body whole. A body that arrives in one piece (a small
 /// answer) is returned as it is, without a copy.
-pub async fn read_whole(answer: &mut Answer) -> std::result::Result<Bytes, CallFailure> {
+pub async fn read_whole(answer: &mut Answer<'_>) -> std::result::Result<Bytes, CallFailure> {
     let Some(first) = answer.body().await? else { return Ok(Bytes::new()) };
     if first.len() > INSPECT_LIMIT {
         return Err(CallFailure::Broken);
@@ -92,7 +92,7 @@ fn leading_errcode(body: &[u8]) -> Option<i64> {
 /// Streams the rest of the answer to the client, chunk by chunk: memory stays flat whatever
 /// the size (a media download). An error (either side's) leaves the answer cut short, and the
 /// client's connection is not reused.
-pub async fn stream_to(client: &mut Session<'_>, answer: &mut Answer) -> Result<(), H1Error> {
+pub async fn stream_to(client: &mut Session<'_>, answer: &mut Answer<'_>) -> Result<(), H1Error> {
     client.answer_head(&downstream_header(Box::new(answer.header().clone()), None)).await?;
     while let Some(chunk) = answer.body().await? {
         client.answer_piece(&chunk).await?;

@@ -160,9 +160,7 @@ impl Gateway {
         ctx.answered_after(sent);
         drop(body);
         let mut answer = answer.map_err(|f| f.reply())?;
-        let streamed = exchange::stream_to(session, &mut answer).await;
-        self.upstream.release(answer);
-        streamed.map_err(|e| downstream_gone(&e))
+        exchange::stream_to(session, &mut answer).await.map_err(|e| downstream_gone(&e))
     }
 
     async fn token_for(&self, scope: &Scope) -> std::result::Result<Arc<AccessToken>, crate::tokens::TokenError> {
@@ -203,16 +201,14 @@ impl Gateway {
             ctx.answered_after(sent);
             let mut answer = answer.map_err(|f| f.reply())?;
             if !exchange::inspectable(answer.header()) {
-                let streamed = exchange::stream_to(session, &mut answer).await;
-                self.upstream.release(answer);
-                return streamed.map_err(|e| downstream_gone(&e));
+                return exchange::stream_to(session, &mut answer).await.map_err(|e| downstream_gone(&e));
             }
             let whole = exchange::read_whole(&mut answer).await.map_err(|f| f.reply())?;
             let errcode = exchange::errcode(&whole);
             metrics::count_wechat_errcode(errcode);
             ctx.errcode = errcode;
             if !replayed && exchange::is_token_error(errcode) {
-                self.upstream.release(answer);
+                drop(answer);
                 metrics::TOKEN_RETRY.inc();
                 tracing::info!(
                     scope = call.scope.label(),
@@ -224,7 +220,7 @@ impl Gateway {
                 ctx.retried = true;
                 continue;
             }
-            let header = upstream::downstream_header(self.upstream.release(answer), Some(whole.len()));
+            let header = upstream::downstream_header(answer.into_header(), Some(whole.len()));
             return session.answer_whole(&header, whole).await.map_err(|e| downstream_gone(&e));
         }
     }

@@ -8,13 +8,15 @@
 //! host makes it the active one, counted in `wxgate_upstream_switches_total{to}`. While a
 //! fallback is active, one call in every [`RETRY_PRIMARY_AFTER`] tries the primary first.
 //!
-//! The exchange itself is the gateway's own HTTP/1.1 client ([`h1`]): the request head is
-//! written straight from the client's headers, with a small body in the same write.
+//! The exchange itself is the gateway's own HTTP/1.1 client ([`wire`]): the request head is
+//! written straight from the client's headers, with a small body in the same write; a body
+//! that streams is read from a [`BodySource`], not from the client's session.
 //!
 //! The pool: pingora's own (`Connector::release_http_session`) spawns a task per released
 //! connection to watch it while idle, with a timer, a oneshot channel, a `Notify` and a lock
 //! the next user waits on: on a call that takes tens of microseconds that is most of the
-//! gateway's own work. Here a released connection is pushed on a stack; one the server closed
+//! gateway's own work. Here an [`Answer`] dropped pushes its connection on a stack (when its body
+//! was read to the end; it is closed otherwise), so no path can forget to; one the server closed
 //! while idle is noticed when taken (a read that does not block) or, at worst, when the call
 //! on it fails, and the call is then made again on a new connection if that is safe.
 
@@ -23,8 +25,8 @@ mod target;
 
 use super::resolve::Outbound;
 use crate::http1::wire;
+use crate::http1::BodySource;
 pub use crate::http1::H1Error;
-use crate::http1::Session;
 use crate::metrics;
 use base64::Engine;
 use bytes::Bytes;
@@ -48,10 +50,6 @@ use url::Url;
 
 /// Pooled connections are kept this long idle; WeChat's side closes idle ones after about a minute.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(50);
-
-/// Idle connections kept per WeChat host: as many as calls a busy gateway has in flight (each
-/// holds one), so that a warm gateway makes no new handshakes; one costs a socket and ~1 KB.
-const MAX_IDLE_PER_TARGET: usize = 1024;
 
 /// While a fallback is active, the primary is tried again this often.
 pub const RETRY_PRIMARY_AFTER: Duration = Duration::from_secs(30);
@@ -94,13 +92,13 @@ impl CallFailure {
 }
 
 /// A call's body.
-pub enum Body<'s, 'c> {
+pub enum Body<'s> {
     /// Kept whole (a small body, or none): the call can be sent again.
     Whole(Bytes),
     /// Streams from the client: `kept` was read already, the rest is read from `from` as it is
     /// sent, up to `limit` bytes in all. `length` is the client's `Content-Length`; without one
     /// the body goes on chunked.
-    Streamed { kept: Bytes, from: &'s mut Session<'c>, length: Option<usize>, limit: usize },
+    Streamed { kept: Bytes, from: &'s mut dyn BodySource, length: Option<usize>, limit: usize },
 }
 
 /// A connection to a WeChat host, with the timer its reads and writes that wait share.
@@ -110,26 +108,54 @@ pub(super) struct Connection {
     timer: wire::Timer,
 }
 
-/// What WeChat answered (its header read), with the connection it came on.
-pub struct Answer {
-    conn: Connection,
-    response: wire::Response,
-    /// Which host (0 = the primary) the connection goes to.
-    target: usize,
-    timeout: Duration,
-    /// When the call began: the connection counts as idle from then if it is kept (a little
-    /// early, which only ever retires it sooner), so that releasing it reads no clock.
-    started: Instant,
+/// What WeChat answered: its header, and its body still to be read on the connection it came
+/// on. Dropping it gives the connection back (see [`AnswerBody`]): no path can forget to.
+pub struct Answer<'u> {
+    header: Box<ResponseHeader>,
+    body: AnswerBody<'u>,
 }
 
-impl Answer {
+impl Answer<'_> {
     pub fn header(&self) -> &ResponseHeader {
-        &self.response.header
+        &self.header
     }
 
     /// The next piece of the answer's body; `None` once it is over.
     pub async fn body(&mut self) -> Result<Option<Bytes>, H1Error> {
-        self.response.body(&mut self.conn.stream, &mut self.conn.timer, self.timeout).await
+        let b = &mut self.body;
+        let Some(conn) = &mut b.conn else { return Err(H1Error::Closed) };
+        b.reader.next(&mut conn.stream, &mut conn.timer, b.timeout).await
+    }
+
+    /// The header, to be sent on to the client; the connection is given back.
+    pub fn into_header(self) -> Box<ResponseHeader> {
+        self.header
+    }
+}
+
+/// An answer's body and its connection. When dropped, the connection is kept for the next call
+/// if the body was read to its end and the server keeps it alive, and closed otherwise. Not
+/// async: a kept connection needs no waiting, and a closing one is shut down in a task of its
+/// own, so that every call's future does not carry a shutdown's.
+struct AnswerBody<'u> {
+    /// Taken only by `drop`.
+    conn: Option<Connection>,
+    reader: wire::ResponseBody,
+    /// The host the connection goes to, whose pool it returns to.
+    home: &'u Target,
+    timeout: Duration,
+    /// When the call began: the connection counts as idle from then if it is kept (a little
+    /// early, which only ever retires it sooner), so that giving it back reads no clock.
+    started: Instant,
+}
+
+impl Drop for AnswerBody<'_> {
+    fn drop(&mut self) {
+        let Some(conn) = self.conn.take() else { return };
+        match self.reader.reusable() {
+            true => self.home.keep(conn, self.started),
+            false => close(conn.stream),
+        }
     }
 }
 
@@ -218,8 +244,8 @@ impl Upstream {
         client: &Parts,
         outbound: &Outbound,
         token: &str,
-        body: &mut Body<'_, '_>,
-    ) -> Result<Answer, CallFailure> {
+        body: &mut Body<'_>,
+    ) -> Result<Answer<'_>, CallFailure> {
         let started = Instant::now();
         let first = self.first_target();
         for target in (first..self.targets.len()).chain(0..first) {
@@ -236,10 +262,14 @@ impl Upstream {
                 let head = self.request(client, target, outbound, token, body).ok_or(CallFailure::Broken)?;
                 let no_body = client.method == http::Method::HEAD;
                 match exchange(&mut conn, head, body, no_body, self.timeout).await {
-                    Ok(response) => {
+                    Ok(wire::Response { header, body: reader }) => {
                         metrics::UPSTREAM_DURATION.observe(started.elapsed().as_secs_f64());
                         self.settle_on(target);
-                        return Ok(Answer { conn, response, target, timeout: self.timeout, started });
+                        let (home, timeout) = (&self.targets[target], self.timeout);
+                        return Ok(Answer {
+                            header,
+                            body: AnswerBody { conn: Some(conn), reader, home, timeout, started },
+                        });
                     }
                     Err(Failed::Client(failure)) => return Err(failure),
                     Err(Failed::Upstream { error, written, body_spent })
@@ -256,24 +286,6 @@ impl Upstream {
             }
         }
         Err(CallFailure::Unreachable)
-    }
-
-    /// Keeps the connection for the next call when the answer was read to its end and the
-    /// server keeps it alive, closes it otherwise, and gives back the answer's header. Not
-    /// async: a kept connection needs no waiting, and a closing one is shut down in a task of
-    /// its own, so that every call's future does not carry a shutdown's.
-    pub fn release(&self, answer: Answer) -> Box<ResponseHeader> {
-        let Answer { conn, response, target, started, .. } = answer;
-        if !response.reusable() {
-            close(conn.stream);
-            return response.header;
-        }
-        let mut idle = self.targets[target].idle();
-        if idle.len() >= MAX_IDLE_PER_TARGET {
-            idle.remove(0);
-        }
-        idle.push((conn, started));
-        response.header
     }
 
     /// The host this call starts on: the active one, or the primary when a fallback has been
@@ -363,7 +375,7 @@ impl Upstream {
         target: usize,
         outbound: &Outbound,
         token: &str,
-        body: &Body<'_, '_>,
+        body: &Body<'_>,
     ) -> Option<Vec<u8>> {
         let coalesced = match body {
             Body::Whole(b) if b.len() <= COALESCE_BODY => b.len(),
@@ -422,7 +434,7 @@ enum Failed {
 async fn exchange(
     conn: &mut Connection,
     mut head: Vec<u8>,
-    body: &mut Body<'_, '_>,
+    body: &mut Body<'_>,
     no_body: bool,
     timeout: Duration,
 ) -> Result<wire::Response, Failed> {
@@ -445,7 +457,7 @@ async fn exchange(
             }
             let mut seen = kept.len();
             loop {
-                let chunk = from.body_piece().await.map_err(|_| Failed::Client(CallFailure::BadBody))?;
+                let chunk = from.piece().await.map_err(|_| Failed::Client(CallFailure::BadBody))?;
                 let Some(chunk) = chunk else { break };
                 seen += chunk.len();
                 if seen > *limit {
@@ -466,9 +478,12 @@ async fn exchange(
     })
 }
 
-/// Closes a connection that is not kept, with a TLS close_notify where there is TLS.
+/// Closes a connection that is not kept, with a TLS close_notify where there is TLS; outside a
+/// runtime (never on a call's path) it is just dropped.
 fn close(mut stream: Stream) {
-    tokio::spawn(async move { stream.shutdown().await });
+    if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+        runtime.spawn(async move { stream.shutdown().await });
+    }
 }
 
 /// Whether a call may be sent again after its connection broke once it was written: only when

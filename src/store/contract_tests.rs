@@ -36,10 +36,12 @@ pub fn authorizer(appid: &str, refresh: &str) -> AuthorizerRecord {
         appid: AppId::parse(appid).unwrap(),
         state: AuthorizerState::Active,
         refresh_token: Some(Secret::new(refresh)),
-        access_token: Some(Secret::new(format!("access-of-{appid}"))),
-        access_expires_at: 1_700_000_000_000,
-        authorized_at: 1_690_000_000_000,
-        last_refresh_at: 0,
+        access: Some(StoredAccess {
+            value: Secret::new(format!("access-of-{appid}")),
+            expires_at_ms: 1_700_000_000_000,
+        }),
+        authorized_at_ms: 1_690_000_000_000,
+        last_refresh_at_ms: None,
         last_error: None,
         auth_code_sha1: None,
     }
@@ -57,10 +59,11 @@ pub async fn tokens_and_authorizers_round_trip(store: &dyn Store) {
     store.save_authorizer(&c, &a).await.unwrap();
     let mut b = authorizer("wx2222222222222222", "refresh-2");
     b.state = AuthorizerState::NeedsReauth;
-    b.access_token = None;
+    b.access = None;
     b.last_error = Some("api_authorizer_token: errcode 61023".into());
     store.save_authorizer(&c, &b).await.unwrap();
-    let rotated = AuthorizerRecord { refresh_token: Some(Secret::new("refresh-1b")), last_refresh_at: 5, ..a.clone() };
+    let rotated =
+        AuthorizerRecord { refresh_token: Some(Secret::new("refresh-1b")), last_refresh_at_ms: Some(5), ..a.clone() };
     store.save_authorizer(&c, &rotated).await.unwrap();
 
     let all = store.load_authorizers(&c).await.unwrap();

@@ -133,14 +133,43 @@ pub struct AuthorizerRecord {
     pub state: AuthorizerState,
     /// The credential that must never be lost: without it the owner must authorize again.
     pub refresh_token: Option<Secret>,
-    pub access_token: Option<Secret>,
-    pub access_expires_at: i64,
-    pub authorized_at: i64,
-    pub last_refresh_at: i64,
+    /// The access token and when it expires, while there is one.
+    pub access: Option<StoredAccess>,
+    /// Unix milliseconds.
+    pub authorized_at_ms: i64,
+    /// Unix milliseconds; `None` until the first refresh.
+    pub last_refresh_at_ms: Option<i64>,
     pub last_error: Option<String>,
     /// SHA-1 of the last authorization code exchanged, so that the redirect and the
     /// `authorized` push carrying the same code exchange it once.
     pub auth_code_sha1: Option<String>,
+}
+
+/// An authorizer's access token as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredAccess {
+    pub value: Secret,
+    /// Unix milliseconds.
+    pub expires_at_ms: i64,
+}
+
+impl AuthorizerRecord {
+    /// The columns both persistent stores write, with 0 for "none" as they always have: the
+    /// token or nothing, its expiry, and the last refresh.
+    pub fn stored_columns(&self) -> (Option<&str>, i64, i64) {
+        let access = self.access.as_ref();
+        (access.map(|a| a.value.expose()), access.map_or(0, |a| a.expires_at_ms), self.last_refresh_at_ms.unwrap_or(0))
+    }
+
+    /// The access token and last refresh from the stored columns (see [`Self::stored_columns`]).
+    pub fn from_columns(
+        token: Option<String>,
+        expires_at_ms: i64,
+        last_refresh_at_ms: i64,
+    ) -> (Option<StoredAccess>, Option<i64>) {
+        let access = token.map(|t| StoredAccess { value: Secret::new(t), expires_at_ms });
+        (access, Some(last_refresh_at_ms).filter(|at| *at > 0))
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -14,6 +14,7 @@ use crate::store::{AuthorizerRecord, AuthorizerState, Fence, ScanCursor};
 use crate::wechat::{ApiErrorKind, AuthorizerTokens as Issued, WechatError};
 use crate::{AppId, Secret};
 use async_trait::async_trait;
+use std::num::NonZeroI64;
 use std::sync::Arc;
 
 /// api_get_authorizer_list pages at most 500; 40 pages cover 20,000 accounts.
@@ -119,7 +120,7 @@ impl AuthorizerTokens {
         mem.state = AuthorizerState::Active;
         mem.refresh_token = Some(tokens.refresh_token);
         mem.access = Some(Arc::clone(&access));
-        mem.last_refresh_at = now;
+        mem.last_refresh_at = NonZeroI64::new(now);
         mem.last_error = None;
         let record = mem.to_record(&slot.appid);
         if !self.core.store.save_authorizer_leased(&self.core.component, &record, fence).await? {
@@ -162,10 +163,9 @@ impl AuthorizerTokens {
                 appid: *appid,
                 state: AuthorizerState::Active,
                 refresh_token: None,
-                access_token: None,
-                access_expires_at: 0,
-                authorized_at: 0,
-                last_refresh_at: 0,
+                access: None,
+                authorized_at_ms: 0,
+                last_refresh_at_ms: None,
                 last_error: None,
                 auth_code_sha1: None,
             }))

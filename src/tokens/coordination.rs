@@ -8,6 +8,7 @@ use super::slot::{AuthorizerMem, AuthorizerSlot};
 use super::{Job, TokenError, TokenService};
 use crate::store::{AuthorizerRecord, AuthorizerState, Change};
 use crate::AppId;
+use std::num::NonZeroI64;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::broadcast;
@@ -113,7 +114,8 @@ impl AuthorizerTokens {
     /// Takes the stored record unless memory's is newer. Caller holds the slot's lock.
     fn adopt_record(&self, slot: &AuthorizerSlot, record: AuthorizerRecord) {
         let mem = slot.mem();
-        if record.last_refresh_at < mem.last_refresh_at || record == mem.to_record(&slot.appid) {
+        if record.last_refresh_at_ms < mem.last_refresh_at.map(NonZeroI64::get) || record == mem.to_record(&slot.appid)
+        {
             return;
         }
         slot.set_mem(AuthorizerMem::from_record(record));

@@ -189,7 +189,8 @@ pub struct ComponentStatus {
     pub ticket_age_secs: Option<i64>,
     pub token_expires_at_ms: Option<i64>,
     pub token_expires_in_secs: Option<i64>,
-    pub last_refresh_at_ms: i64,
+    /// `None` (JSON null) until the first refresh.
+    pub last_refresh_at_ms: Option<i64>,
     pub next_refresh_at_ms: Option<i64>,
     pub last_error: Option<String>,
 }
@@ -202,7 +203,8 @@ pub struct AuthorizerStatus {
     pub access_expires_at_ms: Option<i64>,
     pub access_expires_in_secs: Option<i64>,
     pub authorized_at_ms: i64,
-    pub last_refresh_at_ms: i64,
+    /// `None` (JSON null) until the first refresh.
+    pub last_refresh_at_ms: Option<i64>,
     pub next_refresh_at_ms: Option<i64>,
     pub last_error: Option<String>,
 }

@@ -3,9 +3,10 @@
 
 use super::refresher::Flight;
 use super::{lead_ms, spread_due, steady_due, AuthorizerStatus, Settings};
-use crate::store::{AuthorizerRecord, AuthorizerState, ComponentToken};
+use crate::store::{AuthorizerRecord, AuthorizerState, ComponentToken, StoredAccess};
 use crate::{AppId, Secret};
 use rand::Rng;
+use std::num::NonZeroI64;
 use std::sync::{Arc, RwLock};
 
 /// A token in service, shared with the requests that use it.
@@ -41,7 +42,8 @@ pub(super) struct ComponentSlot {
 
 #[derive(Debug, Default, Clone)]
 pub(super) struct Meta {
-    pub last_refresh_at: i64,
+    /// `None` until the first refresh.
+    pub last_refresh_at: Option<i64>,
     pub last_error: Option<String>,
 }
 
@@ -51,7 +53,7 @@ impl ComponentSlot {
             let lifetime_ms = (t.expires_at - t.obtained_at).max(0);
             Arc::new(AccessToken { value: t.value, expires_at: t.expires_at, lifetime_ms })
         });
-        let last_refresh_at = current.as_ref().map_or(0, |t| t.expires_at - t.lifetime_ms);
+        let last_refresh_at = current.as_ref().map(|t| t.expires_at - t.lifetime_ms);
         Self {
             current: RwLock::new(current),
             meta: RwLock::new(Meta { last_refresh_at, ..Meta::default() }),
@@ -69,7 +71,7 @@ impl ComponentSlot {
 
     pub fn set(&self, token: Arc<AccessToken>, now_ms: i64) {
         *write(&self.current) = Some(token);
-        *write(&self.meta) = Meta { last_refresh_at: now_ms, last_error: None };
+        *write(&self.meta) = Meta { last_refresh_at: Some(now_ms), last_error: None };
     }
 
     /// Keeps the error of a failed refresh for the admin API and `/readyz`.
@@ -81,7 +83,7 @@ impl ComponentSlot {
         read(&self.meta).last_error.clone()
     }
 
-    pub fn last_refresh_at(&self) -> i64 {
+    pub fn last_refresh_at(&self) -> Option<i64> {
         read(&self.meta).last_refresh_at
     }
 
@@ -107,7 +109,8 @@ pub(super) struct AuthorizerMem {
     pub refresh_token: Option<Secret>,
     pub access: Option<Arc<AccessToken>>,
     pub authorized_at: i64,
-    pub last_refresh_at: i64,
+    /// `None` until the first refresh; `NonZeroI64` so that the `Option` costs no byte.
+    pub last_refresh_at: Option<NonZeroI64>,
     /// Boxed rather than a `String`: 8 bytes fewer for each of a large fleet.
     pub last_error: Option<Box<str>>,
     /// Held as bytes: 20 of them rather than a 40-character string, for each of a large fleet.
@@ -123,17 +126,16 @@ fn kept(token: Secret) -> Secret {
 
 impl AuthorizerMem {
     pub fn from_record(r: AuthorizerRecord) -> Self {
-        let lifetime_ms =
-            if r.last_refresh_at > 0 { (r.access_expires_at - r.last_refresh_at).max(0) } else { 7_200_000 };
-        let access = r
-            .access_token
-            .map(|value| Arc::new(AccessToken { value: kept(value), expires_at: r.access_expires_at, lifetime_ms }));
+        let access = r.access.map(|a| {
+            let lifetime_ms = r.last_refresh_at_ms.map_or(7_200_000, |at| (a.expires_at_ms - at).max(0));
+            Arc::new(AccessToken { value: kept(a.value), expires_at: a.expires_at_ms, lifetime_ms })
+        });
         Self {
             state: r.state,
             refresh_token: r.refresh_token.map(kept),
             access,
-            authorized_at: r.authorized_at,
-            last_refresh_at: r.last_refresh_at,
+            authorized_at: r.authorized_at_ms,
+            last_refresh_at: r.last_refresh_at_ms.and_then(NonZeroI64::new),
             last_error: r.last_error.map(String::into_boxed_str),
             auth_code_sha1: r.auth_code_sha1.and_then(|h| {
                 let mut bytes = [0u8; 20];
@@ -147,10 +149,9 @@ impl AuthorizerMem {
             appid: *appid,
             state: self.state,
             refresh_token: self.refresh_token.clone(),
-            access_token: self.access.as_ref().map(|a| a.value.clone()),
-            access_expires_at: self.access.as_ref().map_or(0, |a| a.expires_at),
-            authorized_at: self.authorized_at,
-            last_refresh_at: self.last_refresh_at,
+            access: self.access.as_ref().map(|a| StoredAccess { value: a.value.clone(), expires_at_ms: a.expires_at }),
+            authorized_at_ms: self.authorized_at,
+            last_refresh_at_ms: self.last_refresh_at.map(NonZeroI64::get),
             last_error: self.last_error.as_deref().map(str::to_owned),
             auth_code_sha1: self.auth_code_sha1.map(hex::encode),
         }
@@ -207,7 +208,7 @@ impl AuthorizerSlot {
             access_expires_at_ms: mem.access.as_ref().map(|a| a.expires_at),
             access_expires_in_secs: mem.access.as_ref().map(|a| (a.expires_at - now_ms) / 1000),
             authorized_at_ms: mem.authorized_at,
-            last_refresh_at_ms: mem.last_refresh_at,
+            last_refresh_at_ms: mem.last_refresh_at.map(NonZeroI64::get),
             next_refresh_at_ms,
             last_error: mem.last_error.as_deref().map(str::to_owned),
         }

@@ -10,9 +10,9 @@ fn parsed(head: &[u8], no_body: bool) -> Result<Response, H1Error> {
 #[test]
 fn an_answer_head_with_bare_lf_lines_is_read_as_the_parser_reads_it() {
     let r = parsed(b"HTTP/1.1 200 OK\nContent-Length: 2\n\nok", false).unwrap();
-    assert_eq!((r.header.status.as_u16(), r.framing, &r.buf[..]), (200, Framing::Length(2), &b"ok"[..]));
+    assert_eq!((r.header.status.as_u16(), r.body.framing, &r.body.buf[..]), (200, Framing::Length(2), &b"ok"[..]));
     let r = parsed(b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 204 No Content\n\n", false).unwrap();
-    assert_eq!((r.header.status.as_u16(), r.framing), (204, Framing::Done));
+    assert_eq!((r.header.status.as_u16(), r.body.framing), (204, Framing::Done));
 }
 
 /// Feeds `body` to `response` one byte at a time, as if each byte came in a read of its own,
@@ -20,7 +20,7 @@ fn an_answer_head_with_bare_lf_lines_is_read_as_the_parser_reads_it() {
 fn fed_byte_by_byte(response: &mut Response, body: &[u8]) -> Result<Vec<u8>, H1Error> {
     let mut out = Vec::new();
     let drain = |response: &mut Response, out: &mut Vec<u8>| -> Result<bool, H1Error> {
-        while let Some(step) = response.decode()? {
+        while let Some(step) = response.body.decode()? {
             match step {
                 Some(piece) => out.extend_from_slice(&piece),
                 None => return Ok(true),
@@ -32,7 +32,7 @@ fn fed_byte_by_byte(response: &mut Response, body: &[u8]) -> Result<Vec<u8>, H1E
         return Ok(out);
     }
     for byte in body {
-        response.buf.extend_from_slice(&[*byte]);
+        response.body.buf.extend_from_slice(&[*byte]);
         if drain(response, &mut out)? {
             break;
         }
@@ -47,11 +47,11 @@ fn a_length_delimited_body_is_read_in_any_pieces_and_leaves_the_connection_reusa
     assert_eq!(r.header.status, 200);
     assert_eq!(r.header.headers["content-type"], "application/json");
     assert_eq!(fed_byte_by_byte(&mut r, b"").unwrap(), br#"{"errcode":0}"#);
-    assert!(r.reusable());
+    assert!(r.body.reusable());
 
     let mut r = parsed(b"HTTP/1.1 200 OK\r\nContent-Length: 13\r\n\r\n", false).unwrap();
     assert_eq!(fed_byte_by_byte(&mut r, br#"{"errcode":0}"#).unwrap(), br#"{"errcode":0}"#);
-    assert!(r.reusable());
+    assert!(r.body.reusable());
 }
 
 #[test]
@@ -59,12 +59,12 @@ fn a_chunked_body_with_extensions_and_trailers_is_decoded_across_any_split() {
     let mut r = parsed(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n", false).unwrap();
     let body = b"5;name=v\r\nhello\r\n1\r\n \r\n5\r\nworld\r\n0\r\nX-Trailer: 1\r\n\r\n";
     assert_eq!(fed_byte_by_byte(&mut r, body).unwrap(), b"hello world");
-    assert!(r.reusable());
-    assert!(r.buf.is_empty());
+    assert!(r.body.reusable());
+    assert!(r.body.buf.is_empty());
 
     let mut r = parsed(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n", false).unwrap();
     assert_eq!(fed_byte_by_byte(&mut r, b"").unwrap(), b"hello");
-    assert!(r.reusable());
+    assert!(r.body.reusable());
 }
 
 #[test]
@@ -97,11 +97,11 @@ fn answers_without_a_body_end_at_their_head() {
     ] {
         let mut r = parsed(head, false).unwrap();
         assert_eq!(fed_byte_by_byte(&mut r, b"").unwrap(), b"");
-        assert!(r.reusable(), "{head:?}");
+        assert!(r.body.reusable(), "{head:?}");
     }
     let mut r = parsed(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n", true).unwrap();
     assert_eq!(fed_byte_by_byte(&mut r, b"").unwrap(), b"", "an answer to HEAD has no body");
-    assert!(r.reusable());
+    assert!(r.body.reusable());
 }
 
 #[test]
@@ -127,15 +127,15 @@ fn which_answers_leave_the_connection_open() {
     let reusable = |head: &[u8]| {
         let mut r = parsed(head, false).unwrap();
         fed_byte_by_byte(&mut r, b"").unwrap();
-        r.reusable()
+        r.body.reusable()
     };
     assert!(!reusable(b"HTTP/1.1 200 OK\r\nConnection: Close\r\nContent-Length: 0\r\n\r\n"));
     assert!(!reusable(b"HTTP/1.0 200 OK\r\nContent-Length: 0\r\n\r\n"));
     assert!(reusable(b"HTTP/1.0 200 OK\r\nConnection: keep-alive\r\nContent-Length: 0\r\n\r\n"));
     assert!(!reusable(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nokEXTRA"), "the server sent more than the answer");
     let r = parsed(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\n", false).unwrap();
-    assert_eq!(r.framing, Framing::UntilClose, "a body not chunked ends with the connection");
-    assert!(!r.reusable());
+    assert_eq!(r.body.framing, Framing::UntilClose, "a body not chunked ends with the connection");
+    assert!(!r.body.reusable());
 }
 
 /// The conformance table for WeChat's answers (tests/conformance.rs has the requests'): what
@@ -223,7 +223,7 @@ async fn serving(pieces: Vec<&'static [u8]>, hold: bool) -> Stream {
 
 async fn whole_body(stream: &mut Stream, response: &mut Response) -> Result<Vec<u8>, H1Error> {
     let mut body = Vec::new();
-    while let Some(piece) = response.body(stream, &mut Timer::default(), Duration::from_secs(5)).await? {
+    while let Some(piece) = response.body.next(stream, &mut Timer::default(), Duration::from_secs(5)).await? {
         body.extend_from_slice(&piece);
     }
     Ok(body)
@@ -234,7 +234,7 @@ async fn a_body_that_ends_with_the_connection_is_read_to_its_end() {
     let mut stream = serving(vec![b"HTTP/1.1 200 OK\r\n\r\nfirst ", b"second"], false).await;
     let mut r = Response::read(&mut stream, &mut Timer::default(), false, Duration::from_secs(5)).await.unwrap();
     assert_eq!(whole_body(&mut stream, &mut r).await.unwrap(), b"first second");
-    assert!(!r.reusable());
+    assert!(!r.body.reusable());
 }
 
 #[tokio::test]
@@ -265,11 +265,11 @@ async fn a_server_that_stops_answering_times_out() {
     let mut stream = serving(vec![b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nok"], true).await;
     let mut r = Response::read(&mut stream, &mut Timer::default(), false, Duration::from_millis(200)).await.unwrap();
     assert_eq!(
-        r.body(&mut stream, &mut Timer::default(), Duration::from_millis(200)).await.unwrap().as_deref(),
+        r.body.next(&mut stream, &mut Timer::default(), Duration::from_millis(200)).await.unwrap().as_deref(),
         Some(&b"ok"[..])
     );
     assert_eq!(
-        r.body(&mut stream, &mut Timer::default(), Duration::from_millis(200)).await.unwrap_err(),
+        r.body.next(&mut stream, &mut Timer::default(), Duration::from_millis(200)).await.unwrap_err(),
         H1Error::TimedOut
     );
 }

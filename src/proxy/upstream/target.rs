@@ -7,6 +7,10 @@ use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::{Duration, Instant};
 use url::Url;
 
+/// Idle connections kept per WeChat host: as many as calls a busy gateway has in flight (each
+/// holds one), so that a warm gateway makes no new handshakes; one costs a socket and ~1 KB.
+const MAX_IDLE_PER_TARGET: usize = 1024;
+
 #[derive(Debug)]
 pub(super) struct Target {
     pub(super) host: String,
@@ -54,6 +58,15 @@ impl Target {
 
     pub(super) fn idle(&self) -> MutexGuard<'_, Vec<(Connection, Instant)>> {
         self.idle.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Keeps `conn`, idle since `since`, for the next call; the oldest goes when the pool is full.
+    pub(super) fn keep(&self, conn: Connection, since: Instant) {
+        let mut idle = self.idle();
+        if idle.len() >= MAX_IDLE_PER_TARGET {
+            idle.remove(0);
+        }
+        idle.push((conn, since));
     }
 }
 

@@ -8,15 +8,16 @@ fn field<T: std::str::FromStr>(map: &HashMap<String, String>, name: &str) -> Res
 }
 
 fn authorizer_fields(r: &AuthorizerRecord) -> Vec<(&'static str, String)> {
+    let (access_token, access_expires_at, last_refresh_at) = r.stored_columns();
     let mut fields = vec![
         ("state", r.state.as_str().to_owned()),
-        ("access_expires_at", r.access_expires_at.to_string()),
-        ("authorized_at", r.authorized_at.to_string()),
-        ("last_refresh_at", r.last_refresh_at.to_string()),
+        ("access_expires_at", access_expires_at.to_string()),
+        ("authorized_at", r.authorized_at_ms.to_string()),
+        ("last_refresh_at", last_refresh_at.to_string()),
     ];
     let optional = [
         ("refresh_token", r.refresh_token.as_ref().map(|s| s.expose().to_owned())),
-        ("access_token", r.access_token.as_ref().map(|s| s.expose().to_owned())),
+        ("access_token", access_token.map(str::to_owned)),
         ("last_error", r.last_error.clone()),
         ("auth_code_sha1", r.auth_code_sha1.clone()),
     ];
@@ -50,14 +51,18 @@ pub(super) fn authorizer_from_row(
     let number = |value: Option<String>, name: &str| {
         value.and_then(|v| v.parse().ok()).ok_or_else(|| StoreError::Corrupt(format!("field {name}")))
     };
+    let (access, last_refresh_at_ms) = AuthorizerRecord::from_columns(
+        access_token,
+        number(access_expires_at, "access_expires_at")?,
+        number(last_refresh_at, "last_refresh_at")?,
+    );
     Ok(Some(AuthorizerRecord {
         appid: *appid,
         state: AuthorizerState::parse(&state).ok_or_else(|| StoreError::Corrupt("field state".into()))?,
         refresh_token: refresh_token.map(Secret::new),
-        access_token: access_token.map(Secret::new),
-        access_expires_at: number(access_expires_at, "access_expires_at")?,
-        authorized_at: number(authorized_at, "authorized_at")?,
-        last_refresh_at: number(last_refresh_at, "last_refresh_at")?,
+        access,
+        authorized_at_ms: number(authorized_at, "authorized_at")?,
+        last_refresh_at_ms,
         last_error,
         auth_code_sha1: sha1,
     }))

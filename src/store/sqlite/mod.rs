@@ -115,14 +115,14 @@ fn row_to_authorizer(row: &rusqlite::Row<'_>) -> rusqlite::Result<AuthorizerReco
     };
     let appid: String = row.get(0)?;
     let state: String = row.get(1)?;
+    let (access, last_refresh_at_ms) = AuthorizerRecord::from_columns(row.get(3)?, row.get(4)?, row.get(6)?);
     Ok(AuthorizerRecord {
         appid: AppId::parse(&appid).map_err(|_| corrupt(0, "an appid"))?,
         state: AuthorizerState::parse(&state).ok_or_else(|| corrupt(1, "a state"))?,
         refresh_token: row.get::<_, Option<String>>(2)?.map(Secret::new),
-        access_token: row.get::<_, Option<String>>(3)?.map(Secret::new),
-        access_expires_at: row.get(4)?,
-        authorized_at: row.get(5)?,
-        last_refresh_at: row.get(6)?,
+        access,
+        authorized_at_ms: row.get(5)?,
+        last_refresh_at_ms,
         last_error: row.get(7)?,
         auth_code_sha1: row.get(8)?,
     })
@@ -323,6 +323,7 @@ impl Store for SqliteStore {
     async fn save_authorizer(&self, component: &AppId, record: &AuthorizerRecord) -> Result<(), StoreError> {
         let (component, r) = (component.to_string(), record.clone());
         self.with_conn(move |c| {
+            let (access_token, access_expires_at, last_refresh_at) = r.stored_columns();
             c.execute(
                 &format!("INSERT OR REPLACE INTO authorizers (component_appid, {AUTHORIZER_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)"),
                 params![
@@ -330,10 +331,10 @@ impl Store for SqliteStore {
                     &*r.appid.as_str(),
                     r.state.as_str(),
                     r.refresh_token.as_ref().map(Secret::expose),
-                    r.access_token.as_ref().map(Secret::expose),
-                    r.access_expires_at,
-                    r.authorized_at,
-                    r.last_refresh_at,
+                    access_token,
+                    access_expires_at,
+                    r.authorized_at_ms,
+                    last_refresh_at,
                     r.last_error,
                     r.auth_code_sha1,
                 ],

@@ -58,7 +58,7 @@ impl Kind {
         let held = match self {
             Kind::Component => store.load_component_token(&component()).await.unwrap().map(|t| t.value),
             Kind::Authorizer => {
-                store.load_authorizer(&component(), &appid(1)).await.unwrap().and_then(|r| r.access_token)
+                store.load_authorizer(&component(), &appid(1)).await.unwrap().and_then(|r| r.access.map(|a| a.value))
             }
             Kind::Ticket => {
                 store.load_js_ticket(&component(), &appid(1), TicketKind::Jsapi).await.unwrap().map(|t| t.value)
