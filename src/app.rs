@@ -16,6 +16,7 @@ use crate::messages::release_check::ReleaseCheck;
 use crate::messages::{MessageService, Settings as MessageSettings};
 use crate::metrics;
 use crate::proxy::{Clients, Gateway, Upstream, UpstreamError};
+use crate::quota::{FromWechat, QuotaGuard};
 use crate::routes::GatewayRoutes;
 use crate::store::{MemoryStore, RedisStore, SharedStore, SqliteStore, StoreError};
 use crate::tokens::{Settings, TokenError, TokenService};
@@ -126,20 +127,30 @@ pub fn build(config: &Config, source: Option<Source>, sockets: Sockets) -> Resul
     let upstream = Upstream::new(&config.upstream.base_url, &config.upstream.fallback_urls, config.upstream.timeout)?
         .with_extra_roots(extra_roots)?;
     let upstream = Arc::new(upstream);
-    let clients = live.part(config, |c| Clients::new(&c.clients));
+    let limits = Arc::new(FromWechat { tokens: Arc::clone(&tokens), wechat: Arc::clone(&client) as _ });
+    let guard = QuotaGuard::new(config.component.appid, Arc::clone(&store), &config.quota, limits);
+    let guarded = Arc::clone(&guard);
+    let clients = live.part(config, move |c| {
+        guarded.configure(&c.quota);
+        Clients::guarded(&c.clients, &guarded)
+    });
     let admin_token = live.part(config, |c| c.admin.token.clone());
-    let gateway = Gateway::new(routes, Arc::clone(&tokens), clients, upstream, config.proxy.clone());
+    let gateway =
+        Gateway::new(routes, Arc::clone(&tokens), clients, upstream, Arc::clone(&guard), config.proxy.clone());
     let timeouts = Timeouts { keepalive: config.proxy.keepalive_timeout, header: config.proxy.header_timeout };
     let proxy = Service::new("wxgate proxy".to_owned(), Edge::new(gateway, timeouts));
     server.add_service(Prebound::new(proxy, sockets.proxy));
 
     // The admin listener is served by the same HTTP/1.1 as the proxy listener.
-    let admin_app = AdminApp::new(Arc::clone(&tokens), links, admin_token, client).with_outbox(Arc::clone(&outbox));
+    let admin_app = AdminApp::new(Arc::clone(&tokens), links, admin_token, client)
+        .with_outbox(Arc::clone(&outbox))
+        .with_guard(Arc::clone(&guard));
     let admin = Service::new("wxgate admin".to_owned(), Edge::new(admin_app, timeouts));
     server.add_service(Prebound::new(admin, sockets.admin));
 
     server.add_service(background_service("wxgate token scheduler", Scheduler(tokens)));
     server.add_service(background_service("wxgate message outbox", OutboxWorker(outbox, deliveries)));
+    server.add_service(background_service("wxgate quota sync", QuotaSync(guard)));
     if live.has_file() {
         Arc::new(live).reload_on_sighup(rt)?;
     }
@@ -227,6 +238,16 @@ struct Scheduler(Arc<TokenService>);
 impl BackgroundService for Scheduler {
     async fn start(&self, shutdown: ShutdownWatch) {
         Arc::clone(&self.0).run_scheduler(shutdown).await;
+    }
+}
+
+/// The quota guard's exchange with a shared store (counts out, holds in), every second.
+struct QuotaSync(Arc<QuotaGuard>);
+
+#[async_trait]
+impl BackgroundService for QuotaSync {
+    async fn start(&self, shutdown: ShutdownWatch) {
+        Arc::clone(&self.0).run(shutdown).await;
     }
 }
 

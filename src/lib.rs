@@ -25,6 +25,8 @@
 //! - [`messages`]: authorized accounts' messages: dedupe, release check, routes, handlers, outbox.
 //! - [`events`]: platform events to the apps: the authorization-event URL's events, once the
 //!   token service acted on them, into the one outbox per `[[events.routes]]`, in order per account.
+//! - [`quota`]: the quota guard between the apps that share an account's WeChat quota: each
+//!   client's rate and daily share, and the 45009 holds; shared through a Redis store.
 //! - [`admin`]: the admin listener: metrics, health, readiness, admin API.
 //! - [`proxy`]: the proxy listener: each request resolved, the token endpoints answered, and
 //!   every other path proxied to WeChat with the real token injected (and replayed once after a
@@ -47,11 +49,12 @@
 //! is no import circle between modules; `tests/layers.rs` reads every `crate::` path in `src/`
 //! against this list, which is the one place the layers are written.
 //!
-//! 8. `demo`
-//! 7. `app`
-//! 6. `routes`
-//! 5. `callback`, `events`, `admin`, `sandbox`
-//! 4. `proxy`, `messages`, `listeners`
+//! 9. `demo`
+//! 8. `app`
+//! 7. `routes`
+//! 6. `callback`, `events`, `admin`, `sandbox`
+//! 5. `proxy`, `messages`, `listeners`
+//! 4. `quota`
 //! 3. `config`, `authorize`
 //! 2. `tokens`
 //! 1. `crypto`, `wechat`, `store`, `http1`
@@ -71,6 +74,7 @@ pub mod listeners;
 pub mod messages;
 pub mod metrics;
 pub mod proxy;
+pub mod quota;
 pub mod reply;
 pub mod routes;
 pub mod sandbox;

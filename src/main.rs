@@ -168,6 +168,7 @@ fn run_sandbox(args: SandboxArgs) -> anyhow::Result<ExitCode> {
         token_lifetime: Duration::from_secs(args.token_lifetime_secs.max(1)),
         grace: Duration::from_secs(args.grace_secs),
         rotate_refresh_tokens: !args.no_rotate,
+        ..demo
     };
     let rt = tokio::runtime::Runtime::new().context("runtime")?;
     rt.block_on(async {

@@ -44,6 +44,15 @@ pub static UPSTREAM_SWITCHES: LazyLock<IntCounterVec> = LazyLock::new(|| {
     .expect("metric")
 });
 
+pub static RATE_LIMITED: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "wxgate_rate_limited_total",
+        "Proxied calls the quota guard answered without WeChat, by client and reason: rate (over rate_per_second), share (past its daily_share), quota (WeChat answered 45009 for the account and API today)",
+        &["client", "reason"]
+    )
+    .expect("metric")
+});
+
 pub static TOKEN_RETRY: LazyLock<IntCounter> = LazyLock::new(|| {
     register_int_counter!("wxgate_token_retry_total", "Proxied calls replayed after WeChat reported a token error")
         .expect("metric")
@@ -244,6 +253,7 @@ pub fn init() {
     }
     LazyLock::force(&TOKEN_REFRESH);
     LazyLock::force(&TOKEN_RETRY);
+    LazyLock::force(&RATE_LIMITED);
     LazyLock::force(&TICKET_AGE);
     LazyLock::force(&TICKET_STALE);
     LazyLock::force(&CALLBACK_EVENTS);

@@ -16,6 +16,8 @@ pub struct Reply {
     pub location: Option<String>,
     /// More headers, fixed ones (the console's security headers).
     pub extra: &'static [(&'static str, &'static str)],
+    /// `Retry-After`, in seconds.
+    pub retry_after: Option<u64>,
 }
 
 /// The errcode of a gateway error answered with `status`.
@@ -25,7 +27,14 @@ pub fn errcode(status: u16) -> i64 {
 
 impl Reply {
     pub fn text(status: u16, body: impl Into<Bytes>) -> Self {
-        Self { status, content_type: "text/plain; charset=utf-8", body: body.into(), location: None, extra: &[] }
+        Self {
+            status,
+            content_type: "text/plain; charset=utf-8",
+            body: body.into(),
+            location: None,
+            extra: &[],
+            retry_after: None,
+        }
     }
 
     pub fn json(status: u16, value: &serde_json::Value) -> Self {
@@ -52,13 +61,20 @@ impl Reply {
         Self { location: Some(location), ..Self::text(302, "") }
     }
 
+    pub fn with_retry_after(self, secs: u64) -> Self {
+        Self { retry_after: Some(secs), ..self }
+    }
+
     pub fn header(&self) -> pingora::Result<ResponseHeader> {
-        let mut h = ResponseHeader::build(self.status, Some(4 + self.extra.len()))?;
+        let mut h = ResponseHeader::build(self.status, Some(5 + self.extra.len()))?;
         h.insert_header("content-type", self.content_type)?;
         h.insert_header("content-length", self.body.len().to_string())?;
         h.insert_header("cache-control", "no-store")?;
         if let Some(location) = &self.location {
             h.insert_header("location", location.as_str())?;
+        }
+        if let Some(secs) = self.retry_after {
+            h.insert_header("retry-after", secs.to_string())?;
         }
         for (name, value) in self.extra {
             h.insert_header(*name, *value)?;

@@ -72,7 +72,7 @@ async fn gateway() -> (Setup, wxgate::sandbox::Sandbox, Gateway) {
     let mut setup = Setup::new();
     let sandbox = setup.sandbox(7200).await;
     setup.extra_toml = format!(
-        "\n[[events.routes]]\nname = \"tenants\"\nurl = \"http://127.0.0.1:{}/events\"\ntoken = \"routetoken42\"\n",
+        "rate_per_second = 7\n\n[[events.routes]]\nname = \"tenants\"\nurl = \"http://127.0.0.1:{}/events\"\ntoken = \"routetoken42\"\n",
         free_port()
     );
     let gw = setup.start().await;
@@ -172,6 +172,14 @@ async fn story(browser: &Browser, gw: &Gateway, setup: &Setup) {
     // Platform events waiting for their handler show with their InfoType and route.
     until(&page, "document.getElementById('outbox').innerText.split('platform: authorized').length === 4").await;
     until(&page, "document.getElementById('outbox').innerText.includes('tenants')").await;
+
+    // The quota guard's panel shows the limited client.
+    until(&page, "!document.getElementById('quota-panel').hidden").await;
+    until(&page, "document.getElementById('quota-use').innerText.includes('shop-backend')").await;
+    let rate =
+        js(&page, "document.querySelector('#quota-use tr[data-client=\"shop-backend\"] td:nth-child(2)').textContent")
+            .await;
+    assert_eq!(rate, Value::String("7".into()));
 
     // Refresh one account: its last-refresh time moves on.
     let cell = format!("document.querySelector('tr[data-appid=\"{}\"] td.last-refresh').dataset.ms", ACCOUNTS[0]);

@@ -20,7 +20,8 @@
 # print the top of `perf report --no-children --sort symbol`), KEEP=1 (keep the work dir),
 # MODE (both: the loopback run, then the production-shaped one in prod.sh; loopback; prod),
 # GATEWAY_BIN (a wxgate binary to run instead of building this tree's; not WXGATE_*, which wxgate
-# reads as config).
+# reads as config), LIMITS=1 (the bench client gets a rate_per_second and a daily_share too high
+# to refuse anything: what the quota guard's checks cost a call).
 set -euo pipefail
 
 ROUNDS=${ROUNDS:-5}
@@ -31,6 +32,10 @@ LOAD_CPU=${LOAD_CPU:-1}
 PROFILE=${PROFILE:-0}
 MODE=${MODE:-both}
 ACCESS_LOG=${ACCESS_LOG:-off}
+LIMITS=${LIMITS:-0}
+WXG_LIMITS=""
+[ "$LIMITS" = 1 ] && WXG_LIMITS="rate_per_second = 1000000
+daily_share = 1"
 case "$ACCESS_LOG" in off|text|json) ;; *) echo "ACCESS_LOG must be off, text or json" >&2; exit 2 ;; esac
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
@@ -251,6 +256,7 @@ shutdown_grace_secs = 0
 name = "bench"
 key = "$CLIENT_KEY"
 authorizers = ["$APPID"]
+$WXG_LIMITS
 EOF
 
 start_wxgate() {

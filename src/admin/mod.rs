@@ -13,6 +13,7 @@ mod shapes;
 use crate::authorize::AuthorizeLinks;
 use crate::http1::{Answers, Session};
 use crate::messages::outbox::Outbox;
+use crate::quota::QuotaGuard;
 use crate::reply::Reply;
 use crate::tokens::TokenService;
 use crate::wechat::QuotaApi;
@@ -28,6 +29,8 @@ pub struct AdminApp {
     quota: Arc<dyn QuotaApi>,
     /// The outbox behind `/admin/messages`.
     outbox: Option<Arc<Outbox>>,
+    /// The quota guard behind `/admin/quota`, told of cleared quotas.
+    guard: Option<Arc<QuotaGuard>>,
 }
 
 impl AdminApp {
@@ -37,7 +40,11 @@ impl AdminApp {
         token: Arc<ArcSwap<Secret>>,
         quota: Arc<dyn QuotaApi>,
     ) -> Self {
-        Self { tokens, links, token, quota, outbox: None }
+        Self { tokens, links, token, quota, outbox: None, guard: None }
+    }
+
+    pub fn with_guard(self, guard: Arc<QuotaGuard>) -> Self {
+        Self { guard: Some(guard), ..self }
     }
 
     pub fn with_outbox(self, outbox: Arc<Outbox>) -> Self {

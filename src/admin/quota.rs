@@ -5,6 +5,7 @@
 //! appsecret, which needs none. The component's reset is always `clear_quota/v2`.
 
 use super::AdminApp;
+use crate::quota::Account;
 use crate::reply::Reply;
 use crate::tokens::TokenError;
 use crate::wechat::{ApiErrorKind, WechatError};
@@ -45,6 +46,9 @@ pub(super) async fn clear_authorizer(app: &AdminApp, appid: &AppId) -> Reply {
         }
     };
     tracing::info!(authorizer = %appid, via, "quota cleared");
+    if let Some(guard) = &app.guard {
+        guard.lift(Account::Authorizer(*appid)).await;
+    }
     Reply::json(200, &json!({ "cleared": appid.as_str(), "via": via }))
 }
 
@@ -53,6 +57,9 @@ pub(super) async fn clear_component(app: &AdminApp) -> Reply {
     match app.quota.clear_quota_v2(None).await {
         Ok(()) => {
             tracing::info!("component quota cleared (clear_quota/v2)");
+            if let Some(guard) = &app.guard {
+                guard.lift(Account::Component).await;
+            }
             Reply::json(200, &json!({ "cleared": app.tokens.component_appid().as_str(), "via": "clear_quota/v2" }))
         }
         Err(e) => wechat_error(e),

@@ -23,6 +23,10 @@ pub(super) async fn handle(app: &AdminApp, session: &mut Session<'_>, method: &M
         (&Method::GET, ["authorize-url"]) => authorize_url(app, &query).await,
         (&Method::POST, ["reconcile"]) => super::info::reconcile(app).await,
         (&Method::POST, ["component", "clear-quota"]) => super::quota::clear_component(app).await,
+        (&Method::GET, ["quota"]) => match &app.guard {
+            Some(guard) => Reply::json(200, &super::shapes::quota(&guard.status())),
+            None => Reply::error(404, "no quota guard runs here"),
+        },
         (_, ["messages", rest @ ..]) => super::messages::handle(app, method, rest, &query).await,
         (&Method::GET, ["events"]) => match app.tokens.events().pending().await {
             Ok(events) => Reply::json(200, &super::shapes::pending_events(&events)),

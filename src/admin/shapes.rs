@@ -1,6 +1,7 @@
 //! The admin API's JSON shapes of what the token service reports: field names are the
 //! contract's (CONTRACT.md § Admin API), kept here so that the token service holds plain data.
 
+use crate::quota::{beijing_time, QuotaStatus};
 use crate::tokens::{AuthorizerStatus, ComponentStatus, PendingEvent, Reconciled};
 use serde_json::{json, Value};
 
@@ -16,6 +17,37 @@ pub(super) fn component(s: &ComponentStatus) -> Value {
         "next_refresh_at_ms": s.next_refresh_at_ms,
         "last_error": s.last_error,
     })
+}
+
+/// `GET /admin/quota`: each limited client's limits and today's calls per (account, API) it
+/// made, with the daily limit learnt and the share that leaves it; the pairs held after 45009.
+pub(super) fn quota(s: &QuotaStatus) -> Value {
+    let clients: Vec<Value> = s
+        .clients
+        .iter()
+        .map(|c| {
+            let today: Vec<Value> = c
+                .today
+                .iter()
+                .map(|p| {
+                    let allowed = p.daily_limit.zip(c.limits.daily_share).map(|(l, share)| (l as f64 * share).floor() as u64);
+                    json!({ "account": p.account.label(), "api": p.api, "used": p.used, "daily_limit": p.daily_limit, "allowed": allowed })
+                })
+                .collect();
+            json!({
+                "name": c.name,
+                "rate_per_second": c.limits.rate_per_second,
+                "daily_share": c.limits.daily_share,
+                "today": today,
+            })
+        })
+        .collect();
+    let held: Vec<Value> = s
+        .held
+        .iter()
+        .map(|(account, api, until)| json!({ "account": account.label(), "api": api, "until_ms": until, "until": beijing_time(*until) }))
+        .collect();
+    json!({ "guard": s.guard, "day_ends_at_ms": s.day_ends_at_ms, "clients": clients, "held": held })
 }
 
 /// An authorizer's token state, before its info is merged in (`admin::info`).

@@ -11,7 +11,7 @@ use toml::{Table, Value};
 use super::Problems;
 
 /// The top-level tables of the file, in the order they are documented.
-pub(super) const SECTIONS: [&str; 11] = [
+pub(super) const SECTIONS: [&str; 12] = [
     "component",
     "upstream",
     "listen",
@@ -23,6 +23,7 @@ pub(super) const SECTIONS: [&str; 11] = [
     "clients",
     "messages",
     "events",
+    "quota",
 ];
 
 /// What the file (with the environment applied) said, before any value is checked. Absent keys
@@ -41,6 +42,13 @@ pub(super) struct FileConfig {
     pub clients: Vec<ClientFile>,
     pub messages: MessagesFile,
     pub events: EventsFile,
+    pub quota: QuotaFile,
+}
+
+#[derive(Debug, Default, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub(super) struct QuotaFile {
+    pub guard: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize, Serialize)]
@@ -122,6 +130,8 @@ pub(super) struct ClientFile {
     pub authorizers: Option<Vec<String>>,
     pub component: Option<bool>,
     pub reveal_tokens: Option<bool>,
+    pub rate_per_second: Option<f64>,
+    pub daily_share: Option<f64>,
 }
 
 #[derive(Debug, Default, Deserialize, Serialize)]
@@ -236,6 +246,7 @@ pub(super) fn probe(section: &str, key: &str, value: &Value) -> Result<(), KeyEr
         "messages.routes" => RouteFile::deserialize(one).map(drop),
         "events" => EventsFile::deserialize(one).map(drop),
         "events.routes" => EventRouteFile::deserialize(one).map(drop),
+        "quota" => QuotaFile::deserialize(one).map(drop),
         _ => return Err(KeyError::UnknownSection),
     };
     result.map_err(|e| KeyError::from_serde(e.message()))

@@ -2,7 +2,7 @@
 
 use super::file::{
     AdminFile, ClientFile, ComponentFile, EventRouteFile, EventsFile, FileConfig, ListenFile, MessagesFile, ProxyFile,
-    RefreshFile, RouteFile, ServerFile, StoreFile, UpstreamFile,
+    QuotaFile, RefreshFile, RouteFile, ServerFile, StoreFile, UpstreamFile,
 };
 use super::{AuthorizerScope, ClientConfig, Config, EventRouteConfig, RouteConfig, StoreConfig};
 
@@ -54,6 +54,7 @@ pub(super) fn masked(config: &Config) -> String {
             routes: config.messages.routes.iter().map(masked_route).collect(),
         },
         events: EventsFile { routes: config.events.routes.iter().map(masked_event_route).collect() },
+        quota: QuotaFile { guard: Some(config.quota.guard) },
     };
     toml::to_string(&file).unwrap_or_else(|e| format!("# cannot print the configuration: {e}\n"))
 }
@@ -138,6 +139,8 @@ fn masked_client(client: &ClientConfig) -> ClientFile {
         authorizers: Some(authorizers),
         component: Some(client.component),
         reveal_tokens: Some(client.reveal_tokens),
+        rate_per_second: client.rate_per_second,
+        daily_share: client.daily_share,
     }
 }
 

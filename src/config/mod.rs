@@ -61,6 +61,7 @@ pub struct Config {
     pub clients: Vec<ClientConfig>,
     pub messages: MessagesConfig,
     pub events: EventsConfig,
+    pub quota: QuotaConfig,
 }
 
 /// The third-party platform itself. `encoding_aes_key` is known to decode to 32 bytes.
@@ -170,6 +171,17 @@ pub struct ClientConfig {
     pub authorizers: AuthorizerScope,
     pub component: bool,
     pub reveal_tokens: bool,
+    /// Calls a second at most (bursts up to twice that); `None`: no limit.
+    pub rate_per_second: Option<f64>,
+    /// Of each account's daily quota for one API, the share this client may use (0 < x <= 1).
+    pub daily_share: Option<f64>,
+}
+
+/// `[quota]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QuotaConfig {
+    /// Answer an (account, API) WeChat said 45009 for at the gateway until Beijing midnight.
+    pub guard: bool,
 }
 
 /// Which authorizers a client may act for: `["*"]` in the file is `All`.

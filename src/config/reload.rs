@@ -31,8 +31,9 @@ use crate::metrics;
 /// The keys a reload may change, each with everything under it; every other key needs a
 /// restart. Each is taken from [`Live::part`] in `app.rs`.
 /// `messages.max_age_hours` is not among them: the outbox takes it at start-up.
-pub const RELOADABLE: [&str; 6] = [
+pub const RELOADABLE: [&str; 7] = [
     "clients",
+    "quota.guard",
     "admin.token",
     "messages.routes",
     "messages.reply_timeout_ms",

@@ -36,6 +36,7 @@ pub(super) fn config(f: &FileConfig, p: &mut Problems) -> Option<Config> {
     let clients = clients(&f.clients, p);
     let messages = messages(&f.messages, p);
     let events = events(&f.events, &f.messages, p);
+    let quota = QuotaConfig { guard: f.quota.guard.unwrap_or(true) };
     Some(Config {
         component: component?,
         upstream: upstream?,
@@ -52,6 +53,7 @@ pub(super) fn config(f: &FileConfig, p: &mut Problems) -> Option<Config> {
         clients: clients?,
         messages: messages?,
         events: events?,
+        quota,
     })
 }
 
@@ -209,13 +211,25 @@ fn client(i: usize, f: &ClientFile, p: &mut Problems) -> Option<ClientConfig> {
     let name = p.check(&at("name"), required(&f.name).and_then(non_blank));
     let key = p.check(&at("key"), required(&f.key).and_then(secret_of_length(16)));
     let scope = p.check(&at("authorizers"), scope(f.authorizers.as_deref().unwrap_or_default()));
+    let rate = p.check(&at("rate_per_second"), positive(f.rate_per_second, 1_000_000.0));
+    let share = p.check(&at("daily_share"), positive(f.daily_share, 1.0));
     Some(ClientConfig {
         name: name?.to_owned(),
         key: key?,
         authorizers: scope?,
         component: f.component.unwrap_or(false),
         reveal_tokens: f.reveal_tokens.unwrap_or(false),
+        rate_per_second: rate?,
+        daily_share: share?,
     })
+}
+
+/// Unset, or a number above 0 and at most `max`.
+fn positive(value: Option<f64>, max: f64) -> Result<Option<f64>, String> {
+    match value {
+        Some(v) if !(v > 0.0 && v <= max) => Err(format!("must be above 0 and at most {max}")),
+        _ => Ok(value),
+    }
 }
 
 /// Names and keys must be unique: a key identifies its client, and a name its log lines.

@@ -33,6 +33,8 @@ pub struct CallCtx {
     authorizer: Option<AppId>,
     /// WeChat's errcode, when its answer was read whole.
     pub(super) errcode: Option<i64>,
+    /// WeChat's HTTP status; 0 until it answered.
+    pub(super) wechat_status: u16,
     /// Replayed with a new token after WeChat refused the first.
     pub(super) retried: bool,
     /// How long WeChat took to answer (the head; all attempts).
@@ -48,6 +50,7 @@ impl CallCtx {
             path: String::new(),
             authorizer: None,
             errcode: None,
+            wechat_status: 0,
             retried: false,
             upstream_ms: None,
         }

@@ -1,7 +1,9 @@
 //! The apps allowed to call through the gateway, found by the key they present.
 
 use crate::config::{AuthorizerScope, ClientConfig};
+use crate::quota::{ClientQuota, QuotaGuard};
 use crate::{AppId, Secret};
+use std::sync::Arc;
 
 #[derive(Debug)]
 pub struct Client {
@@ -10,6 +12,8 @@ pub struct Client {
     authorizers: AuthorizerScope,
     pub component: bool,
     pub reveal_tokens: bool,
+    /// Its state in the quota guard; `None` for a client without limits.
+    pub quota: Option<Arc<ClientQuota>>,
 }
 
 impl Client {
@@ -30,19 +34,14 @@ impl Client {
 pub struct Clients(Vec<Client>);
 
 impl Clients {
+    /// The clients, without limits (tests).
     pub fn new(configs: &[ClientConfig]) -> Self {
-        Self(
-            configs
-                .iter()
-                .map(|c| Client {
-                    name: c.name.clone(),
-                    key: c.key.clone(),
-                    authorizers: c.authorizers.clone(),
-                    component: c.component,
-                    reveal_tokens: c.reveal_tokens,
-                })
-                .collect(),
-        )
+        Self(configs.iter().map(|c| client(c, None)).collect())
+    }
+
+    /// The clients, each with its state in `guard` (kept from before a reload).
+    pub fn guarded(configs: &[ClientConfig], guard: &QuotaGuard) -> Self {
+        Self(configs.iter().map(|c| client(c, guard.client(c))).collect())
     }
 
     /// The client whose key this is. Every key is compared, each in constant time, so that the
@@ -55,6 +54,17 @@ impl Clients {
             }
         }
         found
+    }
+}
+
+fn client(c: &ClientConfig, quota: Option<Arc<ClientQuota>>) -> Client {
+    Client {
+        name: c.name.clone(),
+        key: c.key.clone(),
+        authorizers: c.authorizers.clone(),
+        component: c.component,
+        reveal_tokens: c.reveal_tokens,
+        quota,
     }
 }
 
@@ -72,6 +82,8 @@ mod tests {
                 authorizers: AuthorizerScope::Only(vec![a]),
                 component: false,
                 reveal_tokens: false,
+                rate_per_second: None,
+                daily_share: None,
             },
             ClientConfig {
                 name: "all".into(),
@@ -79,6 +91,8 @@ mod tests {
                 authorizers: AuthorizerScope::All,
                 component: true,
                 reveal_tokens: true,
+                rate_per_second: None,
+                daily_share: None,
             },
         ]);
         assert_eq!(clients.find(b"key-one-0123456789").unwrap().name, "one");

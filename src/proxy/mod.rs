@@ -30,6 +30,7 @@ pub use upstream::{Upstream, UpstreamError};
 use crate::config::ProxyConfig;
 use crate::http1::{self, wire, Answers, H1Error, Session};
 use crate::metrics;
+use crate::quota::{Account, Admitted, QuotaGuard};
 use crate::reply::{read_body, BodyError, Reply};
 use crate::tokens::{AccessToken, TokenService};
 use crate::AppId;
@@ -64,6 +65,7 @@ pub struct Gateway {
     /// Replaced whole by a config reload; each call reads the set current when it arrives.
     clients: Arc<ArcSwap<Clients>>,
     upstream: Arc<Upstream>,
+    quota: Arc<QuotaGuard>,
     settings: ProxyConfig,
     component: AppId,
     /// `None` when `proxy.access_log` is off.
@@ -76,11 +78,12 @@ impl Gateway {
         tokens: Arc<TokenService>,
         clients: Arc<ArcSwap<Clients>>,
         upstream: Arc<Upstream>,
+        quota: Arc<QuotaGuard>,
         settings: ProxyConfig,
     ) -> Self {
         let component = *tokens.component_appid();
         let access_log = settings.access_log.then(|| AccessLog::start(settings.access_log_format));
-        Self { routes, tokens, clients, upstream, settings, component, access_log }
+        Self { routes, tokens, clients, upstream, quota, settings, component, access_log }
     }
 
     /// Resolves the request once and answers it; the reply to write, if it is not written yet.
@@ -104,7 +107,7 @@ impl Gateway {
                 let query = session.req().uri.query().unwrap_or_default();
                 Some(Box::pin(jssdk::getticket(&self.tokens, &call.scope, query)).await)
             }
-            Route::Api(call) => self.api_call(session, &call, ctx).await.err(),
+            Route::Api(call) => self.guarded_call(session, &call, ctx).await.err(),
         }
     }
 
@@ -113,6 +116,32 @@ impl Gateway {
             Ok(body) => token_endpoints::answer(&self.tokens, call, &body).await,
             Err(e) => e.reply(),
         }
+    }
+
+    /// An API call the quota guard lets through, and what WeChat answered it told to the guard.
+    /// A client without limits, while no pair is held, is not looked at further.
+    async fn guarded_call(
+        &self,
+        session: &mut Session<'_>,
+        call: &ApiCall<'_>,
+        ctx: &mut CallCtx,
+    ) -> Result<(), Reply> {
+        let client = call.client.quota.as_deref();
+        let account = match call.token {
+            Scope::Authorizer(appid) => Account::Authorizer(appid),
+            Scope::Component => Account::Component,
+        };
+        let api = call.outbound.path();
+        let admitted = match client.is_none() && !self.quota.holds_any() {
+            true => Admitted::Free,
+            // Boxed: the guard's future (a shared bucket's round trip) is the rare path.
+            false => {
+                Box::pin(self.quota.admit(&call.client.name, client, account, api)).await.map_err(|r| r.reply())?
+            }
+        };
+        let result = self.api_call(session, call, ctx).await;
+        self.quota.answered(client, admitted, account, api, ctx.wechat_status, ctx.errcode);
+        result
     }
 
     /// Sends an API call with the real token and passes the answer on. A body up to
@@ -160,6 +189,7 @@ impl Gateway {
         ctx.answered_after(sent);
         drop(body);
         let mut answer = answer.map_err(|f| f.reply())?;
+        ctx.wechat_status = answer.header().status.as_u16();
         exchange::stream_to(session, &mut answer).await.map_err(|e| downstream_gone(&e))
     }
 
@@ -200,6 +230,7 @@ impl Gateway {
                 .await;
             ctx.answered_after(sent);
             let mut answer = answer.map_err(|f| f.reply())?;
+            ctx.wechat_status = answer.header().status.as_u16();
             if !exchange::inspectable(answer.header()) {
                 return exchange::stream_to(session, &mut answer).await.map_err(|e| downstream_gone(&e));
             }

@@ -111,8 +111,7 @@ fn check(sandbox: &Sandbox, path: &str, token: Option<(&'static str, String)>) -
     if param == "component_access_token" && owner != Owner::Component {
         return Err(WxError::invalid_credential());
     }
-    ledger.quota.count(&owner.label(), path);
-    Ok(())
+    ledger.quota.count(&owner.label(), path, sandbox.inner.config.daily_limit)
 }
 
 fn record(sandbox: &Sandbox, parts: &Parts, token: Option<&(&'static str, String)>, body_len: usize) {

@@ -33,6 +33,8 @@ pub struct SandboxConfig {
     /// Each `api_authorizer_token` returns a new refresh token and the old one fails at once (61023).
     /// Stricter than WeChat usually is, so that a gateway that drops a rotated token is caught.
     pub rotate_refresh_tokens: bool,
+    /// Every API's daily limit per caller: past it, 45009 until a clear-quota (WeChat: varies).
+    pub daily_limit: u64,
 }
 
 impl SandboxConfig {
@@ -48,6 +50,7 @@ impl SandboxConfig {
             token_lifetime: Duration::from_secs(7200),
             grace: Duration::from_secs(300),
             rotate_refresh_tokens: true,
+            daily_limit: super::quota::DAILY_LIMIT,
         }
     }
 }

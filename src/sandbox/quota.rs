@@ -14,7 +14,7 @@ use super::tokens::Owner;
 use super::wx::{answer, WxError};
 use super::Sandbox;
 
-/// Every API's daily limit in the sandbox.
+/// Every API's daily limit in the sandbox unless `SandboxConfig::daily_limit` says otherwise.
 pub const DAILY_LIMIT: u64 = 10_000;
 /// Resets a month per account, as WeChat allows.
 pub const RESETS_PER_MONTH: u32 = 10;
@@ -28,9 +28,15 @@ pub(crate) struct QuotaBook {
 }
 
 impl QuotaBook {
-    /// One API call by `caller` (an appid or `component`) to `path`.
-    pub fn count(&mut self, caller: &str, path: &str) {
-        *self.used.entry((caller.to_owned(), path.to_owned())).or_default() += 1;
+    /// One API call by `caller` (an appid or `component`) to `path`: 45009 once `limit` calls
+    /// were counted today, as WeChat answers.
+    pub fn count(&mut self, caller: &str, path: &str, limit: u64) -> Result<(), WxError> {
+        let used = self.used.entry((caller.to_owned(), path.to_owned())).or_default();
+        if *used >= limit {
+            return Err(WxError::new(45009, "reach max api daily quota limit"));
+        }
+        *used += 1;
+        Ok(())
     }
 
     fn used(&self, caller: &str, path: &str) -> u64 {
@@ -86,10 +92,11 @@ pub(super) async fn get(sb: &Sandbox, req: Request) -> Response {
             return Err(WxError::new(76021, "cgi_path not found"));
         }
         let used = sb.ledger().quota.used(&owner.label(), path);
+        let limit = sb.inner.config.daily_limit;
         Ok(json!({
             "errcode": 0,
             "errmsg": "ok",
-            "quota": { "daily_limit": DAILY_LIMIT, "used": used, "remain": DAILY_LIMIT.saturating_sub(used) },
+            "quota": { "daily_limit": limit, "used": used, "remain": limit.saturating_sub(used) },
         }))
     })())
 }
@@ -144,9 +151,9 @@ mod tests {
     #[test]
     fn ten_resets_a_month_then_48006() {
         let mut q = QuotaBook::default();
-        q.count("wx1", "/cgi-bin/a");
-        q.count("wx1", "/cgi-bin/a");
-        q.count("wx2", "/cgi-bin/a");
+        q.count("wx1", "/cgi-bin/a", 10).unwrap();
+        q.count("wx1", "/cgi-bin/a", 10).unwrap();
+        q.count("wx2", "/cgi-bin/a", 10).unwrap();
         assert_eq!(q.used("wx1", "/cgi-bin/a"), 2);
         q.clear("wx1", "wx1").unwrap();
         assert_eq!((q.used("wx1", "/cgi-bin/a"), q.used("wx2", "/cgi-bin/a")), (0, 1));

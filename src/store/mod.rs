@@ -10,6 +10,7 @@ mod info;
 mod memory;
 pub mod migrate;
 pub mod outbox;
+pub mod quota;
 mod redis;
 mod sqlite;
 
@@ -272,6 +273,11 @@ pub trait Coordination: Send + Sync + 'static {
 
     /// Announcements of what other instances changed, for shared stores.
     fn changes(&self) -> Option<tokio::sync::broadcast::Receiver<Change>> {
+        None
+    }
+
+    /// What the quota guard shares with other instances, for shared stores.
+    fn quota(&self) -> Option<&dyn quota::SharedQuota> {
         None
     }
 }

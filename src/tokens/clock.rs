@@ -20,6 +20,11 @@ impl Clock {
         Self { base_ms: wall, base: Instant::now() }
     }
 
+    /// A clock that reads `wall_ms` now: for tests of what happens at a given time of day.
+    pub fn starting_at(wall_ms: i64) -> Self {
+        Self { base_ms: wall_ms, base: Instant::now() }
+    }
+
     pub fn now_ms(&self) -> i64 {
         self.base_ms + self.base.elapsed().as_millis() as i64
     }

@@ -348,7 +348,13 @@ impl Drop for Gateway {
 impl Setup {
     /// A sandbox with this setup's credentials, pushing to its callback; lifetimes in seconds.
     pub async fn sandbox(&mut self, token_lifetime_secs: u64) -> wxgate::sandbox::Sandbox {
-        let config = wxgate::sandbox::SandboxConfig {
+        let config = self.sandbox_config(token_lifetime_secs);
+        self.sandbox_from(config).await
+    }
+
+    /// What [`Setup::sandbox`] starts, for a test to change before [`Setup::sandbox_from`].
+    pub fn sandbox_config(&self, token_lifetime_secs: u64) -> wxgate::sandbox::SandboxConfig {
+        wxgate::sandbox::SandboxConfig {
             component_appid: wxgate::AppId::parse(COMPONENT_APPID).unwrap(),
             component_appsecret: Secret::new(APPSECRET),
             token: Secret::new(MSG_TOKEN),
@@ -358,7 +364,11 @@ impl Setup {
             token_lifetime: Duration::from_secs(token_lifetime_secs),
             grace: Duration::from_secs(1),
             rotate_refresh_tokens: true,
-        };
+            ..wxgate::sandbox::SandboxConfig::demo()
+        }
+    }
+
+    pub async fn sandbox_from(&mut self, config: wxgate::sandbox::SandboxConfig) -> wxgate::sandbox::Sandbox {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let sandbox = wxgate::sandbox::Sandbox::start(config, listener).await.unwrap();
         self.upstream = sandbox.base_url();

@@ -308,11 +308,40 @@
     }
   }
 
+  // ---- the quota guard: each limited client's use today, and the pairs held after 45009 ----
+
+  function quotaRows(c) {
+    const limits = [c.name, c.rate_per_second ?? "—", c.daily_share ?? "—"];
+    const today = c.today.length ? c.today : [{ account: "—", api: "—", used: "—", allowed: null }];
+    return today.map((p) => {
+      const cells = [...limits, p.account, p.api, p.used, p.allowed ?? "—"];
+      return labelled(el("tr", { "data-client": c.name }, ...cells.map((v) => el("td", {}, String(v)))), "quota-use");
+    });
+  }
+
+  async function loadQuota() {
+    const a = await api("GET", "/admin/quota");
+    const panel = $("quota-panel");
+    if (!a.ok) {
+      panel.hidden = true;
+      return;
+    }
+    const q = a.body;
+    $("quota-state").textContent = q.guard ? "(45009 guard on)" : "(45009 guard off)";
+    $("quota-use").tBodies[0].replaceChildren(...q.clients.flatMap(quotaRows));
+    const held = q.held.map((h) =>
+      labelled(el("tr", {}, ...[h.account, h.api, h.until].map((v) => el("td", {}, String(v)))), "quota-held"));
+    $("quota-held").tBodies[0].replaceChildren(...held);
+    $("quota-held").hidden = held.length === 0;
+    $("quota-empty").hidden = q.clients.length > 0 || held.length > 0;
+    panel.hidden = false;
+  }
+
   // ---- signing in and out ----
 
   async function loadAll() {
     try {
-      await Promise.all([loadReady(), loadComponent(), loadAuthorizers(), loadOutbox()]);
+      await Promise.all([loadReady(), loadComponent(), loadAuthorizers(), loadOutbox(), loadQuota()]);
     } catch (e) {
       if (!(e instanceof SignedOut)) toast(`Could not reach the gateway: ${e.message}`, true);
     }

@@ -12,6 +12,8 @@ fn clients() -> Clients {
         authorizers,
         component,
         reveal_tokens: false,
+        rate_per_second: None,
+        daily_share: None,
     };
     Clients::new(&[
         client("single", "single-key-0123456789", AuthorizerScope::Only(vec![AppId::parse(A).unwrap()]), false),

@@ -14,6 +14,7 @@
 mod follower;
 mod link;
 mod outbox;
+mod quota;
 mod records;
 mod scripts;
 mod target;

@@ -384,6 +384,10 @@ impl crate::store::Coordination for RedisStore {
     fn changes(&self) -> Option<broadcast::Receiver<Change>> {
         Some(self.changes.subscribe())
     }
+
+    fn quota(&self) -> Option<&dyn crate::store::quota::SharedQuota> {
+        Some(self)
+    }
 }
 
 fn info_from(appid: &AppId, doc: &str) -> Result<AuthorizerInfoRecord, StoreError> {
