@@ -85,6 +85,7 @@ pub fn build(config: &Config, source: Option<Source>, sockets: Sockets) -> Resul
         config.component.appid,
         config.component.appsecret.clone(),
         config.upstream.ca_file.as_ref().map_or(&[][..], |ca| &ca.certs[..]),
+        config.upstream.proxy.as_ref().map(|p| &p.url),
     )?);
     let api: Arc<dyn ComponentApi> = Arc::clone(&client) as _;
     let tokens = load_tokens(rt, config, Arc::clone(&store), api)?;
@@ -124,8 +125,13 @@ pub fn build(config: &Config, source: Option<Source>, sockets: Sockets) -> Resul
     server.bootstrap();
 
     let extra_roots = config.upstream.ca_file.as_ref().map_or(&[][..], |ca| &ca.certs[..]);
-    let upstream = Upstream::new(&config.upstream.base_url, &config.upstream.fallback_urls, config.upstream.timeout)?
-        .with_extra_roots(extra_roots)?;
+    let upstream = Upstream::through(
+        &config.upstream.base_url,
+        &config.upstream.fallback_urls,
+        config.upstream.timeout,
+        config.upstream.proxy.as_ref(),
+    )?
+    .with_extra_roots(extra_roots)?;
     let upstream = Arc::new(upstream);
     let limits = Arc::new(FromWechat { tokens: Arc::clone(&tokens), wechat: Arc::clone(&client) as _ });
     let guard = QuotaGuard::new(config.component.appid, Arc::clone(&store), &config.quota, limits);

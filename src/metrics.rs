@@ -53,6 +53,15 @@ pub static RATE_LIMITED: LazyLock<IntCounterVec> = LazyLock::new(|| {
     .expect("metric")
 });
 
+pub static EGRESS_PROXY_FAILURES: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "wxgate_egress_proxy_failures_total",
+        "Connections to WeChat the egress proxy (upstream.proxy) did not open, by reason: unreachable, refused (it answered CONNECT with an error, 407 for bad credentials), broken, timeout",
+        &["reason"]
+    )
+    .expect("metric")
+});
+
 pub static TOKEN_RETRY: LazyLock<IntCounter> = LazyLock::new(|| {
     register_int_counter!("wxgate_token_retry_total", "Proxied calls replayed after WeChat reported a token error")
         .expect("metric")
@@ -254,6 +263,9 @@ pub fn init() {
     LazyLock::force(&TOKEN_REFRESH);
     LazyLock::force(&TOKEN_RETRY);
     LazyLock::force(&RATE_LIMITED);
+    for reason in ["unreachable", "refused", "broken", "timeout"] {
+        EGRESS_PROXY_FAILURES.with_label_values(&[reason]);
+    }
     LazyLock::force(&TICKET_AGE);
     LazyLock::force(&TICKET_STALE);
     LazyLock::force(&CALLBACK_EVENTS);

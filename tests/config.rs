@@ -564,3 +564,26 @@ fn ca_file_must_exist_and_hold_a_certificate() {
     assert!(Config::from_sources(&minimal(), by_env).unwrap().upstream.ca_file.is_some());
     assert!(Config::from_sources(&minimal(), no_env()).unwrap().upstream.ca_file.is_none());
 }
+
+#[test]
+fn the_egress_proxy_is_an_http_url_whose_password_is_never_shown() {
+    let with = |url: &str| format!("{}[upstream]\nproxy = \"{url}\"\n", minimal());
+    for bad in ["socks5://192.0.2.7:1080", "https://192.0.2.7:3128", "192.0.2.7:3128", "http://192.0.2.7:3128/path"] {
+        let said = only_problem(&with(bad), "upstream.proxy");
+        assert!(!said.contains("192.0.2.7"), "the value is not quoted: {said}");
+    }
+    let config = Config::from_sources(&with("http://egress:p%40ss-secret@10.0.0.9:3128"), no_env()).unwrap();
+    let proxy = config.upstream.proxy.as_ref().unwrap();
+    assert_eq!((proxy.host.as_str(), proxy.port, proxy.describe()), ("10.0.0.9", 3128, "10.0.0.9:3128".to_owned()));
+    // Basic base64("egress:p@ss-secret"): the password percent-decoded.
+    assert_eq!(proxy.authorization.as_ref().unwrap().expose(), "Basic ZWdyZXNzOnBAc3Mtc2VjcmV0");
+    let masked = config.masked();
+    assert!(
+        masked.contains("proxy = \"http://egress:...@10.0.0.9:3128/\"") && !masked.contains("ss-secret"),
+        "{masked}"
+    );
+    assert!(!format!("{config:?}").contains("ss-secret"));
+    let by_env = env(&[("WXGATE_UPSTREAM_PROXY", "http://10.0.0.9")]);
+    let proxy = Config::from_sources(&minimal(), by_env).unwrap().upstream.proxy.unwrap();
+    assert_eq!((proxy.port, proxy.authorization.is_none()), (80, true));
+}

@@ -68,6 +68,7 @@ pub(super) struct UpstreamFile {
     pub mp_base_url: Option<String>,
     pub fallback_urls: Option<Vec<String>>,
     pub ca_file: Option<String>,
+    pub proxy: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize, Serialize)]

@@ -4,7 +4,7 @@ use super::file::{
     AdminFile, ClientFile, ComponentFile, EventRouteFile, EventsFile, FileConfig, ListenFile, MessagesFile, ProxyFile,
     QuotaFile, RefreshFile, RouteFile, ServerFile, StoreFile, UpstreamFile,
 };
-use super::{AuthorizerScope, ClientConfig, Config, EventRouteConfig, RouteConfig, StoreConfig};
+use super::{AuthorizerScope, ClientConfig, Config, EgressProxy, EventRouteConfig, RouteConfig, StoreConfig};
 
 /// The effective configuration in the file's own schema, every secret as `"..."`.
 pub(super) fn masked(config: &Config) -> String {
@@ -21,6 +21,7 @@ pub(super) fn masked(config: &Config) -> String {
             mp_base_url: Some(config.upstream.mp_base_url.to_string()),
             fallback_urls: Some(config.upstream.fallback_urls.iter().map(ToString::to_string).collect()),
             ca_file: config.upstream.ca_file.as_ref().map(|ca| ca.path.display().to_string()),
+            proxy: config.upstream.proxy.as_ref().map(EgressProxy::masked),
         },
         listen: ListenFile {
             proxy: Some(config.listen.proxy.to_string()),

@@ -85,6 +85,42 @@ pub struct UpstreamConfig {
     pub timeout: Duration,
     /// `upstream.ca_file`: extra CAs trusted for HTTPS upstreams besides the built-in roots.
     pub ca_file: Option<CaFile>,
+    /// `upstream.proxy`: the forward proxy every call to WeChat leaves through.
+    pub proxy: Option<EgressProxy>,
+}
+
+/// An HTTP forward proxy: `http://[user:password@]host[:port]`, known to have a host.
+#[derive(Clone)]
+pub struct EgressProxy {
+    /// The whole URL, credentials included: for the HTTP clients only.
+    pub url: url::Url,
+    pub host: String,
+    pub port: u16,
+    /// `Basic base64(user:password)` when the URL has credentials.
+    pub authorization: Option<Secret>,
+}
+
+impl EgressProxy {
+    /// `host:port`, for log lines: never the credentials.
+    pub fn describe(&self) -> String {
+        format!("{}:{}", self.host, self.port)
+    }
+
+    /// The URL with its password replaced by `...`, for `wxgate check`.
+    pub fn masked(&self) -> String {
+        let mut url = self.url.clone();
+        if url.password().is_some() {
+            let _ = url.set_password(Some("..."));
+        }
+        url.to_string()
+    }
+}
+
+/// The credentials are secrets.
+impl std::fmt::Debug for EgressProxy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "EgressProxy({})", self.describe())
+    }
 }
 
 /// CA certificates read from a PEM file at start-up, each known to be usable as a trust anchor

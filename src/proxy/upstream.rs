@@ -20,16 +20,19 @@
 //! while idle is noticed when taken (a read that does not block) or, at worst, when the call
 //! on it fails, and the call is then made again on a new connection if that is safe.
 
+mod egress;
 mod headers;
 mod target;
 
 use super::resolve::Outbound;
+use crate::config::EgressProxy;
 use crate::http1::wire;
 use crate::http1::BodySource;
 pub use crate::http1::H1Error;
 use crate::metrics;
 use base64::Engine;
 use bytes::Bytes;
+use egress::Egress;
 use futures_util::FutureExt;
 pub use headers::downstream_header;
 use headers::{header_line, is_hop_by_hop, OWN_REQUEST_HEADERS};
@@ -172,12 +175,25 @@ pub struct Upstream {
 }
 
 impl Upstream {
-    /// Resolves every host now, so that a typo in the primary fails at start-up rather than
-    /// under traffic; a fallback that does not resolve yet is resolved when it is needed.
+    /// Straight to WeChat's hosts: see [`Upstream::through`].
     pub fn new(primary: &Url, fallbacks: &[Url], timeout: Duration) -> Result<Self, UpstreamError> {
-        let mut targets = vec![Target::new(primary, timeout, true)?];
+        Self::through(primary, fallbacks, timeout, None)
+    }
+
+    /// Resolves every host now, so that a typo in the primary fails at start-up rather than
+    /// under traffic; a fallback that does not resolve yet is resolved when it is needed. With
+    /// `proxy` (`upstream.proxy`), only the proxy is resolved, and every host is reached
+    /// through it.
+    pub fn through(
+        primary: &Url,
+        fallbacks: &[Url],
+        timeout: Duration,
+        proxy: Option<&EgressProxy>,
+    ) -> Result<Self, UpstreamError> {
+        let egress = proxy.map(Egress::new).transpose()?;
+        let mut targets = vec![Target::new(primary, timeout, true, egress.as_ref())?];
         for url in fallbacks {
-            targets.push(Target::new(url, timeout, false)?);
+            targets.push(Target::new(url, timeout, false, egress.as_ref())?);
         }
         Ok(Self {
             targets,
@@ -254,7 +270,7 @@ impl Upstream {
                 let (mut conn, reused) = match self.connect(target, fresh, started).await {
                     Ok(s) => s,
                     Err(e) => {
-                        tracing::warn!(host = %self.targets[target].host, error = ?e.etype(), "could not connect to WeChat; trying the next host");
+                        self.targets[target].unreachable(&e);
                         self.re_resolve(target).await;
                         break;
                     }
@@ -262,6 +278,9 @@ impl Upstream {
                 let head = self.request(client, target, outbound, token, body).ok_or(CallFailure::Broken)?;
                 let no_body = client.method == http::Method::HEAD;
                 match exchange(&mut conn, head, body, no_body, self.timeout).await {
+                    Ok(wire::Response { header, .. }) if self.targets[target].proxy_refused(header.status.as_u16()) => {
+                        return Err(CallFailure::Unreachable);
+                    }
                     Ok(wire::Response { header, body: reader }) => {
                         metrics::UPSTREAM_DURATION.observe(started.elapsed().as_secs_f64());
                         self.settle_on(target);
@@ -358,6 +377,10 @@ impl Upstream {
     /// addresses may have changed.
     async fn re_resolve(&self, target: usize) {
         let t = &self.targets[target];
+        if t.egress.is_some() {
+            // Through a proxy the host is the proxy's to resolve.
+            return;
+        }
         let (host, port) = (t.host.clone(), t.port);
         if let Ok(Ok(addr)) = tokio::task::spawn_blocking(move || resolve(&host, port)).await {
             *t.peer.write().unwrap_or_else(|p| p.into_inner()) =
@@ -385,7 +408,11 @@ impl Upstream {
         head.extend_from_slice(client.method.as_str().as_bytes());
         head.push(b' ');
         let uri_start = head.len();
-        outbound.push_uri(&mut head, &self.targets[target].base_path, token);
+        let t = &self.targets[target];
+        if let Some(via) = &t.via {
+            head.extend_from_slice(via.absolute.as_bytes());
+        }
+        outbound.push_uri(&mut head, &t.base_path, token);
         // Built from a URI that parsed, with a token of WeChat's; a space or a line end would
         // split the request line, so it is checked rather than trusted.
         if head[uri_start..].iter().any(|b| *b <= b' ' || *b == 0x7f) {
@@ -394,6 +421,9 @@ impl Upstream {
         head.extend_from_slice(b" HTTP/1.1\r\nhost: ");
         head.extend_from_slice(self.targets[target].authority_value.as_bytes());
         head.extend_from_slice(b"\r\n");
+        if let Some(auth) = t.via.as_ref().and_then(|via| via.authorization.as_ref()) {
+            header_line(&mut head, b"proxy-authorization", auth.as_bytes());
+        }
         let connection = client.headers.contains_key(http::header::CONNECTION);
         for (name, value) in client.headers.iter() {
             let name = name.as_str();

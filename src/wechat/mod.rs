@@ -113,8 +113,18 @@ impl WechatClient {
         appid: AppId,
         appsecret: Secret,
         extra_roots: &[pingora::tls::CertificateDer<'static>],
+        proxy: Option<&url::Url>,
     ) -> Result<Self, WechatError> {
         let mut builder = reqwest::Client::builder();
+        // `upstream.proxy`: CONNECT for HTTPS, absolute form for HTTP, Basic credentials from
+        // the URL. Without one, no proxy from the environment either: every call to WeChat
+        // leaves the way the config says.
+        builder = match proxy {
+            Some(url) => {
+                builder.proxy(reqwest::Proxy::all(url.clone()).map_err(|e| WechatError::from_reqwest("client", e))?)
+            }
+            None => builder.no_proxy(),
+        };
         for cert in extra_roots {
             let cert = reqwest::Certificate::from_der(cert).map_err(|e| WechatError::from_reqwest("client", e))?;
             builder = builder.add_root_certificate(cert);

@@ -1,5 +1,6 @@
 //! One WeChat host: where it is, the peer for its address, and its idle connections.
 
+use super::egress::{Egress, Tunnel};
 use super::{Connection, UpstreamError, IDLE_TIMEOUT};
 use pingora::upstreams::peer::HttpPeer;
 use std::net::{SocketAddr, ToSocketAddrs};
@@ -24,13 +25,33 @@ pub(super) struct Target {
     /// while the host could not be resolved.
     pub(super) peer: RwLock<Option<Arc<HttpPeer>>>,
     pub(super) idle: Mutex<Vec<(Connection, Instant)>>,
+    /// The forward proxy calls go through, if any.
+    pub(super) egress: Option<Arc<Egress>>,
+    /// A plain-HTTP host through the proxy: requests go to the proxy in absolute form.
+    pub(super) via: Option<Via>,
+}
+
+/// What a request to a plain-HTTP host through the proxy carries besides its own head.
+#[derive(Debug)]
+pub(super) struct Via {
+    /// `http://host[:port]`, put before the path.
+    pub absolute: String,
+    pub authorization: Option<http::HeaderValue>,
 }
 
 impl Target {
-    pub(super) fn new(url: &Url, timeout: Duration, must_resolve: bool) -> Result<Self, UpstreamError> {
+    pub(super) fn new(
+        url: &Url,
+        timeout: Duration,
+        must_resolve: bool,
+        egress: Option<&Arc<Egress>>,
+    ) -> Result<Self, UpstreamError> {
         let host = url.host_str().unwrap_or_default().trim_start_matches('[').trim_end_matches(']').to_owned();
         let tls = url.scheme() == "https";
         let port = url.port_or_known_default().unwrap_or(if tls { 443 } else { 80 });
+        if let Some(egress) = egress {
+            return Self::through(url, host, port, tls, timeout, egress);
+        }
         let peer = match resolve(&host, port) {
             Ok(addr) => Some(Arc::new(make_peer(addr, tls, &host, timeout))),
             Err(reason) if must_resolve => return Err(UpstreamError::Resolve { url: url.to_string(), reason }),
@@ -39,25 +60,82 @@ impl Target {
                 None
             }
         };
-        let authority = match url.port() {
-            Some(p) => format!("{}:{p}", url.host_str().unwrap_or_default()),
-            None => url.host_str().unwrap_or_default().to_owned(),
-        };
-        let authority_value = http::HeaderValue::from_str(&authority)
-            .map_err(|e| UpstreamError::Resolve { url: url.to_string(), reason: e.to_string() })?;
         Ok(Self {
+            authority_value: authority_header(url)?,
             host,
             port,
             tls,
             base_path: url.path().trim_end_matches('/').to_owned(),
-            authority_value,
             peer: RwLock::new(peer),
             idle: Mutex::new(Vec::new()),
+            egress: None,
+            via: None,
+        })
+    }
+
+    /// The host reached through `egress`: a connection goes to the proxy, in a `CONNECT`
+    /// tunnel for HTTPS (pingora's TLS inside it, with the host's name), as is for plain HTTP.
+    fn through(
+        url: &Url,
+        host: String,
+        port: u16,
+        tls: bool,
+        timeout: Duration,
+        egress: &Arc<Egress>,
+    ) -> Result<Self, UpstreamError> {
+        let mut peer = make_peer(egress.addr, tls, &host, timeout);
+        let authority = format!("{host}:{port}");
+        let via = match tls {
+            true => {
+                let tunnel =
+                    Tunnel { egress: Arc::clone(egress), authority, timeout: timeout.min(Duration::from_secs(5)) };
+                peer.options.custom_l4 = Some(Arc::new(tunnel));
+                None
+            }
+            false => Some(Via {
+                absolute: format!("http://{}", authority_of(url)),
+                authorization: egress.authorization.clone(),
+            }),
+        };
+        Ok(Self {
+            authority_value: authority_header(url)?,
+            host,
+            port,
+            tls,
+            base_path: url.path().trim_end_matches('/').to_owned(),
+            peer: RwLock::new(Some(Arc::new(peer))),
+            idle: Mutex::new(Vec::new()),
+            egress: Some(Arc::clone(egress)),
+            via,
         })
     }
 
     pub(super) fn idle(&self) -> MutexGuard<'_, Vec<(Connection, Instant)>> {
         self.idle.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A connection to the host could not be made: said once, naming the proxy when there is one
+    /// (a tunnel's refusal was said and counted where it was refused).
+    pub(super) fn unreachable(&self, e: &pingora::Error) {
+        match (&self.egress, &self.via) {
+            (Some(egress), Some(_)) => egress.unreachable(e),
+            (Some(_), None) => {}
+            (None, _) => {
+                tracing::warn!(host = %self.host, error = ?e.etype(), "could not connect to WeChat; trying the next host")
+            }
+        }
+    }
+
+    /// Whether an answer through the proxy in absolute form is the proxy's refusal (407: its
+    /// credentials), not WeChat's answer: then it is said, counted and answered 502.
+    pub(super) fn proxy_refused(&self, status: u16) -> bool {
+        match (&self.egress, &self.via, status) {
+            (Some(egress), Some(_), 407) => {
+                egress.refused(407);
+                true
+            }
+            _ => false,
+        }
     }
 
     /// Keeps `conn`, idle since `since`, for the next call; the oldest goes when the pool is full.
@@ -68,6 +146,19 @@ impl Target {
         }
         idle.push((conn, since));
     }
+}
+
+/// The host, and the port when it is not the scheme's: what `Host` says.
+fn authority_of(url: &Url) -> String {
+    match url.port() {
+        Some(p) => format!("{}:{p}", url.host_str().unwrap_or_default()),
+        None => url.host_str().unwrap_or_default().to_owned(),
+    }
+}
+
+fn authority_header(url: &Url) -> Result<http::HeaderValue, UpstreamError> {
+    http::HeaderValue::from_str(&authority_of(url))
+        .map_err(|e| UpstreamError::Resolve { url: url.to_string(), reason: e.to_string() })
 }
 
 pub(super) fn make_peer(addr: SocketAddr, tls: bool, host: &str, timeout: Duration) -> HttpPeer {
