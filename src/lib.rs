@@ -4,6 +4,7 @@
 //!
 //! - [`appid`]: the `AppId` type, checked once where an appid enters.
 //! - [`secret`]: the `Secret` type, which never prints its value.
+//! - [`civil`]: calendar dates from day counts (the access log's times, Beijing days).
 //! - [`test_accounts`]: WeChat's release-check test accounts, a leaf the token service, the
 //!   release check and the sandbox share.
 //! - [`xml`]: the flat `<xml>` documents WeChat pushes, parsed with DOCTYPE and entities refused.
@@ -58,13 +59,14 @@
 //! 3. `config`, `authorize`
 //! 2. `tokens`
 //! 1. `crypto`, `wechat`, `store`, `http1`
-//! 0. `appid`, `secret`, `metrics`, `xml`, `test_accounts`, `reply`
+//! 0. `appid`, `secret`, `metrics`, `xml`, `test_accounts`, `reply`, `civil`
 
 pub mod admin;
 pub mod app;
 pub mod appid;
 pub mod authorize;
 pub mod callback;
+pub mod civil;
 pub mod config;
 pub mod crypto;
 pub mod demo;

@@ -5,11 +5,14 @@
 //! Config` ([`validate`], every bad value reported). Whatever passes is a `Config` whose fields
 //! cannot be wrong later: appids are [`AppId`]s, addresses are parsed, secrets are [`Secret`]s.
 
+mod egress;
 mod env;
 mod file;
 mod masked;
 pub mod reload;
 mod validate;
+
+pub use egress::{CaFile, EgressProxy};
 
 use std::fmt;
 use std::io;
@@ -87,48 +90,6 @@ pub struct UpstreamConfig {
     pub ca_file: Option<CaFile>,
     /// `upstream.proxy`: the forward proxy every call to WeChat leaves through.
     pub proxy: Option<EgressProxy>,
-}
-
-/// An HTTP forward proxy: `http://[user:password@]host[:port]`, known to have a host.
-#[derive(Clone)]
-pub struct EgressProxy {
-    /// The whole URL, credentials included: for the HTTP clients only.
-    pub url: url::Url,
-    pub host: String,
-    pub port: u16,
-    /// `Basic base64(user:password)` when the URL has credentials.
-    pub authorization: Option<Secret>,
-}
-
-impl EgressProxy {
-    /// `host:port`, for log lines: never the credentials.
-    pub fn describe(&self) -> String {
-        format!("{}:{}", self.host, self.port)
-    }
-
-    /// The URL with its password replaced by `...`, for `wxgate check`.
-    pub fn masked(&self) -> String {
-        let mut url = self.url.clone();
-        if url.password().is_some() {
-            let _ = url.set_password(Some("..."));
-        }
-        url.to_string()
-    }
-}
-
-/// The credentials are secrets.
-impl std::fmt::Debug for EgressProxy {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "EgressProxy({})", self.describe())
-    }
-}
-
-/// CA certificates read from a PEM file at start-up, each known to be usable as a trust anchor
-/// (e.g. the CA of a TLS-inspecting egress proxy).
-#[derive(Debug, Clone)]
-pub struct CaFile {
-    pub path: PathBuf,
-    pub certs: Vec<pingora::tls::CertificateDer<'static>>,
 }
 
 /// The two listeners. `public_base_url` is how browsers and WeChat reach `proxy`; like

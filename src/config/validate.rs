@@ -14,7 +14,6 @@ use super::file::{
 use super::*;
 use crate::crypto::decode_aes_key;
 use crate::store::{parse_sentinel_url, RedisOptions, SENTINEL_SCHEME};
-use base64::Engine;
 
 /// The whole configuration, or `None` when any part is bad (every problem is in `p`).
 pub(super) fn config(f: &FileConfig, p: &mut Problems) -> Option<Config> {
@@ -83,8 +82,8 @@ fn upstream(f: &FileConfig, p: &mut Problems) -> Option<UpstreamConfig> {
     };
     let fallback_urls = p.check("upstream.fallback_urls", fallbacks);
     let ca_file =
-        f.upstream.ca_file.as_ref().map(|path| p.check("upstream.ca_file", non_blank(path).and_then(ca_file)));
-    let proxy = f.upstream.proxy.as_ref().map(|url| p.check("upstream.proxy", egress_proxy(url)));
+        f.upstream.ca_file.as_ref().map(|path| p.check("upstream.ca_file", non_blank(path).and_then(CaFile::read)));
+    let proxy = f.upstream.proxy.as_ref().map(|url| p.check("upstream.proxy", EgressProxy::parse(url)));
     Some(UpstreamConfig {
         proxy: proxy.map_or(Some(None), |proxy| proxy.map(Some))?,
         base_url: base_url?,
@@ -93,52 +92,6 @@ fn upstream(f: &FileConfig, p: &mut Problems) -> Option<UpstreamConfig> {
         fallback_urls: fallback_urls?,
         ca_file: ca_file.map_or(Some(None), |ca| ca.map(Some))?,
     })
-}
-
-/// `http://[user:password@]host[:port]`: the forward proxies WeChat callers use speak plain
-/// HTTP to the gateway (HTTPS to WeChat goes through them in a CONNECT tunnel).
-fn egress_proxy(value: &str) -> Result<EgressProxy, String> {
-    let url =
-        url::Url::parse(value).map_err(|_| "must be a URL such as http://user:password@10.0.0.9:3128".to_owned())?;
-    if url.scheme() != "http" {
-        return Err(
-            "must start with http:// (the proxy is spoken to in plain HTTP; HTTPS to WeChat is tunnelled)".into()
-        );
-    }
-    let host = url.host_str().filter(|h| !h.is_empty()).ok_or("must name the proxy's host")?;
-    if url.path() != "/" || url.query().is_some() {
-        return Err("must be only a scheme, credentials, host and port".into());
-    }
-    let decode = |s: &str| percent_encoding::percent_decode_str(s).decode_utf8_lossy().into_owned();
-    let authorization = (!url.username().is_empty()).then(|| {
-        let pair = format!("{}:{}", decode(url.username()), decode(url.password().unwrap_or("")));
-        Secret::new(format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(pair)))
-    });
-    let host = host.trim_start_matches('[').trim_end_matches(']').to_owned();
-    Ok(EgressProxy { port: url.port().unwrap_or(80), host, authorization, url })
-}
-
-/// A PEM file holding at least one CA certificate, and nothing else that is not one (a
-/// private key in a CA bundle is a mistake worth stopping for).
-fn ca_file(path: &str) -> Result<CaFile, String> {
-    let pem = std::fs::read(path).map_err(|e| format!("cannot read {path}: {e}"))?;
-    let mut certs = Vec::new();
-    let mut roots = pingora::tls::RootCertStore::empty();
-    for item in rustls_pemfile::read_all(&mut pem.as_slice()) {
-        match item.map_err(|e| format!("{path} is not a valid PEM file: {e:?}"))? {
-            rustls_pemfile::Item::X509Certificate(cert) => {
-                roots
-                    .add(cert.clone())
-                    .map_err(|e| format!("certificate {} in {path} cannot be a CA: {e}", certs.len() + 1))?;
-                certs.push(cert);
-            }
-            _ => return Err(format!("{path} holds something other than certificates")),
-        }
-    }
-    if certs.is_empty() {
-        return Err(format!("{path} holds no PEM certificate (-----BEGIN CERTIFICATE-----)"));
-    }
-    Ok(CaFile { path: PathBuf::from(path), certs })
 }
 
 fn listen(f: &ListenFile, p: &mut Problems) -> Option<ListenConfig> {

@@ -339,20 +339,10 @@ fn escaped(out: &mut Vec<u8>, value: &str) {
     }
 }
 
-/// `YYYY-MM-DDTHH:MM:SS` of a unix second, in UTC (the civil-from-days algorithm of
-/// H. Hinnant's date library).
+/// `YYYY-MM-DDTHH:MM:SS` of a unix second, in UTC.
 fn utc_second(unix: u64) -> String {
-    let days = (unix / 86_400) as i64;
     let secs = unix % 86_400;
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
+    let (year, month, day) = crate::civil::date_of_days((unix / 86_400) as i64);
     format!("{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}", secs / 3600, secs / 60 % 60, secs % 60)
 }
 

@@ -20,6 +20,7 @@
 //! while idle is noticed when taken (a read that does not block) or, at worst, when the call
 //! on it fails, and the call is then made again on a new connection if that is safe.
 
+mod answer;
 mod egress;
 mod headers;
 mod target;
@@ -30,6 +31,8 @@ use crate::http1::wire;
 use crate::http1::BodySource;
 pub use crate::http1::H1Error;
 use crate::metrics;
+pub use answer::Answer;
+use answer::AnswerBody;
 use base64::Engine;
 use bytes::Bytes;
 use egress::Egress;
@@ -38,7 +41,6 @@ pub use headers::downstream_header;
 use headers::{header_line, is_hop_by_hop, OWN_REQUEST_HEADERS};
 use http::request::Parts;
 use pingora::connectors::{ConnectorOptions, TransportConnector};
-use pingora::http::ResponseHeader;
 use pingora::protocols::Stream;
 use pingora::tls::CertificateDer;
 use pingora::upstreams::peer::HttpPeer;
@@ -109,57 +111,6 @@ pub enum Body<'s> {
 pub(super) struct Connection {
     stream: Stream,
     timer: wire::Timer,
-}
-
-/// What WeChat answered: its header, and its body still to be read on the connection it came
-/// on. Dropping it gives the connection back (see [`AnswerBody`]): no path can forget to.
-pub struct Answer<'u> {
-    header: Box<ResponseHeader>,
-    body: AnswerBody<'u>,
-}
-
-impl Answer<'_> {
-    pub fn header(&self) -> &ResponseHeader {
-        &self.header
-    }
-
-    /// The next piece of the answer's body; `None` once it is over.
-    pub async fn body(&mut self) -> Result<Option<Bytes>, H1Error> {
-        let b = &mut self.body;
-        let Some(conn) = &mut b.conn else { return Err(H1Error::Closed) };
-        b.reader.next(&mut conn.stream, &mut conn.timer, b.timeout).await
-    }
-
-    /// The header, to be sent on to the client; the connection is given back.
-    pub fn into_header(self) -> Box<ResponseHeader> {
-        self.header
-    }
-}
-
-/// An answer's body and its connection. When dropped, the connection is kept for the next call
-/// if the body was read to its end and the server keeps it alive, and closed otherwise. Not
-/// async: a kept connection needs no waiting, and a closing one is shut down in a task of its
-/// own, so that every call's future does not carry a shutdown's.
-struct AnswerBody<'u> {
-    /// Taken only by `drop`.
-    conn: Option<Connection>,
-    reader: wire::ResponseBody,
-    /// The host the connection goes to, whose pool it returns to.
-    home: &'u Target,
-    timeout: Duration,
-    /// When the call began: the connection counts as idle from then if it is kept (a little
-    /// early, which only ever retires it sooner), so that giving it back reads no clock.
-    started: Instant,
-}
-
-impl Drop for AnswerBody<'_> {
-    fn drop(&mut self) {
-        let Some(conn) = self.conn.take() else { return };
-        match self.reader.reusable() {
-            true => self.home.keep(conn, self.started),
-            false => close(conn.stream),
-        }
-    }
 }
 
 pub struct Upstream {

@@ -13,18 +13,22 @@
 
 mod day;
 mod holds;
+mod learn;
 mod rate;
+mod refusal;
 mod share;
+mod status;
 
 pub use day::{beijing_day, beijing_time, next_beijing_midnight};
+pub use learn::{DailyLimits, FromWechat};
+pub use refusal::Refusal;
+pub use status::{ClientUse, PairUse, QuotaStatus};
 
 use crate::config::{ClientConfig, QuotaConfig};
 use crate::metrics;
-use crate::reply::Reply;
 use crate::store::quota::Used as UsedReport;
 use crate::store::SharedStore;
-use crate::tokens::{Clock, TokenService};
-use crate::wechat::QuotaApi;
+use crate::tokens::Clock;
 use crate::AppId;
 use holds::Holds;
 use rate::Rate;
@@ -74,59 +78,6 @@ fn pair(account: Account, api: &str) -> String {
 fn parse_pair(pair: &str) -> Option<(Account, String)> {
     let (account, api) = pair.split_once('|')?;
     Some((Account::parse(account)?, api.to_owned()))
-}
-
-/// Why a call was not let through.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Refusal {
-    Rate { client: String, rate: f64, retry_after: Duration },
-    Share { client: String, api: String, share: f64, resets_at_ms: i64, now_ms: i64 },
-    Held { account: Account, api: String, until_ms: i64 },
-}
-
-impl Refusal {
-    /// The `reason` label of `wxgate_rate_limited_total`.
-    pub fn reason(&self) -> &'static str {
-        match self {
-            Self::Rate { .. } => "rate",
-            Self::Share { .. } => "share",
-            Self::Held { .. } => "quota",
-        }
-    }
-
-    /// 429 with `Retry-After` and the gateway's -20429, or, for a held pair, WeChat's own
-    /// 45009 (HTTP 200), so that an SDK reacts as it does to WeChat.
-    pub fn reply(&self) -> Reply {
-        match self {
-            Self::Rate { client, rate, retry_after } => {
-                let secs = retry_after.as_secs_f64().ceil().max(1.0) as u64;
-                Reply::error(
-                    429,
-                    format!("client {client} is over its rate of {rate} calls a second; retry after {secs} s"),
-                )
-                .with_retry_after(secs)
-            }
-            Self::Share { client, api, share, resets_at_ms, now_ms } => {
-                let secs = ((resets_at_ms - now_ms).max(1000) as u64).div_ceil(1000);
-                let percent = share * 100.0;
-                Reply::error(
-                    429,
-                    format!(
-                        "client {client} has used its share ({percent} %) of this account's daily quota for {api}; it resets at {} Beijing time",
-                        beijing_time(*resets_at_ms)
-                    ),
-                )
-                .with_retry_after(secs)
-            }
-            Self::Held { api, until_ms, .. } => {
-                let errmsg = format!(
-                    "wxgate: WeChat answered 45009: this account's daily quota for {api} is used up; calls resume at {} Beijing time, or after a clear-quota",
-                    beijing_time(*until_ms)
-                );
-                Reply::json(200, &serde_json::json!({ "errcode": QUOTA_REACHED, "errmsg": errmsg }))
-            }
-        }
-    }
 }
 
 /// A client's limits, as its `[[clients]]` entry sets them.
@@ -179,38 +130,6 @@ impl ClientQuota {
         }
         store(&self.rate, limits.rate_per_second);
         store(&self.share, limits.daily_share);
-    }
-}
-
-/// Learns an (account, API)'s daily limit.
-#[async_trait::async_trait]
-pub trait DailyLimits: Send + Sync {
-    /// `openapi/quota/get`'s `daily_limit` for the pair, with the account's token; `None` when
-    /// WeChat will not say.
-    async fn daily_limit(&self, account: Account, api: &str) -> Option<u64>;
-}
-
-/// [`DailyLimits`] from WeChat, with the token service's tokens.
-pub struct FromWechat {
-    pub tokens: Arc<TokenService>,
-    pub wechat: Arc<dyn QuotaApi>,
-}
-
-#[async_trait::async_trait]
-impl DailyLimits for FromWechat {
-    async fn daily_limit(&self, account: Account, api: &str) -> Option<u64> {
-        let token = match account {
-            Account::Authorizer(appid) => self.tokens.authorizers().token(&appid).await,
-            Account::Component => self.tokens.component().token().await,
-        };
-        let token = token.map_err(|e| tracing::debug!(error = %e, "no token to ask a daily limit with")).ok()?;
-        match self.wechat.quota(&token.value, api).await {
-            Ok(quota) => u64::try_from(quota.daily_limit).ok(),
-            Err(e) => {
-                tracing::info!(account = %account.label(), api, error = %e, "WeChat would not give this API's daily limit; no share applies to it today");
-                None
-            }
-        }
     }
 }
 
@@ -511,31 +430,6 @@ impl QuotaGuard {
             held,
         }
     }
-}
-
-/// The admin API's view of the guard.
-#[derive(Debug, Clone)]
-pub struct QuotaStatus {
-    pub guard: bool,
-    pub day_ends_at_ms: i64,
-    pub clients: Vec<ClientUse>,
-    /// (account, API, until).
-    pub held: Vec<(Account, String, i64)>,
-}
-
-#[derive(Debug, Clone)]
-pub struct ClientUse {
-    pub name: String,
-    pub limits: ClientLimits,
-    pub today: Vec<PairUse>,
-}
-
-#[derive(Debug, Clone)]
-pub struct PairUse {
-    pub account: Account,
-    pub api: String,
-    pub used: u64,
-    pub daily_limit: Option<u64>,
 }
 
 #[cfg(test)]

@@ -252,3 +252,39 @@ async fn two_instances_on_one_redis_hold_one_rate_and_one_share() {
     two.sync().await;
     two.admit("ops", None, account(), "/held").await.expect("the lift reached the other instance");
 }
+
+/// Two instances hammering one client's shared bucket for three seconds take what one bucket
+/// gives: a full burst and then the rate, within 10 %.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_shared_rate_holds_for_the_cluster_over_seconds() {
+    let prefix = format!("wxgate-quota-{}:", hex::encode(rand::random::<[u8; 6]>()));
+    let config = client("shop", Some(50.0), None);
+    let mut instances = Vec::new();
+    for _ in 0..2 {
+        let (g, _) = guard_on(redis_store(&prefix).await, None, Clock::new());
+        let c = g.client(&config).unwrap();
+        instances.push((g, c));
+    }
+    let window = Duration::from_secs(3);
+    let started = std::time::Instant::now();
+    let counts = futures_util::future::join_all(instances.iter().map(|(g, c)| async move {
+        let mut taken = 0u32;
+        while started.elapsed() < window {
+            if g.admit(&c.name, Some(c), account(), "/rate").await.is_ok() {
+                taken += 1;
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        taken
+    }))
+    .await;
+    let taken: u32 = counts.iter().sum();
+    let expected = 2.0 * 50.0 + 50.0 * started.elapsed().as_secs_f64();
+    let ratio = f64::from(taken) / expected;
+    println!(
+        "two instances, one bucket of 50/s: {taken} calls taken in {:?}, {ratio:.3} of a burst and the rate",
+        started.elapsed()
+    );
+    assert!((0.9..=1.1).contains(&ratio), "{taken} taken of {expected:.0} ({counts:?})");
+    assert!(counts.iter().all(|n| *n > 0), "both instances were served: {counts:?}");
+}

@@ -49,16 +49,19 @@ impl Target {
         let host = url.host_str().unwrap_or_default().trim_start_matches('[').trim_end_matches(']').to_owned();
         let tls = url.scheme() == "https";
         let port = url.port_or_known_default().unwrap_or(if tls { 443 } else { 80 });
-        if let Some(egress) = egress {
-            return Self::through(url, host, port, tls, timeout, egress);
-        }
-        let peer = match resolve(&host, port) {
-            Ok(addr) => Some(Arc::new(make_peer(addr, tls, &host, timeout))),
-            Err(reason) if must_resolve => return Err(UpstreamError::Resolve { url: url.to_string(), reason }),
-            Err(reason) => {
-                tracing::warn!(url = %url, reason, "fallback host does not resolve now; it is tried again when needed");
-                None
+        let (peer, via) = match egress {
+            Some(egress) => {
+                let (peer, via) = through(url, &host, port, tls, timeout, egress);
+                (Some(Arc::new(peer)), via)
             }
+            None => match resolve(&host, port) {
+                Ok(addr) => (Some(Arc::new(make_peer(addr, tls, &host, timeout))), None),
+                Err(reason) if must_resolve => return Err(UpstreamError::Resolve { url: url.to_string(), reason }),
+                Err(reason) => {
+                    tracing::warn!(url = %url, reason, "fallback host does not resolve now; it is tried again when needed");
+                    (None, None)
+                }
+            },
         };
         Ok(Self {
             authority_value: authority_header(url)?,
@@ -68,44 +71,7 @@ impl Target {
             base_path: url.path().trim_end_matches('/').to_owned(),
             peer: RwLock::new(peer),
             idle: Mutex::new(Vec::new()),
-            egress: None,
-            via: None,
-        })
-    }
-
-    /// The host reached through `egress`: a connection goes to the proxy, in a `CONNECT`
-    /// tunnel for HTTPS (pingora's TLS inside it, with the host's name), as is for plain HTTP.
-    fn through(
-        url: &Url,
-        host: String,
-        port: u16,
-        tls: bool,
-        timeout: Duration,
-        egress: &Arc<Egress>,
-    ) -> Result<Self, UpstreamError> {
-        let mut peer = make_peer(egress.addr, tls, &host, timeout);
-        let authority = format!("{host}:{port}");
-        let via = match tls {
-            true => {
-                let tunnel =
-                    Tunnel { egress: Arc::clone(egress), authority, timeout: timeout.min(Duration::from_secs(5)) };
-                peer.options.custom_l4 = Some(Arc::new(tunnel));
-                None
-            }
-            false => Some(Via {
-                absolute: format!("http://{}", authority_of(url)),
-                authorization: egress.authorization.clone(),
-            }),
-        };
-        Ok(Self {
-            authority_value: authority_header(url)?,
-            host,
-            port,
-            tls,
-            base_path: url.path().trim_end_matches('/').to_owned(),
-            peer: RwLock::new(Some(Arc::new(peer))),
-            idle: Mutex::new(Vec::new()),
-            egress: Some(Arc::clone(egress)),
+            egress: egress.cloned(),
             via,
         })
     }
@@ -146,6 +112,28 @@ impl Target {
         }
         idle.push((conn, since));
     }
+}
+
+/// The peer for a host reached through `egress`: a connection goes to the proxy, in a `CONNECT`
+/// tunnel for HTTPS (pingora's TLS inside it, with the host's name), as is for plain HTTP, whose
+/// requests then need the absolute form.
+fn through(
+    url: &Url,
+    host: &str,
+    port: u16,
+    tls: bool,
+    timeout: Duration,
+    egress: &Arc<Egress>,
+) -> (HttpPeer, Option<Via>) {
+    let mut peer = make_peer(egress.addr, tls, host, timeout);
+    if tls {
+        let authority = format!("{host}:{port}");
+        let tunnel = Tunnel { egress: Arc::clone(egress), authority, timeout: timeout.min(Duration::from_secs(5)) };
+        peer.options.custom_l4 = Some(Arc::new(tunnel));
+        return (peer, None);
+    }
+    let via = Via { absolute: format!("http://{}", authority_of(url)), authorization: egress.authorization.clone() };
+    (peer, Some(via))
 }
 
 /// The host, and the port when it is not the scheme's: what `Host` says.

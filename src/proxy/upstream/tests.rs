@@ -1,5 +1,6 @@
 use super::*;
 use pingora::http::RequestHeader;
+use pingora::http::ResponseHeader;
 use std::sync::atomic::AtomicU32;
 use std::sync::Mutex;
 use tokio::io::AsyncWriteExt;
