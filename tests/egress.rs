@@ -6,13 +6,13 @@
 mod common;
 
 use base64::Engine;
+use common::tls::{ca_and_server, tls_in_front_of};
 use common::*;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio_rustls::rustls::{self, pki_types::PrivateKeyDer};
 use wxgate::AppId;
 
 const A: &str = "wx1111111111111111";
@@ -87,43 +87,31 @@ async fn carry(mut client: TcpStream, to: SocketAddr, expected: String, seen: Ar
     let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
 }
 
-/// A CA of the test's own (as PEM), and a server config with a certificate it signed for
-/// [`WECHAT_HOST`].
-fn ca_and_server() -> (String, rustls::ServerConfig) {
-    let ca_key = rcgen::KeyPair::generate().unwrap();
-    let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    ca.distinguished_name.push(rcgen::DnType::CommonName, "wxgate test CA");
-    let ca = ca.self_signed(&ca_key).unwrap();
-    let key = rcgen::KeyPair::generate().unwrap();
-    let leaf = rcgen::CertificateParams::new(vec![WECHAT_HOST.to_owned()]).unwrap();
-    let leaf = leaf.signed_by(&key, &ca, &ca_key).unwrap();
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let server = rustls::ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_no_client_auth()
-        .with_single_cert(vec![leaf.der().clone()], PrivateKeyDer::Pkcs8(key.serialize_der().into()))
-        .unwrap();
-    (ca.pem(), server)
+/// A gateway whose WeChat is the sandbox behind TLS for [`WECHAT_HOST`] (signed by a CA the
+/// gateway trusts), reachable only through the proxy returned, with the CA file it needs.
+async fn over_https(setup: &mut Setup, sandbox: &wxgate::sandbox::Sandbox) -> (ForwardProxy, std::path::PathBuf) {
+    let (ca_pem, server) = ca_and_server(WECHAT_HOST);
+    let front = tls_in_front_of(sandbox.addr(), server).await;
+    let proxy = ForwardProxy::start(front, PROXY_PASSWORD).await;
+    setup.upstream = format!("https://{WECHAT_HOST}");
+    let ca_path = setup.dir.path().join("ca.pem");
+    std::fs::write(&ca_path, &ca_pem).unwrap();
+    (proxy, ca_path)
 }
 
-/// Terminates TLS on a port of its own and forwards each connection to `to`, in plain HTTP.
-async fn tls_in_front_of(to: SocketAddr, server: rustls::ServerConfig) -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(server));
-    tokio::spawn(async move {
-        while let Ok((tcp, _)) = listener.accept().await {
-            let acceptor = acceptor.clone();
-            tokio::spawn(async move {
-                let Ok(mut tls) = acceptor.accept(tcp).await else { return };
-                let Ok(mut plain) = TcpStream::connect(to).await else { return };
-                let _ = tokio::io::copy_bidirectional(&mut tls, &mut plain).await;
-            });
-        }
-    });
-    addr
+/// [`over_https`] with the right password, the account authorized and a call made.
+async fn authorized_over_https() -> (Setup, wxgate::sandbox::Sandbox, Gateway, ForwardProxy, std::path::PathBuf) {
+    let mut setup = Setup::new();
+    let sandbox = setup.sandbox(7200).await;
+    let (proxy, ca_path) = over_https(&mut setup, &sandbox).await;
+    setup.env = proxy_env(&ca_path, proxy.url(PROXY_PASSWORD));
+    let gw = setup.start().await;
+    authorized_and_called(&setup, &sandbox, &gw).await;
+    (setup, sandbox, gw, proxy, ca_path)
+}
+
+fn proxy_env(ca_path: &std::path::Path, proxy_url: String) -> Vec<(String, String)> {
+    vec![("WXGATE_UPSTREAM_CA_FILE".into(), ca_path.display().to_string()), ("WXGATE_UPSTREAM_PROXY".into(), proxy_url)]
 }
 
 /// The account authorized and one proxied call made: everything the gateway asks of WeChat.
@@ -161,18 +149,7 @@ async fn wechat_over_plain_http_is_reached_only_through_the_proxy() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn wechat_over_https_is_reached_in_a_connect_tunnel_and_verified() {
-    let (ca_pem, server) = ca_and_server();
-    let mut setup = Setup::new();
-    let sandbox = setup.sandbox(7200).await;
-    let front = tls_in_front_of(sandbox.addr(), server).await;
-    let proxy = ForwardProxy::start(front, PROXY_PASSWORD).await;
-    setup.upstream = format!("https://{WECHAT_HOST}");
-    let ca_path = setup.dir.path().join("ca.pem");
-    std::fs::write(&ca_path, &ca_pem).unwrap();
-    setup.env.push(("WXGATE_UPSTREAM_CA_FILE".into(), ca_path.display().to_string()));
-    setup.env.push(("WXGATE_UPSTREAM_PROXY".into(), proxy.url(PROXY_PASSWORD)));
-    let gw = setup.start().await;
-    authorized_and_called(&setup, &sandbox, &gw).await;
+    let (setup, _sandbox, _gw, proxy, _) = authorized_over_https().await;
     let asked = proxy.asked();
     assert!(!asked.is_empty() && asked.iter().all(|a| a == "CONNECT wechat.test:443"), "{asked:?}");
     assert_no_secrets(&setup.log(), &[PROXY_PASSWORD]);
@@ -182,26 +159,12 @@ async fn wechat_over_https_is_reached_in_a_connect_tunnel_and_verified() {
 /// proxied call (its token kept from before) is refused at the proxy, answered 502 at once.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_proxy_that_refuses_the_credentials_gets_502_quickly_counted_and_named() {
-    let (ca_pem, server) = ca_and_server();
-    let mut setup = Setup::new();
-    let sandbox = setup.sandbox(7200).await;
-    let front = tls_in_front_of(sandbox.addr(), server).await;
-    let proxy = ForwardProxy::start(front, PROXY_PASSWORD).await;
-    setup.upstream = format!("https://{WECHAT_HOST}");
-    let ca_path = setup.dir.path().join("ca.pem");
-    std::fs::write(&ca_path, &ca_pem).unwrap();
-    setup.env.push(("WXGATE_UPSTREAM_CA_FILE".into(), ca_path.display().to_string()));
-    setup.env.push(("WXGATE_UPSTREAM_PROXY".into(), proxy.url(PROXY_PASSWORD)));
-    let gw = setup.start().await;
-    authorized_and_called(&setup, &sandbox, &gw).await;
+    let (setup, _sandbox, gw, proxy, ca_path) = authorized_over_https().await;
     drop(gw);
 
     let mut wrong = setup.sibling();
     wrong.store_toml = Some(format!("[store]\nbackend = \"sqlite\"\npath = \"{}\"", setup.db_path().display()));
-    wrong.env = vec![
-        ("WXGATE_UPSTREAM_CA_FILE".into(), ca_path.display().to_string()),
-        ("WXGATE_UPSTREAM_PROXY".into(), proxy.url("not-the-password")),
-    ];
+    wrong.env = proxy_env(&ca_path, proxy.url("not-the-password"));
     let gw = wrong.start().await;
     let started = Instant::now();
     let call = format!("/{A}/cgi-bin/user/info?openid=o1&access_token={CLIENT_KEY}");

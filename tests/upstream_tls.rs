@@ -4,58 +4,16 @@
 
 mod common;
 
+use common::tls::{ca_and_server, tls_in_front_of};
 use common::*;
-use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::Duration;
-use tokio_rustls::rustls::{self, pki_types::PrivateKeyDer};
 use wxgate::AppId;
 
 const A: &str = "wx1111111111111111";
 
-/// A CA of the test's own (as PEM), and a server config with a certificate it signed for
-/// 127.0.0.1.
-fn ca_and_server() -> (String, rustls::ServerConfig) {
-    let ca_key = rcgen::KeyPair::generate().unwrap();
-    let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    ca.distinguished_name.push(rcgen::DnType::CommonName, "wxgate test egress CA");
-    let ca = ca.self_signed(&ca_key).unwrap();
-    let key = rcgen::KeyPair::generate().unwrap();
-    let leaf = rcgen::CertificateParams::new(vec!["127.0.0.1".to_owned()]).unwrap();
-    let leaf = leaf.signed_by(&key, &ca, &ca_key).unwrap();
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let server = rustls::ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_no_client_auth()
-        .with_single_cert(vec![leaf.der().clone()], PrivateKeyDer::Pkcs8(key.serialize_der().into()))
-        .unwrap();
-    (ca.pem(), server)
-}
-
-/// Terminates TLS on a port of its own and forwards each connection to `to`, in plain HTTP.
-async fn tls_in_front_of(to: SocketAddr, server: rustls::ServerConfig) -> SocketAddr {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(server));
-    tokio::spawn(async move {
-        while let Ok((tcp, _)) = listener.accept().await {
-            let acceptor = acceptor.clone();
-            tokio::spawn(async move {
-                // A client that refuses the certificate ends the handshake: nothing to forward.
-                let Ok(mut tls) = acceptor.accept(tcp).await else { return };
-                let Ok(mut plain) = tokio::net::TcpStream::connect(to).await else { return };
-                let _ = tokio::io::copy_bidirectional(&mut tls, &mut plain).await;
-            });
-        }
-    });
-    addr
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn an_https_upstream_signed_by_the_ca_file_is_trusted_and_without_it_calls_get_502() {
-    let (ca_pem, server) = ca_and_server();
+    let (ca_pem, server) = ca_and_server("127.0.0.1");
     let mut setup = Setup::new();
     let sandbox = setup.sandbox(7200).await;
     let front = tls_in_front_of(sandbox.addr(), server).await;
