@@ -9,7 +9,7 @@ use crate::crypto::{CryptoError, MsgCrypt};
 use crate::events::routes::EventRoutes;
 use crate::events::{Deliveries, PlatformEvents};
 use crate::http1::{Edge, Timeouts};
-use crate::listeners::{ListenError, Prebound, Sockets};
+use crate::listeners::{Certificate, ListenError, Prebound, Sockets};
 use crate::messages::handler::HandlerClient;
 use crate::messages::outbox::{Deliver, Outbox, OutboxSettings};
 use crate::messages::release_check::ReleaseCheck;
@@ -145,7 +145,17 @@ pub fn build(config: &Config, source: Option<Source>, sockets: Sockets) -> Resul
         Gateway::new(routes, Arc::clone(&tokens), clients, upstream, Arc::clone(&guard), config.proxy.clone());
     let timeouts = Timeouts { keepalive: config.proxy.keepalive_timeout, header: config.proxy.header_timeout };
     let proxy = Service::new("wxgate proxy".to_owned(), Edge::new(gateway, timeouts));
-    server.add_service(Prebound::new(proxy, sockets.proxy));
+    // HTTPS on the proxy listener: the pair a reload reads replaces the one handshakes present.
+    let certificate = config.listen.tls.as_ref().map(|tls| Certificate::new(Arc::clone(&tls.key)));
+    if let Some(certificate) = &certificate {
+        let certificate = Arc::clone(certificate);
+        live.part(config, move |c| {
+            if let Some(tls) = &c.listen.tls {
+                certificate.replace(Arc::clone(&tls.key));
+            }
+        });
+    }
+    server.add_service(Prebound::serving(proxy, sockets.proxy, certificate));
 
     // The admin listener is served by the same HTTP/1.1 as the proxy listener.
     let admin_app = AdminApp::new(Arc::clone(&tokens), links, admin_token, client)

@@ -9,9 +9,13 @@
 //! a port. Port 0 in the config also works: the address the OS chose is logged.
 
 use crate::config::ListenConfig;
+use arc_swap::ArcSwap;
+use pingora::listeners::tls::TlsSettings;
 use pingora::listeners::{L4BufferSettings, ListenerConfig};
 use pingora::server::{Fds, ListenFds, ShutdownWatch};
 use pingora::services::Service;
+use pingora::tls::sign::CertifiedKey;
+use pingora::tls::{ClientHello, ResolvesServerCert};
 use std::collections::HashMap;
 use std::net::{SocketAddr, TcpListener};
 use std::os::fd::{FromRawFd, IntoRawFd, RawFd};
@@ -119,6 +123,27 @@ fn parse(pid: Option<&str>, fds: Option<&str>, names: Option<&str>) -> Result<Ha
     Ok(table)
 }
 
+/// The proxy listener's certificate: what each TLS handshake presents, replaced whole by a
+/// reload that read a good new pair.
+#[derive(Debug)]
+pub struct Certificate(ArcSwap<CertifiedKey>);
+
+impl Certificate {
+    pub fn new(key: Arc<CertifiedKey>) -> Arc<Self> {
+        Arc::new(Self(ArcSwap::new(key)))
+    }
+
+    pub fn replace(&self, key: Arc<CertifiedKey>) {
+        self.0.store(key);
+    }
+}
+
+impl ResolvesServerCert for Certificate {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.0.load_full())
+    }
+}
+
 /// A pingora listening service whose socket is already bound. pingora looks every address up
 /// in its table of inherited descriptors before binding one (the table it fills itself only in
 /// a zero-downtime upgrade); this service hands it a table holding its own socket.
@@ -132,13 +157,30 @@ where
     A: pingora::apps::ServerApp + Send + Sync + 'static,
 {
     /// `service` must have no address of its own: the socket's becomes its only one.
-    pub fn new(mut service: pingora::services::listening::Service<A>, socket: Socket) -> Self {
+    pub fn new(service: pingora::services::listening::Service<A>, socket: Socket) -> Self {
+        Self::serving(service, socket, None)
+    }
+
+    /// With `tls`, the socket speaks HTTPS only, with the certificate `tls` holds at each
+    /// handshake (a reload replaces it; connections made before keep theirs).
+    pub fn serving(
+        mut service: pingora::services::listening::Service<A>,
+        socket: Socket,
+        tls: Option<Arc<Certificate>>,
+    ) -> Self {
         let key = socket.addr.to_string();
         // No read buffer under the connection: pingora's default is 64 KiB for each, held for
         // the connection's life, idle or not. The proxy's edge reads a request's start into a
         // buffer of its own that lives only while the request does (`http1::conn`).
         let unbuffered_reads = L4BufferSettings::default().read(0);
-        service.add_listener(ListenerConfig::tcp(&key).l4_buffer(unbuffered_reads));
+        let mut listener = ListenerConfig::tcp(&key).l4_buffer(unbuffered_reads);
+        if let Some(certificate) = tls {
+            // No paths: with a resolver, pingora reads no file (and cannot panic on one).
+            let Ok(mut settings) = TlsSettings::intermediate("", "") else { unreachable!("it only builds a struct") };
+            settings.set_cert_resolver(certificate);
+            listener = listener.tls(settings);
+        }
+        service.add_listener(listener);
         let mut fds = Fds::new();
         fds.add(key, socket.listener.into_raw_fd());
         Self { inner: service, fds: Arc::new(parking_lot::Mutex::new(fds)) }

@@ -587,3 +587,21 @@ fn the_egress_proxy_is_an_http_url_whose_password_is_never_shown() {
     let proxy = Config::from_sources(&minimal(), by_env).unwrap().upstream.proxy.unwrap();
     assert_eq!((proxy.port, proxy.authorization.is_none()), (80, true));
 }
+
+#[test]
+fn a_listener_tls_pair_is_both_keys_readable() {
+    let dir = tempfile::tempdir().unwrap();
+    let cert = dir.path().join("cert.pem");
+    let listen = |extra: &str| {
+        let text = minimal();
+        let at = text.find("[listen]\n").expect("minimal has [listen]") + "[listen]\n".len();
+        format!("{}{extra}{}", &text[..at], &text[at..])
+    };
+    let said = only_problem(&listen(&format!("tls_cert = \"{}\"\n", cert.display())), "listen.tls_key");
+    assert!(said.contains("required"), "{said}");
+    only_problem(&listen(&format!("tls_key = \"{}\"\n", cert.display())), "listen.tls_cert");
+    let missing = format!("tls_cert = \"{0}\"\ntls_key = \"{0}\"\n", cert.display());
+    assert!(only_problem(&listen(&missing), "listen.tls_cert").contains("cannot read"));
+    std::fs::write(&cert, "no certificate\n").unwrap();
+    assert!(only_problem(&listen(&missing), "listen.tls_cert").contains("holds no PEM certificate"));
+}

@@ -77,6 +77,8 @@ pub(super) struct ListenFile {
     pub proxy: Option<String>,
     pub admin: Option<String>,
     pub public_base_url: Option<String>,
+    pub tls_cert: Option<String>,
+    pub tls_key: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize, Serialize)]

@@ -27,6 +27,8 @@ pub(super) fn masked(config: &Config) -> String {
             proxy: Some(config.listen.proxy.to_string()),
             admin: Some(config.listen.admin.to_string()),
             public_base_url: Some(config.listen.public_base_url.to_string()),
+            tls_cert: config.listen.tls.as_ref().map(|t| t.cert_path.display().to_string()),
+            tls_key: config.listen.tls.as_ref().map(|t| t.key_path.display().to_string()),
         },
         store: masked_store(&config.store),
         refresh: RefreshFile {

@@ -10,9 +10,11 @@ mod env;
 mod file;
 mod masked;
 pub mod reload;
+mod tls;
 mod validate;
 
 pub use egress::{CaFile, EgressProxy};
+pub use tls::ListenerTls;
 
 use std::fmt;
 use std::io;
@@ -99,6 +101,8 @@ pub struct ListenConfig {
     pub proxy: SocketAddr,
     pub admin: SocketAddr,
     pub public_base_url: url::Url,
+    /// `listen.tls_cert` and `tls_key`: the proxy listener speaks HTTPS with this pair.
+    pub tls: Option<ListenerTls>,
 }
 
 /// The durable store, with only the settings of the chosen backend.

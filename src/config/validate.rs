@@ -104,7 +104,13 @@ fn listen(f: &ListenFile, p: &mut Problems) -> Option<ListenConfig> {
         }
     }
     let public = p.check("listen.public_base_url", required(&f.public_base_url).and_then(http_url));
-    Some(ListenConfig { proxy: proxy?, admin: admin?, public_base_url: public? })
+    let tls = match (&f.tls_cert, &f.tls_key) {
+        (None, None) => Some(None),
+        (Some(cert), Some(key)) => ListenerTls::read(cert, key).map_err(|(k, why)| p.push(k, why)).ok().map(Some),
+        (Some(_), None) => p.check("listen.tls_key", Err("is required with listen.tls_cert".to_owned())),
+        (None, Some(_)) => p.check("listen.tls_cert", Err("is required with listen.tls_key".to_owned())),
+    };
+    Some(ListenConfig { proxy: proxy?, admin: admin?, public_base_url: public?, tls: tls? })
 }
 
 /// Checks every store key that is set, not only the chosen backend's: a typo in `redis_url`

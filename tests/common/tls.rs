@@ -44,3 +44,16 @@ pub async fn tls_in_front_of(to: SocketAddr, server: rustls::ServerConfig) -> So
     });
     addr
 }
+
+/// A CA (as PEM) and a certificate it signed for `name` with its key, both as PEM: what an
+/// operator puts in `listen.tls_cert` and `listen.tls_key`.
+pub fn ca_and_pair(name: &str) -> (String, String, String) {
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca.distinguished_name.push(rcgen::DnType::CommonName, "wxgate test listener CA");
+    let ca = ca.self_signed(&ca_key).unwrap();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let leaf = rcgen::CertificateParams::new(vec![name.to_owned()]).unwrap().signed_by(&key, &ca, &ca_key).unwrap();
+    (ca.pem(), leaf.pem(), key.serialize_pem())
+}
