@@ -30,7 +30,7 @@ pub use upstream::{Upstream, UpstreamError};
 use crate::config::ProxyConfig;
 use crate::http1::{self, wire, Answers, H1Error, Session};
 use crate::metrics;
-use crate::quota::{Account, Admitted, QuotaGuard};
+use crate::quota::{Account, Admitted, QuotaGuard, QUOTA_REACHED};
 use crate::reply::{read_body, BodyError, Reply};
 use crate::tokens::{AccessToken, TokenService};
 use crate::AppId;
@@ -131,16 +131,20 @@ impl Gateway {
             Scope::Authorizer(appid) => Account::Authorizer(appid),
             Scope::Component => Account::Component,
         };
-        let api = call.outbound.path();
         let admitted = match client.is_none() && !self.quota.holds_any() {
             true => Admitted::Free,
             // Boxed: the guard's future (a shared bucket's round trip) is the rare path.
             false => {
+                let api = call.outbound.path();
                 Box::pin(self.quota.admit(&call.client.name, client, account, api)).await.map_err(|r| r.reply())?
             }
         };
         let result = self.api_call(session, call, ctx).await;
-        self.quota.answered(client, admitted, account, api, ctx.wechat_status, ctx.errcode);
+        // Only a limited client's call, or WeChat's 45009, is the guard's business.
+        if client.is_some() || ctx.errcode == Some(QUOTA_REACHED) {
+            let api = call.outbound.path();
+            self.quota.answered(client, admitted, account, api, ctx.wechat_status, ctx.errcode);
+        }
         result
     }
 

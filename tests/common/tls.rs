@@ -8,14 +8,7 @@ use tokio_rustls::rustls::{self, pki_types::PrivateKeyDer};
 /// A CA (as PEM), and a server config with a certificate it signed for `name` (a host name or
 /// an IP address).
 pub fn ca_and_server(name: &str) -> (String, rustls::ServerConfig) {
-    let ca_key = rcgen::KeyPair::generate().unwrap();
-    let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    ca.distinguished_name.push(rcgen::DnType::CommonName, "wxgate test CA");
-    let ca = ca.self_signed(&ca_key).unwrap();
-    let key = rcgen::KeyPair::generate().unwrap();
-    let leaf = rcgen::CertificateParams::new(vec![name.to_owned()]).unwrap();
-    let leaf = leaf.signed_by(&key, &ca, &ca_key).unwrap();
+    let (ca, leaf, key) = issued(name);
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let server = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
@@ -24,6 +17,18 @@ pub fn ca_and_server(name: &str) -> (String, rustls::ServerConfig) {
         .with_single_cert(vec![leaf.der().clone()], PrivateKeyDer::Pkcs8(key.serialize_der().into()))
         .unwrap();
     (ca.pem(), server)
+}
+
+/// A CA and a certificate it signed for `name`, with the certificate's key.
+fn issued(name: &str) -> (rcgen::Certificate, rcgen::Certificate, rcgen::KeyPair) {
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca.distinguished_name.push(rcgen::DnType::CommonName, "wxgate test CA");
+    let ca = ca.self_signed(&ca_key).unwrap();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let leaf = rcgen::CertificateParams::new(vec![name.to_owned()]).unwrap().signed_by(&key, &ca, &ca_key).unwrap();
+    (ca, leaf, key)
 }
 
 /// Terminates TLS on a port of its own and forwards each connection to `to`, in plain HTTP.
@@ -48,12 +53,6 @@ pub async fn tls_in_front_of(to: SocketAddr, server: rustls::ServerConfig) -> So
 /// A CA (as PEM) and a certificate it signed for `name` with its key, both as PEM: what an
 /// operator puts in `listen.tls_cert` and `listen.tls_key`.
 pub fn ca_and_pair(name: &str) -> (String, String, String) {
-    let ca_key = rcgen::KeyPair::generate().unwrap();
-    let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    ca.distinguished_name.push(rcgen::DnType::CommonName, "wxgate test listener CA");
-    let ca = ca.self_signed(&ca_key).unwrap();
-    let key = rcgen::KeyPair::generate().unwrap();
-    let leaf = rcgen::CertificateParams::new(vec![name.to_owned()]).unwrap().signed_by(&key, &ca, &ca_key).unwrap();
+    let (ca, leaf, key) = issued(name);
     (ca.pem(), leaf.pem(), key.serialize_pem())
 }
