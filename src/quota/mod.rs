@@ -115,10 +115,6 @@ fn store(cell: &AtomicU64, value: Option<f64>) {
 }
 
 impl ClientQuota {
-    pub fn name(&self) -> &str {
-        &self.name
-    }
-
     pub fn limits(&self) -> ClientLimits {
         ClientLimits { rate_per_second: load(&self.rate), daily_share: load(&self.share) }
     }
