@@ -72,22 +72,18 @@ impl CallCtx {
         };
     }
 
-    /// Now, when the access log is on: the start of a call to WeChat.
-    pub(super) fn clock(&self) -> Option<Instant> {
-        self.started.map(|_| Instant::now())
-    }
-
-    /// WeChat answered a call made at `sent`.
-    pub(super) fn answered_after(&mut self, sent: Option<Instant>) {
-        if let Some(sent) = sent {
-            self.upstream_ms = Some(self.upstream_ms.unwrap_or(0) + sent.elapsed().as_millis() as u64);
+    /// WeChat answered (the time it took is the upstream's measure: no clock is read here).
+    pub(super) fn answered(&mut self, answer: &super::upstream::Answer<'_>) {
+        if self.started.is_some() {
+            self.upstream_ms = Some(self.upstream_ms.unwrap_or(0) + answer.waited().as_millis() as u64);
         }
     }
 
     /// The call's line, answered `status`.
     pub(super) fn write(&self, log: &AccessLog, req: &http::request::Parts, status: u16) {
         let authorizer = self.authorizer.map(|a| a.as_str());
-        log.write(&Line {
+        let end = Instant::now();
+        let line = Line {
             method: req.method.as_str(),
             path: &self.path,
             query: req.uri.query().unwrap_or_default(),
@@ -97,9 +93,10 @@ impl CallCtx {
             authorizer: authorizer.as_deref(),
             client: self.client.as_deref(),
             upstream_ms: self.upstream_ms,
-            total_ms: self.started.map_or(0, |t| t.elapsed().as_millis() as u64),
+            total_ms: self.started.map_or(0, |t| end.saturating_duration_since(t).as_millis() as u64),
             retried: self.retried,
-        });
+        };
+        log.write(&line, end);
     }
 }
 
@@ -168,6 +165,10 @@ pub struct AccessLog {
 
 struct Buffer {
     lines: Vec<u8>,
+    /// The wall clock at an instant, taken again at each flush: a line's time is reckoned from
+    /// it and the instant its call ended, so that a line reads no clock of its own (clock reads
+    /// were a tenth of a logged call's cost on a virtual machine).
+    anchor: Anchor,
     /// The second whose time prefix `stamp` holds, so that it is formatted once a second.
     second: u64,
     stamp: String,
@@ -178,7 +179,12 @@ impl AccessLog {
     pub fn start(format: Format) -> Arc<Self> {
         let log = Arc::new(Self {
             format,
-            buf: Mutex::new(Buffer { lines: Vec::with_capacity(FLUSH_AT * 2), second: u64::MAX, stamp: String::new() }),
+            buf: Mutex::new(Buffer {
+                lines: Vec::with_capacity(FLUSH_AT * 2),
+                anchor: Anchor::now(),
+                second: u64::MAX,
+                stamp: String::new(),
+            }),
         });
         let weak = Arc::downgrade(&log);
         let flusher = std::thread::Builder::new().name("wxgate-access-log".into()).spawn(move || flush_loop(&weak));
@@ -188,10 +194,10 @@ impl AccessLog {
         log
     }
 
-    /// Adds `line`; writes the buffer when it is full.
-    pub fn write(&self, line: &Line<'_>) {
-        let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+    /// Adds `line`, of a call that ended `at`; writes the buffer when it is full.
+    pub fn write(&self, line: &Line<'_>, at: Instant) {
         let mut buf = self.buf.lock();
+        let now = buf.anchor.wall_time(at);
         buf.refresh_stamp(now.as_secs());
         let Buffer { lines, stamp, .. } = &mut *buf;
         let millis = now.subsec_millis();
@@ -208,7 +214,12 @@ impl AccessLog {
 
     /// Writes what the buffer holds.
     pub fn flush(&self) {
-        let lines = std::mem::take(&mut self.buf.lock().lines);
+        let anchor = Anchor::now();
+        let lines = {
+            let mut buf = self.buf.lock();
+            buf.anchor = anchor;
+            std::mem::take(&mut buf.lines)
+        };
         if !lines.is_empty() {
             emit(&lines);
         }
@@ -236,6 +247,27 @@ fn emit(lines: &[u8]) {
     let _ = std::io::stderr().lock().write_all(lines);
 }
 
+/// The wall clock and the monotonic clock read together.
+struct Anchor {
+    instant: Instant,
+    since_epoch: Duration,
+}
+
+impl Anchor {
+    fn now() -> Self {
+        let since_epoch = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+        Self { instant: Instant::now(), since_epoch }
+    }
+
+    /// The wall-clock time (since the epoch) of `at`.
+    fn wall_time(&self, at: Instant) -> Duration {
+        match at.checked_duration_since(self.instant) {
+            Some(after) => self.since_epoch + after,
+            None => self.since_epoch.saturating_sub(self.instant - at),
+        }
+    }
+}
+
 impl Buffer {
     fn refresh_stamp(&mut self, second: u64) {
         if self.second != second {
@@ -247,18 +279,39 @@ impl Buffer {
 
 fn text(out: &mut Vec<u8>, stamp: &str, millis: u32, l: &Line<'_>) {
     out.extend_from_slice(stamp.as_bytes());
-    let _ = write!(out, ".{millis:03}Z  INFO wxgate::access: method={} path=", l.method);
+    millis_of(out, millis);
+    out.extend_from_slice(b"Z  INFO wxgate::access: method=");
+    out.extend_from_slice(l.method.as_bytes());
+    out.extend_from_slice(b" path=");
     one_line(out, l.path);
     out.extend_from_slice(b" query=");
     put_query(out, l.query, one_line);
-    let _ = write!(out, " status={} errcode=", l.status);
+    out.extend_from_slice(b" status=");
+    decimal(out, l.status);
+    out.extend_from_slice(b" errcode=");
     text_number(out, l.errcode);
-    let _ = write!(out, " scope={} authorizer={}", l.scope, l.authorizer.unwrap_or("-"));
+    out.extend_from_slice(b" scope=");
+    out.extend_from_slice(l.scope.as_bytes());
+    out.extend_from_slice(b" authorizer=");
+    out.extend_from_slice(l.authorizer.unwrap_or("-").as_bytes());
     out.extend_from_slice(b" client=");
     one_line(out, l.client.unwrap_or("-"));
     out.extend_from_slice(b" upstream_ms=");
-    text_number(out, l.upstream_ms.map(|m| m as i64));
-    let _ = writeln!(out, " ms={} retried={}", l.total_ms, l.retried);
+    text_number(out, l.upstream_ms);
+    out.extend_from_slice(b" ms=");
+    decimal(out, l.total_ms);
+    out.extend_from_slice(if l.retried { b" retried=true\n" } else { b" retried=false\n" });
+}
+
+/// `.mmm` of a time stamp.
+fn millis_of(out: &mut Vec<u8>, millis: u32) {
+    let m = millis.min(999);
+    out.extend_from_slice(&[b'.', b'0' + (m / 100) as u8, b'0' + (m / 10 % 10) as u8, b'0' + (m % 10) as u8]);
+}
+
+/// A number in decimal, without the machinery of `core::fmt`.
+fn decimal(out: &mut Vec<u8>, n: impl itoa::Integer) {
+    out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
 }
 
 /// A piece of a text line: a line break in it (a percent-decoded path) is written as a space,
@@ -271,31 +324,38 @@ fn one_line(out: &mut Vec<u8>, piece: &str) {
     }
 }
 
-fn text_number(out: &mut Vec<u8>, value: Option<i64>) {
+fn text_number(out: &mut Vec<u8>, value: Option<impl itoa::Integer>) {
     match value {
-        Some(n) => {
-            let _ = write!(out, "{n}");
-        }
+        Some(n) => decimal(out, n),
         None => out.push(b'-'),
     }
 }
 
 fn json(out: &mut Vec<u8>, stamp: &str, millis: u32, l: &Line<'_>) {
-    let _ = write!(out, "{{\"time\":\"{stamp}.{millis:03}Z\",\"method\":");
+    out.extend_from_slice(b"{\"time\":\"");
+    out.extend_from_slice(stamp.as_bytes());
+    millis_of(out, millis);
+    out.extend_from_slice(b"Z\",\"method\":");
     string(out, l.method);
     out.extend_from_slice(b",\"path\":");
     string(out, l.path);
     out.extend_from_slice(b",\"query\":\"");
     put_query(out, l.query, escaped);
-    let _ = write!(out, "\",\"status\":{},\"errcode\":", l.status);
+    out.extend_from_slice(b"\",\"status\":");
+    decimal(out, l.status);
+    out.extend_from_slice(b",\"errcode\":");
     number(out, l.errcode);
-    let _ = write!(out, ",\"scope\":\"{}\",\"authorizer\":", l.scope);
+    out.extend_from_slice(b",\"scope\":\"");
+    out.extend_from_slice(l.scope.as_bytes());
+    out.extend_from_slice(b"\",\"authorizer\":");
     optional(out, l.authorizer);
     out.extend_from_slice(b",\"client\":");
     optional(out, l.client);
     out.extend_from_slice(b",\"upstream_ms\":");
-    number(out, l.upstream_ms.map(|m| m as i64));
-    let _ = writeln!(out, ",\"total_ms\":{},\"retried\":{}}}", l.total_ms, l.retried);
+    number(out, l.upstream_ms);
+    out.extend_from_slice(b",\"total_ms\":");
+    decimal(out, l.total_ms);
+    out.extend_from_slice(if l.retried { b",\"retried\":true}\n" } else { b",\"retried\":false}\n" });
 }
 
 fn optional(out: &mut Vec<u8>, value: Option<&str>) {
@@ -305,11 +365,9 @@ fn optional(out: &mut Vec<u8>, value: Option<&str>) {
     }
 }
 
-fn number(out: &mut Vec<u8>, value: Option<i64>) {
+fn number(out: &mut Vec<u8>, value: Option<impl itoa::Integer>) {
     match value {
-        Some(n) => {
-            let _ = write!(out, "{n}");
-        }
+        Some(n) => decimal(out, n),
         None => out.extend_from_slice(b"null"),
     }
 }

@@ -188,11 +188,10 @@ impl Gateway {
         let client_req = session.req().clone();
         let limit = self.settings.max_body_bytes;
         let mut body = Body::Streamed { kept, from: session, length, limit };
-        let sent = ctx.clock();
         let answer = self.upstream.send(&client_req, &call.outbound, token.value.expose(), &mut body).await;
-        ctx.answered_after(sent);
         drop(body);
         let mut answer = answer.map_err(|f| f.reply())?;
+        ctx.answered(&answer);
         ctx.wechat_status = answer.header().status.as_u16();
         exchange::stream_to(session, &mut answer).await.map_err(|e| downstream_gone(&e))
     }
@@ -227,13 +226,12 @@ impl Gateway {
     ) -> Result<(), Reply> {
         let mut replayed = false;
         loop {
-            let sent = ctx.clock();
             let answer = self
                 .upstream
                 .send(session.req(), &call.outbound, token.value.expose(), &mut Body::Whole(body.clone()))
                 .await;
-            ctx.answered_after(sent);
             let mut answer = answer.map_err(|f| f.reply())?;
+            ctx.answered(&answer);
             ctx.wechat_status = answer.header().status.as_u16();
             if !exchange::inspectable(answer.header()) {
                 return exchange::stream_to(session, &mut answer).await.map_err(|e| downstream_gone(&e));

@@ -233,12 +233,14 @@ impl Upstream {
                         return Err(CallFailure::Unreachable);
                     }
                     Ok(wire::Response { header, body: reader }) => {
-                        metrics::UPSTREAM_DURATION.observe(started.elapsed().as_secs_f64());
+                        let waited = started.elapsed();
+                        metrics::UPSTREAM_DURATION.observe(waited.as_secs_f64());
                         self.settle_on(target);
                         let (home, timeout) = (&self.targets[target], self.timeout);
                         return Ok(Answer {
                             header,
                             body: AnswerBody { conn: Some(conn), reader, home, timeout, started },
+                            waited,
                         });
                     }
                     Err(Failed::Client(failure)) => return Err(failure),

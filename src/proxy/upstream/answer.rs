@@ -13,11 +13,18 @@ use std::time::{Duration, Instant};
 pub struct Answer<'u> {
     pub(super) header: Box<ResponseHeader>,
     pub(super) body: AnswerBody<'u>,
+    /// From the call's start to its answer's header, over every host and connection tried.
+    pub(super) waited: Duration,
 }
 
 impl Answer<'_> {
     pub fn header(&self) -> &ResponseHeader {
         &self.header
+    }
+
+    /// How long WeChat took to answer (measured once, for the metric and the access log).
+    pub fn waited(&self) -> Duration {
+        self.waited
     }
 
     /// The next piece of the answer's body; `None` once it is over.
