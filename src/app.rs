@@ -2,9 +2,9 @@
 
 use crate::admin::AdminApp;
 use crate::authorize::AuthorizeLinks;
-use crate::callback::{AccountReceiver, ComponentReceiver};
+use crate::callback::{AccountReceiver, ComponentReceiver, OwnServer};
 use crate::config::reload::{Live, Source};
-use crate::config::{Config, StoreConfig};
+use crate::config::{AccountConfig, Config, StoreConfig};
 use crate::crypto::{CryptoError, MsgCrypt};
 use crate::events::routes::EventRoutes;
 use crate::events::{Deliveries, PlatformEvents};
@@ -19,7 +19,7 @@ use crate::proxy::{Clients, Gateway, Upstream, UpstreamError};
 use crate::quota::{FromWechat, QuotaGuard};
 use crate::routes::GatewayRoutes;
 use crate::store::{MemoryStore, RedisStore, SharedStore, SqliteStore, StoreError};
-use crate::tokens::{Settings, TokenError, TokenService};
+use crate::tokens::{Holders, Settings, TokenError, TokenService};
 use crate::wechat::{ComponentApi, WechatClient, WechatError};
 use async_trait::async_trait;
 use pingora::server::configuration::ServerConf;
@@ -27,6 +27,8 @@ use pingora::server::ShutdownWatch;
 use pingora::server::{RunArgs, Server};
 use pingora::services::background::{background_service, BackgroundService};
 use pingora::services::listening::Service;
+use crate::AppId;
+use std::collections::HashMap;
 use std::sync::Arc;
 
 #[derive(Debug, thiserror::Error)]
@@ -78,21 +80,24 @@ fn store_runtime() -> Result<&'static tokio::runtime::Runtime, AppError> {
 pub fn build(config: &Config, source: Option<Source>, sockets: Sockets) -> Result<Server, AppError> {
     metrics::init();
     let rt = store_runtime()?;
-    let store = rt.block_on(open_store(&config.store, &config.component.appid))?;
+    let namespace = config.namespace;
+    let store = rt.block_on(open_store(&config.store, &namespace))?;
     let client = Arc::new(WechatClient::new(
         config.upstream.base_url.clone(),
         config.upstream.timeout,
-        config.component.appid,
-        config.component.appsecret.clone(),
+        namespace,
+        config.component.as_ref().map(|c| c.appsecret.clone()),
         config.upstream.ca_file.as_ref().map_or(&[][..], |ca| &ca.certs[..]),
         config.upstream.proxy.as_ref().map(|p| &p.url),
     )?);
     let api: Arc<dyn ComponentApi> = Arc::clone(&client) as _;
     let tokens = load_tokens(rt, config, Arc::clone(&store), api)?;
-    let crypt =
-        MsgCrypt::new(&config.component.token, &config.component.encoding_aes_key, &config.component.appid.as_str())?;
+    let crypt = match &config.component {
+        Some(c) => Some(MsgCrypt::new(&c.token, &c.encoding_aes_key, &c.appid.as_str())?),
+        None => None,
+    };
     let links = AuthorizeLinks::new(
-        config.component.appid,
+        namespace,
         config.upstream.mp_base_url.clone(),
         config.listen.public_base_url.clone(),
     );
@@ -100,7 +105,7 @@ pub fn build(config: &Config, source: Option<Source>, sockets: Sockets) -> Resul
     let mut live = Live::new(source);
     let message_settings = live.part(config, |c| MessageSettings::new(&c.messages));
     let outbox_settings = OutboxSettings { max_age: config.messages.max_age, ..OutboxSettings::default() };
-    let outbox = Outbox::new(config.component.appid, Arc::clone(&store), outbox_settings);
+    let outbox = Outbox::new(namespace, Arc::clone(&store), outbox_settings);
     let handler = Arc::new(HandlerClient::new(Arc::clone(&message_settings))?);
     let event_routes = live.part(config, |c| EventRoutes::new(&c.events.routes));
     let events = Arc::new(PlatformEvents::new(event_routes, Arc::clone(&outbox)));
@@ -108,15 +113,14 @@ pub fn build(config: &Config, source: Option<Source>, sockets: Sockets) -> Resul
     let deliveries: Arc<dyn Deliver> = Arc::new(Deliveries { handler: Arc::clone(&handler), events });
     let release = Arc::new(ReleaseCheck::new(Arc::clone(&tokens), Arc::clone(&client) as _));
     let messages = Arc::new(MessageService::new(
-        crypt.clone(),
         message_settings,
         Arc::clone(&outbox),
         Arc::clone(&handler) as Arc<HandlerClient>,
         release,
     ));
     let routes = Arc::new(GatewayRoutes {
-        accounts: AccountReceiver::new(crypt.clone(), messages),
-        callback: ComponentReceiver::new(crypt, Arc::clone(&tokens)),
+        accounts: AccountReceiver::new(crypt.clone(), own_servers(&config.accounts)?, messages),
+        callback: crypt.map(|crypt| ComponentReceiver::new(crypt, Arc::clone(&tokens))),
         tokens: Arc::clone(&tokens),
         links: links.clone(),
     });
@@ -134,7 +138,7 @@ pub fn build(config: &Config, source: Option<Source>, sockets: Sockets) -> Resul
     .with_extra_roots(extra_roots)?;
     let upstream = Arc::new(upstream);
     let limits = Arc::new(FromWechat { tokens: Arc::clone(&tokens), wechat: Arc::clone(&client) as _ });
-    let guard = QuotaGuard::new(config.component.appid, Arc::clone(&store), &config.quota, limits);
+    let guard = QuotaGuard::new(namespace, Arc::clone(&store), &config.quota, limits);
     let guarded = Arc::clone(&guard);
     let clients = live.part(config, move |c| {
         guarded.configure(&c.quota);
@@ -187,7 +191,8 @@ pub fn run_on(config: &Config, source: Option<Source>, sockets: Sockets) -> Resu
         %proxy,
         %admin,
         store = store_name(&config.store),
-        component = %config.component.appid,
+        component = ?config.component.as_ref().map(|c| c.appid),
+        owned_accounts = config.accounts.len(),
         "wxgate starting"
     );
     server.run(RunArgs { shutdown_signal: Box::new(Signals) });
@@ -238,12 +243,31 @@ fn load_tokens(
         ..Settings::new(config.refresh.ahead)
     };
     let changes = store.changes();
-    let tokens = rt.block_on(TokenService::load(config.component.appid, store, api, settings))?;
+    let holders = Holders {
+        namespace: config.namespace,
+        platform: config.component.is_some(),
+        owned: config.accounts.iter().map(|a| (a.appid, a.secret.clone())).collect(),
+    };
+    let tokens = rt.block_on(TokenService::load_for(holders, store, api, settings))?;
     if let Some(changes) = changes {
         rt.spawn(Arc::clone(&tokens).follow_changes(changes));
     }
     tracing::info!(authorizers = tokens.authorizers().count(), "token state loaded from the store");
     Ok(tokens)
+}
+
+/// The owned accounts that have a message server (`token`), by appid.
+fn own_servers(accounts: &[AccountConfig]) -> Result<HashMap<AppId, OwnServer>, AppError> {
+    let mut servers = HashMap::new();
+    for account in accounts {
+        let Some(token) = &account.token else { continue };
+        let crypt = match &account.encoding_aes_key {
+            Some(key) => Some(MsgCrypt::new(token, key, &account.appid.as_str())?),
+            None => None,
+        };
+        servers.insert(account.appid, OwnServer { token: token.clone(), crypt });
+    }
+    Ok(servers)
 }
 
 /// The token service's refresh scheduler, run by pingora as a background service so that it

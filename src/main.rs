@@ -139,7 +139,7 @@ fn migrate(config: &Config, to: &str, key_prefix: &str) -> anyhow::Result<()> {
     };
     let rt = tokio::runtime::Runtime::new().context("runtime")?;
     rt.block_on(async {
-        let component = &config.component.appid;
+        let component = &config.namespace;
         let from = wxgate::app::open_store(&config.store, component).await.context("the configured store")?;
         let to = wxgate::app::open_store(&destination, component).await.context("the destination store")?;
         let copied = wxgate::store::migrate::copy(&from, &to, component).await.context("copy")?;

@@ -29,7 +29,7 @@ pub static UPSTREAM_DURATION: LazyLock<Histogram> = LazyLock::new(|| {
 pub static TOKEN_REFRESH: LazyLock<IntCounterVec> = LazyLock::new(|| {
     register_int_counter_vec!(
         "wxgate_token_refresh_total",
-        "Token refreshes, by kind (component|authorizer|ticket) and result",
+        "Token refreshes, by kind (component|authorizer|account|ticket) and result",
         &["kind", "result"]
     )
     .expect("metric")

@@ -4,9 +4,8 @@
 //! knows nothing of the callbacks, the messages or the authorization flow.
 
 use crate::authorize::{done_page, done_redirect, error_page, parse_redirect, start_page, AuthorizeLinks};
-use crate::callback::{AccountReceiver, ComponentReceiver, MAX_BODY_BYTES};
+use crate::callback::{AccountReceiver, CallbackError, ComponentReceiver, PushAnswer, MAX_BODY_BYTES};
 use crate::http1::Session;
-use crate::messages::Reply as MessageReply;
 use crate::metrics;
 use crate::proxy::{client_from_headers, jssdk, token_endpoints, Clients, OwnRoutes, ROUTE_PREFIX};
 use crate::reply::{read_body, BodyError, Reply};
@@ -16,8 +15,9 @@ use http::Method;
 use std::sync::Arc;
 
 pub struct GatewayRoutes {
-    pub callback: ComponentReceiver,
-    /// The message-and-event URL, `callback/{authorizer_appid}`.
+    /// The authorization-event URL; `None` without a platform.
+    pub callback: Option<ComponentReceiver>,
+    /// The message-and-event URL, `callback/{appid}`: authorizers' and owned accounts' pushes.
     pub accounts: AccountReceiver,
     pub tokens: Arc<TokenService>,
     pub links: AuthorizeLinks,
@@ -30,13 +30,17 @@ impl OwnRoutes for GatewayRoutes {
         let (method, path) = (req.method.clone(), req.uri.path().to_owned());
         let query = req.uri.query().unwrap_or_default().to_owned();
         match (&method, path.strip_prefix(ROUTE_PREFIX).unwrap_or_default()) {
+            (_, "callback/component" | "authorize" | "authorize/done") if self.callback.is_none() => {
+                Reply::error(404, "no third-party platform is configured ([component])")
+            }
             (&Method::POST, "callback/component") => self.component_callback(session, &query).await,
             (_, "callback/component") => Reply::error(405, "the authorization-event URL takes POST"),
             (&Method::POST, p) if p.starts_with("callback/") => {
                 let appid = p["callback/".len()..].to_owned();
                 self.account_callback(session, &appid, &query).await
             }
-            (_, p) if p.starts_with("callback/") => Reply::error(405, "the message URL takes POST"),
+            (&Method::GET, p) if p.starts_with("callback/") => self.check_url(&p["callback/".len()..], &query),
+            (_, p) if p.starts_with("callback/") => Reply::error(405, "the message URL takes POST (and GET for WeChat's URL check)"),
             (&Method::GET, "authorize") => self.authorize_page(&query).await,
             (&Method::GET, "authorize/done") => self.authorize_done(&query).await,
             (&Method::GET, p) if p.starts_with("token/") => match client_from_headers(clients, session.req()) {
@@ -63,7 +67,10 @@ impl GatewayRoutes {
                 return e.reply();
             }
         };
-        match self.callback.receive(query, &body).await {
+        let Some(callback) = &self.callback else {
+            return Reply::error(404, "no third-party platform is configured ([component])");
+        };
+        match callback.receive(query, &body).await {
             Ok(received) => {
                 tracing::info!(info_type = %received.info_type, new = received.new, "authorization event accepted");
                 Reply::text(200, "success")
@@ -83,7 +90,7 @@ impl GatewayRoutes {
     async fn account_callback(&self, session: &mut Session<'_>, appid: &str, query: &str) -> Reply {
         let Ok(authorizer) = crate::AppId::parse(appid) else {
             metrics::CALLBACK_REJECTED.with_label_values(&["appid"]).inc();
-            return Reply::error(404, "the message URL is /wxgate/callback/$APPID$ with an authorizer appid");
+            return Reply::error(404, "the message URL is /wxgate/callback/$APPID$ with an account's appid");
         };
         let body = match read_body(session, MAX_BODY_BYTES).await {
             Ok(body) => body,
@@ -95,8 +102,8 @@ impl GatewayRoutes {
             }
         };
         match self.accounts.receive(authorizer, query, &body).await {
-            Ok(MessageReply::Success) => Reply::text(200, "success"),
-            Ok(MessageReply::Encrypted(xml)) => Reply::xml(200, xml),
+            Ok(PushAnswer::Success) => Reply::text(200, "success"),
+            Ok(PushAnswer::Xml(xml)) => Reply::xml(200, xml),
             Err(e) if e.status() >= 500 => {
                 tracing::error!(authorizer = %authorizer, error = %e, "message could not be recorded; WeChat will retry");
                 Reply::error(e.status(), "the message could not be recorded")
@@ -104,6 +111,24 @@ impl GatewayRoutes {
             Err(e) => {
                 tracing::warn!(authorizer = %authorizer, reason = e.reason(), error = %e, "message push refused");
                 Reply::error(e.status(), format!("callback refused: {e}"))
+            }
+        }
+    }
+
+    /// WeChat's check of an owned account's server URL (服务器配置): `echostr` back when the
+    /// signature holds, else 403.
+    fn check_url(&self, appid: &str, query: &str) -> Reply {
+        let checked = crate::AppId::parse(appid)
+            .map_err(|_| CallbackError::UnknownAccount)
+            .and_then(|appid| self.accounts.check_url(appid, query));
+        match checked {
+            Ok(echostr) => Reply::text(200, echostr),
+            // Only an owned account's own server is checked this way.
+            Err(CallbackError::UnknownAccount) => Reply::error(405, "the message URL takes POST"),
+            Err(e) => {
+                metrics::CALLBACK_REJECTED.with_label_values(&[e.reason()]).inc();
+                tracing::warn!(reason = e.reason(), error = %e, "server URL check refused");
+                Reply::error(403, format!("URL check refused: {e}"))
             }
         }
     }

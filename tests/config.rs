@@ -67,7 +67,7 @@ fn assert_no_secret(text: &str) {
 #[test]
 fn example_file_loads() {
     let config = Config::from_sources(EXAMPLE, no_env()).unwrap();
-    assert_eq!(config.component.appid, appid("wx0123456789abcdef"));
+    assert_eq!(config.component.as_ref().unwrap().appid, appid("wx0123456789abcdef"));
     assert_eq!(config.upstream.base_url.as_str(), "https://api.weixin.qq.com/");
     assert_eq!(config.upstream.timeout, Duration::from_millis(10_000));
     let fallbacks: Vec<&str> = config.upstream.fallback_urls.iter().map(url::Url::as_str).collect();
@@ -102,8 +102,8 @@ fn defaults_fill_everything_not_required() {
     assert_eq!(config.refresh.ahead, Duration::from_secs(600));
     assert!(matches!(&config.store, StoreConfig::Sqlite { path } if path == &PathBuf::from("data/wxgate.sqlite3")));
     assert!(config.clients.is_empty());
-    assert_eq!(config.component.appsecret.expose(), APPSECRET);
-    assert_eq!(config.component.encoding_aes_key.expose(), AES_KEY);
+    assert_eq!(config.component.as_ref().unwrap().appsecret.expose(), APPSECRET);
+    assert_eq!(config.component.as_ref().unwrap().encoding_aes_key.expose(), AES_KEY);
 }
 
 #[test]
@@ -142,7 +142,7 @@ fn environment_wins_over_the_file() {
     assert_eq!(config.upstream.base_url.as_str(), "http://127.0.0.1:18080/");
     assert!(config.upstream.fallback_urls.is_empty(), "no default fallback for another host");
     assert_eq!(config.server.threads, 3);
-    assert_eq!(config.component.appsecret.expose(), "from-the-environment");
+    assert_eq!(config.component.as_ref().unwrap().appsecret.expose(), "from-the-environment");
     let StoreConfig::Redis { url, key_prefix, .. } = &config.store else { panic!("{:?}", config.store) };
     assert_eq!(url.expose(), "redis://:pw@redis.internal:6379/1");
     assert_eq!(key_prefix, "wxgate:");
@@ -431,7 +431,7 @@ fn load_reads_the_file_and_names_a_missing_one() {
     let path = dir.path().join("wxgate.toml");
     std::fs::write(&path, minimal()).unwrap();
     let config = Config::load(&path).unwrap();
-    assert_eq!(config.component.appid, appid("wx0123456789abcdef"));
+    assert_eq!(config.component.as_ref().unwrap().appid, appid("wx0123456789abcdef"));
 
     let missing = dir.path().join("nope.toml");
     let error = Config::load(&missing).unwrap_err();

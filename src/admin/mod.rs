@@ -3,6 +3,7 @@
 //! It reads the token service and may ask it for a refresh; it never shows a token. It lists
 //! the outbox and may ask it for a redelivery; it never shows a message's content.
 
+mod accounts;
 mod console;
 mod info;
 mod messages;

@@ -18,7 +18,11 @@ pub(super) async fn handle(app: &AdminApp, session: &mut Session<'_>, method: &M
     let query = session.req().uri.query().unwrap_or_default().to_owned();
     let segments: Vec<&str> = path.trim_start_matches("/admin/").split('/').collect();
     match (method, segments.as_slice()) {
+        (_, ["component", ..]) if !app.tokens.has_platform() => {
+            Reply::error(404, "no third-party platform is configured ([component])")
+        }
         (&Method::GET, ["component"]) => Reply::json(200, &super::shapes::component(&app.tokens.component().status())),
+        (_, ["accounts", rest @ ..]) => super::accounts::handle(app, method, rest).await,
         (&Method::GET, ["authorizers"]) => list(app, &query).await,
         (&Method::GET, ["authorize-url"]) => authorize_url(app, &query).await,
         (&Method::POST, ["reconcile"]) => super::info::reconcile(app).await,

@@ -2,7 +2,7 @@
 //! contract's (CONTRACT.md § Admin API), kept here so that the token service holds plain data.
 
 use crate::quota::{beijing_time, QuotaStatus};
-use crate::tokens::{AuthorizerStatus, ComponentStatus, PendingEvent, Reconciled};
+use crate::tokens::{AccountStatus, AuthorizerStatus, ComponentStatus, PendingEvent, Reconciled};
 use serde_json::{json, Value};
 
 /// `GET /admin/component`.
@@ -58,6 +58,19 @@ pub(super) fn authorizer(s: &AuthorizerStatus) -> Value {
         "access_expires_at_ms": s.access_expires_at_ms,
         "access_expires_in_secs": s.access_expires_in_secs,
         "authorized_at_ms": s.authorized_at_ms,
+        "last_refresh_at_ms": s.last_refresh_at_ms,
+        "next_refresh_at_ms": s.next_refresh_at_ms,
+        "last_error": s.last_error,
+    })
+}
+
+/// `GET /admin/accounts/{appid}`: an owned account, without its token or secret.
+pub(super) fn account(s: &AccountStatus) -> Value {
+    json!({
+        "appid": s.appid.as_str(),
+        "state": s.state,
+        "access_expires_at_ms": s.access_expires_at_ms,
+        "access_expires_in_secs": s.access_expires_in_secs,
         "last_refresh_at_ms": s.last_refresh_at_ms,
         "next_refresh_at_ms": s.next_refresh_at_ms,
         "last_error": s.last_error,

@@ -7,7 +7,7 @@
 
 mod account;
 
-pub use account::AccountReceiver;
+pub use account::{AccountReceiver, OwnServer, PushAnswer};
 
 use crate::xml::{self, XmlError};
 
@@ -42,6 +42,10 @@ pub enum CallbackError {
     Field(&'static str),
     #[error("addressed to another component appid")]
     WrongComponent,
+    #[error("no authorized or owned account with a message server has this appid")]
+    UnknownAccount,
+    #[error("encrypted push, but the account has no encoding_aes_key configured")]
+    NoKey,
     #[error(transparent)]
     Crypto(#[from] CryptoError),
     #[error("could not record the event: {0}")]
@@ -56,6 +60,7 @@ impl CallbackError {
     pub fn status(&self) -> u16 {
         match self {
             Self::TooLarge => 413,
+            Self::UnknownAccount => 404,
             Self::Crypto(CryptoError::BadSignature) => 403,
             Self::Tokens(_) | Self::Messages(_) => 503,
             _ => 400,
@@ -70,7 +75,8 @@ impl CallbackError {
             Self::MissingParam(_) | Self::NotEncrypted => "query",
             Self::Envelope(_) | Self::Message(_) => "xml",
             Self::Field(_) => "field",
-            Self::WrongComponent => "appid",
+            Self::WrongComponent | Self::UnknownAccount => "appid",
+            Self::NoKey => "key",
             Self::Crypto(e) => e.reason(),
             Self::Tokens(_) | Self::Messages(_) => "store",
         }

@@ -11,8 +11,9 @@ use toml::{Table, Value};
 use super::Problems;
 
 /// The top-level tables of the file, in the order they are documented.
-pub(super) const SECTIONS: [&str; 12] = [
+pub(super) const SECTIONS: [&str; 13] = [
     "component",
+    "accounts",
     "upstream",
     "listen",
     "store",
@@ -32,6 +33,7 @@ pub(super) const SECTIONS: [&str; 12] = [
 #[serde(default, deny_unknown_fields)]
 pub(super) struct FileConfig {
     pub component: ComponentFile,
+    pub accounts: Vec<AccountFile>,
     pub upstream: UpstreamFile,
     pub listen: ListenFile,
     pub store: StoreFile,
@@ -56,6 +58,17 @@ pub(super) struct QuotaFile {
 pub(super) struct ComponentFile {
     pub appid: Option<String>,
     pub appsecret: Option<String>,
+    pub token: Option<String>,
+    pub encoding_aes_key: Option<String>,
+}
+
+/// One `[[accounts]]`: an account the company owns, by its appid and AppSecret.
+#[derive(Debug, Default, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub(super) struct AccountFile {
+    pub appid: Option<String>,
+    pub secret: Option<String>,
+    pub secret_env: Option<String>,
     pub token: Option<String>,
     pub encoding_aes_key: Option<String>,
 }
@@ -237,6 +250,7 @@ pub(super) fn probe(section: &str, key: &str, value: &Value) -> Result<(), KeyEr
     let one = Value::Table(Table::from_iter([(key.to_owned(), value.clone())]));
     let result = match section {
         "component" => ComponentFile::deserialize(one).map(drop),
+        "accounts" => AccountFile::deserialize(one).map(drop),
         "upstream" => UpstreamFile::deserialize(one).map(drop),
         "listen" => ListenFile::deserialize(one).map(drop),
         "store" => StoreFile::deserialize(one).map(drop),
@@ -276,13 +290,14 @@ fn locate(text: &str, offset: usize) -> (usize, usize, String) {
     let line = before.matches('\n').count() + 1;
     let column = before.rsplit('\n').next().unwrap_or("").chars().count() + 1;
     let mut section = String::new();
-    let mut clients = 0;
+    let mut seen = std::collections::HashMap::<&str, usize>::new();
     let headers = text.lines().take(line).map(|l| l.split('#').next().unwrap_or("").trim());
     for header in headers.filter(|l| l.starts_with('[')) {
         let name = header.trim_matches(|c| c == '[' || c == ']').trim();
-        if header.starts_with("[[") && name == "clients" {
-            clients += 1;
-            section = format!("clients[{}]", clients - 1);
+        if header.starts_with("[[") && ARRAYS.contains(&name) {
+            let count = seen.entry(name).or_default();
+            section = format!("{name}[{count}]");
+            *count += 1;
         } else {
             section = name.to_owned();
         }
@@ -314,9 +329,9 @@ pub(super) fn read(table: Table, problems: &mut Problems) -> FileConfig {
 
 fn read_section(name: &str, value: Value, problems: &mut Problems) -> Option<Value> {
     match (name, value) {
-        ("clients", Value::Array(items)) => Some(Value::Array(read_clients(items, problems))),
-        ("clients", _) => {
-            problems.push(name, "must be an array of tables: write each client as [[clients]]");
+        (_, Value::Array(items)) if ARRAYS.contains(&name) => Some(Value::Array(read_array(name, items, problems))),
+        (_, _) if ARRAYS.contains(&name) => {
+            problems.push(name, format!("must be an array of tables: write each as [[{name}]]"));
             None
         }
         ("messages" | "events", Value::Table(table)) => Some(Value::Table(read_routed(name, table, problems))),
@@ -338,13 +353,16 @@ fn read_section(name: &str, value: Value, problems: &mut Problems) -> Option<Val
     }
 }
 
+/// The top-level arrays of tables.
+const ARRAYS: [&str; 2] = ["clients", "accounts"];
+
 /// Keeps every item, so that `clients[i]` in a message is the file's i-th client; an item that
 /// is not a table is reported and kept as an empty one.
-fn read_clients(items: Vec<Value>, problems: &mut Problems) -> Vec<Value> {
+fn read_array(name: &str, items: Vec<Value>, problems: &mut Problems) -> Vec<Value> {
     let read = |(i, item): (usize, Value)| {
-        let at = format!("clients[{i}]");
+        let at = format!("{name}[{i}]");
         let table = match item {
-            Value::Table(table) => read_keys(&at, "clients", table, problems),
+            Value::Table(table) => read_keys(&at, name, table, problems),
             _ => {
                 problems.push(&at, "must be a table");
                 Table::new()
@@ -450,7 +468,7 @@ mod tests {
         assert_eq!(
             text,
             [
-                "clients: must be an array of tables: write each client as [[clients]]",
+                "clients: must be an array of tables: write each as [[clients]]",
                 "component: must be a table: write it as [component]",
             ]
         );

@@ -5,6 +5,7 @@
 //! Config` ([`validate`], every bad value reported). Whatever passes is a `Config` whose fields
 //! cannot be wrong later: appids are [`AppId`]s, addresses are parsed, secrets are [`Secret`]s.
 
+mod accounts;
 mod egress;
 mod env;
 mod file;
@@ -13,6 +14,7 @@ pub mod reload;
 mod tls;
 mod validate;
 
+pub use accounts::AccountConfig;
 pub use egress::{CaFile, EgressProxy};
 pub use tls::ListenerTls;
 
@@ -55,7 +57,14 @@ pub const NON_KEY_ENV_VARS: [&str; 2] = ["WXGATE_CONFIG", "WXGATE_LOG"];
 /// The validated configuration. Built only by [`Config::load`] or [`Config::from_sources`].
 #[derive(Debug, Clone)]
 pub struct Config {
-    pub component: ComponentConfig,
+    /// The third-party platform; `None` for a gateway of owned accounts only.
+    pub component: Option<ComponentConfig>,
+    /// `[[accounts]]`: accounts the company owns, by appid and AppSecret.
+    pub accounts: Vec<AccountConfig>,
+    /// Whose keys the store's records and leases are under: the platform's appid, or without a
+    /// platform the first owned account's. Nothing kept under it outlives a change of it but a
+    /// day's quota counts: an owned account's token is kept under its own appid.
+    pub namespace: AppId,
     pub upstream: UpstreamConfig,
     pub listen: ListenConfig,
     pub store: StoreConfig,
@@ -416,6 +425,7 @@ fn order(key: &str) -> (usize, usize) {
     let section = file::SECTIONS.iter().position(|s| *s == head).unwrap_or(file::SECTIONS.len());
     let client = key
         .strip_prefix("clients[")
+        .or_else(|| key.strip_prefix("accounts["))
         .or_else(|| key.strip_prefix("messages.routes["))
         .or_else(|| key.strip_prefix("events.routes["))
         .and_then(|rest| rest.split(']').next()?.parse().ok());

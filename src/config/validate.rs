@@ -17,7 +17,8 @@ use crate::store::{parse_sentinel_url, RedisOptions, SENTINEL_SCHEME};
 
 /// The whole configuration, or `None` when any part is bad (every problem is in `p`).
 pub(super) fn config(f: &FileConfig, p: &mut Problems) -> Option<Config> {
-    let component = component(&f.component, p);
+    let component = component(&f.component, !f.accounts.is_empty(), p);
+    let accounts = super::accounts::accounts(&f.accounts, f.component.appid.as_deref(), p);
     let upstream = upstream(f, p);
     let listen = listen(&f.listen, p);
     let store = store(&f.store, p);
@@ -37,8 +38,12 @@ pub(super) fn config(f: &FileConfig, p: &mut Problems) -> Option<Config> {
     let messages = messages(&f.messages, p);
     let events = events(&f.events, &f.messages, p);
     let quota = QuotaConfig { guard: f.quota.guard.unwrap_or(true) };
+    let (component, accounts) = (component?, accounts?);
+    let namespace = component.as_ref().map(|c| c.appid).or_else(|| accounts.first().map(|a| a.appid))?;
     Some(Config {
-        component: component?,
+        component,
+        accounts,
+        namespace,
         upstream: upstream?,
         listen: listen?,
         store: store?,
@@ -57,12 +62,17 @@ pub(super) fn config(f: &FileConfig, p: &mut Problems) -> Option<Config> {
     })
 }
 
-fn component(f: &ComponentFile, p: &mut Problems) -> Option<ComponentConfig> {
+/// The platform; `Some(None)` when there is none, which only owned accounts allow.
+fn component(f: &ComponentFile, has_accounts: bool, p: &mut Problems) -> Option<Option<ComponentConfig>> {
+    let absent = f.appid.is_none() && f.appsecret.is_none() && f.token.is_none() && f.encoding_aes_key.is_none();
+    if absent && has_accounts {
+        return Some(None);
+    }
     let appid = p.check("component.appid", required(&f.appid).and_then(appid));
     let appsecret = p.check("component.appsecret", required(&f.appsecret).and_then(secret_of_length(1)));
     let token = p.check("component.token", required(&f.token).and_then(message_token));
     let aes_key = p.check("component.encoding_aes_key", required(&f.encoding_aes_key).and_then(aes_key));
-    Some(ComponentConfig { appid: appid?, appsecret: appsecret?, token: token?, encoding_aes_key: aes_key? })
+    Some(Some(ComponentConfig { appid: appid?, appsecret: appsecret?, token: token?, encoding_aes_key: aes_key? }))
 }
 
 fn upstream(f: &FileConfig, p: &mut Problems) -> Option<UpstreamConfig> {
@@ -400,13 +410,13 @@ fn int_in(value: Option<i64>, default: u64, range: RangeInclusive<u64>) -> Resul
         .ok_or_else(|| format!("must be between {} and {}", range.start(), range.end()))
 }
 
-fn appid(value: &str) -> Result<AppId, String> {
+pub(super) fn appid(value: &str) -> Result<AppId, String> {
     AppId::parse(value).map_err(|_| "must be \"wx\" followed by 16 lowercase hex digits".to_owned())
 }
 
 /// A secret of at least `min` characters. Surrounding whitespace is refused: it is almost always
 /// a paste accident, and would make every comparison with the real value fail.
-fn secret_of_length(min: usize) -> impl Fn(&str) -> Result<Secret, String> {
+pub(super) fn secret_of_length(min: usize) -> impl Fn(&str) -> Result<Secret, String> {
     move |value| {
         if value.chars().count() < min {
             return Err(match min {
@@ -422,7 +432,7 @@ fn secret_of_length(min: usize) -> impl Fn(&str) -> Result<Secret, String> {
 }
 
 /// WeChat's rule for the message-verification token: 3 to 32 letters or digits.
-fn message_token(value: &str) -> Result<Secret, String> {
+pub(super) fn message_token(value: &str) -> Result<Secret, String> {
     let ok = (3..=32).contains(&value.len()) && value.bytes().all(|b| b.is_ascii_alphanumeric());
     match ok {
         true => Ok(Secret::new(value)),
@@ -430,7 +440,7 @@ fn message_token(value: &str) -> Result<Secret, String> {
     }
 }
 
-fn aes_key(value: &str) -> Result<Secret, String> {
+pub(super) fn aes_key(value: &str) -> Result<Secret, String> {
     match decode_aes_key(value) {
         Ok(_) => Ok(Secret::new(value)),
         Err(_) => Err("must be 43 characters of A-Z, a-z, 0-9, + and / (WeChat's EncodingAESKey)".to_owned()),

@@ -78,6 +78,20 @@ impl CryptoError {
 }
 
 /// Decodes an EncodingAESKey (43 characters) into the 32-byte AES key.
+/// The `signature` of a plaintext push or of WeChat's URL check: SHA-1 over the sorted token,
+/// timestamp and nonce (msg_signature without the ciphertext, which an empty part leaves out).
+pub fn plain_signature(token: &Secret, timestamp: &str, nonce: &str) -> String {
+    hex::encode(signature::digest(token.expose(), timestamp, nonce, ""))
+}
+
+/// Checks a [`plain_signature`] in constant time.
+pub fn verify_plain(token: &Secret, timestamp: &str, nonce: &str, given: &str) -> Result<(), CryptoError> {
+    match signature::matches(&signature::digest(token.expose(), timestamp, nonce, ""), given) {
+        true => Ok(()),
+        false => Err(CryptoError::BadSignature),
+    }
+}
+
 pub fn decode_aes_key(encoding_aes_key: &str) -> Result<[u8; 32], CryptoError> {
     if encoding_aes_key.len() != 43
         || !encoding_aes_key.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'+' || c == b'/')

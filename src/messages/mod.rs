@@ -25,7 +25,6 @@ pub mod release_check;
 pub mod routes;
 
 use crate::config::{DeliveryMode, MessagesConfig};
-use crate::crypto::MsgCrypt;
 use crate::metrics;
 use crate::xml::Fields;
 use crate::{AppId, Secret};
@@ -60,8 +59,9 @@ impl Settings {
 pub enum Reply {
     /// The body `success`.
     Success,
-    /// An encrypted passive reply, `<xml><Encrypt/><MsgSignature/><TimeStamp/><Nonce/></xml>`.
-    Encrypted(String),
+    /// A passive reply's XML, as the handler wrote it: the receiver seals it in the push's mode
+    /// (encrypted with the key the push was encrypted with, or plain).
+    Passive(String),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -102,7 +102,6 @@ fn duplicate(authorizer: &AppId, msg_type: &str) -> Reply {
 pub const NO_ROUTE: &str = "-";
 
 pub struct MessageService {
-    crypt: MsgCrypt,
     settings: Arc<ArcSwap<Settings>>,
     outbox: Arc<Outbox>,
     handler: Arc<HandlerClient>,
@@ -111,13 +110,12 @@ pub struct MessageService {
 
 impl MessageService {
     pub fn new(
-        crypt: MsgCrypt,
         settings: Arc<ArcSwap<Settings>>,
         outbox: Arc<Outbox>,
         handler: Arc<HandlerClient>,
         release: Arc<ReleaseCheck>,
     ) -> Self {
-        Self { crypt, settings, outbox, handler, release }
+        Self { settings, outbox, handler, release }
     }
 
     /// Takes a new `[messages]` (SIGHUP): routes, reply timeout and release check at once.
@@ -131,13 +129,12 @@ impl MessageService {
     }
 
     /// Handles one verified, decrypted push for `authorizer`. `payload` is the XML as WeChat
-    /// sent it, `nonce` the push's (a passive reply echoes it).
+    /// sent it.
     pub async fn receive(
         &self,
         authorizer: AppId,
         payload: String,
         fields: &Fields,
-        nonce: &str,
     ) -> Result<Reply, MessageError> {
         let Some(msg_type) = fields.get("MsgType").filter(|t| !t.is_empty()) else {
             count(NO_ROUTE, result::UNKNOWN);
@@ -162,7 +159,7 @@ impl MessageService {
             }
         }
         if release {
-            return Ok(self.release_check(authorizer, fields, nonce));
+            return Ok(self.release_check(authorizer, fields));
         }
         let Some(route) = route else {
             count(NO_ROUTE, result::UNROUTED);
@@ -183,7 +180,7 @@ impl MessageService {
                 }
             }
             DeliveryMode::Reply => {
-                self.reply(route, message, fields, nonce, settings.reply_timeout, key.as_deref()).await
+                self.reply(route, message, fields, settings.reply_timeout, key.as_deref()).await
             }
         }
     }
@@ -193,7 +190,6 @@ impl MessageService {
         route: &Route,
         mut message: OutboxMessage,
         fields: &Fields,
-        nonce: &str,
         timeout: Duration,
         key: Option<&str>,
     ) -> Result<Reply, MessageError> {
@@ -208,7 +204,7 @@ impl MessageService {
         match self.handler.call_for_reply(call, timeout).await {
             Ok(Answer::Xml(xml)) => {
                 count(&route.name, result::REPLIED);
-                Ok(Reply::Encrypted(self.seal(&xml, nonce)))
+                Ok(Reply::Passive(xml))
             }
             Ok(Answer::Nothing) => {
                 count(&route.name, result::NO_REPLY);
@@ -267,13 +263,13 @@ impl MessageService {
         }
     }
 
-    fn release_check(&self, authorizer: AppId, fields: &Fields, nonce: &str) -> Reply {
+    fn release_check(&self, authorizer: AppId, fields: &Fields) -> Reply {
         count(NO_ROUTE, result::RELEASE_CHECK);
         match release_check::action(fields) {
             Action::Reply(text) => {
                 tracing::info!(authorizer = %authorizer, "release check: passive reply");
                 let inner = release_check::text_reply(fields, &text, crate::store::unix_now());
-                Reply::Encrypted(self.seal(&inner, nonce))
+                Reply::Passive(inner)
             }
             Action::QueryAuth(code) => {
                 tracing::info!(authorizer = %authorizer, "release check: QUERY_AUTH_CODE received");
@@ -283,13 +279,6 @@ impl MessageService {
             }
             Action::Success => Reply::Success,
         }
-    }
-
-    /// Encrypts a passive reply with the component's key, signed over its own timestamp and
-    /// the push's nonce.
-    fn seal(&self, xml: &str, nonce: &str) -> String {
-        let timestamp = crate::store::unix_now().to_string();
-        self.crypt.seal(xml, &timestamp, nonce).reply_xml(&timestamp, nonce)
     }
 }
 

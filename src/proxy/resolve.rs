@@ -304,13 +304,16 @@ pub enum TokenEndpoint {
     Authorizer,
     /// `/cgi-bin/token`, an account's own token endpoint
     Account,
+    /// `/cgi-bin/stable_token`, an account's own token endpoint (JSON body naming `appid`)
+    StableToken,
 }
 
 impl TokenEndpoint {
-    const ALL: [(&'static str, Self); 3] = [
+    const ALL: [(&'static str, Self); 4] = [
         ("/cgi-bin/component/api_component_token", Self::Component),
         ("/cgi-bin/component/api_authorizer_token", Self::Authorizer),
         ("/cgi-bin/token", Self::Account),
+        ("/cgi-bin/stable_token", Self::StableToken),
     ];
 
     /// The endpoint at `path` (a plain path), compared without regard to case: a server before

@@ -18,7 +18,7 @@ pub async fn answer(tokens: &TokenService, call: &TokenCall<'_>, body: &[u8]) ->
     let endpoint = call.endpoint;
     let scope = call.scope.clone().or_else(|| named_account(endpoint, call.query_appid, &body));
     let Some(scope) = scope else {
-        return Reply::error(400, "which account? name it in the body (authorizer_appid), the query (appid), a path prefix or X-Wxgate-Authorizer");
+        return Reply::error(400, "which account? name it in the body (authorizer_appid, or appid for stable_token), the query (appid), a path prefix or X-Wxgate-Authorizer");
     };
     let token = match fetch(tokens, call.client, &scope).await {
         Ok(token) => token,
@@ -36,7 +36,9 @@ pub async fn answer(tokens: &TokenService, call: &TokenCall<'_>, body: &[u8]) ->
                 // The refresh token never leaves the gateway: the client gets back what it sent.
                 "authorizer_refresh_token": body.get("authorizer_refresh_token").and_then(Value::as_str).unwrap_or_default(),
             }),
-            TokenEndpoint::Account => json!({ "access_token": value, "expires_in": expires_in }),
+            TokenEndpoint::Account | TokenEndpoint::StableToken => {
+                json!({ "access_token": value, "expires_in": expires_in })
+            }
         },
     )
 }
@@ -71,6 +73,12 @@ fn named_account(endpoint: TokenEndpoint, query_appid: Option<AppId>, body: &Val
             .and_then(|a| AppId::parse(a).ok())
             .map(Scope::Authorizer),
         TokenEndpoint::Account => query_appid.map(Scope::Authorizer),
+        TokenEndpoint::StableToken => body
+            .get("appid")
+            .and_then(Value::as_str)
+            .and_then(|a| AppId::parse(a).ok())
+            .or(query_appid)
+            .map(Scope::Authorizer),
     }
 }
 

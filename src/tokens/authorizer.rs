@@ -6,6 +6,7 @@
 use super::component::ComponentTokens;
 use super::core::Core;
 use super::index::InfoIndex;
+use super::owned::OwnedAccounts;
 use super::refresher::{Committed, Credential, Endpoint, Flight};
 use super::slot::{AuthorizerMem, AuthorizerSlot, Slots};
 use super::{AccessToken, AuthorizerStatus, Job, TokenError, Want};
@@ -24,9 +25,13 @@ const LIST_PAGES: u32 = 40;
 /// Authorizers are loaded this many at a time at start-up.
 const LOAD_PAGE: usize = 1000;
 
+/// The tokens of every account called for by appid: each authorizer's, and through
+/// [`OwnedAccounts`] the owned accounts', so that the proxy, the JS-SDK tickets and the token
+/// endpoints serve both alike.
 pub struct AuthorizerTokens {
     pub(super) core: Arc<Core>,
     pub(super) component: Arc<ComponentTokens>,
+    pub(super) owned: Arc<OwnedAccounts>,
     pub(super) slots: Slots,
     /// What memory keeps of the accounts' info, shared with `info.rs`: the gauge's labels.
     pub(super) index: Arc<InfoIndex>,
@@ -37,9 +42,10 @@ impl AuthorizerTokens {
     pub(super) async fn load(
         core: Arc<Core>,
         component: Arc<ComponentTokens>,
+        owned: Arc<OwnedAccounts>,
         index: Arc<InfoIndex>,
     ) -> Result<Self, TokenError> {
-        let part = Self { core, component, slots: Slots::default(), index };
+        let part = Self { core, component, owned, slots: Slots::default(), index };
         let now = part.core.now_ms();
         let mut cursor = ScanCursor::start();
         loop {
@@ -65,14 +71,17 @@ impl AuthorizerTokens {
         self.slots.get(appid).ok_or(TokenError::UnknownAuthorizer)
     }
 
-    /// Whether the gateway holds `appid` with tokens in service.
+    /// Whether the gateway holds `appid` with tokens in service (an owned account always).
     pub fn is_active(&self, appid: &AppId) -> bool {
-        self.slots.get(appid).is_some_and(|s| s.state() == AuthorizerState::Active)
+        self.owned.holds(appid) || self.slots.get(appid).is_some_and(|s| s.state() == AuthorizerState::Active)
     }
 
     /// An access token for `appid` that has not expired: the proxy's read. Only an expired or
     /// missing token costs a call to WeChat, single-flight.
     pub async fn token(&self, appid: &AppId) -> Result<Arc<AccessToken>, TokenError> {
+        if self.owned.holds(appid) {
+            return self.owned.token(appid).await;
+        }
         let slot = self.slot(appid)?;
         match slot.access() {
             (AuthorizerState::Revoked, _) => Err(TokenError::Revoked),
@@ -85,6 +94,9 @@ impl AuthorizerTokens {
 
     /// Replaces `failed`, which WeChat refused, unless another caller already did.
     pub async fn replace(&self, appid: &AppId, failed: &Secret) -> Result<Arc<AccessToken>, TokenError> {
+        if self.owned.holds(appid) {
+            return self.owned.replace(appid, failed).await;
+        }
         self.refresh(appid, Want::Replace(failed)).await
     }
 

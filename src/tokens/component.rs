@@ -4,7 +4,7 @@
 
 use super::core::Core;
 use super::refresher::{Committed, Credential, Endpoint, Flight};
-use super::slot::ComponentSlot;
+use super::slot::TokenSlot;
 use super::{steady_due, AccessToken, ComponentStatus, Job, TicketStatus, TokenError, Want};
 use crate::metrics;
 use crate::store::{unix_now, ComponentToken, Fence, Ticket};
@@ -16,7 +16,7 @@ use std::sync::{Arc, Mutex, RwLock};
 pub struct ComponentTokens {
     core: Arc<Core>,
     ticket: RwLock<Option<Ticket>>,
-    pub(super) slot: ComponentSlot,
+    pub(super) slot: TokenSlot,
     /// When the last ticket arrived, by the clock; the start time until one does.
     last_ticket_ms: AtomicI64,
     last_push_request_ms: Mutex<i64>,
@@ -29,22 +29,26 @@ impl ComponentTokens {
         let token = core.store.load_component_token(&core.component).await?;
         let now = core.now_ms();
         let part = Self {
-            slot: ComponentSlot::new(token),
+            slot: TokenSlot::new(token),
             ticket: RwLock::new(ticket),
             last_ticket_ms: AtomicI64::new(now),
             last_push_request_ms: Mutex::new(0),
             core,
         };
-        let mut schedule = part.core.lock_schedule();
-        schedule.set(Job::ComponentToken, part.slot.due_after_load(now, &part.core.settings));
-        schedule.set(Job::TicketWatch, now + 60_000);
-        drop(schedule);
+        if part.core.platform {
+            let mut schedule = part.core.lock_schedule();
+            schedule.set(Job::ComponentToken, part.slot.due_after_load(now, &part.core.settings));
+            schedule.set(Job::TicketWatch, now + 60_000);
+        }
         part.update_ticket_age();
         Ok(part)
     }
 
     /// A component token that has not expired, fetched first if none is held.
     pub async fn token(&self) -> Result<Arc<AccessToken>, TokenError> {
+        if !self.core.platform {
+            return Err(TokenError::NoPlatform);
+        }
         match self.slot.current() {
             Some(t) if t.is_valid(self.core.now_ms()) => Ok(t),
             // Boxed: a refresh's future is large, and every proxied call holds this one.
@@ -59,6 +63,9 @@ impl ComponentTokens {
     }
 
     pub(crate) async fn refresh(&self, want: Want<'_>) -> Result<Arc<AccessToken>, TokenError> {
+        if !self.core.platform {
+            return Err(TokenError::NoPlatform);
+        }
         self.core.refresh(&ComponentCredential(self), want).await
     }
 
@@ -141,7 +148,7 @@ impl ComponentTokens {
 
     /// Why no API call can be served for want of a component token, or `None` when one is held.
     pub(super) fn not_ready_reason(&self) -> Option<String> {
-        if self.slot.is_valid(self.core.now_ms()) {
+        if !self.core.platform || self.slot.is_valid(self.core.now_ms()) {
             return None;
         }
         if self.ticket_status().is_none() {

@@ -12,7 +12,12 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use tokio::sync::Notify;
 
 pub struct Core {
+    /// Whose keys the store's records and leases are under: the platform's appid, or without a
+    /// platform the first owned account's.
     pub(super) component: AppId,
+    /// A third-party platform is configured: without one there is no ticket, no component
+    /// token, and no authorizer.
+    pub(super) platform: bool,
     pub(super) store: SharedStore,
     pub(super) api: Arc<dyn ComponentApi>,
     pub(super) settings: Settings,
@@ -26,9 +31,16 @@ pub struct Core {
 }
 
 impl Core {
-    pub(super) fn new(component: AppId, store: SharedStore, api: Arc<dyn ComponentApi>, settings: Settings) -> Self {
+    pub(super) fn new(
+        component: AppId,
+        platform: bool,
+        store: SharedStore,
+        api: Arc<dyn ComponentApi>,
+        settings: Settings,
+    ) -> Self {
         Self {
             component,
+            platform,
             store,
             api,
             settings,

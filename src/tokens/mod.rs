@@ -43,6 +43,7 @@ mod events;
 mod grants;
 mod index;
 pub mod info;
+mod owned;
 mod reconcile;
 mod refresher;
 mod schedule;
@@ -56,6 +57,7 @@ pub use component::ComponentTokens;
 pub use events::{EventFailure, EventHandoff, Events, PendingEvent};
 pub use grants::Grants;
 pub use info::Info;
+pub use owned::OwnedAccounts;
 pub use reconcile::{Reconciled, Reconciler};
 pub use refresher::Endpoint;
 pub use schedule::{backoff_ms, lead_ms, spread_due, steady_due, Job, Schedule};
@@ -91,20 +93,27 @@ pub enum TokenError {
     /// any healthy gateway makes.
     #[error("the budget of calls to {endpoint} is spent; next attempt in {retry_in_secs} s")]
     Budget { endpoint: &'static str, retry_in_secs: i64 },
+    /// WeChat refused an owned account's token, and `force_refresh` (20 a day, 30 s apart) is
+    /// spent: normal mode gives back the same token.
+    #[error("WeChat refused the account's token and force_refresh is spent for now (WeChat allows 20 a day, 30 s apart)")]
+    ForceSpent,
+    #[error("no third-party platform is configured ([component])")]
+    NoPlatform,
 }
 
 impl TokenError {
     /// The credential cannot be refreshed until something else happens (a new authorization).
     pub fn is_terminal(&self) -> bool {
-        matches!(self, Self::Revoked | Self::NeedsReauth | Self::UnknownAuthorizer)
+        matches!(self, Self::Revoked | Self::NeedsReauth | Self::UnknownAuthorizer | Self::NoPlatform)
     }
 
     /// The HTTP status the gateway answers a caller with when this stops it: 404 for an account
     /// that is not (or no longer) there, 503 for what a retry may mend, 502/504 for WeChat.
     pub fn status(&self) -> u16 {
         match self {
-            Self::UnknownAuthorizer | Self::Revoked => 404,
+            Self::UnknownAuthorizer | Self::Revoked | Self::NoPlatform => 404,
             Self::Store(_) | Self::NoTicket | Self::NeedsReauth | Self::Contended | Self::Budget { .. } => 503,
+            Self::ForceSpent => 503,
             Self::Wechat(WechatError::Timeout { .. }) => 504,
             Self::Wechat(_) => 502,
         }
@@ -118,7 +127,8 @@ impl TokenError {
             Self::NoTicket => "no_ticket",
             Self::Contended => "contended",
             Self::Budget { .. } => "budget",
-            Self::UnknownAuthorizer | Self::Revoked | Self::NeedsReauth => "error",
+            Self::ForceSpent => "force_spent",
+            Self::UnknownAuthorizer | Self::Revoked | Self::NeedsReauth | Self::NoPlatform => "error",
         }
     }
 }
@@ -209,19 +219,44 @@ pub struct AuthorizerStatus {
     pub last_error: Option<String>,
 }
 
+/// Whom the service keeps tokens for.
+pub struct Holders {
+    /// The store's namespace: the platform's appid, else the first owned account's.
+    pub namespace: AppId,
+    /// A third-party platform is configured.
+    pub platform: bool,
+    /// The owned accounts, with their AppSecrets.
+    pub owned: Vec<(AppId, crate::Secret)>,
+}
+
+/// An owned account's token state; `admin::shapes` gives it its JSON.
+#[derive(Debug, Clone)]
+pub struct AccountStatus {
+    pub appid: String,
+    /// `active` with a token in service, `pending` until then.
+    pub state: &'static str,
+    pub access_expires_at_ms: Option<i64>,
+    pub access_expires_in_secs: Option<i64>,
+    /// `None` (JSON null) until the first refresh.
+    pub last_refresh_at_ms: Option<i64>,
+    pub next_refresh_at_ms: Option<i64>,
+    pub last_error: Option<String>,
+}
+
 /// The token service: one part per credential family and per duty, over one [`Core`] (the
 /// store, WeChat, the clock and the schedule) and the one refresher. Each caller reaches the part
 /// it needs: the proxy [`Self::authorizers`], [`Self::component`] and [`Self::tickets`], the
 /// callback [`Self::events`] and the ticket, the admin API all of them.
 ///
 /// ```text
-///   component ◄── authorizers ◄── grants ◄── events, reconciler
+///   component, owned ◄── authorizers ◄── grants ◄── events, reconciler
 ///                      ▲    ▲
 ///                 tickets  info
 /// ```
 pub struct TokenService {
     core: Arc<Core>,
     component: Arc<ComponentTokens>,
+    owned: Arc<OwnedAccounts>,
     authorizers: Arc<AuthorizerTokens>,
     grants: Arc<Grants>,
     tickets: Arc<JsTickets>,
@@ -239,17 +274,30 @@ impl TokenService {
         api: Arc<dyn ComponentApi>,
         settings: Settings,
     ) -> Result<Arc<Self>, TokenError> {
-        let core = Arc::new(Core::new(component, store, api, settings));
+        Self::load_for(Holders { namespace: component, platform: true, owned: Vec::new() }, store, api, settings).await
+    }
+
+    /// [`Self::load`] for what `holders` says: with or without a platform, with owned accounts.
+    pub async fn load_for(
+        holders: Holders,
+        store: SharedStore,
+        api: Arc<dyn ComponentApi>,
+        settings: Settings,
+    ) -> Result<Arc<Self>, TokenError> {
+        let core = Arc::new(Core::new(holders.namespace, holders.platform, store, api, settings));
         // The budget's series start at zero, so that rates and alerts see the first exhaustion.
         for endpoint in Endpoint::ALL {
             metrics::BUDGET_EXHAUSTED.with_label_values(&[endpoint.as_str()]);
         }
         let component = Arc::new(ComponentTokens::load(Arc::clone(&core)).await?);
+        let owned = Arc::new(OwnedAccounts::load(Arc::clone(&core), holders.owned).await?);
         let index = Arc::default();
-        let authorizers = Arc::new(AuthorizerTokens::load(Arc::clone(&core), component, index).await?);
+        let authorizers =
+            Arc::new(AuthorizerTokens::load(Arc::clone(&core), component, Arc::clone(&owned), index).await?);
         let grants = Arc::new(Grants::new(Arc::clone(&authorizers)));
         let service = Self {
             component: Arc::clone(&authorizers.component),
+            owned,
             tickets: Arc::new(JsTickets::new(Arc::clone(&authorizers))),
             info: Arc::new(Info::load(Arc::clone(&authorizers)).await?),
             events: Arc::new(Events::new(Arc::clone(&authorizers), Arc::clone(&grants))),
@@ -267,6 +315,11 @@ impl TokenService {
         &self.core.component
     }
 
+    /// A third-party platform is configured (`[component]`).
+    pub fn has_platform(&self) -> bool {
+        self.core.platform
+    }
+
     pub fn clock(&self) -> Clock {
         self.core.clock
     }
@@ -276,7 +329,12 @@ impl TokenService {
         &self.component
     }
 
-    /// Every authorizer's tokens and state.
+    /// The accounts the company owns (`[[accounts]]`).
+    pub fn owned(&self) -> &OwnedAccounts {
+        &self.owned
+    }
+
+    /// Every authorizer's tokens and state (and, by appid, the owned accounts').
     pub fn authorizers(&self) -> &AuthorizerTokens {
         &self.authorizers
     }
@@ -317,7 +375,7 @@ impl TokenService {
         if let Err(e) = store.ping().await {
             return Some(format!("store ({}) does not answer: {e}", store.backend()));
         }
-        self.component.not_ready_reason()
+        self.component.not_ready_reason().or_else(|| self.owned.not_ready_reason())
     }
 
     /// Forgets an authorizer entirely: its record, its tickets, its info. Returns whether it

@@ -54,7 +54,7 @@ pub struct Reconciler {
 impl Reconciler {
     pub(super) fn new(authorizers: Arc<AuthorizerTokens>, grants: Arc<Grants>) -> Self {
         let core = Arc::clone(&authorizers.core);
-        if core.settings.reconcile_every.is_some() {
+        if core.platform && core.settings.reconcile_every.is_some() {
             core.plan(Job::Reconcile, core.now_ms());
         }
         Self { core, authorizers, grants, failures: AtomicU32::new(0) }

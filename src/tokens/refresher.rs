@@ -40,16 +40,18 @@ pub enum Endpoint {
     ComponentToken,
     AuthorizerToken,
     Ticket,
+    StableToken,
 }
 
 impl Endpoint {
-    pub const ALL: [Endpoint; 3] = [Self::ComponentToken, Self::AuthorizerToken, Self::Ticket];
+    pub const ALL: [Endpoint; 4] = [Self::ComponentToken, Self::AuthorizerToken, Self::Ticket, Self::StableToken];
 
     pub fn as_str(self) -> &'static str {
         match self {
             Self::ComponentToken => "api_component_token",
             Self::AuthorizerToken => "api_authorizer_token",
             Self::Ticket => "getticket",
+            Self::StableToken => "stable_token",
         }
     }
 }

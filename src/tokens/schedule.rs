@@ -11,6 +11,8 @@ use std::time::Duration;
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Job {
     ComponentToken,
+    /// An owned account's token.
+    Account(AppId),
     Authorizer(AppId),
     /// Refresh a JS-SDK ticket ahead of expiry, if pages still ask for it.
     Ticket(AppId, TicketKind),

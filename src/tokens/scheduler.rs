@@ -38,6 +38,9 @@ impl TokenService {
             Job::ComponentToken => {
                 let _ = self.component.refresh(Want::Planned).await;
             }
+            Job::Account(appid) => {
+                let _ = self.owned.refresh(&appid, Want::Planned).await;
+            }
             Job::Authorizer(appid) => {
                 let _ = self.authorizers.refresh(&appid, Want::Planned).await;
             }

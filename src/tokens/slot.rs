@@ -33,8 +33,8 @@ fn write<T>(lock: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
     lock.write().unwrap_or_else(|p| p.into_inner())
 }
 
-/// The component_access_token.
-pub(super) struct ComponentSlot {
+/// A token an appid holds in its own right: the component_access_token, an owned account's.
+pub(super) struct TokenSlot {
     current: RwLock<Option<Arc<AccessToken>>>,
     meta: RwLock<Meta>,
     pub flight: Flight,
@@ -47,7 +47,7 @@ pub(super) struct Meta {
     pub last_error: Option<String>,
 }
 
-impl ComponentSlot {
+impl TokenSlot {
     pub fn new(stored: Option<ComponentToken>) -> Self {
         let current = stored.map(|t| {
             let lifetime_ms = (t.expires_at - t.obtained_at).max(0);

@@ -53,6 +53,9 @@ pub enum WechatError {
     Status { endpoint: &'static str, status: u16 },
     #[error("{endpoint}: unexpected answer: {reason}")]
     Decode { endpoint: &'static str, reason: String },
+    /// A platform's call asked of a gateway that has no `[component]`.
+    #[error("{endpoint}: no third-party platform is configured ([component])")]
+    NoPlatform { endpoint: &'static str },
 }
 
 impl WechatError {
@@ -81,6 +84,7 @@ impl WechatError {
             Self::Transport { .. } => "transport",
             Self::Status { .. } => "http_status",
             Self::Decode { .. } => "decode",
+            Self::NoPlatform { .. } => "no_platform",
         }
     }
 

@@ -95,14 +95,23 @@ pub trait ComponentApi: Send + Sync + 'static {
         let _ = (authorizer_token, kind);
         Err(WechatError::Decode { endpoint: "getticket", reason: "this client does not fetch JS-SDK tickets".into() })
     }
+    /// An owned account's token from `stable_token` (PROTOCOL.md §13): in normal mode the token
+    /// in force (a new one only in its last minutes); `force` retires it at once.
+    async fn stable_token(&self, appid: &AppId, secret: &Secret, force: bool) -> Result<Issued, WechatError> {
+        let _ = (appid, secret, force);
+        Err(WechatError::Decode { endpoint: "stable_token", reason: "this client does not fetch stable tokens".into() })
+    }
 }
 
 /// The real client, against `upstream.base_url`.
 pub struct WechatClient {
     http: reqwest::Client,
     base_url: url::Url,
+    /// The platform's appid (without a platform, the store's namespace: no component call is
+    /// made then).
     appid: AppId,
-    appsecret: Secret,
+    /// The platform's secret; `None` without a platform.
+    appsecret: Option<Secret>,
 }
 
 impl WechatClient {
@@ -111,7 +120,7 @@ impl WechatClient {
         base_url: url::Url,
         timeout: Duration,
         appid: AppId,
-        appsecret: Secret,
+        appsecret: Option<Secret>,
         extra_roots: &[pingora::tls::CertificateDer<'static>],
         proxy: Option<&url::Url>,
     ) -> Result<Self, WechatError> {
@@ -136,6 +145,11 @@ impl WechatClient {
             .build()
             .map_err(|e| WechatError::from_reqwest("client", e))?;
         Ok(Self { http, base_url, appid, appsecret })
+    }
+
+    /// The platform's secret, for the calls that carry it.
+    fn appsecret(&self, endpoint: &'static str) -> Result<&str, WechatError> {
+        self.appsecret.as_ref().map(Secret::expose).ok_or(WechatError::NoPlatform { endpoint })
     }
 
     /// POSTs `body` to a component endpoint and decodes the answer, turning a non-zero
@@ -189,6 +203,12 @@ fn decode<T: DeserializeOwned>(endpoint: &'static str, bytes: &[u8]) -> Result<T
         let reason = if text.starts_with("missing field") { text } else { "a field has an unexpected type".into() };
         WechatError::Decode { endpoint, reason }
     })
+}
+
+#[derive(Deserialize)]
+struct AccessTokenAnswer {
+    access_token: String,
+    expires_in: u64,
 }
 
 #[derive(Deserialize)]
@@ -274,7 +294,7 @@ impl ComponentApi for WechatClient {
     async fn component_token(&self, ticket: &Secret) -> Result<Issued, WechatError> {
         let body = json!({
             "component_appid": self.appid.as_str(),
-            "component_appsecret": self.appsecret.expose(),
+            "component_appsecret": self.appsecret("api_component_token")?,
             "component_verify_ticket": ticket.expose(),
         });
         let a: ComponentTokenAnswer = self.post("api_component_token", None, body).await?;
@@ -363,7 +383,8 @@ impl ComponentApi for WechatClient {
     }
 
     async fn start_push_ticket(&self) -> Result<(), WechatError> {
-        let body = json!({ "component_appid": self.appid.as_str(), "component_secret": self.appsecret.expose() });
+        let secret = self.appsecret("api_start_push_ticket")?;
+        let body = json!({ "component_appid": self.appid.as_str(), "component_secret": secret });
         let _: Value = self.post("api_start_push_ticket", None, body).await?;
         Ok(())
     }
@@ -383,6 +404,20 @@ impl ComponentApi for WechatClient {
         let bytes = response.bytes().await.map_err(|e| WechatError::from_reqwest(EP, e))?;
         let a: TicketAnswer = decode(EP, &bytes)?;
         Ok(Issued { value: Secret::new(a.ticket), expires_in: a.expires_in })
+    }
+
+    async fn stable_token(&self, appid: &AppId, secret: &Secret, force: bool) -> Result<Issued, WechatError> {
+        const EP: &str = "stable_token";
+        let url =
+            self.base_url.join("cgi-bin/stable_token").map_err(|e| WechatError::Decode { endpoint: EP, reason: e.to_string() })?;
+        let body = json!({
+            "grant_type": "client_credential",
+            "appid": appid.as_str(),
+            "secret": secret.expose(),
+            "force_refresh": force,
+        });
+        let a: AccessTokenAnswer = self.post_to(EP, url, body).await?;
+        Ok(Issued { value: Secret::new(a.access_token), expires_in: a.expires_in })
     }
 }
 
