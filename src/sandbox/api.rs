@@ -147,8 +147,8 @@ async fn digest(body: Body) -> Result<(usize, String), axum::Error> {
     Ok((len, hex::encode(hasher.finalize())))
 }
 
-/// `getticket?type=jsapi|wx_card` with an authorizer's token: 40097 for any other type, 40001
-/// for the component's token.
+/// `getticket?type=jsapi|wx_card` with an authorizer's or an owned account's token: 40097 for
+/// any other type, 40001 for the component's token.
 fn getticket(sandbox: &Sandbox, token: &str, query: &str) -> Response {
     let kind = query_param(query, "type").unwrap_or_default();
     if kind != "jsapi" && kind != "wx_card" {
@@ -157,7 +157,7 @@ fn getticket(sandbox: &Sandbox, token: &str, query: &str) -> Response {
     let mut ledger = sandbox.ledger();
     let now = Instant::now();
     let appid = match ledger.tokens.check(token, now) {
-        Ok(Owner::Authorizer(appid)) => appid.clone(),
+        Ok(Owner::Authorizer(appid) | Owner::Account { appid, .. }) => appid.clone(),
         Ok(Owner::Component) => return WxError::invalid_credential().into_response(),
         Err(e) => return e.into_response(),
     };

@@ -11,9 +11,14 @@ use crate::secret::Secret;
 pub const DEMO_COMPONENT_APPID: &str = "wx0000000000000001";
 /// The account the consent page authorizes when none is named.
 pub const DEMO_AUTHORIZER_APPID: &str = "wx1111111111111111";
+/// The directly-owned account of [`SandboxConfig::demo`] (its credentials: [`OwnedAccount::demo`]).
+pub const DEMO_OWNED_APPID: &str = "wx5555555555555555";
 const DEMO_APPSECRET: &str = "0123456789abcdef0123456789abcdef";
 const DEMO_TOKEN: &str = "wxgatedemotoken";
 const DEMO_AES_KEY: &str = "wxgateDemoEncodingAesKey0123456789abcdefghi";
+const DEMO_OWNED_SECRET: &str = "5555555555555555aaaaaaaaaaaaaaaa";
+const DEMO_OWNED_TOKEN: &str = "wxgatedemoowntoken";
+const DEMO_OWNED_AES_KEY: &str = "wxgateDemoOwnAccountAesKey0123456789abcdefg";
 
 /// Who the sandbox's one component is, where it pushes, and how fast its credentials age.
 #[derive(Debug, Clone)]
@@ -35,6 +40,35 @@ pub struct SandboxConfig {
     pub rotate_refresh_tokens: bool,
     /// Every API's daily limit per caller: past it, 45009 until a clear-quota (WeChat: varies).
     pub daily_limit: u64,
+    /// Accounts the company owns directly (appid and AppSecret), served by `stable_token`.
+    pub accounts: Vec<OwnedAccount>,
+    /// How close together two `force_refresh` calls of one account may come (WeChat: 30 s).
+    pub force_refresh_min_interval: Duration,
+    /// `force_refresh` calls an account may make in 24 hours (WeChat: 20).
+    pub force_refresh_per_day: u32,
+}
+
+/// A directly-owned account: its AppSecret, and the token and key of its own message server
+/// (服务器配置), with which the sandbox signs and seals what it pushes there.
+#[derive(Debug, Clone)]
+pub struct OwnedAccount {
+    pub appid: AppId,
+    pub secret: Secret,
+    pub token: Secret,
+    /// 43 characters, as WeChat's console shows it.
+    pub encoding_aes_key: Secret,
+}
+
+impl OwnedAccount {
+    /// Fixed demo credentials for [`DEMO_OWNED_APPID`].
+    pub fn demo() -> Self {
+        Self {
+            appid: AppId::parse(DEMO_OWNED_APPID).expect("valid demo appid"),
+            secret: Secret::new(DEMO_OWNED_SECRET),
+            token: Secret::new(DEMO_OWNED_TOKEN),
+            encoding_aes_key: Secret::new(DEMO_OWNED_AES_KEY),
+        }
+    }
 }
 
 impl SandboxConfig {
@@ -51,6 +85,9 @@ impl SandboxConfig {
             grace: Duration::from_secs(300),
             rotate_refresh_tokens: true,
             daily_limit: super::quota::DAILY_LIMIT,
+            accounts: vec![OwnedAccount::demo()],
+            force_refresh_min_interval: Duration::from_secs(30),
+            force_refresh_per_day: 20,
         }
     }
 }
@@ -121,6 +158,9 @@ mod tests {
         assert!(decode_aes_key(c.encoding_aes_key.expose()).is_ok());
         assert!(AppId::is_valid(DEMO_AUTHORIZER_APPID));
         assert_eq!(c.component_appid.as_str(), DEMO_COMPONENT_APPID);
+        let owned = &c.accounts[0];
+        assert_eq!(owned.appid.as_str(), DEMO_OWNED_APPID);
+        assert!(decode_aes_key(owned.encoding_aes_key.expose()).is_ok());
     }
 
     #[test]

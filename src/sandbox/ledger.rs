@@ -84,6 +84,8 @@ pub(crate) struct Ledger {
     pub faults: Faults,
     pub paused: bool,
     pub quota: super::quota::QuotaBook,
+    /// Owned accounts' `force_refresh` calls, for WeChat's limits on them.
+    pub forced: super::owned::ForceLog,
 }
 
 impl Ledger {
@@ -100,6 +102,7 @@ impl Ledger {
             faults: Faults::default(),
             paused: false,
             quota: Default::default(),
+            forced: Default::default(),
         }
     }
 
@@ -138,7 +141,7 @@ impl Ledger {
     pub fn check_component_token(&self, token: &str, now: Instant) -> Result<(), WxError> {
         match self.tokens.check(token, now)? {
             Owner::Component => Ok(()),
-            Owner::Authorizer(_) => Err(WxError::invalid_credential()),
+            Owner::Authorizer(_) | Owner::Account { .. } => Err(WxError::invalid_credential()),
         }
     }
 

@@ -10,12 +10,11 @@ use serde::Serialize;
 use super::push::unix_now;
 use super::{Sandbox, SandboxError};
 use crate::appid::AppId;
+use crate::crypto::MsgCrypt;
 use crate::messages::release_check::{QUERY_AUTH_PREFIX, TEXT_PROBE};
 use crate::test_accounts::TEST_ACCOUNTS;
 use crate::xml;
 
-/// WeChat gives a push 5 seconds.
-const PUSH_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long the release check waits for the `_from_api` customer-service message.
 const CUSTOM_SEND_WAIT: Duration = Duration::from_secs(10);
 /// The event the release check pushes.
@@ -48,6 +47,45 @@ pub struct PushOutcome {
     pub elapsed_ms: u64,
     /// The message pushed, as WeChat would have sent it.
     pub message: String,
+}
+
+impl PushOutcome {
+    pub(crate) fn new(status: u16, body: String, started: Instant, message: &str) -> Self {
+        let elapsed_ms = started.elapsed().as_millis() as u64;
+        let (reply, reply_content, reply_error) = (None, None, None);
+        Self { status, body, reply, reply_content, reply_error, elapsed_ms, message: message.to_owned() }
+    }
+
+    /// Whether the body is a passive reply rather than `success` or nothing.
+    pub(crate) fn has_reply(&self) -> bool {
+        self.status == 200 && !self.body.trim().is_empty() && self.body != "success"
+    }
+
+    pub(crate) fn set_reply(&mut self, reply: Result<String, String>) {
+        match reply {
+            Ok(reply) => {
+                self.reply_content = xml::parse(&reply).ok().and_then(|f| f.get("Content").map(str::to_owned));
+                self.reply = Some(reply);
+            }
+            Err(e) => self.reply_error = Some(e),
+        }
+    }
+}
+
+/// A passive reply's fields; the reason, as [`PushOutcome::reply_error`] gives it, if it has none.
+pub(crate) fn parse_reply(body: &str) -> Result<xml::Fields, String> {
+    xml::parse(body).map_err(|e| format!("the reply is neither `success` nor XML: {e}"))
+}
+
+/// Verifies and decrypts an encrypted passive reply as WeChat does; its Nonce must echo the push's.
+pub(crate) fn open_reply(crypt: &MsgCrypt, fields: &xml::Fields, nonce: &str) -> Result<String, String> {
+    let get = |name: &'static str| fields.get(name).filter(|v| !v.is_empty()).ok_or(format!("the reply has no {name}"));
+    let (encrypt, signature, timestamp, reply_nonce) =
+        (get("Encrypt")?, get("MsgSignature")?, get("TimeStamp")?, get("Nonce")?);
+    if reply_nonce != nonce {
+        return Err("the reply's Nonce is not the push's".into());
+    }
+    crypt.open(timestamp, reply_nonce, encrypt, signature).map_err(|e| e.to_string())
 }
 
 /// One step of the release check.
@@ -142,7 +180,7 @@ impl Sandbox {
         let url = self.message_url(appid).ok_or_else(|| SandboxError::Push("no callback URL is configured".into()))?;
         let crypt = self.inner.pusher.crypt();
         let timestamp = unix_now().to_string();
-        let nonce = rand::thread_rng().gen_range(100_000_000u32..4_000_000_000).to_string();
+        let nonce = super::push::nonce();
         let sealed = crypt.seal(message, &timestamp, &nonce);
         let query = url::form_urlencoded::Serializer::new(String::new())
             .append_pair("signature", &self.inner.pusher.plain_signature(&timestamp, &nonce))
@@ -158,52 +196,12 @@ impl Sandbox {
             sealed.encrypt
         );
         let started = Instant::now();
-        let response = self
-            .inner
-            .pusher
-            .client()
-            .post(format!("{url}?{query}"))
-            .timeout(PUSH_TIMEOUT)
-            .header("content-type", "text/xml")
-            .body(body)
-            .send()
-            .await
-            .map_err(|e| SandboxError::Push(e.without_url().to_string()))?;
-        let status = response.status().as_u16();
-        let text = response.text().await.map_err(|e| SandboxError::Push(e.without_url().to_string()))?;
-        let elapsed_ms = started.elapsed().as_millis() as u64;
-        let mut outcome = PushOutcome {
-            status,
-            body: text.clone(),
-            reply: None,
-            reply_content: None,
-            reply_error: None,
-            elapsed_ms,
-            message: message.to_owned(),
-        };
-        if status == 200 && !text.trim().is_empty() && text != "success" {
-            match self.open_reply(&text, &nonce) {
-                Ok(reply) => {
-                    outcome.reply_content = xml::parse(&reply).ok().and_then(|f| f.get("Content").map(str::to_owned));
-                    outcome.reply = Some(reply);
-                }
-                Err(e) => outcome.reply_error = Some(e),
-            }
+        let (status, text) = self.inner.pusher.post_xml(&format!("{url}?{query}"), body).await?;
+        let mut outcome = PushOutcome::new(status, text, started, message);
+        if outcome.has_reply() {
+            outcome.set_reply(parse_reply(&outcome.body).and_then(|f| open_reply(crypt, &f, &nonce)));
         }
         Ok(outcome)
-    }
-
-    /// Verifies and decrypts a passive reply as WeChat does; its Nonce must echo the push's.
-    fn open_reply(&self, body: &str, nonce: &str) -> Result<String, String> {
-        let fields = xml::parse(body).map_err(|e| format!("the reply is neither `success` nor XML: {e}"))?;
-        let get =
-            |name: &'static str| fields.get(name).filter(|v| !v.is_empty()).ok_or(format!("the reply has no {name}"));
-        let (encrypt, signature, timestamp, reply_nonce) =
-            (get("Encrypt")?, get("MsgSignature")?, get("TimeStamp")?, get("Nonce")?);
-        if reply_nonce != nonce {
-            return Err("the reply's Nonce is not the push's".into());
-        }
-        self.inner.pusher.crypt().open(timestamp, reply_nonce, encrypt, signature).map_err(|e| e.to_string())
     }
 
     /// Customer-service texts received, oldest first.

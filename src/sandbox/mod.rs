@@ -13,6 +13,7 @@ mod fastreg;
 mod faults;
 mod ledger;
 mod messages;
+mod owned;
 mod pages;
 mod push;
 mod quota;
@@ -30,16 +31,16 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 pub use api::{media_content, MAX_MEDIA_BYTES};
-pub use config::{Faults, SandboxConfig, DEMO_AUTHORIZER_APPID, DEMO_COMPONENT_APPID};
+pub use config::{Faults, OwnedAccount, SandboxConfig, DEMO_AUTHORIZER_APPID, DEMO_COMPONENT_APPID, DEMO_OWNED_APPID};
 pub use fastreg::Registration;
 pub use messages::{original_id, MessageSpec, PushOutcome, ReleaseReport, SentText, Step, SANDBOX_OPENID};
-pub use record::{SeenRequest, Stats, MAX_SEEN};
+pub use record::{SeenRequest, StableTokenCalls, Stats, MAX_SEEN};
 
 use crate::appid::AppId;
 use crate::crypto::MsgCrypt;
 use ledger::{AuthEvent, Ledger, Limits};
 use push::Pusher;
-use tokens::Owner;
+use tokens::{Owner, TokenEndpoint};
 
 /// Why a sandbox operation failed. Messages carry no token, ticket or secret.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -61,6 +62,7 @@ pub struct Sandbox {
 struct Inner {
     config: SandboxConfig,
     addr: SocketAddr,
+    accounts: owned::Accounts,
     ledger: Mutex<Ledger>,
     pusher: Pusher,
     /// One push at a time, so that tickets and events arrive in the order they were issued.
@@ -77,6 +79,8 @@ impl Sandbox {
         let addr = listener.local_addr()?;
         let crypt = MsgCrypt::new(&config.token, &config.encoding_aes_key, &config.component_appid.as_str())
             .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+        let accounts = owned::Accounts::new(&config.accounts)
+            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
         let limits =
             Limits { lifetime: config.token_lifetime, grace: config.grace, rotate: config.rotate_refresh_tokens };
         let pusher = Pusher::new(crypt, config.token.clone(), config.callback_url.clone());
@@ -85,6 +89,7 @@ impl Sandbox {
             inner: Arc::new(Inner {
                 config,
                 addr,
+                accounts,
                 ledger: Mutex::new(Ledger::new(limits)),
                 pusher,
                 push_turn: tokio::sync::Mutex::new(()),
@@ -177,11 +182,22 @@ impl Sandbox {
         component::user_name(&authorizer.as_str())
     }
 
-    /// The current access token of that authorizer (None: the component's) answers 40001 from
-    /// now on, as if another party had refreshed it and its grace had passed.
-    pub fn revoke_access_token(&self, authorizer: Option<&AppId>) {
-        let owner = authorizer.map_or(Owner::Component, |a| Owner::Authorizer(a.to_string()));
-        self.ledger().tokens.revoke_current(&owner, Instant::now());
+    /// The current access token of that account (None: the component's) answers 40001 from
+    /// now on, as if another party had refreshed it and its grace had passed: its authorizer
+    /// token, and an owned account's from either `stable_token` or `/cgi-bin/token`.
+    pub fn revoke_access_token(&self, account: Option<&AppId>) {
+        let owners = match account.map(AppId::as_str) {
+            None => vec![Owner::Component],
+            Some(appid) => vec![
+                Owner::Authorizer(appid.to_string()),
+                Owner::account(&appid, TokenEndpoint::StableToken),
+                Owner::account(&appid, TokenEndpoint::Token),
+            ],
+        };
+        let (mut ledger, now) = (self.ledger(), Instant::now());
+        for owner in &owners {
+            ledger.tokens.revoke_current(owner, now);
+        }
     }
 
     /// Applies to the token endpoints and API calls from the next call on.

@@ -17,6 +17,19 @@ pub(crate) fn unix_now() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
+/// A push's nonce: digits, as WeChat's are.
+pub(crate) fn nonce() -> String {
+    rand::thread_rng().gen_range(100_000_000u32..4_000_000_000).to_string()
+}
+
+/// `signature` = sha1 of the sorted token, timestamp and nonce: what a plaintext-mode server
+/// and WeChat's URL check verify.
+pub(crate) fn plain_signature(token: &Secret, timestamp: &str, nonce: &str) -> String {
+    let mut parts = [token.expose(), timestamp, nonce];
+    parts.sort_unstable();
+    hex::encode(Sha1::digest(parts.concat()))
+}
+
 /// Seals messages with the component's own appid as receive id and posts them to the callback URL.
 pub(crate) struct Pusher {
     client: reqwest::Client,
@@ -36,10 +49,6 @@ impl Pusher {
         &self.crypt
     }
 
-    pub fn client(&self) -> &reqwest::Client {
-        &self.client
-    }
-
     pub fn has_target(&self) -> bool {
         self.url.is_some()
     }
@@ -49,7 +58,7 @@ impl Pusher {
     pub async fn send(&self, message: &str) -> Result<(), SandboxError> {
         let Some(url) = &self.url else { return Ok(()) };
         let timestamp = unix_now().to_string();
-        let nonce = rand::thread_rng().gen_range(100_000_000u32..4_000_000_000).to_string();
+        let nonce = nonce();
         let sealed = self.crypt.seal(message, &timestamp, &nonce);
         let query = url::form_urlencoded::Serializer::new(String::new())
             .append_pair("signature", &self.plain_signature(&timestamp, &nonce))
@@ -84,9 +93,23 @@ impl Pusher {
 
     /// The old three-field `signature` WeChat also sends; gateways must check msg_signature instead.
     pub fn plain_signature(&self, timestamp: &str, nonce: &str) -> String {
-        let mut parts = [self.token.expose(), timestamp, nonce];
-        parts.sort_unstable();
-        hex::encode(Sha1::digest(parts.concat()))
+        plain_signature(&self.token, timestamp, nonce)
+    }
+
+    /// Posts an XML body within WeChat's 5 seconds; the status and body, whatever they are.
+    pub async fn post_xml(&self, url: &str, body: String) -> Result<(u16, String), SandboxError> {
+        let response = self
+            .client
+            .post(url)
+            .timeout(PUSH_TIMEOUT)
+            .header("content-type", "text/xml")
+            .body(body)
+            .send()
+            .await
+            .map_err(|e| SandboxError::Push(e.without_url().to_string()))?;
+        let status = response.status().as_u16();
+        let text = response.text().await.map_err(|e| SandboxError::Push(e.without_url().to_string()))?;
+        Ok((status, text))
     }
 
     pub fn appid(&self) -> &str {

@@ -77,7 +77,7 @@ fn caller(sb: &Sandbox, query: &str) -> Result<Owner, WxError> {
 fn account_of(sb: &Sandbox, owner: &Owner) -> String {
     match owner {
         Owner::Component => sb.inner.config.component_appid.to_string(),
-        Owner::Authorizer(appid) => appid.clone(),
+        Owner::Authorizer(appid) | Owner::Account { appid, .. } => appid.clone(),
     }
 }
 

@@ -32,6 +32,18 @@ pub struct Stats {
     pub getticket_calls: HashMap<String, u64>,
     /// `fastregisterweapp` calls, answered or refused.
     pub fast_registrations: u64,
+    /// `POST /cgi-bin/stable_token` calls, answered or refused, by the appid in their body.
+    pub stable_token_calls: HashMap<String, StableTokenCalls>,
+    /// `/cgi-bin/token` calls, answered or refused, by the appid in their query.
+    pub token_calls: HashMap<String, u64>,
+}
+
+/// One account's `stable_token` calls, by mode.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct StableTokenCalls {
+    pub normal: u64,
+    /// With `force_refresh: true`, including those refused for WeChat's limits.
+    pub force: u64,
 }
 
 /// One API call as the sandbox received it.

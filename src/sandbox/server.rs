@@ -6,6 +6,7 @@
 //! | `GET /cgi-bin/componentloginpage`, `GET /safe/bindcomponent`, `GET /sandbox/consent` | [`super::pages`] |
 //! | `/cgi-bin/openapi/quota/get`, `/cgi-bin/clear_quota`, `/cgi-bin/component/clear_quota/v2` | [`super::quota`] |
 //! | `/cgi-bin/component/fastregisterweapp` (a push of `notify_third_fasteregister` follows) | [`super::fastreg`] |
+//! | `POST /cgi-bin/stable_token`, `/cgi-bin/token` (owned accounts) | [`super::owned`] |
 //! | `/sandbox/*` control routes | [`super::control`] |
 //! | anything else | an app's API call: [`super::api`] (`/cgi-bin/ticket/getticket` issues JS-SDK tickets) |
 
@@ -16,7 +17,7 @@ use axum::routing::{get, post};
 use axum::Router;
 use tokio::sync::watch;
 
-use super::{api, component, control, fastreg, pages, quota, Sandbox};
+use super::{api, component, control, fastreg, owned, pages, quota, Sandbox};
 
 pub(super) fn spawn(sandbox: Sandbox, listener: tokio::net::TcpListener, mut shutdown: watch::Receiver<bool>) {
     let app = router(sandbox);
@@ -55,6 +56,8 @@ async fn dispatch(State(sandbox): State<Sandbox>, req: Request) -> Response {
     }
     match path {
         fastreg::PATH => fastreg::handle(&sandbox, req).await,
+        owned::STABLE_TOKEN_PATH => owned::stable_token(&sandbox, req).await,
+        owned::TOKEN_PATH => owned::token(&sandbox, req).await,
         "/cgi-bin/openapi/quota/get" => quota::get(&sandbox, req).await,
         "/cgi-bin/clear_quota" => quota::clear(&sandbox, req).await,
         "/cgi-bin/component/clear_quota/v2" => quota::clear_v2(&sandbox, req).await,

@@ -25,15 +25,35 @@ fn new_access_token() -> String {
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub(crate) enum Owner {
     Component,
+    /// An account that authorized the component, its token from `api_authorizer_token`.
     Authorizer(String),
+    /// A directly-owned account, its token got with its own AppSecret. Which endpoint issued it
+    /// is part of the owner because WeChat keeps the two apart (PROTOCOL.md §13): a call to
+    /// `/cgi-bin/token` does not retire the `stable_token` token, nor the other way round.
+    Account {
+        appid: String,
+        endpoint: TokenEndpoint,
+    },
+}
+
+/// The two endpoints that hand an owned account its token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) enum TokenEndpoint {
+    StableToken,
+    Token,
 }
 
 impl Owner {
-    /// How [`super::SeenRequest::authorizer`] names the owner.
+    pub fn account(appid: &str, endpoint: TokenEndpoint) -> Self {
+        Owner::Account { appid: appid.to_owned(), endpoint }
+    }
+
+    /// How [`super::SeenRequest::authorizer`] names the owner: an account is its appid, however
+    /// it got its token, so that its quota is one.
     pub fn label(&self) -> String {
         match self {
             Owner::Component => "component".into(),
-            Owner::Authorizer(appid) => appid.clone(),
+            Owner::Authorizer(appid) | Owner::Account { appid, .. } => appid.clone(),
         }
     }
 }
@@ -78,6 +98,14 @@ impl TokenBook {
             return Err(WxError::token_expired());
         }
         Ok(&entry.owner)
+    }
+
+    /// The owner's latest token if it still works, with the time it has left.
+    pub fn working(&self, owner: &Owner, now: Instant) -> Option<(&str, Duration)> {
+        let token = self.current(owner)?;
+        self.check(token, now).ok()?;
+        let entry = self.entries.get(token)?;
+        Some((token, entry.expires_at - now))
     }
 
     /// The owner's latest token, working or not.
@@ -164,6 +192,19 @@ mod tests {
         assert!(book.check(&tok2, t0).is_ok());
         book.forget(&a);
         assert_eq!(book.owner_of(&tok2), None);
+    }
+
+    #[test]
+    fn working_gives_the_life_left_of_a_live_current_token() {
+        let t0 = Instant::now();
+        let mut book = TokenBook::default();
+        let a = Owner::account("wx1", TokenEndpoint::StableToken);
+        assert_eq!(book.working(&a, t0), None);
+        let tok = book.issue(a.clone(), t0, LIFE, GRACE);
+        assert_eq!(book.working(&a, t0 + Duration::from_secs(4)), Some((tok.as_str(), Duration::from_secs(6))));
+        assert_eq!(book.working(&Owner::account("wx1", TokenEndpoint::Token), t0), None, "a line of its own");
+        book.revoke_current(&a, t0);
+        assert_eq!(book.working(&a, t0), None);
     }
 
     #[test]
