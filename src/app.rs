@@ -21,13 +21,13 @@ use crate::routes::GatewayRoutes;
 use crate::store::{MemoryStore, RedisStore, SharedStore, SqliteStore, StoreError};
 use crate::tokens::{Holders, Settings, TokenError, TokenService};
 use crate::wechat::{ComponentApi, WechatClient, WechatError};
+use crate::AppId;
 use async_trait::async_trait;
 use pingora::server::configuration::ServerConf;
 use pingora::server::ShutdownWatch;
 use pingora::server::{RunArgs, Server};
 use pingora::services::background::{background_service, BackgroundService};
 use pingora::services::listening::Service;
-use crate::AppId;
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -96,11 +96,8 @@ pub fn build(config: &Config, source: Option<Source>, sockets: Sockets) -> Resul
         Some(c) => Some(MsgCrypt::new(&c.token, &c.encoding_aes_key, &c.appid.as_str())?),
         None => None,
     };
-    let links = AuthorizeLinks::new(
-        namespace,
-        config.upstream.mp_base_url.clone(),
-        config.listen.public_base_url.clone(),
-    );
+    let links =
+        AuthorizeLinks::new(namespace, config.upstream.mp_base_url.clone(), config.listen.public_base_url.clone());
     // What a SIGHUP may replace; see config::reload for how to add a part.
     let mut live = Live::new(source);
     let message_settings = live.part(config, |c| MessageSettings::new(&c.messages));

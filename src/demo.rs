@@ -3,7 +3,7 @@
 
 use crate::config::Config;
 use crate::listeners::Sockets;
-use crate::sandbox::{Sandbox, SandboxConfig, DEMO_AUTHORIZER_APPID};
+use crate::sandbox::{OwnedAccount, Sandbox, SandboxConfig, DEMO_AUTHORIZER_APPID};
 use crate::AppId;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -48,6 +48,7 @@ fn sandbox_config(opts: &DemoOptions) -> SandboxConfig {
 }
 
 fn gateway_config(opts: &DemoOptions, sandbox: &SandboxConfig, handler: SocketAddr) -> Result<Config, DemoError> {
+    let owned = sandbox.accounts.first().cloned().unwrap_or_else(OwnedAccount::demo);
     let toml = format!(
         r#"
 [component]
@@ -55,6 +56,14 @@ appid = "{appid}"
 appsecret = "{appsecret}"
 token = "{token}"
 encoding_aes_key = "{aes}"
+
+# An account the company owns itself, beside the authorized ones: its token from stable_token,
+# its own message server at /wxgate/callback/{owned}.
+[[accounts]]
+appid = "{owned}"
+secret = "{owned_secret}"
+token = "{owned_token}"
+encoding_aes_key = "{owned_aes}"
 
 [upstream]
 base_url = "http://{sandbox_addr}"
@@ -105,6 +114,10 @@ token = "{DEMO_HANDLER_TOKEN}"
         appsecret = sandbox.component_appsecret.expose(),
         token = sandbox.token.expose(),
         aes = sandbox.encoding_aes_key.expose(),
+        owned = owned.appid,
+        owned_secret = owned.secret.expose(),
+        owned_token = owned.token.expose(),
+        owned_aes = owned.encoding_aes_key.expose(),
         sandbox_addr = opts.sandbox,
         proxy = opts.proxy,
         admin = opts.admin,
@@ -330,6 +343,16 @@ Try:
   # the raw token, for clients with reveal_tokens (a JS-SDK signer, a central token server)
   curl -s -H 'Authorization: Bearer {DEMO_CLIENT_KEY}' http://{proxy}/wxgate/token/{account}
 
+  # the company's own account {owned} (by AppSecret, [[accounts]]): called the same way, its
+  # token kept with stable_token; /cgi-bin/stable_token is answered from the gateway's cache
+  curl -s 'http://{proxy}/{owned}/cgi-bin/user/info?openid=o1&access_token={DEMO_CLIENT_KEY}'
+  curl -s -X POST -H 'Authorization: Bearer {DEMO_CLIENT_KEY}' http://{proxy}/cgi-bin/stable_token \
+       -d '{{\"grant_type\":\"client_credential\",\"appid\":\"{owned}\"}}'
+  curl -s {bearer} http://{admin}/admin/accounts
+  # its own message server, in safe mode: WeChat's URL check, then a user's text
+  curl -s -X POST http://{sandbox}/sandbox/account-urlcheck -d '{{\"appid\":\"{owned}\"}}'
+  curl -s -X POST http://{sandbox}/sandbox/account-message -d '{{\"appid\":\"{owned}\",\"mode\":\"safe\",\"type\":\"text\",\"content\":\"hello\"}}'
+
   # the gateway is ready, and what it holds (never a token)
   curl -s http://{admin}/readyz
   curl -s {bearer} http://{admin}/admin/component
@@ -360,5 +383,6 @@ Try:
 Ctrl-C stops it.
 ",
         db = opts.data_dir.join("wxgate.sqlite3").display(),
+        owned = crate::sandbox::DEMO_OWNED_APPID,
     )
 }

@@ -40,7 +40,9 @@ impl OwnRoutes for GatewayRoutes {
                 self.account_callback(session, &appid, &query).await
             }
             (&Method::GET, p) if p.starts_with("callback/") => self.check_url(&p["callback/".len()..], &query),
-            (_, p) if p.starts_with("callback/") => Reply::error(405, "the message URL takes POST (and GET for WeChat's URL check)"),
+            (_, p) if p.starts_with("callback/") => {
+                Reply::error(405, "the message URL takes POST (and GET for WeChat's URL check)")
+            }
             (&Method::GET, "authorize") => self.authorize_page(&query).await,
             (&Method::GET, "authorize/done") => self.authorize_done(&query).await,
             (&Method::GET, p) if p.starts_with("token/") => match client_from_headers(clients, session.req()) {

@@ -85,7 +85,13 @@ impl AccountReceiver {
         Ok(seal(reply, Some(crypt), &params.nonce))
     }
 
-    async fn own_push(&self, server: &OwnServer, appid: AppId, query: &str, body: &[u8]) -> Result<PushAnswer, CallbackError> {
+    async fn own_push(
+        &self,
+        server: &OwnServer,
+        appid: AppId,
+        query: &str,
+        body: &[u8],
+    ) -> Result<PushAnswer, CallbackError> {
         let q = PushQuery::parse(query);
         let (timestamp, nonce) = (q.timestamp()?, q.nonce()?);
         let fields = envelope_fields(body)?;

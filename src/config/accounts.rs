@@ -43,7 +43,9 @@ fn account(i: usize, f: &AccountFile, p: &mut Problems) -> Option<AccountConfig>
         (Some(secret), None) => p.check(&at("secret"), secret_of_length(1)(secret)),
         (None, Some(name)) => p.check(&at("secret_env"), from_env(name)),
         (Some(_), Some(_)) => p.check(&at("secret_env"), Err("set secret or secret_env, not both".to_owned())),
-        (None, None) => p.check(&at("secret"), Err("is required (or secret_env, naming a variable that holds it)".to_owned())),
+        (None, None) => {
+            p.check(&at("secret"), Err("is required (or secret_env, naming a variable that holds it)".to_owned()))
+        }
     };
     let token = f.token.as_deref().map(|t| p.check(&at("token"), message_token(t)));
     let key = f.encoding_aes_key.as_deref().map(|k| p.check(&at("encoding_aes_key"), aes_key(k)));
@@ -67,3 +69,6 @@ fn from_env(name: &str) -> Result<Secret, String> {
         Err(std::env::VarError::NotUnicode(_)) => Err(format!("names {name}, whose value is not UTF-8")),
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -1,10 +1,12 @@
 //! `Config::masked`: the effective configuration as TOML, every secret printed as `"..."`.
 
 use super::file::{
-    AccountFile, AdminFile, ClientFile, ComponentFile, EventRouteFile, EventsFile, FileConfig, ListenFile, MessagesFile, ProxyFile,
-    QuotaFile, RefreshFile, RouteFile, ServerFile, StoreFile, UpstreamFile,
+    AccountFile, AdminFile, ClientFile, ComponentFile, EventRouteFile, EventsFile, FileConfig, ListenFile,
+    MessagesFile, ProxyFile, QuotaFile, RefreshFile, RouteFile, ServerFile, StoreFile, UpstreamFile,
 };
-use super::{AccountConfig, AuthorizerScope, ClientConfig, Config, EgressProxy, EventRouteConfig, RouteConfig, StoreConfig};
+use super::{
+    AccountConfig, AuthorizerScope, ClientConfig, Config, EgressProxy, EventRouteConfig, RouteConfig, StoreConfig,
+};
 
 /// The effective configuration in the file's own schema, every secret as `"..."`.
 pub(super) fn masked(config: &Config) -> String {
@@ -148,6 +150,18 @@ fn masked_client(client: &ClientConfig) -> ClientFile {
     }
 }
 
+/// An owned account: a secret from the environment shows the variable's name, one from the
+/// file `"..."`.
+fn masked_account(a: &AccountConfig) -> AccountFile {
+    AccountFile {
+        appid: Some(a.appid.to_string()),
+        secret: a.secret_env.is_none().then(|| MASK.to_owned()),
+        secret_env: a.secret_env.clone(),
+        token: a.token.as_ref().map(|_| MASK.to_owned()),
+        encoding_aes_key: a.encoding_aes_key.as_ref().map(|_| MASK.to_owned()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -161,17 +175,5 @@ mod tests {
             "redis+sentinel://...@s1:26379,s2:26379/svc/1"
         );
         assert_eq!(masked_redis_url("redis://127.0.0.1:6379/0"), "redis://127.0.0.1:6379/0");
-    }
-}
-
-/// An owned account: a secret from the environment shows the variable's name, one from the
-/// file `"..."`.
-fn masked_account(a: &AccountConfig) -> AccountFile {
-    AccountFile {
-        appid: Some(a.appid.to_string()),
-        secret: a.secret_env.is_none().then(|| MASK.to_owned()),
-        secret_env: a.secret_env.clone(),
-        token: a.token.as_ref().map(|_| MASK.to_owned()),
-        encoding_aes_key: a.encoding_aes_key.as_ref().map(|_| MASK.to_owned()),
     }
 }

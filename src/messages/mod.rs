@@ -130,12 +130,7 @@ impl MessageService {
 
     /// Handles one verified, decrypted push for `authorizer`. `payload` is the XML as WeChat
     /// sent it.
-    pub async fn receive(
-        &self,
-        authorizer: AppId,
-        payload: String,
-        fields: &Fields,
-    ) -> Result<Reply, MessageError> {
+    pub async fn receive(&self, authorizer: AppId, payload: String, fields: &Fields) -> Result<Reply, MessageError> {
         let Some(msg_type) = fields.get("MsgType").filter(|t| !t.is_empty()) else {
             count(NO_ROUTE, result::UNKNOWN);
             tracing::info!(authorizer = %authorizer, "message without MsgType answered success");
@@ -179,9 +174,7 @@ impl MessageService {
                     false => Ok(duplicate(&authorizer, &msg_type)),
                 }
             }
-            DeliveryMode::Reply => {
-                self.reply(route, message, fields, settings.reply_timeout, key.as_deref()).await
-            }
+            DeliveryMode::Reply => self.reply(route, message, fields, settings.reply_timeout, key.as_deref()).await,
         }
     }
 

@@ -71,6 +71,14 @@ impl AuthorizerTokens {
         self.slots.get(appid).ok_or(TokenError::UnknownAuthorizer)
     }
 
+    /// The state of the account `appid`, if it is held (an owned account is always active).
+    pub(super) fn state(&self, appid: &AppId) -> Option<AuthorizerState> {
+        match self.owned.holds(appid) {
+            true => Some(AuthorizerState::Active),
+            false => self.slots.get(appid).map(|s| s.state()),
+        }
+    }
+
     /// Whether the gateway holds `appid` with tokens in service (an owned account always).
     pub fn is_active(&self, appid: &AppId) -> bool {
         self.owned.holds(appid) || self.slots.get(appid).is_some_and(|s| s.state() == AuthorizerState::Active)

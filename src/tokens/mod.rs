@@ -95,7 +95,9 @@ pub enum TokenError {
     Budget { endpoint: &'static str, retry_in_secs: i64 },
     /// WeChat refused an owned account's token, and `force_refresh` (20 a day, 30 s apart) is
     /// spent: normal mode gives back the same token.
-    #[error("WeChat refused the account's token and force_refresh is spent for now (WeChat allows 20 a day, 30 s apart)")]
+    #[error(
+        "WeChat refused the account's token and force_refresh is spent for now (WeChat allows 20 a day, 30 s apart)"
+    )]
     ForceSpent,
     #[error("no third-party platform is configured ([component])")]
     NoPlatform,

@@ -88,7 +88,7 @@ impl JsTickets {
     /// A ticket of `kind` for `appid` that has not expired: fetched (or taken from the store)
     /// the first time, single-flight however many pages ask at once.
     pub async fn get(&self, appid: &AppId, kind: TicketKind) -> Result<Arc<AccessToken>, TokenError> {
-        match self.authorizers.slots.get(appid).map(|s| s.state()) {
+        match self.authorizers.state(appid) {
             None => return Err(TokenError::UnknownAuthorizer),
             Some(AuthorizerState::Revoked) => return Err(TokenError::Revoked),
             Some(AuthorizerState::NeedsReauth) => return Err(TokenError::NeedsReauth),

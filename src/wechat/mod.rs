@@ -408,8 +408,10 @@ impl ComponentApi for WechatClient {
 
     async fn stable_token(&self, appid: &AppId, secret: &Secret, force: bool) -> Result<Issued, WechatError> {
         const EP: &str = "stable_token";
-        let url =
-            self.base_url.join("cgi-bin/stable_token").map_err(|e| WechatError::Decode { endpoint: EP, reason: e.to_string() })?;
+        let url = self
+            .base_url
+            .join("cgi-bin/stable_token")
+            .map_err(|e| WechatError::Decode { endpoint: EP, reason: e.to_string() })?;
         let body = json!({
             "grant_type": "client_credential",
             "appid": appid.as_str(),

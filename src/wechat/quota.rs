@@ -75,7 +75,8 @@ impl QuotaApi for WechatClient {
     }
 
     async fn clear_quota_v2(&self, appid: Option<&AppId>) -> Result<(), WechatError> {
-        let mut body = json!({ "component_appid": self.appid.as_str(), "appsecret": self.appsecret("clear_quota_v2")? });
+        let mut body =
+            json!({ "component_appid": self.appid.as_str(), "appsecret": self.appsecret("clear_quota_v2")? });
         if let Some(appid) = appid {
             body["appid"] = json!(appid.as_str());
         }

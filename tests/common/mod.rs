@@ -4,6 +4,7 @@
 
 pub mod redis_server;
 pub mod tls;
+pub mod wxcrypt;
 
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
@@ -133,6 +134,8 @@ pub struct Setup {
     pub store_toml: Option<String>,
     /// Variables for the gateway's process (`WXGATE_*` overrides).
     pub env: Vec<(String, String)>,
+    /// Whether the config has a `[component]` (a gateway of owned accounts only has none).
+    pub platform: bool,
 }
 
 impl Setup {
@@ -148,6 +151,7 @@ impl Setup {
             extra_toml: String::new(),
             store_toml: None,
             env: Vec::new(),
+            platform: true,
         }
     }
 
@@ -160,14 +164,16 @@ impl Setup {
     }
 
     pub fn config_toml(&self) -> String {
+        let component = match self.platform {
+            true => format!(
+                "[component]\nappid = \"{COMPONENT_APPID}\"\nappsecret = \"{APPSECRET}\"\ntoken = \"{MSG_TOKEN}\"\n\
+                 encoding_aes_key = \"{AES_KEY}\"\n"
+            ),
+            false => String::new(),
+        };
         format!(
             r#"
-[component]
-appid = "{COMPONENT_APPID}"
-appsecret = "{APPSECRET}"
-token = "{MSG_TOKEN}"
-encoding_aes_key = "{AES_KEY}"
-
+{component}
 [upstream]
 base_url = "{upstream}"
 mp_base_url = "{upstream}"
@@ -216,6 +222,7 @@ authorizers = ["*"]
         other.upstream = self.upstream.clone();
         other.extra_toml = self.extra_toml.clone();
         other.store_toml = self.store_toml.clone();
+        other.platform = self.platform;
         other
     }
 

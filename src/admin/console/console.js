@@ -132,6 +132,10 @@
     const a = await api("GET", "/admin/component");
     const list = $("component");
     list.replaceChildren();
+    if (a.status === 404) {
+      fact(list, "Platform", "none configured: this gateway holds owned accounts only");
+      return;
+    }
     if (!a.ok) {
       fact(list, "Error", reason(a));
       return;
@@ -308,6 +312,46 @@
     }
   }
 
+  // ---- owned accounts ([[accounts]]): their tokens, kept with their AppSecret ----
+
+  function ownedRow(a) {
+    const refresh = el("button", { type: "button", textContent: "Refresh", class: "refresh" });
+    refresh.addEventListener("click", () => refreshOwned(a.appid, refresh));
+    return labelled(el("tr", { "data-owned": a.appid },
+      el("td", { class: "account" }, el("code", {}, String(a.appid))),
+      el("td", {}, el("span", { class: stateClass(a.state) }, String(a.state))),
+      timeCell(a.access_expires_at_ms),
+      timeCell(a.last_refresh_at_ms, "last-refresh"),
+      el("td", { class: a.last_error ? "error" : "muted" }, a.last_error ? String(a.last_error) : "—"),
+      el("td", {}, refresh)), "owned");
+  }
+
+  async function loadOwned() {
+    const a = await api("GET", "/admin/accounts");
+    const accounts = a.ok ? a.body.accounts : [];
+    $("owned").tBodies[0].replaceChildren(...accounts.map(ownedRow));
+    $("owned-total").textContent = `(${accounts.length})`;
+    $("owned-panel").hidden = accounts.length === 0;
+  }
+
+  async function refreshOwned(appid, button) {
+    button.disabled = true;
+    try {
+      const a = await api("POST", `/admin/accounts/${encodeURIComponent(appid)}/refresh`);
+      if (a.ok) {
+        const row = document.querySelector(`tr[data-owned="${CSS.escape(appid)}"]`);
+        if (row) row.replaceWith(ownedRow(a.body));
+        toast(`Refreshed ${appid}.`);
+      } else {
+        toast(`Refresh of ${appid} failed: ${reason(a)}`, true);
+      }
+    } catch (e) {
+      if (!(e instanceof SignedOut)) toast(`Refresh failed: ${e.message}`, true);
+    } finally {
+      button.disabled = false;
+    }
+  }
+
   // ---- the quota guard: each limited client's use today, and the pairs held after 45009 ----
 
   function quotaRows(c) {
@@ -341,7 +385,7 @@
 
   async function loadAll() {
     try {
-      await Promise.all([loadReady(), loadComponent(), loadAuthorizers(), loadOutbox(), loadQuota()]);
+      await Promise.all([loadReady(), loadComponent(), loadOwned(), loadAuthorizers(), loadOutbox(), loadQuota()]);
     } catch (e) {
       if (!(e instanceof SignedOut)) toast(`Could not reach the gateway: ${e.message}`, true);
     }
