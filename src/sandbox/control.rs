@@ -7,8 +7,9 @@ use axum::response::{IntoResponse, Response};
 use serde_json::{json, Value};
 
 use super::config::FaultsBody;
+use super::own_server::{AccountMessageBody, UrlCheckBody};
 use super::server::query_param;
-use super::Sandbox;
+use super::{Sandbox, SandboxError};
 use crate::appid::AppId;
 
 /// `POST /sandbox/authorize?appid=wx...`: `{"auth_code", "info_type", "pushed"[, "push_error"]}`.
@@ -42,7 +43,7 @@ pub(super) async fn unauthorize(State(sandbox): State<Sandbox>, uri: Uri) -> Res
     }
     match sandbox.unauthorize(&appid).await {
         Ok(()) => ok(json!({ "pushed": true })),
-        Err(e @ super::SandboxError::NotAuthorized(_)) => error(StatusCode::NOT_FOUND, &e.to_string()),
+        Err(e @ SandboxError::NotAuthorized(_)) => error(StatusCode::NOT_FOUND, &e.to_string()),
         Err(e) => ok(json!({ "pushed": false, "push_error": e.to_string() })),
     }
 }
@@ -69,7 +70,7 @@ pub(super) async fn account(State(sandbox): State<Sandbox>, uri: Uri) -> Respons
     }
 }
 
-/// `POST /sandbox/revoke[?appid=wx...]`: that authorizer's (or the component's) current token dies.
+/// `POST /sandbox/revoke[?appid=wx...]`: that account's (or the component's) current token dies.
 pub(super) async fn revoke(State(sandbox): State<Sandbox>, uri: Uri) -> Response {
     match appid_param(&uri) {
         Ok(appid) => {
@@ -140,6 +141,42 @@ pub(super) async fn message(State(sandbox): State<Sandbox>, uri: Uri) -> Respons
     match sandbox.push_message(&appid, &spec).await {
         Ok(outcome) => ok(serde_json::to_value(outcome).unwrap_or_default()),
         Err(e) => error(StatusCode::BAD_GATEWAY, &e.to_string()),
+    }
+}
+
+/// `POST /sandbox/account-message` `{appid, mode?: "plaintext"|"compatible"|"safe" (default safe),
+/// url?, forge?, type?, content?, event?, openid?, msg_id?}`: pushed to the owned account's own
+/// server; answers as `/sandbox/message` does. 404 for an appid that is not an owned account.
+pub(super) async fn account_message(State(sandbox): State<Sandbox>, body: Bytes) -> Response {
+    let parsed = serde_json::from_slice::<AccountMessageBody>(&body).map_err(|e| e.to_string());
+    let (appid, spec, how) = match parsed.and_then(AccountMessageBody::into_parts) {
+        Ok(parts) => parts,
+        Err(why) => return error(StatusCode::BAD_REQUEST, &why),
+    };
+    match sandbox.push_account_message(&appid, &spec, &how).await {
+        Ok(outcome) => ok(serde_json::to_value(outcome).unwrap_or_default()),
+        Err(e) => push_error(&e),
+    }
+}
+
+/// `POST /sandbox/account-urlcheck` `{appid, url?, forge?}`: WeChat's check of the owned account's
+/// server URL; answers `{status, body, echoed}`.
+pub(super) async fn account_urlcheck(State(sandbox): State<Sandbox>, body: Bytes) -> Response {
+    let parsed = serde_json::from_slice::<UrlCheckBody>(&body).map_err(|e| e.to_string());
+    let (appid, url, forge) = match parsed.and_then(UrlCheckBody::into_parts) {
+        Ok(parts) => parts,
+        Err(why) => return error(StatusCode::BAD_REQUEST, &why),
+    };
+    match sandbox.check_account_url(&appid, url.as_deref(), forge).await {
+        Ok(check) => ok(serde_json::to_value(check).unwrap_or_default()),
+        Err(e) => push_error(&e),
+    }
+}
+
+fn push_error(e: &SandboxError) -> Response {
+    match e {
+        SandboxError::NotOwned(_) => error(StatusCode::NOT_FOUND, &e.to_string()),
+        _ => error(StatusCode::BAD_GATEWAY, &e.to_string()),
     }
 }
 

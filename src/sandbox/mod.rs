@@ -13,6 +13,7 @@ mod fastreg;
 mod faults;
 mod ledger;
 mod messages;
+mod own_server;
 mod owned;
 mod pages;
 mod push;
@@ -34,6 +35,7 @@ pub use api::{media_content, MAX_MEDIA_BYTES};
 pub use config::{Faults, OwnedAccount, SandboxConfig, DEMO_AUTHORIZER_APPID, DEMO_COMPONENT_APPID, DEMO_OWNED_APPID};
 pub use fastreg::Registration;
 pub use messages::{original_id, MessageSpec, PushOutcome, ReleaseReport, SentText, Step, SANDBOX_OPENID};
+pub use own_server::{AccountPush, MessageMode, UrlCheck};
 pub use record::{SeenRequest, StableTokenCalls, Stats, MAX_SEEN};
 
 use crate::appid::AppId;
@@ -51,6 +53,8 @@ pub enum SandboxError {
     Push(String),
     #[error("{0} has not authorized the component")]
     NotAuthorized(AppId),
+    #[error("{0} is not one of the sandbox's owned accounts")]
+    NotOwned(AppId),
 }
 
 /// A running sandbox; cheap to clone.

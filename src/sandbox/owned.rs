@@ -33,7 +33,6 @@ type Body = Map<String, Value>;
 /// The owned accounts of the config, checked once at start, their message crypto built then.
 pub(crate) struct Accounts(HashMap<AppId, Account>);
 
-#[allow(dead_code)] // token and crypt: read by the pushes to the account's own server (next commit)
 pub(crate) struct Account {
     pub secret: Secret,
     /// The token of the account's own message server, for the plain `signature`.

@@ -96,6 +96,14 @@ impl Pusher {
         plain_signature(&self.token, timestamp, nonce)
     }
 
+    /// A GET within WeChat's 5 seconds (the check of a server URL); the status and body.
+    pub async fn get(&self, url: &str) -> Result<(u16, String), SandboxError> {
+        let failed = |e: reqwest::Error| SandboxError::Push(e.without_url().to_string());
+        let response = self.client.get(url).timeout(PUSH_TIMEOUT).send().await.map_err(failed)?;
+        let status = response.status().as_u16();
+        Ok((status, response.text().await.map_err(failed)?))
+    }
+
     /// Posts an XML body within WeChat's 5 seconds; the status and body, whatever they are.
     pub async fn post_xml(&self, url: &str, body: String) -> Result<(u16, String), SandboxError> {
         let response = self

@@ -43,6 +43,8 @@ fn router(sandbox: Sandbox) -> Router {
         .route("/sandbox/pushes", post(control::pushes))
         .route("/sandbox/message", post(control::message))
         .route("/sandbox/release-check", post(control::release_check))
+        .route("/sandbox/account-message", post(control::account_message))
+        .route("/sandbox/account-urlcheck", post(control::account_urlcheck))
         .route("/sandbox/consent", get(pages::consent))
         .fallback(dispatch)
         .with_state(sandbox)
