@@ -188,7 +188,7 @@ pub fn run_on(config: &Config, source: Option<Source>, sockets: Sockets) -> Resu
         %proxy,
         %admin,
         store = store_name(&config.store),
-        component = ?config.component.as_ref().map(|c| c.appid),
+        component = %config.component.as_ref().map_or_else(|| "none".to_owned(), |c| c.appid.to_string()),
         owned_accounts = config.accounts.len(),
         "wxgate starting"
     );

@@ -18,6 +18,8 @@ use std::time::{Duration, Instant};
 use wxgate::AppId;
 
 const ACCOUNTS: [&str; 3] = ["wx1111111111111111", "wx2222222222222222", "wx3333333333333333"];
+/// The company's own account ([[accounts]]), beside the authorized ones.
+const OWNED: &str = wxgate::sandbox::DEMO_OWNED_APPID;
 
 fn chromium() -> PathBuf {
     ["/usr/bin/chromium", "/usr/bin/chromium-browser"]
@@ -72,8 +74,10 @@ async fn gateway() -> (Setup, wxgate::sandbox::Sandbox, Gateway) {
     let mut setup = Setup::new();
     let sandbox = setup.sandbox(7200).await;
     setup.extra_toml = format!(
-        "rate_per_second = 7\n\n[[events.routes]]\nname = \"tenants\"\nurl = \"http://127.0.0.1:{}/events\"\ntoken = \"routetoken42\"\n",
-        free_port()
+        "rate_per_second = 7\n\n[[events.routes]]\nname = \"tenants\"\nurl = \"http://127.0.0.1:{}/events\"\ntoken = \"routetoken42\"\n\n\
+         [[accounts]]\nappid = \"{OWNED}\"\nsecret = \"{}\"\n",
+        free_port(),
+        wxgate::sandbox::OwnedAccount::demo().secret.expose()
     );
     let gw = setup.start().await;
     ticket_delivered(&sandbox).await;
@@ -180,6 +184,15 @@ async fn story(browser: &Browser, gw: &Gateway, setup: &Setup) {
         js(&page, "document.querySelector('#quota-use tr[data-client=\"shop-backend\"] td:nth-child(2)').textContent")
             .await;
     assert_eq!(rate, Value::String("7".into()));
+
+    // The company's own account, beside the authorized ones, refreshed from its row.
+    until(&page, "!document.getElementById('owned-panel').hidden").await;
+    until(&page, &format!("document.querySelector('#owned tr[data-owned=\"{OWNED}\"]') !== null")).await;
+    let state =
+        js(&page, &format!("document.querySelector('#owned tr[data-owned=\"{OWNED}\"] .state').textContent")).await;
+    assert_eq!(state, Value::String("active".into()));
+    click(&page, &format!("#owned tr[data-owned=\"{OWNED}\"] button.refresh")).await;
+    until(&page, &format!("document.getElementById('toast').textContent === 'Refreshed {OWNED}.'")).await;
 
     // Refresh one account: its last-refresh time moves on.
     let cell = format!("document.querySelector('tr[data-appid=\"{}\"] td.last-refresh').dataset.ms", ACCOUNTS[0]);

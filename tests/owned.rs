@@ -97,6 +97,13 @@ async fn a_token_wechat_refused_is_replaced_by_one_force_refresh_however_many_ca
     ticket_delivered(&sandbox).await;
     ready(&gw).await;
     assert_eq!(call(&gw).await["errcode"], 0);
+    // JS-SDK tickets as for an authorizer: answered from the gateway's cache, one getticket.
+    let url = gw.proxy_url(&format!("/{OWNED}/cgi-bin/ticket/getticket?type=jsapi&access_token={CLIENT_KEY}"));
+    let ticket: serde_json::Value = gw.http.get(&url).send().await.unwrap().json().await.unwrap();
+    assert_eq!(ticket["errcode"], 0, "{ticket}");
+    let again: serde_json::Value = gw.http.get(&url).send().await.unwrap().json().await.unwrap();
+    assert_eq!(again["ticket"], ticket["ticket"], "the cached ticket");
+    assert_eq!(sandbox.current_js_ticket(&owned().appid, "jsapi").as_deref(), ticket["ticket"].as_str());
     sandbox.revoke_access_token(Some(&owned().appid));
     let answers = futures_util::future::join_all((0..20).map(|_| call(&gw))).await;
     for answer in &answers {
@@ -157,6 +164,7 @@ async fn the_token_endpoints_answer_from_the_cache_and_never_reach_wechat() {
         assert_eq!(r.status(), 403, "{path}: a client without reveal_tokens");
     }
     assert_eq!(stable_calls(&sandbox), before, "no token call reached WeChat");
+    assert!(sandbox.stats().token_calls.is_empty(), "no /cgi-bin/token call reached WeChat");
     let reached: Vec<String> = sandbox.requests()[seen_before..].iter().map(|r| r.path.clone()).collect();
     assert!(reached.iter().all(|p| !p.contains("token")), "{reached:?}");
 }

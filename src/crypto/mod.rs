@@ -252,6 +252,17 @@ fn escape_text(s: &str) -> String {
 mod tests {
     use super::*;
 
+    /// wechatpy's check_signature of the server-URL check, computed independently:
+    /// sha1("1409304348" + "pamtest" + "xxxxxx"), the parts sorted.
+    #[test]
+    fn a_plain_signature_is_sha1_over_the_three_sorted_parts() {
+        let token = Secret::new("pamtest");
+        let expected = hex::encode(<sha1::Sha1 as sha1::Digest>::digest(b"1409304348pamtestxxxxxx"));
+        assert_eq!(plain_signature(&token, "1409304348", "xxxxxx"), expected);
+        assert!(verify_plain(&token, "1409304348", "xxxxxx", &expected.to_uppercase()).is_ok());
+        assert!(verify_plain(&Secret::new("other"), "1409304348", "xxxxxx", &expected).is_err());
+    }
+
     const KEY: &str = "abcdefghijklmnopqrstuvwxyz0123456789ABCDEFG";
     const APPID: &str = "wxb11529c136998cb6";
 

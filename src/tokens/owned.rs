@@ -289,3 +289,30 @@ impl Credential for OwnedCredential<'_> {
         );
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn slot() -> OwnedSlot {
+        OwnedSlot {
+            appid: AppId::parse("wx5555555555555555").unwrap(),
+            secret: Secret::new("s"),
+            slot: TokenSlot::new(None),
+            forced: Mutex::default(),
+        }
+    }
+
+    #[test]
+    fn force_refresh_keeps_to_wechats_thirty_seconds_and_twenty_a_day() {
+        let s = slot();
+        assert_eq!(s.try_force(0), Ok(()));
+        assert_eq!(s.try_force(10_000), Err(20_000), "30 s apart");
+        for i in 1..FORCE_PER_DAY as i64 {
+            assert_eq!(s.try_force(i * FORCE_APART_MS), Ok(()), "force {i}");
+        }
+        let last = (FORCE_PER_DAY as i64 - 1) * FORCE_APART_MS;
+        assert_eq!(s.try_force(last + FORCE_APART_MS), Err(DAY_MS - last - FORCE_APART_MS), "the 21st waits a day");
+        assert_eq!(s.try_force(DAY_MS), Ok(()), "the first has left the day");
+    }
+}
