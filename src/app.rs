@@ -17,6 +17,7 @@ use crate::messages::{MessageService, Settings as MessageSettings};
 use crate::metrics;
 use crate::proxy::{Clients, Gateway, Upstream, UpstreamError};
 use crate::quota::{FromWechat, QuotaGuard};
+use crate::releases::{Releases, Settings as ReleaseSettings};
 use crate::routes::GatewayRoutes;
 use crate::store::{MemoryStore, RedisStore, SharedStore, SqliteStore, StoreError};
 use crate::tokens::{Holders, Settings, TokenError, TokenService};
@@ -109,12 +110,18 @@ pub fn build(config: &Config, source: Option<Source>, sockets: Sockets) -> Resul
     tokens.events().hand_to(Arc::clone(&events) as _);
     let deliveries: Arc<dyn Deliver> = Arc::new(Deliveries { handler: Arc::clone(&handler), events });
     let release = Arc::new(ReleaseCheck::new(Arc::clone(&tokens), Arc::clone(&client) as _));
-    let messages = Arc::new(MessageService::new(
-        message_settings,
-        Arc::clone(&outbox),
-        Arc::clone(&handler) as Arc<HandlerClient>,
-        release,
+    let release_settings = ReleaseSettings::new(config.releases.audit_poll, config.upstream.timeout);
+    let releases = Arc::new(Releases::new(
+        namespace,
+        Arc::clone(&store),
+        Arc::clone(&tokens),
+        Arc::clone(&client) as _,
+        release_settings,
     ));
+    let messages = Arc::new(
+        MessageService::new(message_settings, Arc::clone(&outbox), Arc::clone(&handler) as Arc<HandlerClient>, release)
+            .with_releases(Arc::clone(&releases)),
+    );
     let routes = Arc::new(GatewayRoutes {
         accounts: AccountReceiver::new(crypt.clone(), own_servers(&config.accounts)?, messages),
         callback: crypt.map(|crypt| ComponentReceiver::new(crypt, Arc::clone(&tokens))),
@@ -161,13 +168,15 @@ pub fn build(config: &Config, source: Option<Source>, sockets: Sockets) -> Resul
     // The admin listener is served by the same HTTP/1.1 as the proxy listener.
     let admin_app = AdminApp::new(Arc::clone(&tokens), links, admin_token, client)
         .with_outbox(Arc::clone(&outbox))
-        .with_guard(Arc::clone(&guard));
+        .with_guard(Arc::clone(&guard))
+        .with_releases(Arc::clone(&releases));
     let admin = Service::new("wxgate admin".to_owned(), Edge::new(admin_app, timeouts));
     server.add_service(Prebound::new(admin, sockets.admin));
 
     server.add_service(background_service("wxgate token scheduler", Scheduler(tokens)));
     server.add_service(background_service("wxgate message outbox", OutboxWorker(outbox, deliveries)));
     server.add_service(background_service("wxgate quota sync", QuotaSync(guard)));
+    server.add_service(background_service("wxgate release jobs", ReleaseDriver(releases)));
     if live.has_file() {
         Arc::new(live).reload_on_sighup(rt)?;
     }
@@ -265,6 +274,16 @@ fn own_servers(accounts: &[AccountConfig]) -> Result<HashMap<AppId, OwnServer>, 
         servers.insert(account.appid, OwnServer { token: token.clone(), crypt });
     }
     Ok(servers)
+}
+
+/// The release jobs' driver, run by pingora as a background service.
+struct ReleaseDriver(Arc<Releases>);
+
+#[async_trait]
+impl BackgroundService for ReleaseDriver {
+    async fn start(&self, shutdown: ShutdownWatch) {
+        Arc::clone(&self.0).run(shutdown).await;
+    }
 }
 
 /// The token service's refresh scheduler, run by pingora as a background service so that it

@@ -28,6 +28,8 @@
 //!   token service acted on them, into the one outbox per `[[events.routes]]`, in order per account.
 //! - [`quota`]: the quota guard between the apps that share an account's WeChat quota: each
 //!   client's rate and daily share, and the 45009 holds; shared through a Redis store.
+//! - [`releases`]: release jobs: a code template taken to many mini programs (commit, audit,
+//!   release), durable, within the audit quota, driven by WeChat's audit events and polling.
 //! - [`admin`]: the admin listener: metrics, health, readiness, admin API.
 //! - [`proxy`]: the proxy listener: each request resolved, the token endpoints answered, and
 //!   every other path proxied to WeChat with the real token injected (and replayed once after a
@@ -55,7 +57,7 @@
 //! 7. `routes`
 //! 6. `callback`, `events`, `admin`, `sandbox`
 //! 5. `proxy`, `messages`, `listeners`
-//! 4. `quota`
+//! 4. `quota`, `releases`
 //! 3. `config`, `authorize`
 //! 2. `tokens`
 //! 1. `crypto`, `wechat`, `store`, `http1`
@@ -77,6 +79,7 @@ pub mod messages;
 pub mod metrics;
 pub mod proxy;
 pub mod quota;
+pub mod releases;
 pub mod reply;
 pub mod routes;
 pub mod sandbox;

@@ -44,6 +44,24 @@ pub static UPSTREAM_SWITCHES: LazyLock<IntCounterVec> = LazyLock::new(|| {
     .expect("metric")
 });
 
+pub static RELEASE_ACCOUNTS: LazyLock<IntGaugeVec> = LazyLock::new(|| {
+    register_int_gauge_vec!(
+        "wxgate_release_accounts",
+        "Accounts of running release jobs, by state (pending, committed, auditing, delayed, approved, released, rejected, waiting_quota, failed, skipped, cancelled)",
+        &["state"]
+    )
+    .expect("metric")
+});
+
+pub static RELEASE_STEPS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "wxgate_release_steps_total",
+        "Release jobs' calls to WeChat, by step (commit, submit, release, status, quota) and result (ok, errcode, unreachable, token, store_error)",
+        &["step", "result"]
+    )
+    .expect("metric")
+});
+
 pub static RATE_LIMITED: LazyLock<IntCounterVec> = LazyLock::new(|| {
     register_int_counter_vec!(
         "wxgate_rate_limited_total",
@@ -263,6 +281,8 @@ pub fn init() {
     LazyLock::force(&TOKEN_REFRESH);
     LazyLock::force(&TOKEN_RETRY);
     LazyLock::force(&RATE_LIMITED);
+    LazyLock::force(&RELEASE_ACCOUNTS);
+    LazyLock::force(&RELEASE_STEPS);
     for reason in ["unreachable", "refused", "broken", "timeout"] {
         EGRESS_PROXY_FAILURES.with_label_values(&[reason]);
     }

@@ -8,6 +8,7 @@ mod console;
 mod info;
 mod messages;
 mod quota;
+mod releases;
 mod routes;
 mod shapes;
 
@@ -32,6 +33,8 @@ pub struct AdminApp {
     outbox: Option<Arc<Outbox>>,
     /// The quota guard behind `/admin/quota`, told of cleared quotas.
     guard: Option<Arc<QuotaGuard>>,
+    /// The release jobs behind `/admin/releases`.
+    releases: Option<Arc<crate::releases::Releases>>,
 }
 
 impl AdminApp {
@@ -41,7 +44,11 @@ impl AdminApp {
         token: Arc<ArcSwap<Secret>>,
         quota: Arc<dyn QuotaApi>,
     ) -> Self {
-        Self { tokens, links, token, quota, outbox: None, guard: None }
+        Self { tokens, links, token, quota, outbox: None, guard: None, releases: None }
+    }
+
+    pub fn with_releases(self, releases: Arc<crate::releases::Releases>) -> Self {
+        Self { releases: Some(releases), ..self }
     }
 
     pub fn with_guard(self, guard: Arc<QuotaGuard>) -> Self {

@@ -23,6 +23,7 @@ pub(super) async fn handle(app: &AdminApp, session: &mut Session<'_>, method: &M
         }
         (&Method::GET, ["component"]) => Reply::json(200, &super::shapes::component(&app.tokens.component().status())),
         (_, ["accounts", rest @ ..]) => super::accounts::handle(app, method, rest).await,
+        (_, ["releases", rest @ ..]) => super::releases::handle(app, session, method, rest).await,
         (&Method::GET, ["authorizers"]) => list(app, &query).await,
         (&Method::GET, ["authorize-url"]) => authorize_url(app, &query).await,
         (&Method::POST, ["reconcile"]) => super::info::reconcile(app).await,

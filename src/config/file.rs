@@ -11,7 +11,7 @@ use toml::{Table, Value};
 use super::Problems;
 
 /// The top-level tables of the file, in the order they are documented.
-pub(super) const SECTIONS: [&str; 13] = [
+pub(super) const SECTIONS: [&str; 14] = [
     "component",
     "accounts",
     "upstream",
@@ -25,6 +25,7 @@ pub(super) const SECTIONS: [&str; 13] = [
     "messages",
     "events",
     "quota",
+    "releases",
 ];
 
 /// What the file (with the environment applied) said, before any value is checked. Absent keys
@@ -45,6 +46,13 @@ pub(super) struct FileConfig {
     pub messages: MessagesFile,
     pub events: EventsFile,
     pub quota: QuotaFile,
+    pub releases: ReleasesFile,
+}
+
+#[derive(Debug, Default, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub(super) struct ReleasesFile {
+    pub audit_poll_secs: Option<i64>,
 }
 
 #[derive(Debug, Default, Deserialize, Serialize)]
@@ -264,6 +272,7 @@ pub(super) fn probe(section: &str, key: &str, value: &Value) -> Result<(), KeyEr
         "events" => EventsFile::deserialize(one).map(drop),
         "events.routes" => EventRouteFile::deserialize(one).map(drop),
         "quota" => QuotaFile::deserialize(one).map(drop),
+        "releases" => ReleasesFile::deserialize(one).map(drop),
         _ => return Err(KeyError::UnknownSection),
     };
     result.map_err(|e| KeyError::from_serde(e.message()))

@@ -2,7 +2,7 @@
 
 use super::file::{
     AccountFile, AdminFile, ClientFile, ComponentFile, EventRouteFile, EventsFile, FileConfig, ListenFile,
-    MessagesFile, ProxyFile, QuotaFile, RefreshFile, RouteFile, ServerFile, StoreFile, UpstreamFile,
+    MessagesFile, ProxyFile, QuotaFile, RefreshFile, ReleasesFile, RouteFile, ServerFile, StoreFile, UpstreamFile,
 };
 use super::{
     AccountConfig, AuthorizerScope, ClientConfig, Config, EgressProxy, EventRouteConfig, RouteConfig, StoreConfig,
@@ -61,6 +61,7 @@ pub(super) fn masked(config: &Config) -> String {
         },
         events: EventsFile { routes: config.events.routes.iter().map(masked_event_route).collect() },
         quota: QuotaFile { guard: Some(config.quota.guard) },
+        releases: ReleasesFile { audit_poll_secs: int(config.releases.audit_poll.as_secs().into()) },
     };
     toml::to_string(&file).unwrap_or_else(|e| format!("# cannot print the configuration: {e}\n"))
 }

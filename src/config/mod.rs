@@ -76,6 +76,7 @@ pub struct Config {
     pub messages: MessagesConfig,
     pub events: EventsConfig,
     pub quota: QuotaConfig,
+    pub releases: ReleasesConfig,
 }
 
 /// The third-party platform itself. `encoding_aes_key` is known to decode to 32 bytes.
@@ -188,6 +189,13 @@ pub struct ClientConfig {
 }
 
 /// `[quota]`.
+/// `[releases]`: release jobs.
+#[derive(Debug, Clone)]
+pub struct ReleasesConfig {
+    /// Ask WeChat for an audit's status after this long without its verdict.
+    pub audit_poll: Duration,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct QuotaConfig {
     /// Answer an (account, API) WeChat said 45009 for at the gateway until Beijing midnight.

@@ -38,6 +38,8 @@ pub(super) fn config(f: &FileConfig, p: &mut Problems) -> Option<Config> {
     let messages = messages(&f.messages, p);
     let events = events(&f.events, &f.messages, p);
     let quota = QuotaConfig { guard: f.quota.guard.unwrap_or(true) };
+    let default_poll = crate::releases::DEFAULT_AUDIT_POLL_SECS;
+    let audit_poll = p.check("releases.audit_poll_secs", int_in(f.releases.audit_poll_secs, default_poll, 5..=86_400));
     let (component, accounts) = (component?, accounts?);
     let namespace = component.as_ref().map(|c| c.appid).or_else(|| accounts.first().map(|a| a.appid))?;
     Some(Config {
@@ -59,6 +61,7 @@ pub(super) fn config(f: &FileConfig, p: &mut Problems) -> Option<Config> {
         messages: messages?,
         events: events?,
         quota,
+        releases: ReleasesConfig { audit_poll: Duration::from_secs(audit_poll?) },
     })
 }
 

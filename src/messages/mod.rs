@@ -26,6 +26,7 @@ pub mod routes;
 
 use crate::config::{DeliveryMode, MessagesConfig};
 use crate::metrics;
+use crate::releases::Releases;
 use crate::xml::Fields;
 use crate::{AppId, Secret};
 use arc_swap::ArcSwap;
@@ -69,6 +70,9 @@ pub enum MessageError {
     /// The message could not be made durable; WeChat must retry (503).
     #[error("the message could not be recorded: {0}")]
     Store(#[from] OutboxError),
+    /// An audit verdict could not be kept for the release jobs; WeChat must retry (503).
+    #[error("the audit verdict could not be recorded: {0}")]
+    Verdict(crate::store::StoreError),
 }
 
 /// The `result` label of `wxgate_messages_total`.
@@ -102,6 +106,8 @@ fn duplicate(authorizer: &AppId, msg_type: &str) -> Reply {
 pub const NO_ROUTE: &str = "-";
 
 pub struct MessageService {
+    /// Told of every audit verdict (`weapp_audit_*`) before the message is routed as usual.
+    releases: Option<Arc<Releases>>,
     settings: Arc<ArcSwap<Settings>>,
     outbox: Arc<Outbox>,
     handler: Arc<HandlerClient>,
@@ -115,7 +121,13 @@ impl MessageService {
         handler: Arc<HandlerClient>,
         release: Arc<ReleaseCheck>,
     ) -> Self {
-        Self { settings, outbox, handler, release }
+        Self { releases: None, settings, outbox, handler, release }
+    }
+
+    /// Audit verdicts go to the release jobs too.
+    pub fn with_releases(mut self, releases: Arc<Releases>) -> Self {
+        self.releases = Some(releases);
+        self
     }
 
     /// Takes a new `[messages]` (SIGHUP): routes, reply timeout and release check at once.
@@ -137,6 +149,11 @@ impl MessageService {
             return Ok(Reply::Success);
         };
         let event = fields.get("Event").filter(|e| !e.is_empty());
+        if let (Some(releases), Some(event)) = (&self.releases, event.filter(|e| e.starts_with("weapp_audit_"))) {
+            let created = fields.get("CreateTime").and_then(|t| t.parse().ok()).unwrap_or_else(crate::store::unix_now);
+            let reason = fields.get("Reason");
+            releases.audit_event(&authorizer, event, reason, created).await.map_err(MessageError::Verdict)?;
+        }
         let key = retry_key(fields);
         let settings = self.settings.load();
         let release = settings.release_check && crate::test_accounts::is_test_account(&authorizer);

@@ -151,3 +151,50 @@ pub async fn events_are_recorded_once(store: &dyn Store) {
     assert_eq!(pending.len(), 1);
     assert_eq!(pending[0].event.info_type, "unauthorized");
 }
+
+/// Release jobs: created with their accounts, listed newest first, accounts written back, and a
+/// verdict kept only while no newer one is held.
+pub async fn release_jobs_round_trip(store: &dyn Store) {
+    use super::releases::*;
+    let (c, r) = (component(), store.releases());
+    let job = |id: &str, at: i64| ReleaseJob {
+        id: id.into(),
+        state: JobState::Running,
+        template_id: 42,
+        user_version: "1.4.0".into(),
+        user_desc: "spring".into(),
+        ext_json: Some(serde_json::json!({"extAppid": "$APPID$"})),
+        audit: None,
+        release: ReleaseMode::Auto,
+        concurrency: 10,
+        max_failures: 10,
+        reserve_audit_quota: 0,
+        created_at_ms: at,
+        release_requested_at_ms: None,
+        counts: Default::default(),
+        finished_at_ms: None,
+    };
+    let (a, b) = (AppId::parse("wx1111111111111111").unwrap(), AppId::parse("wx2222222222222222").unwrap());
+    let accounts = [ReleaseAccount::new(b, AccountState::Pending, 1), ReleaseAccount::new(a, AccountState::Skipped, 1)];
+    r.create_job(&c, &job("old", 1), &accounts).await.unwrap();
+    r.create_job(&c, &job("new", 2), &accounts[..1]).await.unwrap();
+    let ids: Vec<String> = r.jobs(&c).await.unwrap().into_iter().map(|j| j.id).collect();
+    assert_eq!(ids, ["new", "old"], "newest first");
+    let held = r.accounts(&c, "old").await.unwrap();
+    assert_eq!(held.iter().map(|a| a.appid).collect::<Vec<_>>(), [a, b], "by appid");
+    let mut moved = held[1].clone();
+    moved.state = AccountState::Auditing;
+    moved.auditid = Some(7);
+    r.save_accounts(&c, "old", &[moved.clone()]).await.unwrap();
+    assert_eq!(r.accounts(&c, "old").await.unwrap()[1], moved);
+    let mut paused = job("old", 1);
+    paused.state = JobState::Paused;
+    r.save_job(&c, &paused).await.unwrap();
+    assert_eq!(r.job(&c, "old").await.unwrap(), Some(paused));
+    assert_eq!(r.job(&c, "none").await.unwrap(), None);
+    let verdict = |state, at_ms| AuditVerdict { state, reason: None, at_ms };
+    r.record_verdict(&c, &b, &verdict(AccountState::Approved, 2_000)).await.unwrap();
+    r.record_verdict(&c, &b, &verdict(AccountState::Delayed, 1_000)).await.unwrap();
+    let held = r.verdicts(&c, &[a, b]).await.unwrap();
+    assert_eq!(held, [(b, verdict(AccountState::Approved, 2_000))], "the older verdict is not kept");
+}

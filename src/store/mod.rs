@@ -12,12 +12,14 @@ pub mod migrate;
 pub mod outbox;
 pub mod quota;
 mod redis;
+pub mod releases;
 mod sqlite;
 
 pub use self::redis::{parse_sentinel_url, RedisOptions, RedisStore, SentinelUrl, SENTINEL_SCHEME};
 pub use info::{AccountKind, AuthorizerInfoRecord};
 pub use memory::MemoryStore;
 pub use outbox::OutboxStore;
+pub use releases::ReleaseStore;
 pub use sqlite::SqliteStore;
 
 use crate::{AppId, Secret};
@@ -292,6 +294,9 @@ pub trait Store: Coordination + Send + Sync + 'static {
 
     /// The outbox of messages for the apps' handlers, in the same backend.
     fn outbox(&self) -> &dyn OutboxStore;
+
+    /// The release jobs and their accounts, in the same backend.
+    fn releases(&self) -> &dyn ReleaseStore;
 
     /// Answers once the backend can serve reads and writes.
     async fn ping(&self) -> Result<(), StoreError>;

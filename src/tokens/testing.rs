@@ -230,6 +230,10 @@ impl Store for FlakyStore {
     fn backend(&self) -> &'static str {
         "flaky"
     }
+    fn releases(&self) -> &dyn crate::store::ReleaseStore {
+        self.inner.releases()
+    }
+
     fn outbox(&self) -> &dyn crate::store::OutboxStore {
         self.inner.outbox()
     }

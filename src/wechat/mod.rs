@@ -5,10 +5,12 @@ mod custom;
 mod error;
 mod quota;
 mod watch;
+mod wxa;
 
 pub use custom::CustomerService;
 pub use error::{ApiErrorKind, WechatError};
 pub use quota::{Quota, QuotaApi};
+pub use wxa::{AuditQuota, AuditStatus, CodeApi, VersionInfo};
 
 use crate::{AppId, Secret};
 use async_trait::async_trait;

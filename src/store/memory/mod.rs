@@ -1,14 +1,16 @@
 //! The in-memory store, for tests and throwaway runs: nothing survives the process.
 
 mod outbox;
+mod releases;
 
 use super::{
-    AuthEvent, AuthorizerInfoRecord, AuthorizerRecord, ComponentToken, Fence, JsTicket, OutboxStore, Store, StoreError,
-    StoredEvent, Ticket, TicketKind,
+    AuthEvent, AuthorizerInfoRecord, AuthorizerRecord, ComponentToken, Fence, JsTicket, OutboxStore, ReleaseStore,
+    Store, StoreError, StoredEvent, Ticket, TicketKind,
 };
 use crate::AppId;
 use async_trait::async_trait;
 use outbox::MemoryOutbox;
+use releases::MemoryReleases;
 use std::collections::HashMap;
 use std::sync::Mutex;
 
@@ -16,6 +18,7 @@ use std::sync::Mutex;
 pub struct MemoryStore {
     state: Mutex<State>,
     outbox: MemoryOutbox,
+    releases: MemoryReleases,
 }
 
 #[derive(Default)]
@@ -49,6 +52,10 @@ impl Store for MemoryStore {
 
     fn outbox(&self) -> &dyn OutboxStore {
         &self.outbox
+    }
+
+    fn releases(&self) -> &dyn ReleaseStore {
+        &self.releases
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
@@ -200,5 +207,6 @@ mod tests {
     #[tokio::test]
     async fn authorizer_info_round_trips() {
         contract_tests::authorizer_info_round_trips(&MemoryStore::new()).await;
+        contract_tests::release_jobs_round_trip(&MemoryStore::new()).await;
     }
 }

@@ -16,6 +16,7 @@ mod link;
 mod outbox;
 mod quota;
 mod records;
+mod releases;
 mod scripts;
 mod target;
 

@@ -86,6 +86,10 @@ impl Store for RedisStore {
         self
     }
 
+    fn releases(&self) -> &dyn crate::store::ReleaseStore {
+        self
+    }
+
     async fn ping(&self) -> Result<(), StoreError> {
         let _: String = self.link.run(|mut c| async move { redis::cmd("PING").query_async(&mut c).await }).await?;
         Ok(())

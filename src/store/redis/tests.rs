@@ -46,6 +46,9 @@ async fn keeps_the_store_contract() {
     let p = prefix();
     contract_tests::authorizer_info_round_trips(&store(&p).await).await;
     clean(&p).await;
+    let p = prefix();
+    contract_tests::release_jobs_round_trip(&store(&p).await).await;
+    clean(&p).await;
 }
 
 #[tokio::test]

@@ -4,8 +4,8 @@
 /// records how many have run. Append, never edit: released files depend on them.
 /// The steps, in order: 0 → 1 tickets and events; 1 → 2 component and authorizer tokens;
 /// 2 → 3 JS-SDK tickets; 3 → 4 authorizer info; 4 → 5 the outbox and its dedupe keys; 5 → 6
-/// platform events in the outbox (a message's kind, its place in its lane, no authorizer). A
-/// new step takes the next number after the last one here.
+/// platform events in the outbox (a message's kind, its place in its lane, no authorizer); 6 → 7
+/// release jobs. A new step takes the next number after the last one here.
 pub(super) const MIGRATIONS: &[&str] = &[
     // 0 → 1: the ticket and the events WeChat pushed.
     "CREATE TABLE tickets (
@@ -100,4 +100,26 @@ pub(super) const MIGRATIONS: &[&str] = &[
     "ALTER TABLE outbox ADD COLUMN kind TEXT NOT NULL DEFAULT 'account';
      ALTER TABLE outbox ADD COLUMN seq INTEGER;
      CREATE INDEX outbox_lane ON outbox (component_appid, route, authorizer_appid, seq) WHERE seq IS NOT NULL;",
+    // 6 → 7: release jobs, their accounts, and the audit verdicts WeChat pushed.
+    "CREATE TABLE release_jobs (
+         component_appid TEXT NOT NULL,
+         id              TEXT NOT NULL,
+         created_at_ms   INTEGER NOT NULL,
+         record          TEXT NOT NULL,
+         PRIMARY KEY (component_appid, id)
+     ) WITHOUT ROWID;
+     CREATE TABLE release_accounts (
+         component_appid TEXT NOT NULL,
+         job_id          TEXT NOT NULL,
+         appid           TEXT NOT NULL,
+         record          TEXT NOT NULL,
+         PRIMARY KEY (component_appid, job_id, appid)
+     ) WITHOUT ROWID;
+     CREATE TABLE release_verdicts (
+         component_appid TEXT NOT NULL,
+         appid           TEXT NOT NULL,
+         at_ms           INTEGER NOT NULL,
+         record          TEXT NOT NULL,
+         PRIMARY KEY (component_appid, appid)
+     ) WITHOUT ROWID;",
 ];

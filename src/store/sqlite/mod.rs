@@ -5,6 +5,7 @@
 //! authorizer every ~2 hours) and keeps every write serialised.
 
 mod outbox;
+mod releases;
 
 use super::{
     appid_or_empty, AuthEvent, AuthorizerInfoRecord, AuthorizerRecord, AuthorizerState, ComponentToken, Fence,
@@ -153,6 +154,10 @@ impl Store for SqliteStore {
     }
 
     fn outbox(&self) -> &dyn OutboxStore {
+        self
+    }
+
+    fn releases(&self) -> &dyn crate::store::ReleaseStore {
         self
     }
 

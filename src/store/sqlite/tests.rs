@@ -28,6 +28,12 @@ async fn tokens_and_authorizers_round_trip() {
 }
 
 #[tokio::test]
+async fn release_jobs_round_trip() {
+    let (_dir, store) = temp_store();
+    contract_tests::release_jobs_round_trip(&store).await;
+}
+
+#[tokio::test]
 async fn authorizer_info_round_trips() {
     let (_dir, store) = temp_store();
     contract_tests::authorizer_info_round_trips(&store).await;
