@@ -324,3 +324,6 @@ fn queryquota(sb: &Sandbox) -> Value {
         "speedup_limit": SPEEDUP_LIMIT,
     })
 }
+
+#[cfg(test)]
+mod tests;
