@@ -96,7 +96,7 @@ fn custom_text(sandbox: &Sandbox, token: Option<&str>, body: &[u8]) {
 }
 
 /// Which parameter carries the token, and its value; `access_token` wins when both are there.
-fn find_token(query: &str) -> Option<(&'static str, String)> {
+pub(super) fn find_token(query: &str) -> Option<(&'static str, String)> {
     ["access_token", "component_access_token"]
         .into_iter()
         .find_map(|name| query_param(query, name).filter(|v| !v.is_empty()).map(|v| (name, v)))
@@ -114,7 +114,7 @@ fn check(sandbox: &Sandbox, path: &str, token: Option<(&'static str, String)>) -
     ledger.quota.count(&owner.label(), path, sandbox.inner.config.daily_limit)
 }
 
-fn record(sandbox: &Sandbox, parts: &Parts, token: Option<&(&'static str, String)>, body_len: usize) {
+pub(super) fn record(sandbox: &Sandbox, parts: &Parts, token: Option<&(&'static str, String)>, body_len: usize) {
     let headers = parts
         .headers
         .iter()

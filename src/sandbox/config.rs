@@ -46,6 +46,21 @@ pub struct SandboxConfig {
     pub force_refresh_min_interval: Duration,
     /// `force_refresh` calls an account may make in 24 hours (WeChat: 20).
     pub force_refresh_per_day: u32,
+    /// Code templates that exist (`wxa/gettemplatelist`, `wxa/commit`'s `template_id`).
+    pub templates: Vec<i64>,
+    /// How long after a commit `wxa/submit_audit` answers 61039: WeChat checks the code first.
+    pub code_check_delay: Duration,
+    /// How long an audit takes (WeChat: hours to days); a delayed audit takes it twice.
+    pub audit_delay: Duration,
+    /// The platform's monthly audit quota (`wxa/queryquota`'s `limit`; WeChat: 20 to 249).
+    pub audit_quota: u32,
+    /// Audits the platform may submit in 7 days, all accounts together; None: no such limit.
+    pub submits_per_week: Option<u32>,
+    /// 0..1: the share of accounts whose audits are rejected, chosen by a hash of the appid so
+    /// that a test can tell which ([`SandboxConfig::audit_plan`]).
+    pub reject_share: f64,
+    /// 0..1: the share of accounts whose audits are first postponed (`weapp_audit_delay`).
+    pub delay_share: f64,
 }
 
 /// A directly-owned account: its AppSecret, and the token and key of its own message server
@@ -88,7 +103,37 @@ impl SandboxConfig {
             accounts: vec![OwnedAccount::demo()],
             force_refresh_min_interval: Duration::from_secs(30),
             force_refresh_per_day: 20,
+            templates: vec![1, 42],
+            code_check_delay: Duration::from_secs(2),
+            audit_delay: Duration::from_secs(5),
+            audit_quota: 100,
+            submits_per_week: None,
+            reject_share: 0.25,
+            delay_share: 0.25,
         }
+    }
+
+    /// Code review for tests: no code check to wait out, verdicts after 100 ms, none rejected
+    /// or postponed unless a test asks.
+    pub fn quick_audits(self) -> Self {
+        Self {
+            code_check_delay: Duration::ZERO,
+            audit_delay: Duration::from_millis(100),
+            reject_share: 0.0,
+            delay_share: 0.0,
+            ..self
+        }
+    }
+
+    /// The settings a sandbox cannot start with, each named.
+    pub(crate) fn problems(&self) -> Vec<String> {
+        let mut problems = Vec::new();
+        for (name, share) in [("reject_share", self.reject_share), ("delay_share", self.delay_share)] {
+            if !(0.0..=1.0).contains(&share) {
+                problems.push(format!("{name} must be between 0 and 1"));
+            }
+        }
+        problems
     }
 }
 

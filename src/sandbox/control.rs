@@ -4,12 +4,14 @@ use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
+use serde::de::DeserializeOwned;
+use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::config::FaultsBody;
 use super::own_server::{AccountMessageBody, UrlCheckBody};
 use super::server::query_param;
-use super::{Sandbox, SandboxError};
+use super::{AuditPlan, Sandbox, SandboxError};
 use crate::appid::AppId;
 
 /// `POST /sandbox/authorize?appid=wx...`: `{"auth_code", "info_type", "pushed"[, "push_error"]}`.
@@ -193,6 +195,117 @@ pub(super) async fn release_check(State(sandbox): State<Sandbox>, uri: Uri) -> R
         return error(StatusCode::BAD_REQUEST, "appid must be one of WeChat's release-check test accounts");
     }
     ok(serde_json::to_value(sandbox.release_check(&appid).await).unwrap_or_default())
+}
+
+/// `POST /sandbox/audit-quota {"rest": N}`: what `submit_audit` may still spend this month.
+pub(super) async fn audit_quota(State(sandbox): State<Sandbox>, body: Bytes) -> Response {
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Quota {
+        rest: u32,
+    }
+    match json_body::<Quota>(&body) {
+        Ok(q) => {
+            sandbox.set_audit_quota(q.rest);
+            let (rest, limit) = sandbox.audit_quota();
+            ok(json!({ "rest": rest, "limit": limit }))
+        }
+        Err(why) => error(StatusCode::BAD_REQUEST, &why),
+    }
+}
+
+/// `POST /sandbox/submit-limit {"per_week": N|null}`: audits the platform may submit in 7 days
+/// before 85085; null (or no key) lifts the limit.
+pub(super) async fn submit_limit(State(sandbox): State<Sandbox>, body: Bytes) -> Response {
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Limit {
+        per_week: Option<u32>,
+    }
+    match json_body::<Limit>(&body) {
+        Ok(l) => {
+            sandbox.set_submits_per_week(l.per_week);
+            ok(json!({ "per_week": l.per_week }))
+        }
+        Err(why) => error(StatusCode::BAD_REQUEST, &why),
+    }
+}
+
+/// `POST /sandbox/audit-push {"silent": true|false}`: with `silent`, verdicts are not pushed and
+/// only `get_latest_auditstatus` tells.
+pub(super) async fn audit_push(State(sandbox): State<Sandbox>, body: Bytes) -> Response {
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Push {
+        silent: bool,
+    }
+    match json_body::<Push>(&body) {
+        Ok(p) => {
+            sandbox.set_audit_push(!p.silent);
+            ok(json!({ "silent": p.silent }))
+        }
+        Err(why) => error(StatusCode::BAD_REQUEST, &why),
+    }
+}
+
+/// `POST /sandbox/audit-plan {"appid", "delayed"?, "rejected"?}`: how that account's audits end
+/// (a missing key is false); with neither key, back to the config's shares.
+pub(super) async fn audit_plan(State(sandbox): State<Sandbox>, body: Bytes) -> Response {
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Plan {
+        appid: String,
+        delayed: Option<bool>,
+        rejected: Option<bool>,
+    }
+    let parsed = json_body::<Plan>(&body).and_then(|p| Ok((AppId::parse(&p.appid).map_err(|e| e.to_string())?, p)));
+    let (appid, plan) = match parsed {
+        Ok(parts) => parts,
+        Err(why) => return error(StatusCode::BAD_REQUEST, &why),
+    };
+    let set = match (plan.delayed, plan.rejected) {
+        (None, None) => None,
+        (delayed, rejected) => {
+            Some(AuditPlan { delayed: delayed.unwrap_or(false), rejected: rejected.unwrap_or(false) })
+        }
+    };
+    sandbox.set_audit_plan(&appid, set);
+    ok(serde_json::to_value(sandbox.audit_plan(&appid)).unwrap_or_default())
+}
+
+/// `POST /sandbox/profile {"appid", "complete": bool}`: an incomplete profile (no name, icon or
+/// description) makes `submit_audit` answer 86002.
+pub(super) async fn profile(State(sandbox): State<Sandbox>, body: Bytes) -> Response {
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Profile {
+        appid: String,
+        complete: bool,
+    }
+    let parsed = json_body::<Profile>(&body).and_then(|p| Ok((AppId::parse(&p.appid).map_err(|e| e.to_string())?, p)));
+    match parsed {
+        Ok((appid, p)) => {
+            sandbox.set_profile_complete(&appid, p.complete);
+            ok(json!({ "appid": appid.as_str(), "complete": p.complete }))
+        }
+        Err(why) => error(StatusCode::BAD_REQUEST, &why),
+    }
+}
+
+/// `GET /sandbox/code?appid=wx...`: the account's code as WeChat holds it; 404 before a commit.
+pub(super) async fn code(State(sandbox): State<Sandbox>, uri: Uri) -> Response {
+    let appid = match required_appid(&uri) {
+        Ok(appid) => appid,
+        Err(why) => return error(StatusCode::BAD_REQUEST, &why),
+    };
+    match sandbox.code_state(&appid) {
+        Some(state) => ok(serde_json::to_value(state).unwrap_or_default()),
+        None => error(StatusCode::NOT_FOUND, "nothing committed for that account"),
+    }
+}
+
+fn json_body<T: DeserializeOwned>(body: &Bytes) -> Result<T, String> {
+    serde_json::from_slice(body).map_err(|e| e.to_string())
 }
 
 /// The `appid` parameter, if any; a malformed one is refused rather than ignored.

@@ -86,6 +86,8 @@ pub(crate) struct Ledger {
     pub quota: super::quota::QuotaBook,
     /// Owned accounts' `force_refresh` calls, for WeChat's limits on them.
     pub forced: super::owned::ForceLog,
+    /// Mini programs' code and the platform's audit quota ([`Ledger::new`] gives no quota).
+    pub code: super::code::CodeBook,
 }
 
 impl Ledger {
@@ -103,6 +105,7 @@ impl Ledger {
             paused: false,
             quota: Default::default(),
             forced: Default::default(),
+            code: super::code::CodeBook::new(0, None),
         }
     }
 

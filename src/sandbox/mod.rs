@@ -6,6 +6,8 @@
 //! `.await`. Routes are listed in [`server`].
 
 mod api;
+mod audit;
+mod code;
 mod component;
 mod config;
 mod control;
@@ -24,6 +26,7 @@ mod sns;
 mod ticker;
 mod tokens;
 mod wx;
+mod wxa;
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -32,11 +35,13 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 pub use api::{media_content, MAX_MEDIA_BYTES};
+pub use audit::{DELAY_REASON, REJECT_REASON};
+pub use code::{Audit, AuditPlan, AuditStatus, CodeState, CodeVersion, Released};
 pub use config::{Faults, OwnedAccount, SandboxConfig, DEMO_AUTHORIZER_APPID, DEMO_COMPONENT_APPID, DEMO_OWNED_APPID};
 pub use fastreg::Registration;
 pub use messages::{original_id, MessageSpec, PushOutcome, ReleaseReport, SentText, Step, SANDBOX_OPENID};
 pub use own_server::{AccountPush, MessageMode, UrlCheck};
-pub use record::{SeenRequest, StableTokenCalls, Stats, MAX_SEEN};
+pub use record::{CodeCalls, SeenRequest, StableTokenCalls, Stats, MAX_SEEN};
 
 use crate::appid::AppId;
 use crate::crypto::MsgCrypt;
@@ -81,6 +86,10 @@ impl Sandbox {
     /// (read it with [`Sandbox::current_ticket`]).
     pub async fn start(config: SandboxConfig, listener: tokio::net::TcpListener) -> std::io::Result<Sandbox> {
         let addr = listener.local_addr()?;
+        let problems = config.problems();
+        if !problems.is_empty() {
+            return Err(std::io::Error::new(std::io::ErrorKind::InvalidInput, problems.join("; ")));
+        }
         let crypt = MsgCrypt::new(&config.token, &config.encoding_aes_key, &config.component_appid.as_str())
             .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
         let accounts = owned::Accounts::new(&config.accounts)
@@ -88,13 +97,15 @@ impl Sandbox {
         let limits =
             Limits { lifetime: config.token_lifetime, grace: config.grace, rotate: config.rotate_refresh_tokens };
         let pusher = Pusher::new(crypt, config.token.clone(), config.callback_url.clone());
+        let mut ledger = Ledger::new(limits);
+        ledger.code = code::CodeBook::new(config.audit_quota, config.submits_per_week);
         let (shutdown, _) = watch::channel(false);
         let sandbox = Sandbox {
             inner: Arc::new(Inner {
                 config,
                 addr,
                 accounts,
-                ledger: Mutex::new(Ledger::new(limits)),
+                ledger: Mutex::new(ledger),
                 pusher,
                 push_turn: tokio::sync::Mutex::new(()),
                 shutdown,
@@ -213,8 +224,13 @@ impl Sandbox {
         self.ledger().faults.clone()
     }
 
+    /// The counters; the audit quota and the accounts in audit as they stand now.
     pub fn stats(&self) -> Stats {
-        self.ledger().record.stats.clone()
+        let ledger = self.ledger();
+        let mut stats = ledger.record.stats.clone();
+        stats.audit_quota_rest = ledger.code.quota().0;
+        stats.max_in_audit_or_committed = ledger.code.max_in_flight() as u64;
+        stats
     }
 
     /// API calls seen (not the component endpoints), oldest first, at most [`MAX_SEEN`].

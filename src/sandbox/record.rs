@@ -36,6 +36,37 @@ pub struct Stats {
     pub stable_token_calls: HashMap<String, StableTokenCalls>,
     /// `/cgi-bin/token` calls, answered or refused, by the appid in their query.
     pub token_calls: HashMap<String, u64>,
+    /// Code management calls (`/wxa/*`) that arrived, answered or refused, by whose token they
+    /// carried (an appid; `component` or empty for a component's or an unknown token).
+    pub code_calls: HashMap<String, CodeCalls>,
+    /// The same calls answered with errcode 0: a step done twice shows here.
+    pub code_ok: HashMap<String, CodeCalls>,
+    /// `wxa/queryquota` calls, answered or refused.
+    pub queryquota_calls: u64,
+    /// `wxa/gettemplatelist` calls, answered or refused.
+    pub template_list_calls: u64,
+    /// The platform's audit quota left this month (`wxa/queryquota`'s `rest`).
+    pub audit_quota_rest: u32,
+    /// The most accounts that were ever at once between a commit and WeChat's verdict on it; an
+    /// account whose submission was refused for good (86002) leaves the count then.
+    pub max_in_audit_or_committed: u64,
+    /// Audit events (`weapp_audit_*`) sent to the message URL, and those not answered HTTP 200.
+    pub audit_events_pushed: u64,
+    pub audit_events_failed: u64,
+    /// Audit events not sent because pushes were turned off (`/sandbox/audit-push`).
+    pub audit_events_silenced: u64,
+}
+
+/// One account's code management calls, by step.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct CodeCalls {
+    pub commit: u64,
+    pub submit: u64,
+    pub release: u64,
+    /// `get_latest_auditstatus`.
+    pub status: u64,
+    /// `getversioninfo`.
+    pub version: u64,
 }
 
 /// One account's `stable_token` calls, by mode.

@@ -7,6 +7,7 @@
 //! | `/cgi-bin/openapi/quota/get`, `/cgi-bin/clear_quota`, `/cgi-bin/component/clear_quota/v2` | [`super::quota`] |
 //! | `/cgi-bin/component/fastregisterweapp` (a push of `notify_third_fasteregister` follows) | [`super::fastreg`] |
 //! | `POST /cgi-bin/stable_token`, `/cgi-bin/token` (owned accounts) | [`super::owned`] |
+//! | `/wxa/` gettemplatelist, commit, getversioninfo, submit_audit, get_latest_auditstatus, release, queryquota | [`super::wxa`] (verdicts: [`super::audit`]) |
 //! | `/sandbox/*` control routes | [`super::control`] |
 //! | anything else | an app's API call: [`super::api`] (`/cgi-bin/ticket/getticket` issues JS-SDK tickets) |
 
@@ -17,7 +18,7 @@ use axum::routing::{get, post};
 use axum::Router;
 use tokio::sync::watch;
 
-use super::{api, component, control, fastreg, owned, pages, quota, Sandbox};
+use super::{api, component, control, fastreg, owned, pages, quota, wxa, Sandbox};
 
 pub(super) fn spawn(sandbox: Sandbox, listener: tokio::net::TcpListener, mut shutdown: watch::Receiver<bool>) {
     let app = router(sandbox);
@@ -45,6 +46,12 @@ fn router(sandbox: Sandbox) -> Router {
         .route("/sandbox/release-check", post(control::release_check))
         .route("/sandbox/account-message", post(control::account_message))
         .route("/sandbox/account-urlcheck", post(control::account_urlcheck))
+        .route("/sandbox/audit-quota", post(control::audit_quota))
+        .route("/sandbox/submit-limit", post(control::submit_limit))
+        .route("/sandbox/audit-push", post(control::audit_push))
+        .route("/sandbox/audit-plan", post(control::audit_plan))
+        .route("/sandbox/profile", post(control::profile))
+        .route("/sandbox/code", get(control::code))
         .route("/sandbox/consent", get(pages::consent))
         .fallback(dispatch)
         .with_state(sandbox)
@@ -55,6 +62,9 @@ async fn dispatch(State(sandbox): State<Sandbox>, req: Request) -> Response {
     if let Some(name) = path.strip_prefix(component::PREFIX).filter(|n| component::ENDPOINTS.contains(n)) {
         let name = name.to_owned();
         return component::handle(&sandbox, &name, req).await;
+    }
+    if let Some(call) = wxa::Call::of(path) {
+        return wxa::handle(&sandbox, call, req).await;
     }
     match path {
         fastreg::PATH => fastreg::handle(&sandbox, req).await,
