@@ -352,6 +352,79 @@
     }
   }
 
+  // ---- release jobs: each job's accounts by state, its controls, and an account list ----
+
+  const OPEN = ["running", "paused"];
+
+  function countsText(counts) {
+    return Object.entries(counts || {}).filter(([, n]) => n > 0).map(([s, n]) => `${s.replace(/_/g, " ")} ${n}`).join(", ") || "—";
+  }
+
+  function jobButton(job, action, label) {
+    const b = el("button", { type: "button", textContent: label, class: `job-${action}` });
+    b.addEventListener("click", () => jobAction(job.id, action, b));
+    return b;
+  }
+
+  function jobRow(job) {
+    const controls = [];
+    if (job.state === "running") controls.push(jobButton(job, "pause", "Pause"));
+    if (job.state === "paused") controls.push(jobButton(job, "resume", "Resume"));
+    if (OPEN.includes(job.state) && job.release === "manual") controls.push(jobButton(job, "release", "Release approved"));
+    if (OPEN.includes(job.state)) controls.push(jobButton(job, "cancel", "Cancel"));
+    const details = el("button", { type: "button", textContent: "Accounts", class: "job-accounts" });
+    details.addEventListener("click", () => loadJob(job.id));
+    controls.push(details);
+    return labelled(el("tr", { "data-job": job.id },
+      el("td", {}, el("code", {}, String(job.id))),
+      el("td", {}, el("span", { class: stateClass(job.state) }, String(job.state))),
+      el("td", {}, `${job.template_id} · ${job.user_version}`),
+      el("td", { class: "counts" }, countsText(job.counts)),
+      timeCell(job.created_at_ms),
+      el("td", {}, ...controls)), "releases");
+  }
+
+  async function loadReleases() {
+    const a = await api("GET", "/admin/releases");
+    const panel = $("releases-panel");
+    if (!a.ok) {
+      panel.hidden = true;
+      return;
+    }
+    const jobs = a.body.jobs;
+    $("releases").tBodies[0].replaceChildren(...jobs.map(jobRow));
+    $("releases-total").textContent = `(${jobs.length})`;
+    $("releases-empty").hidden = jobs.length > 0;
+    panel.hidden = false;
+  }
+
+  async function loadJob(id) {
+    const a = await api("GET", `/admin/releases/${encodeURIComponent(id)}`);
+    if (!a.ok) return toast(`Job ${id}: ${reason(a)}`, true);
+    const rows = a.body.accounts.map((acc) => labelled(el("tr", { "data-appid": acc.appid },
+      el("td", {}, el("code", {}, String(acc.appid))),
+      el("td", {}, el("span", { class: stateClass(acc.state) }, String(acc.state))),
+      el("td", {}, acc.auditid == null ? "—" : String(acc.auditid)),
+      el("td", { class: acc.errmsg ? "error" : "" }, acc.reason || acc.errmsg || "—"),
+      timeCell(acc.updated_at_ms)), "release-accounts"));
+    $("release-accounts").tBodies[0].replaceChildren(...rows);
+    $("release-id").textContent = id;
+    $("release-detail").hidden = false;
+  }
+
+  async function jobAction(id, action, button) {
+    button.disabled = true;
+    try {
+      const a = await api("POST", `/admin/releases/${encodeURIComponent(id)}/${action}`);
+      toast(a.ok ? `Job ${id}: ${a.body.state}.` : `${action} failed: ${reason(a)}`, !a.ok);
+      await loadReleases();
+    } catch (e) {
+      if (!(e instanceof SignedOut)) toast(`${action} failed: ${e.message}`, true);
+    } finally {
+      button.disabled = false;
+    }
+  }
+
   // ---- the quota guard: each limited client's use today, and the pairs held after 45009 ----
 
   function quotaRows(c) {
@@ -385,7 +458,7 @@
 
   async function loadAll() {
     try {
-      await Promise.all([loadReady(), loadComponent(), loadOwned(), loadAuthorizers(), loadOutbox(), loadQuota()]);
+      await Promise.all([loadReady(), loadComponent(), loadOwned(), loadAuthorizers(), loadOutbox(), loadReleases(), loadQuota()]);
     } catch (e) {
       if (!(e instanceof SignedOut)) toast(`Could not reach the gateway: ${e.message}`, true);
     }
