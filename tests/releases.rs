@@ -4,79 +4,11 @@
 
 mod common;
 
+use common::release_jobs::*;
 use common::*;
-use serde_json::{json, Value};
+use serde_json::json;
 use std::time::Duration;
-use wxgate::sandbox::{AuditPlan, Sandbox};
-use wxgate::AppId;
-
-fn appid(n: u32) -> AppId {
-    AppId::parse(&format!("wx{n:016x}")).unwrap()
-}
-
-/// A gateway (with `extra` in its config) before a sandbox whose audits end in 100 ms, and
-/// `accounts` mini programs authorized and known to the gateway as mini programs.
-async fn fleet(accounts: u32, extra: &str) -> (Setup, Sandbox, Gateway) {
-    let mut setup = Setup::new();
-    setup.extra_toml = format!("\n[releases]\naudit_poll_secs = 5\n{extra}");
-    let config = setup.sandbox_config(7200).quick_audits();
-    let sandbox = setup.sandbox_from(config).await;
-    let gw = setup.start().await;
-    ticket_delivered(&sandbox).await;
-    for i in 1..=accounts {
-        let a = appid(i);
-        sandbox.issue_auth_code(&a);
-        assert!(sandbox.set_account(&a, 1, true));
-        sandbox.authorize(&a).await.unwrap();
-    }
-    eventually(Duration::from_secs(20), "every account held as a mini program", || async {
-        let list: Value = gw.admin_get("/admin/authorizers").await.json().await.unwrap();
-        let minis = list["authorizers"].as_array().unwrap().iter().filter(|a| a.to_string().contains("mini_program"));
-        minis.count() == accounts as usize
-    })
-    .await;
-    (setup, sandbox, gw)
-}
-
-async fn start_job(gw: &Gateway, body: Value) -> String {
-    let r = gw.http.post(gw.admin_url("/admin/releases")).bearer_auth(ADMIN_TOKEN).json(&body).send().await.unwrap();
-    assert_eq!(r.status(), 201);
-    r.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_owned()
-}
-
-async fn job(gw: &Gateway, id: &str) -> Value {
-    gw.admin_get(&format!("/admin/releases/{id}")).await.json().await.unwrap()
-}
-
-async fn act(gw: &Gateway, id: &str, action: &str) -> Value {
-    let url = gw.admin_url(&format!("/admin/releases/{id}/{action}"));
-    gw.http.post(url).bearer_auth(ADMIN_TOKEN).send().await.unwrap().json().await.unwrap()
-}
-
-async fn until_state(gw: &Gateway, id: &str, state: &str, within: Duration) -> Value {
-    let mut last = Value::Null;
-    let found = tokio::time::timeout(within, async {
-        loop {
-            last = job(gw, id).await;
-            if last["state"] == state {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    })
-    .await;
-    assert!(found.is_ok(), "job {id} never {state}: {last}");
-    last
-}
-
-fn states(job: &Value) -> Vec<(String, String)> {
-    let accounts = job["accounts"].as_array().unwrap();
-    accounts.iter().map(|a| (a["appid"].as_str().unwrap().to_owned(), a["state"].as_str().unwrap().to_owned())).collect()
-}
-
-fn list(n: u32) -> Vec<String> {
-    (1..=n).map(|i| appid(i).to_string()).collect()
-}
+use wxgate::sandbox::AuditPlan;
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_job_releases_each_approved_account_once_and_shows_each_rejection() {
@@ -111,7 +43,10 @@ async fn a_job_releases_each_approved_account_once_and_shows_each_rejection() {
     assert!(stats.max_in_audit_or_committed <= 3, "concurrency held: {}", stats.max_in_audit_or_committed);
     assert_eq!(done["counts"]["released"], 10);
     let code = sandbox.code_state(&appid(1)).unwrap();
-    assert_eq!(code.committed.unwrap().ext_json.as_deref(), Some(r#"{"ext":{"theme":"red"},"extAppid":"wx0000000000000001"}"#));
+    assert_eq!(
+        code.committed.unwrap().ext_json.as_deref(),
+        Some(r#"{"ext":{"theme":"red"},"extAppid":"wx0000000000000001"}"#)
+    );
     let metrics = gw.metrics().await;
     assert!(metrics.contains("wxgate_release_steps_total{result=\"ok\",step=\"release\"} 10"), "{metrics}");
 }
@@ -129,10 +64,15 @@ async fn no_audit_quota_and_85085_wait_and_the_job_goes_on_once_quota_returns() 
     until_state(&gw, &id, "done", Duration::from_secs(30)).await;
     // WeChat's "too many submissions in 7 days": the same wait, never a failure.
     sandbox.set_submits_per_week(Some(2));
-    let id = start_job(&gw, json!({"template_id": 42, "user_version": "2.1", "authorizers": [appid(3), appid(4)]})).await;
+    let id =
+        start_job(&gw, json!({"template_id": 42, "user_version": "2.1", "authorizers": [appid(3), appid(4)]})).await;
     eventually(Duration::from_secs(10), "85085 puts the accounts to wait", || async {
         let j = job(&gw, &id).await;
-        j["accounts"].as_array().unwrap().iter().any(|a| a["state"] == "waiting_quota" && a["errmsg"].as_str().unwrap_or("").contains("85085"))
+        j["accounts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|a| a["state"] == "waiting_quota" && a["errmsg"].as_str().unwrap_or("").contains("85085"))
     })
     .await;
     sandbox.set_submits_per_week(None);
@@ -144,12 +84,23 @@ async fn no_audit_quota_and_85085_wait_and_the_job_goes_on_once_quota_returns() 
 #[tokio::test(flavor = "multi_thread")]
 async fn pause_resume_cancel_manual_release_and_a_bad_body() {
     let (_setup, sandbox, gw) = fleet(4, "").await;
-    let r = gw.http.post(gw.admin_url("/admin/releases")).bearer_auth(ADMIN_TOKEN).json(&json!({"template_id": 42, "authorizers": "*"})).send().await.unwrap();
+    let r = gw
+        .http
+        .post(gw.admin_url("/admin/releases"))
+        .bearer_auth(ADMIN_TOKEN)
+        .json(&json!({"template_id": 42, "authorizers": "*"}))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 400);
     assert!(r.text().await.unwrap().contains("user_version"), "the field is named");
 
     // Manual: approved accounts wait for /release.
-    let id = start_job(&gw, json!({"template_id": 42, "user_version": "3.0", "authorizers": [appid(1), appid(2)], "release": "manual"})).await;
+    let id = start_job(
+        &gw,
+        json!({"template_id": 42, "user_version": "3.0", "authorizers": [appid(1), appid(2)], "release": "manual"}),
+    )
+    .await;
     eventually(Duration::from_secs(20), "both approved", || async {
         states(&job(&gw, &id).await).iter().all(|(_, s)| s == "approved")
     })
@@ -160,7 +111,8 @@ async fn pause_resume_cancel_manual_release_and_a_bad_body() {
     assert_eq!(done["counts"]["released"], 2);
 
     // Paused: nothing new starts; resumed: it goes on; cancelled: no further call.
-    let id = start_job(&gw, json!({"template_id": 42, "user_version": "3.1", "authorizers": "*", "concurrency": 1})).await;
+    let id =
+        start_job(&gw, json!({"template_id": 42, "user_version": "3.1", "authorizers": "*", "concurrency": 1})).await;
     let paused = act(&gw, &id, "pause").await;
     assert_eq!(paused["state"], "paused");
     tokio::time::sleep(Duration::from_millis(1500)).await;
@@ -179,7 +131,8 @@ async fn pause_resume_cancel_manual_release_and_a_bad_body() {
         states(&job(&gw, &id).await).iter().all(|(_, s)| ["released", "cancelled", "skipped"].contains(&s.as_str()))
     })
     .await;
-    let calls = |s: &wxgate::sandbox::Stats| s.code_calls.values().map(|c| c.commit + c.submit + c.release).sum::<u64>();
+    let calls =
+        |s: &wxgate::sandbox::Stats| s.code_calls.values().map(|c| c.commit + c.submit + c.release).sum::<u64>();
     let before = calls(&sandbox.stats());
     tokio::time::sleep(Duration::from_millis(1500)).await;
     assert_eq!(calls(&sandbox.stats()), before, "no call after the cancel: {over}");

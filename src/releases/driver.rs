@@ -59,7 +59,10 @@ impl Driver {
         if !needs_driving(&job) {
             return Ok(Some(job));
         }
-        let mut accounts = releases.accounts(&self.ns, id).await?;
+        let mut accounts = match self.take_held(id) {
+            Some(accounts) => accounts,
+            None => releases.accounts(&self.ns, id).await?,
+        };
         let mut changed: Vec<usize> = if job.state == JobState::Cancelled {
             self.cancel_all(&mut accounts)
         } else {
@@ -71,17 +74,22 @@ impl Driver {
         changed.dedup();
         let writes: Vec<ReleaseAccount> = changed.iter().map(|i| accounts[*i].clone()).collect();
         releases.save_accounts(&self.ns, id, &writes).await?;
+        let (counts, done) = (tally(&accounts), self.is_done(&job, &accounts));
+        self.keep_held(id, accounts);
         // Re-read: an operator may have paused, resumed or cancelled meanwhile.
         let mut latest = releases.job(&self.ns, id).await?.unwrap_or(job.clone());
-        latest.counts = tally(&accounts);
+        latest.counts = counts;
         if latest.state == JobState::Cancelled && job.state == JobState::Cancelled {
             latest.finished_at_ms = Some(self.now_ms());
-        } else if latest.state == JobState::Running && self.is_done(&latest, &accounts) {
+        } else if latest.state == JobState::Running && done {
             latest.state = JobState::Done;
             latest.finished_at_ms = Some(self.now_ms());
             tracing::info!(job = %latest.id, counts = ?latest.counts, "release job done");
         }
         releases.save_job(&self.ns, &latest).await?;
+        if !needs_driving(&latest) {
+            self.take_held(id);
+        }
         job = latest;
         Ok(Some(job))
     }
@@ -174,6 +182,20 @@ impl Driver {
         accounts
             .iter()
             .all(|a| a.state.is_final() || (stopped && a.state == AccountState::Pending && a.in_flight.is_none()))
+    }
+
+    /// The accounts kept from this instance's last tick of the job, on a store only it writes.
+    fn take_held(&self, id: &str) -> Option<Vec<ReleaseAccount>> {
+        match self.store.shared() {
+            true => None,
+            false => self.held.lock().unwrap_or_else(|p| p.into_inner()).remove(id),
+        }
+    }
+
+    fn keep_held(&self, id: &str, accounts: Vec<ReleaseAccount>) {
+        if !self.store.shared() {
+            self.held.lock().unwrap_or_else(|p| p.into_inner()).insert(id.to_owned(), accounts);
+        }
     }
 }
 

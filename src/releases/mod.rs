@@ -88,6 +88,9 @@ pub(crate) struct Driver {
     tokens: Arc<TokenService>,
     api: Arc<dyn CodeApi>,
     settings: Settings,
+    /// Each job's accounts as this instance last wrote them, on a store no other instance
+    /// writes: a tick then reads none (a job of 10,000 accounts is several megabytes of JSON).
+    held: std::sync::Mutex<std::collections::HashMap<String, Vec<ReleaseAccount>>>,
 }
 
 /// An account after a step.
@@ -145,7 +148,8 @@ impl Releases {
         for state in AccountState::ALL {
             metrics::RELEASE_ACCOUNTS.with_label_values(&[state.as_str()]);
         }
-        Self { driver: Driver { ns, store, tokens, api, settings }, wake: Notify::new() }
+        let held = std::sync::Mutex::default();
+        Self { driver: Driver { ns, store, tokens, api, settings, held }, wake: Notify::new() }
     }
 
     /// Drives open jobs until `shutdown` turns true.

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod redis_server;
+pub mod release_jobs;
 pub mod tls;
 pub mod wxcrypt;
 
