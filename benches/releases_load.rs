@@ -151,7 +151,8 @@ access_log = false
     let (rss_before, cpu_before) = usage(pid);
     let body = serde_json::json!({"template_id": 42, "user_version": "9.9.9", "authorizers": fleet, "concurrency": concurrency});
     let job_started = Instant::now();
-    let created = http.post(format!("http://{admin}/admin/releases")).bearer_auth(ADMIN_TOKEN).json(&body).send().await.unwrap();
+    let created =
+        http.post(format!("http://{admin}/admin/releases")).bearer_auth(ADMIN_TOKEN).json(&body).send().await.unwrap();
     let id = created.json::<serde_json::Value>().await.unwrap()["id"].as_str().unwrap().to_owned();
     println!("job {id}: {accounts} accounts at concurrency {concurrency}");
     let mut peak_rss = rss_before;
@@ -170,12 +171,16 @@ access_log = false
     let _ = gateway.wait();
 
     let stats = sandbox.stats();
-    let released_once = fleet.iter().filter(|a| stats.code_ok.get(&*a.as_str()).is_some_and(|c| c.release == 1)).count();
+    let released_once =
+        fleet.iter().filter(|a| stats.code_ok.get(&*a.as_str()).is_some_and(|c| c.release == 1)).count();
     let steps = 3 * accounts;
     let cpu_ms_per_step = (cpu_after - cpu_before) * 1000.0 / steps as f64;
     let growth_mb = (peak_rss - rss_before) / 1024.0;
     println!("job {}: {} in {took:.1} s; counts {}", job["state"], job["id"], job["counts"]);
-    println!("released once: {released_once} of {accounts}; most in flight at once: {}", stats.max_in_audit_or_committed);
+    println!(
+        "released once: {released_once} of {accounts}; most in flight at once: {}",
+        stats.max_in_audit_or_committed
+    );
     println!(
         "gateway RSS: {:.1} MB before, {:.1} MB at peak, {:.1} MB after: +{growth_mb:.1} MB (target < {TARGET_RSS_MB} MB)",
         rss_before / 1024.0,

@@ -179,6 +179,9 @@ fn reset_data(opts: &DemoOptions) -> Result<(), DemoError> {
     Ok(())
 }
 
+/// The mini programs the demo authorizes for its release job.
+const DEMO_MINI_PROGRAMS: [&str; 2] = ["wx7777777777777777", "wx8888888888888888"];
+
 /// Starts the sandbox once the gateway listens (its first act is a ticket push), walks the
 /// gateway through an authorization, then prints what to try. The sandbox runs on after.
 async fn tour(config: SandboxConfig, listener: tokio::net::TcpListener, opts: &DemoOptions, heard: &Heard) {
@@ -205,6 +208,16 @@ async fn tour(config: SandboxConfig, listener: tokio::net::TcpListener, opts: &D
     if !wait_for(&http, &status_url, Some(DEMO_ADMIN_TOKEN)).await {
         eprintln!("wxgate demo: the demo account was not stored; see the log above");
         return;
+    }
+    // Two mini programs for the release job the instructions show (the demo account is an
+    // official account, whose code WeChat does not manage).
+    for mini in DEMO_MINI_PROGRAMS {
+        let mini = AppId::parse(mini).expect("a valid demo appid");
+        sandbox.issue_auth_code(&mini);
+        sandbox.set_account(&mini, 1, true);
+        if let Err(e) = sandbox.authorize(&mini).await {
+            eprintln!("wxgate demo: the demo mini program's authorization failed: {e}");
+        }
     }
     let event = format!("authorized {demo_account}");
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -369,6 +382,12 @@ Try:
        'http://{proxy}/component/cgi-bin/component/fastregisterweapp?action=create' \
        -d '{{\"name\":\"Demo Shop\",\"code\":\"91440300MA5DEMO\",\"code_type\":1,\"legal_persona_wechat\":\"demoboss\",\"legal_persona_name\":\"Li\"}}'
   curl -s {bearer} http://{admin}/admin/events
+
+  # release a code template to the demo's mini programs as one job (commit, audit, verdict,
+  # release; the sandbox's audits take a few seconds, some are postponed), then watch it
+  curl -s -X POST {bearer} http://{admin}/admin/releases \\
+       -d '{{\"template_id\":42,\"user_version\":\"1.0.0\",\"ext_json\":{{\"extAppid\":\"$APPID$\"}},\"authorizers\":[\"wx7777777777777777\",\"wx8888888888888888\"]}}'
+  curl -s {bearer} http://{admin}/admin/releases
 
   # the authorization page, as an account owner would open it (the sandbox plays the consent page)
   open http://{proxy}/wxgate/authorize

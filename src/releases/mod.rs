@@ -148,6 +148,10 @@ impl Releases {
         for state in AccountState::ALL {
             metrics::RELEASE_ACCOUNTS.with_label_values(&[state.as_str()]);
         }
+        // The series start at zero, so that rates and alerts see the first step.
+        for step in ["commit", "submit", "release", "status", "quota"] {
+            metrics::RELEASE_STEPS.with_label_values(&[step, "ok"]);
+        }
         let held = std::sync::Mutex::default();
         Self { driver: Driver { ns, store, tokens, api, settings, held }, wake: Notify::new() }
     }
