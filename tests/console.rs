@@ -194,6 +194,23 @@ async fn story(browser: &Browser, gw: &Gateway, setup: &Setup) {
     click(&page, &format!("#owned tr[data-owned=\"{OWNED}\"] button.refresh")).await;
     until(&page, &format!("document.getElementById('toast').textContent === 'Refreshed {OWNED}.'")).await;
 
+    // A release job in the Releases panel: its row and counts, then its accounts (an official
+    // account is skipped: WeChat manages no code for it).
+    let created = gw
+        .http
+        .post(gw.admin_url("/admin/releases"))
+        .bearer_auth(ADMIN_TOKEN)
+        .json(&serde_json::json!({"template_id": 42, "user_version": "1.0.0", "authorizers": [ACCOUNTS[0]]}))
+        .send()
+        .await
+        .unwrap();
+    let id = created.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_owned();
+    click(&page, "#reload").await;
+    until(&page, &format!("document.querySelector('#releases tr[data-job=\"{id}\"]') !== null")).await;
+    until(&page, "document.getElementById('releases').innerText.includes('skipped 1')").await;
+    click(&page, &format!("#releases tr[data-job=\"{id}\"] button.job-accounts")).await;
+    until(&page, &format!("document.querySelector('#release-accounts tr[data-appid=\"{}\"]') !== null", ACCOUNTS[0])).await;
+
     // Refresh one account: its last-refresh time moves on.
     let cell = format!("document.querySelector('tr[data-appid=\"{}\"] td.last-refresh').dataset.ms", ACCOUNTS[0]);
     let before: i64 = js(&page, &cell).await.as_str().unwrap().parse().unwrap();
