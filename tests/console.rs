@@ -209,7 +209,8 @@ async fn story(browser: &Browser, gw: &Gateway, setup: &Setup) {
     until(&page, &format!("document.querySelector('#releases tr[data-job=\"{id}\"]') !== null")).await;
     until(&page, "document.getElementById('releases').innerText.includes('skipped 1')").await;
     click(&page, &format!("#releases tr[data-job=\"{id}\"] button.job-accounts")).await;
-    until(&page, &format!("document.querySelector('#release-accounts tr[data-appid=\"{}\"]') !== null", ACCOUNTS[0])).await;
+    until(&page, &format!("document.querySelector('#release-accounts tr[data-appid=\"{}\"]') !== null", ACCOUNTS[0]))
+        .await;
 
     // Refresh one account: its last-refresh time moves on.
     let cell = format!("document.querySelector('tr[data-appid=\"{}\"] td.last-refresh').dataset.ms", ACCOUNTS[0]);

@@ -1,7 +1,8 @@
 //! The proxy listener's access log: one line per call, as text or as one JSON object
 //! (`proxy.access_log_format`), formatted into a buffer and written to stderr in batches, as
-//! nginx's buffered `access_log` is: when the buffer passes [`FLUSH_AT`] on the request's path
-//! (one write for hundreds of lines) and at least every [`FLUSH_EVERY`] from a thread of its own.
+//! nginx's buffered `access_log` is: a buffer past [`FLUSH_AT`] (hundreds of lines) is handed to
+//! a thread of its own, which writes it and, at least every [`FLUSH_EVERY`], the lines since. No
+//! request waits on the disk unless the thread falls [`MAX_QUEUED`] buffers behind.
 //! It does not go through `tracing` (whose subscriber formats and writes each event under a
 //! lock, about 2.6 µs a call), so `WXGATE_LOG` does not filter it: `proxy.access_log` does.
 //!
@@ -10,8 +11,9 @@
 use super::resolve::{Route, RouteKind, Scope};
 use crate::config::AccessLogFormat as Format;
 use crate::AppId;
-use parking_lot::Mutex;
+use parking_lot::{Condvar, Mutex};
 use std::io::Write as _;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -19,6 +21,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 const FLUSH_AT: usize = 64 * 1024;
 /// Lines wait at most this long.
 const FLUSH_EVERY: Duration = Duration::from_secs(1);
+/// Full buffers waiting for the writer thread (4 MiB); past this, a full buffer is written where
+/// it filled: the disk is behind, and the requests wait, as nginx's do.
+const MAX_QUEUED: usize = 64;
 
 /// Per request: what the access log and the metrics need. Only the route's kind (for the
 /// metrics) is kept when the access log is off: no clock is read and nothing is copied.
@@ -161,6 +166,11 @@ pub struct Line<'a> {
 pub struct AccessLog {
     format: Format,
     buf: Mutex<Buffer>,
+    /// Full buffers for the writer thread, oldest first.
+    full: Mutex<Vec<Vec<u8>>>,
+    ready: Condvar,
+    /// The writer thread runs; without it, full buffers are written where they fill.
+    writer: AtomicBool,
 }
 
 struct Buffer {
@@ -185,10 +195,14 @@ impl AccessLog {
                 second: u64::MAX,
                 stamp: String::new(),
             }),
+            full: Mutex::new(Vec::new()),
+            ready: Condvar::new(),
+            writer: AtomicBool::new(true),
         });
         let weak = Arc::downgrade(&log);
         let flusher = std::thread::Builder::new().name("wxgate-access-log".into()).spawn(move || flush_loop(&weak));
         if let Err(e) = flusher {
+            log.writer.store(false, Ordering::Relaxed);
             tracing::warn!(error = %e, "no thread for the access log: lines are written when its buffer fills");
         }
         log
@@ -208,12 +222,35 @@ impl AccessLog {
         if buf.lines.len() >= FLUSH_AT {
             let full = std::mem::replace(&mut buf.lines, Vec::with_capacity(FLUSH_AT * 2));
             drop(buf);
-            emit(&full);
+            self.hand_over(full);
         }
     }
 
-    /// Writes what the buffer holds.
+    /// A full buffer to the writer thread, or written here when there is none or it is behind.
+    fn hand_over(&self, lines: Vec<u8>) {
+        if self.writer.load(Ordering::Relaxed) {
+            let mut queue = self.full.lock();
+            if queue.len() < MAX_QUEUED {
+                queue.push(lines);
+                drop(queue);
+                self.ready.notify_one();
+                return;
+            }
+        }
+        emit(&lines);
+    }
+
+    /// Writes the full buffers waiting, oldest first.
+    fn write_queued(&self) {
+        let queued = std::mem::take(&mut *self.full.lock());
+        for lines in queued {
+            emit(&lines);
+        }
+    }
+
+    /// Writes what is waiting and what the buffer holds.
     pub fn flush(&self) {
+        self.write_queued();
         let anchor = Anchor::now();
         let lines = {
             let mut buf = self.buf.lock();
@@ -232,12 +269,22 @@ impl Drop for AccessLog {
     }
 }
 
+/// The writer thread: full buffers as they come, everything at least every [`FLUSH_EVERY`].
 fn flush_loop(log: &Weak<AccessLog>) {
+    let mut flushed = Instant::now();
     loop {
-        std::thread::sleep(FLUSH_EVERY);
-        match log.upgrade() {
-            Some(log) => log.flush(),
-            None => return,
+        let Some(log) = log.upgrade() else { return };
+        {
+            let mut queue = log.full.lock();
+            if queue.is_empty() {
+                let left = FLUSH_EVERY.saturating_sub(flushed.elapsed());
+                log.ready.wait_for(&mut queue, left);
+            }
+        }
+        log.write_queued();
+        if flushed.elapsed() >= FLUSH_EVERY {
+            log.flush();
+            flushed = Instant::now();
         }
     }
 }
@@ -405,61 +452,4 @@ fn utc_second(unix: u64) -> String {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn line<'a>(path: &'a str, client: Option<&'a str>) -> Line<'a> {
-        Line {
-            method: "GET",
-            path,
-            query: "openid=o1&access_token=...",
-            status: 200,
-            errcode: Some(0),
-            scope: "authorizer",
-            authorizer: Some("wx1111111111111111"),
-            client,
-            upstream_ms: Some(3),
-            total_ms: 4,
-            retried: false,
-        }
-    }
-
-    #[test]
-    fn the_access_log_never_shows_a_token_or_key() {
-        assert_eq!(
-            redacted_query("openid=o&access_token=SECRET&component_access_token=C&key=K"),
-            "openid=...&access_token=...&component_access_token=...&key=..."
-        );
-    }
-
-    #[test]
-    fn a_json_line_is_one_object_with_every_field() {
-        let mut out = Vec::new();
-        json(&mut out, "2026-12-06T01:02:03", 7, &line("/cgi-bin/a\"b\n", None));
-        assert_eq!(out.iter().filter(|b| **b == b'\n').count(), 1, "one line");
-        let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
-        assert_eq!(v["time"], "2026-12-06T01:02:03.007Z");
-        assert_eq!(v["path"], "/cgi-bin/a\"b\n");
-        assert_eq!((v["status"].as_u64(), v["errcode"].as_i64(), v["client"].is_null()), (Some(200), Some(0), true));
-        for field in ["method", "query", "scope", "authorizer", "upstream_ms", "total_ms", "retried"] {
-            assert!(v.get(field).is_some(), "{field}");
-        }
-    }
-
-    #[test]
-    fn a_text_line_stays_one_line() {
-        let mut out = Vec::new();
-        text(&mut out, "2026-12-06T01:02:03", 7, &line("/a\nb", Some("shop")));
-        let s = String::from_utf8(out).unwrap();
-        assert_eq!(s.matches('\n').count(), 1);
-        assert!(s.starts_with("2026-12-06T01:02:03.007Z  INFO wxgate::access: method=GET path=/a b "), "{s}");
-        assert!(s.contains(" client=shop ") && s.contains(" errcode=0 "), "{s}");
-    }
-
-    #[test]
-    fn seconds_are_civil_utc_times() {
-        assert_eq!(utc_second(0), "1970-01-01T00:00:00");
-        assert_eq!(utc_second(951_782_400), "2000-02-29T00:00:00");
-        assert_eq!(utc_second(1_796_518_923), "2026-12-06T01:02:03");
-    }
-}
+mod tests;
