@@ -126,27 +126,10 @@ async fn the_token_endpoints_answer_from_the_cache_and_never_reach_wechat() {
     ready(&gw).await;
     let before = stable_calls(&sandbox);
     let seen_before = sandbox.requests().len();
-    let raw: serde_json::Value = gw
-        .http
-        .get(gw.proxy_url(&format!("/wxgate/token/{OWNED}")))
-        .bearer_auth(REVEAL_KEY)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let raw = get_revealed(&gw, &format!("/wxgate/token/{OWNED}")).await;
     let token = raw["access_token"].as_str().unwrap().to_owned();
-    let classic: serde_json::Value = gw
-        .http
-        .get(gw.proxy_url(&format!("/cgi-bin/token?grant_type=client_credential&appid={OWNED}&secret=none")))
-        .bearer_auth(REVEAL_KEY)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let classic =
+        get_revealed(&gw, &format!("/cgi-bin/token?grant_type=client_credential&appid={OWNED}&secret=none")).await;
     assert_eq!(classic["access_token"], token.as_str(), "{classic}");
     assert!(classic["expires_in"].as_i64().unwrap() > 7000, "{classic}");
     let stable = gw
@@ -167,6 +150,12 @@ async fn the_token_endpoints_answer_from_the_cache_and_never_reach_wechat() {
     assert!(sandbox.stats().token_calls.is_empty(), "no /cgi-bin/token call reached WeChat");
     let reached: Vec<String> = sandbox.requests()[seen_before..].iter().map(|r| r.path.clone()).collect();
     assert!(reached.iter().all(|p| !p.contains("token")), "{reached:?}");
+}
+
+/// What `path` answers the client with `reveal_tokens`.
+async fn get_revealed(gw: &Gateway, path: &str) -> serde_json::Value {
+    let r = gw.http.get(gw.proxy_url(path)).bearer_auth(REVEAL_KEY).send().await.unwrap();
+    r.json().await.unwrap()
 }
 
 /// An owned account's push in `mode`, sealed and signed as WeChat does with `token` and `key`.

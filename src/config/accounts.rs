@@ -2,7 +2,7 @@
 //! the gateway keeps with their AppSecret (`stable_token`) beside, or instead of, a platform's.
 
 use super::file::AccountFile;
-use super::validate::{aes_key, appid, message_token, secret_of_length};
+use super::rules::{aes_key, appid, message_token, secret_of_length};
 use super::Problems;
 use crate::{AppId, Secret};
 

@@ -11,6 +11,7 @@ mod env;
 mod file;
 mod masked;
 pub mod reload;
+mod rules;
 mod tls;
 mod validate;
 
@@ -51,6 +52,8 @@ pub const DEFAULT_REFRESH_RECONCILE_HOURS: u64 = 24;
 pub const DEFAULT_SERVER_SHUTDOWN_GRACE_SECS: u64 = 5;
 pub const DEFAULT_MESSAGES_REPLY_TIMEOUT_MS: u64 = 4000;
 pub const DEFAULT_MESSAGES_MAX_AGE_HOURS: u64 = 72;
+/// WeChat usually pushes its audit verdict; a release job asks after this silence.
+pub const DEFAULT_RELEASES_AUDIT_POLL_SECS: u64 = 1800;
 /// Environment variables that start with `WXGATE_` but are not config keys.
 pub const NON_KEY_ENV_VARS: [&str; 2] = ["WXGATE_CONFIG", "WXGATE_LOG"];
 

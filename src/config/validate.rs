@@ -11,8 +11,8 @@ use url::Url;
 use super::file::{
     ClientFile, ComponentFile, EventRouteFile, EventsFile, FileConfig, ListenFile, MessagesFile, RouteFile, StoreFile,
 };
+use super::rules::{aes_key, appid, message_token, secret_of_length};
 use super::*;
-use crate::crypto::decode_aes_key;
 use crate::store::{parse_sentinel_url, RedisOptions, SENTINEL_SCHEME};
 
 /// The whole configuration, or `None` when any part is bad (every problem is in `p`).
@@ -38,7 +38,7 @@ pub(super) fn config(f: &FileConfig, p: &mut Problems) -> Option<Config> {
     let messages = messages(&f.messages, p);
     let events = events(&f.events, &f.messages, p);
     let quota = QuotaConfig { guard: f.quota.guard.unwrap_or(true) };
-    let default_poll = crate::releases::DEFAULT_AUDIT_POLL_SECS;
+    let default_poll = DEFAULT_RELEASES_AUDIT_POLL_SECS;
     let audit_poll = p.check("releases.audit_poll_secs", int_in(f.releases.audit_poll_secs, default_poll, 5..=86_400));
     let (component, accounts) = (component?, accounts?);
     let namespace = component.as_ref().map(|c| c.appid).or_else(|| accounts.first().map(|a| a.appid))?;
@@ -411,43 +411,6 @@ fn int_in(value: Option<i64>, default: u64, range: RangeInclusive<u64>) -> Resul
         .ok()
         .filter(|v| range.contains(v))
         .ok_or_else(|| format!("must be between {} and {}", range.start(), range.end()))
-}
-
-pub(super) fn appid(value: &str) -> Result<AppId, String> {
-    AppId::parse(value).map_err(|_| "must be \"wx\" followed by 16 lowercase hex digits".to_owned())
-}
-
-/// A secret of at least `min` characters. Surrounding whitespace is refused: it is almost always
-/// a paste accident, and would make every comparison with the real value fail.
-pub(super) fn secret_of_length(min: usize) -> impl Fn(&str) -> Result<Secret, String> {
-    move |value| {
-        if value.chars().count() < min {
-            return Err(match min {
-                1 => "must not be empty".to_owned(),
-                _ => format!("must be at least {min} characters"),
-            });
-        }
-        if value.trim() != value {
-            return Err("must not start or end with whitespace".to_owned());
-        }
-        Ok(Secret::new(value))
-    }
-}
-
-/// WeChat's rule for the message-verification token: 3 to 32 letters or digits.
-pub(super) fn message_token(value: &str) -> Result<Secret, String> {
-    let ok = (3..=32).contains(&value.len()) && value.bytes().all(|b| b.is_ascii_alphanumeric());
-    match ok {
-        true => Ok(Secret::new(value)),
-        false => Err("must be 3 to 32 letters or digits (WeChat's rule for the token)".to_owned()),
-    }
-}
-
-pub(super) fn aes_key(value: &str) -> Result<Secret, String> {
-    match decode_aes_key(value) {
-        Ok(_) => Ok(Secret::new(value)),
-        Err(_) => Err("must be 43 characters of A-Z, a-z, 0-9, + and / (WeChat's EncodingAESKey)".to_owned()),
-    }
 }
 
 fn socket_addr(value: &str) -> Result<SocketAddr, String> {

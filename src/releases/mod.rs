@@ -28,9 +28,6 @@ use std::time::Duration;
 use step::StepError;
 use tokio::sync::Notify;
 
-/// `releases.audit_poll_secs`' default: WeChat usually pushes its verdict; ask after this silence.
-pub const DEFAULT_AUDIT_POLL_SECS: u64 = 1800;
-
 #[derive(Debug, Clone)]
 pub struct Settings {
     /// Ask for the audit status after this long without a verdict.

@@ -206,13 +206,18 @@
     $("next").disabled = offset + authorizers.length >= total;
   }
 
-  async function refreshAuthorizer(appid, button) {
+  function refreshAuthorizer(appid, button) {
+    return refreshRow(`/admin/authorizers/${encodeURIComponent(appid)}/refresh`, `#authorizers tr[data-appid="${CSS.escape(appid)}"]`, authorizerRow, appid, button);
+  }
+
+  // "Refresh now" from a row: the row is drawn again from the answer.
+  async function refreshRow(path, selector, toRow, appid, button) {
     button.disabled = true;
     try {
-      const a = await api("POST", `/admin/authorizers/${encodeURIComponent(appid)}/refresh`);
+      const a = await api("POST", path);
       if (a.ok) {
-        const row = document.querySelector(`tr[data-appid="${CSS.escape(appid)}"]`);
-        if (row) row.replaceWith(authorizerRow(a.body));
+        const row = document.querySelector(selector);
+        if (row) row.replaceWith(toRow(a.body));
         toast(`Refreshed ${appid}.`);
       } else {
         toast(`Refresh of ${appid} failed: ${reason(a)}`, true);
@@ -223,6 +228,7 @@
       button.disabled = false;
     }
   }
+
 
   async function reconcile() {
     const button = $("reconcile");
@@ -334,23 +340,10 @@
     $("owned-panel").hidden = accounts.length === 0;
   }
 
-  async function refreshOwned(appid, button) {
-    button.disabled = true;
-    try {
-      const a = await api("POST", `/admin/accounts/${encodeURIComponent(appid)}/refresh`);
-      if (a.ok) {
-        const row = document.querySelector(`tr[data-owned="${CSS.escape(appid)}"]`);
-        if (row) row.replaceWith(ownedRow(a.body));
-        toast(`Refreshed ${appid}.`);
-      } else {
-        toast(`Refresh of ${appid} failed: ${reason(a)}`, true);
-      }
-    } catch (e) {
-      if (!(e instanceof SignedOut)) toast(`Refresh failed: ${e.message}`, true);
-    } finally {
-      button.disabled = false;
-    }
+  function refreshOwned(appid, button) {
+    return refreshRow(`/admin/accounts/${encodeURIComponent(appid)}/refresh`, `tr[data-owned="${CSS.escape(appid)}"]`, ownedRow, appid, button);
   }
+
 
   // ---- release jobs: each job's accounts by state, its controls, and an account list ----
 
