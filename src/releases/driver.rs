@@ -24,6 +24,7 @@ impl Driver {
         };
         let mut totals: HashMap<String, u64> = HashMap::new();
         for job in jobs.into_iter().filter(needs_driving) {
+            let _writing = self.writing.lock().await;
             let name = format!("release:{}", job.id);
             let lease = match self.store.lease(&self.ns, &name, self.settings.lease_ttl).await {
                 Ok(Some(lease)) => lease,

@@ -65,12 +65,14 @@ pub enum ReleaseError {
     NotNow(&'static str),
     #[error("no active mini program is held: nothing to release to")]
     NoAccounts,
+    #[error("another instance is driving the job and did not let go in time; try again")]
+    Busy,
 }
 
 impl ReleaseError {
     pub fn status(&self) -> u16 {
         match self {
-            Self::Store(_) => 503,
+            Self::Store(_) | Self::Busy => 503,
             Self::BadRequest(_) | Self::NoAccounts => 400,
             Self::UnknownJob => 404,
             Self::NotNow(_) => 409,
@@ -88,6 +90,9 @@ pub(crate) struct Driver {
     /// Each job's accounts as this instance last wrote them, on a store no other instance
     /// writes: a tick then reads none (a job of 10,000 accounts is several megabytes of JSON).
     held: std::sync::Mutex<std::collections::HashMap<String, Vec<ReleaseAccount>>>,
+    /// Held by a tick and by an operator's change, so that neither writes a job over the
+    /// other's (across instances, the job's lease does the same).
+    writing: tokio::sync::Mutex<()>,
 }
 
 /// An account after a step.
@@ -98,6 +103,21 @@ type Call<'a, T> = Pin<Box<dyn Future<Output = Result<T, WechatError>> + Send + 
 impl Driver {
     fn now_ms(&self) -> i64 {
         self.tokens.clock().now_ms()
+    }
+
+    /// The job's lease for an operator's change: waited for while a tick (here or on another
+    /// instance) holds it, at most as long as a lease lives.
+    async fn job_lease(&self, id: &str) -> Result<crate::store::Lease, ReleaseError> {
+        let deadline = tokio::time::Instant::now() + self.settings.lease_ttl;
+        loop {
+            if let Some(lease) = self.store.lease(&self.ns, &format!("release:{id}"), self.settings.lease_ttl).await? {
+                return Ok(lease);
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(ReleaseError::Busy);
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
     }
 
     async fn save(&self, job: &ReleaseJob, a: &ReleaseAccount) -> Result<(), StoreError> {
@@ -149,8 +169,8 @@ impl Releases {
         for step in ["commit", "submit", "release", "status", "quota"] {
             metrics::RELEASE_STEPS.with_label_values(&[step, "ok"]);
         }
-        let held = std::sync::Mutex::default();
-        Self { driver: Driver { ns, store, tokens, api, settings, held }, wake: Notify::new() }
+        let (held, writing) = (std::sync::Mutex::default(), tokio::sync::Mutex::new(()));
+        Self { driver: Driver { ns, store, tokens, api, settings, held, writing }, wake: Notify::new() }
     }
 
     /// Drives open jobs until `shutdown` turns true.
@@ -277,14 +297,31 @@ impl Releases {
         f: impl FnOnce(&mut ReleaseJob),
     ) -> Result<ReleaseJob, ReleaseError> {
         let d = &self.driver;
+        let _writing = d.writing.lock().await;
+        let lease = d.job_lease(id).await?;
+        let result = self.change_held(id, allowed, f).await;
+        if let Err(e) = d.store.release(&lease).await {
+            tracing::warn!(job = %id, error = %e, "could not release a release job's lease; it expires on its own");
+        }
+        let job = result?;
+        tracing::info!(job = %job.id, state = job.state.as_str(), "release job changed by an operator");
+        self.wake.notify_one();
+        Ok(job)
+    }
+
+    async fn change_held(
+        &self,
+        id: &str,
+        allowed: &[JobState],
+        f: impl FnOnce(&mut ReleaseJob),
+    ) -> Result<ReleaseJob, ReleaseError> {
+        let d = &self.driver;
         let mut job = d.store.releases().job(&d.ns, id).await?.ok_or(ReleaseError::UnknownJob)?;
         if !allowed.contains(&job.state) {
             return Err(ReleaseError::NotNow(job.state.as_str()));
         }
         f(&mut job);
         d.store.releases().save_job(&d.ns, &job).await?;
-        tracing::info!(job = %job.id, state = job.state.as_str(), "release job changed by an operator");
-        self.wake.notify_one();
         Ok(job)
     }
 
