@@ -44,6 +44,36 @@ async fn kill_9_at_random_points_of_a_job_repeats_no_step() {
     each_step_once(&sandbox, accounts);
 }
 
+/// A crash after a submit was recorded as begun and before it left: WeChat has no audit of the
+/// account at all (85058), so the submit goes, once.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_submit_recorded_but_never_sent_is_sent_once_after_a_crash() {
+    use wxgate::store::releases::{AccountState, Step};
+    use wxgate::store::{SqliteStore, Store};
+    let accounts = 2;
+    let (setup, sandbox, mut gw) = fleet(accounts, "").await;
+    sandbox.set_audit_quota(0);
+    let id = start_job(&gw, json!({"template_id": 42, "user_version": "7.0", "authorizers": list(accounts)})).await;
+    eventually(Duration::from_secs(10), "both accounts committed and waiting for quota", || async {
+        states(&job(&gw, &id).await).iter().all(|(_, s)| s == "waiting_quota")
+    })
+    .await;
+    gw.kill();
+    let ns = wxgate::AppId::parse(COMPONENT_APPID).unwrap();
+    let store = SqliteStore::open(&setup.db_path()).unwrap();
+    let mut held = store.releases().accounts(&ns, &id).await.unwrap();
+    for a in &mut held {
+        (a.state, a.in_flight) = (AccountState::Committed, Some(Step::Submit));
+    }
+    store.releases().save_accounts(&ns, &id, &held).await.unwrap();
+    drop(store);
+    sandbox.set_audit_quota(10);
+    let gw = setup.start().await;
+    let done = until_state(&gw, &id, "done", Duration::from_secs(30)).await;
+    assert_eq!(done["counts"]["released"], accounts, "{done}");
+    each_step_once(&sandbox, accounts);
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn two_instances_on_one_redis_one_killed_finish_a_job_once() {
     const URL: &str = "redis://127.0.0.1:6379/0";

@@ -14,6 +14,8 @@ use serde_json::json;
 const CODE_CHECK_PENDING: i64 = 61039;
 /// Too many submissions in 7 days: wait, never fail.
 const TOO_MANY_SUBMISSIONS: i64 = 85085;
+/// `get_latest_auditstatus` for an account that was never submitted.
+const NO_AUDIT_YET: i64 = 85058;
 
 /// What to do with an account now, if anything.
 pub(super) enum Action {
@@ -176,8 +178,9 @@ impl Driver {
                         a.submitted_at_ms = a.submitted_at_ms.or(Some(self.now_ms()));
                         self.apply_status(a, &s);
                     }
-                    // No audit of this version: the submit never reached WeChat.
+                    // No audit of this version, or none at all: the submit never reached WeChat.
                     Ok(_) => a.next_at_ms = self.now_ms(),
+                    Err(StepError::Wechat(e)) if errcode(&e) == Some(NO_AUDIT_YET) => a.next_at_ms = self.now_ms(),
                     Err(e) => {
                         a.in_flight = Some(Step::Submit);
                         return Err((step, e));
