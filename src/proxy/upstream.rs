@@ -18,11 +18,14 @@
 //! gateway's own work. Here an [`Answer`] dropped pushes its connection on a stack (when its body
 //! was read to the end; it is closed otherwise), so no path can forget to; one the server closed
 //! while idle is noticed when taken (a read that does not block) or, at worst, when the call
-//! on it fails, and the call is then made again on a new connection if that is safe.
+//! on it fails, and the call is then made again on a new connection if that is safe. A host
+//! keeps a stack per thread ([`pool`]): a connection belongs to the runtime of the worker that
+//! opened it (`work_stealing: false`), and only that worker takes it again (issue 25).
 
 mod answer;
 mod egress;
 mod headers;
+mod pool;
 mod target;
 
 use super::resolve::Outbound;
@@ -36,7 +39,6 @@ use answer::AnswerBody;
 use base64::Engine;
 use bytes::Bytes;
 use egress::Egress;
-use futures_util::FutureExt;
 pub use headers::downstream_header;
 use headers::{header_line, is_hop_by_hop, OWN_REQUEST_HEADERS};
 use http::request::Parts;
@@ -45,12 +47,12 @@ use pingora::protocols::Stream;
 use pingora::tls::CertificateDer;
 use pingora::upstreams::peer::HttpPeer;
 use pingora::ErrorType;
+use pool::Owner;
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use target::{make_peer, resolve, Target};
-use tokio::io::AsyncReadExt;
 use url::Url;
 
 /// Pooled connections are kept this long idle; WeChat's side closes idle ones after about a minute.
@@ -106,11 +108,13 @@ pub enum Body<'s> {
     Streamed { kept: Bytes, from: &'s mut dyn BodySource, length: Option<usize>, limit: usize },
 }
 
-/// A connection to a WeChat host, with the timer its reads and writes that wait share.
+/// A connection to a WeChat host, the timer its reads and writes that wait share, and the
+/// thread whose runtime both belong to.
 #[derive(Debug)]
 pub(super) struct Connection {
     stream: Stream,
     timer: wire::Timer,
+    owner: Owner,
 }
 
 pub struct Upstream {
@@ -297,22 +301,19 @@ impl Upstream {
         self.epoch.elapsed().as_millis() as u64
     }
 
-    /// A connection to `target`: an idle one if there is one still open (idle for less than
-    /// [`IDLE_TIMEOUT`] at `now`), else a new one. The flag tells which.
+    /// A connection to `target`: an idle one this thread opened if there is one still open
+    /// (idle for less than [`IDLE_TIMEOUT`] at `now`), else a new one. The flag tells which.
     async fn connect(&self, target: usize, fresh: bool, now: Instant) -> pingora::Result<(Connection, bool)> {
         if !fresh {
-            loop {
-                let Some((mut conn, since)) = self.targets[target].idle().pop() else { break };
-                if now.duration_since(since) < IDLE_TIMEOUT && still_open(&mut conn.stream) {
-                    return Ok((conn, true));
-                }
+            if let Some(conn) = self.targets[target].idle.take(now) {
+                return Ok((conn, true));
             }
         }
         let peer = self.peer(target).await.ok_or_else(|| pingora::Error::new(ErrorType::ConnectNoRoute))?;
         // Boxed: a connect's future (TCP, then a TLS handshake) is some 8 KiB, which every
         // call's future would otherwise carry, and be copied with, for the rare new connection.
         let stream = Box::pin(self.transport.new_stream(&*peer)).await?;
-        Ok((Connection { stream, timer: wire::Timer::default() }, false))
+        Ok((Connection { stream, timer: wire::Timer::default(), owner: Owner::current() }, false))
     }
 
     async fn peer(&self, target: usize) -> Option<Arc<HttpPeer>> {
@@ -421,7 +422,7 @@ async fn exchange(
     no_body: bool,
     timeout: Duration,
 ) -> Result<wire::Response, Failed> {
-    let Connection { stream, timer } = conn;
+    let Connection { stream, timer, .. } = conn;
     let upstream = |body_spent| move |error| Failed::Upstream { error, written: false, body_spent };
     match body {
         Body::Whole(b) if b.len() <= COALESCE_BODY => {
@@ -482,14 +483,6 @@ impl From<H1Error> for CallFailure {
             _ => CallFailure::Broken,
         }
     }
-}
-
-/// Whether an idle connection is still usable: reading must find nothing (no end of stream,
-/// no unexpected data) and not block. Readiness is the runtime's cached state: no system call
-/// unless the server did something.
-fn still_open(stream: &mut Stream) -> bool {
-    let mut byte = [0u8; 1];
-    tokio::task::unconstrained(stream.read(&mut byte)).now_or_never().is_none()
 }
 
 #[cfg(test)]

@@ -1,5 +1,5 @@
 //! What WeChat answered a call, and the connection it came on, which goes back to its host's
-//! pool (or is closed) when the answer is dropped.
+//! pool, to the thread that opened it (or is closed), when the answer is dropped.
 
 use super::target::Target;
 use super::{close, Connection, H1Error};
@@ -60,7 +60,7 @@ impl Drop for AnswerBody<'_> {
     fn drop(&mut self) {
         let Some(conn) = self.conn.take() else { return };
         match self.reader.reusable() {
-            true => self.home.keep(conn, self.started),
+            true => self.home.idle.keep(conn, self.started),
             false => close(conn.stream),
         }
     }

@@ -1,16 +1,13 @@
 //! One WeChat host: where it is, the peer for its address, and its idle connections.
 
 use super::egress::{Egress, Tunnel};
-use super::{Connection, UpstreamError, IDLE_TIMEOUT};
+use super::pool::Pool;
+use super::{UpstreamError, IDLE_TIMEOUT};
 use pingora::upstreams::peer::HttpPeer;
 use std::net::{SocketAddr, ToSocketAddrs};
-use std::sync::{Arc, Mutex, MutexGuard, RwLock};
-use std::time::{Duration, Instant};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
 use url::Url;
-
-/// Idle connections kept per WeChat host: as many as calls a busy gateway has in flight (each
-/// holds one), so that a warm gateway makes no new handshakes; one costs a socket and ~1 KB.
-const MAX_IDLE_PER_TARGET: usize = 1024;
 
 #[derive(Debug)]
 pub(super) struct Target {
@@ -24,7 +21,8 @@ pub(super) struct Target {
     /// The peer for the resolved address, built once (a peer is a few allocations); `None`
     /// while the host could not be resolved.
     pub(super) peer: RwLock<Option<Arc<HttpPeer>>>,
-    pub(super) idle: Mutex<Vec<(Connection, Instant)>>,
+    /// Its idle connections, kept per thread (see [`Pool`]).
+    pub(super) idle: Pool,
     /// The forward proxy calls go through, if any.
     pub(super) egress: Option<Arc<Egress>>,
     /// A plain-HTTP host through the proxy: requests go to the proxy in absolute form.
@@ -70,14 +68,10 @@ impl Target {
             tls,
             base_path: url.path().trim_end_matches('/').to_owned(),
             peer: RwLock::new(peer),
-            idle: Mutex::new(Vec::new()),
+            idle: Pool::new(),
             egress: egress.cloned(),
             via,
         })
-    }
-
-    pub(super) fn idle(&self) -> MutexGuard<'_, Vec<(Connection, Instant)>> {
-        self.idle.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// A connection to the host could not be made: said once, naming the proxy when there is one
@@ -102,15 +96,6 @@ impl Target {
             }
             _ => false,
         }
-    }
-
-    /// Keeps `conn`, idle since `since`, for the next call; the oldest goes when the pool is full.
-    pub(super) fn keep(&self, conn: Connection, since: Instant) {
-        let mut idle = self.idle();
-        if idle.len() >= MAX_IDLE_PER_TARGET {
-            idle.remove(0);
-        }
-        idle.push((conn, since));
     }
 }
 

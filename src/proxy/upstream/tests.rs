@@ -2,8 +2,8 @@ use super::*;
 use pingora::http::RequestHeader;
 use pingora::http::ResponseHeader;
 use std::sync::atomic::AtomicU32;
-use std::sync::Mutex;
-use tokio::io::AsyncWriteExt;
+use std::sync::{mpsc, Mutex};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 const OK: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 13\r\n\r\n{\"errcode\":0}";
@@ -249,4 +249,126 @@ async fn a_chunked_answer_is_read_whole_and_its_connection_kept() {
         assert_eq!(&call(&up, "GET", b"").await.unwrap()[..], br#"{"errcode":0}"#);
     }
     assert_eq!(accepted.load(Ordering::SeqCst), 1, "the second call went on the first call's connection");
+}
+
+/// A WeChat stand-in on a runtime of its own, for callers on other threads: answers every call
+/// on a connection with that connection's number, counted from 1 in the order accepted. Stops
+/// when dropped.
+struct NumberingServer {
+    url: Url,
+    _runtime: tokio::runtime::Runtime,
+}
+
+impl NumberingServer {
+    fn start() -> Self {
+        let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+        let listener = runtime.block_on(TcpListener::bind("127.0.0.1:0")).unwrap();
+        let url = url(&listener);
+        runtime.spawn(async move {
+            for number in 1u32.. {
+                let (mut sock, _) = listener.accept().await.unwrap();
+                tokio::spawn(async move {
+                    let body = format!("{number}");
+                    let answer = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{body}", body.len());
+                    while read_request(&mut sock).await.is_some() {
+                        if sock.write_all(answer.as_bytes()).await.is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        Self { url, _runtime: runtime }
+    }
+}
+
+enum Step {
+    Call,
+    /// Drop the thread's runtime, and go on with a new one.
+    NewRuntime,
+}
+
+/// A thread with a single-threaded runtime of its own, as each pingora worker has, that calls
+/// through a shared `Upstream` when told to and says which connection answered. Told by a
+/// channel, answered within a bound, so that a stuck or panicked worker fails the test.
+struct Worker {
+    tell: mpsc::Sender<Step>,
+    heard: mpsc::Receiver<Result<u32, CallFailure>>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl Worker {
+    fn start(up: &Arc<Upstream>) -> Self {
+        let (tell, told) = mpsc::channel();
+        let (answer, heard) = mpsc::channel();
+        let up = Arc::clone(up);
+        let thread = std::thread::spawn(move || {
+            let runtime = || tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            let mut rt = runtime();
+            for step in told {
+                match step {
+                    Step::Call => {
+                        let number = rt
+                            .block_on(call(&up, "GET", b""))
+                            .map(|b| std::str::from_utf8(&b).unwrap().parse().unwrap());
+                        answer.send(number).unwrap();
+                    }
+                    Step::NewRuntime => {
+                        drop(std::mem::replace(&mut rt, runtime()));
+                        answer.send(Ok(0)).unwrap();
+                    }
+                }
+            }
+        });
+        Self { tell, heard, thread }
+    }
+
+    fn ask(&self, step: Step) -> Result<u32, CallFailure> {
+        self.tell.send(step).expect("the worker is gone");
+        self.heard.recv_timeout(Duration::from_secs(10)).expect("the worker did not answer")
+    }
+
+    /// The connection that answered a call made on this worker.
+    fn call(&self) -> u32 {
+        self.ask(Step::Call).unwrap()
+    }
+
+    /// Ends the thread, which must not have panicked.
+    fn stop(self) {
+        drop(self.tell);
+        self.thread.join().expect("the worker panicked");
+    }
+}
+
+/// Two workers share one `Upstream`: a connection one gave back is not taken by the other,
+/// which opens its own, and each takes its own again on its next call.
+#[test]
+fn a_pooled_connection_is_taken_again_only_by_the_thread_that_opened_it() {
+    let server = NumberingServer::start();
+    let up = Arc::new(Upstream::new(&server.url, &[], Duration::from_secs(3)).unwrap());
+    let (a, b) = (Worker::start(&up), Worker::start(&up));
+    assert_eq!(a.call(), 1);
+    assert_eq!(b.call(), 2, "B opened its own, while A's was idle");
+    assert_eq!(a.call(), 1, "A took its own again");
+    assert_eq!(b.call(), 2, "B took its own again");
+    a.stop();
+    b.stop();
+}
+
+/// A worker's runtime is shut down while its connection is idle in the shared pool: the other
+/// worker's calls go on, on its own connection, and the first, on a new runtime, opens a new one
+/// (the old one's reactor is gone). Nothing panics.
+#[test]
+fn a_connection_whose_runtime_shut_down_is_never_driven_again() {
+    let server = NumberingServer::start();
+    let up = Arc::new(Upstream::new(&server.url, &[], Duration::from_secs(3)).unwrap());
+    let (a, b) = (Worker::start(&up), Worker::start(&up));
+    assert_eq!(a.call(), 1);
+    a.ask(Step::NewRuntime).unwrap();
+    assert_eq!(b.call(), 2);
+    assert_eq!(b.call(), 2);
+    assert_eq!(a.call(), 3, "A's connection went with its runtime");
+    assert_eq!(a.call(), 3);
+    a.stop();
+    b.stop();
 }
