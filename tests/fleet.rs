@@ -46,6 +46,11 @@ async fn admin_post(gw: &Gateway, path: &str) -> reqwest::Response {
     gw.http.post(gw.admin_url(path)).bearer_auth(ADMIN_TOKEN).send().await.unwrap()
 }
 
+/// `GET /admin/authorizers?{query}`.
+async fn search(gw: &Gateway, query: &str) -> Value {
+    gw.admin_get(&format!("/admin/authorizers?{query}")).await.json().await.unwrap()
+}
+
 async fn authorizer(gw: &Gateway, a: &str) -> Value {
     gw.admin_get(&format!("/admin/authorizers/{a}")).await.json().await.unwrap()
 }
@@ -100,6 +105,21 @@ async fn info_is_fetched_at_authorization_and_a_frozen_account_is_shown_and_coun
     let text = list.to_string();
     assert!(text.contains(&Sandbox::user_name(&appid(B))), "{text}");
     assert_nothing_secret(&text, &secrets_of(&setup, &sandbox, &[A, B]));
+
+    // The console's search, from what the restart loaded: any name in any case, by pages, each
+    // account on the page read in full.
+    let found = search(&gw, "q=SANDBOX%20Account").await;
+    assert_eq!(found["total"], 2, "{found}");
+    let found = search(&gw, &format!("q={}", Sandbox::user_name(&appid(B)))).await;
+    assert_eq!((found["total"].as_u64(), found["authorizers"][0]["appid"].as_str()), (Some(1), Some(B)), "{found}");
+    let page = search(&gw, "q=wxgate%20sandbox&offset=1&limit=1").await;
+    assert_eq!((page["total"].as_u64(), page["authorizers"][0]["appid"].as_str()), (Some(2), Some(B)), "{page}");
+    assert_eq!(
+        (page["authorizers"][0]["state"].as_str(), page["q"].as_str()),
+        (Some("frozen"), Some("wxgate sandbox"))
+    );
+    assert_eq!(page["authorizers"][0]["kind"], "mini_program", "{page}");
+    assert_eq!(search(&gw, "q=nobody").await["total"], 0);
     assert_nothing_secret(&setup.log(), &secrets_of(&setup, &sandbox, &[A, B]));
 }
 

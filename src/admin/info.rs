@@ -3,6 +3,7 @@
 
 use super::AdminApp;
 use crate::reply::Reply;
+use crate::tokens::AuthorizerStatus;
 use crate::AppId;
 use serde_json::{json, Value};
 
@@ -38,15 +39,35 @@ pub(super) async fn one(app: &AdminApp, appid: &AppId) -> Reply {
 /// `GET /admin/authorizers[?offset=&limit=]`.
 pub(super) async fn page(app: &AdminApp, offset: usize, limit: usize) -> Reply {
     let (total, page) = app.tokens.authorizers().statuses(offset, limit);
-    let mut authorizers = Vec::with_capacity(page.len());
-    for status in page {
-        let Ok(appid) = AppId::parse(&status.appid) else { continue };
-        match with_info(app, super::shapes::authorizer(&status), &appid).await {
-            Ok(v) => authorizers.push(v),
-            Err(reply) => return reply,
-        }
+    match with_infos(app, page).await {
+        Ok(authorizers) => Reply::json(200, &json!({ "total": total, "offset": offset, "authorizers": authorizers })),
+        Err(reply) => reply,
     }
-    Reply::json(200, &json!({ "total": total, "offset": offset, "authorizers": authorizers }))
+}
+
+/// `GET /admin/authorizers?q=TEXT[&offset=&limit=]`: the matches come from the search index in
+/// memory, and only the page's accounts are read in full. `q` is lowercase already.
+pub(super) async fn found(app: &AdminApp, q: &str, offset: usize, limit: usize) -> Reply {
+    let matching = app.tokens.info().search(q);
+    let authorizers = app.tokens.authorizers();
+    let page: Vec<AuthorizerStatus> =
+        matching.iter().skip(offset).take(limit).filter_map(|appid| authorizers.status(appid)).collect();
+    match with_infos(app, page).await {
+        Ok(page) => {
+            Reply::json(200, &json!({ "total": matching.len(), "offset": offset, "q": q, "authorizers": page }))
+        }
+        Err(reply) => reply,
+    }
+}
+
+/// Each status with its info, in order.
+async fn with_infos(app: &AdminApp, statuses: impl IntoIterator<Item = AuthorizerStatus>) -> Result<Vec<Value>, Reply> {
+    let mut authorizers = Vec::new();
+    for status in statuses {
+        let Ok(appid) = AppId::parse(&status.appid) else { continue };
+        authorizers.push(with_info(app, super::shapes::authorizer(&status), &appid).await?);
+    }
+    Ok(authorizers)
 }
 
 /// `POST /admin/reconcile`: 503 while another instance reconciles.
@@ -55,25 +76,4 @@ pub(super) async fn reconcile(app: &AdminApp) -> Reply {
         Ok(done) => Reply::json(200, &super::shapes::reconciled(&done)),
         Err(e) => Reply::error(e.status(), e),
     }
-}
-
-/// Every authorizer's status with its info, for a search: the infos are read in one pass.
-pub(super) async fn all(app: &AdminApp) -> Result<Vec<Value>, Reply> {
-    let infos = app.tokens.info().all().await.map_err(|e| Reply::error(e.status(), e))?;
-    let mut infos: std::collections::HashMap<AppId, Value> =
-        infos.into_iter().map(|i| (i.appid, i.to_json())).collect();
-    let (_, statuses) = app.tokens.authorizers().statuses(0, usize::MAX);
-    let mut all = Vec::with_capacity(statuses.len());
-    for status in statuses {
-        let Ok(appid) = AppId::parse(&status.appid) else { continue };
-        let mut v = super::shapes::authorizer(&status);
-        if let Some(label) = app.tokens.info().account_state(&appid).filter(|_| v["state"] == "active") {
-            v["state"] = json!(label);
-        }
-        if let (Some(obj), Some(Value::Object(fields))) = (v.as_object_mut(), infos.remove(&appid)) {
-            obj.extend(fields);
-        }
-        all.push(v);
-    }
-    Ok(all)
 }

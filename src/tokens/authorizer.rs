@@ -33,7 +33,8 @@ pub struct AuthorizerTokens {
     pub(super) component: Arc<ComponentTokens>,
     pub(super) owned: Arc<OwnedAccounts>,
     pub(super) slots: Slots,
-    /// What memory keeps of the accounts' info, shared with `info.rs`: the gauge's labels.
+    /// What memory keeps of the accounts' info, shared with `info.rs`: the gauge's labels, and
+    /// the search, which finds every held authorizer by its appid.
     pub(super) index: Arc<InfoIndex>,
 }
 
@@ -57,6 +58,7 @@ impl AuthorizerTokens {
                 if let Some(due) = slot.due_after_load(now, &part.core.settings, &mut rng) {
                     schedule.set(Job::Authorizer(slot.appid), due);
                 }
+                part.index.hold(&slot.appid);
                 part.slots.insert(slot);
             }
             drop(schedule);
@@ -168,6 +170,7 @@ impl AuthorizerTokens {
             Committed::InService(_) => {
                 // A new authorization is a reason to try again at once.
                 slot.flight.clear();
+                self.index.hold(&slot.appid);
                 self.slots.insert_if_absent(slot);
                 self.update_gauges();
                 Ok(())
@@ -237,16 +240,17 @@ impl AuthorizerTokens {
         };
         let existed = self.core.store.delete_authorizer(&self.core.component, appid).await?;
         let known = self.drop_held(appid);
-        self.index.forget(appid);
         self.update_gauges();
         Ok(existed || known)
     }
 
-    /// Drops an authorizer from memory and the schedule; returns whether it was held. The
-    /// caller updates the gauges, once for however many it drops.
+    /// Drops an authorizer from memory, the schedule and the info index (here or on another
+    /// instance, the store no longer holds it); returns whether it was held. The caller updates
+    /// the gauges, once for however many it drops.
     pub(super) fn drop_held(&self, appid: &AppId) -> bool {
         let known = self.slots.remove(appid).is_some();
         self.core.unplan(&Job::Authorizer(*appid));
+        self.index.forget(appid);
         known
     }
 

@@ -98,6 +98,7 @@ impl AuthorizerTokens {
             None => {
                 let slot = Arc::new(AuthorizerSlot::from_record(record));
                 self.replan(&slot);
+                self.index.hold(&slot.appid);
                 self.slots.insert(slot);
             }
         }

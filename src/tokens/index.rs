@@ -1,12 +1,15 @@
-//! What memory keeps of the accounts' info, for the hot paths and the scrape: the `gh_` id →
-//! appid map the message receiver needs, and the accounts WeChat reports as frozen, closed or
-//! banned, whose state label the gauge and the admin API show. `info.rs` fills it; the
-//! authorizers' gauge reads it.
+//! What memory keeps of the accounts' info, for the hot paths, the scrape and the console: the
+//! `gh_` id → appid map the message receiver needs, the accounts WeChat reports as frozen,
+//! closed or banned, whose state label the gauge and the admin API show, and the search over
+//! every account's appid and names (`search.rs`). `info.rs` fills it with each info stored or
+//! loaded, `authorizer.rs` with each authorizer held (found by its appid before its info comes)
+//! and takes out each one dropped; the gauge and the admin API read it.
 
+use super::search::Search;
 use crate::store::{AuthorizerInfoRecord, AuthorizerState};
 use crate::AppId;
 use std::collections::HashMap;
-use std::sync::RwLock;
+use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 /// The state labels beyond [`AuthorizerState`]'s: an account whose tokens work but that WeChat
 /// reports as unusable. Shown as its `state` on the admin API and counted so in
@@ -19,33 +22,60 @@ pub(super) struct InfoIndex {
     user_names: RwLock<HashMap<Box<str>, AppId>>,
     /// Accounts whose `account_status` is one of [`ACCOUNT_STATES`] (few), by appid.
     unusual: RwLock<HashMap<AppId, &'static str>>,
+    /// Every account's appid and names, for the console's search.
+    search: RwLock<Search>,
+}
+
+fn read<T>(lock: &RwLock<T>) -> RwLockReadGuard<'_, T> {
+    lock.read().unwrap_or_else(|p| p.into_inner())
+}
+
+fn write<T>(lock: &RwLock<T>) -> RwLockWriteGuard<'_, T> {
+    lock.write().unwrap_or_else(|p| p.into_inner())
 }
 
 impl InfoIndex {
     pub(super) fn take(&self, info: &AuthorizerInfoRecord) {
         if let Some(user_name) = &info.user_name {
-            let mut map = self.user_names.write().unwrap_or_else(|p| p.into_inner());
-            map.insert(user_name.as_str().into(), info.appid);
+            write(&self.user_names).insert(user_name.as_str().into(), info.appid);
         }
-        let mut unusual = self.unusual.write().unwrap_or_else(|p| p.into_inner());
         match account_state(info.account_status) {
-            Some(label) => unusual.insert(info.appid, label),
-            None => unusual.remove(&info.appid),
+            Some(label) => write(&self.unusual).insert(info.appid, label),
+            None => write(&self.unusual).remove(&info.appid),
         };
+        let names = [info.nick_name.as_deref(), info.user_name.as_deref(), info.principal_name.as_deref()];
+        write(&self.search).put(&info.appid, names);
+    }
+
+    /// Gives back what the start-up load left spare.
+    pub(super) fn settle(&self) {
+        write(&self.search).shrink();
+    }
+
+    /// An authorizer is held: it is found by its appid, whether or not its info has come.
+    pub(super) fn hold(&self, appid: &AppId) {
+        write(&self.search).hold(appid);
     }
 
     pub fn forget(&self, appid: &AppId) {
-        self.user_names.write().unwrap_or_else(|p| p.into_inner()).retain(|_, a| a != appid);
-        self.unusual.write().unwrap_or_else(|p| p.into_inner()).remove(appid);
+        write(&self.user_names).retain(|_, a| a != appid);
+        write(&self.unusual).remove(appid);
+        write(&self.search).remove(appid);
     }
 
     /// The label an account WeChat reports as unusable is shown under, if it is one.
     pub fn unusual(&self, appid: &AppId) -> Option<&'static str> {
-        self.unusual.read().unwrap_or_else(|p| p.into_inner()).get(appid).copied()
+        read(&self.unusual).get(appid).copied()
     }
 
     pub(super) fn user_name(&self, user_name: &str) -> Option<AppId> {
-        self.user_names.read().unwrap_or_else(|p| p.into_inner()).get(user_name).copied()
+        read(&self.user_names).get(user_name).copied()
+    }
+
+    /// The accounts whose appid or one of whose names contains `q` (any case), in appid order:
+    /// see `search.rs`.
+    pub(super) fn find(&self, q: &str) -> Vec<AppId> {
+        read(&self.search).find(q)
     }
 
     /// The state label for the admin API and the gauge: an active account WeChat reports as

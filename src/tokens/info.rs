@@ -1,6 +1,7 @@
 //! Who each account is (`api_get_authorizer_info`): fetched when it is authorized and again
-//! once a day, kept in the store, with two small maps in memory — the `gh_` id → appid map the
-//! message receiver needs, and the accounts WeChat reports as frozen, closed or banned.
+//! once a day, kept in the store, with what memory needs of it (`index.rs`) — the `gh_` id →
+//! appid map the message receiver needs, the accounts WeChat reports as frozen, closed or
+//! banned, and the console's search over the appids and names.
 //!
 //! The daily pass is cut into [`SLICES`] slices by a hash of the appid, one slice per
 //! `Settings::info_slice_every`, so that a large fleet is asked about evenly over the day
@@ -58,6 +59,7 @@ impl Info {
         for info in core.store.load_authorizer_infos(&core.component).await? {
             index.take(&info);
         }
+        index.settle();
         core.plan(Job::InfoPass, core.now_ms() + core.settings.info_slice_every.as_millis() as i64);
         Ok(Self { core, authorizers, index })
     }
@@ -91,6 +93,18 @@ impl Info {
     /// Every account's info the store holds.
     pub async fn all(&self) -> Result<Vec<AuthorizerInfoRecord>, TokenError> {
         Ok(self.core.store.load_authorizer_infos(&self.core.component).await?)
+    }
+
+    /// The held authorizers whose appid or one of whose names (`nick_name`, `user_name`,
+    /// `principal_name`) contains `q`, ignoring case, in appid order: from memory, with neither
+    /// the store nor every account read (`search.rs`). On a shared store, the names another
+    /// instance fetched since this one loaded are not known here (their appids are), as the
+    /// frozen labels are not: nothing announces an info.
+    pub fn search(&self, q: &str) -> Vec<AppId> {
+        let mut found = self.index.find(q);
+        // The store keeps the info of an authorizer it no longer holds, and loads it at start-up.
+        self.authorizers.slots.retain_held(&mut found);
+        found
     }
 
     /// The appid of the account whose messages carry `user_name` (`gh_...`) as `ToUserName`,

@@ -48,6 +48,7 @@ mod reconcile;
 mod refresher;
 mod schedule;
 mod scheduler;
+mod search;
 mod slot;
 mod ticket;
 

@@ -279,6 +279,12 @@ impl Slots {
     pub fn len(&self) -> usize {
         read(&self.0).len()
     }
+
+    /// Keeps the appids held, under one read of the set.
+    pub fn retain_held(&self, appids: &mut Vec<AppId>) {
+        let set = read(&self.0);
+        appids.retain(|a| set.contains(a));
+    }
 }
 
 #[cfg(test)]

@@ -45,6 +45,8 @@ pub(super) struct Fake {
     pub(super) ticket_calls: u32,
     /// What getticket answers instead of a ticket.
     pub(super) ticket_errcode: Option<i64>,
+    /// What api_get_authorizer_info names each account (none unless set).
+    pub(super) nick_names: HashMap<AppId, String>,
 }
 
 /// One WeChat's state, possibly seen by several instances through FakeApis of their own.
@@ -156,7 +158,8 @@ impl ComponentApi for FakeApi {
     async fn authorizer_info(&self, _: &Secret, authorizer: &AppId) -> Result<AuthorizerInfo, WechatError> {
         self.with(|f| {
             let refresh_token = f.refresh.get(authorizer).filter(|_| f.info_knows_refresh).cloned().map(Secret::new);
-            Ok(AuthorizerInfo { refresh_token, ..AuthorizerInfo::default() })
+            let nick_name = f.nick_names.get(authorizer).cloned();
+            Ok(AuthorizerInfo { refresh_token, nick_name, ..AuthorizerInfo::default() })
         })
     }
 

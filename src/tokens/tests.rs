@@ -170,3 +170,25 @@ async fn without_a_ticket_there_is_no_component_token_and_readiness_says_why() {
     assert_eq!(h.tokens.not_ready_reason().await, None);
     assert_eq!(h.api.with(|f| f.component_calls), 1, "the ticket led to a token at once");
 }
+
+#[tokio::test(start_paused = true)]
+async fn the_search_finds_held_authorizers_by_appid_or_name_and_not_once_they_are_gone() {
+    let h = started_with(2).await;
+    // No name known yet (this WeChat names no one): found by the appid alone.
+    assert_eq!(h.tokens.info().search("0000000000000001"), [appid(1)]);
+    assert_eq!(h.tokens.info().search("wx"), [appid(1), appid(2)]);
+    h.api.with(|f| f.nick_names.insert(appid(2), "咖啡 Corner".into()));
+    h.tokens.info().fetch(&appid(2)).await.unwrap();
+    assert_eq!(h.tokens.info().search("咖啡 c"), [appid(2)]);
+    assert!(h.tokens.forget_authorizer(&appid(1)).await.unwrap());
+    assert_eq!(h.tokens.info().search("wx"), [appid(2)]);
+
+    // A new process finds the names in the store; the info the store keeps of an authorizer it
+    // no longer holds is no answer.
+    let api = Arc::clone(&h.api);
+    drop(h.tokens);
+    let again = start(api, h.store.clone()).await;
+    assert_eq!(again.tokens.info().search("corner"), [appid(2)]);
+    assert_eq!(again.tokens.info().search("wx"), [appid(2)]);
+    assert!(again.store.load_authorizer_info(&component(), &appid(1)).await.unwrap().is_some());
+}
