@@ -2,7 +2,7 @@
 
 use crate::admin::AdminApp;
 use crate::authorize::AuthorizeLinks;
-use crate::callback::{AccountReceiver, ComponentReceiver, OwnServer};
+use crate::callback::{AccountReceiver, Admission, ComponentReceiver, OwnServer};
 use crate::config::reload::{Live, Source};
 use crate::config::{AccountConfig, Config, StoreConfig};
 use crate::crypto::{CryptoError, MsgCrypt};
@@ -125,6 +125,7 @@ pub fn build(config: &Config, source: Option<Source>, sockets: Sockets) -> Resul
     let routes = Arc::new(GatewayRoutes {
         accounts: AccountReceiver::new(crypt.clone(), own_servers(&config.accounts)?, messages),
         callback: crypt.map(|crypt| ComponentReceiver::new(crypt, Arc::clone(&tokens))),
+        admission: Admission::default(),
         tokens: Arc::clone(&tokens),
         links: links.clone(),
     });

@@ -4,7 +4,7 @@
 //! knows nothing of the callbacks, the messages or the authorization flow.
 
 use crate::authorize::{done_page, done_redirect, error_page, parse_redirect, start_page, AuthorizeLinks};
-use crate::callback::{AccountReceiver, CallbackError, ComponentReceiver, PushAnswer, MAX_BODY_BYTES};
+use crate::callback::{AccountReceiver, Admission, CallbackError, ComponentReceiver, PushAnswer, MAX_BODY_BYTES};
 use crate::http1::Session;
 use crate::metrics;
 use crate::proxy::{client_from_headers, jssdk, token_endpoints, Clients, OwnRoutes, ROUTE_PREFIX};
@@ -19,6 +19,8 @@ pub struct GatewayRoutes {
     pub callback: Option<ComponentReceiver>,
     /// The message-and-event URL, `callback/{appid}`: authorizers' and owned accounts' pushes.
     pub accounts: AccountReceiver,
+    /// Both push URLs' pushes in flight, bounded by what the store commits in time.
+    pub admission: Admission,
     pub tokens: Arc<TokenService>,
     pub links: AuthorizeLinks,
 }
@@ -60,6 +62,7 @@ impl OwnRoutes for GatewayRoutes {
 impl GatewayRoutes {
     /// WeChat's authorization-event push: `success` once it is verified and durable.
     async fn component_callback(&self, session: &mut Session<'_>, query: &str) -> Reply {
+        let Some(_admitted) = self.admission.admit() else { return overloaded() };
         let body = match read_body(session, MAX_BODY_BYTES).await {
             Ok(body) => body,
             Err(e) => {
@@ -94,6 +97,7 @@ impl GatewayRoutes {
             metrics::CALLBACK_REJECTED.with_label_values(&["appid"]).inc();
             return Reply::error(404, "the message URL is /wxgate/callback/$APPID$ with an account's appid");
         };
+        let Some(_admitted) = self.admission.admit() else { return overloaded() };
         let body = match read_body(session, MAX_BODY_BYTES).await {
             Ok(body) => body,
             Err(e) => {
@@ -171,6 +175,14 @@ impl GatewayRoutes {
             }
         }
     }
+}
+
+/// A push past what the gateway commits in time: refused at once, so that WeChat's retry finds
+/// room (its body, unread, is dropped with the session). Counted, not logged: at the rates that
+/// bring this on, a line per push would be the next overload.
+fn overloaded() -> Reply {
+    metrics::CALLBACK_REJECTED.with_label_values(&["overload"]).inc();
+    Reply::error(503, "the gateway is at capacity; WeChat retries the push").with_retry_after(1)
 }
 
 fn param(query: &str, name: &str) -> Option<String> {

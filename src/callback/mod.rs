@@ -6,8 +6,10 @@
 //! <https://developers.weixin.qq.com/doc/oplatform/Third-party_Platforms/2.0/api/Before_Develop/component_verify_ticket.html>.
 
 mod account;
+pub mod admission;
 
 pub use account::{AccountReceiver, OwnServer, PushAnswer};
+pub use admission::Admission;
 
 use crate::xml::{self, XmlError};
 

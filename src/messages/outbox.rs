@@ -7,6 +7,8 @@
 //! flight, with a higher `X-Wxgate-Attempt` and the same delivery id; on a shared Redis the
 //! claim is what makes one instance deliver each message.
 
+mod slots;
+
 pub use crate::store::outbox::{BadDeliveryId, DeliveryId, MessageKind, OutboxEntry, OutboxMessage, OutboxState};
 
 use crate::metrics;
@@ -16,8 +18,8 @@ use crate::tokens::{backoff_ms, Clock};
 use crate::AppId;
 use async_trait::async_trait;
 use pingora::server::ShutdownWatch;
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use slots::Slots;
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::Notify;
 use tokio::task::JoinSet;
@@ -78,20 +80,13 @@ pub struct Outbox {
     clock: Clock,
     /// Rung by an enqueue, a redeliver and every finished attempt.
     wake: Notify,
-    /// Attempts in flight, by route.
-    in_flight: Mutex<HashMap<String, usize>>,
+    /// Attempts in flight and claims taken ahead, by route.
+    slots: Slots,
 }
 
 impl Outbox {
     pub fn new(component: AppId, store: SharedStore, settings: OutboxSettings) -> Arc<Self> {
-        Arc::new(Self {
-            component,
-            store,
-            settings,
-            clock: Clock::new(),
-            wake: Notify::new(),
-            in_flight: Mutex::new(HashMap::new()),
-        })
+        Arc::new(Self { component, store, settings, clock: Clock::new(), wake: Notify::new(), slots: Slots::default() })
     }
 
     pub fn settings(&self) -> &OutboxSettings {
@@ -255,29 +250,22 @@ impl Outbox {
         tasks: &mut JoinSet<()>,
     ) -> Result<bool, StoreError> {
         let outbox = self.store.outbox();
+        let concurrency = self.settings.per_route_concurrency.max(1);
+        let mut routes = outbox.due_routes(&self.component, now).await?;
+        routes.extend(self.slots.with_claims_ahead().into_iter().filter(|r| !routes.contains(r)).collect::<Vec<_>>());
         let mut started = false;
-        for route in outbox.due_routes(&self.component, now).await? {
-            let free = self.settings.per_route_concurrency.max(1).saturating_sub(self.busy(&route));
-            if free == 0 {
-                continue;
+        for route in routes {
+            let (mut start, want) = self.slots.take(&route, concurrency);
+            if want > 0 {
+                let claims = outbox.claim(&self.component, &route, now, want, self.settings.lease_ttl).await?;
+                start.extend(self.slots.hold(&route, claims, concurrency));
             }
-            let claims = outbox.claim(&self.component, &route, now, free, self.settings.lease_ttl).await?;
-            for claim in claims {
+            for claim in start {
                 started = true;
-                *self.lock_in_flight().entry(route.clone()).or_default() += 1;
                 tasks.spawn(Arc::clone(self).attempt(Arc::clone(deliver), claim));
             }
         }
         Ok(started)
-    }
-
-    fn lock_in_flight(&self) -> std::sync::MutexGuard<'_, HashMap<String, usize>> {
-        // Counts only; a poisoned lock still holds usable numbers.
-        self.in_flight.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    fn busy(&self, route: &str) -> usize {
-        self.lock_in_flight().get(route).copied().unwrap_or(0)
     }
 
     /// One attempt, then its outcome recorded under the claim.
@@ -300,6 +288,9 @@ impl Outbox {
                 }
             }
         };
+        // The handler's slot is free once it has answered: the outcome's commit is the store's
+        // work, and the message stays claimed until it lands, so no other attempt starts on it.
+        self.free_slot(&message.route);
         let (id, route) = (&message.id, &message.route);
         match self.store.outbox().settle(&self.component, id, &token, &outcome).await {
             Ok(true) => counted(&message, &outcome, now),
@@ -308,14 +299,13 @@ impl Outbox {
             Err(e) => tracing::warn!(delivery = %id, route = %route, attempt, error = %e,
                 "cannot record a delivery's outcome; the message is attempted again when its lease runs out"),
         }
-        let mut in_flight = self.lock_in_flight();
-        if let Some(n) = in_flight.get_mut(route) {
-            *n = n.saturating_sub(1);
-            if *n == 0 {
-                in_flight.remove(route);
-            }
-        }
-        drop(in_flight);
+        // The next message of its lane may go now.
+        self.wake.notify_one();
+    }
+
+    /// One attempt of `route` fewer in flight: the loop may start another.
+    fn free_slot(&self, route: &str) {
+        self.slots.finished(route, std::time::Instant::now());
         self.wake.notify_one();
     }
 

@@ -4,7 +4,8 @@ use super::*;
 use crate::store::{MemoryStore, Store};
 use crate::Secret;
 use futures_util::FutureExt;
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
+use std::sync::Mutex;
 use tokio::time::Instant;
 
 fn component() -> AppId {

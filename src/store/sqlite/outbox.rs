@@ -13,10 +13,12 @@ use async_trait::async_trait;
 use rusqlite::{params, Connection};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// Writes in one transaction at most: bounds how long the connection is held from the others.
 const MAX_BATCH: usize = 512;
+/// How long a busy commit thread waits for more writes to join a commit.
+const LINGER: Duration = Duration::from_millis(1);
 
 /// One write: runs inside the batch's transaction and hands back how to answer its caller
 /// once the transaction's fate is known.
@@ -38,12 +40,21 @@ impl GroupCommit {
 }
 
 fn commit_loop(conn: &Mutex<Connection>, queue: &mpsc::Receiver<Job>) {
+    let mut last_commit = Instant::now() - LINGER;
     while let Ok(first) = queue.recv() {
         let mut batch = vec![first];
+        // Busy (the last commit just ended): wait a moment for more, so that a burst's writes
+        // share a commit. Each commit writes every page it touched to the WAL whole, so many
+        // small ones cost the burst far more than the wait.
+        let linger_until = (last_commit.elapsed() < LINGER).then(|| Instant::now() + LINGER);
         while batch.len() < MAX_BATCH {
-            match queue.try_recv() {
-                Ok(job) => batch.push(job),
-                Err(_) => break,
+            let next = match linger_until {
+                Some(until) => queue.recv_timeout(until.saturating_duration_since(Instant::now())).ok(),
+                None => queue.try_recv().ok(),
+            };
+            match next {
+                Some(job) => batch.push(job),
+                None => break,
             }
         }
         let conn = conn.lock().unwrap_or_else(|p| p.into_inner());
@@ -60,6 +71,7 @@ fn commit_loop(conn: &Mutex<Connection>, queue: &mpsc::Receiver<Job>) {
             Ok(())
         };
         drop(conn);
+        last_commit = Instant::now();
         for answer in answers {
             answer(committed.clone());
         }
@@ -247,7 +259,7 @@ impl OutboxStore for SqliteStore {
 
     async fn due_routes(&self, component: &AppId, now_ms: i64) -> Result<Vec<String>, StoreError> {
         let c = component.to_string();
-        self.with_conn(move |conn| {
+        self.read(move |conn| {
             // A skip scan of the (state, route, next) index: one seek per route, not per message,
             // however many wait on a handler that is down.
             let mut stmt = conn.prepare_cached(
@@ -270,7 +282,7 @@ impl OutboxStore for SqliteStore {
 
     async fn next_due(&self, component: &AppId) -> Result<Option<i64>, StoreError> {
         let c = component.to_string();
-        self.with_conn(move |conn| {
+        self.read(move |conn| {
             conn.prepare_cached(
                 "SELECT MIN(next_attempt_at) FROM outbox WHERE component_appid = ?1 AND state = 'pending'",
             )?
@@ -362,7 +374,7 @@ impl OutboxStore for SqliteStore {
         limit: usize,
     ) -> Result<(u64, Vec<OutboxEntry>), StoreError> {
         let (c, state) = (component.to_string(), state.map(OutboxState::as_str));
-        self.with_conn(move |conn| {
+        self.read(move |conn| {
             let total: i64 = conn.query_row(
                 "SELECT COUNT(*) FROM outbox WHERE component_appid = ?1 AND (?2 IS NULL OR state = ?2)",
                 params![c, state],
@@ -402,7 +414,7 @@ impl OutboxStore for SqliteStore {
 
     async fn counts(&self, component: &AppId) -> Result<(u64, u64), StoreError> {
         let c = component.to_string();
-        self.with_conn(move |conn| {
+        self.read(move |conn| {
             conn.prepare_cached(
                 "SELECT COALESCE(SUM(state = 'pending'), 0), COALESCE(SUM(state = 'failed'), 0)
                  FROM outbox WHERE component_appid = ?1",

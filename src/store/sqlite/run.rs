@@ -27,6 +27,21 @@ impl SqliteStore {
         self.in_time(self.bulk(f)).await
     }
 
+    /// [`Self::with_conn`] on the read-only connection: a read that never waits on a commit.
+    pub(super) async fn read<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
+    {
+        let reader = Arc::clone(&self.reader);
+        let task = tokio::task::spawn_blocking(move || {
+            let reader = reader.lock().unwrap_or_else(|p| p.into_inner());
+            f(&reader).map_err(unavailable)
+        });
+        self.in_time(async { task.await.map_err(|e| StoreError::Unavailable(format!("store task failed: {e}")))? })
+            .await
+    }
+
     /// [`Self::with_conn`] without the deadline, for the reads of a whole table (every
     /// authorizer, every info: `wxgate migrate`, start-up), which take as long as the fleet is
     /// large and are on no push's path.
