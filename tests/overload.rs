@@ -63,7 +63,9 @@ async fn a_stalled_store_gets_fast_503s_and_every_success_is_delivered() {
     let redis = OwnRedis::start();
     let (handler, seen) = counting_handler().await;
     let mut setup = Setup::new();
-    setup.store_toml = Some(format!("[store]\nbackend = \"redis\"\nredis_url = \"{}\"", redis.url()));
+    // Commands wait out the whole pause: the pushes admitted hold their places meanwhile.
+    setup.store_toml =
+        Some(format!("[store]\nbackend = \"redis\"\nredis_url = \"{}\"\nredis_timeout_ms = 8000", redis.url()));
     setup.extra_toml = format!(
         "\n[[messages.routes]]\nname = \"shop\"\nauthorizers = [\"{SHOP}\"]\nurl = \"http://{handler}/wechat\"\n\
          token = \"handlertoken42\"\nmode = \"deliver\"\n"
@@ -74,7 +76,7 @@ async fn a_stalled_store_gets_fast_503s_and_every_success_is_delivered() {
 
     // Redis stops taking writes: every push admitted waits on its commit, and what passes the
     // admission limit meanwhile must be refused at once.
-    let _: () = redis::cmd("CLIENT").arg("PAUSE").arg(3000).arg("WRITE").query(&mut redis.conn()).unwrap();
+    let _: () = redis::cmd("CLIENT").arg("PAUSE").arg(5000).arg("WRITE").query(&mut redis.conn()).unwrap();
     let http = reqwest::Client::builder().no_proxy().pool_max_idle_per_host(0).build().unwrap();
     let pushes = (1..=(MIN_LIMIT + 64) as u64).map(|n| {
         let (http, gw) = (http.clone(), &gw);

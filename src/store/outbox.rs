@@ -28,8 +28,15 @@ pub struct DeliveryId(String);
 pub struct BadDeliveryId;
 
 impl DeliveryId {
+    /// The time in milliseconds, then 80 random bits: ids made later sort later, so the store
+    /// adds each new message at the end of its index, not at a random page of it (at a burst's
+    /// rate, the difference between appending and rewriting pages all over a large index).
     pub fn generate() -> Self {
-        Self(hex::encode(rand::random::<[u8; 16]>()))
+        let ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+        let mut bytes = [0u8; 16];
+        bytes[..6].copy_from_slice(&ms.to_be_bytes()[2..]);
+        bytes[6..].copy_from_slice(&rand::random::<[u8; 10]>());
+        Self(hex::encode(bytes))
     }
 
     pub fn parse(s: &str) -> Result<Self, BadDeliveryId> {
