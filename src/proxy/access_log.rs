@@ -32,9 +32,9 @@ pub struct CallCtx {
     started: Option<Instant>,
     /// What the request was resolved as; `None` until it is (and for one refused first).
     pub(super) kind: Option<RouteKind>,
-    client: Option<String>,
+    client: Option<Arc<str>>,
     /// The path WeChat sees, without the query (which carries the token).
-    path: String,
+    path: LinePath,
     authorizer: Option<AppId>,
     /// WeChat's errcode, when its answer was read whole.
     pub(super) errcode: Option<i64>,
@@ -52,7 +52,7 @@ impl CallCtx {
             started: logged.then(Instant::now),
             kind: None,
             client: None,
-            path: String::new(),
+            path: LinePath::Request,
             authorizer: None,
             errcode: None,
             wechat_status: 0,
@@ -70,7 +70,11 @@ impl CallCtx {
             Route::Api(call) => (Some(call.client), call.outbound.path(), Some(&call.scope)),
         };
         self.client = client.map(|c| c.name.clone());
-        path.clone_into(&mut self.path);
+        let asked = req.uri.path();
+        self.path = match asked.strip_suffix(path) {
+            Some(prefix) => LinePath::After(prefix.len()),
+            None => LinePath::Own(path.to_owned()),
+        };
         self.authorizer = match scope {
             Some(Scope::Authorizer(appid)) => Some(*appid),
             _ => None,
@@ -90,7 +94,7 @@ impl CallCtx {
         let end = Instant::now();
         let line = Line {
             method: req.method.as_str(),
-            path: &self.path,
+            path: self.path.of(req),
             query: req.uri.query().unwrap_or_default(),
             status,
             errcode: self.errcode,
@@ -102,6 +106,26 @@ impl CallCtx {
             retried: self.retried,
         };
         log.write(&line, end);
+    }
+}
+
+/// The path a line shows, mostly the request's own less the `/{appid}` it began with: kept as
+/// where it starts, so that a call copies nothing for its line.
+enum LinePath {
+    Request,
+    /// The request's path from this byte on.
+    After(usize),
+    /// A path the request does not end with (decoded).
+    Own(String),
+}
+
+impl LinePath {
+    fn of<'r>(&'r self, req: &'r http::request::Parts) -> &'r str {
+        match self {
+            Self::Request => req.uri.path(),
+            Self::After(start) => req.uri.path().get(*start..).unwrap_or_default(),
+            Self::Own(path) => path,
+        }
     }
 }
 

@@ -7,7 +7,8 @@ use std::sync::Arc;
 
 #[derive(Debug)]
 pub struct Client {
-    pub name: String,
+    /// Shared with each call's access line, which copies no string.
+    pub name: Arc<str>,
     key: Secret,
     authorizers: AuthorizerScope,
     pub component: bool,
@@ -59,7 +60,7 @@ impl Clients {
 
 fn client(c: &ClientConfig, quota: Option<Arc<ClientQuota>>) -> Client {
     Client {
-        name: c.name.clone(),
+        name: c.name.as_str().into(),
         key: c.key.clone(),
         authorizers: c.authorizers.clone(),
         component: c.component,
@@ -95,7 +96,7 @@ mod tests {
                 daily_share: None,
             },
         ]);
-        assert_eq!(clients.find(b"key-one-0123456789").unwrap().name, "one");
+        assert_eq!(clients.find(b"key-one-0123456789").unwrap().name.as_ref(), "one");
         assert_eq!(clients.find(b"key-all-0123456789").unwrap().only_authorizer(), None);
         assert_eq!(clients.find(b"key-one-0123456789").unwrap().only_authorizer(), Some(&a));
         assert!(clients.find(b"key-one-012345678").is_none());

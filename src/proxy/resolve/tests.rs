@@ -51,7 +51,7 @@ fn resolved(
     let clients = clients();
     let c = api_call(&clients, uri, headers)?;
     let o = &c.outbound;
-    Ok((c.client.name.clone(), c.scope.clone(), o.path().to_owned(), o.rest().to_owned(), o.token_param))
+    Ok((c.client.name.to_string(), c.scope.clone(), o.path().to_owned(), o.rest().to_owned(), o.token_param))
 }
 
 fn authorizer(a: &str) -> Scope {
@@ -74,7 +74,7 @@ fn getticket_is_a_route_of_its_own_in_any_case() {
     for path in ["/cgi-bin/ticket/getticket", "/cgi-bin/ticket/GetTicket"] {
         let r = req(&format!("/{A}{path}?type=jsapi&access_token=single-key-0123456789"), &[]);
         let Ok(Route::Ticket(call)) = route_of(&clients, &r) else { panic!("{path}: not the ticket route") };
-        assert_eq!((call.client.name.as_str(), call.scope.clone()), ("single", authorizer(A)));
+        assert_eq!((&*call.client.name, call.scope.clone()), ("single", authorizer(A)));
     }
     let other = req(&format!("/{B}/cgi-bin/ticket/getticket?access_token=single-key-0123456789"), &[]);
     assert!(matches!(route_of(&clients, &other), Err(ResolveError::AuthorizerNotAllowed)), "checked like any call");
@@ -163,7 +163,7 @@ fn token_parameters_are_known_by_their_decoded_names() {
     assert_eq!(q.component_access_token.as_deref(), Some("c"));
     let clients = clients();
     let call = api_call(&clients, &format!("/{A}/cgi-bin/user/info?{raw}"), &[]).unwrap();
-    assert_eq!(call.client.name, "single", "the key is found under its encoded name");
+    assert_eq!(&*call.client.name, "single", "the key is found under its encoded name");
     assert_eq!(call.outbound.uri("", "REAL"), "/cgi-bin/user/info?a=1&b=2&access_token=REAL");
 }
 

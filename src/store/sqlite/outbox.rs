@@ -20,26 +20,61 @@ const MAX_BATCH: usize = 512;
 /// How long a busy commit thread waits for more writes to join a commit.
 const LINGER: Duration = Duration::from_millis(1);
 
-/// One write: runs inside the batch's transaction and hands back how to answer its caller
-/// once the transaction's fate is known.
-type Job = Box<dyn FnOnce(&Connection) -> Answer + Send>;
-type Answer = Box<dyn FnOnce(Result<(), String>) + Send>;
+/// One write in a group commit: run inside the batch's transaction (again, should another job
+/// of the batch fail), then answered once the transaction's fate is known.
+trait Job: Send {
+    /// Runs the write; whether it succeeded.
+    fn run(&mut self, conn: &Connection) -> bool;
+    /// Not run: its caller is answered `e`.
+    fn fail(&mut self, e: rusqlite::Error);
+    fn answer(self: Box<Self>, committed: Result<(), String>);
+}
+
+/// A caller's write and where its answer goes.
+struct Write<T, F> {
+    write: F,
+    result: Option<rusqlite::Result<T>>,
+    reply: tokio::sync::oneshot::Sender<Result<T, StoreError>>,
+}
+
+impl<T, F> Job for Write<T, F>
+where
+    T: Send,
+    F: Fn(&Connection) -> rusqlite::Result<T> + Send,
+{
+    fn run(&mut self, conn: &Connection) -> bool {
+        let result = (self.write)(conn);
+        let ok = result.is_ok();
+        self.result = Some(result);
+        ok
+    }
+
+    fn fail(&mut self, e: rusqlite::Error) {
+        self.result = Some(Err(e));
+    }
+
+    fn answer(self: Box<Self>, committed: Result<(), String>) {
+        let result = self.result.unwrap_or_else(|| Err(rusqlite::Error::InvalidQuery));
+        let answer = committed.map_err(StoreError::Unavailable).and_then(|()| result.map_err(unavailable));
+        let _ = self.reply.send(answer);
+    }
+}
 
 /// The sending side of the commit thread; the thread ends when the last store clone is dropped.
 #[derive(Clone)]
 pub(super) struct GroupCommit {
-    jobs: mpsc::Sender<Job>,
+    jobs: mpsc::Sender<Box<dyn Job>>,
 }
 
 impl GroupCommit {
     pub(super) fn start(conn: Arc<Mutex<Connection>>) -> std::io::Result<Self> {
-        let (jobs, queue) = mpsc::channel::<Job>();
+        let (jobs, queue) = mpsc::channel::<Box<dyn Job>>();
         std::thread::Builder::new().name("wxgate-sqlite-commit".into()).spawn(move || commit_loop(&conn, &queue))?;
         Ok(Self { jobs })
     }
 }
 
-fn commit_loop(conn: &Mutex<Connection>, queue: &mpsc::Receiver<Job>) {
+fn commit_loop(conn: &Mutex<Connection>, queue: &mpsc::Receiver<Box<dyn Job>>) {
     let mut last_commit = Instant::now() - LINGER;
     while let Ok(first) = queue.recv() {
         let mut batch = vec![first];
@@ -58,52 +93,61 @@ fn commit_loop(conn: &Mutex<Connection>, queue: &mpsc::Receiver<Job>) {
             }
         }
         let conn = conn.lock().unwrap_or_else(|p| p.into_inner());
-        // Each job runs in a savepoint of its own: one that fails is rolled back alone. Should
-        // BEGIN fail, each savepoint is a transaction by itself and commits on release.
-        let outer = conn.execute_batch("BEGIN IMMEDIATE").is_ok();
-        let answers: Vec<Answer> = batch.into_iter().map(|job| job(&conn)).collect();
-        let committed = if outer {
-            conn.execute_batch("COMMIT").map_err(|e| {
-                let _ = conn.execute_batch("ROLLBACK");
-                e.to_string()
-            })
-        } else {
-            Ok(())
-        };
+        let committed = run_batch(&conn, &mut batch);
         drop(conn);
         last_commit = Instant::now();
-        for answer in answers {
-            answer(committed.clone());
+        for job in batch {
+            job.answer(committed.clone());
         }
     }
 }
 
-fn in_savepoint<T>(conn: &Connection, f: impl FnOnce(&Connection) -> rusqlite::Result<T>) -> rusqlite::Result<T> {
-    conn.execute_batch("SAVEPOINT job")?;
-    match f(conn) {
-        Ok(value) => conn.execute_batch("RELEASE job").map(|()| value),
-        Err(e) => {
-            let _ = conn.execute_batch("ROLLBACK TO job; RELEASE job");
-            Err(e)
+/// Runs the batch in one transaction. The jobs run bare first (a savepoint each journals every
+/// page a job touches once more); should one fail, the batch is rolled back and run again with a
+/// savepoint per job, so that only the one that failed is undone.
+fn run_batch(conn: &Connection, batch: &mut [Box<dyn Job>]) -> Result<(), String> {
+    // Should BEGIN fail, each savepoint is a transaction by itself and commits on release.
+    if conn.execute_batch("BEGIN IMMEDIATE").is_err() {
+        batch.iter_mut().for_each(|job| in_savepoint(conn, job.as_mut()));
+        return Ok(());
+    }
+    if !batch.iter_mut().all(|job| job.run(conn)) {
+        let again = conn.execute_batch("ROLLBACK; BEGIN IMMEDIATE");
+        if let Err(e) = again {
+            let _ = conn.execute_batch("ROLLBACK");
+            return Err(e.to_string());
         }
+        batch.iter_mut().for_each(|job| in_savepoint(conn, job.as_mut()));
+    }
+    conn.execute_batch("COMMIT").map_err(|e| {
+        let _ = conn.execute_batch("ROLLBACK");
+        e.to_string()
+    })
+}
+
+fn in_savepoint(conn: &Connection, job: &mut dyn Job) {
+    if let Err(e) = conn.execute_batch("SAVEPOINT job") {
+        // Without its savepoint the job cannot be undone alone: it is not run, and says why.
+        job.fail(e);
+        return;
+    }
+    if job.run(conn) {
+        let _ = conn.execute_batch("RELEASE job");
+    } else {
+        let _ = conn.execute_batch("ROLLBACK TO job; RELEASE job");
     }
 }
 
 impl SqliteStore {
-    /// Runs `f` in the next group commit; answers once it is committed.
-    async fn batched<T, F>(&self, f: F) -> Result<T, StoreError>
+    /// Runs `write` in the next group commit; answers once it is committed. `write` may run
+    /// twice (see [`run_batch`]): it writes only through `conn`.
+    async fn batched<T, F>(&self, write: F) -> Result<T, StoreError>
     where
         T: Send + 'static,
-        F: FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
+        F: Fn(&Connection) -> rusqlite::Result<T> + Send + 'static,
     {
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        let job: Job = Box::new(move |conn: &Connection| {
-            let result = in_savepoint(conn, f);
-            Box::new(move |committed: Result<(), String>| {
-                let answer = committed.map_err(StoreError::Unavailable).and_then(|()| result.map_err(unavailable));
-                let _ = tx.send(answer);
-            })
-        });
+        let (reply, rx) = tokio::sync::oneshot::channel();
+        let job: Box<dyn Job> = Box::new(Write { write, result: None, reply });
         let stopped = || StoreError::Unavailable("the store's commit thread stopped".into());
         self.group_commit().jobs.send(job).map_err(|_| stopped())?;
         self.in_time(async { rx.await.map_err(|_| stopped())? }).await
@@ -302,7 +346,8 @@ impl OutboxStore for SqliteStore {
         let (c, route) = (component.to_string(), route.to_owned());
         let token = hex::encode(rand::random::<[u8; 12]>());
         let until = now_ms + lease.as_millis() as i64;
-        let claims = self
+        let claim = token.clone();
+        let messages = self
             .batched(move |conn| {
                 let mut stmt = conn.prepare_cached(&format!(
                     "UPDATE outbox SET attempts = attempts + 1, next_attempt_at = ?5, claim = ?6
@@ -315,11 +360,10 @@ impl OutboxStore for SqliteStore {
                              ORDER BY o.next_attempt_at LIMIT ?4)
                      RETURNING {MESSAGE_COLUMNS}"
                 ))?;
-                let rows = stmt.query_map(params![c, route, now_ms, limit as i64, until, token], row_to_message)?;
-                rows.collect::<rusqlite::Result<Vec<_>>>().map(|m| (m, token))
+                let rows = stmt.query_map(params![c, route, now_ms, limit as i64, until, claim], row_to_message)?;
+                rows.collect::<rusqlite::Result<Vec<_>>>()
             })
             .await?;
-        let (messages, token) = claims;
         Ok(messages.into_iter().map(|message| Claim { message, token: token.clone() }).collect())
     }
 
@@ -332,7 +376,7 @@ impl OutboxStore for SqliteStore {
     ) -> Result<bool, StoreError> {
         let (c, id, token, outcome) = (component.to_string(), id.to_string(), token.to_owned(), outcome.clone());
         self.batched(move |conn| {
-            let changed = match outcome {
+            let changed = match &outcome {
                 Outcome::Delivered => conn
                     .prepare_cached("DELETE FROM outbox WHERE component_appid = ?1 AND id = ?2 AND claim = ?3")?
                     .execute(params![c, id, token])?,
