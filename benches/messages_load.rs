@@ -101,6 +101,8 @@ async fn run() -> bool {
     let results = load.run().await;
     let pushed_in = began.elapsed().as_secs_f64();
     let (rss_after, cpu_push) = (gw.memory_mb("VmRSS"), gw.cpu_secs() - cpu_before);
+    // What the drain has left when the pushes end: tells a slow drain from a late one.
+    let backlog = gw.outbox_total().await.unwrap_or(0);
 
     let success: Vec<usize> = (0..total as usize).filter(|&i| results.answers[i] == Answer::Success).collect();
     let refused = results.answers.iter().filter(|a| **a == Answer::Refused).count();
@@ -146,6 +148,7 @@ async fn run() -> bool {
         success.len() - lost,
         success.len()
     );
+    println!("outbox at the last push: {backlog} waiting; drained after it at {:.0}/s", backlog as f64 / drained_in);
     println!(
         "gateway: RSS {rss_before:.0} MB -> {rss_after:.0} MB after the pushes, peak {rss_peak:.0} MB (growth target < {TARGET_RSS_MB} MB); CPU {:.1} µs per push",
         cpu_push * 1e6 / total as f64

@@ -62,10 +62,11 @@ async fn admin_lists_redelivers_and_deletes_messages_without_their_content() {
     assert_eq!(unauthorized.status(), 401);
 
     // The worker attempts the pending one: no route by that name here, so it waits for a retry.
+    // The attempt is counted when it is claimed, its outcome recorded once it settles: wait for both.
     eventually(Duration::from_secs(10), "an attempt recorded", || async {
         let (status, body) = admin(&gw, reqwest::Method::GET, "/admin/messages?state=pending").await;
         assert_eq!(status, 200);
-        body["messages"][0]["attempts"].as_u64() >= Some(1)
+        body["messages"][0]["attempts"].as_u64() >= Some(1) && !body["messages"][0]["last_error"].is_null()
     })
     .await;
     let (_, listed) = admin(&gw, reqwest::Method::GET, "/admin/messages?state=pending").await;

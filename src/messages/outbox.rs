@@ -19,6 +19,7 @@ use crate::AppId;
 use async_trait::async_trait;
 use pingora::server::ShutdownWatch;
 use slots::Slots;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::Notify;
@@ -31,6 +32,11 @@ pub const DEDUPE_TTL: Duration = Duration::from_secs(24 * 3600);
 /// How often the worker looks for work it was not woken for: messages another instance left
 /// when it died, or enqueued on a shared store.
 const POLL: Duration = Duration::from_secs(1);
+
+/// While some route is busy, how often the store is asked which routes have messages due. A
+/// busy route's next work is known here (its claims ahead, its attempts ending); asking the
+/// store at each ended attempt put a store round trip before each delivery of a drain.
+const SCAN_WHILE_BUSY: Duration = Duration::from_millis(10);
 
 /// How long shutdown waits for attempts in flight before leaving them to their leases.
 const SHUTDOWN_WAIT: Duration = Duration::from_secs(5);
@@ -80,13 +86,23 @@ pub struct Outbox {
     clock: Clock,
     /// Rung by an enqueue, a redeliver and every finished attempt.
     wake: Notify,
+    /// A message was enqueued or made due since the store was last asked what is due.
+    news: AtomicBool,
     /// Attempts in flight and claims taken ahead, by route.
     slots: Slots,
 }
 
 impl Outbox {
     pub fn new(component: AppId, store: SharedStore, settings: OutboxSettings) -> Arc<Self> {
-        Arc::new(Self { component, store, settings, clock: Clock::new(), wake: Notify::new(), slots: Slots::default() })
+        Arc::new(Self {
+            component,
+            store,
+            settings,
+            clock: Clock::new(),
+            wake: Notify::new(),
+            news: AtomicBool::new(false),
+            slots: Slots::default(),
+        })
     }
 
     pub fn settings(&self) -> &OutboxSettings {
@@ -133,6 +149,7 @@ impl Outbox {
 
     fn enqueued(&self, held: &OutboxMessage) {
         tracing::debug!(delivery = %held.id, authorizer = ?held.authorizer, route = %held.route, "message enqueued");
+        self.news.store(true, Ordering::Relaxed);
         self.wake.notify_one();
     }
 
@@ -159,6 +176,7 @@ impl Outbox {
         let found = self.store.outbox().redeliver(&self.component, id, self.clock.now_ms()).await?;
         if found {
             tracing::info!(delivery = %id, "message to be delivered again, asked by an operator");
+            self.news.store(true, Ordering::Relaxed);
             self.wake.notify_one();
         }
         Ok(found)
@@ -197,7 +215,7 @@ impl Outbox {
             }
         }
         let mut tasks = JoinSet::new();
-        let (mut next_gauges, mut next_prune) = (0, 0);
+        let (mut next_gauges, mut next_prune, mut next_scan) = (0, 0, 0);
         loop {
             while tasks.try_join_next().is_some() {}
             let now = self.clock.now_ms();
@@ -209,12 +227,22 @@ impl Outbox {
                 self.prune(now).await;
                 next_prune = now + 3_600_000;
             }
-            let wait_until = match self.pass(now, &deliver, &mut tasks).await {
+            let busy = self.slots.busy();
+            let scan = busy.is_empty() || now >= next_scan;
+            if scan {
+                self.news.store(false, Ordering::Relaxed);
+                next_scan = now + SCAN_WHILE_BUSY.as_millis() as i64;
+            }
+            let wait_until = match self.pass(now, busy, scan, &deliver, &mut tasks).await {
                 // More may be due than the pass took.
                 Ok(true) => continue,
+                // A finished attempt rings `wake`; new messages are looked for at the next scan.
+                Ok(false) if !self.slots.busy().is_empty() => match self.news.load(Ordering::Relaxed) {
+                    true => next_scan,
+                    false => now + POLL.as_millis() as i64,
+                },
                 Ok(false) => match self.store.outbox().next_due(&self.component).await {
                     Ok(Some(due)) if due > now => due.min(now + POLL.as_millis() as i64),
-                    // Due but every such route is busy: a finished attempt rings `wake`.
                     Ok(_) => now + POLL.as_millis() as i64,
                     Err(e) => {
                         tracing::warn!(error = %e, "outbox: cannot read the next due message");
@@ -241,18 +269,23 @@ impl Outbox {
         }
     }
 
-    /// Claims what is due on every route with a free slot and starts an attempt for each;
-    /// says whether it started any.
+    /// Claims what is due on the `busy` routes (and, with `scan`, on every route the store
+    /// has due messages for) within free slots and starts an attempt for each; says whether it
+    /// started any.
     async fn pass(
         self: &Arc<Self>,
         now: i64,
+        mut routes: Vec<String>,
+        scan: bool,
         deliver: &Arc<dyn Deliver>,
         tasks: &mut JoinSet<()>,
     ) -> Result<bool, StoreError> {
         let outbox = self.store.outbox();
         let concurrency = self.settings.per_route_concurrency.max(1);
-        let mut routes = outbox.due_routes(&self.component, now).await?;
-        routes.extend(self.slots.with_claims_ahead().into_iter().filter(|r| !routes.contains(r)).collect::<Vec<_>>());
+        if scan {
+            let due = outbox.due_routes(&self.component, now).await?;
+            routes.extend(due.into_iter().filter(|r| !routes.contains(r)).collect::<Vec<_>>());
+        }
         let mut started = false;
         for route in routes {
             let (mut start, want) = self.slots.take(&route, concurrency);
@@ -300,6 +333,7 @@ impl Outbox {
                 "cannot record a delivery's outcome; the message is attempted again when its lease runs out"),
         }
         // The next message of its lane may go now.
+        self.slots.look_again(route);
         self.wake.notify_one();
     }
 

@@ -29,6 +29,9 @@ pub(super) struct Slots {
 #[derive(Default)]
 struct Route {
     in_flight: usize,
+    /// An attempt ended or settled since the route was last looked at: it may have more due
+    /// (the next message of a lane, once the one before it is settled).
+    look_again: bool,
     ahead: VecDeque<Claim>,
     finished: u32,
     window: Option<Instant>,
@@ -42,9 +45,14 @@ impl Slots {
         self.routes.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Routes holding claims taken ahead.
-    pub(super) fn with_claims_ahead(&self) -> Vec<String> {
-        self.lock().iter().filter(|(_, r)| !r.ahead.is_empty()).map(|(name, _)| name.clone()).collect()
+    /// Routes with attempts in flight, claims taken ahead, or an attempt that just ended or
+    /// settled: their next work is known here (or may be claimed) without asking the store.
+    pub(super) fn busy(&self) -> Vec<String> {
+        self.lock()
+            .iter()
+            .filter(|(_, r)| r.in_flight > 0 || r.look_again || !r.ahead.is_empty())
+            .map(|(name, _)| name.clone())
+            .collect()
     }
 
     /// Claims of `route` to start now (each counted in flight), and how many to claim from the
@@ -52,6 +60,7 @@ impl Slots {
     pub(super) fn take(&self, route: &str, concurrency: usize) -> (Vec<Claim>, usize) {
         let mut routes = self.lock();
         let r = routes.entry(route.to_owned()).or_default();
+        r.look_again = false;
         let free = concurrency.saturating_sub(r.in_flight);
         let start: Vec<Claim> = r.ahead.drain(..free.min(r.ahead.len())).collect();
         r.in_flight += start.len();
@@ -73,11 +82,19 @@ impl Slots {
         claims
     }
 
+    /// An attempt of `route` settled: the route may have more to claim.
+    pub(super) fn look_again(&self, route: &str) {
+        if let Some(r) = self.lock().get_mut(route) {
+            r.look_again = true;
+        }
+    }
+
     /// An attempt of `route` ended.
     pub(super) fn finished(&self, route: &str, now: Instant) {
         let mut routes = self.lock();
         let Some(r) = routes.get_mut(route) else { return };
         r.in_flight = r.in_flight.saturating_sub(1);
+        r.look_again = true;
         r.finished += 1;
         let began = *r.window.get_or_insert(now);
         let elapsed = now.saturating_duration_since(began);
