@@ -47,6 +47,7 @@ impl Follower {
             channel: self.channel.clone(),
             instance: self.instance.clone(),
             changes: self.changes.clone(),
+            settles: Default::default(),
         })
     }
 

@@ -120,6 +120,8 @@ pub struct RedisStore {
     /// Who this instance is, in lease values.
     instance: String,
     changes: broadcast::Sender<Change>,
+    /// Outcomes of delivery attempts, settled in batches (`outbox/settles.rs`).
+    settles: outbox::Settles,
 }
 
 impl RedisStore {
@@ -137,8 +139,8 @@ impl RedisStore {
         let (changes, _) = broadcast::channel(1024);
         let instance = format!("{}-{}", std::process::id(), hex::encode(rand::random::<[u8; 6]>()));
         let channel = format!("{key_prefix}{component}:changes");
-        let store =
-            Self { link, options: options.clone(), key_prefix: key_prefix.to_owned(), channel, instance, changes };
+        let (key_prefix, settles) = (key_prefix.to_owned(), outbox::Settles::default());
+        let store = Self { link, options: options.clone(), key_prefix, channel, instance, changes, settles };
         store.warn_without_persistence().await;
         // What is in the store now is what the caller loads next: changes after it are caught up.
         let heard: Option<u64> = store.get_u64(&store.key(component, "version")).await?;
@@ -154,6 +156,11 @@ impl RedisStore {
     /// The outbox's keys (`outbox.rs`), in the same scheme as the records'.
     fn outbox_key(&self, component: &AppId, name: &str) -> String {
         self.key(component, name)
+    }
+
+    /// This store without its settle batcher: the batcher's own, so that it does not hold itself.
+    fn without_settles(&self) -> Self {
+        Self { settles: outbox::Settles::default(), ..self.clone() }
     }
 
     /// Who this instance is, for the outbox's claim tokens.

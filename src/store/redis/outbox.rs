@@ -24,10 +24,13 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 mod scripts;
+mod settles;
+
+pub(super) use settles::Settles;
 
 use scripts::{
     CLAIM, COUNTS, DELETE, DUE_ROUTES, ENQUEUE, ENQUEUE_FIRST, ENTRY_FIELDS, FIRST_TIME, FORGET, LIST, NEXT_DUE,
-    REDELIVER, RELEASE_CLAIMS, SETTLE,
+    REDELIVER, RELEASE_CLAIMS,
 };
 
 impl RedisStore {
@@ -220,18 +223,27 @@ impl OutboxStore for RedisStore {
             Outcome::Retry { at_ms, error } => ("retry", *at_ms, error.as_str()),
             Outcome::Failed { error } => ("failed", 0, error.as_str()),
         };
-        let mut invocation = SETTLE.key(self.msg_key(component, id));
-        invocation
-            .key(self.outbox_key(component, "outbox:pending"))
-            .key(self.outbox_key(component, "outbox:failed"))
-            .arg(token)
-            .arg(kind)
-            .arg(at_ms)
-            .arg(error)
-            .arg(id.as_str())
-            .arg(self.outbox_key(component, "outbox:due:"));
-        let settled: i64 = self.outbox_invoke(invocation, false).await?;
-        Ok(settled == 1)
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        let settle = settles::Settle {
+            keys: [
+                self.msg_key(component, id),
+                self.outbox_key(component, "outbox:pending"),
+                self.outbox_key(component, "outbox:failed"),
+            ],
+            args: [
+                token.to_owned(),
+                kind.to_owned(),
+                at_ms.to_string(),
+                error.to_owned(),
+                id.to_string(),
+                self.outbox_key(component, "outbox:due:"),
+            ],
+            reply,
+        };
+        if let Err(settle) = self.settles.send(self, settle) {
+            settles::run(self, vec![*settle]).await;
+        }
+        answer.await.map_err(|_| StoreError::Unavailable("the outbox's settles stopped".into()))?
     }
 
     async fn release_claims(&self, component: &AppId, now_ms: i64) -> Result<u64, StoreError> {

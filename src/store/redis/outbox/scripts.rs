@@ -109,32 +109,45 @@ pub(super) static CLAIM: LazyLock<Script> = LazyLock::new(|| {
     )
 });
 
-/// KEYS: msg hash, pending set, failed set. ARGV: token, outcome, retry at, error, id, due-set
-/// prefix. Nothing happens unless the claim is still the caller's.
-pub(super) static SETTLE: LazyLock<Script> = LazyLock::new(|| {
+/// Lua of one settle: `settle(h, pending, failed, token, outcome, at, error, id, due_prefix)`;
+/// 1, or 0 (nothing done) unless the claim is still the caller's.
+const SETTLE_ONE: &str = r"
+local function settle(h, pending, failed, token, outcome, at, err, id, due_prefix)
+  if redis.call('HGET', h, 'claim') ~= token then return 0 end
+  local due = due_prefix .. redis.call('HGET', h, 'route')
+  if outcome == 'delivered' then
+    lane_left(h, id, due)
+    redis.call('DEL', h)
+    redis.call('ZREM', due, id)
+    redis.call('ZREM', pending, id)
+  elseif outcome == 'retry' then
+    redis.call('HSET', h, 'next_attempt_at', at, 'last_error', err)
+    redis.call('HDEL', h, 'claim')
+    redis.call('ZADD', due, at, id)
+  else
+    redis.call('HSET', h, 'state', 'failed', 'last_error', err)
+    redis.call('HDEL', h, 'claim')
+    redis.call('ZREM', due, id)
+    redis.call('ZREM', pending, id)
+    redis.call('ZADD', failed, redis.call('HGET', h, 'received_at'), id)
+  end
+  return 1
+end
+";
+
+/// Many settles in one script (one round trip, one script run): per settle, KEYS msg hash,
+/// pending set, failed set; ARGV token, outcome, retry at, error, id, due-set prefix. Returns
+/// each one's 1 or 0.
+pub(super) static SETTLE_MANY: LazyLock<Script> = LazyLock::new(|| {
     Script::new(&format!(
-        "{LANE_LEFT}{}",
-        r"local h = KEYS[1]
-          if redis.call('HGET', h, 'claim') ~= ARGV[1] then return 0 end
-          local id = ARGV[5]
-          local due = ARGV[6] .. redis.call('HGET', h, 'route')
-          if ARGV[2] == 'delivered' then
-            lane_left(h, id, due)
-            redis.call('DEL', h)
-            redis.call('ZREM', due, id)
-            redis.call('ZREM', KEYS[2], id)
-          elseif ARGV[2] == 'retry' then
-            redis.call('HSET', h, 'next_attempt_at', ARGV[3], 'last_error', ARGV[4])
-            redis.call('HDEL', h, 'claim')
-            redis.call('ZADD', due, ARGV[3], id)
-          else
-            redis.call('HSET', h, 'state', 'failed', 'last_error', ARGV[4])
-            redis.call('HDEL', h, 'claim')
-            redis.call('ZREM', due, id)
-            redis.call('ZREM', KEYS[2], id)
-            redis.call('ZADD', KEYS[3], redis.call('HGET', h, 'received_at'), id)
+        "{LANE_LEFT}{SETTLE_ONE}{}",
+        r"local out = {}
+          for i = 0, #KEYS / 3 - 1 do
+            local k, a = i * 3, i * 6
+            out[i + 1] = settle(KEYS[k + 1], KEYS[k + 2], KEYS[k + 3],
+              ARGV[a + 1], ARGV[a + 2], ARGV[a + 3], ARGV[a + 4], ARGV[a + 5], ARGV[a + 6])
           end
-          return 1"
+          return out"
     ))
 });
 

@@ -48,3 +48,35 @@ async fn two_instances_never_claim_one_message_twice() {
     assert_eq!(all.len(), 100, "every message claimed");
     clean(&p).await;
 }
+
+/// Settles that come together go to Redis in batches: each caller still gets its own answer,
+/// a stale claim's outcome is dropped alone, and each outcome lands as it says.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_settles_are_answered_each_for_itself() {
+    let p = prefix();
+    let s = store(&p).await;
+    let c = crate::store::contract_tests::component();
+    for i in 0..60 {
+        s.enqueue(&c, &contract_tests::message("r", i, 0)).await.unwrap();
+    }
+    let claims = s.claim(&c, "r", 10, 60, Duration::from_secs(60)).await.unwrap();
+    assert_eq!(claims.len(), 60);
+    let mut tasks = tokio::task::JoinSet::new();
+    for (i, claim) in claims.into_iter().enumerate() {
+        let s = s.clone();
+        tasks.spawn(async move {
+            let (token, outcome) = match i % 3 {
+                0 => ("not-the-claim".to_owned(), Outcome::Delivered),
+                1 => (claim.token, Outcome::Delivered),
+                _ => (claim.token, Outcome::Failed { error: "status 500".into() }),
+            };
+            (i, s.settle(&c, &claim.message.id, &token, &outcome).await.unwrap())
+        });
+    }
+    while let Some(done) = tasks.join_next().await {
+        let (i, settled) = done.unwrap();
+        assert_eq!(settled, i % 3 != 0, "settle {i}");
+    }
+    assert_eq!(s.counts(&c).await.unwrap(), (20, 20), "stale ones still pending; the rest delivered or failed");
+    clean(&p).await;
+}
